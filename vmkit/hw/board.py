@@ -1,0 +1,156 @@
+"""The board: memory, CPUs, interrupt controller, timer, serial, NICs, SCSI.
+
+It keeps the virtual clock (retired instructions) and the one trace, and
+runs the CPUs round-robin on one thread in slices: `lock`-prefixed
+instructions are not atomic between two Unicorn instances on two threads
+(measured), and one thread keeps every run deterministic.
+
+Between slices the board fires due device events (`schedule`) and, as the
+INTR pin of a PC would, delivers the interrupt controller's request to
+CPU 0 when its IF allows. A slice never runs past the next device event,
+so a timer programmed for every N instructions interrupts every N.
+
+The firmware does what a multiboot loader does before jumping to a
+kernel: a flat GDT (0x08 ring-0 code, 0x10 ring-0 data, 0x1B/0x23 ring-3
+code/data) at FIRMWARE_GDT, CS/DS/ES/FS/GS/SS loaded, IDTR empty (any
+interrupt before the software loads an IDT is a triple fault), EIP at the
+entry point. It also leaves a device table at DEVICE_TABLE so software can
+enumerate the board (see docs/machine.md).
+"""
+import heapq
+import itertools
+import struct
+
+from .asm import assemble
+from .cpu import CPU
+from .memory import PhysicalMemory
+from .pic import PICPair
+from .pit import PIT
+from .ports import PortBus
+from .trace import Trace
+from .uart import UART
+from .x86 import encode_segment, CODE_RX, DATA_RW
+
+FIRMWARE_GDT = 0x500
+DEVICE_TABLE = 0x600
+FREE_MEMORY = 0x1000
+KERNEL_CS, KERNEL_DS, USER_CS, USER_DS = 0x08, 0x10, 0x1B, 0x23
+NIC_PORTS, NIC_IRQS = (0xC000, 0xC040), (10, 9)
+SCSI_PORT, SCSI_IRQ = 0xC100, 11
+
+
+class Board:
+    def __init__(self, memory=16 << 20, cpus=1, slice=20_000, disk=None, nics=0):
+        if cpus not in (1, 2):
+            raise ValueError(f"the board has one or two CPUs, not {cpus}")
+        self.clock = 0
+        self.slice = slice
+        self.trace = Trace(lambda: self.clock)
+        self.memory = PhysicalMemory(memory)
+        self.ports = PortBus()
+        self._events = []                      # (time, seq, fn): device events in virtual time
+        self._seq = itertools.count()
+        self.pic = PICPair(self)
+        self.pit = PIT(self)
+        self.uart = UART(self)
+        self.devices = [("pic", 0x20, 2, None), ("pit", 0x40, 4, 0), ("serial", 0x3F8, 8, 4)]
+        self.nics = []
+        for i in range(nics):
+            from .nic import NIC
+            mac = bytes([0x02, 0x00, 0x00, 0x00, 0x00, i + 1])
+            self.nics.append(NIC(self, NIC_PORTS[i], NIC_IRQS[i], mac, f"nic{i}"))
+            self.devices.append(("nic", NIC_PORTS[i], 64, NIC_IRQS[i]))
+        self.scsi = None
+        if disk is not None:
+            from .scsi import SCSIController
+            self.scsi = SCSIController(self, SCSI_PORT, SCSI_IRQ, disk)
+            self.devices.append(("scsi", SCSI_PORT, 16, SCSI_IRQ))
+        self.cpus = [CPU(i, self) for i in range(cpus)]
+        for cpu in self.cpus[1:]:
+            cpu.halted = True                  # application processors wait to be started
+        self._write_firmware_tables()
+
+    @property
+    def cpu(self):
+        return self.cpus[0]
+
+    # ---- firmware ----------------------------------------------------------
+    def _write_firmware_tables(self):
+        flat = 0xFFFFFFFF
+        gdt = (bytes(8) + encode_segment(0, flat, CODE_RX, 0) + encode_segment(0, flat, DATA_RW, 0)
+               + encode_segment(0, flat, CODE_RX, 3) + encode_segment(0, flat, DATA_RW, 3))
+        self.memory.write(FIRMWARE_GDT, gdt)
+        table = struct.pack("<4sI", b"VMKB", len(self.devices))
+        for kind, base, count, irq in self.devices:
+            table += struct.pack("<8sHHbxxx", kind.encode(), base, count, -1 if irq is None else irq)
+        self.memory.write(DEVICE_TABLE, table)
+
+    def load(self, address, code):
+        """Put bytes (or assembly text, assembled for `address`) into memory."""
+        if isinstance(code, str):
+            code = assemble(code, address)
+        self.memory.write(address, code)
+        self.trace.emit("load", address=address, size=len(code))
+        return len(code)
+
+    def boot(self, entry, stack=0x9F000, cpu=0):
+        """Start a CPU at `entry`, CPL 0, flat segments, no IDT (see module doc)."""
+        c = self.cpus[cpu]
+        c["gdtr"] = (0, FIRMWARE_GDT, 5 * 8 - 1, 0)
+        c["idtr"] = (0, 0, 0, 0)
+        c["cr0"] = (c["cr0"] | 1) & ~0x80000000
+        c["cs"] = KERNEL_CS
+        for seg in ("ds", "es", "fs", "gs", "ss"):
+            c[seg] = KERNEL_DS
+        c["esp"], c["eip"], c["eflags"] = stack, entry, 0x2
+        c.halted, c.shutdown = False, None
+        self.trace.emit("boot", cpu, entry=entry, stack=stack)
+
+    # ---- virtual time --------------------------------------------------------
+    def schedule(self, delay, fn):
+        """Call fn() `delay` retired instructions from now."""
+        heapq.heappush(self._events, (self.clock + max(1, int(delay)), next(self._seq), fn))
+
+    def _fire_due_events(self):
+        while self._events and self._events[0][0] <= self.clock:
+            heapq.heappop(self._events)[2]()
+
+    def _deliver_interrupts(self):
+        cpu = self.cpus[0]
+        if cpu.shutdown is None and cpu.interrupts_enabled and self.pic.has_request():
+            cpu.deliver(self.pic.acknowledge(), "irq")
+
+    def run(self, instructions):
+        """Advance virtual time by `instructions`, every CPU running in turn."""
+        end = self.clock + instructions
+        while self.clock < end:
+            self._fire_due_events()
+            self._deliver_interrupts()
+            step = min(self.slice, end - self.clock)
+            if self._events:
+                step = min(step, self._events[0][0] - self.clock)
+            for cpu in self.cpus:
+                cpu.run(step)
+            self.clock += step
+        self._fire_due_events()
+        self._deliver_interrupts()
+
+    def step(self):
+        """One instruction on CPU 0 (interrupts due now are delivered first)."""
+        self.run(1)
+
+    def run_until(self, condition, limit, what="the condition"):
+        """Run until condition() holds, checking between slices; error after `limit`."""
+        end = self.clock + limit
+        while not condition():
+            if self.clock >= end:
+                raise TimeoutError(f"{what} did not happen within {limit} instructions")
+            if all(c.shutdown for c in self.cpus):
+                raise RuntimeError(f"{what} did not happen: {self.cpus[0].shutdown}")
+            self.run(min(self.slice, end - self.clock))
+        return self.clock
+
+    def close(self):
+        """Flush and release what the board holds on the host (the disk image)."""
+        if self.scsi is not None:
+            self.scsi.close()

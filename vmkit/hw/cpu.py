@@ -1,0 +1,280 @@
+"""One x86 CPU: Unicorn executes instructions, the platform delivers interrupts.
+
+Unicorn delivers nothing by itself: every `int n` and exception reaches a
+hook, and device interrupts do not exist for it at all. So this file does
+what the silicon would do: read IDTR from the CPU, fetch the gate from
+*that* IDT in emulated memory, check it, switch to the TSS's ring-0 stack
+when coming from CPL 3, push the frame (and the error code), clear IF for
+an interrupt gate, and jump. Whoever's IDT is loaded gets the interrupts.
+
+Measured Unicorn 2.1.4 defects worked around here (see also
+unicorn_quirks.py):
+  - the exception record is never cleared (second fault becomes #DF);
+  - `reg_write` of a ring-0 CS/SS while CPL 3 fails: we clear CR0.PE for
+    the selector load (real-mode loads are unchecked and make CPL 0), set
+    PE again, and load the selectors once more so their descriptors are
+    read from the GDT;
+  - `in`/`out` never check IOPL: we do, and raise #GP(0);
+  - a register write inside an I/O hook is not honoured until the
+    translation block ends, so an I/O fault stops the slice and is
+    delivered from the run loop, with EIP pointing at the `in`/`out`.
+Virtual time: Unicorn does not report how many instructions ran before an
+early stop (hlt, an I/O fault, a fault on missing memory), so such a slice
+is charged in full. It is still deterministic: the same run stops at the
+same places.
+"""
+import struct
+
+import unicorn
+from unicorn import (Uc, UcError, UC_ARCH_X86, UC_MODE_32, UC_PROT_ALL, UC_HOOK_INTR,
+                     UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_MEM_UNMAPPED, UC_HOOK_CODE)
+from unicorn import x86_const as X
+
+from . import unicorn_quirks
+from .x86 import (decode_gate, decode_segment, ERROR_CODE_VECTORS, GATE_INT32, GATE_TRAP32,
+                  EFLAGS_IF, EFLAGS_TF, EFLAGS_NT, EFLAGS_RF, EFLAGS_VM, EFLAGS_IOPL_SHIFT,
+                  TSS_ESP0, TSS_SS0, DF, GP, NP, TS, UD, SS_FAULT, EXCEPTION_NAMES)
+
+GENERAL = ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp", "esp")
+SEGMENTS = ("cs", "ds", "es", "fs", "gs", "ss")
+REG = {name: getattr(X, "UC_X86_REG_" + name.upper()) for name in
+       GENERAL + SEGMENTS + ("eip", "eflags", "cr0", "cr2", "cr3", "cr4",
+                             "gdtr", "idtr", "ldtr", "tr")}
+TABLES = ("gdtr", "idtr", "ldtr", "tr")
+MEMORY_ERRORS = {getattr(unicorn, "UC_ERR_" + n) for n in (
+    "READ_UNMAPPED", "WRITE_UNMAPPED", "FETCH_UNMAPPED", "READ_PROT", "WRITE_PROT", "FETCH_PROT")}
+NO_ADDRESS = 0xFFFFFFFF          # `until` for emu_start: never reached
+
+
+class DeliveryFault(Exception):
+    """Delivering a vector failed; the CPU must deliver this fault instead."""
+    def __init__(self, vector, error_code, why):
+        super().__init__(why)
+        self.vector, self.error_code, self.why = vector, error_code, why
+
+
+class CPU:
+    def __init__(self, index, board):
+        self.index = index
+        self.board = board
+        self.memory = board.memory
+        self.trace = board.trace
+        self.uc = Uc(UC_ARCH_X86, UC_MODE_32)
+        self.uc.mem_map_ptr(0, self.memory.size, UC_PROT_ALL, self.memory.address)
+        self.memory.attach(self.invalidate_code)
+        self.gate_decoder = decode_gate      # exercise 00 plugs a learner's decoder in here
+        self.halted = False
+        self.shutdown = None                 # why the CPU stopped for good (triple fault)
+        self.delivered = 0                   # vectors delivered, for counters and benchmarks
+        self._io_fault = None
+        uc = self.uc
+        uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
+        uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
+        uc.hook_add(UC_HOOK_MEM_UNMAPPED, lambda *a: False)   # becomes #GP in run()
+        uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
+        uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
+
+    # ---- registers -------------------------------------------------------
+    def __getitem__(self, name):
+        return self.uc.reg_read(REG[name])
+
+    def __setitem__(self, name, value):
+        self.uc.reg_write(REG[name], value)
+
+    @property
+    def cpl(self):
+        return self["cs"] & 3
+
+    @property
+    def interrupts_enabled(self):
+        return bool(self["eflags"] & EFLAGS_IF)
+
+    def state(self):
+        """Every register a widget or test looks at, as plain ints / tuples."""
+        s = {name: self[name] for name in GENERAL + SEGMENTS + ("eip", "eflags", "cr0", "cr3")}
+        for t in TABLES:
+            s[t] = self[t]            # (selector, base, limit, flags)
+        s["cpl"] = self.cpl
+        return s
+
+    def invalidate_code(self, begin, end):
+        self.uc.ctl_remove_cache(begin, end)
+
+    def on_execute(self, address, handler):
+        """Call handler(cpu) when EIP reaches `address`: how a stub hands over to Python."""
+        return self.uc.hook_add(UC_HOOK_CODE, lambda uc, a, s, _: handler(self), None,
+                                address, address)
+
+    # ---- running ---------------------------------------------------------
+    def run(self, budget):
+        """Execute up to `budget` instructions; returns the instructions charged."""
+        if self.shutdown or self.halted or budget <= 0:
+            return budget
+        self._io_fault = None
+        try:
+            self.uc.emu_start(self["eip"], NO_ADDRESS, count=budget)
+        except UcError as e:
+            self._on_stop_error(e)
+            return budget
+        if self._io_fault:
+            vector, error, eip = self._io_fault
+            self.raise_fault(vector, error, eip, "I/O port access above IOPL")
+        elif self.cpl == 0 and self.memory.read(self["eip"] - 1, 1) == b"\xf4":
+            self.halted = True
+            self.trace.emit("cpu.halt", self.index, eip=self["eip"] - 1,
+                            interrupts=self.interrupts_enabled)
+        return budget
+
+    def _on_stop_error(self, err):
+        eip = self["eip"]
+        if err.errno in MEMORY_ERRORS:
+            self.raise_fault(GP, 0, eip, f"access to memory the machine does not have ({err})")
+        else:
+            self.stop(f"emulator stopped: {err} at eip={eip:#x}")
+
+    def stop(self, why):
+        self.shutdown = why
+        self.uc.emu_stop()                  # may be inside a hook, mid-slice
+        self.trace.emit("cpu.shutdown", self.index, why=why)
+
+    # ---- hooks (called by Unicorn in the middle of a slice) --------------
+    def _on_interrupt(self, uc, vector, _):
+        if vector >= 32:                     # the CPU raises only 0..31 itself
+            self.deliver(vector, "int", eip=self["eip"])
+            return
+        is_int, error = unicorn_quirks.read_exception(uc)
+        if is_int:                           # int n / int3 / into: EIP is already past it
+            self.deliver(vector, "int", eip=self["eip"])
+        else:
+            unicorn_quirks.clear_exception_record(uc)
+            self.raise_fault(vector, error if vector in ERROR_CODE_VECTORS else None,
+                             self["eip"], EXCEPTION_NAMES.get(vector, "exception"))
+
+    def _on_invalid(self, uc, _):
+        self.raise_fault(UD, None, self["eip"], "invalid opcode")
+        return True
+
+    def _io_denied(self):
+        return self.cpl > (self["eflags"] >> EFLAGS_IOPL_SHIFT) & 3
+
+    def _on_in(self, uc, port, size, _):
+        if self._io_denied():
+            self._io_fault = (GP, 0, self["eip"])
+            uc.emu_stop()
+            return self["eax"] & ((1 << (8 * size)) - 1)   # the register keeps its value
+        return self.board.ports.read(port, size)
+
+    def _on_out(self, uc, port, size, value, _):
+        if self._io_denied():
+            self._io_fault = (GP, 0, self["eip"])
+            uc.emu_stop()
+            return
+        self.board.ports.write(port, size, value)
+
+    # ---- interrupt and exception delivery --------------------------------
+    def raise_fault(self, vector, error_code, eip, why=""):
+        self.trace.emit("cpu.fault", self.index, vector=vector, eip=eip,
+                        error=error_code if error_code is not None else "-", why=why)
+        self.deliver(vector, "fault", error_code, eip)
+
+    def deliver(self, vector, kind, error_code=None, eip=None):
+        """Vector `vector` through the IDT that IDTR names.
+
+        kind: "int" (software; EIP is past the instruction), "fault"
+        (EIP is the faulting instruction), "irq" (external, from the
+        interrupt controller). A failure while delivering becomes the
+        fault the hardware would raise; a failure to deliver that becomes
+        a double fault; a failing double fault shuts the CPU down
+        (a triple fault), as on a real PC."""
+        eip = self["eip"] if eip is None else eip
+        for _ in range(3):
+            try:
+                self._deliver(vector, kind, error_code, eip)
+                return True
+            except DeliveryFault as f:
+                self.trace.emit("cpu.fault", self.index, vector=f.vector, eip=eip,
+                                error=f.error_code, why=f.why)
+                if vector == DF:
+                    break
+                vector, kind, error_code = (DF, "fault", 0) if kind == "nested" else (f.vector, "nested", f.error_code)
+        self.stop(f"triple fault: cannot deliver a double fault (IDTR base={self['idtr'][1]:#x})")
+        return False
+
+    def _deliver(self, vector, kind, error_code, eip):
+        ext = 1 if kind == "irq" else 0
+        _, idt_base, idt_limit, _ = self["idtr"]
+        if vector * 8 + 7 > idt_limit:
+            raise DeliveryFault(GP, vector * 8 + 2 + ext, f"vector {vector:#x} beyond IDT limit {idt_limit:#x}")
+        gate = self.gate_decoder(self._read(idt_base + vector * 8, 8, GP, vector * 8 + 2 + ext))
+        if gate.type not in (GATE_INT32, GATE_TRAP32):
+            raise DeliveryFault(GP, vector * 8 + 2 + ext, f"IDT entry {vector:#x} has type {gate.type:#x}, not a 32-bit interrupt or trap gate")
+        if kind == "int" and gate.dpl < self.cpl:
+            raise DeliveryFault(GP, vector * 8 + 2, f"int {vector:#x} from CPL {self.cpl} through a DPL {gate.dpl} gate")
+        if not gate.present:
+            raise DeliveryFault(NP, vector * 8 + 2 + ext, f"IDT entry {vector:#x} not present")
+        target = self._descriptor(gate.selector, GP)
+        if not (target.s and target.type & 8 and target.present):
+            raise DeliveryFault(GP, gate.selector & ~3, f"gate selector {gate.selector:#x} is not a present code segment")
+        old = {r: self[r] for r in ("cs", "eflags", "ss", "esp")}
+        old_cpl, new_cpl = old["cs"] & 3, target.dpl
+        if new_cpl > old_cpl:
+            raise DeliveryFault(GP, gate.selector & ~3, "gate leads to a less privileged segment")
+        frame = [eip, old["cs"], old["eflags"]]
+        if new_cpl < old_cpl:                        # stack switch through the TSS
+            tr_sel, tss, tss_limit, _ = self["tr"]
+            if tss_limit < TSS_SS0 + 3:
+                raise DeliveryFault(TS, tr_sel & ~3, "no TSS loaded to switch stacks from CPL 3")
+            esp = self.memory.read_u32(tss + TSS_ESP0)
+            ss = self.memory.read_u16(tss + TSS_SS0)
+            frame += [old["esp"], old["ss"]]
+        else:
+            esp, ss = old["esp"], old["ss"]
+        if error_code is not None:
+            frame.insert(0, error_code)
+        stack_base = self._descriptor(ss, TS).base
+        esp = (esp - 4 * len(frame)) & 0xFFFFFFFF
+        self._write(stack_base + esp, struct.pack(f"<{len(frame)}I", *frame), SS_FAULT, ss & ~3)
+        if new_cpl < old_cpl:
+            self._load_privileged(gate.selector, ss)
+        elif gate.selector != old["cs"]:
+            self["cs"] = gate.selector
+        flags = old["eflags"] & ~(EFLAGS_TF | EFLAGS_NT | EFLAGS_RF | EFLAGS_VM)
+        if gate.type == GATE_INT32:
+            flags &= ~EFLAGS_IF
+        self["esp"] = esp
+        self["eflags"] = flags
+        self["eip"] = gate.offset
+        self.halted = False
+        self.delivered += 1
+        self.trace.emit("cpu.deliver", self.index, vector=vector, kind=kind, idt=idt_base,
+                        handler=gate.offset, cpl=f"{old_cpl}->{new_cpl}")
+
+    def _load_privileged(self, cs, ss):
+        """Load ring-0 CS/SS from a CPL 3 context (Unicorn refuses a plain write)."""
+        cr0 = self["cr0"]
+        self["cr0"] = cr0 & ~1
+        self["cs"], self["ss"] = cs, ss
+        self["cr0"] = cr0
+        self["cs"], self["ss"] = cs, ss
+
+    def _descriptor(self, sel, fault):
+        _, gdt, gdt_limit, _ = self["gdtr"]
+        table, limit = gdt, gdt_limit
+        if sel & 4:
+            _, table, limit, _ = self["ldtr"]
+        index = sel & ~7
+        if (sel & ~3) == 0 or index + 7 > limit:
+            raise DeliveryFault(fault, sel & ~3, f"selector {sel:#x} outside its descriptor table")
+        return decode_segment(self._read(table + index, 8, fault, sel & ~3))
+
+    def _read(self, addr, n, fault, error):
+        try:
+            return self.memory.read(addr, n)
+        except ValueError as e:
+            raise DeliveryFault(fault, error, str(e))
+
+    def _write(self, addr, data, fault, error):
+        try:
+            self.memory.write(addr, data, code=False)
+        except ValueError as e:
+            raise DeliveryFault(fault, error, str(e))

@@ -1,0 +1,57 @@
+"""The one event trace.
+
+Every transition worth teaching is appended here, stamped with virtual time
+(retired instructions) and the CPU it happened on. Widgets, diagrams, tests
+and benchmarks read this log; nothing keeps a second bookkeeping. Because
+virtual time counts instructions, the same run gives the same trace.
+"""
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Event:
+    time: int
+    cpu: int | None
+    kind: str
+    data: dict = field(default_factory=dict, compare=True)
+
+    def __getitem__(self, key):
+        return self.data[key]
+
+    def __str__(self):
+        where = f"cpu{self.cpu}" if self.cpu is not None else "board"
+        args = " ".join(f"{k}={_fmt(v)}" for k, v in self.data.items())
+        return f"{self.time:>10} {where:5} {self.kind:14} {args}".rstrip()
+
+
+def _fmt(v):
+    if isinstance(v, bool) or not isinstance(v, int):
+        return str(v)
+    return f"{v:#x}" if v > 9 else str(v)
+
+
+class Trace:
+    def __init__(self, clock):
+        self._clock = clock          # callable: current virtual time
+        self.events = []
+
+    def emit(self, kind, /, cpu=None, **data):
+        ev = Event(self._clock(), cpu, kind, data)
+        self.events.append(ev)
+        return ev
+
+    def mark(self):
+        """A position to read `since` from: lets a widget show only what a step did."""
+        return len(self.events)
+
+    def since(self, mark, *kinds):
+        return [e for e in self.events[mark:] if not kinds or e.kind in kinds]
+
+    def of(self, *kinds):
+        return self.since(0, *kinds)
+
+    def text(self, mark=0, *kinds):
+        return "\n".join(str(e) for e in self.since(mark, *kinds))
+
+    def __len__(self):
+        return len(self.events)

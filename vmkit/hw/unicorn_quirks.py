@@ -1,0 +1,75 @@
+"""Where Unicorn 2.1.4 keeps the exception state it never clears.
+
+Unicorn hands every `int n` and exception to our hook instead of
+delivering it, so QEMU's own delivery code, which resets
+`env->old_exception` after each delivered fault, never runs: the second
+contributory fault of a run then arrives as a double fault (#DF) and the
+third ends emulation silently (measured). The record lives in the CPU
+context that `context_save` copies out, so we can read and reset it.
+
+Rather than hard-code offsets into CPUX86State, we find them once per
+process by provoking a known software interrupt and a known #GP on a
+scratch CPU and comparing the two saved contexts:
+  - error_code    (0 for `int`, 0x30 for #GP on selector 0x33)
+  - is_int        (1 for `int n`, 0 for a fault): tells them apart, since
+                  `int 13` and a real #GP reach the hook with the same number
+  - old_exception (0xffffffff after `int`, 13 after the #GP)
+"""
+import ctypes
+import functools
+import struct
+
+from unicorn import Uc, UC_ARCH_X86, UC_MODE_32, UC_HOOK_INTR
+from unicorn.x86_const import UC_X86_REG_EIP
+
+
+class Offsets:
+    def __init__(self, error_code, is_int, old_exception):
+        self.error_code, self.is_int, self.old_exception = error_code, is_int, old_exception
+
+
+def _context_at_interrupt(code):
+    uc = Uc(UC_ARCH_X86, UC_MODE_32)
+    uc.mem_map(0, 0x10000)
+    uc.mem_write(0x1000, code)
+    got = []
+
+    def hook(uc, intno, _):
+        got.append(bytes(uc.context_save()))
+        uc.emu_stop()
+    uc.hook_add(UC_HOOK_INTR, hook)
+    uc.emu_start(0x1000, 0xFFFF, count=10)
+    return got[0]
+
+
+@functools.lru_cache(maxsize=1)
+def offsets():
+    soft = _context_at_interrupt(bytes([0xCD, 0x0D, 0xF4]))              # int 13
+    # mov ax, 0x33 ; mov ds, ax : selector 0x33 lies past the (empty) GDT -> #GP(0x30)
+    fault = _context_at_interrupt(bytes([0x66, 0xB8, 0x33, 0x00, 0x8E, 0xD8, 0xF4]))
+    words = lambda b: struct.unpack(f"<{len(b) // 4}I", b)
+    s, f = words(soft), words(fault)
+    diffs = [(i * 4, a, b) for i, (a, b) in enumerate(zip(s, f)) if a != b]
+    find = lambda pred: [off for off, a, b in diffs if pred(a, b)]
+    err = find(lambda a, b: a == 0 and b == 0x30)
+    is_int = find(lambda a, b: a == 1 and b == 0)
+    old = find(lambda a, b: a == 0xFFFFFFFF and b == 13)
+    if len(err) != 1 or len(is_int) != 1 or len(old) != 1:
+        raise RuntimeError("cannot locate Unicorn's exception record in its CPU context; "
+                           f"this Unicorn differs from 2.1.4 (candidates {err} {is_int} {old})")
+    return Offsets(err[0], is_int[0], old[0])
+
+
+def read_exception(uc):
+    """(is_int, error_code) of the exception now reaching the interrupt hook."""
+    o = offsets()
+    raw = bytes(uc.context_save())
+    return (struct.unpack_from("<I", raw, o.is_int)[0] == 1,
+            struct.unpack_from("<I", raw, o.error_code)[0])
+
+
+def clear_exception_record(uc):
+    """Do what QEMU does after delivering a fault: forget it (old_exception = -1)."""
+    ctx = uc.context_save()
+    ctypes.memmove(ctx._context.value + offsets().old_exception, b"\xff" * 4, 4)
+    uc.context_restore(ctx)
