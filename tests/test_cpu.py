@@ -1,0 +1,142 @@
+"""Interrupt and exception delivery is the platform's: these pin it down."""
+import pytest
+
+from vmkit.hw.board import Board
+from conftest import write_idt, install_tss, u32, IDT_A, IDT_B, RING0_STACK
+
+COUNT = 0x5000          # handlers count into 0x5000 (A) and 0x5004 (B)
+
+
+def test_same_int_reaches_handler_a_then_b_after_idtr_changes(board):
+    board.boot(0x1000)           # firmware state first; the test then installs its tables
+    board.load(0x6000, "inc dword ptr [0x5000]\niretd")
+    board.load(0x6100, "inc dword ptr [0x5004]\niretd")
+    idtr_a = write_idt(board, IDT_A, {0x30: 0x6000})
+    idtr_b = write_idt(board, IDT_B, {0x30: 0x6100})
+    board.load(0x1000, f"""
+        lidt [desc_a]
+        int 0x30
+        lidt [desc_b]
+        int 0x30
+        hlt
+    desc_a: .word {idtr_a[2]}
+            .long {IDT_A}
+    desc_b: .word {idtr_b[2]}
+            .long {IDT_B}
+    """)
+    board.run(200)
+    assert (u32(board, 0x5000), u32(board, 0x5004)) == (1, 1)
+    delivered = board.trace.of("cpu.deliver")
+    assert [(e["idt"], e["handler"]) for e in delivered] == [(IDT_A, 0x6000), (IDT_B, 0x6100)]
+    assert board.cpu.halted
+
+
+def test_cpl3_to_cpl0_through_gate_and_tss_stack_and_back(board):
+    board.boot(0x1000)           # firmware state first; the test then installs its tables
+    install_tss(board)
+    board.cpu["idtr"] = write_idt(board, IDT_A, {0x80: (0x6000, 3, 0xE)})
+    # the handler records CS, the stack it runs on and the CS it interrupted
+    board.load(0x6000, """
+        mov [0x5000], cs
+        mov [0x5004], esp
+        mov eax, [esp+4]
+        mov [0x5008], eax
+        inc dword ptr [0x500c]
+        iretd
+    """)
+    board.load(0x7000, "l: int 0x80\nmov [0x5010], cs\ninc ecx\ncmp ecx, 3\njne l\nj: jmp j")
+    board.load(0x1000, "push 0x23\npush 0x70000\npush 0x202\npush 0x1b\npush 0x7000\niretd")
+    board.run(500)
+    assert u32(board, 0x500c) == 3                     # three round trips
+    assert u32(board, 0x5000) & 0xFFFF == 0x08         # handler at CPL 0
+    assert u32(board, 0x5004) == RING0_STACK - 20      # on the TSS stack: SS, ESP, EFLAGS, CS, EIP
+    assert u32(board, 0x5008) & 0xFFFF == 0x1B         # interrupted CPL 3 code
+    assert u32(board, 0x5010) & 0xFFFF == 0x1B         # back at CPL 3 after iretd
+    assert board.cpu.cpl == 3
+
+
+def test_int_through_dpl0_gate_from_cpl3_is_gp(board):
+    board.boot(0x1000)           # firmware state first; the test then installs its tables
+    install_tss(board)
+    board.cpu["idtr"] = write_idt(board, IDT_A, {0x80: 0x6000, 13: 0x6100})
+    board.load(0x6000, "inc dword ptr [0x5000]\niretd")
+    board.load(0x6100, "inc dword ptr [0x5004]\nh: jmp h")
+    board.load(0x7000, "int 0x80\nj: jmp j")
+    board.load(0x1000, "push 0x23\npush 0x70000\npush 0x202\npush 0x1b\npush 0x7000\niretd")
+    board.run(200)
+    assert (u32(board, 0x5000), u32(board, 0x5004)) == (0, 1)
+    fault = board.trace.of("cpu.fault")[0]
+    assert fault["vector"] == 13 and fault["error"] == 0x80 * 8 + 2
+
+
+def test_hundred_faults_each_delivered_as_itself(board):
+    board.boot(0x1000)           # firmware state first; the test then installs its tables
+    board.cpu["idtr"] = write_idt(board, IDT_A, {0: 0x6000, 8: 0x6100, 13: 0x6200})
+    board.load(0x6000, "inc dword ptr [0x5000]\nadd dword ptr [esp], 2\niretd")   # skip `div ebx`
+    board.load(0x6100, "inc dword ptr [0x5004]\nd: jmp d")
+    board.load(0x6200, "inc dword ptr [0x5008]\nadd esp, 4\nadd dword ptr [esp], 2\niretd")  # skip `mov ds, ax`
+    board.load(0x1000, """
+        mov ecx, 50
+    l:  xor edx, edx
+        mov eax, 1
+        xor ebx, ebx
+        div ebx
+        mov ax, 0x33
+        mov ds, ax
+        dec ecx
+        jnz l
+        hlt
+    """)
+    board.run(5000)
+    assert (u32(board, 0x5000), u32(board, 0x5008), u32(board, 0x5004)) == (50, 50, 0)
+    faults = board.trace.of("cpu.fault")
+    assert [f["vector"] for f in faults] == [0, 13] * 50
+    assert all(f["error"] == 0x30 for f in faults if f["vector"] == 13)
+    assert board.cpu.halted and board.cpu.shutdown is None
+
+
+def test_cpl3_out_faults_unless_iopl_allows(board):
+    board.boot(0x1000)           # firmware state first; the test then installs its tables
+    install_tss(board)
+    board.cpu["idtr"] = write_idt(board, IDT_A, {13: 0x6000})
+    board.load(0x6000, "inc dword ptr [0x5000]\nmov eax, [esp+4]\nmov [0x5004], eax\nadd esp, 4\nadd dword ptr [esp], 1\niretd")
+    board.load(0x7000, "mov al, 0x41\nmov dx, 0x3f8\nout dx, al\nj: jmp j")
+    for iopl, expect_out, expect_faults in ((0, "", 1), (3, "A", 0)):
+        b = Board()
+        b.boot(0x1000)
+        install_tss(b)
+        b.cpu["idtr"] = board.cpu["idtr"]
+        b.memory.write(0, board.memory.read(0, 0x8000))
+        b.load(0x1000, f"push 0x23\npush 0x70000\npush {0x202 | iopl << 12}\npush 0x1b\npush 0x7000\niretd")
+        b.run(300)
+        b.run(300)            # a slice that ends in an I/O fault is charged whole: run another
+        assert b.uart.text == expect_out
+        assert u32(b, 0x5000) == expect_faults
+        if expect_faults:
+            assert u32(b, 0x5004) == 0x7000 + 2 + 4      # EIP of the faulting `out` is pushed
+
+
+def test_missing_idt_is_a_triple_fault(board):
+    board.boot(0x1000)           # firmware state first; the test then installs its tables
+    board.load(0x1000, "int 0x30\nhlt")
+    board.run(100)
+    assert "triple fault" in board.cpu.shutdown
+    assert [e["vector"] for e in board.trace.of("cpu.fault")] == [13, 8]
+
+
+def test_invalid_opcode_is_ud_and_execution_continues(board):
+    board.boot(0x1000)           # firmware state first; the test then installs its tables
+    board.cpu["idtr"] = write_idt(board, IDT_A, {6: 0x6000})
+    board.load(0x6000, "inc dword ptr [0x5000]\nadd dword ptr [esp], 2\niretd")
+    board.load(0x1000, "ud2\nud2\nmov dword ptr [0x5004], 7\nhlt")
+    board.run(100)
+    assert (u32(board, 0x5000), u32(board, 0x5004)) == (2, 7)
+
+
+def test_memory_the_machine_lacks_is_gp(board):
+    board.boot(0x1000)           # firmware state first; the test then installs its tables
+    board.cpu["idtr"] = write_idt(board, IDT_A, {13: 0x6000})
+    board.load(0x6000, "inc dword ptr [0x5000]\nadd esp, 4\nadd dword ptr [esp], 5\niretd")   # skip the 5-byte load
+    board.load(0x1000, "mov eax, [0x40000000]\nmov dword ptr [0x5004], 9\nhlt")
+    board.run_until(lambda: board.cpu.halted, 100_000, "hlt")
+    assert (u32(board, 0x5000), u32(board, 0x5004)) == (1, 9)
