@@ -133,7 +133,6 @@ class Board:
                 cpu.run(step)
             self.clock += step
         self._fire_due_events()
-        self._deliver_interrupts()
 
     def step(self):
         """One instruction on CPU 0 (interrupts due now are delivered first)."""

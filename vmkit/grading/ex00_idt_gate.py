@@ -1,0 +1,104 @@
+"""Grades exercise 00 by the machine's behaviour with the learner's decoder.
+
+First the decoder meets gates of every shape (offsets in both halves, all
+DPLs, trap and interrupt gates, absent gates); then it is plugged into the
+CPU's interrupt delivery, and a program that takes a software interrupt, a
+divide fault, a timer IRQ and a not-present gate must see each reach its
+own handler.
+"""
+import random
+
+from vmkit.hw.board import Board, KERNEL_CS
+from vmkit.hw.x86 import Gate, decode_gate, encode_gate
+
+IDT = 0x2000
+COUNTERS = 0x5000
+# vector -> handler address; each handler counts into COUNTERS + 4 * index
+HANDLERS = {0x30: 0x6000, 0x00: 0x6100, 0x20: 0x6200, 0x0B: 0x6300, 0x31: 0x6400}
+
+
+def sample_gates():
+    rng = random.Random(0)
+    shapes = [(0, 0, 0xE, 0, True), (0xFFFFFFFF, 0xFFFF, 0xF, 3, True),
+              (0x12345678, 0x08, 0xE, 0, False), (0x0000FFFF, 0x10, 0xF, 1, True),
+              (0xFFFF0000, 0x1B, 0xE, 2, True)]
+    shapes += [(rng.getrandbits(32), rng.getrandbits(16), rng.choice((0xE, 0xF)),
+                rng.randrange(4), rng.random() < 0.8) for _ in range(40)]
+    return [encode_gate(o, s, t, d, p) for o, s, t, d, p in shapes]
+
+
+def check_decoding(decode):
+    for raw in sample_gates():
+        want = decode_gate(raw)
+        got = decode(raw)
+        if tuple(got) != tuple(want):
+            return f"bytes {raw.hex(' ')}: expected {want}, got {tuple(got)}"
+    return None
+
+
+PROGRAM = f"""
+    mov al, 0x11            ; remap the PIC: IRQ 0 -> vector 0x20
+    out 0x20, al
+    mov al, 0x20
+    out 0x21, al
+    mov al, 0x04
+    out 0x21, al
+    mov al, 0x01
+    out 0x21, al
+    mov al, 0xFE            ; unmask the timer only
+    out 0x21, al
+    lidt [idt_desc]
+    int 0x30
+    xor edx, edx
+    mov eax, 1
+    xor ebx, ebx
+    div ebx                 ; #DE
+    int 0x31                ; gate not present: #NP(0x31*8+2)
+    sti
+wait: cmp dword ptr [{COUNTERS + 8}], 0
+    je wait
+    cli
+    hlt
+idt_desc: .word {256 * 8 - 1}
+          .long {IDT}
+"""
+
+
+def handler(index, skip=0, pop_error=False):
+    fix = ("add esp, 4\n" if pop_error else "") + (f"add dword ptr [esp], {skip}\n" if skip else "")
+    eoi = "mov al, 0x20\nout 0x20, al\n" if index == 2 else ""
+    return f"inc dword ptr [{COUNTERS + 4 * index}]\n{eoi}{fix}iretd"
+
+
+def check_delivery(decode):
+    board = Board()
+    for vector, address in HANDLERS.items():
+        if vector != 0x31:
+            board.memory.write(IDT + vector * 8, encode_gate(address, KERNEL_CS))
+    board.memory.write(IDT + 0x31 * 8, encode_gate(HANDLERS[0x31], KERNEL_CS, present=False))
+    board.load(0x6000, handler(0))
+    board.load(0x6100, handler(1, skip=2))                    # skip `div ebx`
+    board.load(0x6200, handler(2))
+    board.load(0x6300, handler(3, skip=2, pop_error=True))    # skip `int 0x31`
+    board.load(0x6400, handler(4))
+    board.load(0x1000, PROGRAM)
+    board.cpu.gate_decoder = lambda raw: Gate(*decode(bytes(raw)))
+    board.pit.program(5000)
+    board.boot(0x1000)
+    try:
+        board.run_until(lambda: board.cpu.halted or board.cpu.shutdown, 200_000, "the test program's end")
+    except TimeoutError:
+        pass
+    counts = [board.memory.read_u32(COUNTERS + 4 * i) for i in range(5)]
+    names = ["int 0x30", "divide fault (#DE)", "timer IRQ 0", "#NP from a not-present gate", "the absent gate's handler"]
+    want = [1, 1, 1, 1, 0]
+    for name, got, expect in zip(names, counts, want):
+        if got != expect:
+            seen = "; ".join(str(e) for e in board.trace.of("cpu.deliver", "cpu.fault", "cpu.shutdown")[:6])
+            return f"{name}: handler ran {got} times, expected {expect}. The CPU saw: {seen}"
+    return None
+
+
+CHECKS = [("decodes gates of every shape", 1, check_decoding),
+          ("the CPU delivers interrupts through it", 2, check_delivery)]
+FUNCTION = "decode_gate"
