@@ -41,11 +41,17 @@ SCSI_PORT, SCSI_IRQ = 0xC100, 11
 
 class Board:
     def __init__(self, memory=16 << 20, cpus=1, slice=20_000, disk=None, nics=0):
+        """disk: a DiskImage or the path of one, behind the SCSI controller;
+        nics: how many NICs (0..2) to fit; wire them with `Wire(a, b)`."""
         if cpus not in (1, 2):
             raise ValueError(f"the board has one or two CPUs, not {cpus}")
-        self.clock = 0
+        if not 0 <= nics <= len(NIC_PORTS):
+            raise ValueError(f"the board has room for 0..{len(NIC_PORTS)} NICs, not {nics}")
+        self.clock = 0                         # virtual time at the start of the current round
         self.slice = slice
-        self.trace = Trace(lambda: self.clock)
+        self._running = None                   # the CPU inside emu_start, if any
+        self._round_end = 0
+        self.trace = Trace(self.now)
         self.memory = PhysicalMemory(memory)
         self.ports = PortBus()
         self._events = []                      # (time, seq, fn): device events in virtual time
@@ -62,7 +68,10 @@ class Board:
             self.devices.append(("nic", NIC_PORTS[i], 64, NIC_IRQS[i]))
         self.scsi = None
         if disk is not None:
+            from .disk import DiskImage
             from .scsi import SCSIController
+            if not isinstance(disk, DiskImage):
+                disk = DiskImage.open(disk)          # a clear DiskImageError if it is not usable
             self.scsi = SCSIController(self, SCSI_PORT, SCSI_IRQ, disk)
             self.devices.append(("scsi", SCSI_PORT, 16, SCSI_IRQ))
         self.cpus = [CPU(i, self) for i in range(cpus)]
@@ -107,9 +116,20 @@ class Board:
         self.trace.emit("boot", cpu, entry=entry, stack=stack)
 
     # ---- virtual time --------------------------------------------------------
+    def now(self):
+        """Virtual time: exact even in the middle of a CPU's slice."""
+        cpu = self._running
+        return self.clock if cpu is None else self.clock + cpu.lead + cpu.progress()
+
     def schedule(self, delay, fn):
-        """Call fn() `delay` retired instructions from now."""
-        heapq.heappush(self._events, (self.clock + max(1, int(delay)), next(self._seq), fn))
+        """Call fn() `delay` retired instructions from now.
+
+        If that falls inside the slice running now, the running CPU is
+        stopped at once, so the event fires on time."""
+        due = self.now() + max(1, int(delay))
+        heapq.heappush(self._events, (due, next(self._seq), fn))
+        if self._running is not None and due < self._round_end:
+            self._running.request_stop()
 
     def _fire_due_events(self):
         while self._events and self._events[0][0] <= self.clock:
@@ -121,7 +141,12 @@ class Board:
             cpu.deliver(self.pic.acknowledge(), "irq")
 
     def run(self, instructions):
-        """Advance virtual time by `instructions`, every CPU running in turn."""
+        """Advance virtual time by `instructions`, the CPUs taking turns.
+
+        Each round runs every CPU up to the round's end. A CPU stopped
+        early (a device scheduled an event inside the round) ends the round
+        there for the CPUs after it; one that had already run further keeps
+        the difference as its `lead` and runs that much less next round."""
         end = self.clock + instructions
         while self.clock < end:
             self._fire_due_events()
@@ -129,9 +154,20 @@ class Board:
             step = min(self.slice, end - self.clock)
             if self._events:
                 step = min(step, self._events[0][0] - self.clock)
+            self._round_end = self.clock + step
             for cpu in self.cpus:
-                cpu.run(step)
-            self.clock += step
+                budget = self._round_end - self.clock - cpu.lead
+                if budget > 0:
+                    self._running = cpu
+                    try:
+                        cpu.lead += cpu.run(budget)
+                    finally:
+                        self._running = None
+                self._round_end = min(self._round_end, self.clock + cpu.lead)
+            length = self._round_end - self.clock
+            for cpu in self.cpus:
+                cpu.lead -= length
+            self.clock += length
         self._fire_due_events()
 
     def step(self):

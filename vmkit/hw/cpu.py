@@ -18,10 +18,11 @@ unicorn_quirks.py):
   - a register write inside an I/O hook is not honoured until the
     translation block ends, so an I/O fault stops the slice and is
     delivered from the run loop, with EIP pointing at the `in`/`out`.
-Virtual time: Unicorn does not report how many instructions ran before an
-early stop (hlt, an I/O fault, a fault on missing memory), so such a slice
-is charged in full. It is still deterministic: the same run stops at the
-same places.
+Virtual time: Unicorn's `count=` does not report how many instructions ran
+before an early stop (hlt, an I/O fault, a fault on missing memory), so
+the CPU counts retired instructions itself with a C code hook (counter.c):
+virtual time is exact, and a slice can be cut short when a device
+schedules an event inside it.
 """
 import struct
 
@@ -31,6 +32,7 @@ from unicorn import (Uc, UcError, UC_ARCH_X86, UC_MODE_32, UC_PROT_ALL, UC_HOOK_
 from unicorn import x86_const as X
 
 from . import unicorn_quirks
+from .counter import Counter
 from .x86 import (decode_gate, decode_segment, ERROR_CODE_VECTORS, GATE_INT32, GATE_TRAP32,
                   EFLAGS_IF, EFLAGS_TF, EFLAGS_NT, EFLAGS_RF, EFLAGS_VM, EFLAGS_IOPL_SHIFT,
                   TSS_ESP0, TSS_SS0, DF, GP, NP, TS, UD, SS_FAULT, EXCEPTION_NAMES)
@@ -55,6 +57,7 @@ class DeliveryFault(Exception):
 
 class CPU:
     def __init__(self, index, board):
+        self.lead = 0                        # instructions ahead of the board's clock (board.run)
         self.index = index
         self.board = board
         self.memory = board.memory
@@ -67,7 +70,10 @@ class CPU:
         self.shutdown = None                 # why the CPU stopped for good (triple fault)
         self.delivered = 0                   # vectors delivered, for counters and benchmarks
         self._io_fault = None
+        self._stop_requested = False
+        self.done = 0
         uc = self.uc
+        self.counter = Counter(uc)
         uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
         uc.hook_add(UC_HOOK_MEM_UNMAPPED, lambda *a: False)   # becomes #GP in run()
@@ -107,23 +113,47 @@ class CPU:
 
     # ---- running ---------------------------------------------------------
     def run(self, budget):
-        """Execute up to `budget` instructions; returns the instructions charged."""
-        if self.shutdown or self.halted or budget <= 0:
-            return budget
-        self._io_fault = None
-        try:
-            self.uc.emu_start(self["eip"], NO_ADDRESS, count=budget)
-        except UcError as e:
-            self._on_stop_error(e)
-            return budget
-        if self._io_fault:
-            vector, error, eip = self._io_fault
-            self.raise_fault(vector, error, eip, "I/O port access above IOPL")
-        elif self.cpl == 0 and self.memory.read(self["eip"] - 1, 1) == b"\xf4":
-            self.halted = True
-            self.trace.emit("cpu.halt", self.index, eip=self["eip"] - 1,
-                            interrupts=self.interrupts_enabled)
-        return budget
+        """Execute up to `budget` instructions of virtual time.
+
+        Returns `budget` when the CPU used the whole slice (running, or
+        halted and idle for the rest of it), fewer when the board asked it
+        to stop early because a device scheduled an event inside the slice."""
+        self.done = 0
+        self._stop_requested = False
+        while self.done < budget:
+            if self.shutdown or self.halted:
+                return budget
+            self._io_fault = None
+            executed, error = self.counter.run(self["eip"], budget - self.done, NO_ADDRESS)
+            self.done += executed
+            if error is not None:
+                self._on_stop_error(error)
+            elif self._io_fault:
+                vector, code, eip = self._io_fault
+                self.raise_fault(vector, code, eip, "I/O port access above IOPL")
+            elif self._stop_requested:
+                return self.done
+            elif self.done < budget or self._ended_on_hlt():
+                self.halted = True
+                self.trace.emit("cpu.halt", self.index, eip=self["eip"] - 1,
+                                interrupts=self.interrupts_enabled)
+            if not self.counter.exact:
+                return budget                  # Unicorn's count= cannot say how far it got
+        return self.done
+
+    def _ended_on_hlt(self):
+        """Only ambiguous when the budget ran out exactly after an instruction: was it hlt?"""
+        eip = self["eip"]
+        return self.cpl == 0 and 0 < eip <= self.memory.size and self.memory.read(eip - 1, 1) == b"\xf4"
+
+    def progress(self):
+        """Instructions retired so far in the current `run` (exact counter only)."""
+        return self.done + self.counter.count
+
+    def request_stop(self):
+        """End the current slice after this instruction (the board must re-plan)."""
+        self._stop_requested = True
+        self.uc.emu_stop()
 
     def _on_stop_error(self, err):
         eip = self["eip"]
@@ -192,13 +222,19 @@ class CPU:
                 self._deliver(vector, kind, error_code, eip)
                 return True
             except DeliveryFault as f:
-                self.trace.emit("cpu.fault", self.index, vector=f.vector, eip=eip,
-                                error=f.error_code, why=f.why)
                 if vector == DF:
                     break
+                if kind == "int":                  # a fault of the `int` instruction itself
+                    eip -= self._int_length(eip, vector)
                 vector, kind, error_code = (DF, "fault", 0) if kind == "nested" else (f.vector, "nested", f.error_code)
+                self.trace.emit("cpu.fault", self.index, vector=vector, eip=eip,
+                                error=error_code, why=f.why)
         self.stop(f"triple fault: cannot deliver a double fault (IDTR base={self['idtr'][1]:#x})")
         return False
+
+    def _int_length(self, next_eip, vector):
+        """`int n` is 2 bytes (CD n); int3, into and int1 are 1."""
+        return 2 if self.memory.read(next_eip - 2, 2) == bytes([0xCD, vector]) else 1
 
     def _deliver(self, vector, kind, error_code, eip):
         ext = 1 if kind == "irq" else 0

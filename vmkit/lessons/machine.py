@@ -4,8 +4,23 @@ that waits for interrupts with two IDTs in memory.
 Everything here is x86 code and tables in emulated memory; the notebook
 only calls these builders and the widgets.
 """
+import pathlib
+import tempfile
+
 from vmkit.hw.board import Board, KERNEL_CS
+from vmkit.hw.disk import DiskImage
+from vmkit.hw.nic import Wire
 from vmkit.hw.x86 import encode_gate
+
+
+
+def full_board(sectors=2048):
+    """Every device fitted: two NICs on one wire, a SCSI disk in a scratch file."""
+    path = pathlib.Path(tempfile.mkdtemp(prefix="vmkit-")) / "disk.img"
+    board = Board(nics=2, disk=DiskImage.create(path, sectors))
+    Wire(board.nics[0], board.nics[1])
+    return board
+
 
 FIB_ARRAY = 0x5000
 

@@ -1,0 +1,80 @@
+"""Grading: a score table, exercise by exercise (like xv6's make grade).
+
+Each exercise is graded in its own process with a time limit, so a
+learner's infinite loop fails that exercise only. An untouched stub
+(NotImplementedError) reads "not attempted".
+"""
+import importlib
+import importlib.util
+import json
+import pathlib
+import subprocess
+import sys
+import traceback
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+EXERCISES = ["ex00_idt_gate"]
+TIME_LIMIT = 60          # seconds per exercise
+
+
+def grade_one(directory, name):
+    """Run in the child process: [(check, points, status, message)]."""
+    grader = importlib.import_module(f"vmkit.grading.{name}")
+    path = pathlib.Path(directory) / f"{name}.py"
+    results = []
+    try:
+        spec = importlib.util.spec_from_file_location(f"learner_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        function = getattr(module, grader.FUNCTION)
+    except Exception as e:
+        return [(c, p, "error", f"cannot load {path}: {e!r}") for c, p, _ in grader.CHECKS]
+    for check, points, fn in grader.CHECKS:
+        try:
+            problem = fn(function)
+            results.append((check, points, "fail" if problem else "ok", problem or ""))
+        except NotImplementedError:
+            results.append((check, points, "not attempted", ""))
+        except Exception as e:
+            where = traceback.extract_tb(e.__traceback__)[-1]
+            results.append((check, points, "fail", f"{type(e).__name__}: {e} ({pathlib.Path(where.filename).name}:{where.lineno})"))
+    return results
+
+
+def grade(directory, time_limit=TIME_LIMIT, only=None):
+    """{exercise: [(check, points, status, message)]}, each graded in a child process."""
+    table = {}
+    for name in [only] if only else EXERCISES:
+        try:
+            out = subprocess.run([sys.executable, "-m", "vmkit.grading", "--one", str(directory), name],
+                                 cwd=ROOT,
+                                 capture_output=True, text=True, timeout=time_limit)
+            lines = out.stdout.strip().splitlines()
+            table[name] = (json.loads(lines[-1]) if out.returncode == 0 and lines else
+                           [("(whole exercise)", 0, "fail", f"grader crashed: {out.stderr.strip()[-300:]}")])
+        except subprocess.TimeoutExpired:
+            grader = importlib.import_module(f"vmkit.grading.{name}")
+            table[name] = [(c, p, "fail", f"timed out after {time_limit}s (an infinite loop?)")
+                           for c, p, _ in grader.CHECKS]
+    return table
+
+
+def print_table(table):
+    score = total = 0
+    for name, rows in table.items():
+        for i, (check, points, status, message) in enumerate(rows):
+            label = name if i == 0 else ""
+            total += points
+            score += points if status == "ok" else 0
+            shown = {"ok": "OK", "fail": "FAIL"}.get(status, status)
+            print(f"{label:16} {check:42} {shown}" + (f"\n{'':16}   {message}" if message else ""))
+    print(f"Score: {score}/{total}")
+    return score, total
+
+
+def check(name, directory=None):
+    """The notebooks' "check your work" cell: grade one exercise, print its rows."""
+    directory = pathlib.Path(directory or ROOT / "exercises")
+    if name not in EXERCISES:
+        raise ValueError(f"no exercise called {name!r}; there are {', '.join(EXERCISES)}")
+    return print_table({name: grade(directory, only=name)[name]})
