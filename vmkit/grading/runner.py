@@ -77,4 +77,4 @@ def check(name, directory=None):
     directory = pathlib.Path(directory or ROOT / "exercises")
     if name not in EXERCISES:
         raise ValueError(f"no exercise called {name!r}; there are {', '.join(EXERCISES)}")
-    return print_table({name: grade(directory, only=name)[name]})
+    print_table({name: grade(directory, only=name)[name]})

@@ -130,3 +130,17 @@ def counts(board):
     """{line: (times IDT A's handler ran, times IDT B's handler ran)}."""
     read = board.memory.read_u32
     return {line: (read(COUNTS_A + 4 * line), read(COUNTS_B + 4 * line)) for line in range(16)}
+
+
+def irq_with_decoder(decode, line=1):
+    """The two-IDT machine with `decode` as the CPU's gate decoder; raise `line`.
+
+    Returns the board, so a notebook can show what the CPU did with it."""
+    board = two_idt_machine()
+    board.cpu.gate_decoder = decode
+    raise_irq(board, line)
+    return board
+
+
+def registers_text(cpu, names=("eax", "ebx", "ecx", "edi", "eip")):
+    return "  ".join(f"{n}={cpu[n]:#x}" for n in names)

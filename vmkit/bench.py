@@ -1,0 +1,63 @@
+"""`./kit bench`: figures, side by side in one run. Asserts nothing.
+
+These machines are noisy, so what matters is the ratios taken in the same
+run: raw Unicorn on a loop against the board running the same loop with the
+timer interrupting it, and the cost of one interrupt delivery.
+"""
+import time
+
+from unicorn import Uc, UC_ARCH_X86, UC_MODE_32
+
+from vmkit.hw.asm import assemble
+from vmkit.hw.board import Board, KERNEL_CS
+from vmkit.hw.x86 import encode_gate
+
+LOOP = "l: inc eax\nadd ebx, eax\nxor ecx, ebx\njmp l"
+N = 20_000_000
+
+
+def best(fn, repeat=3):
+    return min(fn() for _ in range(repeat))
+
+
+def raw_unicorn():
+    uc = Uc(UC_ARCH_X86, UC_MODE_32)
+    uc.mem_map(0, 1 << 20)
+    uc.mem_write(0x1000, assemble(LOOP, 0x1000))
+    t = time.perf_counter()
+    uc.emu_start(0x1000, 0xFFFFFFFF, count=N)
+    return time.perf_counter() - t
+
+
+def board_loop(timer_period=None, instructions=N):
+    board = Board()
+    board.boot(0x1000)
+    idt = 0x2000
+    board.memory.write(idt + 0x20 * 8, encode_gate(0x6000, KERNEL_CS))
+    board.cpu["idtr"] = (0, idt, 0x7FF, 0)
+    board.load(0x6000, "push eax\nmov al, 0x20\nout 0x20, al\npop eax\niretd")
+    board.load(0x1000, "mov al, 0x11\nout 0x20, al\nmov al, 0x20\nout 0x21, al\nmov al, 4\nout 0x21, al\n"
+                       "mov al, 1\nout 0x21, al\nmov al, 0xfe\nout 0x21, al\nsti\n" + LOOP)
+    if timer_period:
+        board.pit.program(timer_period)
+    t = time.perf_counter()
+    board.run(instructions)
+    return time.perf_counter() - t, board.cpu.delivered
+
+
+def main():
+    raw = best(raw_unicorn)
+    quiet, _ = min(board_loop(None) for _ in range(3))
+    timed, ticks = min(board_loop(10_000) for _ in range(3))
+    busy_n = 2_000_000
+    calm, _ = min(board_loop(None, busy_n) for _ in range(3))
+    busy, irqs = min(board_loop(1_000, busy_n) for _ in range(3))
+    print(f"raw Unicorn, {N:,} instructions of a loop:      {N / raw / 1e6:6.1f} M instr/s")
+    print(f"board, same loop, no interrupts:               {N / quiet / 1e6:6.1f} M instr/s  ({raw / quiet:.2f} of raw)")
+    print(f"board, same loop, timer every 10,000 instr:    {N / timed / 1e6:6.1f} M instr/s  ({raw / timed:.2f} of raw; {ticks} IRQs)")
+    print(f"one IRQ delivered and returned from (timer every 1,000): "
+          f"{(busy - calm) / irqs * 1e6:5.1f} µs  ({irqs} IRQs)")
+
+
+if __name__ == "__main__":
+    main()
