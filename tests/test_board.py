@@ -155,3 +155,33 @@ def test_run_until_reports_what_did_not_happen():
     b.load(0x1000, "l: jmp l")
     with pytest.raises(TimeoutError, match="the flag did not happen within 5000"):
         b.run_until(lambda: False, 5000, "the flag")
+
+
+def test_irq_waits_while_if_is_clear_and_arrives_after_sti():
+    b = timer_board()
+    b.load(0x1000, TIMER_PROGRAM.replace("    sti\n", "    mov ecx, 20000\nhold: loop hold\n    sti\n"))
+    b.run(8000)
+    assert b.pic.has_request() and u32(b, 0x5000) == 0      # raised, pending, not delivered
+    b.run(20_000)
+    assert u32(b, 0x5000) >= 1
+
+
+def test_two_cpus_share_one_memory_and_run_deterministically():
+    def run():
+        b = Board(cpus=2)
+        b.load(0x1000, "l: inc dword ptr [0x5000]\ncmp dword ptr [0x5004], 0\nje l\nhlt")
+        b.load(0x2000, "l: cmp dword ptr [0x5000], 1000\njb l\nmov dword ptr [0x5004], 1\nhlt")
+        b.boot(0x1000, cpu=0)
+        assert b.cpus[1].halted                          # an application processor waits
+        b.boot(0x2000, stack=0x8F000, cpu=1)
+        b.run_until(lambda: all(c.halted for c in b.cpus), 200_000, "both CPUs halting")
+        return u32(b, 0x5000), [(e.time, e.cpu, e.kind) for e in b.trace.events]
+    first, second = run(), run()
+    assert first[0] >= 1000                              # CPU 1 saw CPU 0's writes, and CPU 0 saw its flag
+    assert first == second
+
+
+def test_a_missing_disk_image_is_a_clear_error(tmp_path):
+    from vmkit.hw.disk import DiskImageError
+    with pytest.raises(DiskImageError, match="nope.img"):
+        Board(disk=tmp_path / "nope.img")

@@ -78,6 +78,7 @@ class CPU:
         uc = self.uc
         self.counter = Counter(uc)
         self._uch, self._scratch, self._mmr = uc._uch, ctypes.c_uint64(), UcRegMMR()
+        self._batches = {}
         uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
         uc.hook_add(UC_HOOK_MEM_UNMAPPED, lambda *a: False)   # becomes #GP in run()
@@ -103,6 +104,34 @@ class CPU:
             return
         self._scratch.value = value & 0xFFFFFFFFFFFFFFFF
         err = _uc.uclib.uc_reg_write(self._uch, REG[name], ctypes.byref(self._scratch))
+        if err:
+            raise UcError(err)
+
+    def _batch(self, names):
+        """ctypes arrays for one set of register names, made once and reused."""
+        batch = self._batches.get(names)
+        if batch is None:
+            n = len(names)
+            vals = (ctypes.c_uint64 * n)()
+            batch = ((ctypes.c_int * n)(*(REG[x] for x in names)), vals,
+                     (ctypes.c_void_p * n)(*(ctypes.addressof(vals) + 8 * i for i in range(n))), n)
+            self._batches[names] = batch
+        return batch
+
+    def read(self, *names):
+        """Several plain registers in one call into Unicorn (uc_reg_read_batch)."""
+        ids, vals, ptrs, n = self._batch(names)
+        for i in range(n):
+            vals[i] = 0
+        _uc.uclib.uc_reg_read_batch(self._uch, ids, ptrs, n)
+        return list(vals)
+
+    def write(self, **values):
+        """Several plain registers in one call into Unicorn (uc_reg_write_batch)."""
+        ids, vals, ptrs, n = self._batch(tuple(values))
+        for i, v in enumerate(values.values()):
+            vals[i] = v & 0xFFFFFFFFFFFFFFFF
+        err = _uc.uclib.uc_reg_write_batch(self._uch, ids, ptrs, n)
         if err:
             raise UcError(err)
 
@@ -258,7 +287,7 @@ class CPU:
     def _deliver(self, vector, kind, error_code, eip):
         ext = 1 if kind == "irq" else 0
         _, idt_base, idt_limit, _ = self["idtr"]
-        old = {r: self[r] for r in ("cs", "eflags", "ss", "esp")}
+        old = dict(zip(("cs", "eflags", "ss", "esp"), self.read("cs", "eflags", "ss", "esp")))
         if vector * 8 + 7 > idt_limit:
             raise DeliveryFault(GP, vector * 8 + 2 + ext, f"vector {vector:#x} beyond IDT limit {idt_limit:#x}")
         gate = self.gate_decoder(self._read(idt_base + vector * 8, 8, GP, vector * 8 + 2 + ext))
@@ -296,9 +325,7 @@ class CPU:
         flags = old["eflags"] & ~(EFLAGS_TF | EFLAGS_NT | EFLAGS_RF | EFLAGS_VM)
         if gate.type == GATE_INT32:
             flags &= ~EFLAGS_IF
-        self["esp"] = esp
-        self["eflags"] = flags
-        self["eip"] = gate.offset
+        self.write(esp=esp, eflags=flags, eip=gate.offset)
         self.halted = False
         self.delivered += 1
         self.trace.emit("cpu.deliver", self.index, vector=vector, kind=kind, idt=idt_base,
