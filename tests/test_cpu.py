@@ -140,3 +140,31 @@ def test_memory_the_machine_lacks_is_gp(board):
     board.load(0x1000, "mov eax, [0x40000000]\nmov dword ptr [0x5004], 9\nhlt")
     board.run_until(lambda: board.cpu.halted, 100_000, "hlt")
     assert (u32(board, 0x5000), u32(board, 0x5004)) == (1, 9)
+
+
+def test_tss_io_bitmap_lets_cpl3_use_exactly_the_allowed_ports(board):
+    from vmkit.hw.x86 import encode_tss, encode_segment, TSS_AVAILABLE
+    from conftest import TSS, GDT
+    board.boot(0x1000)
+    install_tss(board)
+    tss = encode_tss(RING0_STACK, 0x10, allowed_ports=range(0x3F8, 0x400))
+    board.memory.write(TSS, tss)
+    board.memory.write(GDT + 0x28, encode_segment(TSS, len(tss) - 1, TSS_AVAILABLE, 0, s=0, db=0, g=0))
+    board.cpu["tr"] = (0x28, TSS, len(tss) - 1, 0x8B)
+    board.cpu["idtr"] = write_idt(board, IDT_A, {13: 0x6000})
+    board.load(0x6000, "inc dword ptr [0x5000]\nadd esp, 4\nadd dword ptr [esp], 1\niretd")
+    board.load(0x7000, """
+        mov al, 0x41
+        mov dx, 0x3f8
+        out dx, al          ; allowed by the bitmap
+        mov dx, 0x21
+        out dx, al          ; the PIC: not allowed
+        mov dx, 0x3ff
+        in ax, dx           ; a 2-byte access straddling 0x3ff/0x400: 0x400 is not allowed
+    j:  jmp j
+    """)
+    board.load(0x1000, "push 0x23\npush 0x70000\npush 0x202\npush 0x1b\npush 0x7000\niretd")
+    board.run(2000)
+    assert board.uart.text == "A"
+    assert u32(board, 0x5000) == 2
+    assert board.pic.master.imr == 0xFF             # the refused out never reached the PIC

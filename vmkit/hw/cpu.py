@@ -14,7 +14,7 @@ unicorn_quirks.py):
     the selector load (real-mode loads are unchecked and make CPL 0), set
     PE again, and load the selectors once more so their descriptors are
     read from the GDT;
-  - `in`/`out` never check IOPL: we do, and raise #GP(0);
+  - `in`/`out` never check IOPL or the TSS I/O bitmap: we do, and raise #GP(0);
   - a register write inside an I/O hook is not honoured until the
     translation block ends, so an I/O fault stops the slice and is
     delivered from the run loop, with EIP pointing at the `in`/`out`.
@@ -232,18 +232,32 @@ class CPU:
         self.raise_fault(UD, None, self["eip"], "invalid opcode")
         return True
 
-    def _io_denied(self):
-        return self.cpl > (self["eflags"] >> EFLAGS_IOPL_SHIFT) & 3
+    def _io_denied(self, port, size):
+        """IOPL, then the TSS's I/O permission bitmap, as the CPU checks them
+        (Unicorn checks neither). A clear bit for every byte of the access
+        lets a less privileged program use the port; past the TSS limit, no."""
+        cs, eflags = self.read("cs", "eflags")
+        if cs & 3 <= (eflags >> EFLAGS_IOPL_SHIFT) & 3:
+            return False
+        _, tss, limit, _ = self["tr"]
+        if limit < 103:
+            return True
+        first = tss + self.memory.read_u16(tss + 102) + port // 8
+        last = tss + self.memory.read_u16(tss + 102) + (port + size - 1) // 8
+        if last > tss + limit:
+            return True
+        bits = int.from_bytes(self.memory.read(first, last - first + 1), "little") >> (port % 8)
+        return bool(bits & ((1 << size) - 1))
 
     def _on_in(self, uc, port, size, _):
-        if self._io_denied():
+        if self._io_denied(port, size):
             self._io_fault = (GP, 0, self["eip"])
             uc.emu_stop()
             return self["eax"] & ((1 << (8 * size)) - 1)   # the register keeps its value
         return self.board.ports.read(port, size)
 
     def _on_out(self, uc, port, size, value, _):
-        if self._io_denied():
+        if self._io_denied(port, size):
             self._io_fault = (GP, 0, self["eip"])
             uc.emu_stop()
             return

@@ -99,10 +99,21 @@ TSS_SIZE = 104
 TSS_ESP0, TSS_SS0 = 4, 8
 
 
-def encode_tss(esp0, ss0):
+TSS_IOMAP_BASE = 102
+
+
+def encode_tss(esp0, ss0, allowed_ports=None):
+    """A 32-bit TSS. With `allowed_ports`, an I/O permission bitmap follows
+    the TSS (all 65536 ports, a clear bit = allowed when CPL > IOPL) and the
+    descriptor's limit must cover it; without, no port is allowed."""
     tss = bytearray(TSS_SIZE)
     struct.pack_into("<II", tss, TSS_ESP0, esp0, ss0)
-    struct.pack_into("<H", tss, 102, TSS_SIZE)   # I/O map base past the limit: no bitmap
+    struct.pack_into("<H", tss, TSS_IOMAP_BASE, TSS_SIZE)
+    if allowed_ports is not None:
+        bitmap = bytearray(b"\xff" * (65536 // 8 + 1))   # the CPU reads one byte past the end
+        for port in allowed_ports:
+            bitmap[port // 8] &= ~(1 << (port % 8))
+        tss += bitmap
     return bytes(tss)
 
 
