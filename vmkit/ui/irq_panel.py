@@ -22,6 +22,7 @@ class IrqPanel(widgets.VBox):
         self.events = widgets.HTML()
         self.raise_button.on_click(lambda _: self.raise_irq())
         self.idt.observe(lambda change: self.load_idt(change["new"]), names="value")
+        self._loading = False
         self._mark = board.trace.mark()
         super().__init__([widgets.HBox([self.line, self.raise_button]), self.idt, self.status,
                           self.table, self.events])
@@ -33,9 +34,16 @@ class IrqPanel(widgets.VBox):
         self.refresh()
 
     def load_idt(self, which):
-        self._mark = self.board.trace.mark()
-        machine.request_idt(self.board, which)
-        self.refresh()
+        if self._loading:
+            return
+        self._loading = True
+        try:
+            self.idt.value = which             # the buttons show what was asked for, however asked
+            self._mark = self.board.trace.mark()
+            machine.request_idt(self.board, which)
+            self.refresh()
+        finally:
+            self._loading = False
 
     def refresh(self):
         _, base, limit, _ = self.board.cpu["idtr"]
