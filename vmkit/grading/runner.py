@@ -13,7 +13,7 @@ import sys
 import traceback
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-EXERCISES = ["ex00_idt_gate"]
+EXERCISES = ["ex00_idt_gate", "ex02a_kernel_idt", "ex02b_virtual_if"]
 TIME_LIMIT = 60          # seconds per exercise
 
 
@@ -67,7 +67,7 @@ def print_table(table):
             total += points
             score += points if status == "ok" else 0
             shown = {"ok": "OK", "fail": "FAIL"}.get(status, status)
-            print(f"{label:16} {check:42} {shown}" + (f"\n{'':16}   {message}" if message else ""))
+            print(f"{label:17} {check:48} {shown}" + (f"\n{'':17}   {message}" if message else ""))
     print(f"Score: {score}/{total}")
     return score, total
 

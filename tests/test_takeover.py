@@ -1,0 +1,167 @@
+"""Claims 1-4, 28-30: the COS's driver loads the vmkernel, which displaces the COS."""
+import pytest
+
+from vmkit.hw.board import Board
+from vmkit.cos import layout as cos_layout
+from vmkit.cos.cos import COS
+from vmkit.kernel import layout
+from vmkit.kernel.image import build, HEADER
+from vmkit.loader import Loader
+
+
+def booted(image=None):
+    board = Board()
+    cos = COS.boot(board)
+    board.run_until(lambda: board.memory.read_u32(cos_layout.READY), 2_000_000, "the COS's boot")
+    return board, cos, Loader(board, image)
+
+
+def insmod(board, cos, loader):
+    cos.put_module(loader.module)
+    cos.run_command("insmod", 3_000_000)
+
+
+@pytest.fixture
+def displaced():
+    board, cos, loader = booted()
+    insmod(board, cos, loader)
+    assert loader.kernel is not None, board.trace.text(0, "load.refused")
+    return board, cos, loader
+
+
+def in_kernel(loader, address):
+    return loader.kernel.contains(address)
+
+
+def test_after_takeover_idtr_and_cpl_belong_to_the_kernel(displaced):
+    board, cos, loader = displaced
+    cpu = board.cpu
+    assert in_kernel(loader, cpu["idtr"][1]) and in_kernel(loader, cpu["gdtr"][1])
+    board.run(200_000)
+    for _ in range(20):                    # sample the CPU as it runs: CPL 0 only in kernel code
+        board.run(997)
+        if cpu.cpl == 0:
+            assert in_kernel(loader, cpu["eip"]), hex(cpu["eip"])
+        else:
+            assert cpu.cpl == 1 and not in_kernel(loader, cpu["eip"])
+    delivered = board.trace.of("cpu.deliver")
+    after = [e for e in delivered if e.time > board.trace.of("load.switched")[0].time]
+    assert after and all(in_kernel(loader, e["handler"]) for e in after)
+
+
+def test_console_output_continues_after_the_takeover(displaced):
+    board, cos, loader = displaced
+    text = cos.console()
+    assert "vmkload: vmkernel running" in text
+    ticks_before = cos.ticks()
+    board.run(1_500_000)
+    after = cos.console()[len(text):]
+    assert "cos: tick" in after
+    assert cos.ticks() > ticks_before
+    assert board.trace.of("kernel.inject")          # the ticks reached the COS through the kernel
+
+
+def test_cos_answers_commands_after_the_takeover(displaced):
+    board, cos, loader = displaced
+    mark = len(cos.console())
+    cos.run_command("ticks", 3_000_000)
+    assert "unknown" not in cos.console()[mark:]
+    assert len(cos.console()) > mark + len("ticks")
+
+
+PRIVILEGED = ["cli", "sti", "hlt", "lidt [0x20108]", "lgdt [0x20100]", "mov al, 0\nout 0x43, al"]
+
+
+@pytest.mark.parametrize("instruction", PRIVILEGED)
+def test_each_privileged_instruction_of_the_cos_traps(displaced, instruction):
+    board, cos, loader = displaced
+    cpu = board.cpu
+    real = (cpu["idtr"], cpu["gdtr"])
+    mark = board.trace.mark()
+    module = COS.make_module(f"init:\n{instruction}\nsti\nret")
+    cos.put_module(module)
+    cos.run_command("insmod", 3_000_000)
+    first = instruction.split()[0] if "out" not in instruction else "out"
+    seen = [e for e in board.trace.since(mark, "kernel.emulate", "kernel.refused")
+            if e["insn"].startswith(first)]
+    assert seen, f"{instruction} did not trap to the kernel"
+    gp = [e for e in board.trace.since(mark, "cpu.deliver") if e["vector"] == 13]
+    assert gp and all(in_kernel(loader, e["handler"]) for e in gp)
+    assert (cpu["idtr"], cpu["gdtr"]) == real
+    board.run(300_000)
+    assert cos.ticks() > 0 and "cos: tick" in cos.console()[-200:]     # still alive, ticking
+    if cpu.cpl == 1:
+        assert cpu.interrupts_enabled                # the real IF stays the kernel's: on
+
+
+def test_a_fault_in_the_cos_runs_a_kernel_handler_first(displaced):
+    board, cos, loader = displaced
+    mark = board.trace.mark()
+    cos.put_module(COS.make_module("init:\nud2\nret"))
+    cos.run_command("insmod", 3_000_000)
+    board.run(100_000)
+    delivered = [e for e in board.trace.since(mark, "cpu.deliver", "kernel.reflect")]
+    ud = next(i for i, e in enumerate(delivered) if e.kind == "cpu.deliver" and e["vector"] == 6)
+    assert in_kernel(loader, delivered[ud]["handler"])
+    assert any(e.kind == "kernel.reflect" and e["vector"] == 6 for e in delivered[ud:])
+    assert "COS: fault 6" in cos.console() or "fault" in cos.console().lower()
+
+
+@pytest.mark.parametrize("damage, why", [
+    (lambda img: b"NOTAKERN" + img[8:], "not a vmkernel image"),
+    (lambda img: img[:-1] + bytes([img[-1] ^ 0xFF]), "checksum"),
+    (lambda img: img[:12] + (len(img) + 0x10000).to_bytes(4, "little") + img[16:] + bytes(0x10000), "does not fit"),
+])
+def test_a_corrupt_kernel_image_is_refused_and_the_cos_runs_on(damage, why):
+    board, cos, loader = booted(damage(build()))
+    cpu = board.cpu
+    before = (cpu["idtr"], cpu["gdtr"], cpu["tr"], cpu["cs"])
+    insmod(board, cos, loader)
+    refused = board.trace.of("load.refused")
+    assert refused and why in refused[0]["why"]
+    assert loader.kernel is None
+    assert (cpu["idtr"], cpu["gdtr"], cpu["tr"], cpu["cs"]) == before
+    assert "vmkload: refused" in cos.console()
+    ticks = cos.ticks()
+    board.run(500_000)
+    assert cos.ticks() > ticks and cpu.cpl == 0    # the COS still owns the machine
+
+
+def test_loading_a_second_time_is_refused(displaced):
+    board, cos, loader = displaced
+    idtr = board.cpu["idtr"]
+    insmod(board, cos, loader)
+    assert "already loaded" in board.trace.of("load.refused")[-1]["why"]
+    assert board.cpu["idtr"] == idtr
+
+
+def test_requests_for_system_resources(displaced):
+    board, cos, loader = displaced
+    module = COS.make_module(f"""
+init:   xor eax, eax
+        int 0x90
+        mov [0x5000], eax
+        mov eax, 1
+        mov ecx, 2
+        int 0x90
+        mov [0x5004], eax
+        mov eax, 2
+        mov ebx, 0x5100
+        mov ecx, 8
+        int 0x90
+        mov [0x5008], eax
+        ret
+""")
+    cos.put_module(module)
+    cos.run_command("insmod", 3_000_000)
+    m = board.memory
+    assert m.read(0x5000, 4) == b"VMK1"
+    assert in_kernel(loader, m.read_u32(0x5004))          # memory the kernel controls
+    count = m.read_u32(0x5008)
+    assert count == 2 and m.read(0x5100, 3) == b"pic"
+
+
+def test_the_load_sequence_is_in_the_trace(displaced):
+    board, cos, loader = displaced
+    kinds = [e.kind for e in board.trace.events if e.kind.startswith(("load.", "kernel.init", "kernel.displaced"))]
+    assert kinds[:6] == ["load.called", "load.copied", "load.idt", "load.switched", "kernel.init", "kernel.displaced"]

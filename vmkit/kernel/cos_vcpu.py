@@ -1,0 +1,55 @@
+"""The displaced COS's virtual CPU, kept in kernel memory.
+
+At CPL 1 the COS's cli/sti change nothing real (they trap), and its
+pushfd/popfd/iretd would silently keep or drop IF without trapping (x86 is
+not classically virtualizable), so the kernel patches those three to int3
+at takeover. Either way the kernel emulates them on this virtual state:
+the COS's own IF, IDTR and GDTR, and the interrupts waiting for it.
+"""
+import struct
+
+from vmkit.hw.x86 import EFLAGS_IF
+
+FIELDS = ("vif", "idt_base", "idt_limit", "gdt_base", "gdt_limit", "pending", "traps", "injected")
+
+
+class CosVcpu:
+    SIZE = 4 * len(FIELDS)
+
+    def __init__(self, memory, address):
+        object.__setattr__(self, "memory", memory)
+        object.__setattr__(self, "address", address)
+
+    def __getattr__(self, name):
+        if name not in FIELDS:
+            raise AttributeError(name)
+        return self.memory.read_u32(self.address + 4 * FIELDS.index(name))
+
+    def __setattr__(self, name, value):
+        if name not in FIELDS:
+            raise AttributeError(f"the COS's virtual CPU has no {name!r}")
+        self.memory.write(self.address + 4 * FIELDS.index(name),
+                          struct.pack("<I", int(value) & 0xFFFFFFFF), code=False)
+
+    def as_dict(self):
+        return {name: getattr(self, name) for name in FIELDS}
+
+
+def emulate_if(mnemonic, vcpu, frame):
+    """Emulate cli, sti, pushfd or popfd of the COS on its virtual IF (exercise 02b).
+
+    The real IF stays set while the COS runs, so the kernel keeps getting
+    interrupts; only `vcpu.vif` says whether the COS wants them."""
+    if mnemonic == "cli":
+        vcpu.vif = 0
+    elif mnemonic == "sti":
+        vcpu.vif = 1
+    elif mnemonic == "pushfd":
+        flags = frame.eflags & ~EFLAGS_IF
+        frame.push(flags | (EFLAGS_IF if vcpu.vif else 0))
+    elif mnemonic == "popfd":
+        flags = frame.pop()
+        vcpu.vif = 1 if flags & EFLAGS_IF else 0
+        frame.eflags = (flags & ~0x3000) | EFLAGS_IF      # IOPL stays 0, real IF stays on
+    else:
+        raise ValueError(f"emulate_if does not emulate {mnemonic!r}")

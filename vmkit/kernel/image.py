@@ -1,0 +1,136 @@
+"""The vmkernel image: a header, then x86 code linked at address 0 plus a
+relocation table, so the loader can put it wherever the COS's memory is.
+
+Header (36 bytes, little-endian):
+    magic "VMKERNEL" | u32 version | u32 image size | u32 CRC-32 of the rest
+    u32 entry | u32 stubs | u32 dispatch | u32 relocations
+Offsets are from the start of the image. The relocation table (u32 count,
+then u32 offsets of absolute addresses to add the load base to) is found
+by assembling the code twice, at two origins, and comparing: the words
+that differ by the difference are addresses.
+"""
+import struct
+import zlib
+
+from vmkit.hw.asm import assemble
+from . import layout
+
+MAGIC = b"VMKERNEL"
+VERSION = 1
+HEADER = struct.Struct("<8sIIIIIII")
+STUB_SIZE = 16
+ERROR_CODE_VECTORS = {8, 10, 11, 12, 13, 14, 17}
+
+
+class KernelImageError(ValueError):
+    pass
+
+
+def kernel_source():
+    """Entry code, one 16-byte stub per vector, and the common path into the dispatcher."""
+    stubs = []
+    for v in range(256):
+        push_error = "" if v in ERROR_CODE_VECTORS else "push 0\n"
+        stubs.append(f".align 16\nstub_{v}:\n{push_error}push {v:#x}\njmp common")
+    return f"""
+entry:                          ; the loader jumps here, CPL 0, kernel GDT/IDT/TSS loaded
+        mov ax, {layout.COS_DATA_SEL:#x}  ; flat data the kernel and the COS (at CPL 1) both may use:
+        mov ds, ax              ; an iretd to CPL 1 would null a DPL 0 data segment
+        mov es, ax
+        mov fs, ax
+        mov gs, ax
+        mov ax, {layout.KERNEL_DATA_SEL:#x}
+        mov ss, ax
+        mov esp, {layout.STACK_TOP:#x} + base
+        push 0                  ; a frame like a trap's: the dispatcher fills it in
+        push 0                  ; to return to the COS, displaced, where it called us
+        push 0
+        push 0
+        push 0
+        push 0                  ; error code
+        push 0x100              ; "vector" 0x100: kernel initialisation
+        pushad
+        jmp dispatch
+{chr(10).join(stubs)}
+.align 16
+common: pushad
+dispatch:                       ; the Python dispatcher runs here (CPU.on_execute)
+        nop
+        cmp dword ptr [{layout.GO_IDLE:#x} + base], 0
+        jne idle
+        popad
+        add esp, 8              ; vector, error code
+        iretd
+idle:   mov dword ptr [{layout.GO_IDLE:#x} + base], 0
+        sti                     ; nothing to run: wait for an interrupt
+        hlt
+        cli
+        jmp dispatch
+"""
+
+
+def _assemble_at(origin):
+    src = kernel_source().replace("+ base", f"+ {origin:#x}")
+    return assemble(src, origin)
+
+
+def _label_offsets():
+    """Where entry, the stubs and the dispatcher landed: a marked label table appended."""
+    names = ["entry", "dispatch"] + [f"stub_{v}" for v in range(256)]
+    probe = kernel_source() + "\n.long 0x4c42414c\n.long " + ", ".join(names) + "\n"
+    code = assemble(probe.replace("+ base", "+ 0"), 0)
+    at = code.rfind(struct.pack("<I", 0x4C42414C)) + 4
+    entry, dispatch, *stubs = struct.unpack_from(f"<{len(names)}I", code, at)
+    if any(b - a != STUB_SIZE for a, b in zip(stubs, stubs[1:])):
+        raise AssertionError("kernel stubs are not 16 bytes apart")
+    return entry, stubs[0], dispatch
+
+
+def build():
+    """The image bytes, as a vendor would ship them."""
+    shift = 0x10000000
+    low, high = _assemble_at(0), _assemble_at(shift)
+    relocs = [i for i in range(0, len(low) - 3)
+              if struct.unpack_from("<I", high, i)[0] - struct.unpack_from("<I", low, i)[0] == shift]
+    entry, stubs, dispatch = _label_offsets()
+    code_start = HEADER.size
+    reloc_table = struct.pack(f"<I{len(relocs)}I", len(relocs), *(code_start + r for r in relocs))
+    body = low + reloc_table
+    fields = [entry + code_start, stubs + code_start, dispatch + code_start, code_start + len(low)]
+    size = HEADER.size + len(body)
+    crc = zlib.crc32(struct.pack("<4I", *fields) + body)
+    return HEADER.pack(MAGIC, VERSION, size, crc, *fields) + body
+
+
+class KernelImage:
+    """A checked image: refuse anything but a whole, intact vmkernel."""
+
+    def __init__(self, data, room):
+        data = bytes(data)
+        if len(data) < HEADER.size:
+            raise KernelImageError(f"kernel image is {len(data)} bytes, shorter than its header")
+        magic, version, size, crc, *fields = HEADER.unpack_from(data)
+        if magic != MAGIC:
+            raise KernelImageError(f"not a vmkernel image: magic {magic!r}, expected {MAGIC!r}")
+        if version != VERSION:
+            raise KernelImageError(f"kernel image version {version}, this loader knows {VERSION}")
+        if size != len(data):
+            raise KernelImageError(f"kernel image says {size} bytes but is {len(data)}")
+        if size > room:
+            raise KernelImageError(f"kernel image of {size} bytes does not fit the {room} bytes reserved for its code")
+        if zlib.crc32(struct.pack("<4I", *fields) + data[HEADER.size:]) != crc:
+            raise KernelImageError("kernel image checksum mismatch: the image is corrupt")
+        self.data = data
+        self.entry, self.stubs, self.dispatch, relocs = fields
+        count = struct.unpack_from("<I", data, relocs)[0]
+        self.relocations = struct.unpack_from(f"<{count}I", data, relocs + 4)
+
+    def relocated(self, base):
+        """The image as it must sit at `base`: every absolute address moved."""
+        out = bytearray(self.data)
+        for off in self.relocations:
+            struct.pack_into("<I", out, off, (struct.unpack_from("<I", out, off)[0] + base) & 0xFFFFFFFF)
+        return bytes(out)
+
+    def stub(self, vector):
+        return self.stubs + vector * STUB_SIZE

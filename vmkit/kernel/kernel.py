@@ -1,0 +1,178 @@
+"""The vmkernel: a second operating system that displaces the COS (claim 1).
+
+It is entered only as hardware enters software: through its IDT, whose
+256 gates lead to 16-byte stubs in its memory, which push the vector and
+the registers and reach `dispatch`, where this Python runs (CPU.on_execute)
+with the trap frame on the kernel stack. It leaves by the stub's
+popad/iretd, to whatever the frame then says.
+
+At initialisation (the loader's jump to its entry) it patches the COS's
+pushfd/popfd/iretd to int3, sets up the COS's virtual CPU, and returns to
+the COS where the COS called the loader, at CPL 1: the COS goes on, but
+no longer at the system level. From then on the COS's interrupts arrive
+here first and are forwarded to it (a direct path: see claims 9-11 for the
+full policy), its privileged instructions trap here (traps.py), and its
+requests for resources come in through int 0x90 (syscalls.py).
+"""
+from capstone import Cs, CS_ARCH_X86, CS_MODE_32
+
+from vmkit.hw.x86 import EFLAGS_IF, ERROR_CODE_VECTORS, decode_gate
+from vmkit.cos import layout as cos_layout
+from . import layout, syscalls, traps
+from .cos_vcpu import CosVcpu, emulate_if
+from .frame import Frame
+
+INIT_VECTOR = 0x100             # the entry code's "vector": initialise
+IRQ_BASE = 0x20                 # the COS programmed the PIC so before takeover; the kernel keeps it
+PATCHED = ("pushfd", "popfd", "iretd")
+INT3 = b"\xcc"
+_disassembler = Cs(CS_ARCH_X86, CS_MODE_32)
+
+
+class Kernel:
+    def __init__(self, board, base, image, cos_state):
+        self.board, self.base, self.image = board, base, image
+        self.memory, self.trace = board.memory, board.trace
+        self.cos_state = cos_state
+        self.vcpu = CosVcpu(self.memory, base + layout.COS_STATE)
+        self.patches = {}             # address -> mnemonic of the COS instruction replaced by int3
+        self.idle_frame = None        # the COS's hlt frame while the kernel idles for it
+        self._module_seen = None      # the module code last patched
+        self.emulate_if = emulate_if  # exercise 02b plugs in here
+        self.heap = base + 0x10000    # pages the kernel hands out on request (syscalls.py)
+        for cpu in board.cpus:
+            cpu.on_execute(base + image.dispatch, self.dispatch)
+
+    def contains(self, address):
+        return self.base <= address < self.base + layout.STACK_TOP
+
+    # ---- the one way in ----------------------------------------------------
+    def dispatch(self, cpu):
+        esp = cpu["esp"]
+        frame = Frame(self.memory, esp)
+        if self.idle_frame == esp:                   # the idle loop came back: anything for the COS?
+            self._resume_from_idle(frame)
+            return
+        vector = frame.vector
+        if vector == INIT_VECTOR:
+            self._initialise(frame, cpu)
+        elif IRQ_BASE <= vector < IRQ_BASE + 16:
+            self._irq(frame, vector - IRQ_BASE)
+        elif not frame.from_cos:
+            cpu.stop(f"vmkernel panic: vector {vector:#x} at {frame.eip:#x} in the kernel")
+        else:
+            self.vcpu.traps += 1
+            self._patch_module()
+            if vector == 13 and traps.privileged(self, frame):
+                pass
+            elif vector == 3 and self.patches.get(frame.eip - 1):
+                traps.patched(self, frame, self.patches[frame.eip - 1])
+            elif vector == syscalls.VECTOR:
+                syscalls.serve(self, frame)
+            else:
+                self.reflect(frame, vector)
+
+    # ---- initialisation ------------------------------------------------------
+    def _initialise(self, frame, cpu):
+        cos = self.cos_state
+        self._patch_cos()
+        v = self.vcpu
+        v.vif = 1 if cos["eflags"] & EFLAGS_IF else 0
+        _, v.idt_base, v.idt_limit, _ = cos["idtr"]
+        _, v.gdt_base, v.gdt_limit, _ = cos["gdtr"]
+        v.pending = v.traps = v.injected = 0
+        for reg in ("edi", "esi", "ebp", "ebx", "edx", "ecx"):
+            setattr(frame, reg, cos[reg])
+        frame.eax = 0                                  # the loader's answer: loaded
+        frame.eip = cos["return_eip"]                  # as `ret` from the loading module would
+        frame.cs = layout.COS_CODE_SEL | layout.COS_RPL
+        frame.eflags = (cos["eflags"] | EFLAGS_IF) & ~0x3000
+        frame.esp = cos["esp"] + 4
+        frame.ss = layout.COS_DATA_SEL | layout.COS_RPL
+        self.trace.emit("kernel.init", cpu.index, base=self.base, patched=len(self.patches))
+        self.trace.emit("kernel.displaced", cpu.index, cos_eip=frame.eip, cos_cpl=layout.COS_RPL)
+
+    def _patch_cos(self):
+        """pushfd/popfd/iretd do not trap at CPL 1: make them int3 (a one-byte trap)."""
+        start, end = cos_layout.COS_CODE, self.memory.read_u32(cos_layout.CODE_END)
+        self.trace.emit("kernel.patch", what="COS code", count=self._patch(start, end))
+        self._patch_module()
+
+    def _patch_module(self):
+        """A driver the COS loads after the takeover is patched the first time the
+        kernel sees the COS after it (every COS trap checks): as a binary translator
+        meets new code. The module area's header and contents tell what is new."""
+        size = self.memory.read_u32(cos_layout.MODULE_AREA + 4)
+        if self.memory.read(cos_layout.MODULE_AREA, 4) != cos_layout.MODULE_MAGIC or size > 0x10000:
+            return
+        seen = self.memory.read(cos_layout.MODULE_CODE, size)
+        if seen == self._module_seen:
+            return
+        self.patches = {a: m for a, m in self.patches.items() if not cos_layout.MODULE_AREA <= a < cos_layout.MODULE_AREA + 0x10000}
+        count = self._patch(cos_layout.MODULE_CODE, cos_layout.MODULE_CODE + size)
+        self._module_seen = self.memory.read(cos_layout.MODULE_CODE, size)
+        if count:
+            self.trace.emit("kernel.patch", what="COS module", count=count)
+
+    def _patch(self, start, end):
+        code = self.memory.read(start, end - start)
+        count = 0
+        for insn in _disassembler.disasm(code, start):
+            if insn.mnemonic in PATCHED:
+                self.patches[insn.address] = insn.mnemonic
+                self.memory.write(insn.address, INT3)
+                count += 1
+        return count
+
+    # ---- interrupts ------------------------------------------------------------
+    def _irq(self, frame, line):
+        """A device interrupt: the kernel takes it, acknowledges it, forwards it to the COS."""
+        if line >= 8:
+            self.board.ports.write(0xA0, 1, 0x20)
+        self.board.ports.write(0x20, 1, 0x20)
+        self.vcpu.pending |= 1 << line
+        self.trace.emit("kernel.forward", line=line, cos_vif=self.vcpu.vif)
+        if frame.from_cos:
+            self.deliver_pending(frame)
+
+    def deliver_pending(self, frame):
+        """Inject the lowest pending line into the COS if its virtual IF allows."""
+        pending = self.vcpu.pending
+        if pending and self.vcpu.vif:
+            line = (pending & -pending).bit_length() - 1
+            self.vcpu.pending = pending & ~(1 << line)
+            self.inject(frame, IRQ_BASE + line)
+
+    def idle(self, frame, cpu_esp):
+        """The COS halted with nothing to do: the stub waits (sti; hlt) in the kernel."""
+        self.idle_frame = cpu_esp
+        self.memory.write_u32(self.base + layout.GO_IDLE, 1)
+
+    def _resume_from_idle(self, frame):
+        if self.vcpu.pending and self.vcpu.vif:
+            self.idle_frame = None
+            self.deliver_pending(frame)
+        else:
+            self.memory.write_u32(self.base + layout.GO_IDLE, 1)
+
+    def inject(self, frame, vector, error=None):
+        """Deliver `vector` to the COS through the COS's own (virtual) IDT."""
+        v = self.vcpu
+        if vector * 8 + 7 > v.idt_limit:
+            raise RuntimeError(f"the COS has no gate for vector {vector:#x}")
+        gate = decode_gate(self.memory.read(v.idt_base + vector * 8, 8))
+        frame.push((frame.eflags & ~EFLAGS_IF) | (EFLAGS_IF if v.vif else 0))
+        frame.push(frame.cs)
+        frame.push(frame.eip)
+        if error is not None:
+            frame.push(error)
+        frame.eip = gate.offset
+        if gate.type == 0xE:
+            v.vif = 0
+        v.injected += 1
+        self.trace.emit("kernel.inject", vector=vector, handler=gate.offset)
+
+    def reflect(self, frame, vector):
+        """A fault of the COS's own making: its own handler gets it, after ours."""
+        self.trace.emit("kernel.reflect", vector=vector, eip=frame.eip)
+        self.inject(frame, vector, frame.error if vector in ERROR_CODE_VECTORS else None)

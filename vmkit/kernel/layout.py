@@ -1,0 +1,26 @@
+"""Where things are inside the vmkernel's memory (offsets from its load base).
+
+The COS gives the loader one contiguous block (cos_alloc_pages); the image
+is copied to its start and everything the kernel keeps lives after it, so
+every interrupt gate, descriptor table and stack is in memory "allocated
+to and controlled by the kernel" (claim 4).
+"""
+PAGE = 0x1000
+KERNEL_PAGES = 64                 # 256 KiB asked of the COS
+CODE = 0x0000                     # the image (header + x86 code)
+DATA = 0x8000                     # kernel variables (below)
+GDT = 0x9000
+IDT = 0xA000                      # 256 gates, 2 KiB
+TSS = 0xB000                      # TSS + I/O permission bitmap (8 KiB + 1)
+COS_STATE = 0xE000                # the COS's virtual CPU (cos_vcpu.py)
+PATCHES = 0xF000                  # table of the COS instructions patched to int3
+STACK_TOP = 0x40000               # kernel stack grows down from the end of the block
+
+# kernel variables at DATA
+GO_IDLE = DATA + 0x00             # the stub idles (sti; hlt) when the dispatcher sets this
+
+# selectors of the kernel's GDT: the COS keeps its own selector numbers, now DPL 1
+COS_CODE_SEL, COS_DATA_SEL = 0x08, 0x10
+KERNEL_CODE_SEL, KERNEL_DATA_SEL, KERNEL_TSS_SEL = 0x20, 0x28, 0x30
+COS_RPL = 1                       # the displaced COS runs at CPL 1
+GDT_ENTRIES = 7

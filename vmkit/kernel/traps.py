@@ -1,0 +1,97 @@
+"""The COS's privileged instructions, trapped at CPL 1 and emulated or refused.
+
+cli, sti, hlt, lidt, lgdt, in and out raise #GP at CPL 1 (for in/out: when
+the kernel TSS's I/O bitmap does not grant the port). The kernel decodes the
+instruction at the faulting EIP and acts on the COS's virtual CPU; the real
+IDTR, GDTR and IF are never touched. pushfd/popfd/iretd were patched to
+int3 at takeover and arrive through `patched`.
+"""
+from capstone import Cs, CS_ARCH_X86, CS_MODE_32
+from capstone.x86 import X86_OP_MEM, X86_OP_IMM, X86_OP_REG
+
+from vmkit.hw.x86 import EFLAGS_IF
+
+PIC_PORTS = {0x20, 0x21, 0xA0, 0xA1}
+_cs = Cs(CS_ARCH_X86, CS_MODE_32)
+_cs.detail = True
+
+
+def decode(kernel, eip):
+    code = kernel.memory.read(eip, 16)
+    return next(_cs.disasm(code, eip, 1), None)
+
+
+def _effective_address(frame, op):
+    mem = op.mem
+    value = lambda reg: getattr(frame, _cs.reg_name(reg)) if reg else 0
+    return (value(mem.base) + value(mem.index) * mem.scale + mem.disp) & 0xFFFFFFFF
+
+
+def privileged(kernel, frame):
+    """Emulate or refuse the instruction behind a #GP; False if it is not ours to handle."""
+    insn = decode(kernel, frame.eip)
+    if insn is None:
+        return False
+    name, trace, v = insn.mnemonic, kernel.trace, kernel.vcpu
+    if name in ("cli", "sti"):
+        kernel.emulate_if(name, v, frame)
+        trace.emit("kernel.emulate", insn=name, cos_vif=v.vif)
+    elif name == "hlt":
+        trace.emit("kernel.emulate", insn=name, cos_vif=v.vif)
+    elif name in ("lidt", "lgdt"):
+        address = _effective_address(frame, insn.operands[0])
+        limit = kernel.memory.read_u16(address)
+        base = kernel.memory.read_u32(address + 2)
+        which = "idt" if name == "lidt" else "gdt"
+        setattr(v, f"{which}_base", base)
+        setattr(v, f"{which}_limit", limit)
+        trace.emit("kernel.emulate", insn=name, virtual_base=base, virtual_limit=limit)
+    elif name in ("in", "out"):
+        _port_io(kernel, frame, insn)
+    elif name in ("ltr", "lldt", "mov", "invlpg", "wbinvd", "clts"):
+        trace.emit("kernel.refused", insn=f"{name} {insn.op_str}", eip=frame.eip)
+    else:
+        return False
+    frame.eip += insn.size
+    if name == "hlt":
+        if v.pending and v.vif:
+            kernel.deliver_pending(frame)
+        else:
+            kernel.idle(frame, frame.address)
+    elif name == "sti":
+        kernel.deliver_pending(frame)
+    return True
+
+
+def _port_io(kernel, frame, insn):
+    ops = insn.operands
+    port_op = ops[1] if insn.mnemonic == "in" else ops[0]
+    port = port_op.imm if port_op.type == X86_OP_IMM else frame.edx & 0xFFFF
+    size = (ops[0] if insn.mnemonic == "in" else ops[1]).size
+    if port in PIC_PORTS:
+        # the PIC is the kernel's now; the COS's EOIs and masks go to its virtual PIC
+        value = frame.eax & 0xFF
+        kernel.trace.emit("kernel.emulate", insn=f"{insn.mnemonic} {port:#x}",
+                          what="virtual PIC", value=value)
+        if insn.mnemonic == "in":
+            frame.eax = frame.eax & ~0xFF
+        return
+    kernel.trace.emit("kernel.refused", insn=f"{insn.mnemonic} {port:#x}", eip=frame.eip)
+    if insn.mnemonic == "in":
+        mask = (1 << (8 * size)) - 1
+        frame.eax = (frame.eax & ~mask) | mask          # nothing there, as far as the COS can tell
+
+
+def patched(kernel, frame, mnemonic):
+    """pushfd / popfd / iretd of the COS, replaced by int3 (EIP is already past it)."""
+    v = kernel.vcpu
+    if mnemonic == "iretd":
+        eip, cs, eflags = frame.pop(), frame.pop(), frame.pop()
+        frame.eip, frame.cs = eip, cs
+        v.vif = 1 if eflags & EFLAGS_IF else 0
+        frame.eflags = (eflags & ~0x3000) | EFLAGS_IF
+    else:
+        kernel.emulate_if(mnemonic, v, frame)
+    kernel.trace.emit("kernel.emulate", insn=mnemonic, cos_vif=v.vif)
+    if v.vif:
+        kernel.deliver_pending(frame)

@@ -1,0 +1,157 @@
+"""The loading module (claims 2-4, 26-27, 29-30).
+
+The load-call module is a driver the COS installs (insmod). Its init asks
+the COS for memory and calls the loading module, whose entry is an address
+in that driver's code: a stub where this Python hands over (CPU.on_execute).
+The loading module checks the vmkernel image, copies it into the COS's
+memory block, builds the kernel's GDT, TSS and IDT there (every gate into
+the kernel's stubs), and transfers control: GDTR, TR and IDTR now name the
+kernel's tables and EIP the kernel's entry. From the next instruction on,
+every interrupt and fault goes to the kernel. Each step is a trace event
+carrying the registers it changed, which notebook 02 steps through.
+"""
+import struct
+
+from vmkit.hw.x86 import (encode_gate, encode_segment, encode_tss, CODE_RX, DATA_RW,
+                          TSS_AVAILABLE, TSS_BUSY, GATE_INT32, EFLAGS_IF)
+from vmkit.cos import layout as cos_layout
+from vmkit.cos.cos import COS
+from vmkit.kernel import layout
+from vmkit.kernel.image import KernelImage, KernelImageError, build as build_image
+from vmkit.kernel.kernel import Kernel
+
+SYSCALL_VECTOR = 0x90          # requests for system resources (kernel/syscalls.py)
+COS_VECTORS = {3, SYSCALL_VECTOR}   # vectors the COS, at CPL 1, may raise with int / int3
+COS_PORTS = range(0x3F8, 0x400)     # the serial console stays the COS's (host-managed)
+OK, REFUSED = 0, 1
+
+
+class LoadError(ValueError):
+    pass
+
+
+def build_kernel_idt(stubs, selector, cos_vectors):
+    """256 interrupt gates, gate v -> stubs[v] in the kernel's code segment.
+
+    A gate's DPL says who may reach it with `int n`: 0 for all but the
+    vectors the de-privileged COS raises on purpose (DPL 1). Exercise 02a."""
+    return b"".join(encode_gate(stubs[v], selector, GATE_INT32, 1 if v in cos_vectors else 0)
+                    for v in range(256))
+
+
+def kernel_gdt():
+    flat = 0xFFFFFFFF
+    entries = [bytes(8),
+               encode_segment(0, flat, CODE_RX, layout.COS_RPL),     # 0x08: the COS's code, now DPL 1
+               encode_segment(0, flat, DATA_RW, layout.COS_RPL),     # 0x10: the COS's data, now DPL 1
+               bytes(8),                                             # 0x18: the COS's TSS: not any more
+               encode_segment(0, flat, CODE_RX, 0),                  # 0x20: kernel code
+               encode_segment(0, flat, DATA_RW, 0)]                  # 0x28: kernel data
+    return entries
+
+
+def _asm_string(label, text):
+    return f"{label}: .byte " + ", ".join(str(b) for b in text.encode() + b"\n\0")
+
+
+def load_call_module_source():
+    """The load-call module: a COS driver (claim 3) whose init calls the loading module."""
+    alloc, print_ = cos_layout.COS_EXPORTS, cos_layout.COS_EXPORTS + 4
+    return f"""
+loading_module:                 ; the loading module's entry: its Python runs here
+        ret
+init:   pushad
+        mov esi, msg_loading
+        call dword ptr [{print_:#x}]
+        mov ecx, {layout.KERNEL_PAGES}
+        call dword ptr [{alloc:#x}]     ; memory for the kernel, from the COS
+        test eax, eax
+        jz refused
+        mov ecx, {layout.KERNEL_PAGES}
+        call loading_module             ; eax = block, ecx = pages; returns eax = 0 if loaded
+        test eax, eax
+        jnz refused
+        mov esi, msg_running
+        call dword ptr [{print_:#x}]
+        popad
+        ret
+refused:
+        mov esi, msg_refused
+        call dword ptr [{print_:#x}]
+        popad
+        ret
+{_asm_string("msg_loading", "vmkload: loading the vmkernel")}
+{_asm_string("msg_running", "vmkload: vmkernel running; COS displaced")}
+{_asm_string("msg_refused", "vmkload: refused (see the trace)")}
+"""
+
+
+class Loader:
+    def __init__(self, board, image=None, build_idt=build_kernel_idt, emulate_if=None):
+        """build_idt and emulate_if are where exercises 02a and 02b plug in."""
+        self.board = board
+        self.image = build_image() if image is None else bytes(image)
+        self.build_idt = build_idt
+        self.emulate_if = emulate_if
+        self.kernel = None
+        self.module = COS.make_module(load_call_module_source(), init_label="init")
+        self.entry = cos_layout.MODULE_AREA + 16          # `loading_module` is the first byte
+        for cpu in board.cpus:
+            cpu.on_execute(self.entry, self.load)
+
+    def load(self, cpu):
+        """The loading module runs: eax = the COS's block, ecx = its pages."""
+        if self.board.memory.read(cos_layout.MODULE_AREA, len(self.module)) != self.module:
+            return                    # another module's first instruction: not the loader's stub
+        base, pages = cpu["eax"], cpu["ecx"]
+        self.board.trace.emit("load.called", cpu.index, block=base, pages=pages, eip=cpu["eip"])
+        try:
+            image = self._check(base, pages)
+        except (LoadError, KernelImageError) as e:
+            self.board.trace.emit("load.refused", cpu.index, why=str(e))
+            cpu["eax"] = REFUSED              # `ret` runs next: the COS goes on as it was
+            return
+        mem = self.board.memory
+        mem.write(base, image.relocated(base))
+        self.board.trace.emit("load.copied", cpu.index, at=base, size=len(image.data))
+        idt = bytes(self.build_idt([base + image.stub(v) for v in range(256)],
+                                   layout.KERNEL_CODE_SEL, COS_VECTORS))
+        if len(idt) != 256 * 8:
+            raise LoadError(f"the kernel IDT must be 2048 bytes, build_idt gave {len(idt)}")
+        mem.write(base + layout.IDT, idt, code=False)
+        self.board.trace.emit("load.idt", cpu.index, at=base + layout.IDT, gates=256)
+        tss = encode_tss(base + layout.STACK_TOP, layout.KERNEL_DATA_SEL, allowed_ports=COS_PORTS)
+        gdt = kernel_gdt() + [encode_segment(base + layout.TSS, len(tss) - 1, TSS_BUSY, 0, s=0, db=0, g=0)]
+        mem.write(base + layout.TSS, tss, code=False)
+        mem.write(base + layout.GDT, b"".join(gdt), code=False)
+        self.kernel = Kernel(self.board, base, image, cos_state=self._cos_state(cpu))
+        if self.emulate_if is not None:
+            self.kernel.emulate_if = self.emulate_if
+        before = {r: cpu[r] for r in ("eip", "idtr", "gdtr", "tr", "cs")}
+        cpu["gdtr"] = (0, base + layout.GDT, len(gdt) * 8 - 1, 0)
+        cpu["tr"] = (layout.KERNEL_TSS_SEL, base + layout.TSS, len(tss) - 1, 0x8B)
+        cpu["idtr"] = (0, base + layout.IDT, 256 * 8 - 1, 0)
+        cpu["cs"] = layout.KERNEL_CODE_SEL
+        cpu["eflags"] = cpu["eflags"] & ~EFLAGS_IF
+        cpu["eip"] = base + image.entry
+        self.board.trace.emit("load.switched", cpu.index,
+                              eip=f"{before['eip']:#x}->{cpu['eip']:#x}",
+                              idtr=f"{before['idtr'][1]:#x}->{cpu['idtr'][1]:#x}",
+                              gdtr=f"{before['gdtr'][1]:#x}->{cpu['gdtr'][1]:#x}",
+                              tr=f"{before['tr'][0]:#x}->{cpu['tr'][0]:#x}",
+                              cs=f"{before['cs']:#x}->{cpu['cs']:#x}")
+
+    def _check(self, base, pages):
+        if self.kernel is not None:
+            raise LoadError(f"a vmkernel is already loaded at {self.kernel.base:#x}")
+        if base % layout.PAGE or pages * layout.PAGE < layout.STACK_TOP:
+            raise LoadError(f"the COS's block {base:#x} x {pages} pages is not a page-aligned "
+                            f"{layout.STACK_TOP:#x} bytes")
+        self.board.memory.check(base, pages * layout.PAGE)
+        return KernelImage(self.image, room=layout.DATA)
+
+    def _cos_state(self, cpu):
+        """What the COS was when it called: the kernel returns there, displaced."""
+        s = cpu.state()
+        s["return_eip"] = self.board.memory.read_u32(s["esp"])     # pushed by `call loading_module`
+        return s

@@ -1,0 +1,54 @@
+"""Step through the load sequence of claims 2-4, one trace event at a time.
+
+The sequence ran on the machine already; this widget replays the events it
+left in the board's trace (which carry the registers each step changed),
+so what it shows is what the CPU did, in order.
+"""
+import html
+
+import ipywidgets as widgets
+
+STEPS = {
+    "serial": "the COS prints",
+    "load.called": "the load-call module's init calls the loading module (EAX = the block the COS gave, ECX = pages)",
+    "load.copied": "the loading module checks the vmkernel image and copies it into that block",
+    "load.idt": "it builds the kernel's IDT in kernel memory: 256 gates, each into a kernel stub",
+    "load.switched": "it switches the CPU: GDTR, TR and IDTR name the kernel's tables, CS:EIP the kernel's entry",
+    "kernel.init": "the kernel initialises: the COS's pushfd/popfd/iretd become int3",
+    "kernel.displaced": "the kernel returns to the COS where it called the loader — at CPL 1",
+}
+
+
+def load_events(trace):
+    """The load sequence's events: from the COS's `insmod` line to the displacement."""
+    events = trace.of(*STEPS)
+    start = next((i for i, e in enumerate(events) if e.kind == "serial" and "insmod" in e["line"]), 0)
+    end = next((i for i, e in enumerate(events) if e.kind == "kernel.displaced"), len(events) - 1)
+    return events[start:end + 1]
+
+
+class LoadStepper(widgets.VBox):
+    def __init__(self, board):
+        self.events = load_events(board.trace)
+        self.slider = widgets.IntSlider(min=0, max=max(0, len(self.events) - 1), value=0,
+                                        description="step", continuous_update=True)
+        self.next_button = widgets.Button(description="Next step")
+        self.view = widgets.HTML()
+        self.slider.observe(lambda _: self.refresh(), names="value")
+        self.next_button.on_click(lambda _: self.next())
+        super().__init__([widgets.HBox([self.slider, self.next_button]), self.view])
+        self.refresh()
+
+    def next(self):
+        self.slider.value = min(self.slider.value + 1, self.slider.max)
+
+    def refresh(self):
+        rows = []
+        for i, e in enumerate(self.events[:self.slider.value + 1]):
+            what = STEPS[e.kind] + (f": <code>{html.escape(e['line'])}</code>" if e.kind == "serial" else "")
+            data = " ".join(f"{k}=<code>{html.escape(str(v) if not isinstance(v, int) else hex(v))}</code>"
+                            for k, v in e.data.items() if k != "line")
+            style = " style='background:#fdf2d0'" if i == self.slider.value else ""
+            rows.append(f"<tr{style}><td>{e.time}</td><td>{what}</td><td>{data}</td></tr>")
+        self.view.value = ("<table><tr><th>time</th><th>step</th><th>what changed</th></tr>"
+                           + "".join(rows) + "</table>")
