@@ -83,4 +83,7 @@ class Counter:
             error = None
         except UcError as e:
             error = e
-        return (self.state.count if self.exact else budget), error
+        if not self.exact:
+            return budget, error
+        executed, self.state.count = self.state.count, 0     # the caller adds it to its total
+        return executed, error

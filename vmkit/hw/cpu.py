@@ -92,6 +92,7 @@ class CPU:
         (measured), and one delivery reads a dozen and writes five."""
         if name in TABLES:
             mmr = self._mmr
+            mmr.selector = mmr.base = mmr.limit = mmr.flags = 0   # Unicorn fills only some fields
             _uc.uclib.uc_reg_read(self._uch, REG[name], ctypes.byref(mmr))
             return (mmr.selector, mmr.base, mmr.limit, mmr.flags)
         self._scratch.value = 0

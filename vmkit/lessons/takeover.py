@@ -49,16 +49,34 @@ def ownership_text(board, kernel):
     owner = lambda a: "kernel" if kernel is not None and kernel.contains(a) else "COS"
     lines = [f"{name.upper():5} base {cpu[name][1]:#010x}  in {owner(cpu[name][1])} memory"
              for name in ("idtr", "gdtr", "tr")]
-    lines.append(f"CS    {cpu['cs']:#06x}      CPL {cpu.cpl} ({'kernel' if cpu.cpl == 0 else 'COS'} running now)")
+    lines.append(f"CS    {cpu['cs']:#06x}      CPL {cpu.cpl}: the {'kernel' if cpu.cpl == 0 else 'COS'} is running now")
+    if kernel is not None:
+        v = kernel.vcpu
+        lines.append(f"the COS's virtual CPU (kernel memory {kernel.base + 0xE000:#x}): IF={v.vif} "
+                     f"IDTR base {v.idt_base:#x}, GDTR base {v.gdt_base:#x}; it runs at CPL 1")
     return "\n".join(lines)
+
+
+def last_tick_path(board):
+    """The last timer interrupt, from the CPU to the COS's handler, as the trace saw it."""
+    events = board.trace.of("cpu.deliver", "kernel.forward", "kernel.inject")
+    start = max(i for i, e in enumerate(events) if e.kind == "cpu.deliver" and e["vector"] == 0x20)
+    path = [events[start]]
+    for e in events[start + 1:]:
+        if e.kind == "kernel.forward" or (e.kind == "kernel.inject" and e["vector"] == 0x20):
+            path.append(e)
+            if e.kind == "kernel.inject":
+                break
+    return "\n".join(str(e) for e in path)
 
 
 def try_lidt(board, cos, loader):
     """A driver that runs `lidt` at CPL 1: what the CPU and the kernel did about it."""
     real_before = board.cpu["idtr"]
     mark = run_module(board, cos, f"init:\nlidt [{cos_layout.IDT_PTR:#x}]\nret")
-    events = [e for e in board.trace.since(mark, "cpu.fault", "cpu.deliver", "kernel.emulate")
-              if e.kind != "cpu.deliver" or e["vector"] == 13][:3]
+    events = board.trace.since(mark, "cpu.fault", "cpu.deliver", "kernel.emulate")
+    at = next(i for i, e in enumerate(events) if e.kind == "kernel.emulate" and e["insn"] == "lidt")
+    events = events[at - 2:at + 1]                 # the #GP, its delivery to the kernel, the emulation
     v = loader.kernel.vcpu
     return "\n".join([str(e) for e in events] + [
         f"real IDTR    before {real_before[1]:#x}, after {board.cpu['idtr'][1]:#x}",
