@@ -73,6 +73,11 @@ init:   pushad
         jnz refused
         mov esi, msg_running
         call dword ptr [{print_:#x}]
+        mov eax, 3                      ; hand the kernel the COS's device list (claim 5)
+        mov ebx, {cos_layout.COS_DEVICES:#x}
+        int 0x90
+        mov esi, msg_handed
+        call dword ptr [{print_:#x}]
         popad
         ret
 refused:
@@ -83,6 +88,7 @@ refused:
 {_asm_string("msg_loading", "vmkload: loading the vmkernel")}
 {_asm_string("msg_running", "vmkload: vmkernel running; COS displaced")}
 {_asm_string("msg_refused", "vmkload: refused (see the trace)")}
+{_asm_string("msg_handed", "vmkload: device list handed over")}
 """
 
 

@@ -49,7 +49,7 @@ class Board:
             raise ValueError(f"the board has room for 0..{len(NIC_PORTS)} NICs, not {nics}")
         self.clock = 0                         # virtual time at the start of the current round
         self.slice = slice
-        self._running = None                   # the CPU inside emu_start, if any
+        self.running_cpu = None                # the CPU inside emu_start, if any
         self._round_end = 0
         self.trace = Trace(self.now)
         self.memory = PhysicalMemory(memory)
@@ -118,7 +118,7 @@ class Board:
     # ---- virtual time --------------------------------------------------------
     def now(self):
         """Virtual time: exact even in the middle of a CPU's slice."""
-        cpu = self._running
+        cpu = self.running_cpu
         return self.clock if cpu is None else self.clock + cpu.lead + cpu.progress()
 
     def schedule(self, delay, fn):
@@ -128,8 +128,8 @@ class Board:
         stopped at once, so the event fires on time."""
         due = self.now() + max(1, int(delay))
         heapq.heappush(self._events, (due, next(self._seq), fn))
-        if self._running is not None and due < self._round_end:
-            self._running.request_stop()
+        if self.running_cpu is not None and due < self._round_end:
+            self.running_cpu.request_stop()
 
     def _fire_due_events(self):
         while self._events and self._events[0][0] <= self.clock:
@@ -158,11 +158,11 @@ class Board:
             for cpu in self.cpus:
                 budget = self._round_end - self.clock - cpu.lead
                 if budget > 0:
-                    self._running = cpu
+                    self.running_cpu = cpu
                     try:
                         cpu.lead += cpu.run(budget)
                     finally:
-                        self._running = None
+                        self.running_cpu = None
                 self._round_end = min(self._round_end, self.clock + cpu.lead)
             length = self._round_end - self.clock
             for cpu in self.cpus:

@@ -63,6 +63,7 @@ class PIC8259:
                 line = self.eoi(value & 7 if value & 0x40 else None)
                 if line is not None:
                     self.pair.trace("pic.eoi", line=self.first_line + line)
+                    self.pair.kick()
         elif offset == 0 and value & 0x18 == 0x08:               # OCW3
             if value & 2:
                 self._read_isr = bool(value & 1)
@@ -77,6 +78,7 @@ class PIC8259:
             if value != self.imr:
                 self.imr = value
                 self.pair.trace("pic.mask", chip=self.name, imr=value)
+                self.pair.kick()
 
     def io_read(self, offset, size):
         if offset == 1:
@@ -117,6 +119,15 @@ class PICPair:
     def trace(self, kind, **data):
         self.board.trace.emit(kind, **data)
 
+    def kick(self):
+        """A request became deliverable while CPU 0 may be mid-slice (a level line
+        still high at EOI, an unmask, a device raising its line from a port
+        access): end the slice, so the board delivers it at the next
+        instruction boundary where IF allows, as the INTR pin would."""
+        cpu = self.board.running_cpu
+        if cpu is not None and cpu.index == 0 and self.has_request():
+            cpu.request_stop()
+
     def _chip(self, line):
         if not 0 <= line < self.LINES:
             raise ValueError(f"IRQ line {line} does not exist (0..{self.LINES - 1})")
@@ -127,6 +138,7 @@ class PICPair:
         if not chip.lines & (1 << i):
             self.trace("irq.raise", line=line)
         chip.set_line(i, True)
+        self.kick()
 
     def lower_line(self, line):
         chip, i = self._chip(line)

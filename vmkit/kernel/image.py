@@ -56,14 +56,23 @@ entry:                          ; the loader jumps here, CPL 0, kernel GDT/IDT/T
 common: pushad
 dispatch:                       ; the Python dispatcher runs here (CPU.on_execute)
         nop
-        cmp dword ptr [{layout.GO_IDLE:#x} + base], 0
-        jne idle
+        mov eax, [{layout.GO:#x} + base]
+        mov dword ptr [{layout.GO:#x} + base], 0
+        cmp eax, 1
+        je idle
+        cmp eax, 2
+        je work
         popad
         add esp, 8              ; vector, error code
         iretd
-idle:   mov dword ptr [{layout.GO_IDLE:#x} + base], 0
-        sti                     ; nothing to run: wait for an interrupt
+idle:   sti                     ; nothing to run: wait for an interrupt
         hlt
+        cli
+        jmp dispatch
+work:   sti                     ; the kernel's own work, interruptible: the COS waits
+        mov ecx, [{layout.WORK_LENGTH:#x} + base]
+more:   inc dword ptr [{layout.WORK_DONE:#x} + base]
+        loop more
         cli
         jmp dispatch
 """

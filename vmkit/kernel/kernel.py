@@ -18,11 +18,14 @@ from capstone import Cs, CS_ARCH_X86, CS_MODE_32
 
 from vmkit.hw.x86 import EFLAGS_IF, ERROR_CODE_VECTORS, decode_gate
 from vmkit.cos import layout as cos_layout
-from . import layout, syscalls, traps
+from . import devices, layout, syscalls, traps
 from .cos_vcpu import CosVcpu, emulate_if
 from .frame import Frame
+from .irq import IrqRouter
 
 INIT_VECTOR = 0x100             # the entry code's "vector": initialise
+WORK_EVERY = 4                  # every 4th timer tick the kernel does a piece of its own work
+WORK_LENGTH = 3000              # instructions (loop iterations) in one piece
 IRQ_BASE = 0x20                 # the COS programmed the PIC so before takeover; the kernel keeps it
 PATCHED = ("pushfd", "popfd", "iretd")
 INT3 = b"\xcc"
@@ -36,7 +39,13 @@ class Kernel:
         self.cos_state = cos_state
         self.vcpu = CosVcpu(self.memory, base + layout.COS_STATE)
         self.patches = {}             # address -> mnemonic of the COS instruction replaced by int3
-        self.idle_frame = None        # the COS's hlt frame while the kernel idles for it
+        self.away_frame = None        # the COS's frame while the kernel idles or works
+        self.away = None              # "idle" or "work"
+        self.irqs = IrqRouter(self)
+        self.devices, self.classes = [], {}
+        self.classify = devices.classify   # exercise 03 plugs in here
+        self.ticks = 0
+        self.work_due = False
         self._module_seen = None      # the module code last patched
         self.emulate_if = emulate_if  # exercise 02b plugs in here
         self.heap = base + 0x10000    # pages the kernel hands out on request (syscalls.py)
@@ -50,8 +59,8 @@ class Kernel:
     def dispatch(self, cpu):
         esp = cpu["esp"]
         frame = Frame(self.memory, esp)
-        if self.idle_frame == esp:                   # the idle loop came back: anything for the COS?
-            self._resume_from_idle(frame)
+        if self.away_frame == esp:                   # back from idling or working: the COS's turn?
+            self._resume(frame)
             return
         vector = frame.vector
         if vector == INIT_VECTOR:
@@ -81,6 +90,7 @@ class Kernel:
         _, v.idt_base, v.idt_limit, _ = cos["idtr"]
         _, v.gdt_base, v.gdt_limit, _ = cos["gdtr"]
         v.pending = v.traps = v.injected = 0
+        self.memory.write_u32(self.base + layout.WORK_LENGTH, WORK_LENGTH)
         for reg in ("edi", "esi", "ebp", "ebx", "edx", "ecx"):
             setattr(frame, reg, cos[reg])
         frame.eax = 0                                  # the loader's answer: loaded
@@ -126,14 +136,17 @@ class Kernel:
 
     # ---- interrupts ------------------------------------------------------------
     def _irq(self, frame, line):
-        """A device interrupt: the kernel takes it, acknowledges it, forwards it to the COS."""
-        if line >= 8:
-            self.board.ports.write(0xA0, 1, 0x20)
-        self.board.ports.write(0x20, 1, 0x20)
-        self.vcpu.pending |= 1 << line
-        self.trace.emit("kernel.forward", line=line, cos_vif=self.vcpu.vif)
+        """A device interrupt enters the kernel (irq.py decides what the COS gets)."""
+        self.irqs.irq(line)
+        if line == 0:
+            self.ticks += 1
+            self.work_due = self.work_due or self.ticks % WORK_EVERY == 0
         if frame.from_cos:
-            self.deliver_pending(frame)
+            if self.work_due:
+                self.work_due = False
+                self.go_away(frame, "work")        # the COS waits: its interrupts queue
+            else:
+                self.deliver_pending(frame)
 
     def deliver_pending(self, frame):
         """Inject the lowest pending line into the COS if its virtual IF allows."""
@@ -141,19 +154,59 @@ class Kernel:
         if pending and self.vcpu.vif:
             line = (pending & -pending).bit_length() - 1
             self.vcpu.pending = pending & ~(1 << line)
+            self.irqs.delivered(line)
             self.inject(frame, IRQ_BASE + line)
 
-    def idle(self, frame, cpu_esp):
-        """The COS halted with nothing to do: the stub waits (sti; hlt) in the kernel."""
-        self.idle_frame = cpu_esp
-        self.memory.write_u32(self.base + layout.GO_IDLE, 1)
+    def go_away(self, frame, why):
+        """Leave the COS's frame on the kernel stack and idle ("idle": sti; hlt)
+        or do kernel work ("work"); the stub comes back to `dispatch` after."""
+        self.away_frame, self.away = frame.address, why
+        self.memory.write_u32(self.base + layout.GO, layout.GO_IDLE if why == "idle" else layout.GO_WORK)
+        self.trace.emit(f"kernel.{why}")
 
-    def _resume_from_idle(self, frame):
-        if self.vcpu.pending and self.vcpu.vif:
-            self.idle_frame = None
-            self.deliver_pending(frame)
-        else:
-            self.memory.write_u32(self.base + layout.GO_IDLE, 1)
+    def _resume(self, frame):
+        if self.work_due:                          # a tick came while idle: work first
+            self.work_due = False
+            self.go_away(frame, "work")
+            return
+        if self.away == "idle" and not (self.vcpu.pending and self.vcpu.vif):
+            self.memory.write_u32(self.base + layout.GO, layout.GO_IDLE)
+            return
+        self.away_frame = self.away = None
+        self.trace.emit("kernel.cos_runs", pending=self.vcpu.pending)
+        self.deliver_pending(frame)
+
+    def work_done(self):
+        return self.memory.read_u32(self.base + layout.WORK_DONE)
+
+    def cos_ticks(self):
+        return self.memory.read_u32(cos_layout.TICKS)
+
+    # ---- devices ---------------------------------------------------------------
+    def handover(self, address):
+        """The COS hands over its device list (claim 5); the default policy applies."""
+        self.devices = devices.read_cos_list(self.memory, address)
+        self.memory.write(self.base + layout.DEVICES, self.memory.read(address, 8 + 16 * len(self.devices)), code=False)
+        self.trace.emit("kernel.handover", devices=" ".join(d.name for d in self.devices))
+        policy = {cls: [n for n in names if n in {d.name for d in self.devices}]
+                  for cls, names in devices.DEFAULT_POLICY.items()}
+        known = {n for names in policy.values() for n in names}
+        policy["host-managed"] += [d.name for d in self.devices if d.name not in known]
+        self.apply_policy(policy)
+
+    def apply_policy(self, policy):
+        """Validate, then enforce; on error nothing changes and the old policy stays."""
+        try:
+            classes = self.classify(self.devices, policy)
+        except devices.ClassificationError as e:
+            self.trace.emit("kernel.policy_refused", why=str(e))
+            raise
+        devices.write_bitmap(self, devices.bitmap_for(self.devices, classes))
+        self.irqs.routes = {d.irq: classes[d.name] for d in self.devices if d.irq is not None}
+        self.classes = dict(classes)
+        for d in self.devices:
+            self.trace.emit("kernel.classify", device=d.name, cls=classes[d.name])
+        return classes
 
     def inject(self, frame, vector, error=None):
         """Deliver `vector` to the COS through the COS's own (virtual) IDT."""

@@ -6,13 +6,13 @@ EAX saying what it wants.
     eax=1  memory: ecx pages  -> eax = physical address of pages the kernel gives, or 0
     eax=2  the devices the kernel owns: ebx = buffer, ecx = room (entries)
                               -> eax = count; 16-byte entries as in the firmware table
+    eax=3  the COS hands over its device list at ebx (claim 5) -> eax = devices taken
 """
 import struct
 
 from . import layout
 
 VECTOR = 0x90
-KERNEL_DEVICES = ("pic", "pit")      # taken over with the interrupt vectors (issue 4 adds the classes)
 
 
 def serve(kernel, frame):
@@ -27,11 +27,17 @@ def serve(kernel, frame):
         else:
             frame.eax = 0
     elif call == 2:
-        owned = [d for d in kernel.board.devices if d[0] in KERNEL_DEVICES][:frame.ecx]
-        for i, (kind, base, count, irq) in enumerate(owned):
-            kernel.memory.write(frame.ebx + 16 * i, struct.pack("<8sHHbxxx", kind.encode(), base, count,
-                                                                 -1 if irq is None else irq), code=False)
-        frame.eax = len(owned)
+        owned = [d for d in kernel.devices if kernel.classes.get(d.name) in ("reserved", "shared")]
+        for i, d in enumerate(owned[:frame.ecx]):
+            kernel.memory.write(frame.ebx + 16 * i, struct.pack("<8sHHbxxx", d.kind.encode(), d.base, d.count,
+                                                                 -1 if d.irq is None else d.irq), code=False)
+        frame.eax = min(len(owned), frame.ecx)
+    elif call == 3:
+        try:
+            kernel.handover(frame.ebx)
+            frame.eax = len(kernel.devices)
+        except ValueError:
+            frame.eax = 0
     else:
         frame.eax = 0xFFFFFFFF
     kernel.trace.emit("kernel.request", call=call, answer=frame.eax)

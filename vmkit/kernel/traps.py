@@ -57,7 +57,7 @@ def privileged(kernel, frame):
         if v.pending and v.vif:
             kernel.deliver_pending(frame)
         else:
-            kernel.idle(frame, frame.address)
+            kernel.go_away(frame, "idle")
     elif name == "sti":
         kernel.deliver_pending(frame)
     return True
@@ -73,6 +73,8 @@ def _port_io(kernel, frame, insn):
         value = frame.eax & 0xFF
         kernel.trace.emit("kernel.emulate", insn=f"{insn.mnemonic} {port:#x}",
                           what="virtual PIC", value=value)
+        if insn.mnemonic == "out" and port == 0x20 and value & 0x38 == 0x20:   # OCW2 EOI
+            kernel.irqs.cos_eoi()
         if insn.mnemonic == "in":
             frame.eax = frame.eax & ~0xFF
         return
