@@ -49,9 +49,9 @@ class IrqRouter:
         trace, route = self.kernel.trace, self.routes.get(line, "host-managed")
         if route == "host-managed":
             if self.masking:
+                trace.emit("irq.masked", line=line)
                 self._pic_mask(line, True)
                 self.masked |= 1 << line
-                trace.emit("irq.masked", line=line)
             count = self.unacknowledged[line] = self.unacknowledged.get(line, 0) + 1
             if not self.masking and count > STORM_LIMIT and line not in self.storms:
                 self.storms[line] = count
@@ -81,5 +81,5 @@ class IrqRouter:
         self.kernel.trace.emit("irq.cos_eoi", line=line)
         if self.masked >> line & 1 and line not in self.storms:
             self.masked &= ~(1 << line)
-            self._pic_mask(line, False)
             self.kernel.trace.emit("irq.unmasked", line=line)
+            self._pic_mask(line, False)

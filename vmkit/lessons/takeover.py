@@ -14,8 +14,9 @@ BOOT_LIMIT = 2_000_000
 COMMAND_LIMIT = 3_000_000
 
 
-def booted_cos(image=None, build_idt=build_kernel_idt, emulate=emulate_if, timer_period=10_000):
-    board = Board()
+def booted_cos(image=None, build_idt=build_kernel_idt, emulate=emulate_if, timer_period=10_000,
+               **board_options):
+    board = Board(**board_options)
     cos = COS.boot(board, timer_period=timer_period)
     board.run_until(lambda: board.memory.read_u32(cos_layout.READY), BOOT_LIMIT, "the COS's boot")
     loader = Loader(board, image, build_idt=build_idt, emulate_if=emulate)
