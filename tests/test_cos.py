@@ -69,7 +69,9 @@ def test_banner_lists_every_device_and_claims_it(booted):
     assert "COS: pit ports 0x40-0x43 irq 0" in lines
     assert "COS: serial ports 0x3f8-0x3ff irq 4" in lines
     assert "COS: scsi ports 0xc100-0xc10f irq 11" in lines
-    assert lines[lines.index("COS: booting") + 7] == "COS: ready"
+    assert "COS: kbd ports 0x60-0x64 irq 1" in lines
+    assert "COS: sensor ports 0x300-0x303 irq 5" in lines
+    assert lines[lines.index("COS: booting") + len(booted.board.devices) + 1] == "COS: ready"
     devices = booted.devices()
     assert [(d.name, d.port, d.ports, d.irq) for d in devices] == booted.board.devices
     assert all(d.claimed for d in devices)
@@ -94,7 +96,7 @@ def test_unknown_device_is_listed_but_not_claimed():
     board._write_firmware_tables()
     cos = COS.boot(board)
     assert "COS: gizmo ports 0xd000-0xd003 irq 5 (no driver)" in cos.console()
-    assert [d.claimed for d in cos.devices()] == [True, True, True, False]
+    assert [d.claimed for d in cos.devices()] == [True] * 5 + [False]
     assert "cos: gizmo ports 0xd000-0xd003 irq 5 (no driver)" in cos.run_command("devices")
 
 
@@ -134,7 +136,9 @@ def test_commands_typed_on_the_serial_line():
     devices = cos.run_command("devices").splitlines()[1:]
     assert devices == ["cos: pic ports 0x20-0x21 irq none claimed",
                        "cos: pit ports 0x40-0x43 irq 0 claimed",
-                       "cos: serial ports 0x3f8-0x3ff irq 4 claimed"]
+                       "cos: serial ports 0x3f8-0x3ff irq 4 claimed",
+                       "cos: kbd ports 0x60-0x64 irq 1 claimed",
+                       "cos: sensor ports 0x300-0x303 irq 5 claimed"]
     assert cos.var("COMMANDS_DONE") == 5
 
 
@@ -270,3 +274,145 @@ def test_bad_configuration_is_refused():
         COS.boot(Board(memory=2 << 20))
     with pytest.raises(ValueError, match="one non-empty command line"):
         fresh().run_command("")
+
+
+# ---- the keyboard and sensor drivers (issue 4's host-managed devices) ---------------------
+
+def delivered(board, vector, mark=0):
+    return [e for e in board.trace.since(mark, "cpu.deliver") if e["vector"] == vector]
+
+
+def test_keys_pressed_reach_the_cos_keyboard_handler():
+    cos = fresh(print_every=0)
+    board = cos.board
+    assert not board.pic.masked(1) and board.keyboard.command_byte & 1
+    mark = board.trace.mark()
+    board.keyboard.press(b"\x1e\x9e")                  # 'a' pressed and released
+    board.run(5_000)
+    assert (cos.var("KEYS"), cos.var("LAST_KEY")) == (2, 0x9E)
+    irqs = delivered(board, L.KBD_VECTOR, mark)
+    assert irqs and all(e["handler"] == cos.symbols["kbd_handler"] for e in irqs)
+    assert cos.var("KBD_IRQS") == len(irqs)
+    assert not board.keyboard.output_full and not board.pic.master.lines & 0x02
+    board.keyboard.press(b"\x30")
+    board.run(5_000)
+    assert (cos.var("KEYS"), cos.var("LAST_KEY")) == (3, 0x30)
+    assert board.memory.read_u32(L.SPURIOUS + 4) == 0  # IRQ 1 has a driver now
+
+
+def test_sensor_samples_reach_the_cos_one_interrupt_each():
+    cos = fresh(print_every=0)
+    board, sensor = cos.board, cos.board.sensor
+    assert board.pic.master.elcr & (1 << 5)            # the COS made line 5 level-triggered
+    assert board.ports.read(0x4D0, 1) & 0x20 and not board.pic.masked(5)
+    assert board.ports.read(0x302, 1) == 1             # and enabled the device's interrupt
+    mark = board.trace.mark()
+    for _ in range(10):
+        sensor.sample()
+        board.run(3_000)
+    assert cos.var("SENSOR_IRQS") == sensor.samples == sensor.acknowledged == sensor.raised == 10
+    assert cos.var("SENSOR_LAST") == 10
+    irqs = delivered(board, L.SENSOR_VECTOR, mark)
+    assert len(irqs) == 10 and all(e["handler"] == cos.symbols["sensor_handler"] for e in irqs)
+    sensor.start(5_000)                                # sampling on its own, in virtual time
+    board.run(100_000)
+    sensor.stop()
+    board.run(1_000)
+    assert cos.var("SENSOR_IRQS") == sensor.samples == 30 and not sensor.line
+
+
+def test_a_jammed_sensor_storms_the_cos():
+    cos = fresh(print_every=0)
+    board, sensor = cos.board, cos.board.sensor
+    sensor.sample()
+    board.run(3_000)
+    assert cos.var("SENSOR_IRQS") == 1
+    board.run(100_000)
+    assert cos.var("SENSOR_IRQS") == 1                 # served: quiet
+    sensor.jam()
+    ticks, samples = cos.ticks(), sensor.samples
+    board.run(100_000)                                 # bounded: virtual time, not a condition
+    storm = cos.var("SENSOR_IRQS") - 1
+    assert storm >= 500                                # the handler ran again and again ...
+    assert sensor.samples == samples and sensor.acknowledged == 1   # ... with nothing to read
+    assert cos.ticks() - ticks >= 9                    # the timer (a higher priority) still ticks
+    sensor.unjam()
+    board.run(1_000)
+    after = cos.var("SENSOR_IRQS")
+    board.run(100_000)
+    assert cos.var("SENSOR_IRQS") == after             # unjammed: quiet again
+    assert cos.run_command("ticks").startswith("ticks\ncos: ticks")
+
+
+def test_drivers_attach_only_devices_that_are_there():
+    board = Board(keyboard=False, sensor=False)
+    cos = COS.boot(board)
+    assert board.pic.master.imr == 0xEA and board.pic.master.elcr == 0   # IRQ 1 and 5 masked
+    assert [d.name for d in cos.devices()] == ["pic", "pit", "serial"]
+    odd = Board(sensor=False)                          # a sensor where the driver does not expect it
+    from vmkit.hw.sensor import Sensor
+    Sensor(odd, base=0x310, irq=7)
+    odd.devices.append(("sensor", 0x310, 4, 7))
+    odd._write_firmware_tables()
+    cos = COS.boot(odd)
+    assert [d.claimed for d in cos.devices()] == [True] * 4 + [False]
+    assert odd.pic.masked(7) and odd.pic.masked(5) and odd.pic.master.elcr == 0
+
+
+HOLD = f"""
+init:   mov dword ptr [{SCRATCH + 8:#x}], 30000
+        mov eax, 0x11111111
+        mov ebx, 0x22222222
+        mov ecx, 0x33333333
+        mov edx, 0x44444444
+        mov esi, 0x55555555
+        mov edi, 0x66666666
+        mov ebp, 0x77777777
+spin:   cmp eax, 0x11111111
+        jne broken
+        cmp ebx, 0x22222222
+        jne broken
+        cmp ecx, 0x33333333
+        jne broken
+        cmp edx, 0x44444444
+        jne broken
+        cmp esi, 0x55555555
+        jne broken
+        cmp edi, 0x66666666
+        jne broken
+        cmp ebp, 0x77777777
+        jne broken
+        dec dword ptr [{SCRATCH + 8:#x}]
+        jnz spin
+        mov dword ptr [{SCRATCH:#x}], 1
+        ret
+broken: mov dword ptr [{SCRATCH:#x}], 2
+        ret
+"""
+
+
+def test_the_handlers_keep_every_register_of_the_code_they_interrupt():
+    cos = fresh(timer_period=700, print_every=0)
+    board = cos.board
+    board.sensor.start(450)
+    for delay in range(2_000, 200_000, 3_000):
+        board.schedule(delay, lambda: board.keyboard.press(b"\x1e\x9e"))
+    mark = board.trace.mark()
+    cos.insmod(COS.make_module(HOLD), limit=3_000_000)
+    assert board.memory.read_u32(SCRATCH) == 1         # the spin never saw a register change
+    seen = {e["vector"] for e in board.trace.since(mark, "cpu.deliver")}
+    assert {L.TIMER_VECTOR, L.KBD_VECTOR, L.SENSOR_VECTOR, L.SERIAL_VECTOR} <= seen
+    assert cos.var("KEYS") > 10 and cos.var("SENSOR_IRQS") > 100
+
+
+def test_code_end_covers_the_new_handlers_and_nothing_after():
+    from capstone import Cs, CS_ARCH_X86, CS_MODE_32
+    cos = fresh()
+    end = cos.var("CODE_END")
+    assert max(cos.symbols[n] for n in ("kbd_handler", "sensor_handler", "probe_kbd",
+                                         "probe_sensor")) < end
+    code = cos.board.memory.read(L.COS_CODE, end - L.COS_CODE)
+    sizes = [size for _, size, _, _ in Cs(CS_ARCH_X86, CS_MODE_32).disasm_lite(code, L.COS_CODE)]
+    assert sum(sizes) == len(code)                      # linear disassembly: exactly to CODE_END
+    mnemonics = [m for _, m in cos.sensitive_instructions()]
+    assert mnemonics.count("iretd") == 6                # timer, kbd, serial, sensor, spurious, unexpected

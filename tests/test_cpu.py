@@ -168,3 +168,50 @@ def test_tss_io_bitmap_lets_cpl3_use_exactly_the_allowed_ports(board):
     assert board.uart.text == "A"
     assert u32(board, 0x5000) == 2
     assert board.pic.master.imr == 0xFF             # the refused out never reached the PIC
+
+
+def test_hlt_with_an_interrupt_pending_wakes_at_once(board):
+    """IF=0 holds an IRQ back; `sti; hlt` then takes it at the hlt, not at the slice's end."""
+    board.boot(0x1000)
+    board.cpu["idtr"] = write_idt(board, IDT_A, {0x21: 0x6000})
+    board.load(0x6000, "inc dword ptr [0x5000]\npush eax\nmov al, 0x20\nout 0x20, al\npop eax\niretd")
+    board.load(0x1000, """
+        mov al, 0x11
+        out 0x20, al
+        mov al, 0x20
+        out 0x21, al
+        mov al, 4
+        out 0x21, al
+        mov al, 1
+        out 0x21, al
+        mov al, 0xfd
+        out 0x21, al
+        mov ecx, 300
+    busy: loop busy
+        sti
+    idle: hlt
+        jmp idle""")
+    board.run(50)
+    board.pic.raise_line(1)                             # pending; IF is still 0
+    board.run(5000)                                     # one slice: it must not wait for its end
+    halt = board.trace.of("cpu.halt")[0].time
+    deliver = board.trace.of("cpu.deliver")[0].time
+    assert deliver == halt and u32(board, 0x5000) == 1
+    assert board.clock == 5050 and board.cpu.halted
+
+
+def test_a_python_stub_that_ends_the_slice_runs_once(board):
+    """on_execute handlers run before their instruction; ending the slice there must
+    neither run the handler twice nor count the instruction twice."""
+    board.load(0x1000, "nop\nnop\ninc dword ptr [0x5000]\nnop\nhlt")
+    calls = []
+
+    def stub(cpu):
+        calls.append(cpu.board.now())
+        if len(calls) == 1:
+            cpu.request_stop()                          # e.g. a port write that kicks the PIC
+    board.cpu.on_execute(0x1002, stub)
+    board.boot(0x1000)
+    board.run(1000)
+    assert len(calls) == 1 and u32(board, 0x5000) == 1
+    assert board.trace.of("cpu.halt")[0].time == 5      # nop nop inc nop hlt: 5 instructions

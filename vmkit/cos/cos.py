@@ -1,6 +1,6 @@
 """The console OS on a board: boot it, talk to it, give it modules.
 
-Everything the COS does happens in x86 (vmkit/cos/source.py); this class
+Everything the COS does happens in x86 (vmkit/cos/, see source.py); this class
 only loads it, writes its configuration into COS data before boot, and
 reads its state back from emulated memory. Nothing here counts ticks or
 keeps a device list of its own.

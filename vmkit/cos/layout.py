@@ -61,12 +61,21 @@ MODULES_LOADED = 0x200B4          # modules whose init returned
 MODULE_RESULT = 0x200B8           # eax the last module init returned
 CODE_END = 0x200BC                # first byte past the COS's instructions (its tables and
                                   # strings follow): [COS_CODE, CODE_END) disassembles linearly
-SPURIOUS = 0x200C0                # u32[16]: IRQs taken per line with no driver (0 and 4 stay 0)
+SPURIOUS = 0x200C0                # u32[16]: IRQs taken per line with no driver (0, 1, 4, 5 stay 0)
 STATE_END = 0x20100
 
 # Descriptor-table pointers (the 6-byte operands of lgdt / lidt).
 GDT_PTR = 0x20100
 IDT_PTR = 0x20108
+
+# Driver state: more u32s the COS zeroes at boot (the block above is full).
+DRIVER_STATE_START = 0x20110
+KEYS = 0x20110                    # bytes the keyboard handler read from the 8042 (port 0x60)
+LAST_KEY = 0x20114                # the last of them (a scancode, 0..255)
+KBD_IRQS = 0x20118                # keyboard interrupts taken (IRQ 1)
+SENSOR_IRQS = 0x2011C             # sensor interrupts taken (IRQ 5)
+SENSOR_LAST = 0x20120             # the reading the sensor handler last read from DATA (0..255)
+DRIVER_STATE_END = 0x20140
 
 LINE_BUF = 0x20180                # the serial line being typed, NUL-terminated when ready
 LINE_MAX = 0x80
@@ -91,7 +100,7 @@ MAX_DEVICES = 16
 COS_IDT = 0x20800                 # 256 interrupt gates, selector 0x08, DPL 0
 IDT_ENTRIES = 256
 IRQ_BASE = 0x20                   # PIC master 0x20-0x27, slave 0x28-0x2F
-TIMER_VECTOR, SERIAL_VECTOR = 0x20, 0x24
+TIMER_VECTOR, KBD_VECTOR, SERIAL_VECTOR, SENSOR_VECTOR = 0x20, 0x21, 0x24, 0x25
 
 # ---- modules and pages ---------------------------------------------------------
 MODULE_AREA = 0x100000
@@ -112,7 +121,7 @@ VARIABLES = {name: globals()[name] for name in (
     "RAM_TOP", "TIMER_PERIOD", "PRINT_EVERY", "TICKS", "SERIAL_IRQS", "PRINTED_TICK",
     "NEXT_FREE_PAGE", "LINE_READY", "LINE_LEN", "COMMANDS_DONE", "READY", "FAULT_VECTOR",
     "FAULT_EIP", "FAULT_ERROR", "FAULTS", "UNEXPECTED_INTS", "MODULES_LOADED", "MODULE_RESULT",
-    "CODE_END")}
+    "CODE_END", "KEYS", "LAST_KEY", "KBD_IRQS", "SENSOR_IRQS", "SENSOR_LAST")}
 
 # Regions, for "which memory does this register point into".
 REGIONS = (

@@ -1,4 +1,5 @@
-"""The board: memory, CPUs, interrupt controller, timer, serial, NICs, SCSI.
+"""The board: memory, CPUs, interrupt controller, timer, serial, keyboard
+controller, the sensor, NICs, SCSI.
 
 It keeps the virtual clock (retired instructions) and the one trace, and
 runs the CPUs round-robin on one thread in slices: `lock`-prefixed
@@ -8,7 +9,10 @@ instructions are not atomic between two Unicorn instances on two threads
 Between slices the board fires due device events (`schedule`) and, as the
 INTR pin of a PC would, delivers the interrupt controller's request to
 CPU 0 when its IF allows. A slice never runs past the next device event,
-so a timer programmed for every N instructions interrupts every N.
+so a timer programmed for every N instructions interrupts every N. A CPU
+that halts with IF set while the controller has a request wakes at once,
+as `hlt` does on a real CPU with INTR asserted: its slice ends there and
+the next round delivers the interrupt.
 
 The firmware does what a multiboot loader does before jumping to a
 kernel: a flat GDT (0x08 ring-0 code, 0x10 ring-0 data, 0x1B/0x23 ring-3
@@ -26,7 +30,9 @@ from .cpu import CPU
 from .memory import PhysicalMemory
 from .pic import PICPair
 from .pit import PIT
+from .kbd import KeyboardController
 from .ports import PortBus
+from .sensor import Sensor
 from .trace import Trace
 from .uart import UART
 from .x86 import encode_segment, CODE_RX, DATA_RW
@@ -37,12 +43,25 @@ FREE_MEMORY = 0x1000
 KERNEL_CS, KERNEL_DS, USER_CS, USER_DS = 0x08, 0x10, 0x1B, 0x23
 NIC_PORTS, NIC_IRQS = (0xC000, 0xC040), (10, 9)
 SCSI_PORT, SCSI_IRQ = 0xC100, 11
+# Unicorn cannot tell us when the CPU sets IF, so while a request waits on a
+# CPU with IF clear (a kernel trap handler, a short cli section) the board
+# steps it INTR_POLL instructions at a time: the interrupt is taken at the
+# first instruction boundary with IF set, as on the INTR pin. (Measured: a
+# 16-instruction poll resonated with a 16-instruction trap loop, landing in
+# the kernel every time, and an IRQ waited forever.)
+INTR_POLL = 1
+KBD_PORT, KBD_PORTS, KBD_IRQ = 0x60, 5, 1
+SENSOR_PORT, SENSOR_PORTS, SENSOR_IRQ = 0x300, 4, 5
 
 
 class Board:
-    def __init__(self, memory=16 << 20, cpus=1, slice=20_000, disk=None, nics=0):
+    def __init__(self, memory=16 << 20, cpus=1, slice=20_000, disk=None, nics=0,
+                 keyboard=True, sensor=True):
         """disk: a DiskImage or the path of one, behind the SCSI controller;
-        nics: how many NICs (0..2) to fit; wire them with `Wire(a, b)`."""
+        nics: how many NICs (0..2) to fit; wire them with `Wire(a, b)`;
+        keyboard: fit the 8042 keyboard controller (`board.keyboard`);
+        sensor: fit the sensor (`board.sensor`; it samples only when told:
+        `board.sensor.sample()` or `board.sensor.start(period)`)."""
         if cpus not in (1, 2):
             raise ValueError(f"the board has one or two CPUs, not {cpus}")
         if not 0 <= nics <= len(NIC_PORTS):
@@ -50,6 +69,7 @@ class Board:
         self.clock = 0                         # virtual time at the start of the current round
         self.slice = slice
         self.running_cpu = None                # the CPU inside emu_start, if any
+        self._polling = self._shadow = False   # stepping CPU 0 while INTR waits on IF
         self._round_end = 0
         self.trace = Trace(self.now)
         self.memory = PhysicalMemory(memory)
@@ -60,6 +80,13 @@ class Board:
         self.pit = PIT(self)
         self.uart = UART(self)
         self.devices = [("pic", 0x20, 2, None), ("pit", 0x40, 4, 0), ("serial", 0x3F8, 8, 4)]
+        self.keyboard = self.sensor = None
+        if keyboard:
+            self.keyboard = KeyboardController(self, KBD_PORT, KBD_IRQ)
+            self.devices.append(("kbd", KBD_PORT, KBD_PORTS, KBD_IRQ))
+        if sensor:
+            self.sensor = Sensor(self, SENSOR_PORT, SENSOR_IRQ)
+            self.devices.append(("sensor", SENSOR_PORT, SENSOR_PORTS, SENSOR_IRQ))
         self.nics = []
         for i in range(nics):
             from .nic import NIC
@@ -135,10 +162,21 @@ class Board:
         while self._events and self._events[0][0] <= self.clock:
             heapq.heappop(self._events)[2]()
 
+    def interrupt_pending(self, cpu):
+        """Is the interrupt controller asking `cpu` for an interrupt (IF aside)?"""
+        return cpu is self.cpus[0] and self.pic.has_request()
+
     def _deliver_interrupts(self):
         cpu = self.cpus[0]
         if cpu.shutdown is None and cpu.interrupts_enabled and self.pic.has_request():
+            if self._polling and not cpu.halted and self._after_sti(cpu):
+                self._shadow = True            # sti's shadow: one more instruction first
+                return
             cpu.deliver(self.pic.acknowledge(), "irq")
+
+    def _after_sti(self, cpu):
+        eip = cpu["eip"]
+        return 0 < eip <= self.memory.size and self.memory.read(eip - 1, 1) == b"\xfb"
 
     def run(self, instructions):
         """Advance virtual time by `instructions`, the CPUs taking turns.
@@ -154,6 +192,12 @@ class Board:
             step = min(self.slice, end - self.clock)
             if self._events:
                 step = min(step, self._events[0][0] - self.clock)
+            cpu0 = self.cpus[0]
+            self._polling = (self._shadow or not cpu0.interrupts_enabled) and not cpu0.halted \
+                and self.pic.has_request()
+            self._shadow = False
+            if self._polling:
+                step = min(step, INTR_POLL)    # INTR is up but IF is clear: look again soon
             self._round_end = self.clock + step
             for cpu in self.cpus:
                 budget = self._round_end - self.clock - cpu.lead

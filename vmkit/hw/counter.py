@@ -74,6 +74,11 @@ class Counter:
         """Instructions retired so far in the current `run`."""
         return self.state.count if self.exact else 0
 
+    def uncount(self):
+        """The instruction just counted did not run (the slice stopped before it)."""
+        if self.exact and self.state.count:
+            self.state.count -= 1
+
     def run(self, begin, budget, until):
         """Run; returns (instructions executed, the UcError that stopped it or None)."""
         if self.exact:

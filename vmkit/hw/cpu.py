@@ -74,6 +74,7 @@ class CPU:
         self.delivered = 0                   # vectors delivered, for counters and benchmarks
         self._io_fault = None
         self._stop_requested = False
+        self._hook_stopped_at = self._hook_ran_at = None   # see on_execute
         self.done = 0
         uc = self.uc
         self.counter = Counter(uc)
@@ -156,9 +157,24 @@ class CPU:
         self.uc.ctl_remove_cache(begin, end)
 
     def on_execute(self, address, handler):
-        """Call handler(cpu) when EIP reaches `address`: how a stub hands over to Python."""
-        return self.uc.hook_add(UC_HOOK_CODE, lambda uc, a, s, _: handler(self), None,
-                                address, address)
+        """Call handler(cpu) when EIP reaches `address`: how a stub hands over to Python.
+
+        If the handler ends the slice (a port write that makes an interrupt
+        deliverable, a device event scheduled), Unicorn stops *before* the
+        instruction at `address`, and the next slice starts there: the hook
+        would fire again for the one execution. So the handler runs once;
+        the next slice skips it, and the instruction is counted once."""
+        def fire(uc, at, size, _):
+            if self._hook_ran_at == at:
+                self._hook_ran_at = None
+                return
+            self._hook_ran_at = None
+            stopping = self._stop_requested
+            handler(self)
+            if self._stop_requested and not stopping:
+                self._hook_stopped_at = at
+                self.counter.uncount()
+        return self.uc.hook_add(UC_HOOK_CODE, fire, None, address, address)
 
     # ---- running ---------------------------------------------------------
     def run(self, budget):
@@ -173,6 +189,8 @@ class CPU:
             if self.shutdown or self.halted:
                 return budget
             self._io_fault = None
+            stopped_at, self._hook_stopped_at = self._hook_stopped_at, None
+            self._hook_ran_at = stopped_at if stopped_at is not None and stopped_at == self["eip"] else None
             executed, error = self.counter.run(self["eip"], budget - self.done, NO_ADDRESS)
             self.done += executed
             if error is not None:
@@ -186,6 +204,9 @@ class CPU:
                 self.halted = True
                 self.trace.emit("cpu.halt", self.index, eip=self["eip"] - 1,
                                 interrupts=self.interrupts_enabled)
+                if (self.counter.exact and self.interrupts_enabled
+                        and self.board.interrupt_pending(self)):
+                    return self.done           # INTR is asserted: hlt ends at once (board delivers)
             if not self.counter.exact:
                 return budget                  # Unicorn's count= cannot say how far it got
         return self.done

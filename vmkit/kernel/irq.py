@@ -20,6 +20,55 @@ and reported with counts, and the line is masked to end it.
 STORM_LIMIT = 200
 
 
+class PicControl:
+    """What the kernel may do to the real PIC, as its code would with `out`."""
+    def __init__(self, router):
+        self.router = router
+
+    def mask(self, line):
+        self.router.kernel.trace.emit("irq.masked", line=line)
+        self.router._pic_mask(line, True)
+        self.router.masked |= 1 << line
+
+    def unmask(self, line):
+        self.router.masked &= ~(1 << line)
+        self.router.kernel.trace.emit("irq.unmasked", line=line)
+        self.router._pic_mask(line, False)
+
+    def eoi(self, line):
+        self.router._pic_eoi(line)
+
+    def is_masked(self, line):
+        return bool(self.router.masked >> line & 1)
+
+
+class CosQueue:
+    """The COS's side: interrupts waiting until the COS next runs."""
+    def __init__(self, router):
+        self.router = router
+
+    def queue(self, line):
+        vcpu = self.router.kernel.vcpu
+        vcpu.pending |= 1 << line
+        self.router.kernel.trace.emit("irq.queued", line=line, cos_vif=vcpu.vif)
+
+
+def kernel_sees_irq(line, pic, cos, masking=True):
+    """A host-managed device's IRQ entered the kernel (exercise 04, claims 9-11):
+    mask its line (claim 11) unless masking is switched off, acknowledge the
+    PIC, and queue it for the COS's next run (claims 9-10)."""
+    if masking:
+        pic.mask(line)
+    pic.eoi(line)
+    cos.queue(line)
+
+
+def cos_acknowledged(line, pic):
+    """The COS's handler sent EOI for `line`: let the device interrupt again."""
+    if pic.is_masked(line):
+        pic.unmask(line)
+
+
 class IrqRouter:
     def __init__(self, kernel):
         self.kernel = kernel
@@ -29,6 +78,9 @@ class IrqRouter:
         self.cos_in_service = 0          # lines injected into the COS, not yet acknowledged
         self.unacknowledged = {}         # line -> IRQs since the COS last acknowledged it
         self.storms = {}                 # line -> count when the storm was stopped
+        self.shared = {}                 # line -> a shared device's completion handler
+        self.pic, self.cos = PicControl(self), CosQueue(self)
+        self.kernel_sees_irq, self.cos_acknowledged = kernel_sees_irq, cos_acknowledged  # exercise 04
 
     # the real PIC, driven as the kernel's code would with in/out
     def _pic_mask(self, line, masked):
@@ -48,23 +100,27 @@ class IrqRouter:
         """An IRQ entered the kernel. True if it is now pending for the COS."""
         trace, route = self.kernel.trace, self.routes.get(line, "host-managed")
         if route == "host-managed":
-            if self.masking:
-                trace.emit("irq.masked", line=line)
-                self._pic_mask(line, True)
-                self.masked |= 1 << line
             count = self.unacknowledged[line] = self.unacknowledged.get(line, 0) + 1
-            if not self.masking and count > STORM_LIMIT and line not in self.storms:
-                self.storms[line] = count
-                self._pic_mask(line, True)
-                self.masked |= 1 << line
+            if count > STORM_LIMIT and line not in self.storms:
+                self.storms[line] = count       # a storm: report it, and stop it
                 trace.emit("irq.storm", line=line, interrupts=count,
                            kernel_work=self.kernel.work_done(), cos_ticks=self.kernel.cos_ticks())
-        self._pic_eoi(line)
+                self.pic.mask(line)
+                self.pic.eoi(line)
+                return False
+            self.kernel_sees_irq(line, self.pic, self.cos, self.masking)
+            return True
+        if route == "shared" and line in self.shared:
+            forward = self.shared[line]()         # the device's own acknowledgement first
+            self.pic.eoi(line)
+            if forward:
+                self.cos.queue(line)
+            return forward
+        self.pic.eoi(line)
         if route == "reserved" and line != 0:
             trace.emit("irq.kernel", line=line)
             return False
-        self.kernel.vcpu.pending |= 1 << line
-        trace.emit("irq.queued", line=line, cos_vif=self.kernel.vcpu.vif)
+        self.cos.queue(line)                      # the timer: a virtual tick for the COS too
         return True
 
     def delivered(self, line):
@@ -79,7 +135,5 @@ class IrqRouter:
         self.cos_in_service &= ~(1 << line)
         self.unacknowledged[line] = 0
         self.kernel.trace.emit("irq.cos_eoi", line=line)
-        if self.masked >> line & 1 and line not in self.storms:
-            self.masked &= ~(1 << line)
-            self.kernel.trace.emit("irq.unmasked", line=line)
-            self._pic_mask(line, False)
+        if line not in self.storms:
+            self.cos_acknowledged(line, self.pic)

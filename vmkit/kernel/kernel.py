@@ -22,6 +22,7 @@ from . import devices, layout, syscalls, traps
 from .cos_vcpu import CosVcpu, emulate_if
 from .frame import Frame
 from .irq import IrqRouter
+from .scsi_share import SharedSCSI
 
 INIT_VECTOR = 0x100             # the entry code's "vector": initialise
 WORK_EVERY = 4                  # every 4th timer tick the kernel does a piece of its own work
@@ -43,6 +44,7 @@ class Kernel:
         self.away = None              # "idle" or "work"
         self.irqs = IrqRouter(self)
         self.devices, self.classes = [], {}
+        self.shared = {}              # device name -> its sharing front (scsi_share.py)
         self.classify = devices.classify   # exercise 03 plugs in here
         self.ticks = 0
         self.work_due = False
@@ -176,6 +178,13 @@ class Kernel:
         self.trace.emit("kernel.cos_runs", pending=self.vcpu.pending)
         self.deliver_pending(frame)
 
+    def shared_at(self, port):
+        """(sharing front, register offset) if `port` belongs to a shared device the kernel fronts."""
+        for d in self.devices:
+            if d.name in self.shared and self.classes.get(d.name) == "shared" and port in d.ports:
+                return self.shared[d.name], port - d.base
+        return None, None
+
     def work_done(self):
         return self.memory.read_u32(self.base + layout.WORK_DONE)
 
@@ -204,6 +213,10 @@ class Kernel:
         devices.write_bitmap(self, devices.bitmap_for(self.devices, classes))
         self.irqs.routes = {d.irq: classes[d.name] for d in self.devices if d.irq is not None}
         self.classes = dict(classes)
+        for d in self.devices:
+            if classes[d.name] == "shared" and d.kind == "scsi" and d.name not in self.shared:
+                self.shared[d.name] = SharedSCSI(self, d)
+                self.irqs.shared[d.irq] = self.shared[d.name].completion
         for d in self.devices:
             self.trace.emit("kernel.classify", device=d.name, cls=classes[d.name])
         return classes

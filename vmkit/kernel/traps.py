@@ -78,6 +78,15 @@ def _port_io(kernel, frame, insn):
         if insn.mnemonic == "in":
             frame.eax = frame.eax & ~0xFF
         return
+    front, offset = kernel.shared_at(port)
+    if front is not None:                           # a shared device: the kernel serves the COS
+        if insn.mnemonic == "out":
+            front.cos_write(offset, frame.eax & ((1 << (8 * size)) - 1))
+        else:
+            mask = (1 << (8 * size)) - 1
+            frame.eax = (frame.eax & ~mask) | (front.cos_read(offset) & mask)
+        kernel.trace.emit("kernel.emulate", insn=f"{insn.mnemonic} {port:#x}", what="shared device")
+        return
     kernel.trace.emit("kernel.refused", insn=f"{insn.mnemonic} {port:#x}", eip=frame.eip)
     if insn.mnemonic == "in":
         mask = (1 << (8 * size)) - 1

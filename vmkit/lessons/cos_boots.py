@@ -10,9 +10,10 @@ from vmkit.hw.x86 import decode_gate
 from .machine import full_board
 
 TABLES = ("idtr", "gdtr", "tr")
-ROLES = {"exception stub → fault_common": "CPU exceptions", "timer_handler": "IRQ 0: timer",
-         "serial_handler": "IRQ 4: serial", "IRQ stub → irq_spurious": "other IRQ lines",
-         "unexpected_handler": "unused vectors"}
+HANDLERS = {"timer_handler": "IRQ 0: timer", "kbd_handler": "IRQ 1: keyboard",
+            "serial_handler": "IRQ 4: serial", "sensor_handler": "IRQ 5: sensor"}
+ROLES = {"exception stub → fault_common": "CPU exceptions", **HANDLERS,
+         "IRQ stub → irq_spurious": "other IRQ lines", "unexpected_handler": "unused vectors"}
 
 
 def boot(timer_period=L.DEFAULT_TIMER_PERIOD, print_every=L.DEFAULT_PRINT_EVERY):
@@ -57,10 +58,9 @@ def ownership_table(power_on, booted):
 
 def _handler_kind(cos, offset):
     s = cos.symbols
-    if offset == s["timer_handler"]:
-        return "timer_handler"
-    if offset == s["serial_handler"]:
-        return "serial_handler"
+    for name in HANDLERS:
+        if offset == s[name]:
+            return name
     if s["exc_stubs"] <= offset < s["exc_stubs_end"]:
         return "exception stub → fault_common"
     if s["irq_stubs"] <= offset < s["irq_stubs_end"]:

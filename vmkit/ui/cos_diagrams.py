@@ -10,7 +10,8 @@ BOOT_STEPS = (
     ("firmware", "firmware (board.boot)\nCPL 0, flat GDT at 0x500,\nno IDT, EIP = 0x10000"),
     ("tables", "lgdt · far jmp · ltr\nthe COS's own GDT and TSS"),
     ("idt", "build 256 gates, lidt\nthe COS's IDT at 0x20800"),
-    ("devices", "program PIC, PIT, UART;\nenumerate the device table\nat 0x600, claim each device"),
+    ("devices", "program PIC, PIT, UART;\nenumerate the device table\nat 0x600, claim each device;\n"
+                "attach keyboard and sensor"),
     ("banner", "print the banner\non COM1"),
     ("loop", "sti; main loop:\nsti; hlt until an IRQ,\nprint ticks, run commands"),
 )
@@ -24,7 +25,8 @@ def boot_diagram():
         g.node(name, label)
     for (a, _), (b, _) in zip(BOOT_STEPS, BOOT_STEPS[1:]):
         g.edge(a, b)
-    g.node("irqs", "timer IRQ 0 → vector 0x20\nserial IRQ 4 → vector 0x24", shape="ellipse")
+    g.node("irqs", "timer IRQ 0 → vector 0x20\nkeyboard IRQ 1 → vector 0x21\n"
+                   "serial IRQ 4 → vector 0x24\nsensor IRQ 5 → vector 0x25", shape="ellipse")
     g.edge("irqs", "loop", label="wake hlt", style="dashed")
     return show(g)
 
