@@ -59,5 +59,34 @@ def main():
           f"{(busy - calm) / irqs * 1e6:5.1f} µs  ({irqs} IRQs)")
 
 
+def cos_rate(displaced, instructions=2_000_000):
+    """Virtual instructions per wall second with the COS running its idle loop and ticks."""
+    from vmkit.lessons import takeover
+    board, cos, loader = takeover.takeover() if displaced else takeover.booted_cos()
+    t = time.perf_counter()
+    board.run(instructions)
+    return instructions / (time.perf_counter() - t), len(board.trace.of("kernel.emulate"))
+
+
+def trap_cost(count=2000):
+    """One trapped-and-emulated COS `cli`+`sti` pair, end to end."""
+    from vmkit.lessons import takeover
+    board, cos, loader = takeover.takeover()
+    src = f"init:\nmov ecx, {count}\nl: cli\nsti\nloop l\nret"
+    t = time.perf_counter()
+    takeover.run_module(board, cos, src)
+    return (time.perf_counter() - t) / (2 * count)
+
+
+def main_cos():
+    native, _ = max(cos_rate(False) for _ in range(2))
+    displaced, traps = max(cos_rate(True) for _ in range(2))
+    print(f"COS at CPL 0 (native), 2M instructions of its life:   {native / 1e6:6.1f} M instr/s")
+    print(f"COS displaced at CPL 1 under the kernel, same:         {displaced / 1e6:6.1f} M instr/s  "
+          f"({displaced / native:.2f} of native)")
+    print(f"one COS privileged instruction trapped and emulated:  {trap_cost() * 1e6:6.1f} µs")
+
+
 if __name__ == "__main__":
     main()
+    main_cos()
