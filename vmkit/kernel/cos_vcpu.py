@@ -10,7 +10,8 @@ import struct
 
 from vmkit.hw.x86 import EFLAGS_IF
 
-FIELDS = ("vif", "idt_base", "idt_limit", "gdt_base", "gdt_limit", "pending", "traps", "injected")
+FIELDS = ("vif", "idt_base", "idt_limit", "gdt_base", "gdt_limit", "pending", "traps", "injected",
+          "in_service")        # lines injected into the COS and not yet acknowledged (its virtual ISR)
 
 
 class CosVcpu:

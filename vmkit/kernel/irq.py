@@ -28,10 +28,8 @@ class PicControl:
     def mask(self, line):
         self.router.kernel.trace.emit("irq.masked", line=line)
         self.router._pic_mask(line, True)
-        self.router.masked |= 1 << line
 
     def unmask(self, line):
-        self.router.masked &= ~(1 << line)
         self.router.kernel.trace.emit("irq.unmasked", line=line)
         self.router._pic_mask(line, False)
 
@@ -39,7 +37,9 @@ class PicControl:
         self.router._pic_eoi(line)
 
     def is_masked(self, line):
-        return bool(self.router.masked >> line & 1)
+        """Read back from the 8259A's mask register (OCW1), not from a note of our own."""
+        port = 0x21 if line < 8 else 0xA1
+        return bool(self.router.kernel.board.ports.read(port, 1) >> (line % 8) & 1)
 
 
 class CosQueue:
@@ -74,8 +74,6 @@ class IrqRouter:
         self.kernel = kernel
         self.routes = {}                 # line -> device class ("host-managed", "reserved", "shared")
         self.masking = True
-        self.masked = 0                  # lines the kernel masked for the COS (bitmask)
-        self.cos_in_service = 0          # lines injected into the COS, not yet acknowledged
         self.unacknowledged = {}         # line -> IRQs since the COS last acknowledged it
         self.storms = {}                 # line -> count when the storm was stopped
         self.shared = {}                 # line -> a shared device's completion handler
@@ -124,15 +122,16 @@ class IrqRouter:
         return True
 
     def delivered(self, line):
-        self.cos_in_service |= 1 << line
+        self.kernel.vcpu.in_service |= 1 << line
 
     def cos_eoi(self):
         """The COS sent EOI to its (virtual) master PIC: its handler is done with
         the line it was given last. (Its slave EOIs come first and add nothing.)"""
-        if not self.cos_in_service:
+        v = self.kernel.vcpu
+        if not v.in_service:
             return
-        line = (self.cos_in_service & -self.cos_in_service).bit_length() - 1
-        self.cos_in_service &= ~(1 << line)
+        line = (v.in_service & -v.in_service).bit_length() - 1
+        v.in_service &= ~(1 << line)
         self.unacknowledged[line] = 0
         self.kernel.trace.emit("irq.cos_eoi", line=line)
         if line not in self.storms:
