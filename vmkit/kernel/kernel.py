@@ -9,10 +9,12 @@ popad/iretd, to whatever the frame then says.
 At initialisation (the loader's jump to its entry) it patches the COS's
 pushfd/popfd/iretd to int3, sets up the COS's virtual CPU, and returns to
 the COS where the COS called the loader, at CPL 1: the COS goes on, but
-no longer at the system level. From then on the COS's interrupts arrive
-here first and are forwarded to it (a direct path: see claims 9-11 for the
-full policy), its privileged instructions trap here (traps.py), and its
-requests for resources come in through int 0x90 (syscalls.py).
+no longer at the system level. From then on every interrupt arrives here
+first; those of the COS's devices are masked, queued and forwarded to it
+when it next runs (irq.py); its privileged instructions trap here
+(traps.py); the devices it hands over are classified and the classes
+enforced (devices.py, scsi_share.py); and its requests for resources come
+in through int 0x90 (syscalls.py).
 """
 from capstone import Cs, CS_ARCH_X86, CS_MODE_32
 
