@@ -25,6 +25,7 @@ from .cos_vcpu import CosVcpu, emulate_if
 from .frame import Frame
 from .irq import IrqRouter
 from .scsi_share import SharedSCSI
+from .nic_share import SharedNIC
 
 INIT_VECTOR = 0x100             # the entry code's "vector": initialise
 WORK_EVERY = 4                  # every 4th timer tick the kernel does a piece of its own work
@@ -218,6 +219,9 @@ class Kernel:
         for d in self.devices:
             if classes[d.name] == "shared" and d.kind == "scsi" and d.name not in self.shared:
                 self.shared[d.name] = SharedSCSI(self, d)
+                self.irqs.shared[d.irq] = self.shared[d.name].completion
+            if classes[d.name] == "shared" and d.kind == "nic" and d.name not in self.shared:
+                self.shared[d.name] = SharedNIC(self, d)       # claim 8: frames sorted by MAC
                 self.irqs.shared[d.irq] = self.shared[d.name].completion
         for d in self.devices:
             self.trace.emit("kernel.classify", device=d.name, cls=classes[d.name])
