@@ -1,17 +1,7 @@
 """Claims 6-7, 32: the SCSI controller shared by the COS and the kernel."""
-import struct
-
 from vmkit.hw.disk import DiskImage
 from vmkit.lessons import takeover
-from test_scsi import scsi_driver
-
-BLOCK = 512
-
-
-def kernel_request_block(board, rb, op, lba, buf):
-    """A READ(10)/WRITE(10) request block of one block, in memory (docs/devices.md)."""
-    cdb = bytes([op, 0]) + struct.pack(">I", lba) + bytes([0, 0, 1, 0])
-    board.memory.write(rb, struct.pack("<BBBBBBHIII", 10, 0, 0xFF, 0, 0, 0, 0, buf, BLOCK, 0) + cdb.ljust(16, b"\0"))
+from vmkit.lessons.devices import BLOCK, kernel_request_block, scsi_driver
 
 
 def test_cos_and_kernel_requests_interleaved_all_complete_with_the_right_data(tmp_path):
@@ -26,8 +16,8 @@ def test_cos_and_kernel_requests_interleaved_all_complete_with_the_right_data(tm
         board.memory.write(buf, bytes([0xA0 + i]) * BLOCK)
         kernel_request_block(board, rb, 0x2A, lba, buf)
         scsi.submit(rb, done.append)
-    takeover.run_module(board, cos, "init:\n" + scsi_driver(0x2A, 5, 1, 0x7000, irq_driven=False, after="ret"))
-    takeover.run_module(board, cos, "init:\n" + scsi_driver(0x28, 5, 1, 0x7400, irq_driven=False, after="ret"))
+    takeover.run_module(board, cos, "init:\n" + scsi_driver(0x2A, 5, 1, 0x7000))
+    takeover.run_module(board, cos, "init:\n" + scsi_driver(0x28, 5, 1, 0x7400))
     for i, lba in enumerate((10, 11, 12)):                    # and the kernel reads them back
         kernel_request_block(board, 0x62000 + i * 64, 0x28, lba, 0x63000 + i * BLOCK)
         scsi.submit(0x62000 + i * 64, done.append)
@@ -48,7 +38,7 @@ def test_cos_and_kernel_requests_interleaved_all_complete_with_the_right_data(tm
 
 def test_the_cos_reaches_the_shared_controller_only_through_the_kernel(tmp_path):
     board, cos, loader = takeover.takeover(disk=DiskImage.create(tmp_path / "d.img", 64))
-    mark = takeover.run_module(board, cos, "init:\n" + scsi_driver(0x28, 1, 1, 0x7400, irq_driven=False, after="ret"))
+    mark = takeover.run_module(board, cos, "init:\n" + scsi_driver(0x28, 1, 1, 0x7400))
     shared = [e for e in board.trace.since(mark, "kernel.emulate") if e.data.get("what") == "shared device"]
     assert len(shared) >= 3                                   # RB_ADDR, DOORBELL, STATUS polls...
     assert all(e["owner"] == "cos" for e in board.trace.since(mark, "scsi.share_start"))
