@@ -258,9 +258,9 @@ class CPU:
         """IOPL, then the TSS's I/O permission bitmap, as the CPU checks them
         (Unicorn checks neither). A clear bit for every byte of the access
         lets a less privileged program use the port; past the TSS limit, no."""
-        cs, eflags = self.read("cs", "eflags")
-        if cs & 3 <= (eflags >> EFLAGS_IOPL_SHIFT) & 3:
-            return False
+        cpl = self["cs"] & 3
+        if cpl == 0 or cpl <= (self["eflags"] >> EFLAGS_IOPL_SHIFT) & 3:
+            return False                       # (CPL 0, the common case, reads one register)
         _, tss, limit, _ = self["tr"]
         if limit < 103:
             return True
