@@ -26,6 +26,7 @@ from .frame import Frame
 from .irq import IrqRouter
 from .scsi_share import SharedSCSI
 from .nic_share import SharedNIC
+from .worlds import Worlds
 
 INIT_VECTOR = 0x100             # the entry code's "vector": initialise
 WORK_EVERY = 4                  # every 4th timer tick the kernel does a piece of its own work
@@ -54,8 +55,14 @@ class Kernel:
         self._module_seen = None      # the module code last patched
         self.emulate_if = emulate_if  # exercise 02b plugs in here
         self.heap = base + 0x10000    # pages the kernel hands out on request (syscalls.py)
+        self.worlds = Worlds(self)    # the COS is world 0; VMs join with install_vm (worlds.py)
         for cpu in board.cpus:
             cpu.on_execute(base + image.dispatch, self.dispatch)
+
+    def install_vm(self, guest, memory_bytes, name=None):
+        """A VM through a VMM (claim 12): `guest` is x86 source, bytes, or a
+        function of the VM's base address giving either; linked at that base."""
+        return self.worlds.install_vm(guest, memory_bytes, name)
 
     def contains(self, address):
         return self.base <= address < self.base + layout.STACK_TOP
@@ -72,6 +79,8 @@ class Kernel:
             self._initialise(frame, cpu)
         elif IRQ_BASE <= vector < IRQ_BASE + 16:
             self._irq(frame, vector - IRQ_BASE)
+        elif frame.cs & 3 == 3:                      # a VM's guest: its VMM's business
+            self.worlds.vm_trap(frame, vector)
         elif not frame.from_cos:
             cpu.stop(f"vmkernel panic: vector {vector:#x} at {frame.eip:#x} in the kernel")
         else:
@@ -146,7 +155,10 @@ class Kernel:
         if line == 0:
             self.ticks += 1
             self.work_due = self.work_due or self.ticks % WORK_EVERY == 0
-        if frame.from_cos:
+            self.worlds.tick(frame)                # the scheduler: may switch worlds (the frame's)
+        if frame.cs & 3 == 3:
+            self.worlds.guard(frame, lambda: self.worlds.current.vmm.deliver_pending(frame))
+        elif frame.from_cos:
             if self.work_due:
                 self.work_due = False
                 self.go_away(frame, "work")        # the COS waits: its interrupts queue
@@ -173,6 +185,8 @@ class Kernel:
         if self.work_due:                          # a tick came while idle: work first
             self.work_due = False
             self.go_away(frame, "work")
+            return
+        if self.worlds.cos_would_idle(frame):      # a VM runs instead (worlds.py)
             return
         if self.away == "idle" and not (self.vcpu.pending and self.vcpu.vif):
             self.memory.write_u32(self.base + layout.GO, layout.GO_IDLE)

@@ -1,0 +1,1 @@
+"""Virtual machine monitors: one per VM, entered through the kernel's dispatcher (vmm.py)."""

@@ -1,0 +1,171 @@
+"""A virtual machine monitor: one per VM (claims 12, 33).
+
+The guest runs at CPL 3 with flat segments, its code linked at its
+memory's physical address. Everything privileged it does faults into the
+kernel, whose dispatcher hands the VM world's faults here:
+
+  cli, sti, hlt, lidt   #GP (CPL 3 > IOPL 0): emulated on the virtual CPU
+  in, out               #GP (the VM TSS has no I/O bitmap): a virtual 16550
+                        at 0x3F8 (its output is the VM's console) and a
+                        virtual PIC at 0x20/0x21 (EOIs recorded, nothing more)
+  iretd                 would not trap at CPL 3 and would drop IF silently, so
+                        it is patched to int3 when the VM is installed, as the
+                        kernel patches the COS (traps.py): #GP through the
+                        kernel's DPL<3 gate 3, or #BP, lands here
+  anything else         a fault of the guest's own making stops its VM only.
+
+The virtual CPU (virtual IF, virtual IDTR, pending lines) lives in kernel
+memory, in the VM world's block; timer ticks are injected through the
+guest's own IDT exactly as Kernel.inject does for the COS.
+"""
+from capstone import Cs, CS_ARCH_X86, CS_MODE_32
+from capstone.x86 import X86_OP_IMM
+
+from vmkit.hw.x86 import EFLAGS_IF, decode_gate
+from vmkit.kernel.cos_vcpu import CosVcpu
+from vmkit.kernel import layout
+
+SERIAL, SERIAL_LSR = 0x3F8, 0x3FD
+VM_TIMER_VECTOR = 0x20          # the guest's IDT entry for its virtual timer (IRQ 0)
+INT3, IRETD = 0xCC, "iretd"
+GUEST_FLAGS = 0x0CD5            # CF PF AF ZF SF DF OF: what a guest's iretd may set for real
+_cs = Cs(CS_ARCH_X86, CS_MODE_32)
+_cs.detail = True
+
+
+class GuestFault(Exception):
+    """The guest did something its VM cannot survive; only its world stops."""
+
+
+class VMM:
+    def __init__(self, kernel, name, base, size, vcpu_address):
+        self.kernel, self.name, self.base, self.size = kernel, name, base, size
+        self.memory, self.trace = kernel.memory, kernel.trace
+        self.vcpu = CosVcpu(self.memory, vcpu_address)     # same layout as the COS's virtual CPU
+        for f in ("vif", "idt_base", "idt_limit", "gdt_base", "gdt_limit", "pending", "traps",
+                  "injected", "in_service"):
+            setattr(self.vcpu, f, 0)
+        self.console = bytearray()
+        self._line = bytearray()
+        self.patches = set()
+
+    def owns(self, address, length=1):
+        return self.base <= address and address + length <= self.base + self.size
+
+    def patch(self, code_length):
+        """iretd -> int3 in the guest's code, as it is copied in."""
+        code = self.memory.read(self.base, code_length)
+        for insn in _cs.disasm(code, self.base):
+            if insn.mnemonic == IRETD:
+                self.patches.add(insn.address)
+                self.memory.write(insn.address, bytes([INT3]))
+        self.trace.emit("vmm.patch", vm=self.name, count=len(self.patches))
+
+    # ---- traps ---------------------------------------------------------------
+    def trap(self, frame, vector):
+        """A fault of the guest. Returns "run" (go on), "halt" (nothing to do until
+        its next interrupt); raises GuestFault if the VM must stop."""
+        v = self.vcpu
+        v.traps += 1
+        eip = frame.eip
+        if vector == 3 and eip - 1 in self.patches:
+            frame.eip = eip - 1
+            return self._iretd(frame)
+        if vector != 13 or not self.owns(eip, 16):
+            raise GuestFault(f"vector {vector:#x} at {eip:#x}")
+        insn = next(_cs.disasm(self.memory.read(eip, 16), eip, 1), None)
+        name = insn.mnemonic if insn else "?"
+        if name == "int3" and eip in self.patches:
+            return self._iretd(frame)
+        if name in ("cli", "sti"):
+            v.vif = 1 if name == "sti" else 0
+        elif name == "hlt":
+            frame.eip = eip + insn.size
+            self.trace.emit("vmm.emulate", vm=self.name, insn=name, vif=v.vif)
+            if v.pending and v.vif:
+                self.deliver_pending(frame)
+                return "run"
+            return "halt"
+        elif name == "lidt":
+            address = self._address(frame, insn.operands[0])
+            if not self.owns(address, 6):
+                raise GuestFault(f"lidt of a table pointer outside the VM's memory ({address:#x})")
+            v.idt_limit, v.idt_base = self.memory.read_u16(address), self.memory.read_u32(address + 2)
+        elif name in ("in", "out"):
+            self._port_io(frame, insn)
+        else:
+            raise GuestFault(f"#GP at {eip:#x} ({name} {insn.op_str if insn else ''})")
+        frame.eip = eip + insn.size
+        if name not in ("in", "out"):
+            self.trace.emit("vmm.emulate", vm=self.name, insn=name, vif=v.vif)
+        if name == "sti":
+            self.deliver_pending(frame)
+        return "run"
+
+    @staticmethod
+    def _address(frame, op):
+        mem = op.mem
+        value = lambda reg: getattr(frame, _cs.reg_name(reg)) if reg else 0
+        return (value(mem.base) + value(mem.index) * mem.scale + mem.disp) & 0xFFFFFFFF
+
+    def _port_io(self, frame, insn):
+        ops = insn.operands
+        port_op = ops[1] if insn.mnemonic == "in" else ops[0]
+        port = port_op.imm if port_op.type == X86_OP_IMM else frame.edx & 0xFFFF
+        if insn.mnemonic == "out":
+            value = frame.eax & 0xFF
+            if port == SERIAL:
+                self._serial(value)
+            elif port == 0x20 and value & 0x38 == 0x20:
+                self.vcpu.in_service = 0                   # virtual PIC: EOI (recorded only)
+            return
+        value = 0x60 if port == SERIAL_LSR else 0xFF       # LSR: transmitter empty
+        frame.eax = (frame.eax & ~0xFF) | value
+
+    def _serial(self, byte):
+        self.console.append(byte)
+        if byte == 0x0A:
+            self.trace.emit("vm.console", vm=self.name, line=self._line.decode("latin-1"))
+            self._line.clear()
+        else:
+            self._line.append(byte)
+
+    def _iretd(self, frame):
+        """The guest's patched iretd: pop EIP, CS, EFLAGS; its IF goes to the virtual IF."""
+        if not self.owns(frame.esp, 12):
+            raise GuestFault(f"iretd with the stack outside the VM's memory ({frame.esp:#x})")
+        eip, _, eflags = frame.pop(), frame.pop(), frame.pop()
+        frame.eip, frame.cs = eip, layout.USER_CODE_SEL | layout.USER_RPL   # never a ring below 3
+        self.vcpu.vif = 1 if eflags & EFLAGS_IF else 0
+        frame.eflags = (eflags & GUEST_FLAGS) | EFLAGS_IF | 2      # never IOPL, VM, NT from a guest
+        self.deliver_pending(frame)
+        return "run"
+
+    # ---- interrupts ------------------------------------------------------------
+    def tick(self):
+        """A timer tick for this VM: pending until its virtual IF lets it in."""
+        self.vcpu.pending |= 1
+
+    def deliver_pending(self, frame):
+        v = self.vcpu
+        if v.pending & 1 and v.vif:
+            v.pending &= ~1
+            self.inject(frame, VM_TIMER_VECTOR)
+
+    def inject(self, frame, vector):
+        """Through the guest's own IDT, onto the guest's own stack (flat: SS base 0)."""
+        v = self.vcpu
+        if vector * 8 + 7 > v.idt_limit or not self.owns(v.idt_base + vector * 8, 8):
+            raise GuestFault(f"no gate for vector {vector:#x} in the guest's IDT")
+        if not self.owns(frame.esp - 12, 12):
+            raise GuestFault(f"interrupt with the stack outside the VM's memory ({frame.esp:#x})")
+        gate = decode_gate(self.memory.read(v.idt_base + vector * 8, 8))
+        frame.push((frame.eflags & ~EFLAGS_IF) | (EFLAGS_IF if v.vif else 0))
+        frame.push(frame.cs)
+        frame.push(frame.eip)
+        frame.eip = gate.offset
+        if gate.type == 0xE:
+            v.vif = 0
+        v.in_service = 1
+        v.injected += 1
+        self.trace.emit("vmm.inject", vm=self.name, vector=vector, handler=gate.offset)
