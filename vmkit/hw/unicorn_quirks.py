@@ -42,22 +42,30 @@ def _context_at_interrupt(code):
     return got[0]
 
 
-@functools.lru_cache(maxsize=1)
-def offsets():
+def _candidates():
     soft = _context_at_interrupt(bytes([0xCD, 0x0D, 0xF4]))              # int 13
     # mov ax, 0x33 ; mov ds, ax : selector 0x33 lies past the (empty) GDT -> #GP(0x30)
     fault = _context_at_interrupt(bytes([0x66, 0xB8, 0x33, 0x00, 0x8E, 0xD8, 0xF4]))
     words = lambda b: struct.unpack(f"<{len(b) // 4}I", b)
-    s, f = words(soft), words(fault)
-    diffs = [(i * 4, a, b) for i, (a, b) in enumerate(zip(s, f)) if a != b]
-    find = lambda pred: [off for off, a, b in diffs if pred(a, b)]
-    err = find(lambda a, b: a == 0 and b == 0x30)
-    is_int = find(lambda a, b: a == 1 and b == 0)
-    old = find(lambda a, b: a == 0xFFFFFFFF and b == 13)
+    diffs = [(i * 4, a, b) for i, (a, b) in enumerate(zip(words(soft), words(fault))) if a != b]
+    find = lambda pred: {off for off, a, b in diffs if pred(a, b)}
+    return (find(lambda a, b: a == 0 and b == 0x30), find(lambda a, b: a == 1 and b == 0),
+            find(lambda a, b: a == 0xFFFFFFFF and b == 13))
+
+
+@functools.lru_cache(maxsize=1)
+def offsets():
+    """Intersect three independent calibrations: the saved contexts also hold
+    host pointers, which can match a pattern by chance once (seen once under
+    load), never at the same offset three times."""
+    err, is_int, old = _candidates()
+    for _ in range(2):
+        e, i, o = _candidates()
+        err, is_int, old = err & e, is_int & i, old & o
     if len(err) != 1 or len(is_int) != 1 or len(old) != 1:
         raise RuntimeError("cannot locate Unicorn's exception record in its CPU context; "
                            f"this Unicorn differs from 2.1.4 (candidates {err} {is_int} {old})")
-    return Offsets(err[0], is_int[0], old[0])
+    return Offsets(err.pop(), is_int.pop(), old.pop())
 
 
 def read_exception(uc):
