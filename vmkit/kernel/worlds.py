@@ -8,7 +8,8 @@ kernel memory (layout.WORLDS): its save area (switch.py: 128 bytes, with its
 switch and tick counters) and, for a VM, its virtual CPU at +0x80.
 
 Scheduling: round-robin, quanta counted in timer ticks (per world if set: shares) (virtual time, since
-ticks come every N retired instructions). The switch happens where the
+ticks come every N retired instructions). The pick is `Worlds.chooser`
+(`round_robin` below; exercise 05 plugs the learner's in). The switch happens where the
 kernel's timer IRQ enters (Kernel._irq) once the running world's quantum is
 used, or where the COS would idle, or when a VM halts or crashes. The COS's
 own interrupts stay queued while a VM runs and are delivered when it runs
@@ -44,12 +45,25 @@ class World:
         return f"<world {self.name} {self.kind} {self.state}>"
 
 
+def round_robin(worlds, current, runnable):
+    """The scheduler's pick: the next runnable world after `current` in `worlds`
+    (install order, wrapping around), or None if no other world can run."""
+    n = len(worlds)
+    at = worlds.index(current)
+    for i in range(1, n):
+        w = worlds[(at + i) % n]
+        if runnable(w):
+            return w
+    return None
+
+
 class Worlds:
     def __init__(self, kernel):
         self.kernel, self.memory, self.trace = kernel, kernel.memory, kernel.trace
         self.quantum = QUANTUM_TICKS
         self.used = 0
         self.loader = switch.install           # the switch's loading step (an exercise plugs in)
+        self.chooser = round_robin             # the scheduler's pick (an exercise plugs in)
         cos = World("cos", "cos", self._block(0), (0, kernel.base))
         self.all, self.current = [cos], cos
         self._vm_support = False
@@ -141,14 +155,9 @@ class Worlds:
         return world.quantum or self.quantum
 
     def pick(self):
-        """Round-robin: the next runnable world after the current one, or None."""
-        n = len(self.all)
-        at = self.all.index(self.current)
-        for i in range(1, n):
-            w = self.all[(at + i) % n]
-            if w.state != "crashed" and self.runnable(w):
-                return w
-        return None
+        """The next world to run, or None: `chooser` picks (round-robin by default)."""
+        return self.chooser(self.all, self.current,
+                            lambda w: w.state != "crashed" and self.runnable(w))
 
     def tick(self, frame):
         """The kernel's timer IRQ (Kernel._irq, line 0): account, post the VMs' virtual

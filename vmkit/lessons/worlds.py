@@ -1,0 +1,156 @@
+"""The machines of notebooks 05 and 06: a displaced COS with two VMs, the
+schedule read back from the trace, and one world switch recorded step by step.
+
+Everything here is read from the machine: world blocks and save areas in
+kernel memory (switch.py's layout), the `switch.*` trace events, the CPU's
+registers and the trap frame on the kernel stack.
+"""
+from typing import NamedTuple
+
+from vmkit.kernel import switch
+from vmkit.kernel.frame import Frame
+from vmkit.lessons import takeover
+from vmkit.vmm import guests
+
+VM_MEMORY = 0x8000
+STEPS = ("switch.begin", "switch.save", "switch.cli", "switch.check", "switch.load",
+         "switch.start", "switch.sti")
+# claim 15's list, each with the save-area items that hold it
+CLAIM15 = (
+    ("exception flags (EFLAGS)", ("eflags",)),
+    ("memory segments", ("cs", "ss", "ds", "es", "fs", "gs")),
+    ("instruction pointer (EIP)", ("eip",)),
+    ("descriptor tables: GDTR", ("gdtr.base", "gdtr.limit")),
+    ("descriptor tables: IDTR", ("idtr.base", "idtr.limit")),
+    ("descriptor tables: LDTR", ("ldtr.sel", "ldtr.base", "ldtr.limit")),
+    ("descriptor tables: TR", ("tr.sel", "tr.base", "tr.limit")),
+    ("address space (CR3)", ("cr3",)),
+    ("general registers", ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")),
+)
+
+
+def two_vms(timer_period=2000, quantum=2):
+    """A displaced COS and two console VMs, vm1 and vm2: (board, cos, kernel, [vm1, vm2])."""
+    board, cos, loader = takeover.takeover(timer_period=timer_period)
+    kernel = loader.kernel
+    kernel.worlds.quantum = quantum
+    vms = [kernel.install_vm(lambda base, n=name: guests.console(base, n), VM_MEMORY, name)
+           for name in ("vm1", "vm2")]
+    return board, cos, kernel, vms
+
+
+def console_of(world, cos):
+    """A world's console text: the COS's serial output, or a VM's virtual serial port."""
+    return cos.console() if world.kind == "cos" else bytes(world.vmm.console).decode()
+
+
+def accounting(kernel):
+    """Per world, read from its block in kernel memory."""
+    w = kernel.worlds
+    return [{"world": x.name, "kind": x.kind, "state": x.state,
+             "instructions": w.instructions_of(x), "switches in": w.switches_of(x),
+             "ticks": w.ticks_of(x)} for x in w.all]
+
+
+def world_rows(kernel):
+    """Each world as the kernel keeps it: memory region, address space, control thread."""
+    rows = []
+    for x in kernel.worlds.all:
+        area = switch.read_area(kernel.memory, x.area)
+        base, size = x.region
+        rows.append({"world": x.name, "kind": x.kind, "region": (base, size),
+                     "cr3": area["cr3"], "cs": area["cs"], "eip": area["eip"], "esp": area["esp"],
+                     "save area": x.area, "state": x.state})
+    return rows
+
+
+class Turn(NamedTuple):
+    world: str
+    start: int          # virtual time (instructions) it was switched in
+    end: int            # when it was switched out (or the end of the trace)
+
+
+def timeline(trace, since=0, end=None):
+    """Which world ran when: turns in the order they ran, from the switch.begin events.
+    The world running before the first switch starts at the first event's time."""
+    switches = trace.since(since, "switch.begin")
+    if not switches:
+        return []
+    turns, start, who = [], None, switches[0]["frm"]
+    events = trace.since(since)
+    start = events[0].time if events else switches[0].time
+    for e in switches:
+        turns.append(Turn(who, start, e.time))
+        who, start = e["to"], e.time
+    last = end if end is not None else max(start, trace.events[-1].time)
+    turns.append(Turn(who, start, last))
+    return [t for t in turns if t.end > t.start or t is turns[-1]]
+
+
+def shares(turns):
+    """Virtual time per world over the turns."""
+    out = {}
+    for t in turns:
+        out[t.world] = out.get(t.world, 0) + t.end - t.start
+    return out
+
+
+# ---- one switch, step by step (notebook 06) -------------------------------------------
+class Step(NamedTuple):
+    kind: str           # switch.begin ... switch.sti
+    event: object       # the trace event
+    registers: dict     # the CPU's registers at that moment (cpu.state())
+    world_state: dict   # claim-15 state the interrupted/next world resumes with: frame + CPU
+    areas: dict         # {world name: the 128 bytes of its save area}
+
+
+def record_switch(board, kernel, frm="cos", to="vm1", limit=2_000_000):
+    """Run until a switch from `frm` to `to`, snapshotting every step; [Step] (7 of them)."""
+    trace, memory, the_cpu = board.trace, board.memory, board.cpu
+    worlds = {w.name: w for w in kernel.worlds.all}
+    steps, recording = [], []
+    emit = trace.emit
+
+    def snapshot(kind, /, cpu=None, **data):
+        event = emit(kind, cpu, **data)
+        if kind == "switch.begin":
+            recording[:] = [data["frm"] == frm and data["to"] == to and not steps]
+        if recording and recording[0] and kind in STEPS:
+            frame = Frame(memory, the_cpu["esp"])
+            steps.append(Step(kind, event, the_cpu.state(), switch.capture(frame, the_cpu),
+                              {n: bytes(memory.read(worlds[n].area, switch.SIZE)) for n in (frm, to)}))
+        return event
+
+    trace.emit = snapshot
+    try:
+        ran = 0
+        while len(steps) < len(STEPS) and ran < limit:
+            board.run(20_000)
+            ran += 20_000
+    finally:
+        del trace.emit               # back to the class's method
+    return steps[:len(STEPS)]
+
+
+def before_after(steps):
+    """Claim 15, item by item: (claim item, register, before the switch, the save area of
+    the next world, after the switch, restored?). `before` is the outgoing world's state at
+    switch.begin, `after` the state at switch.sti."""
+    first, last = steps[0], steps[-1]
+    to = last.event["world"]
+    stored = switch.read_area(_Bytes(last.areas[to]), 0)
+    rows = []
+    for label, names in CLAIM15:
+        for n in names:
+            after = last.world_state[n]
+            rows.append((label, n, first.world_state[n], stored[n], after, after == stored[n]))
+    return rows
+
+
+class _Bytes:
+    """Lets switch.read_area read a snapshot as if it were memory."""
+    def __init__(self, data):
+        self.data = data
+
+    def read(self, address, length):
+        return self.data[address:address + length]

@@ -1,0 +1,170 @@
+"""Two VMs and the COS running, their consoles side by side, with per-world
+accounting read from the world blocks in kernel memory (claims 12-13, 33-34);
+and the scheduling timeline as an HTML strip, from the switch.* trace events."""
+import html
+
+import ipywidgets as widgets
+
+from vmkit.lessons import worlds as lesson
+
+RUN = 200_000
+STRIP = {"cos": "#5dade2", "vm1": "#58d68d", "vm2": "#f5b041"}
+
+
+def timeline_html(turns, width=720):
+    if not turns:
+        return "<i>(no switch yet)</i>"
+    start, end = turns[0].start, turns[-1].end
+    span = max(1, end - start)
+    cells = []
+    for t in turns:
+        w = max(1, round(width * (t.end - t.start) / span))
+        cells.append(f"<div title='{html.escape(t.world)} {t.start}..{t.end}' style='display:inline-block;"
+                     f"width:{w}px;height:18px;background:{STRIP.get(t.world, '#bbb')}'></div>")
+    legend = " ".join(f"<span style='background:{c};padding:0 6px'>{n}</span>" for n, c in STRIP.items())
+    return (f"<div style='white-space:nowrap;line-height:0'>{''.join(cells)}</div>"
+            f"<div>{legend} &nbsp; virtual time {start:,} .. {end:,}</div>")
+
+
+def timeline_text(turns, limit=12):
+    rows = [f"{'world':6} {'from':>9} {'to':>9} {'instructions':>12}"]
+    rows += [f"{t.world:6} {t.start:>9} {t.end:>9} {t.end - t.start:>12}" for t in turns[:limit]]
+    if len(turns) > limit:
+        rows.append(f"... {len(turns) - limit} more turns")
+    return "\n".join(rows)
+
+
+def accounting_text(kernel):
+    rows = [f"{'world':6} {'state':8} {'instructions':>12} {'switches in':>11} {'ticks':>6}"]
+    rows += [f"{a['world']:6} {a['state']:8} {a['instructions']:>12} {a['switches in']:>11} {a['ticks']:>6}"
+             for a in lesson.accounting(kernel)]
+    return "\n".join(rows)
+
+
+class WorldsPanel(widgets.VBox):
+    """A "Run N instructions" button, one console per world, the accounting, the timeline."""
+    def __init__(self, board, cos, kernel, instructions=RUN, tail=8):
+        self.board, self.cos, self.kernel, self.tail = board, cos, kernel, tail
+        self.count = widgets.IntText(value=instructions, description="N", layout=widgets.Layout(width="180px"))
+        self.button = widgets.Button(description="Run N instructions")
+        self.button.on_click(lambda _: self.run())
+        self.consoles = {w.name: widgets.HTML() for w in kernel.worlds.all}
+        self.table, self.strip = widgets.HTML(), widgets.HTML()
+        self.turns = []
+        boxes = [widgets.VBox([widgets.HTML(f"<b>{n}</b>"), c], layout=widgets.Layout(width="33%"))
+                 for n, c in self.consoles.items()]
+        super().__init__([widgets.HBox([self.count, self.button]), widgets.HBox(boxes),
+                          self.table, self.strip])
+        self.refresh()
+
+    def run(self, instructions=None):
+        n = self.count.value if instructions is None else instructions
+        mark = self.board.trace.mark()
+        self.board.run(n)
+        self.turns = lesson.timeline(self.board.trace, mark)
+        self.refresh()
+        return self.turns
+
+    def console_tail(self, world):
+        return "\n".join(lesson.console_of(world, self.cos).splitlines()[-self.tail:])
+
+    def text(self):
+        parts = [f"--- {w.name} ---\n{self.console_tail(w)}" for w in self.kernel.worlds.all]
+        return "\n".join(parts) + "\n\n" + accounting_text(self.kernel)
+
+    def refresh(self):
+        for w in self.kernel.worlds.all:
+            self.consoles[w.name].value = (f"<pre style='height:9em;overflow:auto;margin:0;"
+                                           f"background:#f4f4f4'>{html.escape(self.console_tail(w))}</pre>")
+        self.table.value = f"<pre>{html.escape(accounting_text(self.kernel))}</pre>"
+        self.strip.value = timeline_html(self.turns)
+
+
+# ---- one world switch, step by step (notebook 06) ----------------------------------------
+EXPLAIN = {
+    "switch.begin": "the scheduler picked the next world",
+    "switch.save": "claim 14: the current world's state stored in kernel memory (its save area)",
+    "switch.cli": "claim 14: exceptions disabled (the real IF cleared)",
+    "switch.check": "the next world's save area checked (CRC-32) before it is loaded",
+    "switch.load": "claim 14/15: the next world's state loaded into the registers and the frame",
+    "switch.start": "claim 14: the stub's iretd starts it at the loaded CS:EIP",
+    "switch.sti": "claim 14: the same iretd loads its EFLAGS, IF set: exceptions enabled",
+}
+SHOWN = ("eip", "eflags", "cs", "ss", "ds", "esp", "eax", "ebx", "cr3", "ldtr.sel", "tr.sel",
+         "gdtr.base", "idtr.base")
+
+
+def _hexdump(data, address, previous=None):
+    rows = []
+    for r in range(0, len(data), 16):
+        cells = []
+        for i in range(r, min(r + 16, len(data))):
+            b = f"{data[i]:02x}"
+            if previous is not None and previous[i] != data[i]:
+                b = f"<b style='color:#c0392b'>{b}</b>"
+            cells.append(b)
+        rows.append(f"{address + r:08x}  " + " ".join(cells))
+    return "<pre style='margin:0'>" + "\n".join(rows) + "</pre>"
+
+
+def step_text(steps, i, frm, to):
+    s = steps[i]
+    cpu = s.registers
+    lines = [f"step {i + 1}/{len(steps)}: {s.kind} at {s.event.time}: {EXPLAIN[s.kind]}",
+             f"CPU now: EIP {cpu['eip']:#x} CS {cpu['cs']:#x} EFLAGS {cpu['eflags']:#x} "
+             f"(IF {'set' if cpu['eflags'] & 0x200 else 'clear'}) CPL {cpu['cpl']}",
+             "resumes with: " + " ".join(f"{n}={s.world_state[n]:#x}" for n in SHOWN)]
+    for n in (frm, to):
+        changed = i > 0 and steps[i - 1].areas[n] != s.areas[n]
+        lines.append(f"save area of {n}: {s.areas[n][:16].hex(' ')} ..." + ("  (changed)" if changed else ""))
+    return "\n".join(lines)
+
+
+class SwitchStepper(widgets.VBox):
+    """Prev/next through the steps of one recorded switch: the registers and both save areas."""
+    def __init__(self, kernel, steps):
+        self.kernel, self.steps, self.at = kernel, steps, 0
+        self.frm, self.to = steps[0].event["frm"], steps[0].event["to"]
+        self.areas = {w.name: w.area for w in kernel.worlds.all}
+        self.prev = widgets.Button(description="◀ previous step")
+        self.next = widgets.Button(description="next step ▶")
+        self.prev.on_click(lambda _: self.go(self.at - 1))
+        self.next.on_click(lambda _: self.go(self.at + 1))
+        self.view = widgets.HTML()
+        super().__init__([widgets.HBox([self.prev, self.next]), self.view])
+        self.go(0)
+
+    def go(self, i):
+        self.at = max(0, min(len(self.steps) - 1, i))
+        self.refresh()
+        return self.text()
+
+    def text(self):
+        return step_text(self.steps, self.at, self.frm, self.to)
+
+    def refresh(self):
+        s, i = self.steps[self.at], self.at
+        before = self.steps[i - 1] if i else None
+        regs = "".join(f"<tr><td><code>{n}</code></td><td><code>{s.world_state[n]:#010x}</code></td></tr>"
+                       for n in SHOWN)
+        dumps = "".join(f"<div><b>save area of {n}</b> at {self.areas[n]:#x}"
+                        f"{_hexdump(s.areas[n], self.areas[n], before.areas[n] if before else None)}</div>"
+                        for n in (self.frm, self.to))
+        self.view.value = (f"<pre>{html.escape(self.text().splitlines()[0])}\n"
+                           f"{html.escape(self.text().splitlines()[1])}</pre>"
+                           f"<div style='display:flex;gap:16px'><table>{regs}</table><div>{dumps}</div></div>")
+
+
+def before_after_text(rows):
+    out = [f"{'claim 15 item':28} {'register':11} {'before':>10} {'save area':>10} {'after':>10}  restored"]
+    for label, n, before, stored, after, ok in rows:
+        out.append(f"{label:28} {n:11} {before:#10x} {stored:#10x} {after:#10x}  {'yes' if ok else 'NO'}")
+    return "\n".join(out)
+
+
+def before_after_html(rows):
+    head = "<tr><th>claim 15 item</th><th>register</th><th>before</th><th>save area</th><th>after</th><th>restored</th></tr>"
+    body = "".join(f"<tr><td>{html.escape(l)}</td><td><code>{n}</code></td><td><code>{b:#x}</code></td>"
+                   f"<td><code>{s:#x}</code></td><td><code>{a:#x}</code></td><td>{'✔' if ok else '✘'}</td></tr>"
+                   for l, n, b, s, a, ok in rows)
+    return f"<table>{head}{body}</table>"
