@@ -9,7 +9,9 @@ on the kernel stack (frame.py) and the CPU at CPL 0:
   3. switch.check  the next world's save area is checked (CRC-32): a save
                    area changed since it was stored is refused, not loaded;
   4. switch.load   the next world's state goes into the frame and the CPU:
-                   segment registers, GDTR/IDTR/LDTR/TR and CR3 directly,
+                   segment registers, GDTR/IDTR/LDTR/TR and CR3 directly
+                   (and CR0.PG with CR3: on for a VM's page directory, off
+                   for the COS's CR3 0; the event says `paging=`),
                    EFLAGS/CS/EIP/SS/ESP and the general registers into the
                    frame, which the stub's popad/iretd put in the registers;
                    every item is read back and compared (`verify`);
@@ -100,8 +102,27 @@ def install(frame, cpu, state):
     cpu["idtr"] = (0, state["idtr.base"], state["idtr.limit"], 0)
     cpu["ldtr"] = tuple(state[f"ldtr.{k}"] for k in ("sel", "base", "limit", "flags"))
     cpu["tr"] = tuple(state[f"tr.{k}"] for k in ("sel", "base", "limit", "flags"))
-    if cpu["cr3"] != state["cr3"]:
-        cpu["cr3"] = state["cr3"]
+    set_address_space(cpu, state["cr3"])
+
+
+PG = 0x80000000
+
+
+def set_address_space(cpu, cr3):
+    """CR3, and CR0.PG with it: world-specific state derived from the saved CR3
+    (0: the COS, paging off; else a VM's page directory, paging on). Writing CR3
+    flushes the TLB (Unicorn 2.1.4, measured: vmm/paging.py)."""
+    cr0 = cpu["cr0"]
+    if not cr3:
+        if cr0 & PG:
+            cpu["cr0"] = cr0 & ~PG
+        if cpu["cr3"]:
+            cpu["cr3"] = 0
+        return
+    if cpu["cr3"] != cr3:
+        cpu["cr3"] = cr3
+    if not cr0 & PG:
+        cpu["cr0"] = cr0 | PG
 
 
 def verify(frame, cpu, state):
@@ -128,12 +149,14 @@ def world_switch(kernel, frame, cpu, current, nxt, loader=install):
     trace.emit("switch.check", cpu.index, world=nxt.name, ok=True)
     state = read_area(memory, nxt.area)
     loader(frame, cpu, state)
+    set_address_space(cpu, state["cr3"])        # PG follows CR3, whichever loader ran
     wrong = verify(frame, cpu, state)
     if wrong:
         trace.emit("switch.load", cpu.index, world=nxt.name, ok=False, wrong=" ".join(wrong))
         install(frame, cpu, read_area(memory, current.area))       # back to where we were
         raise SwitchError(f"{nxt.name}: loaded state differs from its save area in {', '.join(wrong)}")
-    trace.emit("switch.load", cpu.index, world=nxt.name, ok=True, area=nxt.area)
+    trace.emit("switch.load", cpu.index, world=nxt.name, ok=True, area=nxt.area,
+               paging="on" if cpu["cr0"] & PG else "off")
     bump(memory, nxt.area + SWITCHES, 1)
     trace.emit("switch.start", cpu.index, world=nxt.name, cs=frame.cs, eip=frame.eip)
     trace.emit("switch.sti", cpu.index, world=nxt.name, eflags=frame.eflags)

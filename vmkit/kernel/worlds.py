@@ -1,8 +1,10 @@
 """Worlds and their scheduler (claims 13, 27, 34).
 
 A world is what the kernel schedules: a memory region, an address space
-(here: flat segments over all memory, CR3 0; the region is what the kernel
-gave it) and a control thread, its saved CPU state. The COS is world 0; each
+(the COS: flat segments over all memory, CR3 0, paging off; a VM: flat
+segments and its own page directory, vmm/paging.py: its region user
+read/write, the kernel supervisor-only, the rest not present, so a guest
+write outside its memory is a #PF that crashes that VM only) and a control thread, its saved CPU state. The COS is world 0; each
 VM installed through a VMM is another. Each world owns a 256-byte block of
 kernel memory (layout.WORLDS): its save area (switch.py: 128 bytes, with its
 switch and tick counters) and, for a VM, its virtual CPU at +0x80.
@@ -16,13 +18,14 @@ own interrupts stay queued while a VM runs and are delivered when it runs
 again (claim 10). Accounting: ticks run and switches into each world, in
 the world's block.
 
-VM memory comes from the top of RAM: the kernel lowers the RAM top the COS's
-page allocator reads (cos_layout.RAM_TOP), so the COS can never hand those
-pages out; the COS's bump pointer (NEXT_FREE_PAGE) is the floor.
+VM memory (and just above it the VM's page tables) comes from the top of RAM:
+the kernel lowers the RAM top the COS's page allocator reads
+(cos_layout.RAM_TOP), so the COS can never hand those pages out; the COS's bump pointer (NEXT_FREE_PAGE) is the floor.
 """
 from vmkit.cos import layout as cos_layout
 from vmkit.hw.asm import assemble
 from vmkit.hw.x86 import encode_segment, encode_tss, CODE_RX, DATA_RW, TSS_BUSY, EFLAGS_IF
+from vmkit.vmm import paging
 from . import layout, switch
 from .switch import SwitchError
 
@@ -69,6 +72,10 @@ class Worlds:
         self._vm_support = False
         self._since = kernel.board.now()
 
+    def _kernel_block(self):
+        """The kernel's memory, mapped supervisor-only into every VM's address space."""
+        return (self.kernel.base, self.kernel.base + layout.STACK_TOP)
+
     def _block(self, index):
         if index >= layout.MAX_WORLDS:
             raise VMError(f"no room for another world: the kernel keeps {layout.MAX_WORLDS}")
@@ -90,16 +97,20 @@ class Worlds:
         """Where the next VM of this size would be placed (its guest is linked there)."""
         size = -(-memory_bytes // layout.PAGE) * layout.PAGE
         top, floor = self.memory.read_u32(cos_layout.RAM_TOP), self.memory.read_u32(cos_layout.NEXT_FREE_PAGE)
-        if size <= 0 or top - size < max(floor, self.kernel.base + layout.STACK_TOP):
+        tables = 0
+        for _ in range(2):                     # the tables' count depends on where the region lands
+            tables = max(tables, paging.table_pages(self._kernel_block(), (top - tables - size, top - tables))
+                         * layout.PAGE if size > 0 else 0)
+        if size <= 0 or top - tables - size < max(floor, self.kernel.base + layout.STACK_TOP):
             left = max(0, top - max(floor, self.kernel.base + layout.STACK_TOP))
             raise VMError(f"a VM of {memory_bytes} bytes does not fit: {left} bytes of memory are left "
                           f"(between the COS's pool at {floor:#x} and the RAM top {top:#x})")
-        return top - size
+        return top - tables - size             # its page tables go above it (paging.py)
 
     def install_vm(self, guest, memory_bytes, name=None):
         from vmkit.vmm.vmm import VMM             # layers: the VMM is built on the kernel's parts
         base = self.vm_base(memory_bytes)
-        size = self.memory.read_u32(cos_layout.RAM_TOP) - base
+        size = -(-memory_bytes // layout.PAGE) * layout.PAGE
         name = name or f"vm{len(self.all)}"
         area = self._block(len(self.all))
         code = guest(base) if callable(guest) else guest
@@ -108,6 +119,7 @@ class Worlds:
             raise VMError(f"{name}'s guest is {len(code)} bytes, its memory {size}")
         self.memory.write_u32(cos_layout.RAM_TOP, base)          # the COS can no longer allocate it
         self.memory.write(base, bytes(size), code=False)
+        cr3 = paging.build(self.memory, base + size, self._kernel_block(), (base, base + size))
         self.memory.write(base, code)
         self._prepare_vm_support()
         vmm = VMM(self.kernel, name, base, size, area + VCPU)
@@ -122,10 +134,11 @@ class Worlds:
         _, state["gdtr.base"], state["gdtr.limit"], _ = cpu["gdtr"]
         _, state["idtr.base"], state["idtr.limit"], _ = cpu["idtr"]
         state.update({"tr.sel": layout.VM_TSS_SEL, "tr.base": self.kernel.base + layout.VM_TSS,
-                      "tr.limit": 103, "tr.flags": cpu["tr"][3], "cr3": cpu["cr3"]})
+                      "tr.limit": 103, "tr.flags": cpu["tr"][3], "cr3": cr3})     # its own address space
         switch.write_area(self.memory, area, state)
         self.all.append(world)
         self.trace.emit("vm.installed", vm=name, base=base, size=size, code=len(code), area=area)
+        world.cr3 = cr3
         return world
 
     def _prepare_vm_support(self):

@@ -1,7 +1,7 @@
 """A virtual machine monitor: one per VM (claims 12, 33).
 
-The guest runs at CPL 3 with flat segments, its code linked at its
-memory's physical address. Everything privileged it does faults into the
+The guest runs at CPL 3 with flat segments and its own identity-mapped
+page directory (paging.py), its code linked at its memory's physical address. Everything privileged it does faults into the
 kernel, whose dispatcher hands the VM world's faults here:
 
   cli, sti, hlt, lidt   #GP (CPL 3 > IOPL 0): emulated on the virtual CPU
@@ -12,6 +12,9 @@ kernel, whose dispatcher hands the VM world's faults here:
                         it is patched to int3 when the VM is installed, as the
                         kernel patches the COS (traps.py): #GP through the
                         kernel's DPL<3 gate 3, or #BP, lands here
+  #PF                   an access outside the VM's memory (not present or
+                        supervisor-only in its page directory, vmm/paging.py):
+                        stops its VM only, CR2 and the error code in the why
   anything else         a fault of the guest's own making stops its VM only.
 
 The virtual CPU (virtual IF, virtual IDTR, pending lines) lives in kernel
@@ -26,6 +29,7 @@ from vmkit.kernel.cos_vcpu import CosVcpu
 from vmkit.kernel import layout
 
 SERIAL, SERIAL_LSR = 0x3F8, 0x3FD
+PAGE_FAULT = 14                 # a guest access outside its memory (its page directory, paging.py)
 VM_TIMER_VECTOR = 0x20          # the guest's IDT entry for its virtual timer (IRQ 0)
 INT3, IRETD = 0xCC, "iretd"
 GUEST_FLAGS = 0x0CD5            # CF PF AF ZF SF DF OF: what a guest's iretd may set for real
@@ -71,6 +75,11 @@ class VMM:
         if vector == 3 and eip - 1 in self.patches:
             frame.eip = eip - 1
             return self._iretd(frame)
+        if vector == PAGE_FAULT:                 # outside its memory: its page directory (paging.py)
+            cr2 = self.kernel.board.cpu["cr2"]
+            raise GuestFault(f"vector {vector:#x} at {eip:#x}: page fault, "
+                             f"{'write' if frame.error & 2 else 'read'} of {cr2:#x} "
+                             f"({'supervisor' if frame.error & 1 else 'not present'} page)")
         if vector != 13 or not self.owns(eip, 16):
             raise GuestFault(f"vector {vector:#x} at {eip:#x}")
         insn = next(_cs.disasm(self.memory.read(eip, 16), eip, 1), None)
