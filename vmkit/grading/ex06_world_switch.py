@@ -7,7 +7,8 @@ All worlds share the kernel's GDT and IDT and none has an LDT, so a loader
 that skipped a table would go unnoticed; the grader therefore gives vm2's
 saved state its own LDT (base and limit) and longer GDTR/IDTR limits
 (harmless: no guest uses them), so every table differs between worlds.
-(CR3 is 0 in every world, paging being off, so it cannot be told apart.)"""
+(CR3 is not graded here: the kernel sets CR3 and CR0.PG together after the loader runs,
+switch.set_address_space, so a loader that skipped CR3 would be masked.)"""
 from vmkit.kernel import layout, switch
 from vmkit.lessons import worlds as lesson
 from vmkit.vmm import guests
