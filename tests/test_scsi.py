@@ -11,6 +11,7 @@ from vmkit.hw.disk import DiskImage
 from vmkit.hw.memory import PhysicalMemory
 from vmkit.hw.ports import PortBus
 from vmkit.hw.scsi import SCSIController, INQUIRY_DATA
+from vmkit.lessons.devices import ring_source
 from vmkit.hw.trace import Trace
 from vmkit.hw.x86 import encode_gate
 
@@ -237,7 +238,6 @@ PIC_INIT = "".join(f"mov al, {value:#x}\nout {port:#x}, al\n" for port, value in
 
 def scsi_driver(op, lba, blocks, buf, irq_driven, after="hlt"):
     """Assembly that builds a READ(10)/WRITE(10) block at RB, rings, and waits for DONE."""
-    be_lba = struct.unpack("<I", struct.pack(">I", lba))[0]
     wait = f"""
         mov dx, {SCSI_PORT + 0xC:#x}
         mov eax, 1
@@ -267,25 +267,7 @@ def scsi_driver(op, lba, blocks, buf, irq_driven, after="hlt"):
         {'lidt [idtd]' if irq_driven else ''}
         {PIC_INIT.format(slave_mask=0xFF & ~(1 << (SCSI_IRQ - 8))) if irq_driven else ''}
         {wait}
-    ring:
-        mov edi, {RB:#x}
-        xor eax, eax
-        mov ecx, 9
-        rep stosd
-        mov edi, {RB:#x}
-        mov byte ptr [edi], 0xa
-        mov dword ptr [edi+8], {buf:#x}
-        mov dword ptr [edi+0xc], {blocks * 512:#x}
-        mov byte ptr [edi+0x14], {op:#x}
-        mov dword ptr [edi+0x16], {be_lba:#x}
-        mov byte ptr [edi+0x1b], {blocks >> 8:#x}
-        mov byte ptr [edi+0x1c], {blocks & 0xFF:#x}
-        mov dx, {SCSI_PORT:#x}
-        mov eax, edi
-        out dx, eax
-        mov dx, {SCSI_PORT + 4:#x}
-        out dx, eax
-        ret
+    {ring_source(op, lba, blocks, buf, RB)}
     idtd: .word 0x7FF
           .long 0x8000
     """

@@ -174,7 +174,6 @@ def scsi_driver(op, lba, blocks, buf, after="ret", rb=COS_RB, status=COS_STATUS)
     block at `rb`, ring the controller's doorbell, poll STATUS until DONE, keep
     the status at `status`, clear DONE, then `after`. Prefix it with "init:".
     Numbers are written in hex so any assembler radix reads them alike."""
-    be_lba = struct.unpack("<I", struct.pack(">I", lba))[0]
     return f"""
         call ring
         mov dx, {SCSI_PORT + 8:#x}
@@ -186,6 +185,15 @@ def scsi_driver(op, lba, blocks, buf, after="ret", rb=COS_RB, status=COS_STATUS)
         mov eax, 2
         out dx, eax
         {after}
+    {ring_source(op, lba, blocks, buf, rb)}
+    """
+
+
+def ring_source(op, lba, blocks, buf, rb):
+    """x86 subroutine `ring`: a READ(10)/WRITE(10) request block at `rb`, then RB_ADDR
+    and DOORBELL. Shared by the COS-module driver above and tests/test_scsi.py."""
+    be_lba = struct.unpack("<I", struct.pack(">I", lba))[0]
+    return f"""
     ring:
         mov edi, {rb:#x}
         xor eax, eax

@@ -57,11 +57,15 @@ def next_instruction_html(board, cpu):
 
 
 def hexdump_html(board, address, length=64, previous=None):
-    data = board.memory.read(address, length)
+    return bytes_html(board.memory.read(address, length), address, previous)
+
+
+def bytes_html(data, address, previous=None):
+    """A hex dump; bytes that differ from `previous` are bold red."""
     lines = []
-    for row in range(0, length, 16):
+    for row in range(0, len(data), 16):
         cells = []
-        for i in range(row, min(row + 16, length)):
+        for i in range(row, min(row + 16, len(data))):
             byte = f"{data[i]:02x}"
             if previous is not None and previous[i] != data[i]:
                 byte = f"<b style='color:#c0392b'>{byte}</b>"

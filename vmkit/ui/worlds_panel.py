@@ -6,6 +6,7 @@ import html
 import ipywidgets as widgets
 
 from vmkit.lessons import worlds as lesson
+from .render import bytes_html
 
 RUN = 200_000
 STRIP = {"cos": "#5dade2", "vm1": "#58d68d", "vm2": "#f5b041"}
@@ -94,19 +95,6 @@ SHOWN = ("eip", "eflags", "cs", "ss", "ds", "esp", "eax", "ebx", "cr3", "ldtr.se
          "gdtr.base", "idtr.base")
 
 
-def _hexdump(data, address, previous=None):
-    rows = []
-    for r in range(0, len(data), 16):
-        cells = []
-        for i in range(r, min(r + 16, len(data))):
-            b = f"{data[i]:02x}"
-            if previous is not None and previous[i] != data[i]:
-                b = f"<b style='color:#c0392b'>{b}</b>"
-            cells.append(b)
-        rows.append(f"{address + r:08x}  " + " ".join(cells))
-    return "<pre style='margin:0'>" + "\n".join(rows) + "</pre>"
-
-
 def step_text(steps, i, frm, to):
     s = steps[i]
     cpu = s.registers
@@ -148,7 +136,7 @@ class SwitchStepper(widgets.VBox):
         regs = "".join(f"<tr><td><code>{n}</code></td><td><code>{s.world_state[n]:#010x}</code></td></tr>"
                        for n in SHOWN)
         dumps = "".join(f"<div><b>save area of {n}</b> at {self.areas[n]:#x}"
-                        f"{_hexdump(s.areas[n], self.areas[n], before.areas[n] if before else None)}</div>"
+                        f"{bytes_html(s.areas[n], self.areas[n], before.areas[n] if before else None)}</div>"
                         for n in (self.frm, self.to))
         self.view.value = (f"<pre>{html.escape(self.text().splitlines()[0])}\n"
                            f"{html.escape(self.text().splitlines()[1])}</pre>"
