@@ -26,6 +26,7 @@ import itertools
 import struct
 
 from .asm import assemble
+from . import unicorn_quirks
 from .cpu import CPU
 from .memory import PhysicalMemory
 from .pic import PICPair
@@ -169,14 +170,16 @@ class Board:
     def _deliver_interrupts(self):
         cpu = self.cpus[0]
         if cpu.shutdown is None and cpu.interrupts_enabled and self.pic.has_request():
-            if self._polling and not cpu.halted and self._after_sti(cpu):
-                self._shadow = True            # sti's shadow: one more instruction first
+            if not cpu.halted and self._after_sti(cpu):
+                # sti's shadow: no interrupt before the instruction after sti, or an
+                # idle loop's `sti; hlt` would take it and then halt with it handled
+                # but its work undone (a lost wake-up, seen when a slice ended on sti)
+                self._shadow = True
                 return
             cpu.deliver(self.pic.acknowledge(), "irq")
 
     def _after_sti(self, cpu):
-        eip = cpu["eip"]
-        return 0 < eip <= self.memory.size and self.memory.read(eip - 1, 1) == b"\xfb"
+        return unicorn_quirks.irq_inhibited(cpu.uc)
 
     def run(self, instructions):
         """Advance virtual time by `instructions`, the CPUs taking turns.

@@ -14,12 +14,14 @@ struct vmkit_counter {
     uint64_t count;
     uint64_t budget;
     stop_fn stop;
+    uint64_t spent;      /* 1 when the budget, not the guest (hlt, a fault), ended the run */
 };
 
 void vmkit_count(void *uc, uint64_t address, uint32_t size, struct vmkit_counter *c)
 {
     (void)address; (void)size;
     if (c->count >= c->budget) {
+        c->spent = 1;
         c->stop(uc);
         return;
     }

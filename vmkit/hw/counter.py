@@ -19,7 +19,8 @@ SOURCE = pathlib.Path(__file__).with_name("counter.c")
 
 
 class _State(ctypes.Structure):
-    _fields_ = [("count", ctypes.c_uint64), ("budget", ctypes.c_uint64), ("stop", ctypes.c_void_p)]
+    _fields_ = [("count", ctypes.c_uint64), ("budget", ctypes.c_uint64), ("stop", ctypes.c_void_p),
+                ("spent", ctypes.c_uint64)]
 
 
 def _build():
@@ -61,13 +62,19 @@ class Counter:
         lib = _library()
         self.exact = lib is not None
         if self.exact:
-            self.state = _State(0, 0, ctypes.cast(_uc.uclib.uc_emu_stop, ctypes.c_void_p))
+            self.state = _State(0, 0, ctypes.cast(_uc.uclib.uc_emu_stop, ctypes.c_void_p), 0)
             self._handle = ctypes.c_size_t()
             err = _uc.uclib.uc_hook_add(uc._uch, ctypes.byref(self._handle), ctypes.c_int(UC_HOOK_CODE),
                                         ctypes.cast(lib.vmkit_count, ctypes.c_void_p),
                                         ctypes.byref(self.state), ctypes.c_uint64(1), ctypes.c_uint64(0))
             if err:
                 raise RuntimeError(f"cannot install the instruction counter (unicorn error {err})")
+
+    @property
+    def budget_spent(self):
+        """Did the last run end because its budget ran out (rather than hlt)?
+        Without the exact counter nobody knows: None."""
+        return bool(self.state.spent) if self.exact else None
 
     @property
     def count(self):
@@ -82,7 +89,7 @@ class Counter:
     def run(self, begin, budget, until):
         """Run; returns (instructions executed, the UcError that stopped it or None)."""
         if self.exact:
-            self.state.count, self.state.budget = 0, budget
+            self.state.count, self.state.budget, self.state.spent = 0, budget, 0
         try:
             self.uc.emu_start(begin, until, count=0 if self.exact else budget)
             error = None

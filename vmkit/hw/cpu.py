@@ -200,7 +200,7 @@ class CPU:
                 self.raise_fault(vector, code, eip, "I/O port access above IOPL")
             elif self._stop_requested:
                 return self.done
-            elif self.done < budget or self._ended_on_hlt():
+            elif self._ended_on_hlt():
                 self.halted = True
                 self.trace.emit("cpu.halt", self.index, eip=self["eip"] - 1,
                                 interrupts=self.interrupts_enabled)
@@ -212,7 +212,11 @@ class CPU:
         return self.done
 
     def _ended_on_hlt(self):
-        """Only ambiguous when the budget ran out exactly after an instruction: was it hlt?"""
+        """The run ended without error, fault or stop request: was it a hlt?
+        The C counter says whether the budget ran out; without it, guess from
+        the byte before EIP (wrong when an iretd returns just past a hlt)."""
+        if self.counter.exact:
+            return not self.counter.budget_spent
         eip = self["eip"]
         return self.cpl == 0 and 0 < eip <= self.memory.size and self.memory.read(eip - 1, 1) == b"\xf4"
 

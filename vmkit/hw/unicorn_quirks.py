@@ -81,3 +81,35 @@ def clear_exception_record(uc):
     ctx = uc.context_save()
     ctypes.memmove(ctx._context.value + offsets().old_exception, b"\xff" * 4, 4)
     uc.context_restore(ctx)
+
+
+# ---- sti's interrupt shadow ------------------------------------------------------
+# After `sti`, x86 takes no interrupt before the next instruction has run (so
+# `sti; hlt` cannot lose a wake-up). QEMU keeps that as a bit of env->hflags
+# (HF_INHIBIT_IRQ, 0x8), saved in the context; found like the fields above: the
+# word whose bit 3 is set after `sti` and clear after `nop` and after `sti; nop`.
+INHIBIT_IRQ = 0x8
+
+
+def _context_after(code, count):
+    uc = Uc(UC_ARCH_X86, UC_MODE_32)
+    uc.mem_map(0, 0x10000)
+    uc.mem_write(0x1000, code)
+    uc.emu_start(0x1000, 0xFFFF, count=count)
+    return struct.unpack("<1402I", bytes(uc.context_save())[:1402 * 4])
+
+
+@functools.lru_cache(maxsize=1)
+def inhibit_offset():
+    nop, sti, after = (_context_after(b"\x90\x90\x90", 1), _context_after(b"\xfb\x90\x90", 1),
+                       _context_after(b"\xfb\x90\x90", 2))
+    found = [4 * i for i, (a, b, c) in enumerate(zip(nop, sti, after))
+             if a ^ b == INHIBIT_IRQ and c == a]
+    if len(found) != 1:
+        raise RuntimeError(f"cannot locate Unicorn's interrupt-inhibit flag (candidates {found})")
+    return found[0]
+
+
+def irq_inhibited(uc):
+    """True right after `sti` (or `mov ss`): the CPU may not take an interrupt yet."""
+    return bool(struct.unpack_from("<I", bytes(uc.context_save()), inhibit_offset())[0] & INHIBIT_IRQ)
