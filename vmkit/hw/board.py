@@ -32,6 +32,7 @@ from .memory import PhysicalMemory
 from .pic import PICPair
 from .pit import PIT
 from .kbd import KeyboardController
+from .lapic import LocalAPIC
 from .ports import PortBus
 from .sensor import Sensor
 from .trace import Trace
@@ -103,6 +104,8 @@ class Board:
             self.scsi = SCSIController(self, SCSI_PORT, SCSI_IRQ, disk)
             self.devices.append(("scsi", SCSI_PORT, 16, SCSI_IRQ))
         self.cpus = [CPU(i, self) for i in range(cpus)]
+        for cpu in self.cpus:
+            cpu.lapic = LocalAPIC(self, cpu.index)   # each CPU's own timer and IPIs (lapic.py)
         for cpu in self.cpus[1:]:
             cpu.halted = True                  # application processors wait to be started
         self._write_firmware_tables()
@@ -164,19 +167,23 @@ class Board:
             heapq.heappop(self._events)[2]()
 
     def interrupt_pending(self, cpu):
-        """Is the interrupt controller asking `cpu` for an interrupt (IF aside)?"""
-        return cpu is self.cpus[0] and self.pic.has_request()
+        """Is an interrupt controller asking `cpu` for an interrupt (IF aside)?
+        Its local APIC, and for CPU 0 the 8259A pair on its INTR pin."""
+        return cpu.lapic.has_request() or (cpu is self.cpus[0] and self.pic.has_request())
 
     def _deliver_interrupts(self):
-        cpu = self.cpus[0]
-        if cpu.shutdown is None and cpu.interrupts_enabled and self.pic.has_request():
-            if not cpu.halted and self._after_sti(cpu):
-                # sti's shadow: no interrupt before the instruction after sti, or an
-                # idle loop's `sti; hlt` would take it and then halt with it handled
-                # but its work undone (a lost wake-up, seen when a slice ended on sti)
-                self._shadow = True
-                return
-            cpu.deliver(self.pic.acknowledge(), "irq")
+        for cpu in self.cpus:
+            if cpu.shutdown is None and cpu.interrupts_enabled and self.interrupt_pending(cpu):
+                if not cpu.halted and self._after_sti(cpu):
+                    # sti's shadow: no interrupt before the instruction after sti, or an
+                    # idle loop's `sti; hlt` would take it and then halt with it handled
+                    # but its work undone (a lost wake-up, seen when a slice ended on sti)
+                    self._shadow = True
+                    continue
+                if cpu.lapic.has_request():
+                    cpu.deliver(cpu.lapic.acknowledge(), "irq")
+                else:
+                    cpu.deliver(self.pic.acknowledge(), "irq")
 
     def _after_sti(self, cpu):
         return unicorn_quirks.irq_inhibited(cpu.uc)
@@ -195,9 +202,8 @@ class Board:
             step = min(self.slice, end - self.clock)
             if self._events:
                 step = min(step, self._events[0][0] - self.clock)
-            cpu0 = self.cpus[0]
-            self._polling = (self._shadow or not cpu0.interrupts_enabled) and not cpu0.halted \
-                and self.pic.has_request()
+            self._polling = any((self._shadow or not c.interrupts_enabled) and not c.halted
+                                and c.shutdown is None and self.interrupt_pending(c) for c in self.cpus)
             self._shadow = False
             if self._polling:
                 step = min(step, INTR_POLL)    # INTR is up but IF is clear: look again soon
