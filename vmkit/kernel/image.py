@@ -56,9 +56,8 @@ entry:                          ; the loader jumps here, CPL 0, kernel GDT/IDT/T
 common: pushad
 dispatch:                       ; the Python dispatcher runs here (CPU.on_execute)
         nop
-        mov eax, [{layout.GO:#x} + base]
-        mov dword ptr [{layout.GO:#x} + base], 0
-        cmp eax, 1
+        mov eax, [esp + 32]     ; where to go: the dispatcher leaves it in the frame's vector
+        cmp eax, 1              ; slot, on this CPU's own stack (a shared variable would race)
         je idle
         cmp eax, 2
         je work

@@ -71,10 +71,11 @@ class Kernel:
     def dispatch(self, cpu):
         esp = cpu["esp"]
         frame = Frame(self.memory, esp)
+        vector = frame.vector
+        frame.vector = layout.GO_BACK                # the stub's iretd, unless go_away says otherwise
         if self.away_frame == esp:                   # back from idling or working: the COS's turn?
             self._resume(frame)
             return
-        vector = frame.vector
         if vector == INIT_VECTOR:
             self._initialise(frame, cpu)
         elif IRQ_BASE <= vector < IRQ_BASE + 16:
@@ -178,7 +179,7 @@ class Kernel:
         """Leave the COS's frame on the kernel stack and idle ("idle": sti; hlt)
         or do kernel work ("work"); the stub comes back to `dispatch` after."""
         self.away_frame, self.away = frame.address, why
-        self.memory.write_u32(self.base + layout.GO, layout.GO_IDLE if why == "idle" else layout.GO_WORK)
+        frame.vector = layout.GO_IDLE if why == "idle" else layout.GO_WORK
         self.trace.emit(f"kernel.{why}")
 
     def _resume(self, frame):
@@ -189,7 +190,7 @@ class Kernel:
         if self.worlds.cos_would_idle(frame):      # a VM runs instead (worlds.py)
             return
         if self.away == "idle" and not (self.vcpu.pending and self.vcpu.vif):
-            self.memory.write_u32(self.base + layout.GO, layout.GO_IDLE)
+            frame.vector = layout.GO_IDLE
             return
         self.away_frame = self.away = None
         self.trace.emit("kernel.cos_runs", pending=self.vcpu.pending)

@@ -17,8 +17,8 @@ PATCHES = 0xF000                  # table of the COS instructions patched to int
 STACK_TOP = 0x40000               # kernel stack grows down from the end of the block
 
 # kernel variables at DATA
-GO = DATA + 0x00                  # where the stub goes after the dispatcher: 0 back (iretd),
-GO_BACK, GO_IDLE, GO_WORK = 0, 1, 2  # 1 idle (sti; hlt), 2 the kernel's own work (interruptible)
+# where the stub goes after the dispatcher (written into the frame's vector slot, per CPU):
+GO_BACK, GO_IDLE, GO_WORK = 0, 1, 2  # 0 back (iretd), 1 idle (sti; hlt), 2 the kernel's own work
 WORK_LENGTH = DATA + 0x04         # iterations of one piece of kernel work
 WORK_DONE = DATA + 0x08           # iterations done, ever: the kernel's progress
 DEVICES = DATA + 0x100            # the device list as the COS handed it over
