@@ -144,6 +144,8 @@ class Board:
             c[seg] = KERNEL_DS
         c["esp"], c["eip"], c["eflags"] = stack, entry, 0x2
         c.halted, c.shutdown = False, None
+        if self.running_cpu is not c:
+            c.lead = self.now() - self.clock    # started mid-round (by another CPU): from now on
         self.trace.emit("boot", cpu, entry=entry, stack=stack)
 
     # ---- virtual time --------------------------------------------------------

@@ -31,7 +31,8 @@ import unicorn
 from unicorn.unicorn_py3 import unicorn as _uc
 from unicorn.unicorn_py3.arch.intel import UcRegMMR
 from unicorn import (Uc, UcError, UC_ARCH_X86, UC_MODE_32, UC_PROT_ALL, UC_HOOK_INTR,
-                     UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_MEM_UNMAPPED, UC_HOOK_CODE)
+                     UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_MEM_UNMAPPED, UC_HOOK_CODE,
+                     UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
 from unicorn import x86_const as X
 
 from . import unicorn_quirks
@@ -154,7 +155,22 @@ class CPU:
         return s
 
     def invalidate_code(self, begin, end):
-        self.uc.ctl_remove_cache(begin, end)
+        """Drop translated code for a physical range written from outside the CPU.
+        Unicorn 2.1.4 takes the range as *virtual* and translates it through the
+        page tables (measured): with paging on and the range not mapped, that
+        leaves a #PF in Unicorn's exception record (the CPU's next two faults
+        then become #DF and a silent stop). So with paging on, drop it all."""
+        if self["cr0"] & 0x80000000:
+            self.uc.ctl_flush_tb()
+        else:
+            self.uc.ctl_remove_cache(begin, end)
+
+    def flush_tlb(self):
+        """This CPU's TLB, as invlpg or a CR3 reload would drop it. Unicorn 2.1.4
+        (measured) keeps translating through a cached entry after the page-table
+        entry in memory changes, until this is done on *that* CPU: another CPU's
+        write to a page table does not reach this one's TLB."""
+        self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
 
     def on_execute(self, address, handler):
         """Call handler(cpu) when EIP reaches `address`: how a stub hands over to Python.

@@ -1,9 +1,9 @@
 """The vmkernel image: a header, then x86 code linked at address 0 plus a
 relocation table, so the loader can put it wherever the COS's memory is.
 
-Header (36 bytes, little-endian):
+Header (40 bytes, little-endian):
     magic "VMKERNEL" | u32 version | u32 image size | u32 CRC-32 of the rest
-    u32 entry | u32 stubs | u32 dispatch | u32 relocations
+    u32 entry | u32 stubs | u32 dispatch | u32 system world loop | u32 relocations
 Offsets are from the start of the image. The relocation table (u32 count,
 then u32 offsets of absolute addresses to add the load base to) is found
 by assembling the code twice, at two origins, and comparing: the words
@@ -16,8 +16,8 @@ from vmkit.hw.asm import assemble
 from . import layout
 
 MAGIC = b"VMKERNEL"
-VERSION = 1
-HEADER = struct.Struct("<8sIIIIIII")
+VERSION = 2
+HEADER = struct.Struct("<8sIIIIIIII")
 STUB_SIZE = 16
 ERROR_CODE_VECTORS = {8, 10, 11, 12, 13, 14, 17}
 
@@ -68,6 +68,10 @@ idle:   sti                     ; nothing to run: wait for an interrupt
         hlt
         cli
         jmp dispatch
+system_world:                   ; each CPU's system world's thread (smp.py): CPL 0, its own
+        sti                     ; stack and address space; every interrupt enters the kernel
+        hlt                     ; from here and the scheduler may switch to a VM
+        jmp system_world
 work:   sti                     ; the kernel's own work, interruptible: the COS waits
         mov ecx, [{layout.WORK_LENGTH:#x} + base]
 more:   inc dword ptr [{layout.WORK_DONE:#x} + base]
@@ -84,14 +88,14 @@ def _assemble_at(origin):
 
 def _label_offsets():
     """Where entry, the stubs and the dispatcher landed: a marked label table appended."""
-    names = ["entry", "dispatch"] + [f"stub_{v}" for v in range(256)]
+    names = ["entry", "dispatch", "system_world"] + [f"stub_{v}" for v in range(256)]
     probe = kernel_source() + "\n.long 0x4c42414c\n.long " + ", ".join(names) + "\n"
     code = assemble(probe.replace("+ base", "+ 0"), 0)
     at = code.rfind(struct.pack("<I", 0x4C42414C)) + 4
-    entry, dispatch, *stubs = struct.unpack_from(f"<{len(names)}I", code, at)
+    entry, dispatch, system_world, *stubs = struct.unpack_from(f"<{len(names)}I", code, at)
     if any(b - a != STUB_SIZE for a, b in zip(stubs, stubs[1:])):
         raise AssertionError("kernel stubs are not 16 bytes apart")
-    return entry, stubs[0], dispatch
+    return entry, stubs[0], dispatch, system_world
 
 
 def build():
@@ -100,13 +104,14 @@ def build():
     low, high = _assemble_at(0), _assemble_at(shift)
     relocs = [i for i in range(0, len(low) - 3)
               if struct.unpack_from("<I", high, i)[0] - struct.unpack_from("<I", low, i)[0] == shift]
-    entry, stubs, dispatch = _label_offsets()
+    entry, stubs, dispatch, system_world = _label_offsets()
     code_start = HEADER.size
     reloc_table = struct.pack(f"<I{len(relocs)}I", len(relocs), *(code_start + r for r in relocs))
     body = low + reloc_table
-    fields = [entry + code_start, stubs + code_start, dispatch + code_start, code_start + len(low)]
+    fields = [entry + code_start, stubs + code_start, dispatch + code_start,
+              system_world + code_start, code_start + len(low)]
     size = HEADER.size + len(body)
-    crc = zlib.crc32(struct.pack("<4I", *fields) + body)
+    crc = zlib.crc32(struct.pack(f"<{len(fields)}I", *fields) + body)
     return HEADER.pack(MAGIC, VERSION, size, crc, *fields) + body
 
 
@@ -126,10 +131,10 @@ class KernelImage:
             raise KernelImageError(f"kernel image says {size} bytes but is {len(data)}")
         if size > room:
             raise KernelImageError(f"kernel image of {size} bytes does not fit the {room} bytes reserved for its code")
-        if zlib.crc32(struct.pack("<4I", *fields) + data[HEADER.size:]) != crc:
+        if zlib.crc32(struct.pack(f"<{len(fields)}I", *fields) + data[HEADER.size:]) != crc:
             raise KernelImageError("kernel image checksum mismatch: the image is corrupt")
         self.data = data
-        self.entry, self.stubs, self.dispatch, relocs = fields
+        self.entry, self.stubs, self.dispatch, self.system_world, relocs = fields
         count = struct.unpack_from("<I", data, relocs)[0]
         self.relocations = struct.unpack_from(f"<{count}I", data, relocs + 4)
 

@@ -20,7 +20,7 @@ from capstone import Cs, CS_ARCH_X86, CS_MODE_32
 
 from vmkit.hw.x86 import EFLAGS_IF, ERROR_CODE_VECTORS, decode_gate
 from vmkit.cos import layout as cos_layout
-from . import devices, layout, syscalls, traps
+from . import devices, layout, smp, syscalls, traps
 from .cos_vcpu import CosVcpu, emulate_if
 from .frame import Frame
 from .irq import IrqRouter
@@ -54,15 +54,16 @@ class Kernel:
         self.work_due = False
         self._module_seen = None      # the module code last patched
         self.emulate_if = emulate_if  # exercise 02b plugs in here
-        self.heap = base + 0x10000    # pages the kernel hands out on request (syscalls.py)
+        self.heap = base + layout.HEAP # pages the kernel hands out on request (syscalls.py)
         self.worlds = Worlds(self)    # the COS is world 0; VMs join with install_vm (worlds.py)
         for cpu in board.cpus:
             cpu.on_execute(base + image.dispatch, self.dispatch)
 
-    def install_vm(self, guest, memory_bytes, name=None):
+    def install_vm(self, guest, memory_bytes, name=None, cpu=None):
         """A VM through a VMM (claim 12): `guest` is x86 source, bytes, or a
-        function of the VM's base address giving either; linked at that base."""
-        return self.worlds.install_vm(guest, memory_bytes, name)
+        function of the VM's base address giving either; linked at that base.
+        cpu: where to place it (default: the CPU with the fewest worlds)."""
+        return self.worlds.install_vm(guest, memory_bytes, name, cpu)
 
     def contains(self, address):
         return self.base <= address < self.base + layout.STACK_TOP
@@ -73,15 +74,17 @@ class Kernel:
         frame = Frame(self.memory, esp)
         vector = frame.vector
         frame.vector = layout.GO_BACK                # the stub's iretd, unless go_away says otherwise
-        if self.away_frame == esp:                   # back from idling or working: the COS's turn?
+        if self.away_frame == esp and cpu.index == 0:   # back from idling or working: the COS's turn?
             self._resume(frame)
             return
         if vector == INIT_VECTOR:
             self._initialise(frame, cpu)
+        elif smp.local_interrupt(self, frame, cpu, vector):   # a CPU's own timer, a shootdown
+            pass
         elif IRQ_BASE <= vector < IRQ_BASE + 16:
             self._irq(frame, vector - IRQ_BASE)
         elif frame.cs & 3 == 3:                      # a VM's guest: its VMM's business
-            self.worlds.vm_trap(frame, vector)
+            self.worlds.vm_trap(frame, vector, self.worlds.cpus[cpu.index])
         elif not frame.from_cos:
             cpu.stop(f"vmkernel panic: vector {vector:#x} at {frame.eip:#x} in the kernel")
         else:
@@ -116,6 +119,7 @@ class Kernel:
         frame.ss = layout.COS_DATA_SEL | layout.COS_RPL
         self.trace.emit("kernel.init", cpu.index, base=self.base, patched=len(self.patches))
         self.trace.emit("kernel.displaced", cpu.index, cos_eip=frame.eip, cos_cpl=layout.COS_RPL)
+        smp.start_processors(self)                     # any other CPU: its system world, its timer
 
     def _patch_cos(self):
         """pushfd/popfd/iretd do not trap at CPL 1: make them int3 (a one-byte trap)."""

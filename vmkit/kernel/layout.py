@@ -14,7 +14,17 @@ IDT = 0xA000                      # 256 gates, 2 KiB
 TSS = 0xB000                      # TSS + I/O permission bitmap (8 KiB + 1)
 COS_STATE = 0xE000                # the COS's virtual CPU (cos_vcpu.py)
 PATCHES = 0xF000                  # table of the COS instructions patched to int3
-STACK_TOP = 0x40000               # kernel stack grows down from the end of the block
+HEAP, HEAP_END = 0x10000, 0x28000 # pages the kernel hands out (syscalls.py, nic_share.py)
+PERCPU = 0x28000                  # each CPU's own block (smp.py), PERCPU_SIZE apart:
+PERCPU_SIZE = 0x8000
+CPU_TSS = 0x0000                  #   its TSS (CPU 1; CPU 0 keeps TSS below, with the I/O bitmap)
+CPU_VM_TSS = 0x0100               #   the TSS its VM worlds run with (CPU 1; CPU 0 keeps VM_TSS)
+CACHE_COUNTERS = 0x0200           #   its mapping cache's counters (mapcache.py)
+SYSTEM_WORLD = 0x0300             #   its system world's block (save area, as a world's)
+CPU_STACK_TOP = 0x2000            #   its kernel stack (CPU 1; CPU 0's is under STACK_TOP)
+SYSTEM_PAGEDIR = 0x2000           #   its system world's page directory and tables (<= 4 pages)
+WINDOW_TABLE = 0x7000             #   the page table of its mapping-cache window
+STACK_TOP = 0x40000               # CPU 0's kernel stack grows down from the end of the block
 
 # kernel variables at DATA
 # where the stub goes after the dispatcher (written into the frame's vector slot, per CPU):
@@ -36,4 +46,5 @@ WORLDS = 0xD200                   # one 256-byte block per world: save area (swi
 WORLD_SIZE = 0x100
 MAX_WORLDS = (COS_STATE - WORLDS) // WORLD_SIZE      # 14
 USER_CODE_SEL, USER_DATA_SEL, VM_TSS_SEL = 0x38, 0x40, 0x48   # DPL 3 flat code/data; the VM TSS
+CPU1_TSS_SEL, CPU1_VM_TSS_SEL = 0x50, 0x58                     # CPU 1's TSS and its VMs' (smp.py)
 USER_RPL = 3

@@ -84,7 +84,7 @@ class SharedNIC:
     @staticmethod
     def _alloc(kernel):
         """PAGES pages from the kernel's page heap (the pages syscalls.py hands out)."""
-        end = kernel.base + layout.STACK_TOP - 0x8000
+        end = kernel.base + layout.HEAP_END
         if kernel.heap + PAGES * layout.PAGE > end:
             raise RuntimeError(f"no room in the kernel's heap for a shared NIC's {PAGES} pages")
         area, kernel.heap = kernel.heap, kernel.heap + PAGES * layout.PAGE

@@ -48,6 +48,7 @@ CRC, SWITCHES, TICKS = 116, 120, 124
 SIZE = 128
 _U32S = struct.Struct(f"<{len(ITEMS)}I")
 _FRAME = struct.Struct(f"<{len(FRAME_FIELDS)}I")
+_AFTER_EFLAGS = 4 * FRAME_FIELDS.index("esp")   # a CPL 0 frame ends here: ESP before the trap
 
 
 class SwitchError(RuntimeError):
@@ -82,6 +83,8 @@ def capture(frame, cpu):
     still in the CPU's registers."""
     words = dict(zip(FRAME_FIELDS, _FRAME.unpack(frame.memory.read(frame.address, _FRAME.size))))
     state = {name: words[name] for name in FRAME_ITEMS}
+    if not words["cs"] & 3:        # from CPL 0 (a system world): no ESP/SS were pushed
+        state["esp"], state["ss"] = frame.address + _AFTER_EFLAGS, cpu["ss"]
     state.update(zip(SEGMENTS, cpu.read(*SEGMENTS)))
     for t in TABLES:
         sel, base, limit, flags = cpu[t]
@@ -93,7 +96,10 @@ def capture(frame, cpu):
 
 
 def install(frame, cpu, state):
-    """Put `state` into the frame and the CPU (the loading half of the switch)."""
+    """Put `state` into the frame and the CPU (the loading half of the switch).
+    For a CPL 0 world (a system world, smp.py) the iretd pops EIP, CS and
+    EFLAGS only, so its ESP is where the frame ends: that world's frames sit
+    at the top of its CPU's stack, and `verify` checks that it comes out right."""
     words = dict(zip(FRAME_FIELDS, _FRAME.unpack(frame.memory.read(frame.address, _FRAME.size))))
     words.update((name, state[name] & 0xFFFFFFFF) for name in FRAME_ITEMS)
     frame.memory.write(frame.address, _FRAME.pack(*(words[f] for f in FRAME_FIELDS)), code=False)

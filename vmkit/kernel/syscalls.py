@@ -21,7 +21,7 @@ def serve(kernel, frame):
         frame.eax = int.from_bytes(b"VMK1", "little")
     elif call == 1:
         pages = frame.ecx
-        end = kernel.base + layout.STACK_TOP - 0x8000          # keep clear of the kernel stack
+        end = kernel.base + layout.HEAP_END
         if 0 < pages and kernel.heap + pages * layout.PAGE <= end:
             frame.eax, kernel.heap = kernel.heap, kernel.heap + pages * layout.PAGE
         else:

@@ -24,9 +24,9 @@ the kernel lowers the RAM top the COS's page allocator reads
 """
 from vmkit.cos import layout as cos_layout
 from vmkit.hw.asm import assemble
-from vmkit.hw.x86 import encode_segment, encode_tss, CODE_RX, DATA_RW, TSS_BUSY, EFLAGS_IF
+from vmkit.hw.x86 import EFLAGS_IF
 from vmkit.vmm import paging
-from . import layout, switch
+from . import layout, smp, switch
 from .switch import SwitchError
 
 QUANTUM_TICKS = 2
@@ -39,13 +39,27 @@ class VMError(ValueError):
 
 
 class World:
-    def __init__(self, name, kind, area, region, vmm=None):
+    def __init__(self, name, kind, area, region, vmm=None, cpu=0):
         self.name, self.kind, self.area, self.region, self.vmm = name, kind, area, region, vmm
+        self.cpu = cpu                  # the CPU it is placed on (the COS: 0)
         self.state, self.fault = "ready", None
         self.quantum = None             # ticks per turn; None: the scheduler's default (shares)
+        self.cr3 = 0
 
     def __repr__(self):
         return f"<world {self.name} {self.kind} {self.state}>"
+
+
+class Processor:
+    """One CPU as the scheduler sees it (claim 16): its system world, the world
+    it runs now, how much of that world's quantum is used, and its own mapping
+    cache (claim 17). Made by smp.py."""
+    def __init__(self, index, system, cache):
+        self.index, self.system, self.cache = index, system, cache
+        self.current, self.used, self.since = system, 0, 0
+
+    def __repr__(self):
+        return f"<CPU {self.index} running {self.current.name}>"
 
 
 def round_robin(worlds, current, runnable):
@@ -64,13 +78,18 @@ class Worlds:
     def __init__(self, kernel):
         self.kernel, self.memory, self.trace = kernel, kernel.memory, kernel.trace
         self.quantum = QUANTUM_TICKS
-        self.used = 0
         self.loader = switch.install           # the switch's loading step (an exercise plugs in)
         self.chooser = round_robin             # the scheduler's pick (an exercise plugs in)
         cos = World("cos", "cos", self._block(0), (0, kernel.base))
-        self.all, self.current = [cos], cos
+        self.all = [cos]
+        self.cpus = [smp.processor(kernel, cpu) for cpu in kernel.board.cpus]
+        self.cpus[0].current = cos             # the COS runs on CPU 0, as on ESX
         self._vm_support = False
-        self._since = kernel.board.now()
+
+    @property
+    def current(self):
+        """The world CPU 0 runs now."""
+        return self.cpus[0].current
 
     def _kernel_block(self):
         """The kernel's memory, mapped supervisor-only into every VM's address space."""
@@ -107,8 +126,20 @@ class Worlds:
                           f"(between the COS's pool at {floor:#x} and the RAM top {top:#x})")
         return top - tables - size             # its page tables go above it (paging.py)
 
-    def install_vm(self, guest, memory_bytes, name=None):
+    def place(self, cpu=None):
+        """The CPU a new VM goes to: `cpu`, or the one with the fewest worlds
+        placed (the COS counts on CPU 0)."""
+        n = len(self.cpus)
+        if cpu is None:
+            load = [sum(1 for w in self.all if w.cpu == i) for i in range(n)]
+            cpu = load.index(min(load))
+        if not isinstance(cpu, int) or not 0 <= cpu < n:
+            raise VMError(f"no CPU {cpu!r}: the board has CPUs 0..{n - 1}")
+        return cpu
+
+    def install_vm(self, guest, memory_bytes, name=None, cpu=None):
         from vmkit.vmm.vmm import VMM             # layers: the VMM is built on the kernel's parts
+        cpu = self.place(cpu)
         base = self.vm_base(memory_bytes)
         size = -(-memory_bytes // layout.PAGE) * layout.PAGE
         name = name or f"vm{len(self.all)}"
@@ -119,46 +150,40 @@ class Worlds:
             raise VMError(f"{name}'s guest is {len(code)} bytes, its memory {size}")
         self.memory.write_u32(cos_layout.RAM_TOP, base)          # the COS can no longer allocate it
         self.memory.write(base, bytes(size), code=False)
-        cr3 = paging.build(self.memory, base + size, self._kernel_block(), (base, base + size))
+        cr3 = paging.build(self.memory, base + size, self._kernel_block(), (base, base + size),
+                           window=smp.window(self.kernel, cpu))
         self.memory.write(base, code)
         self._prepare_vm_support()
-        vmm = VMM(self.kernel, name, base, size, area + VCPU)
+        vmm = VMM(self.kernel, name, base, size, area + VCPU, cpu)
         vmm.patch(len(code))
-        world = World(name, "vm", area, (base, size), vmm)
-        cpu = self.kernel.board.cpu
+        world = World(name, "vm", area, (base, size), vmm, cpu)
         user_data = layout.USER_DATA_SEL | layout.USER_RPL
         state = dict.fromkeys(switch.ITEMS, 0)
         state.update(eip=base, esp=base + size, eflags=EFLAGS_IF | 2,
                      cs=layout.USER_CODE_SEL | layout.USER_RPL, ss=user_data,
                      ds=user_data, es=user_data, fs=user_data, gs=user_data)
-        _, state["gdtr.base"], state["gdtr.limit"], _ = cpu["gdtr"]
-        _, state["idtr.base"], state["idtr.limit"], _ = cpu["idtr"]
-        state.update({"tr.sel": layout.VM_TSS_SEL, "tr.base": self.kernel.base + layout.VM_TSS,
-                      "tr.limit": 103, "tr.flags": cpu["tr"][3], "cr3": cr3})     # its own address space
+        state.update(smp.kernel_tables(self.kernel))
+        tr_sel, tr_base = smp.vm_tss(self.kernel, cpu)          # ESP0: its CPU's kernel stack
+        state.update({"tr.sel": tr_sel, "tr.base": tr_base, "tr.limit": 103, "tr.flags": smp.TSS_FLAGS,
+                      "cr3": cr3})                              # its own address space
         switch.write_area(self.memory, area, state)
         self.all.append(world)
-        self.trace.emit("vm.installed", vm=name, base=base, size=size, code=len(code), area=area)
+        self.trace.emit("vm.installed", vm=name, base=base, size=size, code=len(code), area=area, cpu=cpu)
         world.cr3 = cr3
         return world
 
     def _prepare_vm_support(self):
-        """Once: DPL 3 flat code/data and the VM TSS in the kernel's GDT."""
-        if self._vm_support:
-            return
-        k, cpu = self.kernel, self.kernel.board.cpu
-        esp0 = self.memory.read_u32(k.base + layout.TSS + 4)
-        self.memory.write(k.base + layout.VM_TSS, encode_tss(esp0, layout.KERNEL_DATA_SEL), code=False)
-        entries = [encode_segment(0, 0xFFFFFFFF, CODE_RX, 3), encode_segment(0, 0xFFFFFFFF, DATA_RW, 3),
-                   encode_segment(k.base + layout.VM_TSS, 103, TSS_BUSY, 0, s=0, db=0, g=0)]
-        self.memory.write(k.base + layout.GDT + layout.USER_CODE_SEL, b"".join(entries), code=False)
-        sel, gdt, _, flags = cpu["gdtr"]
-        cpu["gdtr"] = (sel, gdt, layout.VM_TSS_SEL + 7, flags)
-        self._vm_support = True
+        """Once: DPL 3 flat code/data and the TSSs in the kernel's GDT (smp.py)."""
+        if not self._vm_support:
+            smp.write_gdt(self.kernel)
+            self._vm_support = True
 
     # ---- scheduling --------------------------------------------------------------
     def runnable(self, world):
         if world.kind == "cos":
             return True
+        if world.kind == "system":
+            return False                       # what a CPU runs when nothing else can
         v = world.vmm.vcpu                     # a halted guest wakes for an interrupt it accepts
         return world.state == "ready" or (world.state == "halted" and v.pending and v.vif)
 
@@ -167,61 +192,74 @@ class Worlds:
         CPU time 3:1 when both are busy (proportional shares, by weighted turns)."""
         return world.quantum or self.quantum
 
-    def pick(self):
-        """The next world to run, or None: `chooser` picks (round-robin by default)."""
-        return self.chooser(self.all, self.current,
-                            lambda w: w.state != "crashed" and self.runnable(w))
+    def pick(self, p=None):
+        """The next world for CPU `p` (default 0), or None: `chooser` picks
+        (round-robin by default) among the worlds placed on that CPU. CPU 0's
+        list starts with the COS; another CPU's with its system world, which is
+        never picked: it is what runs when no VM of that CPU can."""
+        p = p or self.cpus[0]
+        placed = [w for w in self.all if w.cpu == p.index]
+        if p.index:
+            placed.insert(0, p.system)
+        return self.chooser(placed, p.current, lambda w: w.state != "crashed" and self.runnable(w))
 
-    def tick(self, frame):
-        """The kernel's timer IRQ (Kernel._irq, line 0): account, post the VMs' virtual
-        ticks, and switch if the interrupted world's quantum is used."""
-        switch.bump(self.memory, self.current.area + switch.TICKS, 1)
+    def tick(self, frame, p=None):
+        """A timer tick on CPU `p` (CPU 0: the PIT, Kernel._irq; others: their
+        local APIC timer, smp.py): account, post the virtual ticks of the VMs
+        placed there, and switch if the interrupted world's quantum is used (or
+        a system world runs and a VM of this CPU can run)."""
+        p = p or self.cpus[0]
+        switch.bump(self.memory, p.current.area + switch.TICKS, 1)
         if len(self.all) == 1:
             return
         for w in self.all[1:]:
-            if w.state != "crashed":
+            if w.cpu == p.index and w.state != "crashed":
                 w.vmm.tick()
+        if p.current.kind == "system":
+            self.switch_to(frame, self.pick(p), p)
+            return
         if frame.cs & 3 or self.kernel.away != "work":
-            self.used += 1                     # the kernel's own work is not the COS's turn
-        if frame.cs & 3 and self.used >= self.quantum_of(self.current):
-            self.switch_to(frame, self.pick())
+            p.used += 1                        # the kernel's own work is not the COS's turn
+        if frame.cs & 3 and p.used >= self.quantum_of(p.current):
+            self.switch_to(frame, self.pick(p), p)
 
     def cos_would_idle(self, frame):
         """The COS is away (idle with nothing pending, or its quantum used after the
-        kernel's work): give the CPU to a VM. True if one now runs."""
-        k = self.kernel
+        kernel's work): give CPU 0 to a VM. True if one now runs."""
+        k, p = self.kernel, self.cpus[0]
         idle = k.away == "idle" and not (k.vcpu.pending and k.vcpu.vif)
-        if len(self.all) == 1 or (not idle and self.used < self.quantum_of(self.current)):
+        if len(self.all) == 1 or (not idle and p.used < self.quantum_of(p.current)):
             return False
-        nxt = self.pick()
+        nxt = self.pick(p)
         if nxt is None:
             return False
         was = k.away_frame, k.away
         k.away_frame = k.away = None           # the COS's frame is now just a saved world
-        if not self.switch_to(frame, nxt):
+        if not self.switch_to(frame, nxt, p):
             k.away_frame, k.away = was
             return False
         return True
 
-    def switch_to(self, frame, nxt):
-        """Switch (switch.py), account, and hand the new world what is pending for it.
-        False if there is no other world or `nxt` cannot be loaded (it is then crashed)."""
-        if nxt is None or nxt is self.current:
+    def switch_to(self, frame, nxt, p=None):
+        """Switch CPU `p` (switch.py), account, and hand the new world what is pending
+        for it. False if there is no other world or `nxt` cannot be loaded (it is then crashed)."""
+        p = p or self.cpus[0]
+        if nxt is None or nxt is p.current:
             return False
-        cpu = self.kernel.board.cpu
+        cpu = self.kernel.board.cpus[p.index]
         try:
-            switch.world_switch(self.kernel, frame, cpu, self.current, nxt, self.loader)
+            switch.world_switch(self.kernel, frame, cpu, p.current, nxt, self.loader)
         except SwitchError as e:
             self.crash(nxt, f"world switch refused: {e}")
             return False
         now = self.kernel.board.now()
-        switch.bump(self.memory, self.current.area + INSTRUCTIONS, now - self._since)
-        self.current, self.used, self._since = nxt, 0, now
+        switch.bump(self.memory, p.current.area + INSTRUCTIONS, now - p.since)
+        p.current, p.used, p.since = nxt, 0, now
         if nxt.kind == "vm":
             if nxt.state == "halted":
                 nxt.state = "ready"
-            self.guard(frame, lambda: nxt.vmm.deliver_pending(frame))
-        elif self.kernel.away is None:
+            self.guard(frame, lambda: nxt.vmm.deliver_pending(frame), p)
+        elif nxt.kind == "cos" and self.kernel.away is None:
             self.kernel.deliver_pending(frame)
         return True
 
@@ -230,32 +268,36 @@ class Worlds:
         self.trace.emit("vm.crashed", vm=world.name, why=why)
 
     # ---- a VM's faults -------------------------------------------------------------
-    def vm_trap(self, frame, vector):
-        """A fault from CPL 3: the running VM's VMM handles it; a halt yields the CPU,
-        a fault it cannot survive stops that VM only."""
-        world = self.current
+    def vm_trap(self, frame, vector, p=None):
+        """A fault from CPL 3 on CPU `p`: the running VM's VMM handles it; a halt
+        yields the CPU, a fault it cannot survive stops that VM only."""
+        p = p or self.cpus[0]
+        world = p.current
         if world.kind != "vm":
             raise RuntimeError(f"a CPL 3 fault (vector {vector:#x}) while {world.name} runs")
-        result = self.guard(frame, lambda: world.vmm.trap(frame, vector))
+        result = self.guard(frame, lambda: world.vmm.trap(frame, vector), p)
         if result == "halt":
             world.state = "halted"
-            self.leave(frame)
+            self.leave(frame, p)
 
-    def leave(self, frame):
-        """The current VM cannot go on (halted, crashed): switch to the next world
-        that loads, the COS at the latest."""
-        for _ in range(len(self.all)):
-            if self.switch_to(frame, self.pick() or self.all[0]):
+    def leave(self, frame, p=None):
+        """The current VM of CPU `p` cannot go on (halted, crashed): switch to the
+        next world of that CPU that loads; at the latest CPU 0's COS, another
+        CPU's system world."""
+        p = p or self.cpus[0]
+        fallback = self.all[0] if p.index == 0 else p.system
+        for _ in range(len(self.all) + 1):
+            if self.switch_to(frame, self.pick(p) or fallback, p):
                 return
-        raise RuntimeError("no world could be loaded, not even the COS")
+        raise RuntimeError(f"no world could be loaded on CPU {p.index}, not even {fallback.name}")
 
-    def guard(self, frame, action):
-        """Run a VMM action; a GuestFault stops the current VM and switches away."""
+    def guard(self, frame, action, p=None):
+        """Run a VMM action; a GuestFault stops the current VM of CPU `p` and switches away."""
         from vmkit.vmm.vmm import GuestFault
         try:
             return action()
         except GuestFault as e:
-            world = self.current
-            self.crash(world, str(e))
-            self.leave(frame)
+            p = p or self.cpus[0]
+            self.crash(p.current, str(e))
+            self.leave(frame, p)
             return "crashed"

@@ -62,12 +62,17 @@ def table_pages(kernel_block, region):
     return 1 + len(_chunks(_supervisor(kernel_block) + [region]))
 
 
-def build(memory, at, kernel_block, region):
+def build(memory, at, kernel_block, region, window=None):
     """Write a page directory at `at` (page aligned) and its page tables after it.
-    kernel_block, region: (begin, end) physical. Returns the CR3 value (= at)."""
+    kernel_block, region: (begin, end) physical; region (0, 0) for none (a system
+    world's). window: (virtual address, page table) of the running CPU's
+    mapping-cache window (kernel/mapcache.py), shared in supervisor-only: that
+    table belongs to the CPU, not to this address space. Returns CR3 (= at)."""
     supervisor = _supervisor(kernel_block)
     chunks = _chunks(supervisor + [region])
     directory = bytearray(PAGE)
+    if window is not None:
+        struct.pack_into("<I", directory, 4 * (window[0] >> 22), window[1] | PRESENT | WRITABLE)
     for n, chunk in enumerate(chunks):
         table_at = at + (1 + n) * PAGE
         struct.pack_into("<I", directory, 4 * chunk, table_at | PRESENT | WRITABLE | USER)

@@ -42,8 +42,9 @@ class GuestFault(Exception):
 
 
 class VMM:
-    def __init__(self, kernel, name, base, size, vcpu_address):
+    def __init__(self, kernel, name, base, size, vcpu_address, cpu=0):
         self.kernel, self.name, self.base, self.size = kernel, name, base, size
+        self.cpu = kernel.board.cpus[cpu]                   # the CPU its world is placed on
         self.memory, self.trace = kernel.memory, kernel.trace
         self.vcpu = CosVcpu(self.memory, vcpu_address)     # same layout as the COS's virtual CPU
         for f in ("vif", "idt_base", "idt_limit", "gdt_base", "gdt_limit", "pending", "traps",
@@ -52,6 +53,21 @@ class VMM:
         self.console = bytearray()
         self._line = bytearray()
         self.patches = set()
+
+    @property
+    def cache(self):
+        """Its CPU's mapping cache (kernel/mapcache.py): every guest-memory access
+        of the VMM (the guest's IDT, its stack) goes through the window."""
+        return self.kernel.worlds.cpus[self.cpu.index].cache
+
+    def _push(self, frame, value):
+        frame.esp -= 4
+        self.cache.write_u32(frame.esp, value)
+
+    def _pop(self, frame):
+        value = self.cache.read_u32(frame.esp)
+        frame.esp += 4
+        return value
 
     def owns(self, address, length=1):
         return self.base <= address and address + length <= self.base + self.size
@@ -76,7 +92,7 @@ class VMM:
             frame.eip = eip - 1
             return self._iretd(frame)
         if vector == PAGE_FAULT:                 # outside its memory: its page directory (paging.py)
-            cr2 = self.kernel.board.cpu["cr2"]
+            cr2 = self.cpu["cr2"]
             raise GuestFault(f"vector {vector:#x} at {eip:#x}: page fault, "
                              f"{'write' if frame.error & 2 else 'read'} of {cr2:#x} "
                              f"({'supervisor' if frame.error & 1 else 'not present'} page)")
@@ -99,7 +115,8 @@ class VMM:
             address = self._address(frame, insn.operands[0])
             if not self.owns(address, 6):
                 raise GuestFault(f"lidt of a table pointer outside the VM's memory ({address:#x})")
-            v.idt_limit, v.idt_base = self.memory.read_u16(address), self.memory.read_u32(address + 2)
+            pointer = self.cache.read(address, 6)
+            v.idt_limit, v.idt_base = int.from_bytes(pointer[:2], "little"), int.from_bytes(pointer[2:], "little")
         elif name in ("in", "out"):
             self._port_io(frame, insn)
         else:
@@ -143,7 +160,7 @@ class VMM:
         """The guest's patched iretd: pop EIP, CS, EFLAGS; its IF goes to the virtual IF."""
         if not self.owns(frame.esp, 12):
             raise GuestFault(f"iretd with the stack outside the VM's memory ({frame.esp:#x})")
-        eip, _, eflags = frame.pop(), frame.pop(), frame.pop()
+        eip, _, eflags = self._pop(frame), self._pop(frame), self._pop(frame)
         frame.eip, frame.cs = eip, layout.USER_CODE_SEL | layout.USER_RPL   # never a ring below 3
         self.vcpu.vif = 1 if eflags & EFLAGS_IF else 0
         frame.eflags = (eflags & GUEST_FLAGS) | EFLAGS_IF | 2      # never IOPL, VM, NT from a guest
@@ -168,10 +185,10 @@ class VMM:
             raise GuestFault(f"no gate for vector {vector:#x} in the guest's IDT")
         if not self.owns(frame.esp - 12, 12):
             raise GuestFault(f"interrupt with the stack outside the VM's memory ({frame.esp:#x})")
-        gate = decode_gate(self.memory.read(v.idt_base + vector * 8, 8))
-        frame.push((frame.eflags & ~EFLAGS_IF) | (EFLAGS_IF if v.vif else 0))
-        frame.push(frame.cs)
-        frame.push(frame.eip)
+        gate = decode_gate(self.cache.read(v.idt_base + vector * 8, 8))
+        self._push(frame, (frame.eflags & ~EFLAGS_IF) | (EFLAGS_IF if v.vif else 0))
+        self._push(frame, frame.cs)
+        self._push(frame, frame.eip)
         frame.eip = gate.offset
         if gate.type == 0xE:
             v.vif = 0

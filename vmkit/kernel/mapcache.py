@@ -1,0 +1,141 @@
+"""Each CPU's memory-mapping cache (claims 17, 38).
+
+The kernel cannot keep every physical page mapped: to touch a page of a VM
+(its IDT when a virtual interrupt is injected, its stack for the frame) it
+maps that page into a small window of its own address space, WINDOW, one
+page per slot, and keeps the mapping while it is reused. The window's page
+table belongs to the CPU (layout.WINDOW_TABLE in its per-CPU block) and is
+shared, supervisor-only, into every address space that runs on that CPU
+(vmm/paging.py), so the window is there whoever's CR3 is loaded.
+
+A lookup that finds the page in a slot is a hit. A miss takes an empty
+slot, or evicts the least recently used one: it rewrites that slot's
+page-table entry in emulated memory and flushes the translation from *this*
+CPU's TLB. Nothing else: no other CPU can hold a translation of this
+window, because no other CPU's address spaces contain it. That is why each
+CPU gets its own cache. With one window shared by both CPUs (`shared=True`,
+for the comparison in notebook 07) the other CPU may still have the old
+translation in its TLB (measured: Unicorn 2.1.4 keeps using a stale TLB
+entry after the page-table entry changes, until that CPU's TLB is flushed),
+so every eviction must also interrupt the other CPU with an IPI to flush
+it: a TLB shootdown.
+
+Every access goes through the window: `translate` reads the slot's page-
+table entry from emulated memory, so what the kernel reads is what the
+entry maps, right or wrong. `choose` is the lookup-and-evict policy
+(exercise 07 plugs the learner's in); counters live in kernel memory at
+the CPU's layout.CACHE_COUNTERS: hits, misses, evictions, local flushes,
+IPIs sent.
+"""
+import struct
+
+from vmkit.hw.lapic import ICR_HIGH, ICR_LOW
+from . import layout
+
+WINDOW = 0xFF800000             # the window's virtual address (directory slot 0x3FE)
+SLOTS = 8
+PRESENT, WRITABLE = 1, 2
+COUNTERS = ("hits", "misses", "evictions", "local_flushes", "ipis_sent")
+SHOOTDOWN_VECTOR = 0xF1         # "flush your TLB": the IPI a shared window needs (smp.py)
+
+
+class MappingCacheError(RuntimeError):
+    """The policy gave an answer the cache cannot use."""
+
+
+def choose_slot(slots, last_used, page):
+    """The cache's lookup-and-evict policy: (slot, hit).
+
+    slots[i] is the physical page slot i maps (None: empty); last_used[i] when
+    it was last used (a counter: bigger is more recent). If `page` is in a
+    slot, that slot and hit=True; else the first empty slot, or the least
+    recently used one, and hit=False."""
+    if page in slots:
+        return slots.index(page), True
+    if None in slots:
+        return slots.index(None), False
+    return last_used.index(min(last_used)), False
+
+
+class MappingCache:
+    def __init__(self, kernel, cpu, table, counters, shared_by=()):
+        """cpu: the CPU this cache belongs to; table: the window's page table
+        (physical); counters: where the counters live; shared_by: the other
+        CPUs whose TLBs must be shot down on an eviction (empty: per-CPU)."""
+        self.kernel, self.cpu, self.table, self.counters = kernel, cpu, table, counters
+        self.memory, self.trace = kernel.memory, kernel.trace
+        self.shared_by = list(shared_by)
+        self.slots, self.last_used, self.clock = [None] * SLOTS, [0] * SLOTS, 0
+        self.choose = choose_slot
+        self.memory.write(table, bytes(layout.PAGE), code=False)
+        self.memory.write(counters, bytes(4 * len(COUNTERS)), code=False)
+
+    def count(self, name):
+        return self.memory.read_u32(self.counters + 4 * COUNTERS.index(name))
+
+    def _bump(self, name):
+        at = self.counters + 4 * COUNTERS.index(name)
+        self.memory.write(at, struct.pack("<I", self.memory.read_u32(at) + 1), code=False)
+
+    def map(self, address):
+        """The window address through which physical `address` is reached now."""
+        page = address & ~0xFFF
+        self.clock += 1
+        slot, hit = self.choose(list(self.slots), list(self.last_used), page)
+        if not isinstance(slot, int) or not 0 <= slot < SLOTS:
+            raise MappingCacheError(f"the policy chose slot {slot!r}: the window has slots 0..{SLOTS - 1}")
+        if hit:
+            self._bump("hits")
+        else:
+            self._bump("misses")
+            if self.slots[slot] is not None:
+                self._bump("evictions")
+            self._remap(slot, page)
+        self.last_used[slot] = self.clock
+        return WINDOW + slot * layout.PAGE + (address & 0xFFF)
+
+    def _remap(self, slot, page):
+        old = self.slots[slot]
+        self.memory.write(self.table + 4 * slot, struct.pack("<I", page | PRESENT | WRITABLE), code=False)
+        self.slots[slot] = page
+        self.cpu.flush_tlb()                       # invlpg: this CPU only
+        self._bump("local_flushes")
+        self.trace.emit("mapcache.remap", self.cpu.index, slot=slot, page=page,
+                        old="-" if old is None else old)
+        for other in self.shared_by:               # a shared window: shoot the old entry down
+            self.cpu.lapic.write(ICR_HIGH, other.index << 24)
+            self.cpu.lapic.write(ICR_LOW, SHOOTDOWN_VECTOR)
+            self._bump("ipis_sent")
+
+    def translate(self, virtual):
+        """Physical address of a window address, from the page-table entry in memory."""
+        slot = (virtual - WINDOW) // layout.PAGE
+        if not 0 <= slot < SLOTS:
+            raise MappingCacheError(f"{virtual:#x} is outside the mapping window")
+        pte = self.memory.read_u32(self.table + 4 * slot)
+        if not pte & PRESENT:
+            raise MappingCacheError(f"window slot {slot} is not mapped")
+        return (pte & ~0xFFF) | (virtual & 0xFFF)
+
+    def _pieces(self, address, length):
+        while length > 0:
+            n = min(length, layout.PAGE - (address & 0xFFF))
+            yield address, n
+            address, length = address + n, length - n
+
+    def read(self, address, length):
+        """Read physical memory through the window (one mapping per page touched)."""
+        return b"".join(self.memory.read(self.translate(self.map(a)), n)
+                        for a, n in self._pieces(address, length))
+
+    def write(self, address, data):
+        data, at = bytes(data), 0
+        for a, n in self._pieces(address, len(data)):
+            self.memory.write(self.translate(self.map(a)), data[at:at + n], code=False)
+            at += n
+
+    def read_u32(self, address):
+        return struct.unpack("<I", self.read(address, 4))[0]
+
+    def write_u32(self, address, value):
+        self.write(address, struct.pack("<I", value & 0xFFFFFFFF))

@@ -1,0 +1,153 @@
+"""Several CPUs (claims 16-17, 37-38): each CPU is scheduled separately and
+represented by a system world, and each has its own mapping cache.
+
+Both CPUs share memory, the kernel's code, GDT and IDT. What each CPU has of
+its own lives in its per-CPU block of kernel memory (layout.PERCPU):
+
+  a TSS              its ESP0 is this CPU's kernel stack, so two CPUs that
+                     trap at once push their frames on different stacks
+                     (CPU 0 keeps the loader's TSS, with the COS's I/O bitmap)
+  a VM TSS           what its VM worlds run with: the same ESP0, no I/O bitmap
+  a kernel stack     (CPU 0's is the loader's, under layout.STACK_TOP)
+  its system world   a world block (save area) like any world's; its address
+                     space, a page directory mapping the kernel's block
+                     supervisor-only plus this CPU's mapping window; its
+                     control thread, the image's `system_world` loop
+                     (sti; hlt; jmp) at CPL 0, ESP at the top of its stack
+  a mapping cache    mapcache.py: the window's page table and the counters
+  a timer            its local APIC's (hw/lapic.py), vector TIMER_VECTOR:
+                     the PIC reaches CPU 0 only
+
+The COS stays on CPU 0, as on ESX, where the kernel idles and works in the
+stub with the COS's frame kept (kernel.py's away mechanism): CPU 0's system
+world has its block, directory and cache but is not switched to. Another
+CPU starts in its system world and switches, with the claimed switch
+(switch.py), between it and the VMs placed on it. A system world's frame
+always sits at the top of its CPU's stack, like a CPL 3 world's (esp0), so
+its ESP after the stub's iretd is where the switch says (switch.install).
+"""
+from vmkit.hw.lapic import EOI
+from vmkit.hw.x86 import encode_segment, encode_tss, CODE_RX, DATA_RW, TSS_BUSY, EFLAGS_IF
+from vmkit.vmm import paging
+from . import layout, switch
+from .mapcache import MappingCache, WINDOW
+
+TIMER_VECTOR = 0xF0             # each CPU's local APIC timer
+DEFAULT_TIMER = 10_000          # instructions per tick when the COS never programmed the PIT
+TSS_FLAGS = 0x8B                # Unicorn's hidden-descriptor flags for a busy 32-bit TSS
+GDT_LIMIT = layout.CPU1_VM_TSS_SEL + 7
+
+
+def percpu(kernel, index):
+    return kernel.base + layout.PERCPU + index * layout.PERCPU_SIZE
+
+
+def stack_top(kernel, index):
+    return kernel.base + layout.STACK_TOP if index == 0 else percpu(kernel, index) + layout.CPU_STACK_TOP
+
+
+def cpu_tss(kernel, index):
+    """(selector, base) of a CPU's own TSS."""
+    if index == 0:
+        return layout.KERNEL_TSS_SEL, kernel.base + layout.TSS
+    return layout.CPU1_TSS_SEL, percpu(kernel, index) + layout.CPU_TSS
+
+
+def vm_tss(kernel, index):
+    """(selector, base) of the TSS the VM worlds of a CPU run with."""
+    if index == 0:
+        return layout.VM_TSS_SEL, kernel.base + layout.VM_TSS
+    return layout.CPU1_VM_TSS_SEL, percpu(kernel, index) + layout.CPU_VM_TSS
+
+
+def window(kernel, index):
+    """(virtual address, page table) of a CPU's mapping window (vmm/paging.build)."""
+    return WINDOW, percpu(kernel, index) + layout.WINDOW_TABLE
+
+
+def kernel_tables(kernel):
+    return {"gdtr.base": kernel.base + layout.GDT, "gdtr.limit": GDT_LIMIT,
+            "idtr.base": kernel.base + layout.IDT, "idtr.limit": 256 * 8 - 1}
+
+
+def write_gdt(kernel):
+    """DPL 3 flat code/data, every CPU's VM TSS and CPU 1's TSS into the kernel's
+    GDT (the loader wrote entries up to CPU 0's TSS), and the limit on CPU 0."""
+    memory = kernel.memory
+    entries = [encode_segment(0, 0xFFFFFFFF, CODE_RX, 3), encode_segment(0, 0xFFFFFFFF, DATA_RW, 3)]
+    for index in range(2):
+        sel, base = vm_tss(kernel, index)
+        memory.write(base, encode_tss(stack_top(kernel, index), layout.KERNEL_DATA_SEL), code=False)
+        entries.append(encode_segment(base, 103, TSS_BUSY, 0, s=0, db=0, g=0))
+        if index == 0:
+            sel, base = cpu_tss(kernel, 1)
+            memory.write(base, encode_tss(stack_top(kernel, 1), layout.KERNEL_DATA_SEL), code=False)
+            entries.append(encode_segment(base, 103, TSS_BUSY, 0, s=0, db=0, g=0))
+    memory.write(kernel.base + layout.GDT + layout.USER_CODE_SEL, b"".join(entries), code=False)
+    cpu0 = kernel.board.cpus[0]
+    sel, gdt, _, flags = cpu0["gdtr"]
+    cpu0["gdtr"] = (sel, gdt, GDT_LIMIT, flags)
+
+
+def processor(kernel, cpu):
+    """A CPU's system world, address space and mapping cache, written into its block."""
+    from .worlds import Processor, World          # worlds.py builds the processors at start
+    index, block = cpu.index, percpu(kernel, cpu.index)
+    system = World(f"system{index}", "system", block + layout.SYSTEM_WORLD, (block, layout.PERCPU_SIZE),
+                   cpu=index)
+    kernel.memory.write(system.area, bytes(layout.WORLD_SIZE), code=False)
+    system.cr3 = paging.build(kernel.memory, block + layout.SYSTEM_PAGEDIR,
+                              (kernel.base, kernel.base + layout.STACK_TOP), (0, 0),
+                              window=window(kernel, index))
+    state = dict.fromkeys(switch.ITEMS, 0)
+    state.update(kernel_tables(kernel))
+    tr_sel, tr_base = cpu_tss(kernel, index)
+    data = layout.COS_DATA_SEL                    # flat data, as the kernel's entry code loads
+    state.update(eip=kernel.base + kernel.image.system_world, esp=stack_top(kernel, index) - 8,
+                 eflags=EFLAGS_IF | 2, cs=layout.KERNEL_CODE_SEL, ss=layout.KERNEL_DATA_SEL,
+                 ds=data, es=data, fs=data, gs=data, cr3=system.cr3,
+                 **{"tr.sel": tr_sel, "tr.base": tr_base, "tr.limit": 103, "tr.flags": TSS_FLAGS})
+    switch.write_area(kernel.memory, system.area, state)
+    cache = MappingCache(kernel, cpu, block + layout.WINDOW_TABLE, block + layout.CACHE_COUNTERS)
+    return Processor(index, system, cache)
+
+
+def start_processors(kernel):
+    """At initialisation (on CPU 0): every other CPU leaves the firmware's wait,
+    loads its system world's state from its save area, and gets its timer."""
+    board = kernel.board
+    if len(board.cpus) == 1:
+        return
+    kernel.worlds._prepare_vm_support()
+    period = board.pit.period or DEFAULT_TIMER
+    for p in kernel.worlds.cpus[1:]:
+        cpu, state = board.cpus[p.index], switch.read_area(kernel.memory, p.system.area)
+        board.boot(state["eip"], state["esp"], cpu=p.index)     # the firmware's start: CPL 0, flat
+        cpu["gdtr"] = (0, state["gdtr.base"], state["gdtr.limit"], 0)
+        cpu["idtr"] = (0, state["idtr.base"], state["idtr.limit"], 0)
+        cpu["tr"] = (state["tr.sel"], state["tr.base"], state["tr.limit"], state["tr.flags"])
+        cpu["cs"] = state["cs"]
+        cpu.write(**{s: state[s] for s in ("ss", "ds", "es", "fs", "gs", "eflags")})
+        switch.set_address_space(cpu, state["cr3"])
+        p.since = board.now()
+        cpu.lapic.program_timer(period, TIMER_VECTOR)
+        kernel.trace.emit("smp.start", p.index, world=p.system.name, eip=state["eip"],
+                          cr3=state["cr3"], timer=period)
+
+
+def local_interrupt(kernel, frame, cpu, vector):
+    """A CPU's local APIC vector entered the kernel: True if it was one (handled)."""
+    from .mapcache import SHOOTDOWN_VECTOR
+    if vector not in (TIMER_VECTOR, SHOOTDOWN_VECTOR):
+        return False
+    cpu.lapic.write(EOI, 0)
+    worlds = kernel.worlds
+    p = worlds.cpus[cpu.index]
+    if vector == SHOOTDOWN_VECTOR:
+        cpu.flush_tlb()
+        kernel.trace.emit("mapcache.shootdown", cpu.index)
+        return True
+    worlds.tick(frame, p)
+    if frame.cs & 3 == 3 and p.current.kind == "vm":
+        worlds.guard(frame, lambda: p.current.vmm.deliver_pending(frame), p)
+    return True
