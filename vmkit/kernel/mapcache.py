@@ -33,7 +33,7 @@ from vmkit.hw.lapic import ICR_HIGH, ICR_LOW
 from . import layout
 
 WINDOW = 0xFF800000             # the window's virtual address (directory slot 0x3FE)
-SLOTS = 8
+SLOTS = 4                       # per CPU: two VMs' worth (a VM's IDT page and stack page)
 PRESENT, WRITABLE = 1, 2
 COUNTERS = ("hits", "misses", "evictions", "local_flushes", "ipis_sent")
 SHOOTDOWN_VECTOR = 0xF1         # "flush your TLB": the IPI a shared window needs (smp.py)
@@ -57,15 +57,21 @@ def choose_slot(slots, last_used, page):
     return last_used.index(min(last_used)), False
 
 
+class CacheState:
+    """What the cache knows of its slots: the page each maps and when it was last used."""
+    def __init__(self, slots=SLOTS):
+        self.slots, self.last_used, self.clock = [None] * slots, [0] * slots, 0
+
+
 class MappingCache:
-    def __init__(self, kernel, cpu, table, counters, shared_by=()):
+    def __init__(self, kernel, cpu, table, counters, shared_by=(), slots=SLOTS):
         """cpu: the CPU this cache belongs to; table: the window's page table
         (physical); counters: where the counters live; shared_by: the other
         CPUs whose TLBs must be shot down on an eviction (empty: per-CPU)."""
         self.kernel, self.cpu, self.table, self.counters = kernel, cpu, table, counters
         self.memory, self.trace = kernel.memory, kernel.trace
         self.shared_by = list(shared_by)
-        self.slots, self.last_used, self.clock = [None] * SLOTS, [0] * SLOTS, 0
+        self.state = CacheState(slots)
         self.choose = choose_slot
         self.memory.write(table, bytes(layout.PAGE), code=False)
         self.memory.write(counters, bytes(4 * len(COUNTERS)), code=False)
@@ -79,25 +85,29 @@ class MappingCache:
 
     def map(self, address):
         """The window address through which physical `address` is reached now."""
-        page = address & ~0xFFF
-        self.clock += 1
-        slot, hit = self.choose(list(self.slots), list(self.last_used), page)
-        if not isinstance(slot, int) or not 0 <= slot < SLOTS:
-            raise MappingCacheError(f"the policy chose slot {slot!r}: the window has slots 0..{SLOTS - 1}")
+        page, s = address & ~0xFFF, self.state
+        s.clock += 1
+        slot, hit = self.choose(list(s.slots), list(s.last_used), page)
+        if not isinstance(slot, int) or not 0 <= slot < len(s.slots):
+            raise MappingCacheError(f"the policy chose slot {slot!r}: the window has slots 0..{len(s.slots) - 1}")
         if hit:
             self._bump("hits")
         else:
             self._bump("misses")
-            if self.slots[slot] is not None:
+            if s.slots[slot] is not None:
                 self._bump("evictions")
             self._remap(slot, page)
-        self.last_used[slot] = self.clock
+        s.last_used[slot] = s.clock
         return WINDOW + slot * layout.PAGE + (address & 0xFFF)
 
+    @property
+    def slots(self):
+        return self.state.slots
+
     def _remap(self, slot, page):
-        old = self.slots[slot]
+        old = self.state.slots[slot]
         self.memory.write(self.table + 4 * slot, struct.pack("<I", page | PRESENT | WRITABLE), code=False)
-        self.slots[slot] = page
+        self.state.slots[slot] = page
         self.cpu.flush_tlb()                       # invlpg: this CPU only
         self._bump("local_flushes")
         self.trace.emit("mapcache.remap", self.cpu.index, slot=slot, page=page,
@@ -110,7 +120,7 @@ class MappingCache:
     def translate(self, virtual):
         """Physical address of a window address, from the page-table entry in memory."""
         slot = (virtual - WINDOW) // layout.PAGE
-        if not 0 <= slot < SLOTS:
+        if not 0 <= slot < len(self.state.slots):
             raise MappingCacheError(f"{virtual:#x} is outside the mapping window")
         pte = self.memory.read_u32(self.table + 4 * slot)
         if not pte & PRESENT:

@@ -1,0 +1,217 @@
+"""Claims 16-17, 37-38: two CPUs, each scheduled separately with its own system
+world, TSS, stack and timer; VMs placed on CPUs; a mapping cache per CPU."""
+import pytest
+
+from vmkit.hw.board import Board
+from vmkit.hw.lapic import EOI, ICR_LOW, LVT_TIMER, TIMER_CURRENT, TIMER_INITIAL, PERIODIC
+from vmkit.hw.x86 import TSS_ESP0, encode_gate
+from vmkit.kernel import mapcache, smp, switch
+from vmkit.kernel.mapcache import MappingCacheError
+from vmkit.kernel.worlds import VMError
+from vmkit.lessons import smp as lesson
+from vmkit.lessons.takeover import takeover
+from vmkit.vmm import guests
+
+VM = lesson.VM_MEMORY
+
+
+def lines(world):
+    return bytes(world.vmm.console).decode().splitlines()
+
+
+def expected(name, n):
+    return [f"hello from {name}"] + [f"{name} {chr(97 + i % 26)}" for i in range(n)]
+
+
+# ---- the local APIC (vmkit/hw/lapic.py) ------------------------------------------
+def _cpu1_counting_ticks(period):
+    """CPU 1 halted in a loop with an IDT whose vector 0x40 counts in memory and EOIs."""
+    board = Board(cpus=2, keyboard=False, sensor=False)
+    board.load(0x1000, "l: hlt\njmp l")
+    board.load(0x2000, "sti\nl: hlt\njmp l")
+    board.load(0x3000, "inc dword ptr [0x5000]\nnop\niretd")
+    board.memory.write(0x4000 + 0x40 * 8, encode_gate(0x3000, 0x08))
+    board.boot(0x1000, cpu=0)
+    board.boot(0x2000, cpu=1)
+    cpu1 = board.cpus[1]
+    cpu1["idtr"] = (0, 0x4000, 0x7FF, 0)
+    cpu1.on_execute(0x3006, lambda c: c.lapic.write(EOI, 0))   # the handler's EOI
+    cpu1.lapic.program_timer(period, 0x40)
+    return board, cpu1
+
+
+def test_a_local_apic_timer_interrupts_its_own_cpu_every_period():
+    board, cpu1 = _cpu1_counting_ticks(1000)
+    board.run(10_500)
+    assert board.memory.read_u32(0x5000) == 10
+    delivered = [e for e in board.trace.of("cpu.deliver") if e["vector"] == 0x40]
+    assert {e.cpu for e in delivered} == {1}
+    assert [e.time for e in delivered][:3] == [1000, 2000, 3000]
+    assert board.cpus[0].delivered == 0           # the PIC's CPU saw nothing
+    assert 0 < cpu1.lapic.read(TIMER_CURRENT) <= 1000
+
+
+def test_without_eoi_the_next_tick_waits_and_masking_stops_it():
+    board, cpu1 = _cpu1_counting_ticks(1000)
+    board.cpus[1].lapic.isr |= 1 << 0x40          # the vector is "in service" and never EOIed
+    board.run(5_500)
+    assert board.memory.read_u32(0x5000) == 0
+    cpu1.lapic.eoi()
+    board.run(1000)
+    assert board.memory.read_u32(0x5000) >= 1
+    cpu1.lapic.write(LVT_TIMER, 0x40 | PERIODIC | (1 << 16))
+    seen = board.memory.read_u32(0x5000)
+    board.run(5000)
+    assert board.memory.read_u32(0x5000) == seen
+
+
+def test_an_ipi_reaches_the_other_cpu_through_its_idt():
+    board, cpu1 = _cpu1_counting_ticks(10**9)
+    board.run(100)
+    board.cpus[0].lapic.send_ipi(1, 0x40)
+    board.run(100)
+    assert board.memory.read_u32(0x5000) == 1
+    assert board.trace.of("lapic.ipi")[0]["to"] == 1 and cpu1.lapic.ipis_received == 1
+
+
+def test_bad_local_apic_programming_is_refused():
+    board = Board(cpus=2)
+    with pytest.raises(ValueError, match="reserved"):
+        board.cpus[0].lapic.write(LVT_TIMER, 3)
+    with pytest.raises(ValueError, match="the board has 2 CPUs"):
+        board.cpus[0].lapic.send_ipi(5, 0x40)
+    with pytest.raises(ValueError, match="not modelled"):
+        board.cpus[0].lapic.read(0x123)
+    with pytest.raises(ValueError, match="fixed"):
+        board.cpus[0].lapic.write(ICR_LOW, 0x40 | (5 << 8))
+    assert board.cpus[0].lapic.read(TIMER_INITIAL) == 0
+
+
+# ---- two CPUs under the kernel --------------------------------------------------------
+@pytest.fixture(scope="module")
+def running():
+    board, cos, kernel, vms = lesson.two_cpus()
+    board.run(600_000)
+    return board, cos, kernel, vms
+
+
+def test_each_cpu_has_its_own_system_world_tss_stack_and_timer(running):
+    board, cos, kernel, vms = running
+    rows = lesson.processors(board, kernel)
+    assert [r["system world"] for r in rows] == ["system0", "system1"]
+    assert rows[0]["TSS"] != rows[1]["TSS"] and rows[0]["ESP0"] != rows[1]["ESP0"]
+    for r in rows:                                   # each TSS's ESP0 is in its CPU's stack, in kernel memory
+        assert kernel.contains(r["ESP0"] - 4) and r["ESP0"] == smp.stack_top(kernel, r["cpu"])
+    p1 = kernel.worlds.cpus[1]
+    area = switch.read_area(board.memory, p1.system.area)
+    loop = kernel.base + kernel.image.system_world          # sti; hlt; jmp: 4 bytes
+    assert area["cs"] & 3 == 0 and loop <= area["eip"] < loop + 4
+    assert area["cr3"] == p1.system.cr3 != 0 and area["tr.base"] == rows[1]["TSS"]
+    assert rows[1]["APIC ticks"] > 100 and board.cpus[0].lapic.ticks == 0
+    assert board.trace.of("smp.start")[0].cpu == 1
+    assert cos.ticks() > 50 and "cos: tick" in cos.console()
+
+
+def test_the_cos_stays_on_cpu0_and_vms_are_placed_on_both(running):
+    board, cos, kernel, vms = running
+    assert kernel.worlds.all[0].cpu == 0
+    assert [v.cpu for v in vms] == [1, 0, 1, 0]
+    mine = {0: {"cos", "vm2", "vm4"}, 1: {"system1", "vm1", "vm3"}}
+    for e in board.trace.of("switch.begin"):
+        assert {e["frm"], e["to"]} <= mine[e.cpu], e
+    assert {e["to"] for e in board.trace.of("switch.begin") if e.cpu == 1} == {"system1", "vm1", "vm3"}
+    for v in vms:
+        got = lines(v)
+        assert len(got) > 10 and got == expected(v.name, len(got) - 1) and v.state != "crashed"
+    # a VM on CPU 1 runs with CPU 1's VM TSS (ESP0 = CPU 1's stack), and CPU 1's window
+    area = switch.read_area(board.memory, vms[0].area)
+    assert area["tr.base"] == smp.vm_tss(kernel, 1)[1]
+    assert board.memory.read_u32(area["tr.base"] + TSS_ESP0) == smp.stack_top(kernel, 1)
+
+
+def test_placement_by_hand_and_a_cpu_the_board_lacks():
+    board, cos, loader = takeover(timer_period=2000, cpus=2)
+    kernel = loader.kernel
+    vm = kernel.install_vm(lambda base: guests.console(base, "x"), VM, "x", cpu=0)
+    assert vm.cpu == 0
+    left = len(kernel.worlds.all)
+    with pytest.raises(VMError, match="no CPU 2: the board has CPUs 0..1"):
+        kernel.install_vm(lambda base: guests.console(base, "y"), VM, "y", cpu=2)
+    assert len(kernel.worlds.all) == left
+
+
+def test_a_checksum_on_cpu1_survives_thousands_of_switches():
+    board, cos, loader = takeover(timer_period=1000, cpus=2)
+    kernel = loader.kernel
+    kernel.worlds.quantum = 1
+    n = 32_000
+    vm = kernel.install_vm(lambda base: guests.checksum(base, n), VM, "sum", cpu=1)
+    kernel.install_vm(lambda base: guests.checksum(base, 10**9), VM, "busy", cpu=1)
+    for _ in range(20):
+        board.run(200_000)
+        if vm.vmm.console:
+            break
+    assert bytes(vm.vmm.console).decode() == guests.checksum_expected(n)
+    assert kernel.worlds.switches_of(vm) >= 700
+
+
+def test_a_guest_crashing_on_cpu1_stops_only_its_vm():
+    board, cos, loader = takeover(timer_period=2000, cpus=2)
+    kernel = loader.kernel
+    good = kernel.install_vm(lambda base: guests.console(base, "good"), VM, "good", cpu=1)
+    bad = kernel.install_vm(lambda base: guests.crasher(base, "bad"), VM, "bad", cpu=1)
+    other = kernel.install_vm(lambda base: guests.console(base, "other"), VM, "other", cpu=0)
+    board.run(400_000)
+    assert bad.state == "crashed" and bad.fault.startswith("vector 0x6 "), bad.fault
+    for v in (good, other):
+        assert v.state != "crashed" and len(lines(v)) > 10
+    assert all(c.shutdown is None for c in board.cpus) and cos.ticks() > 50
+
+
+# ---- the mapping caches ----------------------------------------------------------------
+def test_each_cpu_maps_guest_pages_in_its_own_window_and_never_interrupts_the_other(running):
+    board, cos, kernel, vms = running
+    rows = lesson.cache_counters(kernel)
+    for r in rows:
+        assert r["hits"] > 50 and r["misses"] == 4 and r["ipis_sent"] == 0
+        assert r["local_flushes"] == r["misses"]
+    assert not board.trace.of("mapcache.shootdown")
+    for p in kernel.worlds.cpus:                       # the slots map the pages of its own VMs only
+        mine = [v for v in vms if v.cpu == p.index]
+        for page in p.cache.slots:
+            assert any(v.region[0] <= page < v.region[0] + v.region[1] for v in mine)
+    # the window's page tables differ per CPU, and every address space on a CPU shares its CPU's
+    tables = {p.index: p.cache.table for p in kernel.worlds.cpus}
+    assert tables[0] != tables[1]
+    for v in vms:
+        pde = board.memory.read_u32(v.cr3 + 4 * (mapcache.WINDOW >> 22))
+        assert pde & ~0xFFF == tables[v.cpu] and not pde & 4     # supervisor only
+
+
+def test_a_shared_window_needs_a_shootdown_ipi_for_every_remap():
+    figures = lesson.compare_windows(instructions=200_000)
+    per_cpu, shared = figures["one window per CPU"], figures["one shared window"]
+    assert per_cpu["ipis_sent"] == per_cpu["shootdowns taken"] == 0
+    assert shared["ipis_sent"] == shared["misses"] > 0 and shared["shootdowns taken"] > 0
+    assert per_cpu["VM console lines"] == shared["VM console lines"] > 40
+
+
+def test_a_cpu_keeps_a_stale_translation_until_its_own_tlb_is_flushed():
+    assert [seen for _, seen in lesson.stale_translation()] == ["OLD!", "OLD!", "NEW!"]
+
+
+def test_the_cache_evicts_the_least_recently_used_slot_and_refuses_a_bad_slot(running):
+    board, cos, kernel, vms = running
+    cache = kernel.worlds.cpus[0].cache
+    pages = [v.region[0] for v in vms] + [vms[0].region[0] + 0x1000]     # five pages, four slots
+    before = {n: cache.count(n) for n in mapcache.COUNTERS}
+    for page in pages:
+        assert cache.read(page, 4) == board.memory.read(page, 4)
+    assert cache.count("evictions") > before["evictions"]
+    assert pages[0] not in cache.slots and pages[-1] in cache.slots        # the oldest went
+    cache.choose = lambda slots, used, page: (9, False)
+    try:
+        with pytest.raises(MappingCacheError, match="slot 9: the window has slots 0..3"):
+            cache.read(pages[0], 4)
+    finally:
+        cache.choose = mapcache.choose_slot

@@ -1,0 +1,55 @@
+"""Grades exercise 07: the learner's choose_slot is every CPU's mapping-cache
+policy (MappingCache.choose) on a two-CPU machine running console VMs. Their
+VMMs reach the guests' IDTs and stacks only through the window, so the VMs
+print the right lines only if each answer names the slot that maps the page.
+The counters must match least-recently-used exactly: first with room for
+every page (no evictions), then with three VMs on CPU 1 (six pages, four
+slots: evictions every turn)."""
+from vmkit.kernel.mapcache import COUNTERS, choose_slot as reference
+from vmkit.lessons import smp
+from vmkit.vmm import guests
+
+RUN = 300_000
+
+
+def _run(choose, on_cpu1):
+    board, cos, kernel, vms = smp.two_cpus(vms=())
+    for p in kernel.worlds.cpus:
+        p.cache.choose = choose
+    names = ("vm1", "vm2", "vm3") if on_cpu1 else ("vm1", "vm2", "vm3", "vm4")
+    for name in names:
+        kernel.install_vm(lambda base, n=name: guests.console(base, n), smp.VM_MEMORY, name,
+                          cpu=1 if on_cpu1 else None)
+    board.run(RUN)
+    counters = {n: sum(p.cache.count(n) for p in kernel.worlds.cpus) for n in COUNTERS}
+    return kernel, counters
+
+
+def _problem(choose, on_cpu1):
+    kernel, got = _run(choose, on_cpu1)
+    for vm in kernel.worlds.all[1:]:
+        if vm.state == "crashed":
+            return f"{vm.name} crashed: {vm.fault} (did a slot you called a hit map another page?)"
+        lines = bytes(vm.vmm.console).decode("latin-1").splitlines()
+        want = [f"hello from {vm.name}"] + [f"{vm.name} {chr(97 + i % 26)}" for i in range(len(lines) - 1)]
+        if len(lines) < 10 or lines != want:
+            return (f"{vm.name}'s console is wrong: {lines[:4]} ... ({len(lines)} lines): did the kernel "
+                    "read the guest's IDT or stack through a slot that maps another page?")
+    _, want = _run(reference, on_cpu1)
+    for name in ("hits", "misses", "evictions"):
+        if got[name] != want[name]:
+            return f"{name}: {got[name]} over both CPUs, least-recently-used gives {want[name]}"
+    return None
+
+
+def check_room(choose):
+    return _problem(choose, on_cpu1=False)
+
+
+def check_eviction(choose):
+    return _problem(choose, on_cpu1=True)
+
+
+CHECKS = [("hits and misses with room for every page", 2, check_room),
+          ("least-recently-used eviction (6 pages, 4 slots)", 3, check_eviction)]
+FUNCTION = "choose_slot"

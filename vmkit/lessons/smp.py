@@ -1,0 +1,156 @@
+"""The machines of notebook 07: two CPUs, each with its system world and its
+own mapping cache; the stale translation that makes a shared window costly.
+
+Everything here is read from the machine: each CPU's registers (TR, CR3,
+its TSS's ESP0 in memory), the world blocks and save areas, the mapping
+caches' counters in kernel memory and the trace's `switch.*`, `lapic.*` and
+`mapcache.*` events.
+"""
+import struct
+
+from vmkit.hw.board import Board
+from vmkit.hw.x86 import TSS_ESP0
+from vmkit.kernel import smp, switch
+from vmkit.kernel.mapcache import COUNTERS, MappingCache, SLOTS, WINDOW
+from vmkit.lessons import takeover
+from vmkit.lessons.worlds import Turn
+from vmkit.vmm import guests
+
+VM_MEMORY = 0x8000
+NAMES = ("vm1", "vm2", "vm3", "vm4")
+
+
+def two_cpus(timer_period=2000, quantum=2, vms=NAMES):
+    """A displaced COS on a two-CPU board and console VMs placed by the kernel:
+    (board, cos, kernel, [vm, ...])."""
+    board, cos, loader = takeover.takeover(timer_period=timer_period, cpus=2)
+    kernel = loader.kernel
+    kernel.worlds.quantum = quantum
+    placed = [kernel.install_vm(lambda base, n=name: guests.console(base, n), VM_MEMORY, name)
+              for name in vms]
+    return board, cos, kernel, placed
+
+
+def processors(board, kernel):
+    """Per CPU, from its registers and memory: the system world, what runs now,
+    its TSS and ESP0, CR3, and its local APIC timer's ticks."""
+    rows = []
+    for p in kernel.worlds.cpus:
+        cpu = board.cpus[p.index]
+        tr_sel, tss, _, _ = cpu["tr"]
+        rows.append({"cpu": p.index, "system world": p.system.name, "running": p.current.name,
+                     "TR": tr_sel, "TSS": tss, "ESP0": board.memory.read_u32(tss + TSS_ESP0),
+                     "CR3": cpu["cr3"], "CPL": cpu.cpl, "APIC ticks": cpu.lapic.ticks,
+                     "system world CR3": p.system.cr3})
+    return rows
+
+
+def placement(kernel):
+    """Every world, the CPU it is placed on, and its accounting."""
+    w = kernel.worlds
+    rows = [{"world": x.name, "kind": x.kind, "cpu": x.cpu, "state": x.state,
+             "instructions": w.instructions_of(x), "switches in": w.switches_of(x),
+             "ticks": w.ticks_of(x)} for x in w.all]
+    for p in w.cpus:
+        s = p.system
+        rows.append({"world": s.name, "kind": "system", "cpu": p.index, "state": "idle loop",
+                     "instructions": w.instructions_of(s), "switches in": w.switches_of(s),
+                     "ticks": w.ticks_of(s)})
+    return rows
+
+
+def cache_counters(kernel):
+    """Each CPU's mapping-cache counters, read from kernel memory, and its slots."""
+    return [{"cpu": p.index, **{n: p.cache.count(n) for n in COUNTERS},
+             "slots": [None if s is None else s for s in p.cache.slots]} for p in kernel.worlds.cpus]
+
+
+def timeline(trace, cpu, first):
+    """The turns CPU `cpu` gave its worlds, from its switch.begin events; `first`
+    is the world it ran before the first switch (CPU 0: the COS)."""
+    turns, who, start = [], first, 0
+    for e in trace.of("switch.begin"):
+        if e.cpu == cpu:
+            turns.append(Turn(who, start, e.time))
+            who, start = e["to"], e.time
+    turns.append(Turn(who, start, max(start, trace.events[-1].time)))
+    return [t for t in turns if t.end > t.start]
+
+
+# ---- why one window per CPU ---------------------------------------------------------
+def share_window(kernel):
+    """Turn the per-CPU caches into ONE window both CPUs use (the design the
+    claims avoid), with as many slots as the two had together: CPU 1's
+    address spaces are repointed at CPU 0's window table, both CPUs share the
+    slots, and every remap must shoot the other CPU's TLB down with an IPI
+    (mapcache.py)."""
+    p0, p1 = kernel.worlds.cpus
+    table = p0.cache.table
+    for world in [p1.system] + [w for w in kernel.worlds.all if w.cpu == 1]:
+        cr3 = switch.read_area(kernel.memory, world.area)["cr3"] if world is not p1.current else \
+            kernel.board.cpus[1]["cr3"]
+        kernel.memory.write(cr3 + 4 * (WINDOW >> 22), struct.pack("<I", table | 3), code=False)
+    cpu0, cpu1 = kernel.board.cpus
+    slots = 2 * SLOTS
+    shared0 = MappingCache(kernel, cpu0, table, p0.cache.counters, shared_by=[cpu1], slots=slots)
+    shared1 = MappingCache(kernel, cpu1, table, p1.cache.counters, shared_by=[cpu0], slots=slots)
+    shared1.state = shared0.state               # one set of slots, one recency clock
+    cpu0.flush_tlb()
+    cpu1.flush_tlb()
+    p0.cache, p1.cache = shared0, shared1
+
+
+def compare_windows(instructions=300_000, timer_period=2000):
+    """The same two-CPU run with per-CPU windows and with one shared window:
+    {design: {counter: total over both CPUs, "shootdowns taken": n}}."""
+    out = {}
+    for design in ("one window per CPU", "one shared window"):
+        board, cos, kernel, vms = two_cpus(timer_period=timer_period)
+        if design == "one shared window":
+            share_window(kernel)
+        mark = board.trace.mark()
+        board.run(instructions)
+        totals = {n: sum(p.cache.count(n) for p in kernel.worlds.cpus) for n in COUNTERS}
+        totals["shootdowns taken"] = len(board.trace.since(mark, "mapcache.shootdown"))
+        totals["VM console lines"] = sum(bytes(v.vmm.console).count(b"\n") for v in vms)
+        out[design] = totals
+    return out
+
+
+def stale_translation():
+    """What a shootdown is for, on the bare board: both CPUs translate a window
+    address through ONE page table; CPU 1 reads it in a loop; the PTE is
+    changed to another page (as CPU 0's kernel would on an eviction). CPU 1
+    keeps reading the old page from its TLB until its TLB is flushed.
+    Returns [(what happened, the value CPU 1 read)]."""
+    board = Board(cpus=2, keyboard=False, sensor=False)
+    mem = board.memory
+    pagedir, table, window_table = 0x20000, 0x21000, 0x22000
+    old_page, new_page, result = 0x30000, 0x31000, 0x32000
+    mem.write(pagedir, struct.pack("<I", table | 3), code=False)
+    mem.write(pagedir + 4 * (WINDOW >> 22), struct.pack("<I", window_table | 3), code=False)
+    mem.write(table, b"".join(struct.pack("<I", (i << 12) | 3) for i in range(256)), code=False)
+    last_table = 0x23000                    # emu_start's `until` page must translate (vmm/paging.py)
+    mem.write(pagedir + 4 * 0x3FF, struct.pack("<I", last_table | 3), code=False)
+    mem.write(last_table + 4 * 0x3FF, struct.pack("<I", 0x0 | 1), code=False)
+    mem.write(window_table, struct.pack("<I", old_page | 3), code=False)
+    mem.write(old_page, b"OLD!", code=False)
+    mem.write(new_page, b"NEW!", code=False)
+    board.load(0x1000, "l: hlt\njmp l")
+    board.load(0x2000, f"l: mov eax, [{WINDOW:#x}]\nmov [{result:#x}], eax\njmp l")
+    board.boot(0x1000, cpu=0)
+    board.boot(0x2000, cpu=1)
+    for cpu in board.cpus:
+        cpu["cr3"] = pagedir
+        cpu["cr0"] = cpu["cr0"] | 0x80000000
+    seen = lambda: mem.read(result, 4).decode()
+    board.run(1000)
+    rows = [("CPU 1 reads the window; the PTE maps the page holding OLD!", seen())]
+    mem.write(window_table, struct.pack("<I", new_page | 3), code=False)
+    board.cpus[0].flush_tlb()
+    board.run(1000)
+    rows.append(("PTE changed to the page holding NEW!, CPU 0's TLB flushed", seen()))
+    board.cpus[1].flush_tlb()
+    board.run(1000)
+    rows.append(("CPU 1's TLB flushed too (what the shootdown IPI does)", seen()))
+    return rows
