@@ -65,15 +65,18 @@ def cache_counters(kernel):
              "slots": [None if s is None else s for s in p.cache.slots]} for p in kernel.worlds.cpus]
 
 
-def timeline(trace, cpu, first):
-    """The turns CPU `cpu` gave its worlds, from its switch.begin events; `first`
-    is the world it ran before the first switch (CPU 0: the COS)."""
-    turns, who, start = [], first, 0
-    for e in trace.of("switch.begin"):
-        if e.cpu == cpu:
+def timeline(events, cpu, first):
+    """The turns CPU `cpu` gave its worlds, from its switch.begin events among
+    `events` (a stretch of the trace); `first` is the world it ran when the
+    stretch began."""
+    if not events:
+        return []
+    turns, who, start = [], first, events[0].time
+    for e in events:
+        if e.kind == "switch.begin" and e.cpu == cpu:
             turns.append(Turn(who, start, e.time))
             who, start = e["to"], e.time
-    turns.append(Turn(who, start, max(start, trace.events[-1].time)))
+    turns.append(Turn(who, start, max(start, events[-1].time)))
     return [t for t in turns if t.end > t.start]
 
 

@@ -9,7 +9,8 @@ from vmkit.lessons import worlds as lesson
 from .render import bytes_html
 
 RUN = 200_000
-STRIP = {"cos": "#5dade2", "vm1": "#58d68d", "vm2": "#f5b041"}
+STRIP = {"cos": "#5dade2", "vm1": "#58d68d", "vm2": "#f5b041", "vm3": "#af7ac5", "vm4": "#ec7063",
+         "system0": "#d5dbdb", "system1": "#d5dbdb"}
 
 
 def timeline_html(turns, width=720):
@@ -22,7 +23,9 @@ def timeline_html(turns, width=720):
         w = max(1, round(width * (t.end - t.start) / span))
         cells.append(f"<div title='{html.escape(t.world)} {t.start}..{t.end}' style='display:inline-block;"
                      f"width:{w}px;height:18px;background:{STRIP.get(t.world, '#bbb')}'></div>")
-    legend = " ".join(f"<span style='background:{c};padding:0 6px'>{n}</span>" for n, c in STRIP.items())
+    present = {t.world for t in turns}
+    legend = " ".join(f"<span style='background:{c};padding:0 6px'>{n}</span>"
+                      for n, c in STRIP.items() if n in present)
     return (f"<div style='white-space:nowrap;line-height:0'>{''.join(cells)}</div>"
             f"<div>{legend} &nbsp; virtual time {start:,} .. {end:,}</div>")
 
