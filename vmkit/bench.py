@@ -7,6 +7,7 @@ timer interrupting it, and the cost of one interrupt delivery.
 import time
 
 from unicorn import Uc, UC_ARCH_X86, UC_MODE_32
+from unicorn import x86_const as X
 
 from vmkit.hw.asm import assemble
 from vmkit.hw.board import Board, KERNEL_CS
@@ -87,32 +88,60 @@ def main_cos():
     print(f"one COS privileged instruction trapped and emulated:  {trap_cost() * 1e6:6.1f} µs")
 
 
-def vm_rate(instructions=4_000_000):
-    """Guest instructions per wall second in two busy VMs under the full kernel
-    (the COS displaced, timer on), and the Python cost of one world switch."""
+GUEST_BASE = 0x100000
+
+
+def raw_guest(instructions=N):
+    """Raw Unicorn (count=) running the busy VMs' guest, the checksum loop, flat at
+    CPL 0 with nothing else: no kernel, no paging, no interrupts (its lidt, sti and
+    out run natively and do nothing here)."""
+    from vmkit.vmm import guests
+    uc = Uc(UC_ARCH_X86, UC_MODE_32)
+    uc.mem_map(0, 4 << 20)
+    uc.mem_write(GUEST_BASE, assemble(guests.checksum(GUEST_BASE, 10**9), GUEST_BASE))
+    uc.reg_write(X.UC_X86_REG_ESP, GUEST_BASE + 0x10000)
+    t = time.perf_counter()
+    uc.emu_start(GUEST_BASE, 0xFFFFFFFF, count=instructions)
+    return instructions / (time.perf_counter() - t)
+
+
+def vm_rate(instructions=4_000_000, timer_period=10_000, cpus=1, per_cpu=2):
+    """Guest instructions per wall second in busy VMs (`per_cpu` on each CPU)
+    under the full kernel (the COS displaced, timer on), the share of virtual
+    time they got, and the world switches made."""
     from vmkit.lessons import takeover
     from vmkit.vmm import guests
-    board, cos, loader = takeover.takeover()
+    board, cos, loader = takeover.takeover(timer_period=timer_period, cpus=cpus)
     kernel = loader.kernel
-    vms = [kernel.install_vm(lambda base: guests.checksum(base, 10**9), 64 << 10, name)
-           for name in ("busy1", "busy2")]
+    vms = [kernel.install_vm(lambda base: guests.checksum(base, 10**9), 64 << 10, f"busy{i}", cpu=i % cpus)
+           for i in range(per_cpu * cpus)]
+    board.run(50_000)
     before = sum(kernel.worlds.instructions_of(vm) for vm in vms)
     switches = len(board.trace.of("switch.begin"))
     t = time.perf_counter()
     board.run(instructions)
+    board.run(1)                                   # (accounting is written at switches)
     elapsed = time.perf_counter() - t
     guest = sum(kernel.worlds.instructions_of(vm) for vm in vms) - before
     switched = len(board.trace.of("switch.begin")) - switches
-    return guest / elapsed, guest / instructions, switched, elapsed
+    return guest / elapsed, guest / (instructions * cpus), switched, elapsed
 
 
 def main_vms():
-    raw = N / best(raw_unicorn)
-    rate, share, switches, elapsed = vm_rate()
-    print(f"two busy VMs + the displaced COS, timer every 10,000: guests ran {share:.0%} of virtual time")
-    print(f"guest instructions/s under the full kernel:            {rate / 1e6:6.1f} M  "
-          f"({rate / raw:.2f} of raw Unicorn on a loop)")
-    print(f"world switches: {switches} in {elapsed:.2f} s of wall time")
+    raw = max(raw_guest() for _ in range(3))
+    print(f"raw Unicorn on the guests' checksum loop:               {raw / 1e6:6.1f} M instr/s")
+    for cpus, period in ((1, 10_000), (1, 50_000), (2, 10_000), (2, 50_000)):
+        rate, share, switches, elapsed = max(vm_rate(timer_period=period, cpus=cpus) for _ in range(2))
+        print(f"{cpus} CPU{'s' if cpus > 1 else ' '}, {2 * cpus} busy VMs + the displaced COS, timer every "
+              f"{period:>7,}: {rate / 1e6:5.1f} M guest instr/s ({rate / raw:.2f} of raw; guests got "
+              f"{share:.0%} of virtual time; {switches} switches in {elapsed:.2f} s)")
+    from vmkit.lessons import smp
+    t = time.perf_counter()
+    figures = smp.compare_windows(instructions=300_000)
+    print(f"mapping caches, 300,000 instructions on two CPUs ({time.perf_counter() - t:.1f} s for both runs):")
+    for design, f in figures.items():
+        print(f"  {design:20} misses {f['misses']:4}  IPIs sent {f['ipis_sent']:4}  shootdowns taken "
+              f"{f['shootdowns taken']:4}")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ write it did not make itself and would keep running the old code
 import ctypes
 import struct
 
+_U32 = struct.Struct("<I")
+
 
 class BusError(ValueError):
     """A physical address the machine does not have."""
@@ -24,6 +26,7 @@ class PhysicalMemory:
         self.size = size
         self.buffer = (ctypes.c_ubyte * size)()
         self.address = ctypes.addressof(self.buffer)
+        self._view = memoryview(self.buffer).cast("B")   # u32 reads/writes without a bytes copy
         self._invalidators = []     # one per CPU: drops translated code for a range
 
     def attach(self, invalidate):
@@ -48,9 +51,18 @@ class PhysicalMemory:
             invalidate(addr, addr + len(data))
 
     def read_u32(self, addr):
-        return struct.unpack("<I", self.read(addr, 4))[0]
+        """(The kernel reads trap frames and its tables word by word: this is its
+        hottest path, so it unpacks straight from the buffer.)"""
+        if addr < 0 or addr + 4 > self.size:
+            self.check(addr, 4)
+        return _U32.unpack_from(self._view, addr)[0]
 
-    def write_u32(self, addr, value):
+    def write_u32(self, addr, value, code=True):
+        if not code:
+            if addr < 0 or addr + 4 > self.size:
+                self.check(addr, 4)
+            _U32.pack_into(self._view, addr, value & 0xFFFFFFFF)
+            return
         self.write(addr, struct.pack("<I", value & 0xFFFFFFFF))
 
     def read_u16(self, addr):

@@ -6,12 +6,14 @@ not classically virtualizable), so the kernel patches those three to int3
 at takeover. Either way the kernel emulates them on this virtual state:
 the COS's own IF, IDTR and GDTR, and the interrupts waiting for it.
 """
-import struct
 
 from vmkit.hw.x86 import EFLAGS_IF
 
 FIELDS = ("vif", "idt_base", "idt_limit", "gdt_base", "gdt_limit", "pending", "traps", "injected",
           "in_service")        # lines injected into the COS and not yet acknowledged (its virtual ISR)
+
+
+_OFFSET = {name: 4 * i for i, name in enumerate(FIELDS)}
 
 
 class CosVcpu:
@@ -22,15 +24,15 @@ class CosVcpu:
         object.__setattr__(self, "address", address)
 
     def __getattr__(self, name):
-        if name not in FIELDS:
-            raise AttributeError(name)
-        return self.memory.read_u32(self.address + 4 * FIELDS.index(name))
+        try:
+            return self.memory.read_u32(self.address + _OFFSET[name])
+        except KeyError:
+            raise AttributeError(name) from None
 
     def __setattr__(self, name, value):
-        if name not in FIELDS:
+        if name not in _OFFSET:
             raise AttributeError(f"the COS's virtual CPU has no {name!r}")
-        self.memory.write(self.address + 4 * FIELDS.index(name),
-                          struct.pack("<I", int(value) & 0xFFFFFFFF), code=False)
+        self.memory.write_u32(self.address + _OFFSET[name], int(value), code=False)
 
     def as_dict(self):
         return {name: getattr(self, name) for name in FIELDS}

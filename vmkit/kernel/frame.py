@@ -7,25 +7,27 @@
 Reading and writing it is how the kernel changes what the interrupted code
 sees when the stub's popad/iretd return to it.
 """
-import struct
-
 FIELDS = ("edi", "esi", "ebp", "esp0", "ebx", "edx", "ecx", "eax", "vector", "error",
           "eip", "cs", "eflags", "esp", "ss")
 
 
+OFFSET = {name: 4 * i for i, name in enumerate(FIELDS)}
+
+
 class Frame:
     def __init__(self, memory, address):
-        self.memory, self.address = memory, address
+        object.__setattr__(self, "memory", memory)
+        object.__setattr__(self, "address", address)
 
     def __getattr__(self, name):
-        if name not in FIELDS:
-            raise AttributeError(name)
-        return self.memory.read_u32(self.address + 4 * FIELDS.index(name))
+        try:
+            return self.memory.read_u32(self.address + OFFSET[name])
+        except KeyError:
+            raise AttributeError(name) from None
 
     def __setattr__(self, name, value):
-        if name in FIELDS:
-            self.memory.write(self.address + 4 * FIELDS.index(name),
-                              struct.pack("<I", value & 0xFFFFFFFF), code=False)
+        if name in OFFSET:
+            self.memory.write_u32(self.address + OFFSET[name], value, code=False)
         else:
             object.__setattr__(self, name, value)
 
@@ -36,7 +38,7 @@ class Frame:
     def push(self, value):
         """Push onto the interrupted (COS) stack: flat segments, so SS base is 0."""
         self.esp -= 4
-        self.memory.write(self.esp, struct.pack("<I", value & 0xFFFFFFFF), code=False)
+        self.memory.write_u32(self.esp, value, code=False)
 
     def pop(self):
         value = self.memory.read_u32(self.esp)
