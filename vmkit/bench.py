@@ -127,6 +127,27 @@ def vm_rate(instructions=4_000_000, timer_period=10_000, cpus=1, per_cpu=2):
     return guest / elapsed, guest / (instructions * cpus), switched, elapsed
 
 
+def switch_cost(instructions=2_000_000):
+    """Wall time inside switch.world_switch (save, cli, check, load, verify), per switch,
+    in the 1-CPU busy-VM run: the function is timed where the scheduler calls it."""
+    from vmkit.kernel import switch
+    spent, real = [0.0, 0], switch.world_switch
+
+    def timed(*args, **kwargs):
+        t = time.perf_counter()
+        try:
+            return real(*args, **kwargs)
+        finally:
+            spent[0] += time.perf_counter() - t
+            spent[1] += 1
+    switch.world_switch = timed
+    try:
+        vm_rate(instructions)
+    finally:
+        switch.world_switch = real
+    return spent[0] / max(1, spent[1]), spent[1]
+
+
 def main_vms():
     raw = max(raw_guest() for _ in range(3))
     print(f"raw Unicorn on the guests' checksum loop:               {raw / 1e6:6.1f} M instr/s")
@@ -135,6 +156,8 @@ def main_vms():
         print(f"{cpus} CPU{'s' if cpus > 1 else ' '}, {2 * cpus} busy VMs + the displaced COS, timer every "
               f"{period:>7,}: {rate / 1e6:5.1f} M guest instr/s ({rate / raw:.2f} of raw; guests got "
               f"{share:.0%} of virtual time; {switches} switches in {elapsed:.2f} s)")
+    cost, n = min(switch_cost() for _ in range(2))
+    print(f"one world switch (Python, save to verify):              {cost * 1e6:6.1f} µs  ({n} timed)")
     from vmkit.lessons import smp
     t = time.perf_counter()
     figures = smp.compare_windows(instructions=300_000)

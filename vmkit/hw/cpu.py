@@ -102,8 +102,12 @@ class CPU:
         return self._scratch.value
 
     def __setitem__(self, name, value):
-        if name in TABLES:
-            self.uc.reg_write(REG[name], value)
+        if name in TABLES:                   # (selector, base, limit, flags), as __getitem__ gives
+            mmr = self._mmr
+            mmr.selector, mmr.base, mmr.limit, mmr.flags = value
+            err = _uc.uclib.uc_reg_write(self._uch, REG[name], ctypes.byref(mmr))
+            if err:
+                raise UcError(err)
             return
         self._scratch.value = value & 0xFFFFFFFFFFFFFFFF
         err = _uc.uclib.uc_reg_write(self._uch, REG[name], ctypes.byref(self._scratch))
