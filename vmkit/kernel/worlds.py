@@ -9,7 +9,10 @@ VM installed through a VMM is another. Each world owns a 256-byte block of
 kernel memory (layout.WORLDS): its save area (switch.py: 128 bytes, with its
 switch and tick counters) and, for a VM, its virtual CPU at +0x80.
 
-Scheduling: round-robin, quanta counted in timer ticks (per world if set: shares) (virtual time, since
+Scheduling: each CPU separately (claim 16; a Processor per CPU, smp.py), among
+the worlds placed on it: the COS on CPU 0, each VM where install_vm places it,
+and on another CPU its system world when nothing else can run. Round-robin,
+quanta counted in timer ticks (per world if set: shares) (virtual time, since
 ticks come every N retired instructions). The pick is `Worlds.chooser`
 (`round_robin` below; exercise 05 plugs the learner's in). The switch happens where the
 kernel's timer IRQ enters (Kernel._irq) once the running world's quantum is

@@ -7,6 +7,8 @@ identity-mapped, so a guest address is the physical address it always was:
   the kernel's block          present, supervisor only    (code, GDT, IDT, TSSs,
                               kernel stack, world blocks: claim 21, the kernel
                               mapped into the VMM's address space, out of CPL 3's reach)
+  its CPU's mapping window    present, supervisor only    (kernel/mapcache.py: that CPU's
+                              page table, shared into every address space on the CPU)
   everything else             not present                 (the COS, other VMs, the tables)
 
 The tables live in kernel-controlled memory taken with the VM's memory from
