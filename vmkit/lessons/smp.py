@@ -10,7 +10,6 @@ import struct
 
 from vmkit.hw.board import Board
 from vmkit.hw.x86 import TSS_ESP0
-from vmkit.kernel import smp, switch
 from vmkit.kernel.mapcache import COUNTERS, MappingCache, SLOTS, WINDOW
 from vmkit.lessons import takeover
 from vmkit.lessons.worlds import Turn
@@ -90,9 +89,7 @@ def share_window(kernel):
     p0, p1 = kernel.worlds.cpus
     table = p0.cache.table
     for world in [p1.system] + [w for w in kernel.worlds.all if w.cpu == 1]:
-        cr3 = switch.read_area(kernel.memory, world.area)["cr3"] if world is not p1.current else \
-            kernel.board.cpus[1]["cr3"]
-        kernel.memory.write(cr3 + 4 * (WINDOW >> 22), struct.pack("<I", table | 3), code=False)
+        kernel.memory.write(world.cr3 + 4 * (WINDOW >> 22), struct.pack("<I", table | 3), code=False)
     cpu0, cpu1 = kernel.board.cpus
     slots = 2 * SLOTS
     shared0 = MappingCache(kernel, cpu0, table, p0.cache.counters, shared_by=[cpu1], slots=slots)
