@@ -8,34 +8,15 @@ the COS's own IF, IDTR and GDTR, and the interrupts waiting for it.
 """
 
 from vmkit.hw.x86 import EFLAGS_IF
+from .words import Words
 
 FIELDS = ("vif", "idt_base", "idt_limit", "gdt_base", "gdt_limit", "pending", "traps", "injected",
           "in_service")        # lines injected into the COS and not yet acknowledged (its virtual ISR)
 
 
-_OFFSET = {name: 4 * i for i, name in enumerate(FIELDS)}
-
-
-class CosVcpu:
-    SIZE = 4 * len(FIELDS)
-
-    def __init__(self, memory, address):
-        object.__setattr__(self, "memory", memory)
-        object.__setattr__(self, "address", address)
-
-    def __getattr__(self, name):
-        try:
-            return self.memory.read_u32(self.address + _OFFSET[name])
-        except KeyError:
-            raise AttributeError(name) from None
-
-    def __setattr__(self, name, value):
-        if name not in _OFFSET:
-            raise AttributeError(f"the COS's virtual CPU has no {name!r}")
-        self.memory.write_u32(self.address + _OFFSET[name], int(value), code=False)
-
-    def as_dict(self):
-        return {name: getattr(self, name) for name in FIELDS}
+class CosVcpu(Words):
+    """(A VM's virtual CPU has the same layout: vmm.py.)"""
+    FIELDS = FIELDS
 
 
 def emulate_if(mnemonic, vcpu, frame):

@@ -7,29 +7,14 @@
 Reading and writing it is how the kernel changes what the interrupted code
 sees when the stub's popad/iretd return to it.
 """
+from .words import Words
+
 FIELDS = ("edi", "esi", "ebp", "esp0", "ebx", "edx", "ecx", "eax", "vector", "error",
           "eip", "cs", "eflags", "esp", "ss")
 
 
-OFFSET = {name: 4 * i for i, name in enumerate(FIELDS)}
-
-
-class Frame:
-    def __init__(self, memory, address):
-        object.__setattr__(self, "memory", memory)
-        object.__setattr__(self, "address", address)
-
-    def __getattr__(self, name):
-        try:
-            return self.memory.read_u32(self.address + OFFSET[name])
-        except KeyError:
-            raise AttributeError(name) from None
-
-    def __setattr__(self, name, value):
-        if name in OFFSET:
-            self.memory.write_u32(self.address + OFFSET[name], value, code=False)
-        else:
-            object.__setattr__(self, name, value)
+class Frame(Words):
+    FIELDS = FIELDS
 
     @property
     def from_cos(self):
