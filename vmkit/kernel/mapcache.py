@@ -58,9 +58,9 @@ def choose_slot(slots, last_used, page):
 
 
 class CacheState:
-    """What the cache knows of its slots: the page each maps and when it was last used."""
+    """When each slot was last used (a recency clock: the page-table entries say what they map)."""
     def __init__(self, slots=SLOTS):
-        self.slots, self.last_used, self.clock = [None] * slots, [0] * slots, 0
+        self.last_used, self.clock = [0] * slots, 0
 
 
 class MappingCache:
@@ -87,27 +87,29 @@ class MappingCache:
         """The window address through which physical `address` is reached now."""
         page, s = address & ~0xFFF, self.state
         s.clock += 1
-        slot, hit = self.choose(list(s.slots), list(s.last_used), page)
-        if not isinstance(slot, int) or not 0 <= slot < len(s.slots):
-            raise MappingCacheError(f"the policy chose slot {slot!r}: the window has slots 0..{len(s.slots) - 1}")
+        slots = self.slots
+        slot, hit = self.choose(slots, list(s.last_used), page)
+        if not isinstance(slot, int) or not 0 <= slot < len(slots):
+            raise MappingCacheError(f"the policy chose slot {slot!r}: the window has slots 0..{len(slots) - 1}")
         if hit:
             self._bump("hits")
         else:
             self._bump("misses")
-            if s.slots[slot] is not None:
+            if slots[slot] is not None:
                 self._bump("evictions")
-            self._remap(slot, page)
+            self._remap(slot, slots[slot], page)
         s.last_used[slot] = s.clock
         return WINDOW + slot * layout.PAGE + (address & 0xFFF)
 
     @property
     def slots(self):
-        return self.state.slots
+        """The page each slot maps (None: empty), read from the window's page table."""
+        ptes = struct.unpack_from(f"<{len(self.state.last_used)}I",
+                                  self.memory.read(self.table, 4 * len(self.state.last_used)))
+        return [pte & ~0xFFF if pte & PRESENT else None for pte in ptes]
 
-    def _remap(self, slot, page):
-        old = self.state.slots[slot]
+    def _remap(self, slot, old, page):
         self.memory.write(self.table + 4 * slot, struct.pack("<I", page | PRESENT | WRITABLE), code=False)
-        self.state.slots[slot] = page
         self.cpu.flush_tlb()                       # invlpg: this CPU only
         self._bump("local_flushes")
         self.trace.emit("mapcache.remap", self.cpu.index, slot=slot, page=page,
@@ -120,7 +122,7 @@ class MappingCache:
     def translate(self, virtual):
         """Physical address of a window address, from the page-table entry in memory."""
         slot = (virtual - WINDOW) // layout.PAGE
-        if not 0 <= slot < len(self.state.slots):
+        if not 0 <= slot < len(self.state.last_used):
             raise MappingCacheError(f"{virtual:#x} is outside the mapping window")
         pte = self.memory.read_u32(self.table + 4 * slot)
         if not pte & PRESENT:

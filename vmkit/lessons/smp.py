@@ -94,7 +94,7 @@ def share_window(kernel):
     slots = 2 * SLOTS
     shared0 = MappingCache(kernel, cpu0, table, p0.cache.counters, shared_by=[cpu1], slots=slots)
     shared1 = MappingCache(kernel, cpu1, table, p1.cache.counters, shared_by=[cpu0], slots=slots)
-    shared1.state = shared0.state               # one set of slots, one recency clock
+    shared1.state = shared0.state               # one recency clock (the slots: the one table)
     cpu0.flush_tlb()
     cpu1.flush_tlb()
     p0.cache, p1.cache = shared0, shared1
