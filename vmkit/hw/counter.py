@@ -18,9 +18,16 @@ from unicorn.unicorn_py3 import unicorn as _uc
 SOURCE = pathlib.Path(__file__).with_name("counter.c")
 
 
+MAX_BREAKS = 8                  # as in counter.c
+NO_HIT = 0xFFFFFFFFFFFFFFFF
+
+
 class _State(ctypes.Structure):
+    """struct vmkit_counter in counter.c, field for field."""
     _fields_ = [("count", ctypes.c_uint64), ("budget", ctypes.c_uint64), ("stop", ctypes.c_void_p),
-                ("spent", ctypes.c_uint64)]
+                ("spent", ctypes.c_uint64), ("nbreaks", ctypes.c_uint64), ("hit", ctypes.c_uint64),
+                ("skip", ctypes.c_uint64), ("first", ctypes.c_uint64),
+                ("breaks", ctypes.c_uint64 * MAX_BREAKS)]
 
 
 def _build():
@@ -62,7 +69,7 @@ class Counter:
         lib = _library()
         self.exact = lib is not None
         if self.exact:
-            self.state = _State(0, 0, ctypes.cast(_uc.uclib.uc_emu_stop, ctypes.c_void_p), 0)
+            self.state = _State(0, 0, ctypes.cast(_uc.uclib.uc_emu_stop, ctypes.c_void_p), 0, 0, NO_HIT)
             self._handle = ctypes.c_size_t()
             err = _uc.uclib.uc_hook_add(uc._uch, ctypes.byref(self._handle), ctypes.c_int(UC_HOOK_CODE),
                                         ctypes.cast(lib.vmkit_count, ctypes.c_void_p),
@@ -86,10 +93,29 @@ class Counter:
         if self.exact and self.state.count:
             self.state.count -= 1
 
-    def run(self, begin, budget, until):
-        """Run; returns (instructions executed, the UcError that stopped it or None)."""
+    def set_breaks(self, addresses):
+        """The addresses where a run stops before executing (counter.c): the stubs
+        through which Python privileged software is entered (CPU.on_execute)."""
+        if not self.exact:
+            raise RuntimeError("stub breakpoints need the C counter (no C compiler was found)")
+        if len(addresses) > MAX_BREAKS:
+            raise RuntimeError(f"at most {MAX_BREAKS} stub addresses per CPU, asked for {len(addresses)}")
+        for i, a in enumerate(addresses):
+            self.state.breaks[i] = a
+        self.state.nbreaks = len(addresses)
+
+    @property
+    def hit(self):
+        """The stub address that ended the last run, or None."""
+        return None if not self.exact or self.state.hit == NO_HIT else self.state.hit
+
+    def run(self, begin, budget, until, skip=None):
+        """Run; returns (instructions executed, the UcError that stopped it or None).
+        skip: a stub address the run starts at whose handler already ran."""
         if self.exact:
-            self.state.count, self.state.budget, self.state.spent = 0, budget, 0
+            s = self.state
+            s.count, s.budget, s.spent, s.hit, s.first = 0, budget, 0, NO_HIT, 1
+            s.skip = NO_HIT if skip is None else skip
         try:
             self.uc.emu_start(begin, until, count=0 if self.exact else budget)
             error = None

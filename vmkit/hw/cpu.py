@@ -76,6 +76,8 @@ class CPU:
         self._io_fault = None
         self._stop_requested = False
         self._hook_stopped_at = self._hook_ran_at = None   # see on_execute
+        self._stubs, self._stub_hooks = {}, {}   # address -> handler (on_execute)
+        self._resume_at = None                    # a stub whose handler ran; resume past the check
         self.done = 0
         uc = self.uc
         self.counter = Counter(uc)
@@ -177,13 +179,22 @@ class CPU:
         self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
 
     def on_execute(self, address, handler):
-        """Call handler(cpu) when EIP reaches `address`: how a stub hands over to Python.
+        """Call handler(cpu) when EIP reaches `address`, before that instruction
+        runs: how a stub hands over to Python. Returns a handle for `remove`.
 
-        If the handler ends the slice (a port write that makes an interrupt
-        deliverable, a device event scheduled), Unicorn stops *before* the
-        instruction at `address`, and the next slice starts there: the hook
-        would fire again for the one execution. So the handler runs once;
-        the next slice skips it, and the instruction is counted once."""
+        The address is one of the C counter's breakpoints (counter.c): the run
+        stops there, uncounted, the handler runs between runs (so the registers
+        it writes take effect at once), and the run resumes at EIP, past the
+        check if EIP is still `address`. No extra Unicorn code hook, which would
+        slow every instruction. Without the C counter (no compiler), a Python
+        code hook does the same from inside the run."""
+        if address in self._stubs:
+            raise ValueError(f"CPU {self.index} already enters a handler at {address:#x}")
+        self._stubs[address] = handler
+        if self.counter.exact:
+            self.counter.set_breaks(list(self._stubs))
+            return address
+
         def fire(uc, at, size, _):
             if self._hook_ran_at == at:
                 self._hook_ran_at = None
@@ -194,7 +205,17 @@ class CPU:
             if self._stop_requested and not stopping:
                 self._hook_stopped_at = at
                 self.counter.uncount()
-        return self.uc.hook_add(UC_HOOK_CODE, fire, None, address, address)
+        self._stub_hooks[address] = self.uc.hook_add(UC_HOOK_CODE, fire, None, address, address)
+        return address
+
+    def remove(self, handle):
+        """Stop entering the handler `on_execute` gave this handle for."""
+        self._stubs.pop(handle)
+        if self.counter.exact:
+            self.counter.set_breaks(list(self._stubs))
+        else:
+            self.uc.hook_del(self._stub_hooks.pop(handle))
+            unicorn_quirks.clear_exception_record(self.uc)   # hook_del under paging once left a #DF
 
     # ---- running ---------------------------------------------------------
     def run(self, budget):
@@ -209,14 +230,30 @@ class CPU:
             if self.shutdown or self.halted:
                 return budget
             self._io_fault = None
+            eip = self["eip"]
             stopped_at, self._hook_stopped_at = self._hook_stopped_at, None
-            self._hook_ran_at = stopped_at if stopped_at is not None and stopped_at == self["eip"] else None
-            executed, error = self.counter.run(self["eip"], budget - self.done, NO_ADDRESS)
+            self._hook_ran_at = stopped_at if stopped_at is not None and stopped_at == eip else None
+            skip, self._resume_at = self._resume_at, None
+            executed, error = self.counter.run(eip, budget - self.done, NO_ADDRESS,
+                                               skip if skip == eip else None)
+            if self._io_fault and self.counter.exact:
+                # the denied in/out counts; what the counter saw after its emu_stop does not
+                # (whether it sees the next instruction depends on where a translation block ends)
+                executed = self._io_fault[3]
             self.done += executed
+            hit = self.counter.hit if error is None else None
+            if hit is not None:
+                self._resume_at = hit
+                self._stubs[hit](self)
+                if self._stop_requested or self["eip"] == hit:
+                    self.done -= 1             # counted at the hit; it runs (and counts) on resume
+                if self.shutdown or self._stop_requested:
+                    return self.done if self._stop_requested else budget
+                continue
             if error is not None:
                 self._on_stop_error(error)
             elif self._io_fault:
-                vector, code, eip = self._io_fault
+                vector, code, eip, _ = self._io_fault
                 self.raise_fault(vector, code, eip, "I/O port access above IOPL")
             elif self._stop_requested:
                 return self.done
@@ -297,14 +334,14 @@ class CPU:
 
     def _on_in(self, uc, port, size, _):
         if self._io_denied(port, size):
-            self._io_fault = (GP, 0, self["eip"])
+            self._io_fault = (GP, 0, self["eip"], self.counter.count)
             uc.emu_stop()
             return self["eax"] & ((1 << (8 * size)) - 1)   # the register keeps its value
         return self.board.ports.read(port, size)
 
     def _on_out(self, uc, port, size, value, _):
         if self._io_denied(port, size):
-            self._io_fault = (GP, 0, self["eip"])
+            self._io_fault = (GP, 0, self["eip"], self.counter.count)
             uc.emu_stop()
             return
         self.board.ports.write(port, size, value)
