@@ -168,6 +168,9 @@ def main_vms():
 
 
 if __name__ == "__main__":
+    import sys
+    from vmkit import bench_entry
     main()
     main_cos()
     main_vms()
+    bench_entry.main(notebooks="--no-notebooks" not in sys.argv)
