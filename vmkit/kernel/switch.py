@@ -15,12 +15,13 @@ switches goes through these steps, one trace event each:
   3. switch.cli    x86 `cli`: exceptions disabled (the event reads IF back);
   4. switch.check  Python checks the next world's save area (CRC-32): one
                    changed since it was stored is refused, nothing loaded;
-  5. switch.load   x86 loads the next world: lgdt, lldt, ltr (on the TSS
-                   descriptor the CPU itself reads from the GDT, which must be
-                   *available*: the descriptor of the TSS being left is made
-                   available first, as kernels do when they reload TR), the
-                   data segments, lidt, CR3 and CR0.PG (paging off before CR3 0,
-                   CR3 before paging on), then the frame the stub's popad and
+  5. switch.load   x86 loads the next world, with paging off (the kernel is
+                   identity-mapped): lgdt, lldt, ltr (on the TSS descriptor the
+                   CPU itself reads from the GDT, which must be *available*: the
+                   descriptor of the TSS being left is made available first, as
+                   kernels do when they reload TR), the data segments, lidt,
+                   CR3; then paging on if CR3 names a page directory (0: the
+                   COS's, paging stays off); then the frame the stub's popad and
                    iretd will load; back in the dispatcher, Python reads every
                    register and the frame back and compares (`verify`);
   6. switch.start  the stub's iretd starts it at the loaded CS:EIP;
@@ -88,6 +89,7 @@ for _name in ITEMS:
     SYMBOLS.setdefault("AREA_" + _name.split(".")[0].upper(), OFFSET[_name])
 # where the switch's x86 hands back to the dispatcher (the frame's vector slot)
 SAVED, LOADED = 0x101, 0x102
+RELOAD = 1                                      # ESI: load with the kernel's own LOAD (no save)
 # the frame, as the x86 reaches it from ESP (frame.py)
 _F = {name: 4 * i for i, name in enumerate(Frame.FIELDS)}
 _CPL0_FRAME = _F["esp"]                         # a CPL 0 frame ends here: ESP before the trap
@@ -140,7 +142,7 @@ def bump(memory, address, amount):
 
 
 # ---- the x86 ------------------------------------------------------------------
-LOAD = f"""
+LOAD = """
         lgdt [edi + AREA_GDTR]          ; the descriptor tables: GDTR first, the selectors below
         lldt word ptr [edi + AREA_LDTR] ;   are looked up in it (the CPU checks each descriptor)
         ltr word ptr [edi + AREA_TR]    ; TR's base and limit from its TSS descriptor, marked busy
@@ -153,28 +155,35 @@ LOAD = f"""
         mov eax, [edi + AREA_GS]
         mov gs, eax
         lidt [edi + AREA_IDTR]
-        mov eax, [edi + AREA_CR3]       ; the address space: CR3 0 is the COS's (paging off)
-        mov ecx, cr0
-        test eax, eax
-        jnz load_paging_on
-        and ecx, {~CR0_PG & 0xFFFFFFFF:#x}             ; paging off before CR3 0, which is no page directory
-        mov cr0, ecx
+        mov eax, [edi + AREA_CR3]       ; the address space (0: the COS's, no page directory)
         mov cr3, eax
-        jmp load_space_done
-load_paging_on:
-        mov cr3, eax                    ; the world's page directory (flushes this CPU's TLB)
-        or ecx, {CR0_PG:#x}                ; then paging on
-        mov cr0, ecx
-load_space_done:
 """
+
+
+def _prologue(name):
+    f = _F
+    return f"""        ; -- the TSS being left becomes available: ltr refuses a busy one (the CPU
+        ;    sets the busy bit, software clears it)
+        sgdt [esp + {f['vector']}]      ; (the frame's vector and error slots: scratch)
+        str eax
+        and eax, 0xFFF8
+        jz {name}_tr_free
+        mov ecx, [esp + {f['vector'] + 2}]
+        and byte ptr [ecx + eax + 5], 0xFD
+{name}_tr_free:
+        mov eax, cr0                    ; paging off while loading: the kernel is identity-mapped,
+        and eax, {~CR0_PG & 0xFFFFFFFF:#x}             ; and CR3 may become 0 (the COS's: no page directory)
+        mov cr0, eax"""
 
 
 def x86_source(load=LOAD):
     """`world_switch`, reached from the stub's `dispatch` with GO_SWITCH in
     the frame's vector slot and IF clear. ESI = the running world's save area
-    (0: nothing to save, load only), EDI = the one to load. `load` is the part
-    that loads the CPU (exercise 06 writes its own); what comes before and
-    after it is the kernel's."""
+    (0: nothing to save, load only; RELOAD: load only, with the kernel's own
+    LOAD), EDI = the one to load. `load` is the part that loads the CPU
+    (exercise 06 writes its own); what comes before and after it is the
+    kernel's, and so is the load that puts back a world after a refused one,
+    or starts a CPU: a wrong `load` cannot stop the kernel going back."""
     f = _F
     symbols = "\n".join(f".set {n}, {v:#x}" for n, v in SYMBOLS.items())
     return f"""
@@ -182,6 +191,8 @@ def x86_source(load=LOAD):
 world_switch:
         test esi, esi
         jz world_load
+        cmp esi, {RELOAD}
+        je world_reload
         ; -- save: the running world's registers, from the frame the stub built ...
         mov ecx, 8
 save_general:
@@ -224,17 +235,21 @@ save_stack:
         mov dword ptr [esp + {f['vector']}], {SAVED:#x}    ; the dispatcher seals it, checks the next
         jmp dispatch
 world_load:
-        ; -- the TSS being left becomes available: ltr refuses a busy one (the CPU
-        ;    sets the busy bit, software clears it)
-        sgdt [esp + {f['vector']}]      ; (the frame's vector and error slots: scratch)
-        str eax
-        and eax, 0xFFF8
-        jz load_tr_free
-        mov ecx, [esp + {f['vector'] + 2}]
-        and byte ptr [ecx + eax + 5], 0xFD
-load_tr_free:
+{_prologue("world_load")}
         ; -- load
 {load}
+        jmp load_paging
+world_reload:                           ; the kernel's own load, whatever `load` is
+{_prologue("world_reload")}
+{LOAD}
+load_paging:                            ; -- paging on if the loaded CR3 names a page directory
+        mov eax, cr3
+        test eax, eax
+        jz load_frame_next
+        mov eax, cr0
+        or eax, {CR0_PG:#x}
+        mov cr0, eax
+load_frame_next:
         ; -- the frame the stub's popad and iretd load (after every check: a fault
         ;    above leaves the frame as it was)
         test byte ptr [edi + AREA_CS], 3
@@ -275,7 +290,8 @@ def begin(kernel, frame, cpu, current, nxt):
 
 
 def enter(frame, cpu, save, load):
-    """The stub goes to `world_switch` next: save into `save` (0: none), load `load`."""
+    """The stub goes to `world_switch` next: save into `save` (0: none;
+    RELOAD: none, and load with the kernel's own LOAD), load `load`."""
     frame.vector = layout.GO_SWITCH
     cpu.write(esi=save, edi=load)
 
@@ -329,12 +345,15 @@ def descriptor(memory, gdt_base, gdt_limit, sel):
     return decode_segment(memory.read(gdt_base + index, 8))
 
 
-def verify(memory, frame, cpu, state):
-    """Every claim-15 item, read back from the frame and the CPU: the names that
-    differ. The tables' hidden parts are checked against the descriptors the
-    selectors name (TR's base must be its TSS descriptor's, and that
-    descriptor busy), IF must be clear (the load ran with exceptions
-    disabled), and CR0.PG must follow CR3."""
+def tss_base(memory, state):
+    """The base of the TSS a save area's TR selector names in its GDT: what ltr loads."""
+    d = descriptor(memory, state["gdtr.base"], state["gdtr.limit"], state["tr.sel"])
+    return None if d is None else d.base
+
+
+def observe(memory, frame, cpu):
+    """The claim-15 state the world on `frame` resumes with, as the frame and
+    the CPU hold it now, in save-area items."""
     words = dict(zip(Frame.FIELDS, _FRAME.unpack(memory.read(frame.address, _FRAME.size))))
     now = {n: words[n] for n in GENERAL if n != "esp"}
     now.update(eip=words["eip"], cs=words["cs"], eflags=words["eflags"])
@@ -345,8 +364,18 @@ def verify(memory, frame, cpu, state):
     now.update(zip(SEGMENTS, cpu.read(*SEGMENTS)))
     _, now["gdtr.base"], now["gdtr.limit"], _ = cpu["gdtr"]
     _, now["idtr.base"], now["idtr.limit"], _ = cpu["idtr"]
+    now["ldtr.sel"], now["tr.sel"], now["cr3"] = cpu["ldtr"][0], cpu["tr"][0], cpu["cr3"]
+    return now
+
+
+def verify(memory, frame, cpu, state):
+    """Every claim-15 item, read back from the frame and the CPU: the names that
+    differ. The tables' hidden parts are checked against the descriptors the
+    selectors name (TR's base must be its TSS descriptor's, and that
+    descriptor busy), IF must be clear (the load ran with exceptions
+    disabled), and CR0.PG must follow CR3."""
+    now = observe(memory, frame, cpu)
     ldtr, tr = cpu["ldtr"], cpu["tr"]
-    now["ldtr.sel"], now["tr.sel"], now["cr3"] = ldtr[0], tr[0], cpu["cr3"]
     wrong = [n for n in ITEMS if now[n] != state[n]]
     gdt = (memory, now["gdtr.base"], now["gdtr.limit"])
     tss = descriptor(*gdt, tr[0])

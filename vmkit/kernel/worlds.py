@@ -255,7 +255,7 @@ class Worlds:
         s, k = p.switching, self.kernel
         target = s.frm if s.mode == "restore" else s.to
         if vector == layout.GO_SWITCH:                 # a CPU's start: its first frame (smp.py)
-            switch.enter(frame, cpu, 0, target.area)
+            switch.enter(frame, cpu, switch.RELOAD, target.area)
             return
         if vector == switch.SAVED:
             try:
@@ -276,7 +276,7 @@ class Worlds:
                 return
             self.crash(s.to, f"world switch refused: {e}")
             p.switching = switch.Switch(s.frm, s.frm, "restore", s.away)     # load the world it left again
-            switch.enter(frame, cpu, 0, s.frm.area)
+            switch.enter(frame, cpu, switch.RELOAD, s.frm.area)
             return
         p.switching = None
         if s.mode == "restore":
@@ -296,11 +296,10 @@ class Worlds:
                 nxt.state = "ready"
             self.guard(frame, lambda: nxt.vmm.deliver_pending(frame), p)
         elif nxt.kind == "cos" and k.away is None:
-            if k.work_due:                         # the kernel's work came due meanwhile: first
+            k.deliver_pending(frame)
+            if k.work_due:                         # the kernel's work came due meanwhile
                 k.work_due = False
                 k.go_away(frame, "work")
-            else:
-                k.deliver_pending(frame)
 
     def _after_refusal(self, frame, p, s):
         """The world CPU `p` left runs again (its frame may have moved): go on
