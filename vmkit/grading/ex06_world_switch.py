@@ -10,7 +10,7 @@ machine did is turned into a hint: the registers the kernel read back after
 the learner's code (switch.verify), or the fault the CPU took inside it."""
 import re
 
-from vmkit.hw.asm import AsmError
+from vmkit.hw.asm import AsmError, assemble
 from vmkit.hw.x86 import DATA_RW, LDT, TSS_AVAILABLE, TSS_BUSY, decode_segment, encode_segment
 from vmkit.kernel import image, layout, smp, switch
 from vmkit.lessons import worlds as lesson
@@ -19,17 +19,17 @@ from vmkit.vmm import guests
 GDT_COPY, LDT_AT, IDT_COPY = layout.GDT + 0x800, layout.GDT + 0xF00, layout.IDT + 0x800   # free kernel memory
 LDT_SEL = smp.GDT_LIMIT + 1             # the copy's one extra descriptor
 HINTS = {
-    "gdtr": "GDTR was not loaded (lgdt [edi + AREA_GDTR]): the CPU kept the previous world's GDT",
-    "idtr": "IDTR was not loaded (lidt [edi + AREA_IDTR]): interrupts would go through the previous world's IDT",
+    "gdtr": "GDTR is not the save area's (lgdt [edi + AREA_GDTR]): the CPU kept another GDT",
+    "idtr": "IDTR is not the save area's (lidt [edi + AREA_IDTR]): interrupts would go through another IDT",
     "ldtr": "LDTR is not the save area's (lldt word ptr [edi + AREA_LDTR]; after lgdt: the CPU finds the "
             "LDT descriptor in the GDT loaded then)",
     "tr": "TR is not the save area's (ltr word ptr [edi + AREA_TR]; after lgdt: the CPU takes TR's base "
           "from the TSS descriptor in the GDT loaded then, and marks that descriptor busy)",
-    "cr3": "CR3 was not loaded (mov eax, [edi + AREA_CR3]; mov cr3, eax): the world would have run in "
-           "the previous world's address space",
+    "cr3": "CR3 is not the save area's (mov eax, [edi + AREA_CR3]; mov cr3, eax): the world would have "
+           "run in another world's address space",
     "IF": "IF was set during the load: the stub's iretd enables exceptions, your code must not (no sti)",
 }
-SEGMENT_HINT = "{0} was not loaded (mov eax, [edi + AREA_{1}]; mov {0}, eax): it kept the previous world's selector"
+SEGMENT_HINT = "{0} is not the save area's (mov eax, [edi + AREA_{1}]; mov {0}, eax): it kept another world's selector"
 
 
 def _expected(name, n):
@@ -52,6 +52,8 @@ def _hint(why):
             if hint not in hints:
                 hints.append(hint)
         return "; ".join(hints)
+    if "IF was set" in why:
+        return HINTS["IF"]
     m = re.search(r"the CPU refused it: (.*) at `(.*)`", why)
     if m:
         return (f"the CPU faulted ({m.group(1)}) at `{m.group(2)}` in your load: that selector names no "
@@ -91,10 +93,14 @@ def _machine(load_sequence, **options):
     source = load_sequence()
     if not isinstance(source, str):
         return f"load_sequence() returned {type(source).__name__}, expected x86 source text"
+    prefix = switch.symbols_source() + "\n"
     try:
+        assemble(prefix + source)               # alone first: errors name the learner's own lines
         kernel_image = image.build(source)
     except AsmError as e:
-        return f"your load sequence does not assemble: {e}"
+        shift = prefix.count("\n")
+        return "your load sequence does not assemble: " + re.sub(
+            r"^line (\d+)", lambda m: f"line {int(m.group(1)) - shift}", str(e))
     machine = lesson.two_vms(image=kernel_image, **options)
     _distinct_tables(machine[2], machine[3][1])
     return machine
@@ -102,9 +108,14 @@ def _machine(load_sequence, **options):
 
 def _run(board, kernel, n):
     board.run(n)
-    if board.cpu.shutdown:
-        return (f"the CPU stopped: {board.cpu.shutdown} — a fault inside the load could not even be "
-                f"delivered: GDTR or IDTR loaded from the wrong place (is every operand [edi + AREA_...]?)")
+    why = board.cpu.shutdown
+    if why and "vmkernel panic" in why:
+        return (f"the CPU stopped: {why} — after refusing a world your load left the CPU so that the "
+                f"kernel could not put back the world it left (a TSS marked busy in another GDT: ltr "
+                f"before lgdt?)")
+    if why:
+        return (f"the CPU stopped: {why} — a fault inside the load could not even be delivered: GDTR "
+                f"or IDTR loaded from the wrong place (is every operand [edi + AREA_...]?)")
     return None
 
 

@@ -160,9 +160,15 @@ LOAD = """
 """
 
 
+def symbols_source():
+    """The AREA_* offsets as assembler symbols (.set lines)."""
+    return "\n".join(f".set {n}, {v:#x}" for n, v in SYMBOLS.items())
+
+
 def _prologue(name):
     f = _F
-    return f"""        ; -- the TSS being left becomes available: ltr refuses a busy one (the CPU
+    return f"""        cli                             ; (the kernel's load runs with exceptions disabled, always)
+        ; -- the TSS being left becomes available: ltr refuses a busy one (the CPU
         ;    sets the busy bit, software clears it)
         sgdt [esp + {f['vector']}]      ; (the frame's vector and error slots: scratch)
         str eax
@@ -185,9 +191,8 @@ def x86_source(load=LOAD):
     kernel's, and so is the load that puts back a world after a refused one,
     or starts a CPU: a wrong `load` cannot stop the kernel going back."""
     f = _F
-    symbols = "\n".join(f".set {n}, {v:#x}" for n, v in SYMBOLS.items())
     return f"""
-{symbols}
+{symbols_source()}
 world_switch:
         test esi, esi
         jz world_load
@@ -241,6 +246,14 @@ world_load:
         jmp load_paging
 world_reload:                           ; the kernel's own load, whatever `load` is
 {_prologue("world_reload")}
+        movzx eax, word ptr [edi + AREA_TR]     ; a world this CPU ran: its TSS is this CPU's,
+        and eax, 0xFFF8                 ; so its descriptor may be made available (a refused
+        jz reload_tr_free               ; load may have left it busy in another GDT)
+        cmp ax, word ptr [edi + AREA_GDTR]
+        ja reload_tr_free
+        mov ecx, [edi + AREA_GDTR + 2]
+        and byte ptr [ecx + eax + 5], 0xFD
+reload_tr_free:
 {LOAD}
 load_paging:                            ; -- paging on if the loaded CR3 names a page directory
         mov eax, cr3
@@ -333,8 +346,9 @@ def started(kernel, frame, cpu, nxt):
 def refused_by_cpu(kernel, frame, vector):
     """A fault taken inside the load: what the CPU refused, in words."""
     insn = disassemble_one(kernel.memory.read(frame.eip, 16), frame.eip)
-    return (f"the CPU refused it: {EXCEPTION_NAMES.get(vector, f'vector {vector:#x}')}"
-            f"({frame.error:#x}) at `{insn}`")
+    if vector not in EXCEPTION_NAMES:
+        return f"an interrupt (vector {vector:#x}) arrived inside the load, before `{insn}`: IF was set"
+    return f"the CPU refused it: {EXCEPTION_NAMES[vector]}({frame.error:#x}) at `{insn}`"
 
 
 def descriptor(memory, gdt_base, gdt_limit, sel):
@@ -380,12 +394,12 @@ def verify(memory, frame, cpu, state):
     gdt = (memory, now["gdtr.base"], now["gdtr.limit"])
     tss = descriptor(*gdt, tr[0])
     if tss is None or (tss.base, tss.limit) != tr[1:3] or tss.type != TSS_BUSY or tss.s:
-        wrong.append("tr (hidden base/limit, busy)")
+        wrong.append("tr.descriptor")
     ldt = descriptor(*gdt, ldtr[0])
     if ldtr[0] & ~3 and (ldt is None or (ldt.base, ldt.limit) != ldtr[1:3]):
-        wrong.append("ldtr (hidden base/limit)")
+        wrong.append("ldtr.descriptor")
     if bool(cpu["cr0"] & CR0_PG) != bool(state["cr3"]):
         wrong.append("cr0.pg")
     if cpu["eflags"] & EFLAGS_IF:
-        wrong.append("IF (set during the load)")
+        wrong.append("IF")
     return wrong
