@@ -95,6 +95,11 @@ _F = {name: 4 * i for i, name in enumerate(Frame.FIELDS)}
 _CPL0_FRAME = _F["esp"]                         # a CPL 0 frame ends here: ESP before the trap
 
 
+# every field of the 128-byte area by offset, for a labelled dump (the padding has none)
+FIELDS = {**{OFFSET[n]: n for n in ITEMS}, CRC: "crc", CRC + 4: "(free)", SWITCHES: "switches",
+          TICKS: "ticks"}
+
+
 class SwitchError(RuntimeError):
     """The switch refused to load a world: its save area is corrupt, the CPU
     refused what it holds, or it did not load exactly."""

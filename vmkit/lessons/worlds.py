@@ -164,3 +164,31 @@ def switch_listing(kernel):
         if text == back and sum(t == back for _, t in listing) == 2:
             return listing
     raise RuntimeError("the world switch does not come back to the dispatcher")
+
+
+# the instructions of the listing that do a claimed step, and what they do
+LISTING_MARKS = {
+    "sgdt": "store GDTR (limit, then base)", "sidt": "store IDTR", "sldt": "store LDTR's selector",
+    "str": "store TR's selector", "mov eax, cr3": "read CR3", "cli": "claim 14: disable exceptions",
+    "lgdt": "claim 15: load GDTR", "lldt": "claim 15: load LDTR (the CPU checks the descriptor)",
+    "ltr": "claim 15: load TR from the GDT's TSS descriptor (must be available; marked busy)",
+    "lidt": "claim 15: load IDTR", "mov ds": "claim 15: memory segments", "mov cr3": "the address space",
+    "mov dword ptr [esp + 0x20], 0x101": "back to the dispatcher: seal, check",
+    "mov dword ptr [esp + 0x20], 0x102": "back to the dispatcher: verify; then popad, iretd",
+}
+
+
+def wrong_selector(item="tr.sel", value=layout.USER_DATA_SEL, run=300_000):
+    """Two VMs; once vm2 has been switched out, its save area gets a selector the
+    CPU will refuse, stored with a good CRC so that only the CPU can object; run.
+    (board, kernel, vm2, the CPU's faults taken in the kernel's x86)."""
+    board, cos, kernel, vms = two_vms()
+    board.run(200_000)
+    victim = vms[1] if kernel.worlds.current is not vms[1] else vms[0]
+    state = switch.read_area(kernel.memory, victim.area)
+    state[item] = value
+    switch.write_area(kernel.memory, victim.area, state)
+    mark = board.trace.mark()
+    board.run(run)
+    faults = [e for e in board.trace.since(mark, "cpu.fault") if kernel.contains(e["eip"])]
+    return board, kernel, victim, faults
