@@ -2,7 +2,7 @@
 import pytest
 
 from vmkit.cos import layout as cos_layout
-from vmkit.hw.x86 import EFLAGS_IF, TSS_AVAILABLE, TSS_BUSY, decode_segment
+from vmkit.hw.x86 import EFLAGS_IF, TSS_AVAILABLE, TSS_BUSY, decode_segment, encode_segment
 from vmkit.kernel import image, layout, smp, switch
 from vmkit.lessons import worlds as worlds_lesson
 from vmkit.kernel.worlds import VMError
@@ -119,6 +119,22 @@ def test_tr_comes_from_the_gdt_and_only_loaded_tsss_are_busy(cpus):
             d = decode_segment(board.memory.read(kernel.base + layout.GDT + sel, 8))
             assert (base, limit) == (d.base, d.limit)
     assert seen >= {layout.KERNEL_TSS_SEL, layout.VM_TSS_SEL}
+
+
+def test_tr_follows_the_gdt_descriptor_not_the_save_area():
+    board, cos, kernel = displaced()
+    vm = console_vm(kernel, "vm1")
+    board.run(100_000)
+    copy = kernel.base + layout.VM_TSS + 0x80           # the VM TSS, moved: same ESP0, new place
+    board.memory.write(copy, board.memory.read(kernel.base + layout.VM_TSS, 104), code=False)
+    at = kernel.base + layout.GDT + layout.VM_TSS_SEL
+    d = decode_segment(board.memory.read(at, 8))
+    board.memory.write(at, encode_segment(copy, d.limit, d.type, d.dpl, s=0, db=0, g=0), code=False)
+    seen = []
+    board.cpu.on_execute(vm.region[0] + 0x86, lambda cpu: seen.append(cpu["tr"]))   # after its hlt
+    board.run(200_000)
+    assert seen and {t[1] for t in seen} == {copy}       # the save area holds only the selector
+    assert switch.read_area(board.memory, vm.area)["tr.sel"] == layout.VM_TSS_SEL and len(lines(vm)) > 3
 
 
 def test_the_switch_is_x86_in_the_kernel():
