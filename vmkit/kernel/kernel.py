@@ -74,9 +74,9 @@ class Kernel:
         frame = Frame(self.memory, esp)
         vector = frame.vector
         frame.vector = layout.GO_BACK                # the stub's iretd, unless go_away says otherwise
-        if self.worlds.cpus[cpu.index].switching and (vector in (layout.GO_SWITCH, switch.SAVED, switch.LOADED)
-                                                      or not frame.cs & 3):
-            if IRQ_BASE <= vector < IRQ_BASE + 16:     # IF was set inside the load: the device is still served
+        switching = self.worlds.cpus[cpu.index].switching
+        if switching and (vector in (layout.GO_SWITCH, switch.SAVED, switch.LOADED) or not frame.cs & 3):
+            if IRQ_BASE <= vector < IRQ_BASE + 16:     # IF set inside the load: still serve the device
                 self.irqs.irq(vector - IRQ_BASE)
             self.worlds.switch_step(frame, cpu, vector)   # the switch's x86 is back, or faulted
             return

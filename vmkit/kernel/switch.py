@@ -74,7 +74,8 @@ LAYOUT = (("edi", "I"), ("esi", "I"), ("ebp", "I"), ("esp", "I"),
 _AREA = struct.Struct("<" + "".join(f for _, f in LAYOUT))
 ITEMS = tuple(n for n, _ in LAYOUT if n)
 _FRAME = struct.Struct(f"<{len(Frame.FIELDS)}I")
-OFFSET = {n: struct.calcsize("<" + "".join(f for _, f in LAYOUT[:i])) for i, (n, _) in enumerate(LAYOUT) if n}
+OFFSET = {n: struct.calcsize("<" + "".join(f for _, f in LAYOUT[:i]))
+          for i, (n, _) in enumerate(LAYOUT) if n}
 WIDTH = {n: struct.calcsize("<" + f) for n, f in LAYOUT if n}
 STATE_SIZE = _AREA.size                          # 0x5C
 CRC, SWITCHES, TICKS = STATE_SIZE, 0x78, 0x7C
@@ -109,7 +110,8 @@ class Switch(NamedTuple):
     """A switch in flight on one CPU, between the dispatcher's entries (worlds.py)."""
     frm: object         # the world being left
     to: object          # the world being loaded
-    mode: str           # "switch"; "restore": `frm` again, `to` was refused; "start": a CPU's first world
+    mode: str           # "switch"; "restore": `frm` again, `to` was refused;
+                        # "start": a CPU's first world
     away: str = None    # the COS's away state (CPU 0) when it was left
 
 
@@ -172,7 +174,7 @@ def symbols_source():
 
 def _prologue(name):
     f = _F
-    return f"""        cli                             ; (the kernel's load runs with exceptions disabled, always)
+    return f"""        cli                             ; (the kernel's load: exceptions disabled, always)
         ; -- the TSS being left becomes available: ltr refuses a busy one (the CPU
         ;    sets the busy bit, software clears it)
         sgdt [esp + {f['vector']}]      ; (the frame's vector and error slots: scratch)
@@ -183,7 +185,7 @@ def _prologue(name):
         and byte ptr [ecx + eax + 5], 0xFD
 {name}_tr_free:
         mov eax, cr0                    ; paging off while loading: the kernel is identity-mapped,
-        and eax, {~CR0_PG & 0xFFFFFFFF:#x}             ; and CR3 may become 0 (the COS's: no page directory)
+        and eax, {~CR0_PG & 0xFFFFFFFF:#x}             ; and CR3 may become 0 (the COS's)
         mov cr0, eax"""
 
 
