@@ -1,37 +1,41 @@
-"""Exercise 06 — the world switch's loading step (claims 14-15, 35-36, 45).
+"""Exercise 06 — the world switch's load, in x86 (claims 14-15, 35-36, 45).
 
-The kernel switches worlds in its dispatcher (vmkit/kernel/switch.py): it
-saves the current world's state into that world's save area in kernel
-memory, disables exceptions, checks the next world's save area, and then
-calls this function to LOAD the next world's state. Then the stub's
-popad/iretd start the world and enable exceptions again.
+The kernel switches worlds with x86 in its image (vmkit/kernel/switch.py):
+it stores the running world's state in its save area (sgdt, sidt, sldt,
+str, mov from CR3 and the segment registers), disables exceptions (cli),
+checks the next world's save area (CRC-32), and then runs YOUR code to
+LOAD the next world into the CPU. The kernel's Python then reads every
+register back, and the stub's popad/iretd start the world with its EFLAGS
+(IF set again).
 
-`state` is the next world's save area as a dict {item: value} (switch.ITEMS):
+Write `load_sequence()`: it returns x86 source (Intel syntax, `;` comments),
+which is assembled into the kernel image at the switch. When it runs:
 
-    eax ecx edx ebx esp ebp esi edi  eip eflags cs ss     -> the trap FRAME
-    ds es fs gs                                           -> the CPU directly
-    gdtr.base gdtr.limit  idtr.base idtr.limit            -> the CPU directly
-    ldtr.sel ldtr.base ldtr.limit ldtr.flags              -> the CPU directly
-    tr.sel tr.base tr.limit tr.flags  cr3                 -> the CPU directly
+- EDI = the next world's save area (do not change EDI or ESP); EAX, EBX,
+  ECX, EDX, ESI are yours; IF is clear and must stay clear;
+- paging is off (the kernel is identity-mapped; it turns paging on after
+  your code if the CR3 you loaded names a page directory);
+- the save area's operands are named (offsets from EDI), laid out the way the
+  instructions take them:
+      AREA_GDTR   6 bytes: u16 limit, u32 base    -> lgdt [edi + AREA_GDTR]
+      AREA_IDTR   6 bytes: u16 limit, u32 base    -> lidt
+      AREA_LDTR   u16 selector                    -> lldt word ptr [...]
+      AREA_TR     u16 selector                    -> ltr word ptr [...]
+      AREA_DS AREA_ES AREA_FS AREA_GS   u32 selectors -> via a register: mov ds, eax
+      AREA_CR3    u32                             -> via a register: mov cr3, eax
+  (the general registers, EIP, CS, EFLAGS, ESP and SS go into the trap frame:
+  the kernel does that after your code).
 
-- The frame items go into the trap frame on the kernel stack: `frame.eax = v`,
-  ..., `frame.eip = v`, `frame.esp = v` (the world's stack pointer), and so on
-  for every name in `FRAME_ITEMS`; the stub's popad and iretd put them in
-  the registers.
-- The segment registers: `cpu.write(ds=..., es=..., fs=..., gs=...)`.
-- The descriptor tables are tuples (selector, base, limit, flags):
-  `cpu["gdtr"] = (0, base, limit, 0)`, the same for "idtr";
-  `cpu["ldtr"]` and `cpu["tr"]` take all four items from `state`.
-- CR3: `cpu["cr3"] = state["cr3"]` (only when it differs: writing CR3
-  flushes the CPU's translations).
-
-The kernel reads every item back after your function returns; a world that
-does not get exactly its save area is refused and stopped, with the names
-of the items that differ.
+Order matters where the CPU looks something up: lldt, ltr and the segment
+loads find their descriptors in the GDT that GDTR names *then*. The CPU
+checks each one (a selector that names no LDT, no available TSS, no data
+segment is a fault); a world whose load faults, or whose registers do not
+read back as its save area, is refused and stopped. The grader gives one VM
+its own GDT (with an LDT in it) and its own IDT, so every item differs
+between the worlds.
 """
-from vmkit.kernel.switch import FRAME_ITEMS, SEGMENTS
 
 
-def load_state(frame, cpu, state):
-    """Load the next world's `state` into the trap frame and the CPU."""
+def load_sequence():
+    """x86 that loads the next world's claim-15 state from the save area at EDI."""
     raise NotImplementedError("not attempted: write this (see the docstring)")

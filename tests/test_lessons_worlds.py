@@ -55,7 +55,7 @@ def test_one_switch_is_recorded_step_by_step():
     assert steps[0].event["frm"] == "cos" and steps[0].event["to"] == "vm1"
     cos_area = kernel.worlds.all[0].area
     # the save step changed the COS's save area to what the COS resumes with
-    assert switch.read_area(lesson._Bytes(steps[1].areas["cos"]), 0)["eip"] == steps[0].world_state["eip"]
+    assert switch.decode_area(steps[1].areas["cos"])["eip"] == steps[0].world_state["eip"]
     assert steps[0].areas["cos"] != steps[1].areas["cos"] and cos_area
     # the load step put vm1's state in: CPL 3 from then on
     assert steps[3].world_state["cs"] & 3 == 1 and steps[4].world_state["cs"] & 3 == 3

@@ -106,7 +106,7 @@ def test_each_cpu_has_its_own_system_world_tss_stack_and_timer(running):
     area = switch.read_area(board.memory, p1.system.area)
     loop = kernel.base + kernel.image.system_world          # sti; hlt; jmp: 4 bytes
     assert area["cs"] & 3 == 0 and loop <= area["eip"] < loop + 4
-    assert area["cr3"] == p1.system.cr3 != 0 and area["tr.base"] == rows[1]["TSS"]
+    assert area["cr3"] == p1.system.cr3 != 0 and switch.tss_base(board.memory, area) == rows[1]["TSS"]
     assert rows[1]["APIC ticks"] > 100 and board.cpus[0].lapic.ticks == 0
     assert board.trace.of("smp.start")[0].cpu == 1
     assert cos.ticks() > 50 and "cos: tick" in cos.console()
@@ -125,8 +125,8 @@ def test_the_cos_stays_on_cpu0_and_vms_are_placed_on_both(running):
         assert len(got) > 10 and got == expected(v.name, len(got) - 1) and v.state != "crashed"
     # a VM on CPU 1 runs with CPU 1's VM TSS (ESP0 = CPU 1's stack), and CPU 1's window
     area = switch.read_area(board.memory, vms[0].area)
-    assert area["tr.base"] == smp.vm_tss(kernel, 1)[1]
-    assert board.memory.read_u32(area["tr.base"] + TSS_ESP0) == smp.stack_top(kernel, 1)
+    assert switch.tss_base(board.memory, area) == smp.vm_tss(kernel, 1)[1]
+    assert board.memory.read_u32(switch.tss_base(board.memory, area) + TSS_ESP0) == smp.stack_top(kernel, 1)
 
 
 def test_placement_by_hand_and_a_cpu_the_board_lacks():

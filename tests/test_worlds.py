@@ -2,7 +2,9 @@
 import pytest
 
 from vmkit.cos import layout as cos_layout
-from vmkit.kernel import layout, switch
+from vmkit.hw.x86 import EFLAGS_IF, TSS_AVAILABLE, TSS_BUSY, decode_segment, encode_segment
+from vmkit.kernel import image, layout, smp, switch
+from vmkit.lessons import worlds as worlds_lesson
 from vmkit.kernel.worlds import VMError
 from vmkit.lessons.takeover import takeover
 from vmkit.vmm import guests
@@ -10,8 +12,8 @@ from vmkit.vmm import guests
 VM_MEMORY = 0x8000
 
 
-def displaced(timer_period=2000, quantum=2, work_length=None):
-    board, cos, loader = takeover(timer_period=timer_period)
+def displaced(timer_period=2000, quantum=2, work_length=None, **options):
+    board, cos, loader = takeover(timer_period=timer_period, **options)
     kernel = loader.kernel
     assert kernel is not None
     kernel.worlds.quantum = quantum
@@ -70,17 +72,77 @@ def test_the_switch_is_the_claimed_sequence_of_steps():
     assert area["eip"] == saved["eip"] and switch.area_intact(board.memory, saved["area"])
 
 
-def test_world_state_survives_thousands_of_switches():
-    board, cos, kernel = displaced(timer_period=1000, quantum=1, work_length=200)
-    n = 32_000
-    vm = kernel.install_vm(lambda base: guests.checksum(base, n), VM_MEMORY, "sum")
-    for _ in range(20):
-        board.run(200_000)
-        if vm.vmm.console:
-            break
-    assert bytes(vm.vmm.console).decode() == guests.checksum_expected(n)
-    assert sum(kernel.worlds.switches_of(w) for w in kernel.worlds.all) >= 1500
-    assert kernel.worlds.switches_of(vm) >= 700
+def test_the_cpu_loads_the_world_with_if_clear_and_the_iretd_sets_it():
+    board, cos, kernel = displaced()
+    vm = console_vm(kernel, "vm1")
+    first = []                                        # the CPU as the VM's first instruction finds it
+    board.cpu.on_execute(vm.region[0], lambda cpu: first or first.append(cpu.state()))
+    steps = {s.kind: s.registers for s in worlds_lesson.record_switch(board, kernel, "cos", "vm1")}
+    area = switch.read_area(board.memory, vm.area)
+    for kind in ("switch.cli", "switch.check", "switch.load"):     # exceptions disabled in the CPU
+        assert not steps[kind]["eflags"] & EFLAGS_IF, kind
+    at_load = steps["switch.load"]                    # what the x86 loaded, read from the CPU
+    assert at_load["gdtr"][1:3] == (area["gdtr.base"], area["gdtr.limit"])
+    assert at_load["idtr"][1:3] == (area["idtr.base"], area["idtr.limit"])
+    assert at_load["tr"][0] == area["tr.sel"] == layout.VM_TSS_SEL and at_load["ldtr"][0] == 0
+    assert at_load["cr3"] == vm.cr3 and at_load["cr0"] & switch.CR0_PG and at_load["ds"] == area["ds"]
+    assert at_load["cpl"] == 0 and steps["switch.begin"]["cr3"] == 0      # the COS ran without paging
+    (regs,) = first                                   # after the stub's iretd: the VM, IF set
+    assert regs["eflags"] & EFLAGS_IF and regs["cpl"] == 3 and regs["eip"] == vm.region[0]
+    assert regs["tr"][0] == layout.VM_TSS_SEL and regs["cr3"] == vm.cr3
+
+
+def _tss_descriptors(board, kernel):
+    """{selector: busy?} of every TSS descriptor in the kernel's GDT."""
+    out = {}
+    for sel in range(8, smp.GDT_LIMIT, 8):
+        d = decode_segment(board.memory.read(kernel.base + layout.GDT + sel, 8))
+        if not d.s and d.type in (TSS_AVAILABLE, TSS_BUSY):
+            out[sel] = d.type == TSS_BUSY
+    return out
+
+
+@pytest.mark.parametrize("cpus", [1, 2])
+def test_tr_comes_from_the_gdt_and_only_loaded_tsss_are_busy(cpus):
+    board, cos, kernel = displaced(cpus=cpus)
+    for name in ("vm1", "vm2", "vm3"):
+        console_vm(kernel, name)
+    seen = set()
+    for _ in range(12):
+        board.run(50_000)
+        loaded = {c["tr"][0] for c in board.cpus}
+        seen |= loaded
+        busy = _tss_descriptors(board, kernel)
+        assert {sel for sel, b in busy.items() if b} == loaded, (busy, loaded)
+        for c in board.cpus:                           # the hidden base and limit are the descriptor's
+            sel, base, limit, _ = c["tr"]
+            d = decode_segment(board.memory.read(kernel.base + layout.GDT + sel, 8))
+            assert (base, limit) == (d.base, d.limit)
+    assert seen >= {layout.KERNEL_TSS_SEL, layout.VM_TSS_SEL}
+
+
+def test_tr_follows_the_gdt_descriptor_not_the_save_area():
+    board, cos, kernel = displaced()
+    vm = console_vm(kernel, "vm1")
+    board.run(100_000)
+    copy = kernel.base + layout.VM_TSS + 0x80           # the VM TSS, moved: same ESP0, new place
+    board.memory.write(copy, board.memory.read(kernel.base + layout.VM_TSS, 104), code=False)
+    at = kernel.base + layout.GDT + layout.VM_TSS_SEL
+    d = decode_segment(board.memory.read(at, 8))
+    board.memory.write(at, encode_segment(copy, d.limit, d.type, d.dpl, s=0, db=0, g=0), code=False)
+    seen = []
+    board.cpu.on_execute(vm.region[0] + 0x86, lambda cpu: seen.append(cpu["tr"]))   # after its hlt
+    board.run(200_000)
+    assert seen and {t[1] for t in seen} == {copy}       # the save area holds only the selector
+    assert switch.read_area(board.memory, vm.area)["tr.sel"] == layout.VM_TSS_SEL and len(lines(vm)) > 3
+
+
+def test_the_switch_is_x86_in_the_kernel():
+    board, cos, kernel = displaced()
+    text = [t for _, t in worlds_lesson.switch_listing(kernel)]
+    for insn in ("sgdt", "sidt", "sldt", "str", "cli", "lgdt", "lldt", "ltr", "lidt"):
+        assert any(t.split()[0] == insn for t in text), insn
+    assert "mov cr3, eax" in text and "mov cr0, eax" in text and "mov eax, cr3" in text
 
 
 def _second_vm_switched_out(board, kernel):
@@ -103,30 +165,39 @@ def test_a_corrupted_save_area_is_refused(item, flip):
     assert len(lines(other)) > before + 3 and cos.ticks() > ticks
 
 
-@pytest.mark.parametrize("item", ["ldtr", "eflags", "tr", "ds"])
-def test_a_switch_that_loads_one_item_wrong_is_caught(item):
+@pytest.mark.parametrize("item, value, insn", [("tr.sel", layout.USER_DATA_SEL, "ltr"),
+                                                ("tr.sel", 0x1F8, "ltr"),
+                                                ("ldtr.sel", layout.VM_TSS_SEL, "lldt"),
+                                                ("ds", 0x1F8 | 3, "mov ds")])
+def test_a_wrong_selector_in_a_save_area_is_refused_by_the_cpu(item, value, insn):
     board, cos, kernel = displaced()
-    vm1, vm2 = console_vm(kernel, "vm1"), console_vm(kernel, "vm2")
-    board.run(200_000)
+    vm1, vm2, victim, other = _second_vm_switched_out(board, kernel)
+    state = switch.read_area(board.memory, victim.area)
+    state[item] = value                               # stored with a good CRC: only the CPU can object
+    switch.write_area(board.memory, victim.area, state)
+    before, ticks = len(lines(other)), cos.ticks()
+    board.run(300_000)
+    assert victim.state == "crashed" and f"#GP general protection({value & ~7:#x}) at `{insn}" in victim.fault
+    fault = next(e for e in board.trace.of("cpu.fault") if e["vector"] == 13
+                 and kernel.contains(e["eip"]))       # the CPU's own fault, in the kernel's x86
+    assert fault["error"] == value & ~7
+    assert len(lines(other)) > before + 3 and cos.ticks() > ticks and board.cpu.shutdown is None
+    busy = _tss_descriptors(board, kernel)
+    assert {sel for sel, b in busy.items() if b} == {board.cpu["tr"][0]}
 
-    def faulty(frame, cpu, state):          # a learner's switch that gets one item of claim 15 wrong
-        switch.install(frame, cpu, state)
-        if state["cs"] & 3 != 3:
-            return
-        if item == "ldtr":
-            cpu["ldtr"] = (0, 0x1000, 0xFF, 0)
-        elif item == "tr":
-            cpu["tr"] = (layout.KERNEL_TSS_SEL, kernel.base + layout.TSS, 0x2069, cpu["tr"][3])
-        elif item == "ds":
-            cpu["ds"] = layout.COS_DATA_SEL
-        else:
-            frame.eflags ^= 0x800
-    kernel.worlds.loader = faulty
+
+@pytest.mark.parametrize("skip", ["ltr", "mov ds", "mov cr3"])
+def test_a_switch_that_skips_one_load_is_caught(skip):
+    load = "\n".join(line for line in switch.LOAD.splitlines()
+                     if not line.strip().startswith(skip))
+    board, cos, kernel = displaced(image=image.build(load))
+    vm1, vm2 = console_vm(kernel, "vm1"), console_vm(kernel, "vm2")
     ticks = cos.ticks()
     board.run(300_000)
     wrong = [e for e in board.trace.of("switch.load") if not e["ok"]]
-    assert wrong and item in wrong[0]["wrong"]
-    assert vm1.state == vm2.state == "crashed" and item in vm1.fault
+    name = {"ltr": "tr", "mov ds": "ds", "lidt": "idtr", "mov cr3": "cr3"}[skip]
+    assert wrong and name in wrong[0]["wrong"]
+    assert vm1.state == vm2.state == "crashed" and name in vm1.fault
     assert cos.ticks() > ticks + 20 and cpu_in_cos_or_kernel(board)
 
 

@@ -13,7 +13,7 @@ import struct
 import zlib
 
 from vmkit.hw.asm import assemble
-from . import layout
+from . import layout, switch
 
 MAGIC = b"VMKERNEL"
 VERSION = 2
@@ -26,8 +26,9 @@ class KernelImageError(ValueError):
     pass
 
 
-def kernel_source():
-    """Entry code, one 16-byte stub per vector, and the common path into the dispatcher."""
+def kernel_source(load=switch.LOAD):
+    """Entry code, one 16-byte stub per vector, the common path into the
+    dispatcher, and the world switch (switch.py; `load`: its loading part)."""
     stubs = []
     for v in range(256):
         push_error = "" if v in ERROR_CODE_VECTORS else "push 0\n"
@@ -61,6 +62,8 @@ dispatch:                       ; the Python dispatcher runs here (CPU.on_execut
         je idle
         cmp eax, 2
         je work
+        cmp eax, {layout.GO_SWITCH}
+        je world_switch
         popad
         add esp, 8              ; vector, error code
         iretd
@@ -78,18 +81,19 @@ more:   inc dword ptr [{layout.WORK_DONE:#x} + base]
         loop more
         cli
         jmp dispatch
+{switch.x86_source(load)}
 """
 
 
-def _assemble_at(origin):
-    src = kernel_source().replace("+ base", f"+ {origin:#x}")
+def _assemble_at(origin, load):
+    src = kernel_source(load).replace("+ base", f"+ {origin:#x}")
     return assemble(src, origin)
 
 
-def _label_offsets():
+def _label_offsets(load=switch.LOAD):
     """Where entry, the stubs and the dispatcher landed: a marked label table appended."""
     names = ["entry", "dispatch", "system_world"] + [f"stub_{v}" for v in range(256)]
-    probe = kernel_source() + "\n.long 0x4c42414c\n.long " + ", ".join(names) + "\n"
+    probe = kernel_source(load) + "\n.long 0x4c42414c\n.long " + ", ".join(names) + "\n"
     code = assemble(probe.replace("+ base", "+ 0"), 0)
     at = code.rfind(struct.pack("<I", 0x4C42414C)) + 4
     entry, dispatch, system_world, *stubs = struct.unpack_from(f"<{len(names)}I", code, at)
@@ -98,13 +102,14 @@ def _label_offsets():
     return entry, stubs[0], dispatch, system_world
 
 
-def build():
-    """The image bytes, as a vendor would ship them."""
+def build(load=switch.LOAD):
+    """The image bytes, as a vendor would ship them (`load`: the world switch's
+    loading part, switch.LOAD unless exercise 06 gives its own)."""
     shift = 0x10000000
-    low, high = _assemble_at(0), _assemble_at(shift)
+    low, high = _assemble_at(0, load), _assemble_at(shift, load)
     relocs = [i for i in range(0, len(low) - 3)
               if struct.unpack_from("<I", high, i)[0] - struct.unpack_from("<I", low, i)[0] == shift]
-    entry, stubs, dispatch, system_world = _label_offsets()
+    entry, stubs, dispatch, system_world = _label_offsets(load)
     code_start = HEADER.size
     reloc_table = struct.pack(f"<I{len(relocs)}I", len(relocs), *(code_start + r for r in relocs))
     body = low + reloc_table

@@ -20,7 +20,7 @@ from capstone import Cs, CS_ARCH_X86, CS_MODE_32
 
 from vmkit.hw.x86 import EFLAGS_IF, ERROR_CODE_VECTORS, decode_gate
 from vmkit.cos import layout as cos_layout
-from . import devices, layout, smp, syscalls, traps
+from . import devices, layout, smp, switch, syscalls, traps
 from .cos_vcpu import CosVcpu, emulate_if
 from .frame import Frame
 from .irq import IrqRouter
@@ -74,8 +74,14 @@ class Kernel:
         frame = Frame(self.memory, esp)
         vector = frame.vector
         frame.vector = layout.GO_BACK                # the stub's iretd, unless go_away says otherwise
+        switching = self.worlds.cpus[cpu.index].switching
+        if switching and (vector in (layout.GO_SWITCH, switch.SAVED, switch.LOADED) or not frame.cs & 3):
+            if IRQ_BASE <= vector < IRQ_BASE + 16:     # IF set inside the load: still serve the device
+                self.irqs.irq(vector - IRQ_BASE)
+            self.worlds.switch_step(frame, cpu, vector)   # the switch's x86 is back, or faulted
+            return
         if self.away_frame == esp and cpu.index == 0:   # back from idling or working: the COS's turn?
-            self._resume(frame)
+            self.resume(frame)
             return
         if vector == INIT_VECTOR:
             self._initialise(frame, cpu)
@@ -160,7 +166,9 @@ class Kernel:
         if line == 0:
             self.ticks += 1
             self.work_due = self.work_due or self.ticks % WORK_EVERY == 0
-            self.worlds.tick(frame)                # the scheduler: may switch worlds (the frame's)
+            self.worlds.tick(frame)                # the scheduler: may start a switch
+            if frame.vector == layout.GO_SWITCH:
+                return                             # the rest is the switch's (worlds.switch_step)
         if frame.cs & 3 == 3:
             self.worlds.guard(frame, lambda: self.worlds.current.vmm.deliver_pending(frame))
         elif frame.from_cos:
@@ -186,7 +194,7 @@ class Kernel:
         frame.vector = layout.GO_IDLE if why == "idle" else layout.GO_WORK
         self.trace.emit(f"kernel.{why}")
 
-    def _resume(self, frame):
+    def resume(self, frame):
         if self.work_due:                          # a tick came while idle: work first
             self.work_due = False
             self.go_away(frame, "work")

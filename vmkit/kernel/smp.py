@@ -24,17 +24,18 @@ world has its block, directory and cache but is not switched to. Another
 CPU starts in its system world and switches, with the claimed switch
 (switch.py), between it and the VMs placed on it. A system world's frame
 always sits at the top of its CPU's stack, like a CPL 3 world's (esp0), so
-its ESP after the stub's iretd is where the switch says (switch.install).
+its ESP after the stub's iretd is where the switch says (switch.py puts a
+CPL 0 world's frame where its stack ends).
 """
 from vmkit.hw.lapic import EOI
-from vmkit.hw.x86 import encode_segment, encode_tss, CODE_RX, DATA_RW, TSS_BUSY, EFLAGS_IF
+from vmkit.hw.x86 import encode_segment, encode_tss, CODE_RX, DATA_RW, TSS_AVAILABLE, EFLAGS_IF
 from vmkit.vmm import paging
 from . import layout, switch
+from .frame import Frame
 from .mapcache import MappingCache, WINDOW
 
 TIMER_VECTOR = 0xF0             # each CPU's local APIC timer
 DEFAULT_TIMER = 10_000          # instructions per tick when the COS never programmed the PIT
-TSS_FLAGS = 0x8B                # Unicorn's hidden-descriptor flags for a busy 32-bit TSS
 GDT_LIMIT = layout.CPU1_VM_TSS_SEL + 7
 
 
@@ -72,17 +73,19 @@ def kernel_tables(kernel):
 
 def write_gdt(kernel):
     """DPL 3 flat code/data, every CPU's VM TSS and CPU 1's TSS into the kernel's
-    GDT (the loader wrote entries up to CPU 0's TSS), and the limit on CPU 0."""
+    GDT (the loader wrote entries up to CPU 0's TSS), and the limit on CPU 0.
+    The TSS descriptors are available: `ltr` (switch.py) marks the one a CPU
+    loads busy, and refuses one already busy."""
     memory = kernel.memory
     entries = [encode_segment(0, 0xFFFFFFFF, CODE_RX, 3), encode_segment(0, 0xFFFFFFFF, DATA_RW, 3)]
     for index in range(2):
         sel, base = vm_tss(kernel, index)
         memory.write(base, encode_tss(stack_top(kernel, index), layout.KERNEL_DATA_SEL), code=False)
-        entries.append(encode_segment(base, 103, TSS_BUSY, 0, s=0, db=0, g=0))
+        entries.append(encode_segment(base, 103, TSS_AVAILABLE, 0, s=0, db=0, g=0))
         if index == 0:
             sel, base = cpu_tss(kernel, 1)
             memory.write(base, encode_tss(stack_top(kernel, 1), layout.KERNEL_DATA_SEL), code=False)
-            entries.append(encode_segment(base, 103, TSS_BUSY, 0, s=0, db=0, g=0))
+            entries.append(encode_segment(base, 103, TSS_AVAILABLE, 0, s=0, db=0, g=0))
     memory.write(kernel.base + layout.GDT + layout.USER_CODE_SEL, b"".join(entries), code=False)
     cpu0 = kernel.board.cpus[0]
     sel, gdt, _, flags = cpu0["gdtr"]
@@ -101,20 +104,22 @@ def processor(kernel, cpu):
                               window=window(kernel, index))
     state = dict.fromkeys(switch.ITEMS, 0)
     state.update(kernel_tables(kernel))
-    tr_sel, tr_base = cpu_tss(kernel, index)
     data = layout.COS_DATA_SEL                    # flat data, as the kernel's entry code loads
     state.update(eip=kernel.base + kernel.image.system_world, esp=stack_top(kernel, index) - 8,
                  eflags=EFLAGS_IF | 2, cs=layout.KERNEL_CODE_SEL, ss=layout.KERNEL_DATA_SEL,
                  ds=data, es=data, fs=data, gs=data, cr3=system.cr3,
-                 **{"tr.sel": tr_sel, "tr.base": tr_base, "tr.limit": 103, "tr.flags": TSS_FLAGS})
+                 **{"tr.sel": cpu_tss(kernel, index)[0]})
     switch.write_area(kernel.memory, system.area, state)
     cache = MappingCache(kernel, cpu, block + layout.WINDOW_TABLE, block + layout.CACHE_COUNTERS)
     return Processor(index, system, cache)
 
 
 def start_processors(kernel):
-    """At initialisation (on CPU 0): every other CPU leaves the firmware's wait,
-    loads its system world's state from its save area, and gets its timer."""
+    """At initialisation (on CPU 0): every other CPU leaves the firmware's wait
+    at the dispatcher with a frame like a trap's on its stack, whose vector is
+    GO_SWITCH: the switch's x86 loads its system world from its save area, as
+    any world is loaded (switch.py), and the stub's iretd starts it. It gets
+    its timer."""
     board = kernel.board
     if len(board.cpus) == 1:
         return
@@ -122,13 +127,11 @@ def start_processors(kernel):
     period = board.pit.period or DEFAULT_TIMER
     for p in kernel.worlds.cpus[1:]:
         cpu, state = board.cpus[p.index], switch.read_area(kernel.memory, p.system.area)
-        board.boot(state["eip"], state["esp"], cpu=p.index)     # the firmware's start: CPL 0, flat
-        cpu["gdtr"] = (0, state["gdtr.base"], state["gdtr.limit"], 0)
-        cpu["idtr"] = (0, state["idtr.base"], state["idtr.limit"], 0)
-        cpu["tr"] = (state["tr.sel"], state["tr.base"], state["tr.limit"], state["tr.flags"])
-        cpu["cs"] = state["cs"]
-        cpu.write(**{s: state[s] for s in ("ss", "ds", "es", "fs", "gs", "eflags")})
-        switch.set_address_space(cpu, state["cr3"])
+        frame = Frame(kernel.memory, stack_top(kernel, p.index) - Frame.SIZE)
+        kernel.memory.write(frame.address, bytes(Frame.SIZE), code=False)
+        frame.vector = layout.GO_SWITCH
+        p.switching = switch.Switch(p.system, p.system, "start")
+        board.boot(kernel.base + kernel.image.dispatch, frame.address, cpu=p.index)   # CPL 0, flat
         p.since = board.now()
         cpu.lapic.program_timer(period, TIMER_VECTOR)
         kernel.trace.emit("smp.start", p.index, world=p.system.name, eip=state["eip"],
@@ -148,6 +151,8 @@ def local_interrupt(kernel, frame, cpu, vector):
         kernel.trace.emit("mapcache.shootdown", cpu.index)
         return True
     worlds.tick(frame, p)
+    if frame.vector == layout.GO_SWITCH:
+        return True                               # the rest is the switch's
     if frame.cs & 3 == 3 and p.current.kind == "vm":
         worlds.guard(frame, lambda: p.current.vmm.deliver_pending(frame), p)
     return True

@@ -1,69 +1,140 @@
-"""The world switch (claims 14-15, 35-36, 45), one trace event per step.
+"""The world switch (claims 14-15, 35-36, 45): x86 in the kernel image does it,
+Python decides, checks and traces it.
 
-It runs in the kernel's dispatcher, with the interrupted world's trap frame
-on the kernel stack (frame.py) and the CPU at CPL 0:
+The scheduler (worlds.py) decides which world runs next; then the CPU that
+switches goes through these steps, one trace event each:
 
-  1. switch.save   the current world's state goes from the frame and the CPU
-                   into its save area in kernel memory (below);
-  2. switch.cli    exceptions disabled: the real IF is cleared;
-  3. switch.check  the next world's save area is checked (CRC-32): a save
-                   area changed since it was stored is refused, not loaded;
-  4. switch.load   the next world's state goes into the frame and the CPU:
-                   segment registers, GDTR/IDTR/LDTR/TR and CR3 directly
-                   (and CR0.PG with CR3: on for a VM's page directory, off
-                   for the COS's CR3 0; the event says `paging=`),
-                   EFLAGS/CS/EIP/SS/ESP and the general registers into the
-                   frame, which the stub's popad/iretd put in the registers;
-                   every item is read back and compared (`verify`);
-  5. switch.start  the stub's iretd starts it at the loaded CS:EIP;
-  6. switch.sti    the same iretd loads the world's EFLAGS, IF set:
-                   exceptions are enabled again.
-(5 and 6 are emitted by Python just before the stub's iretd executes them.)
+  1. switch.begin  the scheduler picked `nxt`; the dispatcher leaves GO_SWITCH
+                   in the frame's vector slot, ESI = the running world's save
+                   area, EDI = the next's, and the stub jumps to `world_switch`;
+  2. switch.save   x86 stores the running world's state in its save area: the
+                   general registers, EIP, CS, EFLAGS, ESP, SS from the trap
+                   frame, the rest as only the CPU holds it (mov from DS..GS,
+                   sgdt, sidt, sldt, str, mov from CR3); back in the dispatcher,
+                   Python adds the CRC-32;
+  3. switch.cli    x86 `cli`: exceptions disabled (the event reads IF back);
+  4. switch.check  Python checks the next world's save area (CRC-32): one
+                   changed since it was stored is refused, nothing loaded;
+  5. switch.load   x86 loads the next world, with paging off (the kernel is
+                   identity-mapped): lgdt, lldt, ltr (on the TSS descriptor the
+                   CPU itself reads from the GDT, which must be *available*: the
+                   descriptor of the TSS being left is made available first, as
+                   kernels do when they reload TR), the data segments, lidt,
+                   CR3; then paging on if CR3 names a page directory (0: the
+                   COS's, paging stays off); then the frame the stub's popad and
+                   iretd will load; back in the dispatcher, Python reads every
+                   register and the frame back and compares (`verify`);
+  6. switch.start  the stub's iretd starts it at the loaded CS:EIP;
+  7. switch.sti    the same iretd loads the world's EFLAGS: IF set, exceptions
+                   enabled again (the event gives the EFLAGS the iretd loads).
+(6 and 7 are emitted just before the stub's iretd executes them.)
 
-Save area: 128 bytes, little-endian u32 at these offsets, so a widget can
-show the bytes and a test can poke them:
+A fault the CPU takes while loading (an ltr of a selector that is not an
+available TSS, an lldt of one that is not an LDT, a data segment the GDT
+does not have) reaches the kernel as any fault does; the kernel sees that it
+came from the switch, refuses that world, and loads the world it left again.
 
-  0 eax  4 ecx  8 edx  12 ebx  16 esp  20 ebp  24 esi  28 edi
-  32 eip  36 eflags  40 cs  44 ss  48 ds  52 es  56 fs  60 gs
-  64 gdtr.base  68 gdtr.limit  72 idtr.base  76 idtr.limit
-  80 ldtr.sel  84 ldtr.base  88 ldtr.limit  92 ldtr.flags
-  96 tr.sel  100 tr.base  104 tr.limit  108 tr.flags  112 cr3
-  116 CRC-32 of bytes 0..115     120 switches into the world   124 ticks run
+The save area, laid out the way the instructions store and load it (the
+kernel's x86 takes its offsets from here, as AREA_* symbols; nothing else
+spells them out):
+
+  0x00 edi esi ebp esp ebx edx ecx eax   popad's order, as the stub's pushad
+                                         left them in the frame (ESP: the world's,
+                                         in pushad's slot)
+  0x20 eip cs eflags                     iretd's order
+  0x2C ss ds es fs gs                    selectors, one u32 each
+  0x40 gdtr: u16 limit, u32 base         sgdt/lgdt's operand: limit, then base
+  0x48 idtr: u16 limit, u32 base         sidt/lidt's
+  0x50 ldtr: u16 selector                sldt/lldt: base and limit come from
+                                         the LDT descriptor the selector names
+  0x54 tr: u16 selector                  str/ltr: likewise, from the TSS descriptor
+  0x58 cr3
+  0x5C CRC-32 of 0x00..0x5B
+  0x78 switches into the world  0x7C ticks run                      (128 bytes)
 """
 import struct
 import zlib
+from typing import NamedTuple
 
-from vmkit.hw.x86 import EFLAGS_IF
-from .frame import FIELDS as FRAME_FIELDS      # the whole frame, from CPL > 0: read/written at once
+from vmkit.hw.asm import disassemble_one
+from vmkit.hw.x86 import EFLAGS_IF, EXCEPTION_NAMES, TSS_BUSY, decode_segment
+from . import layout
+from .frame import Frame
 
-FRAME_ITEMS = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi", "eip", "eflags", "cs", "ss")
-SEGMENTS = ("ds", "es", "fs", "gs")
-TABLES = ("gdtr", "idtr", "ldtr", "tr")
-ITEMS = (FRAME_ITEMS + SEGMENTS + ("gdtr.base", "gdtr.limit", "idtr.base", "idtr.limit",
-         "ldtr.sel", "ldtr.base", "ldtr.limit", "ldtr.flags",
-         "tr.sel", "tr.base", "tr.limit", "tr.flags", "cr3"))
-OFFSET = {name: 4 * i for i, name in enumerate(ITEMS)}
-STATE_SIZE = 4 * len(ITEMS)                     # 116
-CRC, SWITCHES, TICKS = 116, 120, 124
+CR0_PG = 0x80000000
+LAYOUT = (("edi", "I"), ("esi", "I"), ("ebp", "I"), ("esp", "I"),
+          ("ebx", "I"), ("edx", "I"), ("ecx", "I"), ("eax", "I"),
+          ("eip", "I"), ("cs", "I"), ("eflags", "I"),
+          ("ss", "I"), ("ds", "I"), ("es", "I"), ("fs", "I"), ("gs", "I"),
+          ("gdtr.limit", "H"), ("gdtr.base", "I"), ("", "2x"),
+          ("idtr.limit", "H"), ("idtr.base", "I"), ("", "2x"),
+          ("ldtr.sel", "H"), ("", "2x"),
+          ("tr.sel", "H"), ("", "2x"),
+          ("cr3", "I"))
+_AREA = struct.Struct("<" + "".join(f for _, f in LAYOUT))
+ITEMS = tuple(n for n, _ in LAYOUT if n)
+_FRAME = struct.Struct(f"<{len(Frame.FIELDS)}I")
+OFFSET = {n: struct.calcsize("<" + "".join(f for _, f in LAYOUT[:i]))
+          for i, (n, _) in enumerate(LAYOUT) if n}
+WIDTH = {n: struct.calcsize("<" + f) for n, f in LAYOUT if n}
+STATE_SIZE = _AREA.size                          # 0x5C
+CRC, SWITCHES, TICKS = STATE_SIZE, 0x78, 0x7C
 SIZE = 128
-_U32S = struct.Struct(f"<{len(ITEMS)}I")
-_FRAME = struct.Struct(f"<{len(FRAME_FIELDS)}I")
-_AFTER_EFLAGS = 4 * FRAME_FIELDS.index("esp")   # a CPL 0 frame ends here: ESP before the trap
+GENERAL = ITEMS[:8]
+FRAME_ITEMS = GENERAL + ("eip", "cs", "eflags", "esp", "ss")     # what the stub's popad/iretd load
+SEGMENTS = ("ds", "es", "fs", "gs")
+# The save area's operands as the x86 names them: AREA_EDI ... AREA_GDTR (lgdt's operand) ... AREA_CR3.
+# (Offsets only, used inside [ ]: keystone 0.9.2 takes `and ecx, ~SYM` for a memory operand, measured.)
+SYMBOLS = {}
+for _name in ITEMS:
+    SYMBOLS.setdefault("AREA_" + _name.split(".")[0].upper(), OFFSET[_name])
+# where the switch's x86 hands back to the dispatcher (the frame's vector slot)
+SAVED, LOADED = 0x101, 0x102
+RELOAD = 1                                      # ESI: load with the kernel's own LOAD (no save)
+# the frame, as the x86 reaches it from ESP (frame.py)
+_F = {name: 4 * i for i, name in enumerate(Frame.FIELDS)}
+_CPL0_FRAME = _F["esp"]                         # a CPL 0 frame ends here: ESP before the trap
+
+
+# every field of the 128-byte area by offset, for a labelled dump (the padding has none)
+FIELDS = {**{OFFSET[n]: n for n in ITEMS}, CRC: "crc", CRC + 4: "(free)", SWITCHES: "switches",
+          TICKS: "ticks"}
 
 
 class SwitchError(RuntimeError):
-    """The switch refused to load a world: its save area is corrupt or did not load exactly."""
+    """The switch refused to load a world: its save area is corrupt, the CPU
+    refused what it holds, or it did not load exactly."""
+
+
+class Switch(NamedTuple):
+    """A switch in flight on one CPU, between the dispatcher's entries (worlds.py)."""
+    frm: object         # the world being left
+    to: object          # the world being loaded
+    mode: str           # "switch"; "restore": `frm` again, `to` was refused;
+                        # "start": a CPU's first world
+    away: str = None    # the COS's away state (CPU 0) when it was left
+
+
+# ---- the save area ------------------------------------------------------------
+def decode_area(raw):
+    """Save-area bytes -> {item: value}."""
+    return dict(zip(ITEMS, _AREA.unpack_from(raw)))
 
 
 def read_area(memory, address):
-    """The save area as {item: value}."""
-    return dict(zip(ITEMS, _U32S.unpack(memory.read(address, STATE_SIZE))))
+    return decode_area(memory.read(address, STATE_SIZE))
 
 
 def write_area(memory, address, state):
     """Store `state` (every item of ITEMS) and its CRC."""
-    raw = _U32S.pack(*(state[name] & 0xFFFFFFFF for name in ITEMS))
+    raw = _AREA.pack(*(state[n] & ((1 << 8 * WIDTH[n]) - 1) for n in ITEMS))
     memory.write(address, raw + struct.pack("<I", zlib.crc32(raw)), code=False)
+
+
+def seal(memory, address):
+    """The CRC-32 of what the x86 stored."""
+    raw = memory.read(address, STATE_SIZE)
+    memory.write(address + CRC, struct.pack("<I", zlib.crc32(raw)), code=False)
 
 
 def area_intact(memory, address):
@@ -77,92 +148,265 @@ def bump(memory, address, amount):
     memory.write(address, struct.pack("<I", value), code=False)
 
 
-def capture(frame, cpu):
-    """The claim-15 state of the interrupted world: the frame holds what the
-    CPU pushed (EIP, CS, EFLAGS, ESP, SS) and the stub's pushad; the rest is
-    still in the CPU's registers."""
-    words = dict(zip(FRAME_FIELDS, _FRAME.unpack(frame.memory.read(frame.address, _FRAME.size))))
-    state = {name: words[name] for name in FRAME_ITEMS}
-    if not words["cs"] & 3:        # from CPL 0 (a system world): no ESP/SS were pushed
-        state["esp"], state["ss"] = frame.address + _AFTER_EFLAGS, cpu["ss"]
-    state.update(zip(SEGMENTS, cpu.read(*SEGMENTS)))
-    for t in TABLES:
-        sel, base, limit, flags = cpu[t]
-        state[f"{t}.base"], state[f"{t}.limit"] = base, limit
-        if t in ("ldtr", "tr"):
-            state[f"{t}.sel"], state[f"{t}.flags"] = sel, flags
-    state["cr3"] = cpu["cr3"]
-    return state
+# ---- the x86 ------------------------------------------------------------------
+LOAD = """
+        lgdt [edi + AREA_GDTR]          ; the descriptor tables: GDTR first, the selectors below
+        lldt word ptr [edi + AREA_LDTR] ;   are looked up in it (the CPU checks each descriptor)
+        ltr word ptr [edi + AREA_TR]    ; TR's base and limit from its TSS descriptor, marked busy
+        mov eax, [edi + AREA_DS]        ; the data segments
+        mov ds, eax
+        mov eax, [edi + AREA_ES]
+        mov es, eax
+        mov eax, [edi + AREA_FS]
+        mov fs, eax
+        mov eax, [edi + AREA_GS]
+        mov gs, eax
+        lidt [edi + AREA_IDTR]
+        mov eax, [edi + AREA_CR3]       ; the address space (0: the COS's, no page directory)
+        mov cr3, eax
+"""
 
 
-def install(frame, cpu, state):
-    """Put `state` into the frame and the CPU (the loading half of the switch).
-    For a CPL 0 world (a system world, smp.py) the iretd pops EIP, CS and
-    EFLAGS only, so its ESP is where the frame ends: that world's frames sit
-    at the top of its CPU's stack, and `verify` checks that it comes out right."""
-    words = dict(zip(FRAME_FIELDS, _FRAME.unpack(frame.memory.read(frame.address, _FRAME.size))))
-    words.update((name, state[name] & 0xFFFFFFFF) for name in FRAME_ITEMS)
-    frame.memory.write(frame.address, _FRAME.pack(*(words[f] for f in FRAME_FIELDS)), code=False)
-    cpu.write(**{s: state[s] for s in SEGMENTS})
-    cpu["gdtr"] = (0, state["gdtr.base"], state["gdtr.limit"], 0)
-    cpu["idtr"] = (0, state["idtr.base"], state["idtr.limit"], 0)
-    cpu["ldtr"] = tuple(state[f"ldtr.{k}"] for k in ("sel", "base", "limit", "flags"))
-    cpu["tr"] = tuple(state[f"tr.{k}"] for k in ("sel", "base", "limit", "flags"))
-    set_address_space(cpu, state["cr3"])
+def symbols_source():
+    """The AREA_* offsets as assembler symbols (.set lines)."""
+    return "\n".join(f".set {n}, {v:#x}" for n, v in SYMBOLS.items())
 
 
-PG = 0x80000000
+def _prologue(name):
+    f = _F
+    return f"""        cli                             ; (the kernel's load: exceptions disabled, always)
+        ; -- the TSS being left becomes available: ltr refuses a busy one (the CPU
+        ;    sets the busy bit, software clears it)
+        sgdt [esp + {f['vector']}]      ; (the frame's vector and error slots: scratch)
+        str eax
+        and eax, 0xFFF8
+        jz {name}_tr_free
+        mov ecx, [esp + {f['vector'] + 2}]
+        and byte ptr [ecx + eax + 5], 0xFD
+{name}_tr_free:
+        mov eax, cr0                    ; paging off while loading: the kernel is identity-mapped,
+        and eax, {~CR0_PG & 0xFFFFFFFF:#x}             ; and CR3 may become 0 (the COS's)
+        mov cr0, eax"""
 
 
-def set_address_space(cpu, cr3):
-    """CR3, and CR0.PG with it: world-specific state derived from the saved CR3
-    (0: the COS, paging off; else a VM's page directory, paging on). Writing CR3
-    flushes the TLB (Unicorn 2.1.4, measured: vmm/paging.py)."""
-    cr0 = cpu["cr0"]
-    if not cr3:
-        if cr0 & PG:
-            cpu["cr0"] = cr0 & ~PG
-        if cpu["cr3"]:
-            cpu["cr3"] = 0
-        return
-    if cpu["cr3"] != cr3:
-        cpu["cr3"] = cr3
-    if not cr0 & PG:
-        cpu["cr0"] = cr0 | PG
+def x86_source(load=LOAD):
+    """`world_switch`, reached from the stub's `dispatch` with GO_SWITCH in
+    the frame's vector slot and IF clear. ESI = the running world's save area
+    (0: nothing to save, load only; RELOAD: load only, with the kernel's own
+    LOAD), EDI = the one to load. `load` is the part that loads the CPU
+    (exercise 06 writes its own); what comes before and after it is the
+    kernel's, and so is the load that puts back a world after a refused one,
+    or starts a CPU: a wrong `load` cannot stop the kernel going back."""
+    f = _F
+    return f"""
+{symbols_source()}
+world_switch:
+        test esi, esi
+        jz world_load
+        cmp esi, {RELOAD}
+        je world_reload
+        ; -- save: the running world's registers, from the frame the stub built ...
+        mov ecx, 8
+save_general:
+        mov eax, [esp + 4*ecx - 4]
+        mov [esi + 4*ecx - 4], eax
+        loop save_general
+        mov eax, [esp + {f['eip']}]
+        mov [esi + AREA_EIP], eax
+        mov eax, [esp + {f['cs']}]
+        mov [esi + AREA_CS], eax
+        mov eax, [esp + {f['eflags']}]
+        mov [esi + AREA_EFLAGS], eax
+        lea eax, [esp + {_CPL0_FRAME}]  ; from CPL 0 the CPU pushed no ESP/SS: the world's
+        mov ecx, ss                     ; stack is where the frame ends, its SS is ours
+        test byte ptr [esp + {f['cs']}], 3
+        jz save_stack
+        mov eax, [esp + {f['esp']}]
+        mov ecx, [esp + {f['ss']}]
+save_stack:
+        mov [esi + AREA_ESP], eax
+        mov [esi + AREA_SS], ecx
+        ; -- ... and what only the CPU holds
+        mov eax, ds
+        mov [esi + AREA_DS], eax
+        mov eax, es
+        mov [esi + AREA_ES], eax
+        mov eax, fs
+        mov [esi + AREA_FS], eax
+        mov eax, gs
+        mov [esi + AREA_GS], eax
+        sgdt [esi + AREA_GDTR]
+        sidt [esi + AREA_IDTR]
+        sldt eax
+        mov [esi + AREA_LDTR], eax
+        str eax
+        mov [esi + AREA_TR], eax
+        mov eax, cr3
+        mov [esi + AREA_CR3], eax
+        cli                             ; exceptions disabled (claim 14)
+        mov dword ptr [esp + {f['vector']}], {SAVED:#x}    ; the dispatcher seals it, checks the next
+        jmp dispatch
+world_load:
+{_prologue("world_load")}
+        ; -- load
+{load}
+        jmp load_paging
+world_reload:                           ; the kernel's own load, whatever `load` is
+{_prologue("world_reload")}
+        movzx eax, word ptr [edi + AREA_TR]     ; a world this CPU ran: its TSS is this CPU's,
+        and eax, 0xFFF8                 ; so its descriptor may be made available (a refused
+        jz reload_tr_free               ; load may have left it busy in another GDT)
+        cmp ax, word ptr [edi + AREA_GDTR]
+        ja reload_tr_free
+        mov ecx, [edi + AREA_GDTR + 2]
+        and byte ptr [ecx + eax + 5], 0xFD
+reload_tr_free:
+{LOAD}
+load_paging:                            ; -- paging on if the loaded CR3 names a page directory
+        mov eax, cr3
+        test eax, eax
+        jz load_frame_next
+        mov eax, cr0
+        or eax, {CR0_PG:#x}
+        mov cr0, eax
+load_frame_next:
+        ; -- the frame the stub's popad and iretd load (after every check: a fault
+        ;    above leaves the frame as it was)
+        test byte ptr [edi + AREA_CS], 3
+        jnz load_frame
+        mov eax, [edi + AREA_SS]        ; a CPL 0 world: iretd pops no ESP/SS, so its
+        mov ss, eax                     ; frame goes where its stack ends
+        mov esp, [edi + AREA_ESP]
+        sub esp, {_CPL0_FRAME}
+load_frame:
+        mov ecx, 8
+load_general:
+        mov eax, [edi + 4*ecx - 4]
+        mov [esp + 4*ecx - 4], eax
+        loop load_general
+        mov eax, [edi + AREA_EIP]
+        mov [esp + {f['eip']}], eax
+        mov eax, [edi + AREA_CS]
+        mov [esp + {f['cs']}], eax
+        mov eax, [edi + AREA_EFLAGS]
+        mov [esp + {f['eflags']}], eax
+        test byte ptr [edi + AREA_CS], 3
+        jz world_loaded
+        mov eax, [edi + AREA_ESP]
+        mov [esp + {f['esp']}], eax
+        mov eax, [edi + AREA_SS]
+        mov [esp + {f['ss']}], eax
+world_loaded:
+        mov dword ptr [esp + {f['vector']}], {LOADED:#x}   ; the dispatcher verifies, then iretd
+        jmp dispatch
+"""
 
 
-def verify(frame, cpu, state):
-    """Every claim-15 item, read back from the frame and the CPU: the names that differ.
-    (Descriptor flags are Unicorn's hidden cache format, so only selectors,
-    bases and limits are compared.)"""
-    now = capture(frame, cpu)
-    return [n for n in ITEMS if not n.endswith(".flags") and now[n] != state[n] & 0xFFFFFFFF]
+# ---- Python's part --------------------------------------------------------------
+def begin(kernel, frame, cpu, current, nxt):
+    """Step 1: enter the x86 with the two save areas."""
+    kernel.trace.emit("switch.begin", cpu.index, frm=current.name, to=nxt.name)
+    enter(frame, cpu, current.area, nxt.area)
 
 
-def world_switch(kernel, frame, cpu, current, nxt, loader=install):
-    """Switch from world `current` to world `nxt`; `loader` is the loading step
-    (exercise: the learner's switch plugs in here). Raises SwitchError, with
-    `current` still loaded, if `nxt` cannot be loaded exactly."""
+def enter(frame, cpu, save, load):
+    """The stub goes to `world_switch` next: save into `save` (0: none;
+    RELOAD: none, and load with the kernel's own LOAD), load `load`."""
+    frame.vector = layout.GO_SWITCH
+    cpu.write(esi=save, edi=load)
+
+
+def saved(kernel, frame, cpu, current, nxt):
+    """Back from the x86's save: seal, trace, check the next world's area;
+    enter the load. Raises SwitchError (nothing loaded) if the check fails."""
     trace, memory = kernel.trace, kernel.memory
-    trace.emit("switch.begin", cpu.index, frm=current.name, to=nxt.name)
-    write_area(memory, current.area, capture(frame, cpu))
-    trace.emit("switch.save", cpu.index, world=current.name, area=current.area, eip=frame.eip)
-    cpu["eflags"] = cpu["eflags"] & ~EFLAGS_IF
-    trace.emit("switch.cli", cpu.index)
+    seal(memory, current.area)
+    trace.emit("switch.save", cpu.index, world=current.name, area=current.area,
+               eip=memory.read_u32(current.area + OFFSET["eip"]))
+    trace.emit("switch.cli", cpu.index, IF=1 if cpu["eflags"] & EFLAGS_IF else 0)
     if not area_intact(memory, nxt.area):
         trace.emit("switch.check", cpu.index, world=nxt.name, ok=False, why="save area CRC mismatch")
         raise SwitchError(f"the save area of {nxt.name} at {nxt.area:#x} changed since it was stored")
     trace.emit("switch.check", cpu.index, world=nxt.name, ok=True)
-    state = read_area(memory, nxt.area)
-    loader(frame, cpu, state)
-    set_address_space(cpu, state["cr3"])        # PG follows CR3, whichever loader ran
-    wrong = verify(frame, cpu, state)
+    enter(frame, cpu, 0, nxt.area)
+
+
+def loaded(kernel, frame, cpu, nxt):
+    """Back from the x86's load: what the CPU loaded, compared with the save area.
+    Raises SwitchError naming the items that differ."""
+    wrong = verify(kernel.memory, frame, cpu, read_area(kernel.memory, nxt.area))
     if wrong:
-        trace.emit("switch.load", cpu.index, world=nxt.name, ok=False, wrong=" ".join(wrong))
-        install(frame, cpu, read_area(memory, current.area))       # back to where we were
+        kernel.trace.emit("switch.load", cpu.index, world=nxt.name, ok=False, wrong=" ".join(wrong))
         raise SwitchError(f"{nxt.name}: loaded state differs from its save area in {', '.join(wrong)}")
+
+
+def started(kernel, frame, cpu, nxt):
+    """Steps 5-7 traced: loaded and checked, the stub's iretd goes next."""
+    trace = kernel.trace
     trace.emit("switch.load", cpu.index, world=nxt.name, ok=True, area=nxt.area,
-               paging="on" if cpu["cr0"] & PG else "off")
-    bump(memory, nxt.area + SWITCHES, 1)
+               paging="on" if cpu["cr0"] & CR0_PG else "off")
+    bump(kernel.memory, nxt.area + SWITCHES, 1)
     trace.emit("switch.start", cpu.index, world=nxt.name, cs=frame.cs, eip=frame.eip)
     trace.emit("switch.sti", cpu.index, world=nxt.name, eflags=frame.eflags)
+
+
+def refused_by_cpu(kernel, frame, vector):
+    """A fault taken inside the load: what the CPU refused, in words."""
+    insn = disassemble_one(kernel.memory.read(frame.eip, 16), frame.eip)
+    if vector not in EXCEPTION_NAMES:
+        return f"an interrupt (vector {vector:#x}) arrived inside the load, before `{insn}`: IF was set"
+    return f"the CPU refused it: {EXCEPTION_NAMES[vector]}({frame.error:#x}) at `{insn}`"
+
+
+def descriptor(memory, gdt_base, gdt_limit, sel):
+    """The GDT descriptor a selector names, or None past the limit."""
+    index = sel & ~7
+    if not index or index + 7 > gdt_limit:
+        return None
+    return decode_segment(memory.read(gdt_base + index, 8))
+
+
+def tss_base(memory, state):
+    """The base of the TSS a save area's TR selector names in its GDT: what ltr loads."""
+    d = descriptor(memory, state["gdtr.base"], state["gdtr.limit"], state["tr.sel"])
+    return None if d is None else d.base
+
+
+def observe(memory, frame, cpu):
+    """The claim-15 state the world on `frame` resumes with, as the frame and
+    the CPU hold it now, in save-area items."""
+    words = dict(zip(Frame.FIELDS, _FRAME.unpack(memory.read(frame.address, _FRAME.size))))
+    now = {n: words[n] for n in GENERAL if n != "esp"}
+    now.update(eip=words["eip"], cs=words["cs"], eflags=words["eflags"])
+    if words["cs"] & 3:
+        now.update(esp=words["esp"], ss=words["ss"])
+    else:
+        now.update(esp=frame.address + _CPL0_FRAME, ss=cpu["ss"])
+    now.update(zip(SEGMENTS, cpu.read(*SEGMENTS)))
+    _, now["gdtr.base"], now["gdtr.limit"], _ = cpu["gdtr"]
+    _, now["idtr.base"], now["idtr.limit"], _ = cpu["idtr"]
+    now["ldtr.sel"], now["tr.sel"], now["cr3"] = cpu["ldtr"][0], cpu["tr"][0], cpu["cr3"]
+    return now
+
+
+def verify(memory, frame, cpu, state):
+    """Every claim-15 item, read back from the frame and the CPU: the names that
+    differ. The tables' hidden parts are checked against the descriptors the
+    selectors name (TR's base must be its TSS descriptor's, and that
+    descriptor busy), IF must be clear (the load ran with exceptions
+    disabled), and CR0.PG must follow CR3."""
+    now = observe(memory, frame, cpu)
+    ldtr, tr = cpu["ldtr"], cpu["tr"]
+    wrong = [n for n in ITEMS if now[n] != state[n]]
+    gdt = (memory, now["gdtr.base"], now["gdtr.limit"])
+    tss = descriptor(*gdt, tr[0])
+    if tss is None or (tss.base, tss.limit) != tr[1:3] or tss.type != TSS_BUSY or tss.s:
+        wrong.append("tr.descriptor")
+    ldt = descriptor(*gdt, ldtr[0])
+    if ldtr[0] & ~3 and (ldt is None or (ldt.base, ldt.limit) != ldtr[1:3]):
+        wrong.append("ldtr.descriptor")
+    if bool(cpu["cr0"] & CR0_PG) != bool(state["cr3"]):
+        wrong.append("cr0.pg")
+    if cpu["eflags"] & EFLAGS_IF:
+        wrong.append("IF")
+    return wrong

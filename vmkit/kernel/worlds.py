@@ -55,14 +55,12 @@ class World:
 
 class Processor:
     """One CPU as the scheduler sees it (claim 16): its system world, the world
-    it runs now, how much of that world's quantum is used, and its own mapping
-    cache (claim 17). Made by smp.py."""
+    it runs now, how much of that world's quantum is used, its own mapping
+    cache (claim 17), and the switch its x86 is in the middle of. Made by smp.py."""
     def __init__(self, index, system, cache):
         self.index, self.system, self.cache = index, system, cache
         self.current, self.used, self.since = system, 0, 0
-
-    def __repr__(self):
-        return f"<CPU {self.index} running {self.current.name}>"
+        self.switching = None
 
 
 def round_robin(worlds, current, runnable):
@@ -81,7 +79,6 @@ class Worlds:
     def __init__(self, kernel):
         self.kernel, self.memory, self.trace = kernel, kernel.memory, kernel.trace
         self.quantum = QUANTUM_TICKS
-        self.loader = switch.install           # the switch's loading step (an exercise plugs in)
         self.chooser = round_robin             # the scheduler's pick (an exercise plugs in)
         cos = World("cos", "cos", self._block(0), (0, kernel.base))
         self.all = [cos]
@@ -166,8 +163,7 @@ class Worlds:
                      cs=layout.USER_CODE_SEL | layout.USER_RPL, ss=user_data,
                      ds=user_data, es=user_data, fs=user_data, gs=user_data)
         state.update(smp.kernel_tables(self.kernel))
-        tr_sel, tr_base = smp.vm_tss(self.kernel, cpu)          # ESP0: its CPU's kernel stack
-        state.update({"tr.sel": tr_sel, "tr.base": tr_base, "tr.limit": 103, "tr.flags": smp.TSS_FLAGS,
+        state.update({"tr.sel": smp.vm_tss(self.kernel, cpu)[0],  # ESP0: its CPU's kernel stack
                       "cr3": cr3})                              # its own address space
         switch.write_area(self.memory, area, state)
         self.all.append(world)
@@ -236,35 +232,84 @@ class Worlds:
         nxt = self.pick(p)
         if nxt is None:
             return False
-        was = k.away_frame, k.away
+        away = k.away
         k.away_frame = k.away = None           # the COS's frame is now just a saved world
-        if not self.switch_to(frame, nxt, p):
-            k.away_frame, k.away = was
-            return False
-        return True
+        return self.switch_to(frame, nxt, p, away)
 
-    def switch_to(self, frame, nxt, p=None):
-        """Switch CPU `p` (switch.py), account, and hand the new world what is pending
-        for it. False if there is no other world or `nxt` cannot be loaded (it is then crashed)."""
+    def switch_to(self, frame, nxt, p=None, away=None):
+        """Start switching CPU `p` to `nxt` (switch.py): its x86 runs when the
+        dispatcher returns and comes back to `switch_step`. False if there is
+        no other world. `away`: the COS's away state (CPU 0), put back if `nxt`
+        is refused."""
         p = p or self.cpus[0]
         if nxt is None or nxt is p.current:
             return False
-        cpu = self.kernel.board.cpus[p.index]
+        p.switching = switch.Switch(p.current, nxt, "switch", away)
+        switch.begin(self.kernel, frame, self.kernel.board.cpus[p.index], p.current, nxt)
+        return True
+
+    def switch_step(self, frame, cpu, vector):
+        """The switch's x86 came back to the dispatcher: SAVED (check, then load),
+        LOADED (verify), or a fault the CPU took inside the load."""
+        p = self.cpus[cpu.index]
+        s, k = p.switching, self.kernel
+        target = s.frm if s.mode == "restore" else s.to
+        if vector == layout.GO_SWITCH:                 # a CPU's start: its first frame (smp.py)
+            switch.enter(frame, cpu, switch.RELOAD, target.area)
+            return
+        if vector == switch.SAVED:
+            try:
+                switch.saved(k, frame, cpu, s.frm, s.to)
+            except SwitchError as e:            # nothing loaded: the running world goes on
+                p.switching = None
+                self.crash(s.to, f"world switch refused: {e}")
+                self._after_refusal(frame, p, s)
+            return
         try:
-            switch.world_switch(self.kernel, frame, cpu, p.current, nxt, self.loader)
+            if vector != switch.LOADED:
+                raise SwitchError(f"{target.name}: {switch.refused_by_cpu(k, frame, vector)}")
+            switch.loaded(k, frame, cpu, target)
         except SwitchError as e:
-            self.crash(nxt, f"world switch refused: {e}")
-            return False
+            if s.mode != "switch":
+                p.switching = None
+                cpu.stop(f"vmkernel panic: {target.name} cannot be loaded ({e})")
+                return
+            self.crash(s.to, f"world switch refused: {e}")
+            p.switching = switch.Switch(s.frm, s.frm, "restore", s.away)     # load the world it left again
+            switch.enter(frame, cpu, switch.RELOAD, s.frm.area)
+            return
+        p.switching = None
+        if s.mode == "restore":
+            self._after_refusal(frame, p, s)
+        elif s.mode == "switch":
+            self._switched(frame, cpu, p, s.to)
+
+    def _switched(self, frame, cpu, p, nxt):
+        """`nxt` is loaded: account, and hand it what is pending for it."""
+        switch.started(self.kernel, frame, cpu, nxt)
         now = self.kernel.board.now()
         switch.bump(self.memory, p.current.area + INSTRUCTIONS, now - p.since)
         p.current, p.used, p.since = nxt, 0, now
+        k = self.kernel
         if nxt.kind == "vm":
             if nxt.state == "halted":
                 nxt.state = "ready"
             self.guard(frame, lambda: nxt.vmm.deliver_pending(frame), p)
-        elif nxt.kind == "cos" and self.kernel.away is None:
-            self.kernel.deliver_pending(frame)
-        return True
+        elif nxt.kind == "cos" and k.away is None:
+            k.deliver_pending(frame)
+            if k.work_due:                         # the kernel's work came due meanwhile
+                k.work_due = False
+                k.go_away(frame, "work")
+
+    def _after_refusal(self, frame, p, s):
+        """The world CPU `p` left runs again (its frame may have moved): go on
+        with it, or, if it cannot go on, switch to another."""
+        k = self.kernel
+        if s.away:
+            k.away_frame, k.away = frame.address, s.away
+            k.resume(frame)
+        elif s.frm.kind == "vm" and s.frm.state != "ready":
+            self.leave(frame, p)
 
     def crash(self, world, why):
         world.state, world.fault = "crashed", why
@@ -285,14 +330,10 @@ class Worlds:
 
     def leave(self, frame, p=None):
         """The current VM of CPU `p` cannot go on (halted, crashed): switch to the
-        next world of that CPU that loads; at the latest CPU 0's COS, another
-        CPU's system world."""
+        next world of that CPU (one refused is crashed and the next tried, by
+        `_after_refusal`); at the latest CPU 0's COS, another CPU's system world."""
         p = p or self.cpus[0]
-        fallback = self.all[0] if p.index == 0 else p.system
-        for _ in range(len(self.all) + 1):
-            if self.switch_to(frame, self.pick(p) or fallback, p):
-                return
-        raise RuntimeError(f"no world could be loaded on CPU {p.index}, not even {fallback.name}")
+        self.switch_to(frame, self.pick(p) or (self.all[0] if p.index == 0 else p.system), p)
 
     def guard(self, frame, action, p=None):
         """Run a VMM action; a GuestFault stops the current VM of CPU `p` and switches away."""

@@ -7,7 +7,8 @@ registers and the trap frame on the kernel stack.
 """
 from typing import NamedTuple
 
-from vmkit.kernel import switch
+from vmkit.hw.asm import disassemble
+from vmkit.kernel import layout, switch
 from vmkit.kernel.frame import Frame
 from vmkit.lessons import takeover
 from vmkit.vmm import guests
@@ -20,18 +21,19 @@ CLAIM15 = (
     ("exception flags (EFLAGS)", ("eflags",)),
     ("memory segments", ("cs", "ss", "ds", "es", "fs", "gs")),
     ("instruction pointer (EIP)", ("eip",)),
-    ("descriptor tables: GDTR", ("gdtr.base", "gdtr.limit")),
-    ("descriptor tables: IDTR", ("idtr.base", "idtr.limit")),
-    ("descriptor tables: LDTR", ("ldtr.sel", "ldtr.base", "ldtr.limit")),
-    ("descriptor tables: TR", ("tr.sel", "tr.base", "tr.limit")),
+    ("descriptor tables: GDTR", ("gdtr.limit", "gdtr.base")),
+    ("descriptor tables: IDTR", ("idtr.limit", "idtr.base")),
+    ("descriptor tables: LDTR", ("ldtr.sel",)),
+    ("descriptor tables: TR", ("tr.sel",)),
     ("address space (CR3)", ("cr3",)),
     ("general registers", ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")),
 )
 
 
-def two_vms(timer_period=2000, quantum=2):
-    """A displaced COS and two console VMs, vm1 and vm2: (board, cos, kernel, [vm1, vm2])."""
-    board, cos, loader = takeover.takeover(timer_period=timer_period)
+def two_vms(timer_period=2000, quantum=2, image=None):
+    """A displaced COS and two console VMs, vm1 and vm2: (board, cos, kernel, [vm1, vm2]).
+    image: the kernel image (default: the kit's; exercise 06 builds one with the learner's load)."""
+    board, cos, loader = takeover.takeover(timer_period=timer_period, image=image)
     kernel = loader.kernel
     kernel.worlds.quantum = quantum
     vms = [kernel.install_vm(lambda base, n=name: guests.console(base, n), VM_MEMORY, name)
@@ -117,7 +119,7 @@ def record_switch(board, kernel, frm="cos", to="vm1", limit=2_000_000):
             recording[:] = [data["frm"] == frm and data["to"] == to and not steps]
         if recording and recording[0] and kind in STEPS:
             frame = Frame(memory, the_cpu["esp"])
-            steps.append(Step(kind, event, the_cpu.state(), switch.capture(frame, the_cpu),
+            steps.append(Step(kind, event, the_cpu.state(), switch.observe(memory, frame, the_cpu),
                               {n: bytes(memory.read(worlds[n].area, switch.SIZE)) for n in (frm, to)}))
         return event
 
@@ -138,7 +140,7 @@ def before_after(steps):
     switch.begin, `after` the state at switch.sti."""
     first, last = steps[0], steps[-1]
     to = last.event["world"]
-    stored = switch.read_area(_Bytes(last.areas[to]), 0)
+    stored = switch.decode_area(last.areas[to])
     rows = []
     for label, names in CLAIM15:
         for n in names:
@@ -147,10 +149,46 @@ def before_after(steps):
     return rows
 
 
-class _Bytes:
-    """Lets switch.read_area read a snapshot as if it were memory."""
-    def __init__(self, data):
-        self.data = data
+# ---- the switch's x86, as the CPU runs it ---------------------------------------------
+def switch_listing(kernel):
+    """[(address, instruction)] of the world switch in the kernel's memory, found
+    as the CPU finds it: from the dispatcher's `cmp eax, GO_SWITCH; je world_switch`,
+    to the second `jmp dispatch` (the save part's, then the load part's)."""
+    dispatch = kernel.base + kernel.image.dispatch
+    stub = disassemble(kernel.memory.read(dispatch, 64), dispatch)
+    at = next(i for i, (_, t) in enumerate(stub) if t == f"cmp eax, {layout.GO_SWITCH}")
+    start = int(stub[at + 1][1].split()[1], 16)
+    listing, back = [], f"jmp {dispatch:#x}"
+    for address, text in disassemble(kernel.memory.read(start, 1024), start):
+        listing.append((address, text))
+        if text == back and sum(t == back for _, t in listing) == 2:
+            return listing
+    raise RuntimeError("the world switch does not come back to the dispatcher")
 
-    def read(self, address, length):
-        return self.data[address:address + length]
+
+# the instructions of the listing that do a claimed step, and what they do
+LISTING_MARKS = {
+    "sgdt": "store GDTR (limit, then base)", "sidt": "store IDTR", "sldt": "store LDTR's selector",
+    "str": "store TR's selector", "mov eax, cr3": "read CR3", "cli": "claim 14: disable exceptions",
+    "lgdt": "claim 15: load GDTR", "lldt": "claim 15: load LDTR (the CPU checks the descriptor)",
+    "ltr": "claim 15: load TR from the GDT's TSS descriptor (must be available; marked busy)",
+    "lidt": "claim 15: load IDTR", "mov ds": "claim 15: memory segments", "mov cr3": "the address space",
+    "mov dword ptr [esp + 0x20], 0x101": "back to the dispatcher: seal, check",
+    "mov dword ptr [esp + 0x20], 0x102": "back to the dispatcher: verify; then popad, iretd",
+}
+
+
+def wrong_selector(item="tr.sel", value=layout.USER_DATA_SEL, run=300_000):
+    """Two VMs; once vm2 has been switched out, its save area gets a selector the
+    CPU will refuse, stored with a good CRC so that only the CPU can object; run.
+    (board, kernel, vm2, the CPU's faults taken in the kernel's x86)."""
+    board, cos, kernel, vms = two_vms()
+    board.run(200_000)
+    victim = vms[1] if kernel.worlds.current is not vms[1] else vms[0]
+    state = switch.read_area(kernel.memory, victim.area)
+    state[item] = value
+    switch.write_area(kernel.memory, victim.area, state)
+    mark = board.trace.mark()
+    board.run(run)
+    faults = [e for e in board.trace.since(mark, "cpu.fault") if kernel.contains(e["eip"])]
+    return board, kernel, victim, faults

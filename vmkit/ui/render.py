@@ -60,8 +60,9 @@ def hexdump_html(board, address, length=64, previous=None):
     return bytes_html(board.memory.read(address, length), address, previous)
 
 
-def bytes_html(data, address, previous=None):
-    """A hex dump; bytes that differ from `previous` are bold red."""
+def bytes_html(data, address, previous=None, labels=None):
+    """A hex dump; bytes that differ from `previous` are bold red. labels:
+    {offset: field name}: each row ends with the names of the fields that start in it."""
     lines = []
     for row in range(0, len(data), 16):
         cells = []
@@ -70,8 +71,19 @@ def bytes_html(data, address, previous=None):
             if previous is not None and previous[i] != data[i]:
                 byte = f"<b style='color:#c0392b'>{byte}</b>"
             cells.append(byte)
-        lines.append(f"{address + row:08x}  " + " ".join(cells))
+        line = f"{address + row:08x}  " + " ".join(cells)
+        if labels:
+            names = [labels[o] for o in sorted(labels) if row <= o < row + 16]
+            line += "  <span style='color:#7f8c8d'>" + html.escape(" ".join(names)) + "</span>"
+        lines.append(line)
     return "<pre style='margin:0'>" + "\n".join(lines) + "</pre>"
+
+
+def labelled_bytes_text(data, labels, per_line=4):
+    """Fields of a record, one `name=value` each (little-endian), as text."""
+    ends = sorted(labels) + [len(data)]
+    fields = [f"{labels[o]}={int.from_bytes(data[o:e], 'little'):#x}" for o, e in zip(ends, ends[1:])]
+    return "\n".join("  " + " ".join(fields[i:i + per_line]) for i in range(0, len(fields), per_line))
 
 
 def events_html(events, limit=12):

@@ -6,7 +6,9 @@ import html
 import ipywidgets as widgets
 
 from vmkit.lessons import worlds as lesson
-from .render import bytes_html
+from vmkit.hw.x86 import EFLAGS_IF
+from vmkit.kernel import switch
+from .render import bytes_html, labelled_bytes_text
 
 RUN = 200_000
 STRIP = {"cos": "#5dade2", "vm1": "#58d68d", "vm2": "#f5b041", "vm3": "#af7ac5", "vm4": "#ec7063",
@@ -86,28 +88,38 @@ class WorldsPanel(widgets.VBox):
 
 # ---- one world switch, step by step (notebook 06) ----------------------------------------
 EXPLAIN = {
-    "switch.begin": "the scheduler picked the next world",
-    "switch.save": "claim 14: the current world's state stored in kernel memory (its save area)",
-    "switch.cli": "claim 14: exceptions disabled (the real IF cleared)",
+    "switch.begin": "the scheduler picked the next world; the stub goes to the switch's x86",
+    "switch.save": "claim 14: the x86 stored the current world's state in kernel memory (its save area)",
+    "switch.cli": "claim 14: exceptions disabled (the x86's cli; IF read back from the CPU)",
     "switch.check": "the next world's save area checked (CRC-32) before it is loaded",
-    "switch.load": "claim 14/15: the next world's state loaded into the registers and the frame",
+    "switch.load": "claim 14/15: the x86 loaded the next world (lgdt, lldt, ltr, segments, lidt, CR3; "
+                   "the frame for popad/iretd); every register read back",
     "switch.start": "claim 14: the stub's iretd starts it at the loaded CS:EIP",
     "switch.sti": "claim 14: the same iretd loads its EFLAGS, IF set: exceptions enabled",
 }
 SHOWN = ("eip", "eflags", "cs", "ss", "ds", "esp", "eax", "ebx", "cr3", "ldtr.sel", "tr.sel",
          "gdtr.base", "idtr.base")
+AFTER_IRETD = ("switch.start", "switch.sti")
+
+
+def _if(eflags):
+    return "IF set" if eflags & EFLAGS_IF else "IF clear"
 
 
 def step_text(steps, i, frm, to):
     s = steps[i]
-    cpu = s.registers
+    cpu, world = s.registers, s.world_state
     lines = [f"step {i + 1}/{len(steps)}: {s.kind} at {s.event.time}: {EXPLAIN[s.kind]}",
              f"CPU now: EIP {cpu['eip']:#x} CS {cpu['cs']:#x} EFLAGS {cpu['eflags']:#x} "
-             f"(IF {'set' if cpu['eflags'] & 0x200 else 'clear'}) CPL {cpu['cpl']}",
-             "resumes with: " + " ".join(f"{n}={s.world_state[n]:#x}" for n in SHOWN)]
+             f"({_if(cpu['eflags'])}) CPL {cpu['cpl']}"]
+    if s.kind in AFTER_IRETD:
+        lines.append(f"after the stub's iretd: EIP {world['eip']:#x} CS {world['cs']:#x} EFLAGS "
+                     f"{world['eflags']:#x} ({_if(world['eflags'])}) CPL {world['cs'] & 3}")
+    lines.append("resumes with: " + " ".join(f"{n}={world[n]:#x}" for n in SHOWN))
     for n in (frm, to):
         changed = i > 0 and steps[i - 1].areas[n] != s.areas[n]
-        lines.append(f"save area of {n}: {s.areas[n][:16].hex(' ')} ..." + ("  (changed)" if changed else ""))
+        lines.append(f"save area of {n}:" + ("  (changed)" if changed else ""))
+        lines.append(labelled_bytes_text(s.areas[n], switch.FIELDS, per_line=8))
     return "\n".join(lines)
 
 
@@ -139,10 +151,10 @@ class SwitchStepper(widgets.VBox):
         regs = "".join(f"<tr><td><code>{n}</code></td><td><code>{s.world_state[n]:#010x}</code></td></tr>"
                        for n in SHOWN)
         dumps = "".join(f"<div><b>save area of {n}</b> at {self.areas[n]:#x}"
-                        f"{bytes_html(s.areas[n], self.areas[n], before.areas[n] if before else None)}</div>"
+                        f"{bytes_html(s.areas[n], self.areas[n], before.areas[n] if before else None, switch.FIELDS)}</div>"
                         for n in (self.frm, self.to))
-        self.view.value = (f"<pre>{html.escape(self.text().splitlines()[0])}\n"
-                           f"{html.escape(self.text().splitlines()[1])}</pre>"
+        head = self.text().splitlines()[:3 if s.kind in AFTER_IRETD else 2]
+        self.view.value = (f"<pre>{html.escape(chr(10).join(head))}</pre>"
                            f"<div style='display:flex;gap:16px'><table>{regs}</table><div>{dumps}</div></div>")
 
 
@@ -159,3 +171,14 @@ def before_after_html(rows):
                    f"<td><code>{s:#x}</code></td><td><code>{a:#x}</code></td><td>{'✔' if ok else '✘'}</td></tr>"
                    for l, n, b, s, a, ok in rows)
     return f"<table>{head}{body}</table>"
+
+
+def listing_text(listing, marks=None):
+    """The switch's x86 as the CPU runs it, one instruction a line; `marks`:
+    {instruction prefix: note} printed beside the first instruction that starts so."""
+    marks, out = dict(marks or {}), []
+    for address, text in listing:
+        key = next((k for k in marks if text.startswith(k)), None)
+        note = marks.pop(key) if key else ""           # its first occurrence: the save's, the load's
+        out.append(f"{address:08x}  {text:40} {('; ' + note) if note else ''}".rstrip())
+    return "\n".join(out)

@@ -1,0 +1,54 @@
+"""Known-wrong answers to exercise 06 (the switch's x86 load): the grader must
+fail each, with a hint that names the item, from what the machine did."""
+import pytest
+
+from vmkit.grading import ex06_world_switch as grader
+from vmkit.kernel import switch
+
+RIGHT = [line for line in switch.LOAD.splitlines() if line.strip()]
+
+
+def without(*starts):
+    return "\n".join(line for line in RIGHT if not line.strip().startswith(starts))
+
+
+def swapped(first, second):
+    lines = list(RIGHT)
+    i = next(n for n, line in enumerate(lines) if line.strip().startswith(first))
+    j = next(n for n, line in enumerate(lines) if line.strip().startswith(second))
+    lines[i], lines[j] = lines[j], lines[i]
+    return "\n".join(lines)
+
+
+WRONG = {
+    "no lgdt": (without("lgdt"), "is GDTR loaded first?"),
+    "no lidt": (without("lidt"), "IDTR is not the save area's"),
+    "no lldt": (without("lldt"), "LDTR is not the save area's"),
+    "no ltr": (without("ltr"), "TR is not the save area's"),
+    "no mov ds": (without("mov ds"), "DS is not the save area's"),
+    "no mov gs": (without("mov gs"), "GS is not the save area's"),
+    "no mov cr3": (without("mov cr3"), "CR3 is not the save area's"),
+    "lldt before lgdt": (swapped("lgdt", "lldt"), "at `lldt word ptr [edi + 0x50]`"),
+    "ltr before lgdt": ("\n".join([RIGHT[2]] + RIGHT[:2] + RIGHT[3:]), "TR is not the save area's"),
+    "IDTR from the GDTR's field": (without("lidt") + "\nlidt [edi + AREA_GDTR]",
+                                   "IDTR is not the save area's"),
+    "GDTR through ESI": (without("lgdt").replace("lldt", "lgdt [esi + AREA_GDTR]\nlldt", 1),
+                         "GDTR or IDTR loaded from the wrong place"),
+    "sti in the load": ("\n".join(RIGHT + ["sti"]), "your code must not (no sti)"),
+}
+
+
+@pytest.mark.parametrize("name", list(WRONG))
+def test_a_wrong_load_fails_with_its_hint(name):
+    source, hint = WRONG[name]
+    problem = grader.check_consoles(lambda: source)
+    assert problem and hint in problem, problem
+
+
+def test_the_solution_passes():
+    assert grader.check_consoles(lambda: switch.LOAD) is None
+
+
+def test_bad_assembly_is_a_clear_problem():
+    problem = grader.check_consoles(lambda: "lgdt [edi + AREA_GDTR]\nmov cr3, [edi]")
+    assert problem.startswith("your load sequence does not assemble: line 2")
