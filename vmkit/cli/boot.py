@@ -1,0 +1,77 @@
+"""`vmkit boot`: build the machine, run it, print every world's console.
+
+Exit status 0 when the run ends with the machine up (a VM that crashed is
+reported: the kernel stopping one VM is the design working), 1 when it
+panicked (a CPU shut down, the COS faulted), with the reason."""
+import sys
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from . import machine, replay, trace
+
+PROGRESS_MIN = 5_000_000        # shorter runs take about a second or two: no bar
+
+
+def add(sub):
+    p = sub.add_parser("boot", help="boot the COS, load the vmkernel, install VMs, run, print the consoles",
+                       description="Boot the COS, insmod the vmkernel (it displaces the COS), install the "
+                                   "VMs, run for the given virtual time and print each world's console.")
+    machine.add_arguments(p)
+    p.add_argument("--tail", type=int, default=20, metavar="LINES",
+                   help="print the last LINES lines of each console (0: all; default 20)")
+    p.add_argument("--record", metavar="FILE",
+                   help="write a replay file of this run (vmkit replay FILE runs it again)")
+    bar = p.add_mutually_exclusive_group()
+    bar.add_argument("--progress", action="store_true", default=None,
+                     help=f"show a progress bar (default: on a terminal, for runs of {PROGRESS_MIN:,}+)")
+    bar.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(run=run)
+
+
+def run_with_progress(m, show):
+    """Run the machine; a rich progress bar on stderr if `show`."""
+    total = m.desc["instructions"]
+    if not show:
+        m.run_all()
+        return
+    columns = (TextColumn("running"), BarColumn(), MofNCompleteColumn(), TextColumn("instructions"),
+               TimeRemainingColumn())
+    with Progress(*columns, console=None, transient=True) as bar:
+        task = bar.add_task("run", total=total)
+        for done in m.run():
+            bar.update(task, completed=done)
+
+
+def print_consoles(m, tail):
+    """Each world's console, its last `tail` lines (0: all); crashed VMs noted."""
+    for name, where, text in m.consoles():
+        lines = text.splitlines()
+        shown = lines[-tail:] if tail else lines
+        cut = f"  (last {len(shown)} of {len(lines)} lines)" if len(shown) < len(lines) else ""
+        print(f"== {name} ({where}) =={cut}")
+        print("\n".join(shown))
+    for vm in m.vms:
+        if vm.state == "crashed":
+            print(f"vmkit: {vm.name} crashed: {vm.fault}")
+
+
+def run(args):
+    if args.tail < 0:
+        raise machine.UsageError(f"--tail must be 0 or more, not {args.tail}")
+    desc = machine.description(args)
+    m = machine.Machine(desc)
+    show = args.progress if args.progress is not None else (
+        sys.stderr.isatty() and desc["instructions"] >= PROGRESS_MIN)
+    run_with_progress(m, show)
+    print_consoles(m, args.tail)
+    ran = m.board.clock - m.start
+    print(f"vmkit: ran {ran:,} instructions after the boot (virtual time {m.board.clock:,}), "
+          f"{desc['cpus']} CPU{'s' if desc['cpus'] > 1 else ''}, {len(m.vms)} VM{'s' if len(m.vms) != 1 else ''}")
+    if args.record:
+        replay.write(args.record, m)
+        print(f"vmkit: recorded to {args.record} (trace sha256 {trace.digest(m.board.trace)})")
+    why = m.panic()
+    if why:
+        print(f"vmkit: the machine panicked: {why}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,79 @@
+"""`vmkit top`: like esxtop, every world per CPU, refreshed as the machine runs;
+`--batch N` prints N snapshots as CSV (like `esxtop -b`), for a plot.
+
+The numbers are vmkit.lessons.top's (the notebook's top widget shows the same)."""
+import csv
+import sys
+import time
+
+from rich.live import Live
+from rich.table import Table
+
+from vmkit.lessons import top as lesson
+from . import machine
+
+
+def add(sub):
+    p = sub.add_parser("top", help="a live per-world, per-CPU view like esxtop (--batch N: CSV)",
+                       description="Run the machine and show, per CPU, every world: its state, its share "
+                                   "of virtual time since the last refresh, switches, timer ticks, IRQs taken, "
+                                   "interrupts injected into its virtual CPU, traps by cause. Read from kernel "
+                                   "memory and the trace.")
+    machine.add_arguments(p)
+    p.add_argument("--interval", type=int, default=100_000, metavar="INSTRUCTIONS",
+                   help="virtual time between snapshots (default 100000)")
+    p.add_argument("-d", "--delay", type=float, default=0.25, metavar="SECONDS",
+                   help="live view: wall-clock pause between refreshes, so you can watch (default 0.25; "
+                        "the machine's virtual time does not depend on it); Ctrl-C quits")
+    p.add_argument("-b", "--batch", type=int, metavar="N",
+                   help="print N snapshots as CSV, one row per world per snapshot, and stop")
+    p.set_defaults(run=run)
+
+
+def _table(rows):
+    t = Table(title=f"vmkit top — virtual time {rows[0]['time']:,}" if rows else "vmkit top")
+    names = ("CPU", "world", "kind", "state", "%VT", "instructions", "switches", "ticks", "IRQs",
+             "injected", "traps", "#GP", "#BP", "#PF", "other")
+    keys = ("cpu", "world", "kind", "state", "pct", "instructions", "switches", "ticks", "irqs",
+            "injected", "traps", "gp", "bp", "pf", "other")
+    for n in names:
+        t.add_column(n, justify="left" if n in ("world", "kind", "state") else "right")
+    for r in rows:
+        t.add_row(*(f"{r[k]:,}" if k == "instructions" else str(r[k]) for k in keys))
+    return t
+
+
+def run(args):
+    if args.interval < 1_000:
+        raise machine.UsageError(f"--interval must be at least 1000 instructions, not {args.interval}")
+    if args.batch is not None and not 1 <= args.batch <= 100_000:
+        raise machine.UsageError(f"--batch must be from 1 to 100000, not {args.batch}")
+    desc = machine.description(args)
+    m = machine.Machine(desc)
+    view = lesson.Top(m.board, m.kernel)
+    view.snapshot()                                  # the baseline: %VT from here on
+    if args.batch is not None:
+        out = csv.DictWriter(sys.stdout, fieldnames=("sample",) + lesson.COLUMNS, lineterminator="\n")
+        out.writeheader()
+        for sample in range(1, args.batch + 1):
+            m.run_all(args.interval)
+            for row in view.snapshot():
+                out.writerow({"sample": sample, **row})
+            if m.panic():
+                break
+    elif sys.stdout.isatty():
+        with Live(_table(view.snapshot()), refresh_per_second=8) as live:
+            try:
+                for _ in m.run(step=args.interval):
+                    live.update(_table(view.snapshot()))
+                    time.sleep(max(0.0, args.delay))
+            except KeyboardInterrupt:
+                pass
+    else:                                            # not a terminal: the last view, as text
+        m.run_all()
+        print(lesson.table(view.snapshot()))
+    why = m.panic()
+    if why:
+        print(f"vmkit: the machine panicked: {why}", file=sys.stderr)
+        return 1
+    return 0
