@@ -104,9 +104,9 @@ def _guest(where, spec, base_dir, memory):
             "image": base64.b64encode(path.read_bytes()).decode()}
 
 
-def normalise(data, base_dir=None):
+def normalise(data, base_dir=None, label="machine description"):
     """Check every key and fill in defaults: the description a replay file keeps."""
-    _unknown("machine description", data, KEYS)
+    _unknown(label, data, KEYS)
     out = dict(DEFAULTS)
     out["cpus"] = _int("cpus", data.get("cpus", 1), 1, 2)
     out["timer_period"] = _int("timer_period", data.get("timer_period", 2000), 100, 10_000_000)
@@ -232,7 +232,7 @@ def description(args):
     if args.type:
         inputs = data.get("inputs", [])
         data["inputs"] = (inputs if isinstance(inputs, list) else []) + [parse_type(t) for t in args.type]
-    return normalise(data, base_dir)
+    return normalise(data, base_dir, f"machine description {args.machine}" if args.machine else "flags")
 
 
 # ---- the running machine ---------------------------------------------------------
