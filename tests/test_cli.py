@@ -209,3 +209,15 @@ def test_replay_file_from_another_version_or_edited(tmp_path):
     one_line_error(vmkit("replay", tmp_path / "missing.json"), "no such file")
     (tmp_path / "junk.json").write_text("{not json")
     one_line_error(vmkit("replay", tmp_path / "junk.json"), "not JSON")
+
+
+def test_the_notebook_widget_shows_what_top_prints():
+    """The same machine, run the same way: the widget's rows are the command's CSV rows."""
+    from vmkit.lessons import smp
+    from vmkit.ui.top_panel import TopPanel
+    board, cos, kernel, vms = smp.two_cpus(vms=("vm1", "vm2"))
+    rows = TopPanel(board, kernel).run(50_000, 3)
+    out = vmkit("top", "--cpus", 2, "--vms", 2, "--batch", 3, "--interval", 50000)
+    printed = [r for r in csv.DictReader(io.StringIO(out.stdout)) if r["sample"] == "3"]
+    assert [{k: str(v) for k, v in r.items()} for r in rows] == [
+        {k: v for k, v in r.items() if k != "sample"} for r in printed]

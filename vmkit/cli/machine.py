@@ -25,7 +25,11 @@ Anything wrong in it is a UsageError: one line naming the problem.
 import base64
 import json
 import pathlib
-import tomllib
+
+try:
+    import tomllib
+except ImportError:                    # Python 3.10: the same parser, from PyPI
+    import tomli as tomllib
 
 from vmkit.kernel.worlds import VMError
 from vmkit.lessons import takeover
