@@ -19,12 +19,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 RUN = "200000"
 
 
-def vmkit(*args, cwd=ROOT, code=None):
+def vmkit(*args, cwd=ROOT, code=None, stdin=""):
     """Run `python -m vmkit ARGS` (or the Python `code`); CompletedProcess."""
     argv = [sys.executable, "-c", code] if code else [sys.executable, "-m", "vmkit"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(argv + [str(a) for a in args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, input=stdin)
 
 
 def one_line_error(out, *words):
@@ -162,6 +162,18 @@ def test_replay_gives_the_identical_trace(tmp_path):
     assert f"replayed: " in out.stdout and out.stdout.count(recorded) == 2 and "identical" in out.stdout
     trace = vmkit("trace", "--cpus", 2, "--vms", 2, "-n", RUN, "--type", "60000:ticks", "--summary")
     assert trace.stderr.strip().endswith(recorded)          # the same run by another subcommand
+
+
+def test_interactive_lines_are_typed_recorded_and_replayed(tmp_path):
+    path = tmp_path / "session.json"
+    out = vmkit("boot", "--interactive", "-n", RUN, "--record", path, stdin="devices\n")
+    assert out.returncode == 0, out.stderr
+    assert "devices\ncos: pic ports 0x20-0x21" in out.stdout        # the COS echoed and ran it
+    typed = json.loads(path.read_text())["machine"]["inputs"]
+    assert [x["serial"] for x in typed] == ["devices\n"] and typed[0]["at"] > 0
+    again = vmkit("replay", path, "--tail", 0)
+    assert again.returncode == 0 and "identical" in again.stdout
+    assert "devices\ncos: pic ports 0x20-0x21" in again.stdout
 
 
 def test_replay_notices_a_different_run(tmp_path):

@@ -3,13 +3,18 @@
 Exit status 0 when the run ends with the machine up (a VM that crashed is
 reported: the kernel stopping one VM is the design working), 1 when it
 panicked (a CPU shut down, the COS faulted), with the reason."""
+import os
+import select
 import sys
+import time
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from . import machine, replay, trace
 
 PROGRESS_MIN = 5_000_000        # shorter runs take about a second or two: no bar
+PACE = 500_000                  # --interactive: instructions per wall-clock second, so a person can type
+STEP = 20_000                   # --interactive: instructions between looks at the keyboard
 
 
 def add(sub):
@@ -19,6 +24,10 @@ def add(sub):
     machine.add_arguments(p)
     p.add_argument("--tail", type=int, default=20, metavar="LINES",
                    help="print the last LINES lines of each console (0: all; default 20)")
+    p.add_argument("-i", "--interactive", action="store_true",
+                   help="type on the COS's console: each line read from standard input is typed on its COM1 "
+                        f"at the virtual time it arrives (run paced at {PACE:,} instructions a second; "
+                        "Ctrl-C or the end of the run stops); with --record the lines are recorded")
     p.add_argument("--record", metavar="FILE",
                    help="write a replay file of this run (vmkit replay FILE runs it again)")
     bar = p.add_mutually_exclusive_group()
@@ -55,6 +64,31 @@ def print_consoles(m, tail):
             print(f"vmkit: {vm.name} crashed: {vm.fault}")
 
 
+def interactive(m):
+    """Run paced; stdin lines go to the COS's COM1 at the virtual time they arrive;
+    the COS's console is echoed as it grows."""
+    shown, began, pending = 0, time.monotonic(), b""
+    fd = sys.stdin.fileno() if sys.stdin is not None else None
+    try:
+        for done in m.run(step=STEP):
+            text = m.cos.console()
+            sys.stdout.write(text[shown:])
+            sys.stdout.flush()
+            shown = len(text)
+            while fd is not None and select.select([fd], [], [], 0)[0]:
+                data = os.read(fd, 4096)     # unbuffered: select sees what is really waiting
+                pending += data
+                if not data:                 # end of input: the run goes on to its end
+                    fd, pending = None, pending + b"\n" if pending else b""
+                while b"\n" in pending:
+                    line, pending = pending.split(b"\n", 1)
+                    m.type_now(line.rstrip(b"\r").decode("latin-1") + "\n")
+            time.sleep(max(0.0, began + done / PACE - time.monotonic()))
+    except KeyboardInterrupt:
+        print()
+    print("\n-- end of the interactive run --")
+
+
 def run(args):
     if args.tail < 0:
         raise machine.UsageError(f"--tail must be 0 or more, not {args.tail}")
@@ -62,7 +96,10 @@ def run(args):
     m = machine.Machine(desc)
     show = args.progress if args.progress is not None else (
         sys.stderr.isatty() and desc["instructions"] >= PROGRESS_MIN)
-    run_with_progress(m, show)
+    if args.interactive:
+        interactive(m)
+    else:
+        run_with_progress(m, show)
     print_consoles(m, args.tail)
     ran = m.board.clock - m.start
     print(f"vmkit: ran {ran:,} instructions after the boot (virtual time {m.board.clock:,}), "

@@ -301,6 +301,13 @@ class Machine:
         for _ in self.run(instructions):
             pass
 
+    def type_now(self, text):
+        """Text typed from outside now (an interactive session): applied at this
+        virtual time and kept with the description's inputs, so a recording has it."""
+        x = {"at": self.board.clock - self.start, "serial": text}
+        self.desc["inputs"].append(x)
+        self._apply(x)
+
     def _apply(self, x):
         """An external input arrives: bytes on the COS's serial line, or scancodes."""
         if "serial" in x:

@@ -75,8 +75,8 @@ def add(sub):
                        description="Rebuild the recorded machine, apply its inputs at their virtual times, "
                                    "and compare the trace's SHA-256 with the recorded one.")
     p.add_argument("file", metavar="FILE", help="a replay file written by `vmkit boot --record FILE`")
-    p.add_argument("--tail", type=int, default=0, metavar="LINES",
-                   help="also print the last LINES lines of each console (default: none)")
+    p.add_argument("--tail", type=int, metavar="LINES",
+                   help="also print the last LINES lines of each console (0: all; default: no consoles)")
     p.set_defaults(run=run)
 
 
@@ -86,8 +86,8 @@ def run(args):
     desc = machine.normalise(body["machine"])
     m = machine.Machine(desc)
     m.run_all()
-    if args.tail:
-        print_consoles(m, args.tail)
+    if args.tail is not None:
+        print_consoles(m, max(0, args.tail))
     recorded, replayed = body["trace"], {"events": len(m.board.trace), "sha256": digest(m.board.trace)}
     print(f"recorded: {recorded['events']} events, trace sha256 {recorded['sha256']}")
     print(f"replayed: {replayed['events']} events, trace sha256 {replayed['sha256']}")
