@@ -140,6 +140,29 @@ def test_top_batch_csv_agrees_with_the_machine():
     assert vm1 == sorted(vm1) and vm1[-1] > vm1[0]
 
 
+def test_top_on_a_terminal_is_a_live_view():
+    import pty
+    master, slave = pty.openpty()
+    p = subprocess.Popen([sys.executable, "-m", "vmkit", "top", "--vms", "1", "-n", "200000", "-d", "0"],
+                         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "140"},
+                         stdout=slave, stderr=subprocess.PIPE)
+    os.close(slave)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:                  # the other end closed
+            break
+        if not chunk:
+            break
+        screen += chunk
+    os.close(master)
+    assert p.wait(timeout=60) == 0
+    text = screen.decode(errors="replace")
+    assert text.count("vmkit top   virtual time") >= 2          # refreshed as it ran
+    assert "virtual time 224,000" in text and " vm1 " in text
+
+
 def test_top_without_a_terminal_prints_the_last_view():
     out = vmkit("top", "--vms", 1, "-n", 100000)
     assert out.returncode == 0

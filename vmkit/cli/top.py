@@ -7,7 +7,7 @@ import sys
 import time
 
 from rich.live import Live
-from rich.table import Table
+from rich.text import Text
 
 from vmkit.lessons import top as lesson
 from . import machine
@@ -30,17 +30,10 @@ def add(sub):
     p.set_defaults(run=run)
 
 
-def _table(rows):
-    t = Table(title=f"vmkit top — virtual time {rows[0]['time']:,}" if rows else "vmkit top")
-    names = ("CPU", "world", "kind", "state", "%VT", "instructions", "switches", "ticks", "IRQs",
-             "injected", "traps", "#GP", "#BP", "#PF", "other")
-    keys = ("cpu", "world", "kind", "state", "pct", "instructions", "switches", "ticks", "irqs",
-            "injected", "traps", "gp", "bp", "pf", "other")
-    for n in names:
-        t.add_column(n, justify="left" if n in ("world", "kind", "state") else "right")
-    for r in rows:
-        t.add_row(*(f"{r[k]:,}" if k == "instructions" else str(r[k]) for k in keys))
-    return t
+def _view(rows):
+    """The live view: the same text the batch-less, terminal-less mode prints."""
+    when = f"vmkit top   virtual time {rows[0]['time']:,}   (Ctrl-C quits)\n\n" if rows else ""
+    return Text(when + lesson.table(rows), no_wrap=True, overflow="crop")
 
 
 def run(args):
@@ -62,10 +55,10 @@ def run(args):
             if m.panic():
                 break
     elif sys.stdout.isatty():
-        with Live(_table(view.snapshot()), refresh_per_second=8) as live:
+        with Live(_view(view.snapshot()), refresh_per_second=8) as live:
             try:
                 for _ in m.run(step=args.interval):
-                    live.update(_table(view.snapshot()))
+                    live.update(_view(view.snapshot()))
                     time.sleep(max(0.0, args.delay))
             except KeyboardInterrupt:
                 pass
