@@ -84,10 +84,14 @@ def test_boot_guest_files_binary_and_source(tmp_path):
     (tmp_path / "msg.s").write_text("start: mov edx, 0x3f8\nlea esi, [msg]\nnext: mov al, [esi]\n"
                                     "test al, al\njz done\nout dx, al\ninc esi\njmp next\n"
                                     "done: hlt\njmp done\nmsg: .asciz \"linked at my base\\n\"\n")
-    out = vmkit("boot", "--guest", "hi.bin", "--guest", "msg.s", "-n", 100000, cwd=tmp_path)
+    out = vmkit("boot", "--guest", "hi.bin", "--guest", "msg.s", "-n", 100000, "--record", "r.json", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "== vm1 (virtual COM1, CPU 0) ==\nhi\n" in out.stdout
     assert "== vm2 (virtual COM1, CPU 0) ==\nlinked at my base\n" in out.stdout
+    (tmp_path / "hi.bin").unlink()                     # the replay file carries the guests
+    again = vmkit("replay", tmp_path / "r.json", "--tail", 0)
+    assert again.returncode == 0 and "identical" in again.stdout, again.stderr
+    assert "== vm2 (virtual COM1, CPU 0) ==\nlinked at my base\n" in again.stdout
 
 
 def test_boot_panic_is_a_non_zero_status_with_the_reason():
@@ -222,6 +226,8 @@ def test_description_with_an_unknown_key(tmp_path):
     one_line_error(vmkit("boot", tmp_path / "m.toml"), "unknown key 'speed'")
     (tmp_path / "v.json").write_text(json.dumps({"vms": [{"name": "a", "ram": 4096}]}))
     one_line_error(vmkit("boot", tmp_path / "v.json"), "vms[0]", "unknown key 'ram'")
+    (tmp_path / "g.json").write_text(json.dumps({"vms": [{"guest": {"image": "not base64!"}}]}))
+    one_line_error(vmkit("boot", tmp_path / "g.json"), "vms[0].guest.image", "base64")
     (tmp_path / "broken.toml").write_text("cpus = \n")
     one_line_error(vmkit("boot", tmp_path / "broken.toml"), "not valid TOML")
 

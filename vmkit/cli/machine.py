@@ -86,13 +86,22 @@ def _unknown(where, given, allowed):
 
 
 def _guest(where, spec, base_dir, memory):
-    """A VM's guest: {"guest": label, "image": base64, "source": bool} or the built-in."""
-    if isinstance(spec, dict):                      # already normalised (a replay file)
-        return spec
+    """A VM's guest, normalised: "console" (built in), or {"file": its name,
+    "source": x86 text or raw code, "image": its bytes in base64} so that a
+    replay file carries it."""
+    if isinstance(spec, dict):                      # already normalised (a replay file, --guest)
+        _unknown(f"{where}.guest", spec, {"file", "source", "image"})
+        try:
+            size = len(base64.b64decode(spec["image"], validate=True))
+        except (KeyError, TypeError, ValueError):
+            raise UsageError(f"{where}.guest.image must be the guest's bytes in base64") from None
+        if not 0 < size <= memory:
+            raise UsageError(f"{where}.guest is {size} bytes: it must be 1 to {memory} (its VM's memory)")
+        return {"file": str(spec.get("file", "guest")), "source": bool(spec.get("source")), "image": spec["image"]}
     if not isinstance(spec, str) or not spec:
         raise UsageError(f"{where}.guest must be 'console' or a file name, not {spec!r}")
     if spec in BUILTIN_GUESTS:
-        return {"guest": spec}
+        return spec
     path = pathlib.Path(spec)
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path
@@ -103,8 +112,7 @@ def _guest(where, spec, base_dir, memory):
         raise UsageError(f"guest file {spec} is {size} bytes: too big for its VM's {memory} bytes of memory")
     if size == 0:
         raise UsageError(f"guest file {spec} is empty")
-    source = path.suffix in (".s", ".asm")
-    return {"guest": path.name, "source": source,
+    return {"file": path.name, "source": path.suffix in (".s", ".asm"),
             "image": base64.b64encode(path.read_bytes()).decode()}
 
 
@@ -147,7 +155,7 @@ def normalise(data, base_dir=None, label="machine description"):
         if cpu is not None:
             cpu = _int(f"{where}.cpu", cpu, 0, out["cpus"] - 1)
         out["vms"].append({"name": name, "memory": memory, "cpu": cpu,
-                           **_guest(where, vm.get("guest", "console"), base_dir, memory)})
+                           "guest": _guest(where, vm.get("guest", "console"), base_dir, memory)})
     out["inputs"] = normalise_inputs(data.get("inputs", []))
     return out
 
@@ -259,10 +267,11 @@ class Machine:
 
     @staticmethod
     def _guest(vm):
-        if "image" not in vm:
-            return lambda base, n=vm["name"]: BUILTIN_GUESTS[vm["guest"]](base, n)
-        image = base64.b64decode(vm["image"])
-        if vm.get("source"):
+        guest = vm["guest"]
+        if isinstance(guest, str):
+            return lambda base, n=vm["name"]: BUILTIN_GUESTS[guest](base, n)
+        image = base64.b64decode(guest["image"])
+        if guest["source"]:
             return image.decode("latin-1")           # assembled at the VM's base by install_vm
         return image
 
