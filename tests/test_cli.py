@@ -127,6 +127,19 @@ def test_trace_json_lines_kinds_and_time_window():
     assert full.stderr.split("sha256 ")[1] == summary.stderr.split("sha256 ")[1]   # same run, same trace
 
 
+def test_keys_pressed_reach_the_cos_through_the_kernel(tmp_path):
+    """Scancodes at a virtual time: the 8042 raises IRQ 1, the kernel forwards the
+    line and injects vector 0x21 into the displaced COS."""
+    (tmp_path / "k.toml").write_text("[[inputs]]\nat = 30000\nkeys = [0x1e, 0x9e]\n")
+    out = vmkit("trace", tmp_path / "k.toml", "-n", 60000, "--kinds", "kbd.key,kernel.inject,load.switched")
+    events = [json.loads(line) for line in out.stdout.splitlines()]
+    booted = max(e["time"] for e in events if e["kind"] == "load.switched")
+    keys = [e for e in events if e["kind"] == "kbd.key"]
+    assert [e["data"]["code"] for e in keys] == [0x1e, 0x9e] and keys[0]["time"] > booted
+    assert any(e["kind"] == "kernel.inject" and e["data"]["vector"] == 0x21 and e["time"] > keys[0]["time"]
+               for e in events)
+
+
 # ---- top ------------------------------------------------------------------------------
 def test_top_batch_csv_agrees_with_the_machine():
     out = vmkit("top", "--cpus", 2, "--vms", 2, "--batch", 3, "--interval", 50000)

@@ -3,6 +3,7 @@
 Exit status 0 when the run ends with the machine up (a VM that crashed is
 reported: the kernel stopping one VM is the design working), 1 when it
 panicked (a CPU shut down, the COS faulted), with the reason."""
+import argparse
 import os
 import select
 import sys
@@ -12,6 +13,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from . import machine, replay, trace
 
+EXAMPLE = """a machine description (TOML; JSON has the same keys), e.g. m.toml:
+  cpus = 2
+  instructions = 500000
+  [[vms]]
+  name = "web"
+  cpu = 1                       # optional: the kernel places it otherwise
+  [[vms]]
+  guest = "mine.bin"            # .bin raw x86, .s/.asm source; relative to m.toml
+  [[inputs]]
+  at = 50000                    # instructions after the boot
+  serial = "devices\\n"          # typed on the COS's console (or keys = [scancodes])
+then: vmkit boot m.toml"""
 PROGRESS_MIN = 5_000_000        # shorter runs take about a second or two: no bar
 PACE = 500_000                  # --interactive: instructions per wall-clock second, so a person can type
 STEP = 20_000                   # --interactive: instructions between looks at the keyboard
@@ -20,7 +33,9 @@ STEP = 20_000                   # --interactive: instructions between looks at t
 def add(sub):
     p = sub.add_parser("boot", help="boot the COS, load the vmkernel, install VMs, run, print the consoles",
                        description="Boot the COS, insmod the vmkernel (it displaces the COS), install the "
-                                   "VMs, run for the given virtual time and print each world's console.")
+                                   "VMs, run for the given virtual time and print each world's console. "
+                                   "Exit status 1 if the machine panicked, 2 for bad input.",
+                       epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     machine.add_arguments(p)
     p.add_argument("--tail", type=int, default=20, metavar="LINES",
                    help="print the last LINES lines of each console (0: all; default 20)")
@@ -33,7 +48,7 @@ def add(sub):
     bar = p.add_mutually_exclusive_group()
     bar.add_argument("--progress", action="store_true", default=None,
                      help=f"show a progress bar (default: on a terminal, for runs of {PROGRESS_MIN:,}+)")
-    bar.add_argument("--no-progress", dest="progress", action="store_false")
+    bar.add_argument("--no-progress", dest="progress", action="store_false", help="never show one")
     p.set_defaults(run=run)
 
 

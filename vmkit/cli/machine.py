@@ -197,19 +197,20 @@ def add_arguments(parser):
     g = parser.add_argument_group("the machine")
     g.add_argument("machine", nargs="?", metavar="DESCRIPTION",
                    help="a TOML or JSON machine description (flags below override it)")
-    g.add_argument("--cpus", type=int, help="1 or 2 CPUs (default 1)")
-    g.add_argument("--vms", type=int, help="how many console VMs to install (vm1, vm2, ...)")
+    g.add_argument("--cpus", type=int, metavar="N", help="1 or 2 CPUs (default 1)")
+    g.add_argument("--vms", type=int, metavar="N", help="how many console VMs to install (vm1, vm2, ...)")
     g.add_argument("--guest", action="append", metavar="FILE",
                    help="install a VM running FILE (.bin raw x86, .s/.asm source); repeatable")
-    g.add_argument("--memory", type=int, help=f"each VM's memory in bytes (default {VM_MEMORY})")
-    g.add_argument("--timer-period", type=int, help="instructions between the COS's timer ticks (default 2000)")
-    g.add_argument("--quantum", type=int, help="timer ticks per world's turn (default 2)")
+    g.add_argument("--memory", type=int, metavar="BYTES", help=f"each VM's memory in bytes (default {VM_MEMORY})")
+    g.add_argument("--timer-period", type=int, metavar="N", help="instructions between the COS's timer ticks (default 2000)")
+    g.add_argument("--quantum", type=int, metavar="TICKS", help="timer ticks per world's turn (default 2)")
     run = g.add_mutually_exclusive_group()
-    run.add_argument("-n", "--instructions", type=int, help="virtual time to run, in instructions (default 1000000)")
-    run.add_argument("--seconds", type=float,
+    run.add_argument("-n", "--instructions", type=int, metavar="N",
+                     help="virtual time to run, in instructions (default 1000000)")
+    run.add_argument("--seconds", type=float, metavar="S",
                      help=f"virtual time to run, in virtual seconds of {INSTRUCTIONS_PER_SECOND:,} instructions")
     g.add_argument("--type", action="append", metavar="AT:TEXT", default=[],
-                   help="type TEXT and Enter on the COS's console at virtual time AT; repeatable")
+                   help="type TEXT and Enter on the COS's console AT instructions after the boot; repeatable")
 
 
 def description(args):
