@@ -291,7 +291,10 @@ class Machine:
         """Run `instructions` of virtual time (default: the description's),
         applying each input at its time (`at`, counted from the end of the
         build); stops early at a panic. Yields the virtual time run so far
-        after each piece, for a progress bar or a live view."""
+        after each piece, for a progress bar or a live view. The size of the
+        pieces does not change the trace (measured: one run of 300,000, thirty
+        of 10,000, or 12,345 and the rest give the same digest): device events
+        and interrupts fire at their virtual times whatever Board.run is asked."""
         total = self.desc["instructions"] if instructions is None else instructions
         end = self.board.clock + total
         step = step or CHUNK

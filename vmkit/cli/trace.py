@@ -51,7 +51,7 @@ def add(sub):
                                    "(time, cpu, kind, data): readable by pandas and jq.")
     machine.add_arguments(p)
     p.add_argument("--kinds", metavar="GLOBS", help="only these kinds, comma-separated globs: irq.*,switch.*")
-    p.add_argument("--from", dest="start", type=int, metavar="TIME", help="only events at virtual time >= TIME")
+    p.add_argument("--from", dest="start", type=int, metavar="TIME", help="only events at virtual time >= TIME (since power-on: the boot and load take the first ~24,000)")
     p.add_argument("--to", dest="stop", type=int, metavar="TIME", help="only events at virtual time < TIME")
     p.add_argument("--summary", action="store_true", help="print the number of events of each kind instead")
     p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of standard output")
