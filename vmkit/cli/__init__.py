@@ -9,6 +9,7 @@ by hand) is one line on stderr naming the problem, and exit status 2.
 import argparse
 import sys
 
+from . import boot, replay, top, trace
 from .machine import UsageError
 
 USAGE_ERROR = 2
@@ -22,7 +23,6 @@ class Parser(argparse.ArgumentParser):
 
 
 def parser():
-    from . import boot, replay, top, trace
     p = Parser(prog="vmkit", description="Run the kit's machine from a shell: a console OS boots, "
                "insmod loads the vmkernel, which displaces it and runs VMs as worlds.",
                epilog="Each subcommand has --help. Virtual time is retired instructions: "

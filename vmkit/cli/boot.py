@@ -66,19 +66,6 @@ def run_with_progress(m, show):
             bar.update(task, completed=done)
 
 
-def print_consoles(m, tail):
-    """Each world's console, its last `tail` lines (0: all); crashed VMs noted."""
-    for name, where, text in m.consoles():
-        lines = text.splitlines()
-        shown = lines[-tail:] if tail else lines
-        cut = f"  (last {len(shown)} of {len(lines)} lines)" if len(shown) < len(lines) else ""
-        print(f"== {name} ({where}) =={cut}")
-        print("\n".join(shown))
-    for vm in m.vms:
-        if vm.state == "crashed":
-            print(f"vmkit: {vm.name} crashed: {vm.fault}")
-
-
 def interactive(m):
     """Run paced; stdin lines go to the COS's COM1 at the virtual time they arrive;
     the COS's console is echoed as it grows."""
@@ -115,7 +102,7 @@ def run(args):
         interactive(m)
     else:
         run_with_progress(m, show)
-    print_consoles(m, args.tail)
+    print(m.consoles_text(args.tail))
     ran = m.board.clock - m.start
     print(f"vmkit: ran {ran:,} instructions after the boot (virtual time {m.board.clock:,}), "
           f"{desc['cpus']} CPU{'s' if desc['cpus'] > 1 else ''}, {len(m.vms)} VM{'s' if len(m.vms) != 1 else ''}")

@@ -335,3 +335,13 @@ class Machine:
                 for vm in self.vms]
         return out
 
+    def consoles_text(self, tail=0):
+        """Each world's console, its last `tail` lines (0: all); crashed VMs noted."""
+        out = []
+        for name, where, text in self.consoles():
+            lines = text.splitlines()
+            shown = lines[-tail:] if tail else lines
+            cut = f"  (last {len(shown)} of {len(lines)} lines)" if len(shown) < len(lines) else ""
+            out += [f"== {name} ({where}) =={cut}", *shown]
+        out += [f"vmkit: {vm.name} crashed: {vm.fault}" for vm in self.vms if vm.state == "crashed"]
+        return "\n".join(out)

@@ -81,13 +81,12 @@ def add(sub):
 
 
 def run(args):
-    from .boot import print_consoles
     body = read(args.file)
     desc = machine.normalise(body["machine"])
     m = machine.Machine(desc)
     m.run_all()
     if args.tail is not None:
-        print_consoles(m, max(0, args.tail))
+        print(m.consoles_text(max(0, args.tail)))
     recorded, replayed = body["trace"], {"events": len(m.board.trace), "sha256": digest(m.board.trace)}
     print(f"recorded: {recorded['events']} events, trace sha256 {recorded['sha256']}")
     print(f"replayed: {replayed['events']} events, trace sha256 {replayed['sha256']}")
