@@ -188,15 +188,23 @@ def test_top_without_a_terminal_prints_the_last_view():
 
 
 # ---- replay ---------------------------------------------------------------------------
-def record(tmp_path):
-    path = tmp_path / "bug.vmkit.json"
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory):
+    """One recorded run (a command typed at 60,000): its file's text and trace digest."""
+    path = tmp_path_factory.mktemp("recording") / "bug.vmkit.json"
     out = vmkit("boot", "--cpus", 2, "--vms", 2, "-n", RUN, "--type", "60000:ticks", "--record", path)
     assert out.returncode == 0, out.stderr
-    return path, out.stdout.split("trace sha256 ")[1].split(")")[0]
+    return path.read_text(), out.stdout.split("trace sha256 ")[1].split(")")[0]
 
 
-def test_replay_gives_the_identical_trace(tmp_path):
-    path, recorded = record(tmp_path)
+def record(tmp_path, recording):
+    path = tmp_path / "bug.vmkit.json"
+    path.write_text(recording[0])
+    return path, recording[1]
+
+
+def test_replay_gives_the_identical_trace(tmp_path, recording):
+    path, recorded = record(tmp_path, recording)
     out = vmkit("replay", path, "--tail", 3)
     assert out.returncode == 0, out.stderr
     assert f"replayed: " in out.stdout and out.stdout.count(recorded) == 2 and "identical" in out.stdout
@@ -216,9 +224,9 @@ def test_interactive_lines_are_typed_recorded_and_replayed(tmp_path):
     assert "devices\ncos: pic ports 0x20-0x21" in again.stdout
 
 
-def test_replay_notices_a_different_run(tmp_path):
+def test_replay_notices_a_different_run(tmp_path, recording):
     """A re-sealed file with another input time: the run differs, and replay says so."""
-    path, _ = record(tmp_path)
+    path, _ = record(tmp_path, recording)
     body = json.loads(path.read_text())
     del body["digest"]
     body["machine"]["inputs"][0]["at"] += 1000
@@ -251,8 +259,8 @@ def test_guest_file_missing_or_too_big(tmp_path):
     one_line_error(vmkit("boot", "--guest", tmp_path / "big.bin"), "big.bin", "36864 bytes", "too big")
 
 
-def test_replay_file_from_another_version_or_edited(tmp_path):
-    path, _ = record(tmp_path)
+def test_replay_file_from_another_version_or_edited(tmp_path, recording):
+    path, _ = record(tmp_path, recording)
     data = json.loads(path.read_text())
     edited = tmp_path / "edited.json"
     edited.write_text(path.read_text().replace('"ticks\\n"', '"mem\\n"'))
