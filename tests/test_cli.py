@@ -140,6 +140,24 @@ def test_keys_pressed_reach_the_cos_through_the_kernel(tmp_path):
                for e in events)
 
 
+def test_a_frame_from_the_host_reaches_the_kernels_shared_nic(tmp_path):
+    """A broadcast frame on nic0's wire: the real NIC takes it into the kernel's
+    ring, the kernel sorts it to both itself and the COS; top counts it for the COS."""
+    frame = "ffffffffffff" + "020000000077" + "0800" + b"hello".hex()
+    (tmp_path / "n.toml").write_text(f'nics = 1\n[[inputs]]\nat = 30000\nframe = "{frame}"\n')
+    out = vmkit("trace", tmp_path / "n.toml", "-n", 60000, "--kinds", "nic.rx,nic.share_rx")
+    events = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [e["kind"] for e in events] == ["nic.rx", "nic.share_rx"]
+    assert events[0]["data"]["length"] == 19 and events[1]["data"]["to"] == "both"
+    rows = list(csv.DictReader(io.StringIO(vmkit("top", tmp_path / "n.toml", "--batch", 1,
+                                                 "--interval", 60000).stdout)))
+    assert [(r["world"], r["packets"]) for r in rows] == [("cos", "1")]
+    (tmp_path / "bad.toml").write_text('[[inputs]]\nat = 1\nframe = "ffff"\n')
+    one_line_error(vmkit("boot", tmp_path / "bad.toml"), "inputs[0]", "needs a NIC")
+    (tmp_path / "bad.toml").write_text('nics = 1\n[[inputs]]\nat = 1\nframe = "ffff"\n')
+    one_line_error(vmkit("boot", tmp_path / "bad.toml"), "inputs[0].frame", "14 to 1514 bytes")
+
+
 # ---- top ------------------------------------------------------------------------------
 def test_top_batch_csv_agrees_with_the_machine():
     out = vmkit("top", "--cpus", 2, "--vms", 2, "--batch", 3, "--interval", 50000)

@@ -8,6 +8,7 @@ A description (every key optional):
     cpus = 2                  # 1 or 2
     timer_period = 2000       # instructions between the COS's PIT ticks
     quantum = 2               # timer ticks per world's turn
+    nics = 1                  # NICs on the board (0..2), shared by the kernel and the COS
     instructions = 1000000    # how long to run (or: seconds = 0.1)
     [[vms]]                   # or: vms = 2 (that many console VMs)
     name = "vm1"
@@ -19,6 +20,7 @@ A description (every key optional):
     at = 200000
     serial = "help\\n"         # typed on the COS's COM1 (its console)
     # keys = [0x1e, 0x9e]     # or scancodes pressed on the 8042 keyboard
+    # frame = "ffffffffffff0200000000770800..."   # or a frame arriving on NIC `nic` (default 0)
 
 Anything wrong in it is a UsageError: one line naming the problem.
 """
@@ -31,6 +33,8 @@ try:
 except ImportError:                    # Python 3.10: the same parser, from PyPI
     import tomli as tomllib
 
+from vmkit.hw.board import NIC_PORTS
+from vmkit.hw.nic import MAX_FRAME, MIN_FRAME
 from vmkit.kernel.worlds import VMError
 from vmkit.lessons import takeover
 from vmkit.lessons.worlds import VM_MEMORY
@@ -42,10 +46,10 @@ INSTRUCTIONS_PER_SECOND = 10_000_000
 MAX_INSTRUCTIONS = 2_000_000_000
 MAX_VM_MEMORY = 4 << 20
 CHUNK = 100_000                 # instructions between looks at the machine (progress, panic)
-DEFAULTS = {"cpus": 1, "timer_period": 2000, "quantum": 2, "instructions": 1_000_000}
+DEFAULTS = {"cpus": 1, "timer_period": 2000, "quantum": 2, "instructions": 1_000_000, "nics": 0}
 KEYS = set(DEFAULTS) | {"seconds", "vms", "inputs"}
 VM_KEYS = {"name", "guest", "memory", "cpu"}
-INPUT_KEYS = {"at", "serial", "keys"}
+INPUT_KEYS = {"at", "serial", "keys", "frame", "nic"}
 BUILTIN_GUESTS = {"console": guests.console}
 
 
@@ -123,6 +127,7 @@ def normalise(data, base_dir=None, label="machine description"):
     out["cpus"] = _int("cpus", data.get("cpus", 1), 1, 2)
     out["timer_period"] = _int("timer_period", data.get("timer_period", 2000), 100, 10_000_000)
     out["quantum"] = _int("quantum", data.get("quantum", 2), 1, 1000)
+    out["nics"] = _int("nics", data.get("nics", 0), 0, len(NIC_PORTS))
     if "seconds" in data and "instructions" in data:
         raise UsageError("give instructions or seconds, not both")
     if "seconds" in data:
@@ -156,11 +161,11 @@ def normalise(data, base_dir=None, label="machine description"):
             cpu = _int(f"{where}.cpu", cpu, 0, out["cpus"] - 1)
         out["vms"].append({"name": name, "memory": memory, "cpu": cpu,
                            "guest": _guest(where, vm.get("guest", "console"), base_dir, memory)})
-    out["inputs"] = normalise_inputs(data.get("inputs", []))
+    out["inputs"] = normalise_inputs(data.get("inputs", []), out["nics"])
     return out
 
 
-def normalise_inputs(inputs):
+def normalise_inputs(inputs, nics=0):
     if not isinstance(inputs, list):
         raise UsageError(f"inputs must be a list of tables, not {inputs!r}")
     out = []
@@ -170,9 +175,14 @@ def normalise_inputs(inputs):
             raise UsageError(f"{where} must be a table, not {x!r}")
         _unknown(where, x, INPUT_KEYS)
         at = _int(f"{where}.at", x.get("at"), 1, MAX_INSTRUCTIONS)
-        if ("serial" in x) == ("keys" in x):
-            raise UsageError(f"{where} needs one of serial (text) or keys (scancodes)")
-        if "serial" in x:
+        kinds = [k for k in ("serial", "keys", "frame") if k in x]
+        if len(kinds) != 1:
+            raise UsageError(f"{where} needs one of serial (text), keys (scancodes) or frame (hex bytes)")
+        if "nic" in x and "frame" not in x:
+            raise UsageError(f"{where}: nic goes with a frame")
+        if "frame" in x:
+            out.append({"at": at, **_frame(where, x, nics)})
+        elif "serial" in x:
             if not isinstance(x["serial"], str) or not x["serial"]:
                 raise UsageError(f"{where}.serial must be text, not {x['serial']!r}")
             out.append({"at": at, "serial": x["serial"]})
@@ -182,6 +192,21 @@ def normalise_inputs(inputs):
                 raise UsageError(f"{where}.keys must be a list of scancodes, not {keys!r}")
             out.append({"at": at, "keys": [_int(f"{where}.keys", k, 0, 255) for k in keys]})
     return sorted(out, key=lambda x: x["at"])
+
+
+def _frame(where, x, nics):
+    """A frame from the host, arriving on one of the board's NICs (`nics` key)."""
+    if not nics:
+        raise UsageError(f"{where}: a frame needs a NIC on the board (nics = 1 or 2)")
+    nic = _int(f"{where}.nic", x.get("nic", 0), 0, nics - 1)
+    try:
+        frame = bytes.fromhex(x["frame"]) if isinstance(x["frame"], str) else None
+    except ValueError:
+        frame = None
+    if frame is None or not MIN_FRAME <= len(frame) <= MAX_FRAME:
+        raise UsageError(f"{where}.frame must be {MIN_FRAME} to {MAX_FRAME} bytes in hex "
+                         f"(destination MAC, source MAC, type, payload)")
+    return {"frame": frame.hex(), "nic": nic}
 
 
 def parse_type(text):
@@ -256,7 +281,7 @@ class Machine:
         self.desc = desc
         try:
             self.board, self.cos, loader = takeover.takeover(timer_period=desc["timer_period"],
-                                                             cpus=desc["cpus"])
+                                                             cpus=desc["cpus"], nics=desc["nics"])
             self.kernel = loader.kernel
             self.kernel.worlds.quantum = desc["quantum"]
             self.vms = [self.kernel.install_vm(self._guest(vm), vm["memory"], vm["name"], vm["cpu"])
@@ -322,11 +347,14 @@ class Machine:
         self._apply(x)
 
     def _apply(self, x):
-        """An external input arrives: bytes on the COS's serial line, or scancodes."""
+        """An external input arrives: bytes on the COS's serial line, scancodes,
+        or a frame on a NIC's wire."""
         if "serial" in x:
             self.board.uart.feed(x["serial"].encode("latin-1"))
-        else:
+        elif "keys" in x:
             self.board.keyboard.press(bytes(x["keys"]))
+        else:
+            self.board.nics[x["nic"]].receive(bytes.fromhex(x["frame"]))
 
     def consoles(self):
         """[(world, where, text)]: the COS's COM1, each VM's virtual serial port."""

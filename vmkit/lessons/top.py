@@ -6,14 +6,16 @@ From kernel memory: each world's ticks, switches in and instructions held
 interrupts (the COS's and each VM's, in the same block layout). From the one
 trace (`board.trace`): the hardware interrupts and exceptions the CPU
 delivered while a world ran, attributed to the world that `switch.begin`
-events say ran on that CPU at the time.
+events say ran on that CPU at the time; the frames the kernel's shared NIC
+sorted to a world or sent for it, and the shared SCSI requests it completed
+for it.
 
 `Top.snapshot()` returns one row per world; `%` is the share of its CPU's
 virtual time the world held since the previous snapshot. The CLI and the
 widget both call it: there is no second computation of these numbers.
 """
 COLUMNS = ("time", "cpu", "world", "kind", "state", "pct", "instructions", "switches", "ticks",
-           "irqs", "injected", "traps", "gp", "bp", "pf", "other")
+           "irqs", "injected", "traps", "gp", "bp", "pf", "other", "packets", "disk_io")
 # The causes a displaced COS and a VM trap for: #GP (a privileged instruction at
 # CPL 1 or 3), #BP (an iretd patched to int3), #PF (a VM's access outside its
 # memory); "other": any other vector, a software `int` to the kernel included.
@@ -23,6 +25,13 @@ CAUSES = {13: "gp", 3: "bp", 14: "pf"}
 def cause(vector):
     """The column a delivered exception or software interrupt is counted in."""
     return CAUSES.get(vector, "other")
+
+
+# I/O done for a world, by the kernel's shared devices: event -> (world, column).
+# A frame for "both" went to the COS and to the kernel.
+IO = {"nic.share_rx": lambda e: ("cos" if e["to"] == "both" else e["to"], "packets"),
+      "nic.share_tx": lambda e: (e["from"], "packets"),
+      "scsi.share_done": lambda e: (e["owner"], "disk_io")}
 
 
 class Top:
@@ -47,10 +56,15 @@ class Top:
         w = self.kernel.worlds
         if not self._running:
             self._running = {p.index: ("cos" if p.index == 0 else p.system.name) for p in w.cpus}
-        for e in self.board.trace.since(self._mark, "cpu.deliver", "switch.begin"):
+        for e in self.board.trace.since(self._mark, "cpu.deliver", "switch.begin", *IO):
             cpu = e.cpu or 0
             if e.kind == "switch.begin":
                 self._running[cpu] = e["to"]
+                continue
+            if e.kind in IO:
+                who, column = IO[e.kind](e)
+                counts = self._counts.setdefault(who, {})
+                counts[column] = counts.get(column, 0) + 1
                 continue
             who = self._running.get(cpu, "cos")
             counts = self._counts.setdefault(who, {})
@@ -92,7 +106,7 @@ class Top:
                 "instructions": held, "switches": w.switches_of(world), "ticks": w.ticks_of(world),
                 "irqs": counts.get("irqs", 0),
                 "injected": v.injected if v else 0, "traps": v.traps if v else 0,
-                **{c: counts.get(c, 0) for c in ("gp", "bp", "pf", "other")}})
+                **{c: counts.get(c, 0) for c in ("gp", "bp", "pf", "other", "packets", "disk_io")}})
         self._last = now
         return sorted(rows, key=lambda r: (r["cpu"], r["kind"] != "cos", r["world"]))
 
@@ -101,11 +115,11 @@ def table(rows):
     """The rows as esxtop-like text, one CPU after another."""
     head = (f"{'CPU':>3} {'world':8} {'kind':6} {'state':9} {'%VT':>6} {'instructions':>12} "
             f"{'switches':>8} {'ticks':>6} {'IRQs':>6} {'injected':>8} {'traps':>6} "
-            f"{'#GP':>5} {'#BP':>5} {'#PF':>4} {'other':>5}")
+            f"{'#GP':>5} {'#BP':>5} {'#PF':>4} {'other':>5} {'pkts':>5} {'disk':>5}")
     lines = [head]
     for r in rows:
         lines.append(f"{r['cpu']:>3} {r['world']:8} {r['kind']:6} {r['state']:9} {r['pct']:>6.1f} "
                      f"{r['instructions']:>12,} {r['switches']:>8} {r['ticks']:>6} {r['irqs']:>6} "
                      f"{r['injected']:>8} {r['traps']:>6} {r['gp']:>5} {r['bp']:>5} {r['pf']:>4} "
-                     f"{r['other']:>5}")
+                     f"{r['other']:>5} {r['packets']:>5} {r['disk_io']:>5}")
     return "\n".join(lines)
