@@ -108,6 +108,17 @@ def test_boot_panic_is_a_non_zero_status_with_the_reason():
     assert "Traceback" not in out.stderr
 
 
+def test_a_machine_that_does_not_come_up_is_one_line_and_status_1():
+    """insmod given too few instructions to finish: the build stops, named."""
+    code = ("import sys\nfrom vmkit.lessons import takeover\nfrom vmkit.cli import main\n"
+            "takeover.COMMAND_LIMIT = 1000\nsys.exit(main(sys.argv[1:]))")
+    out = vmkit("boot", code=code)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.strip() == ("vmkit: the machine did not come up: the COS did not finish 'insmod' "
+                                  "within 1000 instructions")
+    one_line_error(vmkit("boot", "--timer-period", 500), "timer_period", "1000")
+
+
 # ---- trace ----------------------------------------------------------------------------
 def test_trace_json_lines_kinds_and_time_window():
     full = vmkit("trace", "--vms", 1, "-n", RUN)

@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from . import boot, replay, top, trace
-from .machine import UsageError
+from .machine import MachineFailed, UsageError
 
 USAGE_ERROR = 2
 
@@ -46,6 +46,9 @@ def main(argv=None):
         text = str(e).replace("\n", " ")
         print(text if text.startswith("vmkit") else f"vmkit: {text}", file=sys.stderr)
         return USAGE_ERROR
+    except MachineFailed as e:
+        print(f"vmkit: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("vmkit: interrupted", file=sys.stderr)
         return 130

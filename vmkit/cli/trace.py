@@ -61,13 +61,14 @@ def add(sub):
 def run(args):
     if args.start is not None and args.stop is not None and args.stop <= args.start:
         raise machine.UsageError(f"--to {args.stop} must be after --from {args.start}")
-    m = machine.Machine(machine.description(args))
-    m.run_all()
-    events = select(m.board.trace.events, args.kinds, args.start, args.stop)
-    try:
+    desc = machine.description(args)
+    try:                                      # before the run: a bad path costs nothing
         out = open(args.output, "w") if args.output else sys.stdout
     except OSError as e:
         raise machine.UsageError(f"cannot write {args.output}: {e.strerror}") from None
+    m = machine.Machine(desc)
+    m.run_all()
+    events = select(m.board.trace.events, args.kinds, args.start, args.stop)
     with out if args.output else contextlib.nullcontext():
         if args.summary:
             counts = collections.Counter(e.kind for e in events)
