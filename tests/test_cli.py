@@ -276,6 +276,8 @@ def test_description_with_an_unknown_key(tmp_path):
     one_line_error(vmkit("boot", tmp_path / "m.toml"), "unknown key 'speed'")
     (tmp_path / "v.json").write_text(json.dumps({"vms": [{"name": "a", "ram": 4096}]}))
     one_line_error(vmkit("boot", tmp_path / "v.json"), "vms[0]", "unknown key 'ram'")
+    (tmp_path / "n.toml").write_text('[[vms]]\nname = "system1"\n')     # top would mistake it for CPU 1's
+    one_line_error(vmkit("boot", tmp_path / "n.toml"), "vms[0].name", "'system1'")
     (tmp_path / "g.json").write_text(json.dumps({"vms": [{"guest": {"image": "not base64!"}}]}))
     one_line_error(vmkit("boot", tmp_path / "g.json"), "vms[0].guest.image", "base64")
     (tmp_path / "broken.toml").write_text("cpus = \n")

@@ -52,6 +52,7 @@ KEYS = set(DEFAULTS) | {"seconds", "vms", "inputs"}
 VM_KEYS = {"name", "guest", "memory", "cpu"}
 INPUT_KEYS = {"at", "serial", "keys", "frame", "nic"}
 BUILTIN_GUESTS = {"console": guests.console}
+RESERVED_NAMES = {"cos", "kernel", "both", "dropped"}   # worlds' and the shared NIC's own names
 
 
 class UsageError(Exception):
@@ -161,8 +162,10 @@ def normalise(data, base_dir=None, label="machine description"):
         _unknown(where, vm, VM_KEYS)
         memory = _int(f"{where}.memory", vm.get("memory", VM_MEMORY), guests.MIN_MEMORY, MAX_VM_MEMORY)
         name = vm.get("name", f"vm{i + 1}")
-        if not isinstance(name, str) or not name.isidentifier() or len(name) > 8 or name == "cos":
-            raise UsageError(f"{where}.name must be a short identifier other than 'cos', not {name!r}")
+        if (not isinstance(name, str) or not name.isidentifier() or len(name) > 8
+                or name in RESERVED_NAMES or name.startswith("system")):
+            raise UsageError(f"{where}.name must be an identifier of up to 8 characters, not a name the "
+                             f"kernel uses (cos, kernel, system0, ...): not {name!r}")
         if name in (v["name"] for v in out["vms"]):
             raise UsageError(f"{where}.name {name!r} is used twice")
         cpu = vm.get("cpu")
