@@ -10,7 +10,8 @@ import argparse
 import sys
 
 from . import boot, replay, top, trace
-from .machine import MachineFailed, UsageError
+from .description import UsageError
+from .machine import MachineFailed
 
 USAGE_ERROR = 2
 

@@ -11,7 +11,8 @@ import time
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from . import machine, replay, trace
+from . import description, machine, replay, trace
+from .description import UsageError
 
 EXAMPLE = """a machine description (TOML; JSON has the same keys), e.g. m.toml:
   cpus = 2
@@ -36,7 +37,7 @@ def add(sub):
                                    "VMs, run for the given virtual time and print each world's console. "
                                    "Exit status 1 if the machine panicked, 2 for bad input.",
                        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    machine.add_arguments(p)
+    description.add_arguments(p)
     p.add_argument("--tail", type=int, default=20, metavar="LINES",
                    help="print the last LINES lines of each console (0: all; default 20)")
     p.add_argument("-i", "--interactive", action="store_true",
@@ -93,8 +94,8 @@ def interactive(m):
 
 def run(args):
     if args.tail < 0:
-        raise machine.UsageError(f"--tail must be 0 or more, not {args.tail}")
-    desc = machine.description(args)
+        raise UsageError(f"--tail must be 0 or more, not {args.tail}")
+    desc = description.from_args(args)
     m = machine.Machine(desc)
     show = args.progress if args.progress is not None else (
         sys.stderr.isatty() and desc["instructions"] >= PROGRESS_MIN)

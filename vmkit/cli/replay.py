@@ -15,7 +15,8 @@ import json
 import sys
 from importlib import metadata
 
-from . import machine
+from . import description, machine
+from .description import UsageError
 from .trace import digest
 
 FORMAT = "vmkit-replay"
@@ -43,7 +44,7 @@ def write(path, m):
             json.dump({**body, "digest": _seal(body)}, f, indent=1, sort_keys=True)
             f.write("\n")
     except OSError as e:
-        raise machine.UsageError(f"cannot write the replay file {path}: {e.strerror}") from None
+        raise UsageError(f"cannot write the replay file {path}: {e.strerror}") from None
 
 
 def read(path):
@@ -53,20 +54,20 @@ def read(path):
         with open(path) as f:
             data = json.load(f)
     except FileNotFoundError:
-        raise machine.UsageError(f"replay file {path}: no such file") from None
+        raise UsageError(f"replay file {path}: no such file") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise machine.UsageError(f"replay file {path}: cannot read it ({e})") from None
+        raise UsageError(f"replay file {path}: cannot read it ({e})") from None
     except ValueError as e:
-        raise machine.UsageError(f"replay file {path}: not JSON ({e})") from None
+        raise UsageError(f"replay file {path}: not JSON ({e})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise machine.UsageError(f"replay file {path}: not a vmkit replay file")
+        raise UsageError(f"replay file {path}: not a vmkit replay file")
     if data.get("format_version") != FORMAT_VERSION or data.get("vmkit") != vmkit_version():
-        raise machine.UsageError(
+        raise UsageError(
             f"replay file {path} was written by vmkit {data.get('vmkit')} (format {data.get('format_version')}); "
             f"this is vmkit {vmkit_version()} (format {FORMAT_VERSION}), whose machine may run it differently")
     body = {k: v for k, v in data.items() if k != "digest"}
     if data.get("digest") != _seal(body):
-        raise machine.UsageError(f"replay file {path} was changed after it was recorded (its digest does not match)")
+        raise UsageError(f"replay file {path} was changed after it was recorded (its digest does not match)")
     return body
 
 
@@ -82,7 +83,7 @@ def add(sub):
 
 def run(args):
     body = read(args.file)
-    desc = machine.normalise(body["machine"])
+    desc = description.normalise(body["machine"])
     m = machine.Machine(desc)
     m.run_all()
     if args.tail is not None:

@@ -10,7 +10,8 @@ from rich.live import Live
 from rich.text import Text
 
 from vmkit.lessons import top as lesson
-from . import machine
+from . import description, machine
+from .description import UsageError
 
 
 def add(sub):
@@ -19,7 +20,7 @@ def add(sub):
                                    "of virtual time since the last refresh, switches, timer ticks, IRQs taken, "
                                    "interrupts injected into its virtual CPU, traps by cause. Read from kernel "
                                    "memory and the trace.")
-    machine.add_arguments(p)
+    description.add_arguments(p)
     p.add_argument("--interval", type=int, default=100_000, metavar="INSTRUCTIONS",
                    help="virtual time between snapshots (default 100000)")
     p.add_argument("-d", "--delay", type=float, default=0.25, metavar="SECONDS",
@@ -38,10 +39,10 @@ def _view(rows):
 
 def run(args):
     if args.interval < 1_000:
-        raise machine.UsageError(f"--interval must be at least 1000 instructions, not {args.interval}")
+        raise UsageError(f"--interval must be at least 1000 instructions, not {args.interval}")
     if args.batch is not None and not 1 <= args.batch <= 100_000:
-        raise machine.UsageError(f"--batch must be from 1 to 100000, not {args.batch}")
-    desc = machine.description(args)
+        raise UsageError(f"--batch must be from 1 to 100000, not {args.batch}")
+    desc = description.from_args(args)
     m = machine.Machine(desc)
     view = lesson.Top(m.board, m.kernel)
     view.snapshot()                                  # the baseline: %VT from here on

@@ -12,7 +12,8 @@ import hashlib
 import json
 import sys
 
-from . import machine
+from . import description, machine
+from .description import UsageError
 
 
 def _plain(value):
@@ -49,7 +50,7 @@ def add(sub):
     p = sub.add_parser("trace", help="run and write the trace as JSON Lines (or --summary: counts by kind)",
                        description="Run the machine and write every trace event as a JSON line "
                                    "(time, cpu, kind, data): readable by pandas and jq.")
-    machine.add_arguments(p)
+    description.add_arguments(p)
     p.add_argument("--kinds", metavar="GLOBS", help="only these kinds, comma-separated globs: irq.*,switch.*")
     p.add_argument("--from", dest="start", type=int, metavar="TIME", help="only events at virtual time >= TIME (since power-on: the boot and load take the first ~24,000)")
     p.add_argument("--to", dest="stop", type=int, metavar="TIME", help="only events at virtual time < TIME")
@@ -60,12 +61,12 @@ def add(sub):
 
 def run(args):
     if args.start is not None and args.stop is not None and args.stop <= args.start:
-        raise machine.UsageError(f"--to {args.stop} must be after --from {args.start}")
-    desc = machine.description(args)
+        raise UsageError(f"--to {args.stop} must be after --from {args.start}")
+    desc = description.from_args(args)
     try:                                      # before the run: a bad path costs nothing
         out = open(args.output, "w") if args.output else sys.stdout
     except OSError as e:
-        raise machine.UsageError(f"cannot write {args.output}: {e.strerror}") from None
+        raise UsageError(f"cannot write {args.output}: {e.strerror}") from None
     m = machine.Machine(desc)
     m.run_all()
     events = select(m.board.trace.events, args.kinds, args.start, args.stop)
