@@ -17,7 +17,7 @@ from importlib import metadata
 
 from . import description, machine
 from .description import UsageError
-from .trace import digest
+from .trace import checkpoints
 
 FORMAT = "vmkit-replay"
 FORMAT_VERSION = 1
@@ -34,11 +34,27 @@ def _seal(body):
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
+def summary(trace):
+    """What a replay file keeps of the trace: its length, digest and checkpoints."""
+    marks = checkpoints(trace)
+    return {"events": len(trace), "sha256": marks[-1][2], "checkpoints": [list(c) for c in marks]}
+
+
+def parted(recorded, replayed):
+    """The virtual time span where two runs' traces first differ: (after, by)."""
+    before = 0
+    for (t, n, h), (t2, n2, h2) in zip(recorded, replayed):
+        if (t, n, h) != (t2, n2, h2):
+            return before, t
+        before = t
+    return before, None
+
+
 def write(path, m):
     """Record machine `m` (after its run) to `path`."""
     body = {"format": FORMAT, "format_version": FORMAT_VERSION, "vmkit": vmkit_version(),
             "machine": {**m.desc, "instructions": m.board.clock - m.start},
-            "trace": {"events": len(m.board.trace), "sha256": digest(m.board.trace)}}
+            "trace": summary(m.board.trace)}
     try:
         with open(path, "w") as f:
             json.dump({**body, "digest": _seal(body)}, f, indent=1, sort_keys=True)
@@ -88,11 +104,13 @@ def run(args):
     m.run_all()
     if args.tail is not None:
         print(m.consoles_text(max(0, args.tail)))
-    recorded, replayed = body["trace"], {"events": len(m.board.trace), "sha256": digest(m.board.trace)}
+    recorded, replayed = body["trace"], summary(m.board.trace)
     print(f"recorded: {recorded['events']} events, trace sha256 {recorded['sha256']}")
     print(f"replayed: {replayed['events']} events, trace sha256 {replayed['sha256']}")
     if replayed == recorded:
         print("identical")
         return 0
-    print("vmkit: the replayed trace differs from the recorded one", file=sys.stderr)
+    after, by = parted(recorded.get("checkpoints", []), replayed["checkpoints"])
+    where = f"between virtual time {after:,} and {by:,}" if by is not None else f"after virtual time {after:,}"
+    print(f"vmkit: the replayed trace differs from the recorded one, first {where}", file=sys.stderr)
     return 1
