@@ -28,6 +28,7 @@ def parser():
                "insmod loads the vmkernel, which displaces it and runs VMs as worlds.",
                epilog="Each subcommand has --help. Virtual time is retired instructions: "
                       "the same machine and inputs give the same trace.")
+    p.add_argument("--version", action="version", version=f"vmkit {replay.vmkit_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for module in (boot, top, trace, replay):
         module.add(sub)

@@ -27,7 +27,8 @@ def add(sub):
                    help="live view: wall-clock pause between refreshes, so you can watch (default 0.25; "
                         "the machine's virtual time does not depend on it); Ctrl-C quits")
     p.add_argument("-b", "--batch", type=int, metavar="N",
-                   help="print N snapshots as CSV, one row per world per snapshot, and stop")
+                   help="print N snapshots as CSV, one row per world per snapshot, one snapshot every "
+                        "--interval (the run is N intervals long: -n does not apply)")
     p.set_defaults(run=run)
 
 
