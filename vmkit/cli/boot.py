@@ -6,9 +6,11 @@ panicked (a CPU shut down, the COS faulted), with the reason."""
 import argparse
 import os
 import select
+import signal
 import sys
 import time
 
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from . import description, machine, replay, trace
@@ -28,6 +30,7 @@ EXAMPLE = """a machine description (TOML; JSON has the same keys), e.g. m.toml:
 then: vmkit boot m.toml"""
 PROGRESS_MIN = 5_000_000        # shorter runs take about a second or two: no bar
 PACE = 500_000                  # --interactive: instructions per wall-clock second, so a person can type
+LINE = 256                      # --interactive: bytes read at a time (one look per piece)
 STEP = 20_000                   # --interactive: instructions between looks at the keyboard
 
 
@@ -61,7 +64,7 @@ def run_with_progress(m, show):
         return
     columns = (TextColumn("running"), BarColumn(), MofNCompleteColumn(), TextColumn("instructions"),
                TimeRemainingColumn())
-    with Progress(*columns, console=None, transient=True) as bar:
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("run", total=total)
         for done in m.run():
             bar.update(task, completed=done)
@@ -69,26 +72,32 @@ def run_with_progress(m, show):
 
 def interactive(m):
     """Run paced; stdin lines go to the COS's COM1 at the virtual time they arrive;
-    the COS's console is echoed as it grows."""
-    shown, began, pending = 0, time.monotonic(), b""
+    the COS's console is echoed as it grows. Ctrl-C ends the run between two
+    pieces, never inside one, so a recording of it replays the same."""
+    shown, began, pending, stop = 0, time.monotonic(), b"", []
     fd = sys.stdin.fileno() if sys.stdin is not None else None
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.append(True))
     try:
         for done in m.run(step=STEP):
             text = m.cos.console()
             sys.stdout.write(text[shown:])
             sys.stdout.flush()
             shown = len(text)
-            while fd is not None and select.select([fd], [], [], 0)[0]:
-                data = os.read(fd, 4096)     # unbuffered: select sees what is really waiting
+            if stop:
+                break
+            if fd is not None and select.select([fd], [], [], 0)[0]:
+                data = os.read(fd, LINE)     # unbuffered: select sees what is really waiting
                 pending += data
                 if not data:                 # end of input: the run goes on to its end
                     fd, pending = None, pending + b"\n" if pending else b""
+                elif len(pending) >= LINE and b"\n" not in pending:
+                    pending += b"\n"          # no Enter in sight: send what there is
                 while b"\n" in pending:
                     line, pending = pending.split(b"\n", 1)
                     m.type_now(line.rstrip(b"\r").decode("latin-1") + "\n")
             time.sleep(max(0.0, began + done / PACE - time.monotonic()))
-    except KeyboardInterrupt:
-        print()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     print("\n-- end of the interactive run --")
 
 
