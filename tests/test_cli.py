@@ -253,6 +253,26 @@ def test_interactive_lines_are_typed_recorded_and_replayed(tmp_path):
     assert "devices\ncos: pic ports 0x20-0x21" in again.stdout
 
 
+def test_an_interrupted_interactive_run_replays_identically(tmp_path):
+    """Ctrl-C wherever it lands (the wall clock decides): the run ends between two
+    pieces, and the recording replays to the same trace."""
+    import signal
+    import time
+    path = tmp_path / "stopped.json"
+    p = subprocess.Popen([sys.executable, "-m", "vmkit", "boot", "-i", "-n", "50000000", "--record", str(path)],
+                         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdin.write(b"ticks\n")
+    p.stdin.flush()
+    time.sleep(2)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0 and b"Traceback" not in err, err
+    assert b"-- end of the interactive run --" in out
+    again = vmkit("replay", path)
+    assert again.returncode == 0 and "identical" in again.stdout, again.stderr
+
+
 def test_replay_notices_a_different_run(tmp_path, recording):
     """A re-sealed file with another input time: the run differs, and replay says so."""
     path, _ = record(tmp_path, recording)
