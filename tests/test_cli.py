@@ -169,6 +169,22 @@ def test_a_frame_from_the_host_reaches_the_kernels_shared_nic(tmp_path):
     one_line_error(vmkit("boot", tmp_path / "bad.toml"), "inputs[0].frame", "14 to 1514 bytes")
 
 
+def test_a_jammed_sensor_from_outside_storms_the_cos(tmp_path):
+    """A device event as an input: the sensor's line stuck high; the kernel forwards
+    IRQ 5 again and again, and the COS gets fewer of its own ticks printed."""
+    (tmp_path / "j.toml").write_text('[[inputs]]\nat = 30000\nsensor = "jam"\n')
+    jammed = [json.loads(line) for line in
+              vmkit("trace", tmp_path / "j.toml", "-n", RUN, "--kinds", "irq.queued,serial,sensor.*").stdout.splitlines()]
+    calm = [json.loads(line) for line in vmkit("trace", "-n", RUN, "--kinds", "irq.queued,serial").stdout.splitlines()]
+    assert [e["kind"] for e in jammed].count("sensor.jammed") == 1
+    assert sum(e["kind"] == "irq.queued" and e["data"]["line"] == 5 for e in jammed) > 100
+    assert sum(e["kind"] == "irq.queued" and e["data"]["line"] == 5 for e in calm) == 0
+    ticks = lambda events: sum(e["kind"] == "serial" and e["data"]["line"].startswith("cos: tick") for e in events)
+    assert ticks(jammed) < ticks(calm)
+    (tmp_path / "bad.toml").write_text('[[inputs]]\nat = 1\nsensor = "melt"\n')
+    one_line_error(vmkit("boot", tmp_path / "bad.toml"), "inputs[0].sensor", "'melt'")
+
+
 # ---- top ------------------------------------------------------------------------------
 def test_top_batch_csv_agrees_with_the_machine():
     out = vmkit("top", "--cpus", 2, "--vms", 2, "--batch", 3, "--interval", 50000)

@@ -20,6 +20,7 @@ A description (every key optional):
     serial = "help\\n"         # typed on the COS's COM1 (its console)
     # keys = [0x1e, 0x9e]     # or scancodes pressed on the 8042 keyboard
     # frame = "ffffffffffff0200000000770800..."   # or a frame arriving on NIC `nic` (default 0)
+    # sensor = "jam"          # or the sensor: a sample, jammed (its line stuck), unjammed
 
 Anything wrong in it is a UsageError: one line naming the problem.
 """
@@ -46,7 +47,8 @@ MIN_TIMER_PERIOD = 1000
 DEFAULTS = {"cpus": 1, "timer_period": 2000, "quantum": 2, "instructions": 1_000_000, "nics": 0}
 KEYS = set(DEFAULTS) | {"seconds", "vms", "inputs"}
 VM_KEYS = {"name", "guest", "memory", "cpu"}
-INPUT_KEYS = {"at", "serial", "keys", "frame", "nic"}
+INPUT_KEYS = {"at", "serial", "keys", "frame", "nic", "sensor"}
+SENSOR_EVENTS = ("sample", "jam", "unjam")     # what the host can do to the sensor (hw/sensor.py)
 BUILTIN_GUESTS = {"console": guests.console}
 RESERVED_NAMES = {"cos", "kernel", "both", "dropped"}   # worlds' and the shared NIC's own names
 
@@ -177,13 +179,18 @@ def normalise_inputs(inputs, nics=0):
             raise UsageError(f"{where} must be a table, not {x!r}")
         _unknown(where, x, INPUT_KEYS)
         at = _int(f"{where}.at", x.get("at"), 1, MAX_INSTRUCTIONS)
-        kinds = [k for k in ("serial", "keys", "frame") if k in x]
+        kinds = [k for k in ("serial", "keys", "frame", "sensor") if k in x]
         if len(kinds) != 1:
-            raise UsageError(f"{where} needs one of serial (text), keys (scancodes) or frame (hex bytes)")
+            raise UsageError(f"{where} needs one of serial (text), keys (scancodes), frame (hex bytes) "
+                             f"or sensor ({', '.join(SENSOR_EVENTS)})")
         if "nic" in x and "frame" not in x:
             raise UsageError(f"{where}: nic goes with a frame")
         if "frame" in x:
             out.append({"at": at, **_frame(where, x, nics)})
+        elif "sensor" in x:
+            if x["sensor"] not in SENSOR_EVENTS:
+                raise UsageError(f"{where}.sensor must be one of {', '.join(SENSOR_EVENTS)}, not {x['sensor']!r}")
+            out.append({"at": at, "sensor": x["sensor"]})
         elif "serial" in x:
             if not isinstance(x["serial"], str) or not x["serial"]:
                 raise UsageError(f"{where}.serial must be text, not {x['serial']!r}")

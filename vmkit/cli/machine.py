@@ -92,11 +92,13 @@ class Machine:
 
     def _apply(self, x):
         """An external input arrives: bytes on the COS's serial line, scancodes,
-        or a frame on a NIC's wire."""
+        a sensor event, or a frame on a NIC's wire."""
         if "serial" in x:
             self.board.uart.feed(x["serial"].encode("latin-1"))
         elif "keys" in x:
             self.board.keyboard.press(bytes(x["keys"]))
+        elif "sensor" in x:
+            getattr(self.board.sensor, x["sensor"])()
         else:
             self.board.nics[x["nic"]].receive(bytes.fromhex(x["frame"]))
 
