@@ -26,7 +26,8 @@ EXAMPLE = """a machine description (TOML; JSON has the same keys), e.g. m.toml:
   guest = "mine.bin"            # .bin raw x86, .s/.asm source; relative to m.toml
   [[inputs]]
   at = 50000                    # instructions after the boot
-  serial = "devices\\n"          # typed on the COS's console (or keys = [scancodes])
+  serial = "devices\\n"          # typed on the COS's console; or keys = [scancodes],
+                                # sensor = "jam", frame = "<hex>" (with nics = 1)
 then: vmkit boot m.toml"""
 PROGRESS_MIN = 5_000_000        # shorter runs take about a second or two: no bar
 PACE = 500_000                  # --interactive: instructions per wall-clock second, so a person can type
