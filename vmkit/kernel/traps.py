@@ -10,8 +10,10 @@ from capstone import Cs, CS_ARCH_X86, CS_MODE_32
 from capstone.x86 import X86_OP_MEM, X86_OP_IMM, X86_OP_REG
 
 from vmkit.hw.x86 import EFLAGS_IF
+from . import vpic
 
-PIC_PORTS = {0x20, 0x21, 0xA0, 0xA1}
+PIC_PORTS = vpic.PORTS              # the COS's PIC ports: its virtual PIC's (vpic.py)
+
 _cs = Cs(CS_ARCH_X86, CS_MODE_32)
 _cs.detail = True
 
@@ -33,6 +35,7 @@ def privileged(kernel, frame):
     if insn is None:
         return False
     name, trace, v = insn.mnemonic, kernel.trace, kernel.vcpu
+    unmasked = False
     if name in ("cli", "sti"):
         kernel.emulate_if(name, v, frame)
         trace.emit("kernel.emulate", insn=name, cos_vif=v.vif)
@@ -47,37 +50,40 @@ def privileged(kernel, frame):
         setattr(v, f"{which}_limit", limit)
         trace.emit("kernel.emulate", insn=name, virtual_base=base, virtual_limit=limit)
     elif name in ("in", "out"):
-        _port_io(kernel, frame, insn)
+        unmasked = _port_io(kernel, frame, insn)
     elif name in ("ltr", "lldt", "mov", "invlpg", "wbinvd", "clts"):
         trace.emit("kernel.refused", insn=f"{name} {insn.op_str}", eip=frame.eip)
     else:
         return False
     frame.eip += insn.size
     if name == "hlt":
-        if v.pending and v.vif:
+        if kernel.cos_wants_interrupt():
             kernel.deliver_pending(frame)
         else:
             kernel.go_away(frame, "idle")
-    elif name == "sti":
-        kernel.deliver_pending(frame)
+    elif name == "sti" or unmasked:                 # (past the instruction: the frame it
+        kernel.deliver_pending(frame)                # pushes returns to the next one)
     return True
 
 
 def _port_io(kernel, frame, insn):
+    """True if the COS unmasked a line at its virtual PIC (something may be waiting)."""
     ops = insn.operands
     port_op = ops[1] if insn.mnemonic == "in" else ops[0]
     port = port_op.imm if port_op.type == X86_OP_IMM else frame.edx & 0xFFFF
     size = (ops[0] if insn.mnemonic == "in" else ops[1]).size
-    if port in PIC_PORTS:
+    if port in vpic.PORTS:
         # the PIC is the kernel's now; the COS's EOIs and masks go to its virtual PIC
-        value = frame.eax & 0xFF
+        changed = False
+        if insn.mnemonic == "out":
+            value = frame.eax & 0xFF
+            changed = vpic.write(kernel, port, value)
+        else:
+            value = vpic.read(kernel, port)
+            frame.eax = (frame.eax & ~0xFF) | value
         kernel.trace.emit("kernel.emulate", insn=f"{insn.mnemonic} {port:#x}",
                           what="virtual PIC", value=value)
-        if insn.mnemonic == "out" and port == 0x20 and value & 0x38 == 0x20:   # OCW2 EOI
-            kernel.irqs.cos_eoi()
-        if insn.mnemonic == "in":
-            frame.eax = frame.eax & ~0xFF
-        return
+        return changed
     front, offset = kernel.shared_at(port)
     if front is not None:                           # a shared device: the kernel serves the COS
         if insn.mnemonic == "out":
@@ -86,11 +92,12 @@ def _port_io(kernel, frame, insn):
             mask = (1 << (8 * size)) - 1
             frame.eax = (frame.eax & ~mask) | (front.cos_read(offset) & mask)
         kernel.trace.emit("kernel.emulate", insn=f"{insn.mnemonic} {port:#x}", what="shared device")
-        return
+        return False
     kernel.trace.emit("kernel.refused", insn=f"{insn.mnemonic} {port:#x}", eip=frame.eip)
     if insn.mnemonic == "in":
         mask = (1 << (8 * size)) - 1
         frame.eax = (frame.eax & ~mask) | mask          # nothing there, as far as the COS can tell
+    return False
 
 
 def patched(kernel, frame, mnemonic):

@@ -230,7 +230,7 @@ class Worlds:
         """The COS is away (idle with nothing pending, or its quantum used after the
         kernel's work): give CPU 0 to a VM. True if one now runs."""
         k, p = self.kernel, self.cpus[0]
-        idle = k.away == "idle" and not (k.vcpu.pending and k.vcpu.vif)
+        idle = k.away == "idle" and not k.cos_wants_interrupt()
         if len(self.all) == 1 or (not idle and p.used < self.quantum_of(p.current)):
             return False
         nxt = self.pick(p)
