@@ -158,7 +158,7 @@ class Worlds:
         self.memory.write(base, code)
         self._prepare_vm_support()
         vmm = VMM(self.kernel, name, base, size, area + VCPU, cpu)
-        vmm.patch(len(code))
+        vmm.patch(base)                                         # from its entry point
         world = World(name, "vm", area, (base, size), vmm, cpu)
         user_data = layout.USER_DATA_SEL | layout.USER_RPL
         state = dict.fromkeys(switch.ITEMS, 0)
