@@ -5,12 +5,23 @@ the kernel TSS's I/O bitmap does not grant the port). The kernel decodes the
 instruction at the faulting EIP and acts on the COS's virtual CPU; the real
 IDTR, GDTR and IF are never touched. pushfd/popfd/iretd were patched to
 int3 at takeover and arrive through `patched`.
+
+Whatever the COS hands the kernel to load is contained, because the stub's
+iretd loads it at CPL 0, where the CPU checks less than it would at CPL 1:
+a CS the COS's patched iretd pops is its own code segment, at CPL 1 (the
+RPL 0 it believes in is raised to 1); any other selector is refused as
+the CPU refuses an iretd to a segment it may not use, with #GP(selector)
+reflected to the COS (and a kernel.refused event). EFLAGS it pops never
+bring VM (the stub's iretd would enter virtual-8086 mode), NT (its next
+iretd would be a task return through the kernel's TSS), VIF/VIP or RF;
+IOPL stays 0 (its cli/sti/in/out would stop trapping).
 """
 from capstone import Cs, CS_ARCH_X86, CS_MODE_32
 from capstone.x86 import X86_OP_MEM, X86_OP_IMM, X86_OP_REG
 
-from vmkit.hw.x86 import EFLAGS_IF
-from . import vpic
+from vmkit.hw.x86 import (EFLAGS_IF, EFLAGS_IOPL, EFLAGS_NT, EFLAGS_RF, EFLAGS_VIF, EFLAGS_VIP,
+                          EFLAGS_VM, GP)
+from . import layout, vpic
 
 PIC_PORTS = vpic.PORTS              # the COS's PIC ports: its virtual PIC's (vpic.py)
 
@@ -100,16 +111,37 @@ def _port_io(kernel, frame, insn):
     return False
 
 
+NEVER_FROM_COS = EFLAGS_VM | EFLAGS_NT | EFLAGS_VIF | EFLAGS_VIP | EFLAGS_RF
+COS_CS = (layout.COS_CODE_SEL, layout.COS_CODE_SEL | layout.COS_RPL)   # as it believes, as it is
+
+
 def patched(kernel, frame, mnemonic):
     """pushfd / popfd / iretd of the COS, replaced by int3 (EIP is already past it)."""
     v = kernel.vcpu
     if mnemonic == "iretd":
-        eip, cs, eflags = frame.pop(), frame.pop(), frame.pop()
-        frame.eip, frame.cs = eip, cs
-        v.vif = 1 if eflags & EFLAGS_IF else 0
-        frame.eflags = (eflags & ~0x3000) | EFLAGS_IF
+        if not _iretd(kernel, frame):
+            return
     else:
-        kernel.emulate_if(mnemonic, v, frame)
+        kernel.emulate_if(mnemonic, v, frame)        # exercise 02b: IF, and IOPL kept 0
+        if mnemonic == "popfd":
+            frame.eflags &= ~NEVER_FROM_COS          # what exercise 02b does not ask for
     kernel.trace.emit("kernel.emulate", insn=mnemonic, cos_vif=v.vif)
     if v.vif:
         kernel.deliver_pending(frame)
+
+
+def _iretd(kernel, frame):
+    """Pop EIP, CS, EFLAGS; CS must be the COS's code segment, run at CPL 1.
+    False (and #GP(CS) reflected, nothing popped) for any other selector."""
+    at, esp = frame.eip - 1, frame.esp
+    eip, cs, eflags = frame.pop(), frame.pop() & 0xFFFF, frame.pop()
+    if cs not in COS_CS:
+        frame.eip, frame.esp = at, esp                   # a fault: at the iretd, stack untouched
+        kernel.trace.emit("kernel.refused", insn=f"iretd to cs {cs:#x}", eip=at)
+        frame.error = cs & ~3
+        kernel.reflect(frame, GP)
+        return False
+    frame.eip, frame.cs = eip, layout.COS_CODE_SEL | layout.COS_RPL   # never a ring below 1
+    kernel.vcpu.vif = 1 if eflags & EFLAGS_IF else 0
+    frame.eflags = (eflags & ~(NEVER_FROM_COS | EFLAGS_IOPL)) | EFLAGS_IF
+    return True
