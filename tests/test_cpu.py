@@ -215,3 +215,47 @@ def test_a_python_stub_that_ends_the_slice_runs_once(board):
     board.run(1000)
     assert len(calls) == 1 and u32(board, 0x5000) == 1
     assert board.trace.of("cpu.halt")[0].time == 5      # nop nop inc nop hlt: 5 instructions
+
+
+def test_int_8_is_a_software_interrupt_not_a_double_fault(board):
+    """From CPL 0 through a DPL 0 gate: the vector-8 handler runs with no error
+    code pushed (the EIP after the `int` is on top); the CPU keeps running."""
+    board.boot(0x1000)
+    board.cpu["idtr"] = write_idt(board, IDT_A, {8: 0x6000})
+    board.load(0x6000, "mov eax, [esp]\nmov [0x5000], eax\ninc dword ptr [0x5004]\niretd")
+    board.load(0x1000, "int 8\nint 8\nh: hlt\njmp h")
+    board.run(100)
+    assert (u32(board, 0x5000), u32(board, 0x5004)) == (0x1004, 2)
+    assert board.cpu.shutdown is None and not board.trace.of("cpu.fault")
+
+
+@pytest.mark.parametrize("vector", range(32))
+def test_int_n_from_cpl3_through_a_dpl0_gate_is_gp_never_a_shutdown(board, vector):
+    """Every vector 0..31 as the 2-byte `int n` at CPL 3: #GP(n*8+2) at the
+    `int` into the #GP handler; no #DF, no stop, whatever the vector's name."""
+    board.boot(0x1000)
+    install_tss(board)
+    board.cpu["idtr"] = write_idt(board, IDT_A, {v: 0x6000 + 0x10 * v for v in range(32)})
+    for v in range(32):
+        board.load(0x6000 + 0x10 * v, f"mov dword ptr [0x5000], {v}\nh{v}: hlt\njmp h{v}")
+    board.load(0x7000, f".byte 0xcd, {vector}\nj: jmp j")
+    board.load(0x1000, "push 0x23\npush 0x70000\npush 0x202\npush 0x1b\npush 0x7000\niretd")
+    board.run(300)
+    assert board.cpu.shutdown is None
+    assert u32(board, 0x5000) == 13
+    assert [(f["vector"], f["error"], f["eip"]) for f in board.trace.of("cpu.fault")] == [(13, vector * 8 + 2, 0x7000)]
+
+
+def test_int_6_is_a_software_interrupt_and_ud2_still_a_fault(board):
+    """Unicorn reports `int 6` as an invalid opcode (measured): the platform
+    tells them apart, so `int 6` returns past itself and ud2 faults at itself."""
+    board.boot(0x1000)
+    board.cpu["idtr"] = write_idt(board, IDT_A, {6: 0x6000})
+    board.load(0x6000, "mov eax, [esp]\nmov [0x5000 + ecx*4], eax\ninc ecx\n"
+                       "cmp byte ptr [eax], 0x0f\njne back\nadd dword ptr [esp], 2\nback: iretd")
+    board.load(0x1000, "xor ecx, ecx\nint 6\nnop\nud2\nh: hlt\njmp h")
+    board.run(100)
+    # `int 6` at 0x1002 pushes the next instruction (0x1004); ud2 at 0x1005 pushes itself
+    assert (u32(board, 0x5000), u32(board, 0x5004), u32(board, 0x5008)) == (0x1004, 0x1005, 0)
+    assert [(f["vector"], f["eip"]) for f in board.trace.of("cpu.fault")] == [(6, 0x1005)]
+    assert board.cpu.shutdown is None

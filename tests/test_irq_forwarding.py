@@ -80,3 +80,82 @@ def test_without_masking_a_stuck_line_would_recur_but_the_kernel_still_serves(di
     board.run(300_000)
     assert len([e for e in board.trace.since(mark, "irq.queued") if e["line"] == SERIAL]) == 1
     assert not board.trace.since(mark, "irq.masked")
+
+
+# ---- the COS's virtual PIC (vmkit/kernel/vpic.py) -----------------------------------
+def mask_tick_then_unmask(spin=200_000):
+    """COS x86: read the IMR, mask IRQ 0 and read it back, program the slave's IMR and
+    read it back, spin with interrupts on, then unmask IRQ 0. Ticks noted at each step."""
+    t = cos_layout.TICKS
+    return f"""
+init:   sti
+        in al, 0x21
+        mov [0x5000], al                ; the IMR as the COS programmed it at boot
+        or al, 1
+        out 0x21, al                    ; mask IRQ 0, its timer
+        in al, 0x21
+        mov [0x5001], al
+        mov al, 0xf3
+        out 0xa1, al
+        in al, 0xa1
+        mov [0x5002], al
+        mov al, 0xff
+        out 0xa1, al
+        mov eax, [{t:#x}]
+        mov [0x5004], eax
+        mov ecx, {spin}
+spin:   loop spin
+        mov eax, [{t:#x}]
+        mov [0x5008], eax
+        in al, 0x21
+        and al, 0xfe
+        out 0x21, al                    ; unmask: the tick it held goes in here
+        mov eax, [{t:#x}]
+        mov [0x500c], eax
+        ret
+"""
+
+
+def test_the_cos_masks_a_line_at_its_virtual_pic_reads_it_back_and_gets_it_on_unmask(displaced):
+    board, cos, kernel = displaced
+    real = (board.pic.master.imr, board.pic.slave.imr)
+    mark = takeover.run_module(board, cos, mask_tick_then_unmask())
+    m = board.memory
+    boot_imr = m.read(0x5000, 1)[0]
+    assert boot_imr & 1 == 0                                      # the COS had its timer unmasked
+    assert (m.read(0x5001, 1)[0], m.read(0x5002, 1)[0]) == (boot_imr | 1, 0xF3)
+    before, masked, unmasked = m.read_u32(0x5004), m.read_u32(0x5008), m.read_u32(0x500C)
+    ticks = [e for e in board.trace.since(mark, "cpu.deliver") if e["vector"] == 0x20]
+    assert len(ticks) > 10                                        # the kernel got the timer all along
+    assert masked == before                                       # the COS's handler did not run
+    assert unmasked == masked + 1                                 # held, not lost: in at the unmask
+    assert (board.pic.master.imr, board.pic.slave.imr) == real    # the real PIC stays the kernel's
+    assert kernel.vcpu.imr == boot_imr | 0xFF00                   # kept in its virtual CPU, in kernel memory
+    board.run(100_000)
+    assert cos.ticks() > unmasked
+
+
+def test_the_cos_reinitialising_its_pic_clears_its_mask_and_keeps_the_kernels_vectors(displaced):
+    board, cos, kernel = displaced
+    takeover.run_module(board, cos, """
+init:   mov al, 0x11
+        out 0x20, al                    ; ICW1: cascade, ICW4 follows
+        mov al, 0x40
+        out 0x21, al                    ; ICW2 (the kernel keeps vectors 0x20-0x27)
+        in al, 0x21
+        mov [0x5000], al                ; an 8259A clears its IMR at ICW1
+        mov al, 4
+        out 0x21, al                    ; ICW3
+        mov al, 1
+        out 0x21, al                    ; ICW4
+        mov al, 0xb8
+        out 0x21, al                    ; OCW1 at last
+        in al, 0x21
+        mov [0x5001], al
+        ret
+""")
+    assert (board.memory.read(0x5000, 1)[0], board.memory.read(0x5001, 1)[0]) == (0, 0xB8)
+    assert board.pic.master.vector_base == 0x20
+    ticks = cos.ticks()
+    board.run(100_000)
+    assert cos.ticks() > ticks                                    # IRQ 0 unmasked: ticks still come

@@ -42,12 +42,15 @@ def inl(reg, dest):
 
 
 def setup_driver(buffers=3, imr=0):
-    """Bring the (virtual) NIC up: RX and TX rings of 4 in COS memory, `buffers` RX buffers given."""
+    """Bring the (virtual) NIC up: RX and TX rings of 4 in COS memory, `buffers` RX buffers given;
+    its IRQ line unmasked at the COS's (virtual) PIC, slave and cascade, as a driver must."""
     descs = "".join(f"mov dword ptr [{RX_RING + 16 * i:#x}], {RX_BUF + 0x800 * i:#x}\n"
                     f"mov dword ptr [{RX_RING + 16 * i + 4:#x}], {BUF_LEN:#x}\n" for i in range(SLOTS))
+    unmask = (f"in al, 0xa1\nand al, {0xFF & ~(1 << (LINE - 8)):#x}\nout 0xa1, al\n"
+              "in al, 0x21\nand al, 0xfb\nout 0x21, al\n")
     return ("init:\n" + descs + outl(RX_BASE, RX_RING) + outl(RX_COUNT, SLOTS) + outl(RX_TAIL, buffers)
             + outl(TX_BASE, TX_RING) + outl(TX_COUNT, SLOTS) + outl(IMR, imr) + outl(CTRL, 3)
-            + inl(MAC_LO, f"[{V_MAC:#x}]") + inl(MAC_HI, f"[{V_MAC + 4:#x}]") + "ret")
+            + inl(MAC_LO, f"[{V_MAC:#x}]") + inl(MAC_HI, f"[{V_MAC + 4:#x}]") + unmask + "ret")
 
 
 def poll():

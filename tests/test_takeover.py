@@ -166,7 +166,49 @@ init:   xor eax, eax
     assert count == 2 and m.read(0x5100, 3) == b"pic"
 
 
-def test_the_load_sequence_is_in_the_trace(displaced):
-    board, cos, loader = displaced
+LOADING_MODULE = cos_layout.MODULE_AREA + 16          # the load-call module's first instruction
+
+
+def test_the_load_switches_the_cpus_tables_and_the_cos_comes_back_at_cpl_1():
+    """What the CPU holds, read from it: as the loading module is entered (the
+    COS's tables, CPL 0), at the kernel's first instruction (the kernel's IDT,
+    GDT, TSS and code segment, EIP in the kernel's block, interrupts off), and
+    when the COS runs again right after its call to the loader (CPL 1)."""
+    board, cos, loader = booted()
+    insmod(board, cos, loader)
+    base, entry = loader.kernel.base, loader.kernel.base + loader.kernel.image.entry
+    board = Board()                                     # again (the same run), watching the CPU
+    cos = COS.boot(board)
+    board.run_until(lambda: board.memory.read_u32(cos_layout.READY), 2_000_000, "the COS's boot")
+    cpu, seen = board.cpu, {}
+    tables = lambda c: {r: c[r] for r in ("idtr", "gdtr", "tr", "cs", "eip", "esp", "eflags", "eax")}
+
+    def called(c):
+        seen["called"] = tables(c)
+        back = board.memory.read_u32(c["esp"])         # where `call loading_module` returns
+        seen.setdefault("back_at", back)
+        c.on_execute(back, lambda c: seen.setdefault("back", tables(c)))
+    cpu.on_execute(LOADING_MODULE, called)              # before the loader's own hook there
+    cpu.on_execute(entry, lambda c: seen.setdefault("entry", tables(c)))
+    loader = Loader(board)
+    assert loader.entry == LOADING_MODULE
+    insmod(board, cos, loader)
+    assert loader.kernel is not None and loader.kernel.base == base
+    before, at, back = seen["called"], seen["entry"], seen["back"]
+    # the COS called: its own tables, CPL 0
+    assert before["idtr"][1] == cos_layout.COS_IDT and before["gdtr"][1] == cos_layout.COS_GDT
+    assert before["cs"] & 3 == 0 and not in_kernel(loader, before["eip"])
+    # the kernel's first instruction: the CPU switched to the kernel's tables and code
+    assert at["eip"] == entry and in_kernel(loader, at["eip"])
+    assert at["cs"] == layout.KERNEL_CODE_SEL and not at["eflags"] & 0x200
+    assert at["idtr"][1:3] == (base + layout.IDT, 256 * 8 - 1)
+    assert at["gdtr"][1] == base + layout.GDT and at["gdtr"][2] >= layout.KERNEL_TSS_SEL + 7
+    assert at["tr"][:2] == (layout.KERNEL_TSS_SEL, base + layout.TSS)
+    # the COS again, displaced: at its return address, CPL 1, eax = 0 (loaded), IF on,
+    # the kernel's tables still loaded
+    assert back["eip"] == seen["back_at"] and back["esp"] == before["esp"] + 4
+    assert back["cs"] == layout.COS_CODE_SEL | layout.COS_RPL and back["eax"] == 0
+    assert back["eflags"] & 0x200 and back["idtr"] == at["idtr"] and back["tr"][0] == layout.KERNEL_TSS_SEL
+    # and the trace tells the same story, in this order
     kinds = [e.kind for e in board.trace.events if e.kind.startswith(("load.", "kernel.init", "kernel.displaced"))]
     assert kinds[:6] == ["load.called", "load.copied", "load.idt", "load.switched", "kernel.init", "kernel.displaced"]

@@ -15,6 +15,8 @@ unicorn_quirks.py):
     PE again, and load the selectors once more so their descriptors are
     read from the GDT;
   - `in`/`out` never check IOPL or the TSS I/O bitmap: we do, and raise #GP(0);
+  - `int 6` reaches the invalid-opcode hook, not the interrupt hook: we tell
+    it from #UD by its bytes;
   - a register write inside an I/O hook is not honoured until the
     translation block ends, so an I/O fault stops the slice and is
     delivered from the run loop, with EIP pointing at the `in`/`out`.
@@ -50,6 +52,7 @@ TABLES = ("gdtr", "idtr", "ldtr", "tr")
 MEMORY_ERRORS = {getattr(unicorn, "UC_ERR_" + n) for n in (
     "READ_UNMAPPED", "WRITE_UNMAPPED", "FETCH_UNMAPPED", "READ_PROT", "WRITE_PROT", "FETCH_PROT")}
 NO_ADDRESS = 0xFFFFFFFF          # `until` for emu_start: never reached
+SOFTWARE_INT_6 = bytes([0xCD, UD])  # `int 6`, which Unicorn reports as an invalid opcode
 
 
 class DeliveryFault(Exception):
@@ -312,8 +315,23 @@ class CPU:
                              self["eip"], EXCEPTION_NAMES.get(vector, "exception"))
 
     def _on_invalid(self, uc, _):
-        self.raise_fault(UD, None, self["eip"], "invalid opcode")
+        """Unicorn 2.1.4 sends `int 6` (CD 06) here too, not to the interrupt
+        hook, with EIP at the instruction (measured: it takes any exception 6
+        for an invalid opcode). `int 6` is a valid instruction, so those two
+        bytes at EIP mean a software interrupt, not #UD."""
+        eip = self["eip"]
+        if self._reads(eip, 2) == SOFTWARE_INT_6:
+            self.deliver(UD, "int", eip=eip + 2)
+        else:
+            self.raise_fault(UD, None, eip, "invalid opcode")
         return True
+
+    def _reads(self, address, n):
+        """n bytes at `address`, or b"" past the end of memory."""
+        try:
+            return self.memory.read(address, n)
+        except ValueError:
+            return b""
 
     def _io_denied(self, port, size):
         """IOPL, then the TSS's I/O permission bitmap, as the CPU checks them
@@ -360,14 +378,16 @@ class CPU:
         interrupt controller). A failure while delivering becomes the
         fault the hardware would raise; a failure to deliver that becomes
         a double fault; a failing double fault shuts the CPU down
-        (a triple fault), as on a real PC."""
+        (a triple fault), as on a real PC. Only the *exception* #DF is a
+        double fault: `int 8` is a software interrupt like any other (no
+        error code; through a gate it may not use, a #GP)."""
         eip = self["eip"] if eip is None else eip
         for _ in range(3):
             try:
                 self._deliver(vector, kind, error_code, eip)
                 return True
             except DeliveryFault as f:
-                if vector == DF:
+                if vector == DF and kind != "int":
                     break
                 if kind == "int":                  # a fault of the `int` instruction itself
                     eip -= self._int_length(eip, vector)

@@ -4,14 +4,17 @@ At CPL 1 the COS's cli/sti change nothing real (they trap), and its
 pushfd/popfd/iretd would silently keep or drop IF without trapping (x86 is
 not classically virtualizable), so the kernel patches those three to int3
 at takeover. Either way the kernel emulates them on this virtual state:
-the COS's own IF, IDTR and GDTR, and the interrupts waiting for it.
+the COS's own IF, IDTR and GDTR, and the interrupts waiting for it
+(with its virtual PIC's registers, vpic.py).
 """
 
 from vmkit.hw.x86 import EFLAGS_IF
 from .words import Words
 
 FIELDS = ("vif", "idt_base", "idt_limit", "gdt_base", "gdt_limit", "pending", "traps", "injected",
-          "in_service")        # lines injected into the COS and not yet acknowledged (its virtual ISR)
+          "in_service",        # lines injected into the COS and not yet acknowledged (its virtual ISR)
+          "imr",               # lines its virtual PIC masks (OCW1; master 0-7, slave 8-15): vpic.py
+          "icw")               # initialisation words its virtual PIC still expects (vpic.py)
 
 
 class CosVcpu(Words):

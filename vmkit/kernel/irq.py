@@ -7,7 +7,9 @@
   queued   pending for the COS; delivered when the COS next runs, not at
            once (claim 10): if the kernel is busy with its own work, the COS
            waits until the kernel returns to it
-  delivered through the COS's own IDT, to its own handler
+  delivered through the COS's own IDT, to its own handler, once the COS's
+           virtual PIC does not mask the line (vpic.py: until then it stays
+           pending, as in an 8259A's IRR)
   EOI      the COS acknowledges to its (virtual) PIC
   unmasked the kernel unmasks the real line
 

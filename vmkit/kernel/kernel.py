@@ -20,7 +20,7 @@ from capstone import Cs, CS_ARCH_X86, CS_MODE_32
 
 from vmkit.hw.x86 import EFLAGS_IF, ERROR_CODE_VECTORS, decode_gate
 from vmkit.cos import layout as cos_layout
-from . import devices, layout, smp, switch, syscalls, traps
+from . import devices, layout, smp, switch, syscalls, traps, vpic
 from .cos_vcpu import CosVcpu, emulate_if
 from .frame import Frame
 from .irq import IrqRouter
@@ -113,7 +113,9 @@ class Kernel:
         v.vif = 1 if cos["eflags"] & EFLAGS_IF else 0
         _, v.idt_base, v.idt_limit, _ = cos["idtr"]
         _, v.gdt_base, v.gdt_limit, _ = cos["gdtr"]
-        v.pending = v.traps = v.injected = 0
+        v.pending = v.traps = v.injected = v.icw = 0
+        ports = self.board.ports                       # its PIC masks, as the COS programmed them
+        v.imr = ports.read(vpic.MASTER + 1, 1) | ports.read(vpic.SLAVE + 1, 1) << 8
         self.memory.write_u32(self.base + layout.WORK_LENGTH, WORK_LENGTH)
         for reg in ("edi", "esi", "ebp", "ebx", "edx", "ecx"):
             setattr(frame, reg, cos[reg])
@@ -178,12 +180,17 @@ class Kernel:
             else:
                 self.deliver_pending(frame)
 
+    def cos_wants_interrupt(self):
+        """A line is pending that the COS's virtual IMR and IF let in now."""
+        return bool(self.vcpu.vif and vpic.ready(self.vcpu))
+
     def deliver_pending(self, frame):
-        """Inject the lowest pending line into the COS if its virtual IF allows."""
-        pending = self.vcpu.pending
-        if pending and self.vcpu.vif:
-            line = (pending & -pending).bit_length() - 1
-            self.vcpu.pending = pending & ~(1 << line)
+        """Inject the lowest pending line the COS's virtual PIC does not mask, if
+        its virtual IF allows. A masked line stays pending (vpic.py)."""
+        ready = vpic.ready(self.vcpu)
+        if ready and self.vcpu.vif:
+            line = (ready & -ready).bit_length() - 1
+            self.vcpu.pending &= ~(1 << line)
             self.irqs.delivered(line)
             self.inject(frame, IRQ_BASE + line)
 
@@ -201,7 +208,7 @@ class Kernel:
             return
         if self.worlds.cos_would_idle(frame):      # a VM runs instead (worlds.py)
             return
-        if self.away == "idle" and not (self.vcpu.pending and self.vcpu.vif):
+        if self.away == "idle" and not self.cos_wants_interrupt():
             frame.vector = layout.GO_IDLE
             return
         self.away_frame = self.away = None

@@ -5,13 +5,26 @@ the kernel TSS's I/O bitmap does not grant the port). The kernel decodes the
 instruction at the faulting EIP and acts on the COS's virtual CPU; the real
 IDTR, GDTR and IF are never touched. pushfd/popfd/iretd were patched to
 int3 at takeover and arrive through `patched`.
+
+Whatever the COS hands the kernel to load is contained, because the stub's
+iretd loads it at CPL 0, where the CPU checks less than it would at CPL 1:
+a CS the COS's patched iretd pops is its own code segment, at CPL 1 (the
+RPL 0 it believes in is raised to 1); any other selector is refused as
+the CPU refuses an iretd to a segment it may not use, with #GP(selector)
+reflected to the COS (and a kernel.refused event). EFLAGS it pops never
+bring VM (the stub's iretd would enter virtual-8086 mode), NT (its next
+iretd would be a task return through the kernel's TSS), VIF/VIP or RF;
+IOPL stays 0 (its cli/sti/in/out would stop trapping).
 """
 from capstone import Cs, CS_ARCH_X86, CS_MODE_32
 from capstone.x86 import X86_OP_MEM, X86_OP_IMM, X86_OP_REG
 
-from vmkit.hw.x86 import EFLAGS_IF
+from vmkit.hw.x86 import (EFLAGS_IF, EFLAGS_IOPL, EFLAGS_NT, EFLAGS_RF, EFLAGS_VIF, EFLAGS_VIP,
+                          EFLAGS_VM, GP)
+from . import layout, vpic
 
-PIC_PORTS = {0x20, 0x21, 0xA0, 0xA1}
+PIC_PORTS = vpic.PORTS              # the COS's PIC ports: its virtual PIC's (vpic.py)
+
 _cs = Cs(CS_ARCH_X86, CS_MODE_32)
 _cs.detail = True
 
@@ -33,6 +46,7 @@ def privileged(kernel, frame):
     if insn is None:
         return False
     name, trace, v = insn.mnemonic, kernel.trace, kernel.vcpu
+    unmasked = False
     if name in ("cli", "sti"):
         kernel.emulate_if(name, v, frame)
         trace.emit("kernel.emulate", insn=name, cos_vif=v.vif)
@@ -47,37 +61,40 @@ def privileged(kernel, frame):
         setattr(v, f"{which}_limit", limit)
         trace.emit("kernel.emulate", insn=name, virtual_base=base, virtual_limit=limit)
     elif name in ("in", "out"):
-        _port_io(kernel, frame, insn)
+        unmasked = _port_io(kernel, frame, insn)
     elif name in ("ltr", "lldt", "mov", "invlpg", "wbinvd", "clts"):
         trace.emit("kernel.refused", insn=f"{name} {insn.op_str}", eip=frame.eip)
     else:
         return False
     frame.eip += insn.size
     if name == "hlt":
-        if v.pending and v.vif:
+        if kernel.cos_wants_interrupt():
             kernel.deliver_pending(frame)
         else:
             kernel.go_away(frame, "idle")
-    elif name == "sti":
-        kernel.deliver_pending(frame)
+    elif name == "sti" or unmasked:                 # (past the instruction: the frame it
+        kernel.deliver_pending(frame)                # pushes returns to the next one)
     return True
 
 
 def _port_io(kernel, frame, insn):
+    """True if the COS unmasked a line at its virtual PIC (something may be waiting)."""
     ops = insn.operands
     port_op = ops[1] if insn.mnemonic == "in" else ops[0]
     port = port_op.imm if port_op.type == X86_OP_IMM else frame.edx & 0xFFFF
     size = (ops[0] if insn.mnemonic == "in" else ops[1]).size
-    if port in PIC_PORTS:
+    if port in vpic.PORTS:
         # the PIC is the kernel's now; the COS's EOIs and masks go to its virtual PIC
-        value = frame.eax & 0xFF
+        changed = False
+        if insn.mnemonic == "out":
+            value = frame.eax & 0xFF
+            changed = vpic.write(kernel, port, value)
+        else:
+            value = vpic.read(kernel, port)
+            frame.eax = (frame.eax & ~0xFF) | value
         kernel.trace.emit("kernel.emulate", insn=f"{insn.mnemonic} {port:#x}",
                           what="virtual PIC", value=value)
-        if insn.mnemonic == "out" and port == 0x20 and value & 0x38 == 0x20:   # OCW2 EOI
-            kernel.irqs.cos_eoi()
-        if insn.mnemonic == "in":
-            frame.eax = frame.eax & ~0xFF
-        return
+        return changed
     front, offset = kernel.shared_at(port)
     if front is not None:                           # a shared device: the kernel serves the COS
         if insn.mnemonic == "out":
@@ -86,23 +103,45 @@ def _port_io(kernel, frame, insn):
             mask = (1 << (8 * size)) - 1
             frame.eax = (frame.eax & ~mask) | (front.cos_read(offset) & mask)
         kernel.trace.emit("kernel.emulate", insn=f"{insn.mnemonic} {port:#x}", what="shared device")
-        return
+        return False
     kernel.trace.emit("kernel.refused", insn=f"{insn.mnemonic} {port:#x}", eip=frame.eip)
     if insn.mnemonic == "in":
         mask = (1 << (8 * size)) - 1
         frame.eax = (frame.eax & ~mask) | mask          # nothing there, as far as the COS can tell
+    return False
+
+
+NEVER_FROM_COS = EFLAGS_VM | EFLAGS_NT | EFLAGS_VIF | EFLAGS_VIP | EFLAGS_RF
+COS_CS = (layout.COS_CODE_SEL, layout.COS_CODE_SEL | layout.COS_RPL)   # as it believes, as it is
 
 
 def patched(kernel, frame, mnemonic):
     """pushfd / popfd / iretd of the COS, replaced by int3 (EIP is already past it)."""
     v = kernel.vcpu
     if mnemonic == "iretd":
-        eip, cs, eflags = frame.pop(), frame.pop(), frame.pop()
-        frame.eip, frame.cs = eip, cs
-        v.vif = 1 if eflags & EFLAGS_IF else 0
-        frame.eflags = (eflags & ~0x3000) | EFLAGS_IF
+        if not _iretd(kernel, frame):
+            return
     else:
-        kernel.emulate_if(mnemonic, v, frame)
+        kernel.emulate_if(mnemonic, v, frame)        # exercise 02b: IF, and IOPL kept 0
+        if mnemonic == "popfd":
+            frame.eflags &= ~NEVER_FROM_COS          # what exercise 02b does not ask for
     kernel.trace.emit("kernel.emulate", insn=mnemonic, cos_vif=v.vif)
     if v.vif:
         kernel.deliver_pending(frame)
+
+
+def _iretd(kernel, frame):
+    """Pop EIP, CS, EFLAGS; CS must be the COS's code segment, run at CPL 1.
+    False (and #GP(CS) reflected, nothing popped) for any other selector."""
+    at, esp = frame.eip - 1, frame.esp
+    eip, cs, eflags = frame.pop(), frame.pop() & 0xFFFF, frame.pop()
+    if cs not in COS_CS:
+        frame.eip, frame.esp = at, esp                   # a fault: at the iretd, stack untouched
+        kernel.trace.emit("kernel.refused", insn=f"iretd to cs {cs:#x}", eip=at)
+        frame.error = cs & ~3
+        kernel.reflect(frame, GP)
+        return False
+    frame.eip, frame.cs = eip, layout.COS_CODE_SEL | layout.COS_RPL   # never a ring below 1
+    kernel.vcpu.vif = 1 if eflags & EFLAGS_IF else 0
+    frame.eflags = (eflags & ~(NEVER_FROM_COS | EFLAGS_IOPL)) | EFLAGS_IF
+    return True

@@ -155,7 +155,7 @@ class Worlds:
         self.memory.write(base, code)
         self._prepare_vm_support()
         vmm = VMM(self.kernel, name, base, size, area + VCPU, cpu)
-        vmm.patch(len(code))
+        vmm.patch(base)                                         # from its entry point
         world = World(name, "vm", area, (base, size), vmm, cpu)
         user_data = layout.USER_DATA_SEL | layout.USER_RPL
         state = dict.fromkeys(switch.ITEMS, 0)
@@ -226,7 +226,7 @@ class Worlds:
         """The COS is away (idle with nothing pending, or its quantum used after the
         kernel's work): give CPU 0 to a VM. True if one now runs."""
         k, p = self.kernel, self.cpus[0]
-        idle = k.away == "idle" and not (k.vcpu.pending and k.vcpu.vif)
+        idle = k.away == "idle" and not k.cos_wants_interrupt()
         if len(self.all) == 1 or (not idle and p.used < self.quantum_of(p.current)):
             return False
         nxt = self.pick(p)

@@ -9,8 +9,10 @@ kernel, whose dispatcher hands the VM world's faults here:
                         at 0x3F8 (its output is the VM's console) and a
                         virtual PIC at 0x20/0x21 (EOIs recorded, nothing more)
   iretd                 would not trap at CPL 3 and would drop IF silently, so
-                        it is patched to int3 when the VM is installed, as the
-                        kernel patches the COS (traps.py): #GP through the
+                        it is patched to int3, as the kernel patches the COS
+                        (traps.py), where the guest can execute it: code
+                        reached from its entry at install and from its IDT's
+                        handlers at each lidt (reach.py). #GP through the
                         kernel's DPL<3 gate 3, or #BP, lands here
   #PF                   an access outside the VM's memory (not present or
                         supervisor-only in its page directory, vmm/paging.py):
@@ -24,9 +26,10 @@ guest's own IDT exactly as Kernel.inject does for the COS.
 from capstone import Cs, CS_ARCH_X86, CS_MODE_32
 from capstone.x86 import X86_OP_IMM
 
-from vmkit.hw.x86 import EFLAGS_IF, decode_gate
+from vmkit.hw.x86 import EFLAGS_IF, GATE_INT32, GATE_TRAP32, decode_gate
 from vmkit.kernel.cos_vcpu import CosVcpu
 from vmkit.kernel import layout
+from . import reach
 
 SERIAL, SERIAL_LSR = 0x3F8, 0x3FD
 PAGE_FAULT = 14                 # a guest access outside its memory (its page directory, paging.py)
@@ -53,6 +56,7 @@ class VMM:
         self.console = bytearray()
         self._line = bytearray()
         self.patches = set()
+        self._code = set()          # addresses of guest instructions decoded so far (reach.py)
 
     @property
     def cache(self):
@@ -72,14 +76,33 @@ class VMM:
     def owns(self, address, length=1):
         return self.base <= address and address + length <= self.base + self.size
 
-    def patch(self, code_length):
-        """iretd -> int3 in the guest's code, as it is copied in."""
-        code = self.memory.read(self.base, code_length)
-        for insn in _cs.disasm(code, self.base):
-            if insn.mnemonic == IRETD:
-                self.patches.add(insn.address)
-                self.memory.write(insn.address, bytes([INT3]))
-        self.trace.emit("vmm.patch", vm=self.name, count=len(self.patches))
+    def patch(self, *starts):
+        """iretd -> int3 in the guest code control can reach from `starts` (its
+        entry point at install; the handlers its IDT names at each lidt):
+        recursive descent (reach.py), so a 0xCF in its data is left alone.
+        (The guest's memory is read where it is: its linear addresses are
+        physical, paging.py.)"""
+        self.trace.emit("vmm.patch", vm=self.name, count=self._patch(starts))
+
+    def _patch(self, starts):
+        """Returns how many iretd were patched now."""
+        code = self.memory.read(self.base, self.size)
+        found = reach.reachable(code, self.base, starts, self._code)
+        new = [address for address, mnemonic in found.items() if mnemonic == IRETD]
+        for address in new:
+            self.patches.add(address)
+            self.memory.write(address, bytes([INT3]))
+        return len(new)
+
+    def patch_handlers(self):
+        """The guest executed lidt: each handler its IDT names is code it can run."""
+        v = self.vcpu
+        gates = [v.idt_base + 8 * i for i in range(min(256, (v.idt_limit + 1) // 8))]
+        gates = [decode_gate(self.memory.read(g, 8)) for g in gates if self.owns(g, 8)]
+        handlers = [g.offset for g in gates if g.present and g.type in (GATE_INT32, GATE_TRAP32)]
+        new = self._patch(handlers)
+        if new:
+            self.trace.emit("vmm.patch", vm=self.name, count=new, at="lidt")
 
     # ---- traps ---------------------------------------------------------------
     def trap(self, frame, vector):
@@ -126,6 +149,8 @@ class VMM:
             self.trace.emit("vmm.emulate", vm=self.name, insn=name, vif=v.vif)
         if name == "sti":
             self.deliver_pending(frame)
+        elif name == "lidt":
+            self.patch_handlers()
         return "run"
 
     @staticmethod
