@@ -9,6 +9,7 @@ import struct
 from typing import NamedTuple
 
 from vmkit.hw.asm import assemble, disassemble
+from vmkit.hw.board import MachineStopped
 from . import layout as L
 from .source import build
 
@@ -108,18 +109,28 @@ class COS:
         since typing (the echo included). TimeoutError after `limit`."""
         if not line.strip() or "\n" in line or "\r" in line:
             raise ValueError(f"one non-empty command line, not {line!r}")
-        if self.board.cpu.shutdown or self.var("FAULTS"):
-            raise RuntimeError("the COS has stopped (a fault); it reads no more commands")
+        self._check_running(f"it reads no more commands ({line!r})")
         start, done = len(self.board.uart.output), self.var("COMMANDS_DONE")
         self.type(line + "\n")
         end = self.board.clock + limit
         while self.var("COMMANDS_DONE") == done:
+            if self.board.cpu.shutdown:        # e.g. a kernel the command loaded panicked
+                self._check_running(f"while it ran {line!r}")
             if self.board.clock >= end:
                 raise TimeoutError(f"the COS did not finish {line!r} within {limit} instructions")
             if self.var("FAULTS"):
                 break                          # the command faulted: return what it printed
             self.board.run(min(step, end - self.board.clock))
         return self.board.uart.output[start:].decode("latin-1")
+
+    def _check_running(self, what):
+        """The COS runs on CPU 0: if that CPU stopped (a triple fault, a kernel panic
+        during insmod) say why, rather than wait for output that cannot come."""
+        why = self.board.cpu.shutdown
+        if why:
+            raise MachineStopped(f"{why}: CPU 0 stopped, so the COS stopped {what}")
+        if self.var("FAULTS"):
+            raise RuntimeError(f"the COS has stopped (a fault); {what}")
 
     # ---- modules --------------------------------------------------------------------
     @staticmethod

@@ -56,6 +56,11 @@ KBD_PORT, KBD_PORTS, KBD_IRQ = 0x60, 5, 1
 SENSOR_PORT, SENSOR_PORTS, SENSOR_IRQ = 0x300, 4, 5
 
 
+class MachineStopped(RuntimeError):
+    """No CPU can run any more (a triple fault, a kernel panic): whatever was
+    awaited will never happen, and the reason is the CPU's own."""
+
+
 class Board:
     def __init__(self, memory=16 << 20, cpus=1, slice=20_000, disk=None, nics=0,
                  keyboard=True, sensor=True):
@@ -235,10 +240,19 @@ class Board:
         while not condition():
             if self.clock >= end:
                 raise TimeoutError(f"{what} did not happen within {limit} instructions")
-            if all(c.shutdown for c in self.cpus):
-                raise RuntimeError(f"{what} did not happen: {self.cpus[0].shutdown}")
+            if self.stopped():
+                raise MachineStopped(f"{what} did not happen: {self.stopped()}")
             self.run(min(self.slice, end - self.clock))
         return self.clock
+
+    def stopped(self):
+        """Why the machine can run no more, or None. A CPU halted with IF clear
+        wakes only when another CPU starts it, so once some CPU has shut down and
+        every other is shut down or so halted, nothing will ever run again."""
+        dead = [c for c in self.cpus if c.shutdown]
+        if dead and all(c.shutdown or (c.halted and not c.interrupts_enabled) for c in self.cpus):
+            return f"CPU {dead[0].index} stopped: {dead[0].shutdown}"
+        return None
 
     def close(self):
         """Flush and release what the board holds on the host (the disk image)."""
