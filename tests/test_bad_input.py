@@ -104,3 +104,104 @@ def test_a_kernel_panic_during_insmod_is_reported_as_a_panic(cpus):
         board.run_until(lambda: False, 100_000, "a tick")
     with pytest.raises(MachineStopped, match="vmkernel panic"):
         cos.run_command("ticks")
+
+
+# ---- guests that are not guests, and board.load with nothing -----------------------
+def displaced(**options):
+    from vmkit.lessons.takeover import takeover
+    board, cos, loader = takeover(timer_period=2000, **options)
+    assert loader.kernel is not None
+    return board, cos, loader.kernel
+
+
+def machine_state(board, kernel):
+    """What a refused install_vm must leave as it was: the COS's RAM top and
+    page pool, the world table, and the kernel's memory (world blocks included)."""
+    from vmkit.cos import layout as cos_layout
+    from vmkit.kernel import layout
+    mem = board.memory
+    return (mem.read_u32(cos_layout.RAM_TOP), mem.read_u32(cos_layout.NEXT_FREE_PAGE),
+            list(kernel.worlds.all), mem.read(kernel.base, layout.STACK_TOP),
+            mem.read(0x400000, board.memory.size - 0x400000))
+
+
+def _raises(base):
+    raise KeyError("no such guest")
+
+
+BAD_GUESTS = [
+    (b"", 0x8000, "guest is empty"),
+    ("", 0x8000, "guest is empty"),
+    ("; only a comment\nstart:", 0x8000, "guest is empty"),
+    (bytearray(), 0x8000, "guest is empty"),
+    (5, 0x8000, "not int 5"),
+    (True, 0x8000, "not bool"),
+    (None, 0x8000, "not NoneType"),
+    ([0x90, 0xF4], 0x8000, "not list"),
+    (lambda base: 3, 0x8000, "not int 3"),
+    (lambda base: b"", 0x8000, "guest is empty"),
+    (_raises, 0x8000, "guest function failed for base 0x[0-9a-f]+: KeyError: 'no such guest'"),
+    (bytes(0x9000), 0x8000, "guest is 36864 bytes, its memory 32768"),
+    (b"\xeb\xfe", 0, "memory is a positive number of bytes, not 0"),
+    (b"\xeb\xfe", -0x1000, "not -4096"),
+    (b"\xeb\xfe", 4096.0, "not 4096.0"),
+    (b"\xeb\xfe", "0x8000", "not '0x8000'"),
+    (b"\xeb\xfe", 1 << 40, "does not fit"),
+]
+
+
+@pytest.mark.parametrize("guest, memory, why", BAD_GUESTS)
+def test_a_bad_guest_is_refused_and_nothing_changes(guest, memory, why):
+    from vmkit.kernel.worlds import VMError
+    board, cos, kernel = displaced()
+    before = machine_state(board, kernel)
+    with pytest.raises(VMError, match=why):
+        kernel.install_vm(guest, memory, "bad")
+    assert machine_state(board, kernel) == before
+    vm = kernel.install_vm(b"\xeb\xfe", 0x8000, "good")      # the memory was not lost
+    assert vm.region[0] + vm.region[1] <= before[0] and len(kernel.worlds.all) == 2
+
+
+def test_bad_names_and_cpus_are_refused_and_nothing_changes():
+    from vmkit.kernel.worlds import VMError
+    board, cos, kernel = displaced()
+    before = machine_state(board, kernel)
+    for kwargs, why in [({"name": 7}, "name is text, not 7"), ({"cpu": 1}, "no CPU 1"),
+                        ({"cpu": "0"}, "no CPU '0'"), ({"cpu": -1}, "no CPU -1")]:
+        with pytest.raises(VMError, match=why):
+            kernel.install_vm(b"\xeb\xfe", 0x8000, **kwargs)
+    assert machine_state(board, kernel) == before
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_a_guest_of_garbage_bytes_runs_and_harms_only_itself(seed):
+    import random
+    from vmkit.vmm import guests
+    board, cos, kernel = displaced()
+    good = kernel.install_vm(lambda base: guests.console(base, "good"), 0x8000, "good")
+    good_code = board.memory.read(good.region[0], 0x100)
+    cos_code = board.memory.read(0x10000, 0x10000)
+    junk = kernel.install_vm(random.Random(seed).randbytes(0x800), 0x8000, "junk")
+    ticks = cos.ticks()
+    board.run(800_000)
+    assert board.cpu.shutdown is None and cos.ticks() > ticks + 50
+    assert bytes(good.vmm.console).decode().count("good") > 5
+    assert board.memory.read(good.region[0], 0x100) == good_code
+    assert board.memory.read(0x10000, 0x10000) == cos_code
+    assert junk.state == "crashed" and junk.fault            # it ran and faulted, alone
+    assert any(e["vm"] == "junk" for e in board.trace.of("vm.crashed"))
+
+
+@pytest.mark.parametrize("code, error, why", [
+    ("", ValueError, "nothing to load at 0x5000"),
+    (b"", ValueError, "nothing to load at 0x5000"),
+    (5, TypeError, "not int 5"),
+    (None, TypeError, "not NoneType"),
+])
+def test_board_load_of_nothing_is_refused_unwritten(code, error, why):
+    board = Board()
+    board.memory.write(0x5000, b"\xAA" * 8)
+    with pytest.raises(error, match=why):
+        board.load(0x5000, code)
+    assert board.memory.read(0x5000, 8) == b"\xAA" * 8 and not board.trace.of("load")
+    assert board.load(0x5000, "nop") == 1

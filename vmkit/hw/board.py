@@ -131,9 +131,16 @@ class Board:
         self.memory.write(DEVICE_TABLE, table)
 
     def load(self, address, code):
-        """Put bytes (or assembly text, assembled for `address`) into memory."""
+        """Put bytes (or assembly text, assembled for `address`) into memory.
+        Nothing to load, or something that is neither, is refused unwritten."""
         if isinstance(code, str):
             code = assemble(code, address)
+        elif isinstance(code, (bytes, bytearray, memoryview)):
+            code = bytes(code)
+        else:
+            raise TypeError(f"load takes bytes or x86 source (str), not {type(code).__name__} {code!r:.40}")
+        if not code:
+            raise ValueError(f"nothing to load at {address:#x}: the code is empty")
         self.memory.write(address, code)
         self.trace.emit("load", address=address, size=len(code))
         return len(code)
