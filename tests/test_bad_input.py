@@ -71,12 +71,14 @@ def test_a_load_with_bad_offsets_is_refused_before_anything_is_copied(field):
     board, cos, loader = booted_cos(image=BAD_IMAGES[field])
     cpu, before = board.cpu, cos_tables(board.cpu)
     cos.put_module(loader.module)
-    pool = board.memory.read(0x400000, 0x10000)               # where the COS's block comes from
+    pool, free = board.memory.read(0x400000, 0x10000), cos.var("NEXT_FREE_PAGE")
     out = cos.run_command("insmod", COMMAND_LIMIT)
     refused = board.trace.of("load.refused")
-    assert refused and field.strip() in refused[0]["why"] and "vmkload: refused" in out
+    assert refused and field.strip() in refused[0]["why"]
+    assert out.endswith(f"vmkload: refused: {refused[0]['why']}\ninsmod: init failed\n")
     assert loader.kernel is None and not board.trace.of("load.copied")
     assert board.memory.read(0x400000, 0x10000) == pool and cos_tables(cpu) == before
+    assert cos.var("NEXT_FREE_PAGE") == free and cos.var("MODULES_LOADED") == 0   # no page taken
     ticks = cos.ticks()
     board.run(300_000)                                         # later runs are not poisoned
     assert cos.ticks() > ticks and cpu.cpl == 0 and cpu.shutdown is None
@@ -205,3 +207,47 @@ def test_board_load_of_nothing_is_refused_unwritten(code, error, why):
         board.load(0x5000, code)
     assert board.memory.read(0x5000, 8) == b"\xAA" * 8 and not board.trace.of("load")
     assert board.load(0x5000, "nop") == 1
+
+
+# ---- insmod of the load-call module when a vmkernel already runs --------------------
+def test_a_second_insmod_is_refused_once_and_insmod_fails():
+    from vmkit.cos import layout as cos_layout
+    from vmkit.kernel import layout
+    board, cos, kernel = displaced()
+    loader_module = board.memory.read(cos_layout.MODULE_AREA, 16)
+    cpu, mem = board.cpu, board.memory
+    def state():
+        return ([cos.var(v) for v in ("NEXT_FREE_PAGE", "RAM_TOP", "MODULES_LOADED")],
+                cos_tables(cpu), mem.read(kernel.base + layout.IDT, 256 * 8), kernel.worlds.all[:])
+    before = state()
+    for _ in range(2):                         # the same answer each time
+        out = cos.run_command("insmod", COMMAND_LIMIT)
+        out = "".join(line for line in out.splitlines(True) if not line.startswith("cos: tick"))
+        assert out == ("insmod\ninsmod: init\nvmkload: loading the vmkernel\n"
+                       f"vmkload: refused: a vmkernel is already loaded (at {kernel.base:#x})\n"
+                       "insmod: init failed\n")
+        assert state() == before and cos.var("MODULE_RESULT") == 0xFFFFFFFF
+    assert mem.read(cos_layout.MODULE_AREA, 16) == loader_module
+    ticks = cos.ticks()
+    board.run(300_000)
+    assert cos.ticks() > ticks and "unknown" not in cos.run_command("ticks")
+
+
+def test_the_load_call_module_says_when_the_cos_has_no_memory_for_the_kernel():
+    board, cos, loader = booted_cos(memory=4 << 20)           # the page pool is empty
+    cos.put_module(loader.module)
+    out = cos.run_command("insmod", COMMAND_LIMIT)
+    assert out.endswith("vmkload: refused: the COS has no 64 free pages for the kernel\n"
+                        "insmod: init failed\n")
+    assert loader.kernel is None and board.cpu.cpl == 0
+
+
+def test_an_init_that_returns_a_negative_eax_fails_its_insmod():
+    from vmkit.cos.cos import COS
+    board = Board()
+    cos = COS.boot(board, print_every=0)
+    out = cos.insmod(COS.make_module("init: mov eax, -22\nret"))
+    assert out == "insmod\ninsmod: init\ninsmod: init failed\n"
+    assert cos.var("MODULES_LOADED") == 0 and cos.var("MODULE_RESULT") == 0xFFFFFFEA
+    assert cos.insmod(COS.make_module("init: mov eax, 7\nret")).endswith("insmod: ok\n")
+    assert cos.var("MODULES_LOADED") == 1
