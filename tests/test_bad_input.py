@@ -251,3 +251,150 @@ def test_an_init_that_returns_a_negative_eax_fails_its_insmod():
     assert cos.var("MODULES_LOADED") == 0 and cos.var("MODULE_RESULT") == 0xFFFFFFEA
     assert cos.insmod(COS.make_module("init: mov eax, 7\nret")).endswith("insmod: ok\n")
     assert cos.var("MODULES_LOADED") == 1
+
+
+# ---- the other entry points a learner or instructor reaches --------------------------
+@pytest.mark.parametrize("options, why", [
+    ({"memory": "16M"}, "memory is a number of bytes"), ({"memory": 1.5e6}, "not 1500000.0"),
+    ({"memory": 1 << 40}, "up to 1024 MiB"), ({"slice": 0}, "slice is a positive"),
+    ({"slice": -5}, "not -5"), ({"nics": "1"}, "0..2 NICs, not '1'"), ({"nics": 1.0}, "not 1.0"),
+    ({"cpus": True}, "one or two CPUs, not True"),
+])
+def test_board_options_are_checked(options, why):
+    with pytest.raises(ValueError, match=why):
+        Board(**options)
+
+
+def test_board_disk_that_is_no_path_is_refused():
+    with pytest.raises(TypeError, match="DiskImage or the path"):
+        Board(disk=5)
+
+
+@pytest.mark.parametrize("call, error, why", [
+    (lambda b: b.run(-5), ValueError, "run: a number of instructions >= 0 .*not -5"),
+    (lambda b: b.run(1.5), ValueError, "not 1.5"),
+    (lambda b: b.run("10"), ValueError, "not '10'"),
+    (lambda b: b.run_until(lambda: False, -1), ValueError, "limit.* not -1"),
+    (lambda b: b.run_until(True, 100), TypeError, "a function, not True"),
+    (lambda b: b.boot(0x1000, cpu=5), ValueError, "no CPU 5"),
+    (lambda b: b.boot(-1), ValueError, "entry -1 is not an address"),
+    (lambda b: b.boot(16 << 20), ValueError, "entry 16777216 is not an address"),
+    (lambda b: b.boot(0x1000, stack=1 << 40), ValueError, "stack"),
+    (lambda b: b.load("0x1000", b"\x90"), TypeError, "address"),
+    (lambda b: b.uart.feed(5), TypeError, "bytes, not int"),
+    (lambda b: b.keyboard.press(5), TypeError, "scancodes as bytes"),
+    (lambda b: b.keyboard.press("a"), TypeError, "scancodes as bytes"),
+])
+def test_board_calls_with_bad_arguments_leave_it_as_it_was(call, error, why):
+    board = Board()
+    board.load(0x1000, "again: inc eax\njmp again")
+    board.boot(0x1000)
+    board.run(100)
+    state, clock, rx = board.cpu.state(), board.clock, bytes(board.uart.rx)
+    with pytest.raises(error, match=why):
+        call(board)
+    assert (board.cpu.state(), board.clock, bytes(board.uart.rx)) == (state, clock, rx)
+    assert not board.keyboard.pressed
+    board.run(100)                                   # and it runs on
+    assert board.cpu["eax"] == state["eax"] + 50
+
+
+def test_a_zero_slice_no_longer_hangs_run():
+    """Board(slice=0) used to make run() loop forever without advancing time."""
+    with pytest.raises(ValueError):
+        Board(slice=0)
+
+
+@pytest.mark.parametrize("call, error, why", [
+    (lambda cos: cos.type(5), TypeError, "not int 5"),
+    (lambda cos: cos.run_command(5), ValueError, "one non-empty command line"),
+    (lambda cos: cos.run_command("ticks", limit=-1), ValueError, "numbers of instructions"),
+    (lambda cos: cos.var("NOPE"), KeyError, "no variable 'NOPE'"),
+    (lambda cos: cos.put_module("abc"), TypeError, "module file is bytes"),
+    (lambda cos: cos.put_module(5), TypeError, "module file is bytes"),
+    (lambda cos: cos.make_module(""), ValueError, "no label 'init'"),
+    (lambda cos: cos.make_module("start: ret"), ValueError, "no label 'init'"),
+    (lambda cos: cos.make_module(5), TypeError, "x86 source text"),
+])
+def test_cos_calls_with_bad_arguments_are_refused(call, error, why):
+    from vmkit.cos.cos import COS
+    board = Board()
+    cos = COS.boot(board, print_every=0)
+    before = (cos.var("COMMANDS_DONE"), bytes(board.uart.rx), board.memory.read(0x100000, 64))
+    with pytest.raises(error, match=why):
+        call(cos)
+    assert (cos.var("COMMANDS_DONE"), bytes(board.uart.rx), board.memory.read(0x100000, 64)) == before
+    assert "ticks" in cos.run_command("ticks")
+
+
+@pytest.mark.parametrize("options, why", [
+    ({"timer_period": "x"}, "timer period 'x'"), ({"print_every": 1.5}, "not 1.5"),
+])
+def test_cos_boot_options_are_checked(options, why):
+    from vmkit.cos.cos import COS
+    with pytest.raises(ValueError, match=why):
+        COS.boot(Board(), **options)
+
+
+@pytest.mark.parametrize("options, error, why", [
+    ({"image": 5}, TypeError, "kernel image is bytes"), ({"image": "abc"}, TypeError, "not str"),
+    ({"build_idt": None}, TypeError, "build_idt must be a function"),
+    ({"emulate": 3}, TypeError, "emulate_if must be a function"),
+])
+def test_loader_options_are_checked(options, error, why):
+    with pytest.raises(error, match=why):
+        booted_cos(**options)
+
+
+@pytest.mark.parametrize("build_idt, why", [
+    (lambda *a: 1 / 0, "build_idt failed: ZeroDivisionError: division by zero"),
+    (lambda *a: b"", "must be 2048 bytes, build_idt gave 0"),
+    (lambda *a: None, "must give bytes, it gave NoneType"),
+])
+def test_a_failing_build_idt_refuses_the_load_and_the_cos_runs_on(build_idt, why):
+    """Exercise 02a's plug-in: its failure was an exception out of a Unicorn hook,
+    after the image had been copied, raised again by every later run."""
+    board, cos, loader = booted_cos(build_idt=build_idt)
+    cos.put_module(loader.module)
+    pool = board.memory.read(0x400000, 0x10000)
+    out = cos.run_command("insmod", COMMAND_LIMIT)
+    assert f"vmkload: refused: " in out and why in out and out.endswith("insmod: init failed\n")
+    assert loader.kernel is None and board.memory.read(0x400000, 0x10000) == pool
+    ticks = cos.ticks()
+    board.run(300_000)
+    assert cos.ticks() > ticks and board.cpu.cpl == 0
+
+
+def test_assemble_origin_and_source_are_checked():
+    from vmkit.hw.asm import assemble
+    with pytest.raises(ValueError, match="origin must be a 32-bit address, not -1"):
+        assemble("loop x\nx: nop", -1)
+    with pytest.raises(ValueError, match="not 'x'"):
+        assemble("nop", "x")
+    with pytest.raises(TypeError, match="source text, not bytes"):
+        assemble(b"nop")
+
+
+def test_lesson_machine_entry_points_check_their_arguments():
+    from vmkit.lessons import machine
+    board = machine.two_idt_machine()
+    with pytest.raises(ValueError, match="IDT 'A' and IDT 'B', not 'C'"):
+        machine.request_idt(board, "C")
+    with pytest.raises(TypeError, match="decode must be a function"):
+        machine.irq_with_decoder(None)
+    with pytest.raises(TypeError, match="returned None, which has no offset"):
+        machine.irq_with_decoder(lambda raw: None)
+
+
+def test_two_vms_with_one_name_and_a_bool_cpu_are_refused():
+    from vmkit.kernel.worlds import VMError
+    board, cos, kernel = displaced()
+    kernel.install_vm(b"\xeb\xfe", 0x8000, "a")
+    before = machine_state(board, kernel)
+    with pytest.raises(VMError, match="already a world named 'a'"):
+        kernel.install_vm(b"\xeb\xfe", 0x8000, "a")
+    with pytest.raises(VMError, match="already a world named 'cos'"):
+        kernel.install_vm(b"\xeb\xfe", 0x8000, "cos")
+    with pytest.raises(VMError, match="no CPU True"):
+        kernel.install_vm(b"\xeb\xfe", 0x8000, "b", cpu=True)
+    assert machine_state(board, kernel) == before

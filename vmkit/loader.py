@@ -118,6 +118,12 @@ class Loader:
     def __init__(self, board, image=None, build_idt=build_kernel_idt, emulate_if=None):
         """build_idt and emulate_if are where exercises 02a and 02b plug in."""
         self.board = board
+        if image is not None and not isinstance(image, (bytes, bytearray, memoryview)):
+            raise TypeError(f"a kernel image is bytes (kernel.image.build() makes one), "
+                            f"not {type(image).__name__} {image!r:.40}")
+        for name, fn in (("build_idt", build_idt), ("emulate_if", emulate_if)):
+            if not callable(fn) and not (fn is None and name == "emulate_if"):
+                raise TypeError(f"{name} must be a function, not {fn!r:.40}")
         self.image = build_image() if image is None else bytes(image)
         self.build_idt = build_idt
         self.emulate_if = emulate_if
@@ -144,16 +150,13 @@ class Loader:
         self.board.trace.emit("load.called", cpu.index, block=base, pages=pages, eip=cpu["eip"])
         try:
             image = self._check(base, pages)
+            idt = self._kernel_idt(base, image)
         except (LoadError, KernelImageError) as e:
             self._refuse(cpu, e)
             return
         mem = self.board.memory
         mem.write(base, image.relocated(base))
         self.board.trace.emit("load.copied", cpu.index, at=base, size=len(image.data))
-        idt = bytes(self.build_idt([base + image.stub(v) for v in range(256)],
-                                   layout.KERNEL_CODE_SEL, COS_VECTORS))
-        if len(idt) != 256 * 8:
-            raise LoadError(f"the kernel IDT must be 2048 bytes, build_idt gave {len(idt)}")
         mem.write(base + layout.IDT, idt, code=False)
         self.board.trace.emit("load.idt", cpu.index, at=base + layout.IDT, gates=256)
         tss = encode_tss(base + layout.STACK_TOP, layout.KERNEL_DATA_SEL, allowed_ports=COS_PORTS)
@@ -197,6 +200,20 @@ class Loader:
                             f"{layout.STACK_TOP:#x} bytes")
         self.board.memory.check(base, pages * layout.PAGE)
         return image
+
+    def _kernel_idt(self, base, image):
+        """build_idt's table, made before anything is copied: a build_idt that fails
+        or gives the wrong size refuses the load, and the COS goes on as it was."""
+        try:
+            idt = self.build_idt([base + image.stub(v) for v in range(256)],
+                                 layout.KERNEL_CODE_SEL, COS_VECTORS)
+        except Exception as e:
+            raise LoadError(f"build_idt failed: {type(e).__name__}: {e}") from e
+        if not isinstance(idt, (bytes, bytearray, memoryview)):
+            raise LoadError(f"build_idt must give bytes, it gave {type(idt).__name__}")
+        if len(idt) != 256 * 8:
+            raise LoadError(f"the kernel IDT must be 2048 bytes, build_idt gave {len(idt)}")
+        return bytes(idt)
 
     def _cos_state(self, cpu):
         """What the COS was when it called: the kernel returns there, displaced."""

@@ -270,6 +270,10 @@ def assemble(source: str, origin: int = 0) -> bytes:
     """Assemble 32-bit Intel-syntax `source` loaded at `origin` (labels OK).
 
     `;` and `#` start comments.  Raises AsmError naming the bad line."""
+    if not isinstance(source, str):
+        raise TypeError("assemble takes x86 source text, not %s" % type(source).__name__)
+    if not isinstance(origin, int) or isinstance(origin, bool) or not 0 <= origin <= 0xFFFFFFFF:
+        raise ValueError("origin must be a 32-bit address, not %r" % (origin,))
     lines = source.splitlines()
     fixes, checks, line_of = [], [], []
     try:

@@ -136,7 +136,7 @@ class Worlds:
         if cpu is None:
             load = [sum(1 for w in self.all if w.cpu == i) for i in range(n)]
             cpu = load.index(min(load))
-        if not isinstance(cpu, int) or not 0 <= cpu < n:
+        if not isinstance(cpu, int) or isinstance(cpu, bool) or not 0 <= cpu < n:
             raise VMError(f"no CPU {cpu!r}: the board has CPUs 0..{n - 1}")
         return cpu
 
@@ -150,6 +150,8 @@ class Worlds:
         base = self.vm_base(memory_bytes)
         size = -(-memory_bytes // layout.PAGE) * layout.PAGE
         name = name or f"vm{len(self.all)}"
+        if any(w.name == name for w in self.all):
+            raise VMError(f"there is already a world named {name!r}: a schedule names worlds")
         code = self._guest_code(guest, base, size, name)    # all checked before anything changes
         area = self._block(len(self.all))
         self.memory.write_u32(cos_layout.RAM_TOP, base)          # the COS can no longer allocate it
