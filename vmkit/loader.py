@@ -203,10 +203,14 @@ class Loader:
 
     def _kernel_idt(self, base, image):
         """build_idt's table, made before anything is copied: a build_idt that fails
-        or gives the wrong size refuses the load, and the COS goes on as it was."""
+        or gives the wrong size refuses the load, and the COS goes on as it was.
+        (An exercise stub's NotImplementedError goes on up: the grader reads it
+        as "not attempted".)"""
         try:
             idt = self.build_idt([base + image.stub(v) for v in range(256)],
                                  layout.KERNEL_CODE_SEL, COS_VECTORS)
+        except NotImplementedError:
+            raise
         except Exception as e:
             raise LoadError(f"build_idt failed: {type(e).__name__}: {e}") from e
         if not isinstance(idt, (bytes, bytearray, memoryview)):
