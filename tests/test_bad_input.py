@@ -398,3 +398,9 @@ def test_two_vms_with_one_name_and_a_bool_cpu_are_refused():
     with pytest.raises(VMError, match="no CPU True"):
         kernel.install_vm(b"\xeb\xfe", 0x8000, "b", cpu=True)
     assert machine_state(board, kernel) == before
+
+
+def test_a_lesson_that_needs_the_kernel_says_why_it_was_not_loaded():
+    from vmkit.lessons import interrupts
+    with pytest.raises(RuntimeError, match="vmkernel was not loaded: the kernel IDT must be 2048 bytes"):
+        interrupts.storm(build_idt=lambda *a: b"", instructions=1000)
