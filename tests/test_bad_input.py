@@ -404,3 +404,20 @@ def test_a_lesson_that_needs_the_kernel_says_why_it_was_not_loaded():
     from vmkit.lessons import interrupts
     with pytest.raises(RuntimeError, match="vmkernel was not loaded: the kernel IDT must be 2048 bytes"):
         interrupts.storm(build_idt=lambda *a: b"", instructions=1000)
+
+
+def test_an_exception_in_the_kernels_python_is_raised_once_and_stops_the_cpu():
+    """Exercise 02b's plug-in raising inside the dispatcher used to be raised again by
+    every later board.run (Unicorn re-entered the hook at the same EIP)."""
+    def emulate_if(mnemonic, vcpu, frame):
+        raise ZeroDivisionError("a learner's bug")
+    board, cos, loader = booted_cos(emulate=emulate_if)
+    cos.put_module(loader.module)
+    with pytest.raises(ZeroDivisionError, match="a learner's bug"):
+        cos.run_command("insmod", COMMAND_LIMIT)
+    assert "failed: ZeroDivisionError: a learner's bug" in board.cpu.shutdown
+    board.run(10_000)                                          # not raised again
+    with pytest.raises(MachineStopped, match="ZeroDivisionError: a learner's bug"):
+        cos.run_command("ticks")
+    with pytest.raises(MachineStopped, match="ZeroDivisionError"):
+        board.run_until(lambda: False, 10_000)
