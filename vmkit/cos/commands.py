@@ -120,8 +120,12 @@ cmd_insmod:                                  ; check the file, then call its ini
         call eax
         mov [{L.MODULE_RESULT:#x}], eax
         popad
+        mov esi, s_insmod_failed
+        cmp dword ptr [{L.MODULE_RESULT:#x}], 0
+        jl insmod_said                       ; a negative eax: init failed (as Linux's init_module)
         inc dword ptr [{L.MODULES_LOADED:#x}]
         mov esi, s_insmod_ok
+insmod_said:
         call cos_print
         jmp cmd_done
 insmod_bad:

@@ -8,13 +8,18 @@ keeps a device list of its own.
 import struct
 from typing import NamedTuple
 
-from vmkit.hw.asm import assemble, disassemble
+from vmkit.hw.asm import AsmError, assemble, disassemble
+from vmkit.hw.board import MachineStopped
 from . import layout as L
 from .source import build
 
 # Instructions that behave differently (trap, or must be patched) once the COS
 # runs at CPL 1 under another kernel.
 SENSITIVE = ("cli", "sti", "hlt", "pushfd", "popfd", "iretd", "lgdt", "lidt", "ltr", "in", "out")
+
+
+def _whole(n):
+    return isinstance(n, int) and not isinstance(n, bool)
 
 
 class CosDevice(NamedTuple):
@@ -38,10 +43,10 @@ class COS:
 
         With `wait`, run until the COS set READY (it printed "COS: ready" and
         enabled interrupts), at most `limit` instructions."""
-        if not 1 <= timer_period <= 0x10000:
-            raise ValueError(f"timer period {timer_period} outside 1..65536 instructions")
-        if print_every < 0:
-            raise ValueError(f"print_every must be >= 0 (0: never), not {print_every}")
+        if not _whole(timer_period) or not 1 <= timer_period <= 0x10000:
+            raise ValueError(f"timer period {timer_period!r} outside 1..65536 instructions")
+        if not _whole(print_every) or print_every < 0:
+            raise ValueError(f"print_every must be a whole number >= 0 (0: never), not {print_every!r}")
         if board.memory.size < L.PAGE_POOL:
             raise ValueError(f"the COS needs at least {L.PAGE_POOL >> 20} MiB of memory")
         cos = cls(board)
@@ -58,6 +63,8 @@ class COS:
     # ---- reading the COS's memory -------------------------------------------------
     def var(self, name):
         """A named u32 variable of COS data (layout.VARIABLES), read from memory."""
+        if name not in L.VARIABLES:
+            raise KeyError(f"the COS has no variable {name!r}; it has {', '.join(L.VARIABLES)}")
         return self.board.memory.read_u32(L.VARIABLES[name])
 
     def ticks(self):
@@ -100,20 +107,25 @@ class COS:
     # ---- the console ---------------------------------------------------------------
     def type(self, text):
         """Characters arriving on COM1, as from a terminal."""
+        if not isinstance(text, (str, bytes, bytearray)):
+            raise TypeError(f"type text (str) or bytes, not {type(text).__name__} {text!r:.40}")
         self.board.uart.feed(text.encode("latin-1") if isinstance(text, str) else text)
 
     def run_command(self, line, limit=2_000_000, step=2_000):
         """Type `line` and Enter; run until the COS finished the command
         (its COMMANDS_DONE counter moved). Returns the console text printed
         since typing (the echo included). TimeoutError after `limit`."""
-        if not line.strip() or "\n" in line or "\r" in line:
+        if not isinstance(line, str) or not line.strip() or "\n" in line or "\r" in line:
             raise ValueError(f"one non-empty command line, not {line!r}")
-        if self.board.cpu.shutdown or self.var("FAULTS"):
-            raise RuntimeError("the COS has stopped (a fault); it reads no more commands")
+        if not _whole(limit) or limit < 0 or not _whole(step) or step < 1:
+            raise ValueError(f"limit and step are numbers of instructions, not {limit!r}, {step!r}")
+        self._check_running(f"it reads no more commands ({line!r})")
         start, done = len(self.board.uart.output), self.var("COMMANDS_DONE")
         self.type(line + "\n")
         end = self.board.clock + limit
         while self.var("COMMANDS_DONE") == done:
+            if self.board.cpu.shutdown:        # e.g. a kernel the command loaded panicked
+                self._check_running(f"while it ran {line!r}")
             if self.board.clock >= end:
                 raise TimeoutError(f"the COS did not finish {line!r} within {limit} instructions")
             if self.var("FAULTS"):
@@ -121,11 +133,27 @@ class COS:
             self.board.run(min(step, end - self.board.clock))
         return self.board.uart.output[start:].decode("latin-1")
 
+    def _check_running(self, what):
+        """The COS runs on CPU 0: if that CPU stopped (a triple fault, a kernel panic
+        during insmod) say why, rather than wait for output that cannot come."""
+        why = self.board.cpu.shutdown
+        if why:
+            raise MachineStopped(f"{why}: CPU 0 stopped, so the COS stopped {what}")
+        if self.var("FAULTS"):
+            raise RuntimeError(f"the COS has stopped (a fault); {what}")
+
     # ---- modules --------------------------------------------------------------------
     @staticmethod
     def make_module(asm_source, init_label="init"):
         """Assemble module code for MODULE_CODE and prepend the 16-byte header."""
-        code = assemble(asm_source + f"\n.long {init_label}", L.MODULE_CODE)
+        if not isinstance(asm_source, str):
+            raise TypeError(f"a module is x86 source text, not {type(asm_source).__name__} {asm_source!r:.40}")
+        try:
+            code = assemble(asm_source + f"\n.long {init_label}", L.MODULE_CODE)
+        except AsmError as e:
+            if str(e).startswith(f"line {asm_source.count(chr(10)) + 2}:"):   # the .long
+                raise AsmError(f"the module has no label {init_label!r} for its init") from None
+            raise
         init = struct.unpack("<I", code[-4:])[0] - L.MODULE_CODE
         code = code[:-4]
         if not 0 <= init < len(code):
@@ -139,6 +167,9 @@ class COS:
         with `verify` (the default) also one with a wrong magic, size or init
         offset. verify=False copies a corrupt file as-is, so that the COS's
         own x86 check can be seen refusing it."""
+        if not isinstance(image, (bytes, bytearray, memoryview)):
+            raise TypeError(f"a module file is bytes (COS.make_module builds one), "
+                            f"not {type(image).__name__} {image!r:.40}")
         image = bytes(image)
         if len(image) < L.MODULE_HEADER:
             raise ValueError(f"a module file starts with a {L.MODULE_HEADER}-byte header; "

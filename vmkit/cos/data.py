@@ -24,7 +24,7 @@ DATA = "\n".join([
     _string("s_unknown", "cos: unknown command\n"),
     _string("s_mem", "cos: next free page 0x"), _string("s_ramtop", " ram top 0x"),
     _string("s_insmod_init", "insmod: init\n"), _string("s_insmod_ok", "insmod: ok\n"),
-    _string("s_insmod_bad", "insmod: bad module\n"),
+    _string("s_insmod_bad", "insmod: bad module\n"), _string("s_insmod_failed", "insmod: init failed\n"),
     _string("s_fault", "COS: fault "), _string("s_at", " at 0x"),
     *(_string(f"c_{c}", c) for c in ("help", "ticks", "devices", "insmod", "mem")),
 ])

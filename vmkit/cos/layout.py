@@ -57,7 +57,7 @@ FAULT_EIP = 0x200A4
 FAULT_ERROR = 0x200A8
 FAULTS = 0x200AC
 UNEXPECTED_INTS = 0x200B0         # interrupts through vectors 0x30-0xFF
-MODULES_LOADED = 0x200B4          # modules whose init returned
+MODULES_LOADED = 0x200B4          # modules whose init returned success (eax >= 0)
 MODULE_RESULT = 0x200B8           # eax the last module init returned
 CODE_END = 0x200BC                # first byte past the COS's instructions (its tables and
                                   # strings follow): [COS_CODE, CODE_END) disassembles linearly

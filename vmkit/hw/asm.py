@@ -17,6 +17,20 @@ exactly the instructions a protected-mode kernel needs (all measured):
 * Also unlike GNU: ``int 3`` -> ``cd 03`` (GNU: ``cc``); ``movsd``, ``rep
   movsd`` and ``jmp/call fword ptr [m]`` are rejected.
 
+Keystone also truncates without a word where GNU warns or refuses (measured):
+``mov al, 0x1234`` -> ``b0 34``, ``mov ax, 0x12345``, ``add al, 0x100``,
+``mov byte ptr [m], 0x1ff`` (GNU: "shortened"), ``ret 0x10000``, ``enter
+0x10000, 0`` and ``aam 256`` (GNU: an error); ``loop``/``jecxz`` to a label
+more than 127 bytes away get a wrapped displacement (GNU: an error);
+``.word 0x12345`` is dropped, no bytes and no error (and ``.word 1, 0x12345,
+3`` never returns); ``push word 5`` (no ``ptr``) becomes a 16-bit push. So
+each immediate whose size the instruction fixes is evaluated by keystone
+itself at full width (a ``.quad`` appended to the program) and checked to
+fit as GNU checks it (n bits hold -2**n .. 2**n - 1, so ``and al, ~0x80``
+stays legal); each short-only jump's target is checked in the bytes;
+``.word`` is assembled as ``.short`` (same bytes, range-checked); and a size
+keyword without ``ptr`` is refused, as GNU refuses it.
+
 So the source is rewritten before keystone sees it, keeping every instruction
 as long as GNU's so labels land where GNU puts them: fixed encodings become
 ``.byte``/``.long``/``.word`` data; ``lidt m`` & co. become ``invlpg m``
@@ -93,6 +107,19 @@ _FAR = re.compile(r"^(?:far\s+)?([^\s:\[\]]+)\s*:\s*([^\[\]]+)$", re.I)
 _SIZE_PTR = re.compile(r"\b(?:byte|word|dword|fword|qword|tbyte)\s+ptr\b", re.I)
 _SYMDEF = re.compile(r"^\s*(?:\.(?:set|equ)\s+([\w.$@?]+)\s*,|([\w.$@?]+)\s*=)", re.I)
 _PREFIXES = {0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65, 0x67}
+_CHK = "__asmchk_"
+_REG8 = {"al", "ah", "bl", "bh", "cl", "ch", "dl", "dh"}
+_REGS = (_REG8 | _R16 | {"e" + r for r in _R16} | set(_SREG_NUM)
+         | {"cr%d" % i for i in range(9)} | {"dr%d" % i for i in range(8)})
+_SIZED = re.compile(r"^(?:byte|word)\s+ptr\b", re.I)
+_BARE_SIZE = re.compile(r"\b(?:byte|word|dword|fword|qword|tbyte)\b(?!\s+ptr\b)", re.I)
+# immediates whose width the instruction fixes, whatever the destination
+_IMM_WIDTHS = {"ret": (16,), "retn": (16,), "retf": (16,), "enter": (16, 8),
+               "aam": (8,), "aad": (8,), "int": (8,)}
+# immediates sized by the destination does not hold for these (a count or a bit index)
+_OWN_IMM = {"rcl", "rcr", "rol", "ror", "sal", "sar", "shl", "shr", "bt", "bts", "btr", "btc",
+            "in", "out", "shld", "shrd"}
+_SHORT_ONLY = {"loop", "loope", "loopz", "loopne", "loopnz", "jecxz", "jcxz"}
 
 
 def _strip_comment(line):
@@ -109,18 +136,77 @@ def _strip_comment(line):
     return line
 
 
-def _rewrite(line, fixes):
+def _operands(ops):
+    """Split an operand list at top-level commas (not inside quotes or brackets)."""
+    out, depth, quote, start = [], 0, None, 0
+    for i, ch in enumerate(ops):
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "[(":
+            depth += 1
+        elif ch in "])":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            out.append(ops[start:i].strip())
+            start = i + 1
+    return out + [ops[start:].strip()] if ops.strip() else []
+
+
+def _is_immediate(op):
+    return "[" not in op and not re.search(r"\bptr\b", op, re.I) and op.lower() not in _REGS
+
+
+def _sized_immediates(mnem, operands):
+    """[(expression, bits)] for the immediates keystone would cut to 8 or 16 bits."""
+    if mnem in _IMM_WIDTHS:
+        return [(op, bits) for op, bits in zip(operands, _IMM_WIDTHS[mnem]) if _is_immediate(op)]
+    if len(operands) < 2 or mnem in _OWN_IMM or not _is_immediate(operands[-1]):
+        return []
+    dest = operands[0].lower()
+    if dest in _REG8 or _SIZED.match(dest) and dest.startswith("byte"):
+        return [(operands[-1], 8)]
+    if dest in _R16 or _SIZED.match(dest):
+        return [(operands[-1], 16)]
+    return []
+
+
+def _checks_for(mnem, ops, checks):
+    """Note what must be checked after assembly (see the module doc); returns
+    the label to put before the instruction, or ''."""
+    operands = _operands(ops)
+    for expr, bits in _sized_immediates(mnem, operands):
+        checks.append((None, expr, bits))
+    if mnem in _SHORT_ONLY and len(operands) == 1:
+        label = "%s%d" % (_CHK, len(checks))
+        checks.append((label, operands[0], "short"))
+        return label + ": "
+    return ""
+
+
+def _rewrite(line, fixes, checks=None):
     """One source line -> (keystone text, instruction part or '').
 
     Appends (label, old opcode, new opcode, ModRM reg or None) to `fixes`
-    for each instruction that must be patched after assembly."""
+    for each instruction that must be patched after assembly, and to
+    `checks` (label or None, expression, bits or "short") what must be
+    checked in the bytes keystone gives."""
+    checks = [] if checks is None else checks
     labels, rest = _LABELS.match(_strip_comment(line)).groups()
     rest = rest.strip()
     if rest.count("[") != rest.count("]"):
         raise ValueError("unbalanced brackets")
+    if re.match(r"\.word\b", rest, re.I):
+        rest = ".short" + rest[5:]               # same bytes; keystone range-checks .short
     m = re.match(r"(\w+)\s*(.*)$", rest)
     if not m or rest.startswith("."):
         return labels + rest, rest
+    bare = _BARE_SIZE.search(m.group(2))
+    if bare:
+        raise ValueError("size %r without `ptr`: write `%s ptr [...]` for memory; an immediate "
+                         "takes its size from the instruction" % (bare.group(0), bare.group(0).lower()))
+    labels += _checks_for(m.group(1).lower(), m.group(2).strip(), checks)
     mnem, ops = m.group(1).lower(), m.group(2).strip()
     low, key = ops.lower(), " ".join(rest.lower().split())
     far = _FAR.match(ops) if "jmp" in mnem or "call" in mnem else None
@@ -155,11 +241,18 @@ def _ks_asm(text, origin):
 
 def _find_bad_line(lines, origin, whole_error):
     """Assemble each line alone, with every symbol the program defines set to
-    0, and name the first line that fails (an undefined symbol fails here)."""
-    names = set()
-    for line in lines:
+    0, and name the first line that fails (an undefined symbol fails here),
+    or a label defined twice (keystone says only "symbol redefined")."""
+    names, where = set(), {}
+    for n, line in enumerate(lines, 1):
         text = _strip_comment(line)
-        names.update(n.strip() for n in _LABELS.match(text).group(1).split(":") if n.strip())
+        for label in (x.strip() for x in _LABELS.match(text).group(1).split(":")):
+            if label in where:
+                return AsmError("line %d: %r: label %r is already defined on line %d"
+                                % (n, line.strip(), label, where[label]))
+            if label:
+                where[label] = n
+        names.update(where)
         d = _SYMDEF.match(text)
         names.update(n for n in (d.groups() if d else ()) if n)
     prelude = "".join(".set %s, 0\n" % n for n in sorted(names))
@@ -177,21 +270,33 @@ def assemble(source: str, origin: int = 0) -> bytes:
     """Assemble 32-bit Intel-syntax `source` loaded at `origin` (labels OK).
 
     `;` and `#` start comments.  Raises AsmError naming the bad line."""
+    if not isinstance(source, str):
+        raise TypeError("assemble takes x86 source text, not %s" % type(source).__name__)
+    if not isinstance(origin, int) or isinstance(origin, bool) or not 0 <= origin <= 0xFFFFFFFF:
+        raise ValueError("origin must be a 32-bit address, not %r" % (origin,))
     lines = source.splitlines()
-    fixes = []
+    fixes, checks, line_of = [], [], []
     try:
-        pairs = [_rewrite(line, fixes) for line in lines]
+        pairs = []
+        for n, line in enumerate(lines, 1):
+            pairs.append(_rewrite(line, fixes, checks))
+            line_of += [n] * (len(checks) - len(line_of))
     except ValueError as e:
         raise _find_bad_line(lines, origin, e) from None
     body = [text for text, _ in pairs]
     if fixes:
         body.append(".long " + ", ".join(fix[0] for fix in fixes))
+    for label, expr, _ in checks:                # each: the value at full width, where it is
+        body.append(".quad %s\n.long %s" % (expr, label or 0))
     try:
         out = bytearray(_ks_asm("\n".join(body), origin))
     except KsError as e:
         raise _find_bad_line(lines, origin, e) from None
     if not out and any(i and not i.startswith(".") for _, i in pairs):
         raise _find_bad_line(lines, origin, "keystone produced no bytes")
+    if checks:
+        table, out = out[-12 * len(checks):], out[:-12 * len(checks)]
+        _check_sizes(out, origin, table, checks, [lines[n - 1] for n in line_of], line_of)
     if fixes:
         table, out = out[-4 * len(fixes):], out[:-4 * len(fixes)]
         for i, (_, old, new, reg) in enumerate(fixes):
@@ -205,6 +310,24 @@ def assemble(source: str, origin: int = 0) -> bytes:
                 assert (out[modrm] >> 3) & 7 == 7, "asmfix: not invlpg at %#x" % p
                 out[modrm] = (out[modrm] & 0xC7) | (reg << 3)
     return bytes(out)
+
+
+def _check_sizes(out, origin, table, checks, texts, numbers):
+    """Refuse what keystone cut short: an immediate that does not fit its field
+    (n bits hold -2**n .. 2**n - 1, GNU's rule), a short jump out of reach."""
+    for i, (label, expr, bits) in enumerate(checks):
+        value, at = struct.unpack_from("<qI", table, 12 * i)
+        where = "line %d: %r: " % (numbers[i], texts[i].strip())
+        if bits == "short":
+            p = (at - origin) & 0xFFFFFFFF
+            got = _capstone().disasm_lite(bytes(out[p:p + 4]), at, 1)
+            target = next((int(op, 16) for *_, op in got), None)
+            if target != value & 0xFFFFFFFF:
+                raise AsmError(where + "%s is out of reach of a short jump (-128..127 bytes)" % expr)
+        elif not -(1 << bits) <= value < 1 << bits:
+            shown = expr if re.fullmatch(r"-?(?:0x[0-9a-f]+|\d+)", expr, re.I) else "%s = %#x" % (expr, value)
+            raise AsmError(where + "immediate %s does not fit in %d bits (%d..%d)"
+                           % (shown, bits, -(1 << bits), (1 << bits) - 1))
 
 
 def disassemble(code: bytes, origin: int = 0, count: int | None = None) -> list[tuple[int, str]]:

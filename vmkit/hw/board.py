@@ -23,6 +23,8 @@ enumerate the board (see docs/machine.md).
 """
 import heapq
 import itertools
+import numbers
+import os
 import struct
 
 from .asm import assemble
@@ -52,8 +54,24 @@ SCSI_PORT, SCSI_IRQ = 0xC100, 11
 # 16-instruction poll resonated with a 16-instruction trap loop, landing in
 # the kernel every time, and an IRQ waited forever.)
 INTR_POLL = 1
+MAX_MEMORY = 1 << 30          # the host allocates (and zeroes) all of it at once
 KBD_PORT, KBD_PORTS, KBD_IRQ = 0x60, 5, 1
 SENSOR_PORT, SENSOR_PORTS, SENSOR_IRQ = 0x300, 4, 5
+
+
+def _count(n):
+    """A whole number (not True/False, which Python also counts as ints)."""
+    return isinstance(n, numbers.Integral) and not isinstance(n, bool)
+
+
+def _check_instructions(n, what):
+    if not _count(n) or n < 0:
+        raise ValueError(f"{what}: a number of instructions >= 0 (virtual time), not {n!r}")
+
+
+class MachineStopped(RuntimeError):
+    """No CPU can run any more (a triple fault, a kernel panic): whatever was
+    awaited will never happen, and the reason is the CPU's own."""
 
 
 class Board:
@@ -64,10 +82,15 @@ class Board:
         keyboard: fit the 8042 keyboard controller (`board.keyboard`);
         sensor: fit the sensor (`board.sensor`; it samples only when told:
         `board.sensor.sample()` or `board.sensor.start(period)`)."""
-        if cpus not in (1, 2):
-            raise ValueError(f"the board has one or two CPUs, not {cpus}")
-        if not 0 <= nics <= len(NIC_PORTS):
-            raise ValueError(f"the board has room for 0..{len(NIC_PORTS)} NICs, not {nics}")
+        if not _count(cpus) or cpus not in (1, 2):
+            raise ValueError(f"the board has one or two CPUs, not {cpus!r}")
+        if not _count(nics) or not 0 <= nics <= len(NIC_PORTS):
+            raise ValueError(f"the board has room for 0..{len(NIC_PORTS)} NICs, not {nics!r}")
+        if not _count(slice) or slice < 1:
+            raise ValueError(f"a slice is a positive number of instructions, not {slice!r}")
+        if not _count(memory) or not 0 < memory <= MAX_MEMORY:
+            raise ValueError(f"memory is a number of bytes up to {MAX_MEMORY >> 20} MiB "
+                             f"(the host allocates all of it), not {memory!r}")
         self.clock = 0                         # virtual time at the start of the current round
         self.slice = slice
         self.running_cpu = None                # the CPU inside emu_start, if any
@@ -99,6 +122,8 @@ class Board:
         if disk is not None:
             from .disk import DiskImage
             from .scsi import SCSIController
+            if not isinstance(disk, (DiskImage, str, bytes, os.PathLike)):
+                raise TypeError(f"disk: a DiskImage or the path of a disk image file, not {disk!r:.40}")
             if not isinstance(disk, DiskImage):
                 disk = DiskImage.open(disk)          # a clear DiskImageError if it is not usable
             self.scsi = SCSIController(self, SCSI_PORT, SCSI_IRQ, disk)
@@ -126,15 +151,30 @@ class Board:
         self.memory.write(DEVICE_TABLE, table)
 
     def load(self, address, code):
-        """Put bytes (or assembly text, assembled for `address`) into memory."""
+        """Put bytes (or assembly text, assembled for `address`) into memory.
+        Nothing to load, or something that is neither, is refused unwritten."""
+        if not _count(address):
+            raise TypeError(f"load at an address (a whole number), not {address!r}")
         if isinstance(code, str):
             code = assemble(code, address)
+        elif isinstance(code, (bytes, bytearray, memoryview)):
+            code = bytes(code)
+        else:
+            raise TypeError(f"load takes bytes or x86 source (str), not {type(code).__name__} {code!r:.40}")
+        if not code:
+            raise ValueError(f"nothing to load at {address:#x}: the code is empty")
         self.memory.write(address, code)
         self.trace.emit("load", address=address, size=len(code))
         return len(code)
 
     def boot(self, entry, stack=0x9F000, cpu=0):
         """Start a CPU at `entry`, CPL 0, flat segments, no IDT (see module doc)."""
+        if not _count(cpu) or not 0 <= cpu < len(self.cpus):
+            raise ValueError(f"no CPU {cpu!r}: the board has CPUs 0..{len(self.cpus) - 1}")
+        for what, at, end in (("entry", entry, self.memory.size - 1), ("stack", stack, self.memory.size)):
+            if not _count(at) or not 0 <= at <= end:
+                raise ValueError(f"{what} {at!r} is not an address in the machine's "
+                                 f"{self.memory.size:#x} bytes of memory")
         c = self.cpus[cpu]
         c["gdtr"] = (0, FIRMWARE_GDT, 5 * 8 - 1, 0)
         c["idtr"] = (0, 0, 0, 0)
@@ -197,6 +237,7 @@ class Board:
         early (a device scheduled an event inside the round) ends the round
         there for the CPUs after it; one that had already run further keeps
         the difference as its `lead` and runs that much less next round."""
+        _check_instructions(instructions, "run")
         end = self.clock + instructions
         while self.clock < end:
             self._fire_due_events()
@@ -233,14 +274,26 @@ class Board:
 
     def run_until(self, condition, limit, what="the condition"):
         """Run until condition() holds, checking between slices; error after `limit`."""
+        _check_instructions(limit, "run_until's limit")
+        if not callable(condition):
+            raise TypeError(f"run_until waits for a condition: a function, not {condition!r:.40}")
         end = self.clock + limit
         while not condition():
             if self.clock >= end:
                 raise TimeoutError(f"{what} did not happen within {limit} instructions")
-            if all(c.shutdown for c in self.cpus):
-                raise RuntimeError(f"{what} did not happen: {self.cpus[0].shutdown}")
+            if self.stopped():
+                raise MachineStopped(f"{what} did not happen: {self.stopped()}")
             self.run(min(self.slice, end - self.clock))
         return self.clock
+
+    def stopped(self):
+        """Why the machine can run no more, or None. A CPU halted with IF clear
+        wakes only when another CPU starts it, so once some CPU has shut down and
+        every other is shut down or so halted, nothing will ever run again."""
+        dead = [c for c in self.cpus if c.shutdown]
+        if dead and all(c.shutdown or (c.halted and not c.interrupts_enabled) for c in self.cpus):
+            return f"CPU {dead[0].index} stopped: {dead[0].shutdown}"
+        return None
 
     def close(self):
         """Flush and release what the board holds on the host (the disk image)."""

@@ -204,7 +204,14 @@ class CPU:
                 return
             self._hook_ran_at = None
             stopping = self._stop_requested
-            handler(self)
+            try:
+                handler(self)
+            except Exception as e:
+                # The handler is the software at `address` (a kernel's dispatcher): its
+                # failure stops this CPU, as a panic would. Raised once; otherwise Unicorn
+                # would enter the hook at the same EIP, and raise it, on every later run.
+                self.stop(f"the handler at {at:#x} failed: {type(e).__name__}: {e}")
+                raise
             if self._stop_requested and not stopping:
                 self._hook_stopped_at = at
                 self.counter.uncount()

@@ -53,6 +53,9 @@ class KeyboardController:
     # ---- the host side ---------------------------------------------------
     def press(self, scancodes):
         """Bytes arriving from the keyboard (scancode set 1), one trace event each."""
+        if not isinstance(scancodes, (bytes, bytearray, memoryview)):
+            raise TypeError(f"the keyboard sends scancodes as bytes (b'\\x1e' is A pressed), "
+                            f"not {type(scancodes).__name__} {scancodes!r:.40}")
         for code in bytes(scancodes):
             self.keyboard.append(code)
             self.pressed += 1

@@ -47,7 +47,8 @@ class PhysicalMemory:
         data = bytes(data)
         self.check(addr, len(data))
         ctypes.memmove(self.address + addr, data, len(data))
-        for invalidate in self._invalidators if code else ():
+        # An empty range flushes nothing; Unicorn 2.1.4 refuses one (UC_ERR_ARG, measured).
+        for invalidate in self._invalidators if code and data else ():
             invalidate(addr, addr + len(data))
 
     def read_u32(self, addr):

@@ -29,6 +29,9 @@ class UART:
         return self.output.decode("latin-1")
 
     def feed(self, data):
+        """Bytes arriving on the line (bytes(5) would be five NULs: refused)."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"the serial line carries bytes, not {type(data).__name__} {data!r:.40}")
         self.rx.extend(bytes(data))
         self._update_irq()
 

@@ -140,8 +140,36 @@ class KernelImage:
             raise KernelImageError("kernel image checksum mismatch: the image is corrupt")
         self.data = data
         self.entry, self.stubs, self.dispatch, self.system_world, relocs = fields
-        count = struct.unpack_from("<I", data, relocs)[0]
-        self.relocations = struct.unpack_from(f"<{count}I", data, relocs + 4)
+        self.relocations = self._relocation_table(relocs)
+        self._check_code_offsets(relocs)
+
+    def _relocation_table(self, at):
+        """The table's u32 count and offsets, checked to lie inside the image: a
+        correct CRC says only that the vendor's bytes arrived, not that they add up."""
+        size = len(self.data)
+        if not HEADER.size <= at <= size - 4:
+            raise KernelImageError(f"kernel image header: relocation table at offset {at:#x} "
+                                   f"is outside the image ({HEADER.size:#x}..{size - 4:#x})")
+        count = struct.unpack_from("<I", self.data, at)[0]
+        if count > (size - at - 4) // 4:
+            raise KernelImageError(f"kernel image relocation table: {count} entries at offset {at:#x} "
+                                   f"run past the image's {size} bytes")
+        relocations = struct.unpack_from(f"<{count}I", self.data, at + 4)
+        for i, off in enumerate(relocations):
+            if not HEADER.size <= off <= at - 4:
+                raise KernelImageError(f"kernel image relocation entry {i}: offset {off:#x} is outside "
+                                       f"the code ({HEADER.size:#x}..{at:#x})")
+        return relocations
+
+    def _check_code_offsets(self, code_end):
+        """Entry, dispatcher, system world and all 256 stubs must be inside the code,
+        which runs from the header to the relocation table."""
+        spans = {"entry": (self.entry, 1), "dispatch": (self.dispatch, 1),
+                 "system world": (self.system_world, 1), "stubs": (self.stubs, 256 * STUB_SIZE)}
+        for name, (off, length) in spans.items():
+            if not HEADER.size <= off <= code_end - length:
+                raise KernelImageError(f"kernel image header: {name} offset {off:#x} (+{length:#x} bytes) "
+                                       f"is outside the code ({HEADER.size:#x}..{code_end:#x})")
 
     def relocated(self, base):
         """The image as it must sit at `base`: every absolute address moved."""

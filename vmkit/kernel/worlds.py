@@ -133,21 +133,24 @@ class Worlds:
         if cpu is None:
             load = [sum(1 for w in self.all if w.cpu == i) for i in range(n)]
             cpu = load.index(min(load))
-        if not isinstance(cpu, int) or not 0 <= cpu < n:
+        if not isinstance(cpu, int) or isinstance(cpu, bool) or not 0 <= cpu < n:
             raise VMError(f"no CPU {cpu!r}: the board has CPUs 0..{n - 1}")
         return cpu
 
     def install_vm(self, guest, memory_bytes, name=None, cpu=None):
         from vmkit.vmm.vmm import VMM             # layers: the VMM is built on the kernel's parts
         cpu = self.place(cpu)
+        if not isinstance(name, (str, type(None))):
+            raise VMError(f"a VM's name is text, not {name!r}")
+        if not isinstance(memory_bytes, int) or isinstance(memory_bytes, bool) or memory_bytes <= 0:
+            raise VMError(f"a VM's memory is a positive number of bytes, not {memory_bytes!r}")
         base = self.vm_base(memory_bytes)
         size = -(-memory_bytes // layout.PAGE) * layout.PAGE
         name = name or f"vm{len(self.all)}"
+        if any(w.name == name for w in self.all):
+            raise VMError(f"there is already a world named {name!r}: a schedule names worlds")
+        code = self._guest_code(guest, base, size, name)    # all checked before anything changes
         area = self._block(len(self.all))
-        code = guest(base) if callable(guest) else guest
-        code = assemble(code, base) if isinstance(code, str) else bytes(code)
-        if len(code) > size:
-            raise VMError(f"{name}'s guest is {len(code)} bytes, its memory {size}")
         self.memory.write_u32(cos_layout.RAM_TOP, base)          # the COS can no longer allocate it
         self.memory.write(base, bytes(size), code=False)
         cr3 = paging.build(self.memory, base + size, self._kernel_block(), (base, base + size),
@@ -170,6 +173,30 @@ class Worlds:
         self.trace.emit("vm.installed", vm=name, base=base, size=size, code=len(code), area=area, cpu=cpu)
         world.cr3 = cr3
         return world
+
+    @staticmethod
+    def _guest_code(guest, base, size, name):
+        """The guest's bytes, linked at `base`: x86 text, bytes, or a function of
+        the base giving either. Anything else, nothing, or too much is refused
+        here, before the RAM top is lowered or a world block taken."""
+        if callable(guest):
+            try:
+                guest = guest(base)
+            except Exception as e:
+                raise VMError(f"{name}'s guest function failed for base {base:#x}: "
+                              f"{type(e).__name__}: {e}") from e
+        if isinstance(guest, str):
+            code = assemble(guest, base)
+        elif isinstance(guest, (bytes, bytearray, memoryview)):
+            code = bytes(guest)
+        else:
+            raise VMError(f"{name}'s guest must be x86 source (str), bytes, or a function of "
+                          f"the VM's base giving either, not {type(guest).__name__} {guest!r:.40}")
+        if not code:
+            raise VMError(f"{name}'s guest is empty: there is no instruction to start it at")
+        if len(code) > size:
+            raise VMError(f"{name}'s guest is {len(code)} bytes, its memory {size}")
+        return code
 
     def _prepare_vm_support(self):
         """Once: DPL 3 flat code/data and the TSSs in the kernel's GDT (smp.py)."""

@@ -11,6 +11,9 @@ SENSOR = 5
 def displaced(**options):
     """A COS displaced by the kernel; (board, cos, kernel)."""
     board, cos, loader = takeover.takeover(**options)
+    if loader.kernel is None:                  # e.g. a build_idt of exercise 02a that failed
+        why = [e["why"] for e in board.trace.of("load.refused")]
+        raise RuntimeError(f"the vmkernel was not loaded: {why[-1] if why else 'no load happened'}")
     return board, cos, loader.kernel
 
 

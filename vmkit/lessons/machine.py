@@ -116,6 +116,8 @@ def two_idt_machine(entry=0x1000):
 
 def request_idt(board, which):
     """Ask the idle loop to load IDT 'A' or 'B': the CPU runs `lidt` itself."""
+    if which not in ("A", "B"):
+        raise ValueError(f"the machine has IDT 'A' and IDT 'B', not {which!r}")
     board.memory.write_u32(MAILBOX, {"A": 1, "B": 2}[which])
     board.run(200)
 
@@ -136,10 +138,25 @@ def irq_with_decoder(decode, line=1):
     """The two-IDT machine with `decode` as the CPU's gate decoder; raise `line`.
 
     Returns the board, so a notebook can show what the CPU did with it."""
+    if not callable(decode):
+        raise TypeError(f"decode must be a function of 8 gate bytes, not {decode!r:.40}")
     board = two_idt_machine()
-    board.cpu.gate_decoder = decode
+    board.cpu.gate_decoder = _checked(decode)
     raise_irq(board, line)
     return board
+
+
+def _checked(decode):
+    """`decode`, whose answer must be what the CPU reads from a gate: a value with
+    offset, selector, type, dpl and present (like x86.decode_gate's)."""
+    def gate(raw):
+        g = decode(raw)
+        missing = [f for f in ("offset", "selector", "type", "dpl", "present") if not hasattr(g, f)]
+        if missing:
+            raise TypeError(f"{getattr(decode, '__name__', 'decode')} returned {g!r:.60}, which has no "
+                            f"{', '.join(missing)}: return a Gate as x86.decode_gate does")
+        return g
+    return gate
 
 
 def registers_text(cpu, names=("eax", "ebx", "ecx", "edi", "eip")):
