@@ -36,6 +36,8 @@ def check_good_policies(classify):
         policy = _policy(policy, names)
         want = devices.classify(kernel.devices, policy)
         got = classify(kernel.devices, policy)
+        if not isinstance(got, dict):
+            return f"policy {policy}: classify returned {got!r}; return a dict {{device name: class}}"
         if dict(got) != want:
             return f"policy {policy}: expected {want}, got {dict(got)}"
     return None
