@@ -112,14 +112,18 @@ def _machine(emulate):
 
 def _run(board, cos, source):
     """insmod the driver `source`; None, or what stopped the COS running it."""
+    faults = cos.var("FAULTS")
     try:
         takeover.run_module(board, cos, source)
+        if cos.var("FAULTS") == faults:
+            return None
+        stopped = "the COS's fault handler ran (it stops there) during a driver that uses pushfd/popfd/cli/sti"
     except (RuntimeError, TimeoutError) as e:
         seen = "; ".join(str(e) for e in board.trace.of("kernel.reflect", "cpu.fault", "cpu.shutdown")[-3:])
-        return (f"the COS did not finish a driver that uses pushfd/popfd/cli/sti ({e}). "
-                f"The machine saw: {seen or 'no fault'}. Does each branch keep the COS's stack balanced "
-                f"(pushfd pushes one value, popfd pops one)?")
-    return None
+        stopped = (f"the COS did not finish a driver that uses pushfd/popfd/cli/sti ({e}). "
+                   f"The machine saw: {seen or 'no fault'}")
+    return stopped + (". Does each branch keep the COS's stack balanced (pushfd pushes one value, "
+                      "popfd pops one)?")
 
 
 def check_ticks_go_on(emulate):

@@ -35,7 +35,10 @@ def check_good_policies(classify):
     for policy in GOOD:
         policy = _policy(policy, names)
         want = devices.classify(kernel.devices, policy)
-        got = classify(kernel.devices, policy)
+        try:
+            got = classify(kernel.devices, policy)
+        except devices.ClassificationError as e:
+            return f"policy {policy} is valid, yet your classify refused it: {e}"
         if not isinstance(got, dict):
             return f"policy {policy}: classify returned {got!r}; return a dict {{device name: class}}"
         if dict(got) != want:
@@ -66,10 +69,13 @@ def check_bad_policies(classify):
         said.clear()
         try:
             kernel.apply_policy(policy)
+            kernel_refused = False
         except devices.ClassificationError:
-            pass
+            kernel_refused = True
         if not said or not isinstance(said[-1], devices.ClassificationError):
-            return f"{policy} was accepted by your classify (the kernel's own check refused it): {what} makes it invalid"
+            return (f"{policy} was accepted by your classify"
+                    + (" (the kernel's own check refused it)" if kernel_refused else "")
+                    + f": {what} makes it invalid")
         message = str(said[-1])
         if named.startswith("'") and named not in message:
             return f"the error for {what} should name it ({named}); it says {message!r}"
