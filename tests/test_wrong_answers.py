@@ -43,6 +43,7 @@ WRONG = {
          "frame.push(frame.eflags)", "pushfd must push the COS's virtual IF"),
         ("popfd always sets the virtual IF", "vcpu.vif = 1 if flags & EFLAGS_IF else 0", "vcpu.vif = 1",
          "popfd must clear vcpu.vif"),
+        ("popfd sets vif to 2", "vcpu.vif = 1 if flags", "vcpu.vif = 2 if flags", "vif is 0 or 1"),
         ("popfd clears the real IF", "(flags & ~0x3000) | EFLAGS_IF", "flags & ~0x3000",
          "the real IF clear"),
         ("cli and sti swapped", 'if mnemonic == "cli":', 'if mnemonic == "sti":', "does sti set vcpu.vif"),

@@ -105,9 +105,7 @@ probe_iopl:
 
 def _machine(emulate):
     board, cos, loader = takeover.takeover(emulate=emulate)
-    if loader.kernel is None:
-        return None, None, "the load was refused"
-    return board, cos, None
+    return board, cos, loader.kernel, None if loader.kernel else "the load was refused"
 
 
 def _run(board, cos, source):
@@ -127,7 +125,7 @@ def _run(board, cos, source):
 
 
 def check_ticks_go_on(emulate):
-    board, cos, problem = _machine(emulate)
+    board, cos, kernel, problem = _machine(emulate)
     if problem:
         return problem
     before = cos.ticks()
@@ -142,7 +140,7 @@ def check_ticks_go_on(emulate):
 
 
 def check_critical_section(emulate):
-    board, cos, problem = _machine(emulate)
+    board, cos, kernel, problem = _machine(emulate)
     if problem or (problem := _run(board, cos, CRITICAL)):
         return problem
     read = board.memory.read_u32
@@ -157,7 +155,7 @@ def check_critical_section(emulate):
 
 
 def check_flags(emulate):
-    board, cos, problem = _machine(emulate)
+    board, cos, kernel, problem = _machine(emulate)
     if problem or (problem := _run(board, cos, FLAGS)):
         return problem
     memory = board.memory
@@ -178,7 +176,7 @@ def check_flags(emulate):
 
 
 def check_virtual_if(emulate):
-    board, cos, problem = _machine(emulate)
+    board, cos, kernel, problem = _machine(emulate)
     if problem or (problem := _run(board, cos, VIRTUAL_IF)):
         return problem
     read = board.memory.read_u32
@@ -202,22 +200,26 @@ def _label(source, name):
 
 
 def check_displaced(emulate):
-    board, cos, problem = _machine(emulate)
+    board, cos, kernel, problem = _machine(emulate)
     if problem:
         return problem
-    seen = {}
+    seen, vcpu = {}, kernel.vcpu           # the virtual CPU, read from kernel memory
     for name in ("probe_if_clear", "probe_iopl"):
         board.cpu.on_execute(_label(DISPLACED, name),
-                             lambda cpu, name=name: seen.setdefault(name, (cpu["eflags"], cpu.cpl)))
+                             lambda cpu, name=name: seen.setdefault(name, (cpu["eflags"], cpu.cpl, vcpu.vif)))
     if problem := _run(board, cos, DISPLACED):
         return problem
     if len(seen) < 2:
         return f"the COS's driver did not reach every probe point (reached {sorted(seen)})"
-    eflags, cpl = seen["probe_if_clear"]
+    for name, want in (("probe_if_clear", 0), ("probe_iopl", 1)):
+        if seen[name][2] != want:
+            return (f"after the COS popped flags with IF {'clear' if want == 0 else 'set'}, its virtual CPU "
+                    f"in kernel memory holds vif = {seen[name][2]}; expected {want} (vif is 0 or 1)")
+    eflags, cpl, _ = seen["probe_if_clear"]
     if not eflags & EFLAGS_IF:
         return ("after the COS popped flags with IF clear, the CPU ran it with the real IF clear: the kernel "
                 "gets no interrupts while the COS runs. The popped IF goes to vcpu.vif; frame.eflags keeps IF set")
-    eflags, cpl = seen["probe_iopl"]
+    eflags, cpl, _ = seen["probe_iopl"]
     iopl = eflags >> EFLAGS_IOPL_SHIFT & 3
     if iopl >= cpl:
         return (f"after the COS popped flags with IOPL 3, the CPU ran it at CPL {cpl} with IOPL {iopl}: its "
