@@ -96,7 +96,7 @@ WRONG = {
 CASES = [(name, *case) for name, cases in WRONG.items() for case in cases]
 
 
-@pytest.mark.parametrize("name, what, old, new, hint", CASES, ids=[f"{c[0][:4]}: {c[1]}" for c in CASES])
+@pytest.mark.parametrize("name, what, old, new, hint", CASES, ids=[f"{c[0].split('_')[0]}: {c[1]}" for c in CASES])
 def test_a_known_wrong_answer_fails_with_its_hint(tmp_path, name, what, old, new, hint):
     solution = (ROOT / "solutions" / f"{name}.py").read_text()
     region = "".join(part.split("### END SOLUTION")[0] for part in solution.split("### BEGIN SOLUTION")[1:])
