@@ -80,3 +80,58 @@ def test_an_invalid_classification_is_refused_and_the_old_one_stays(displaced, c
     assert kernel.classes == old
     assert board.memory.read(kernel.base + 0xB000, 0x2068) == bitmap
     assert board.trace.of("kernel.policy_refused")
+
+
+def moved(kernel, name, cls):
+    policy = {c: [n for n, k in kernel.classes.items() if k == c and n != name]
+              for c in ("host-managed", "reserved", "shared")}
+    policy.setdefault(cls, []).append(name)
+    return policy
+
+
+def accept_anything(devices, policy):
+    """A classify that checks nothing: the kernel's own limits must still hold."""
+    return {name: cls for cls, names in policy.items() for name in names}
+
+
+@pytest.mark.parametrize("classify", [None, accept_anything], ids=["kernel's classify", "a classify that checks nothing"])
+@pytest.mark.parametrize("policy, message", [
+    (lambda k: moved(k, "pit0", "host-managed"), "pit0: the kernel took the PIT .* with the interrupt vectors"),
+    (lambda k: moved(k, "pic0", "host-managed"), "pic0: the kernel took the PIC .* with the interrupt vectors"),
+    (lambda k: moved(k, "pit0", "shared"), "pit0: the kernel took the PIT"),
+    (lambda k: moved(k, "serial0", "shared"), "serial0: the kernel cannot share a serial device .* console would go silent"),
+    (lambda k: moved(k, "kbd0", "shared"), "kbd0: the kernel cannot share a kbd device"),
+    (lambda k: moved(k, "serial0", "Reserved"), r"serial0: unknown class 'Reserved'|unknown class 'Reserved'"),
+    (lambda k: 5, "a policy maps each class to a list of device names.* int: 5"),
+    (lambda k: None, "a policy maps each class .* NoneType"),
+    (lambda k: [("reserved", ["pic0", "pit0"])], "a policy maps each class .* list"),
+    (lambda k: {**moved(k, "scsi0", "shared"), "shared": "scsi0"}, "'shared': a class holds a list of device names, not 'scsi0'"),
+    (lambda k: {**moved(k, "scsi0", "shared"), "shared": [0]}, "'shared': a class holds a list of device names"),
+])
+def test_the_kernel_refuses_what_it_cannot_honour_and_the_old_policy_stays(displaced, classify, policy, message):
+    board, cos, kernel = displaced
+    if classify is not None:
+        kernel.classify = classify
+    old, routes = dict(kernel.classes), dict(kernel.irqs.routes)
+    bitmap = board.memory.read(kernel.base + 0xB000, 0x2068)
+    with pytest.raises(ClassificationError, match=message):
+        kernel.apply_policy(policy(kernel))
+    assert kernel.classes == old and kernel.irqs.routes == routes
+    assert board.memory.read(kernel.base + 0xB000, 0x2068) == bitmap      # the TSS's I/O bitmap, unchanged
+    assert board.trace.of("kernel.policy_refused")
+
+
+def test_after_a_refusal_the_timer_and_the_console_go_on(displaced):
+    """pit0 host-managed refused: the COS's `out`s to the PIT still trap, its ticks
+    and its console go on."""
+    board, cos, kernel = displaced
+    with pytest.raises(ClassificationError):
+        kernel.apply_policy(moved(kernel, "pit0", "host-managed"))
+    with pytest.raises(ClassificationError):
+        kernel.apply_policy(moved(kernel, "serial0", "shared"))
+    period, ticks, printed = board.pit.period, cos.ticks(), len(cos.console())
+    mark = takeover.run_module(board, cos, "init:\nmov al, 0x34\nout 0x43, al\nmov al, 7\nout 0x40, al\nout 0x40, al\nret")
+    board.run(1_000_000)
+    assert [e["insn"] for e in board.trace.since(mark, "kernel.refused")] == ["out 0x43", "out 0x40", "out 0x40"]
+    assert board.pit.period == period
+    assert cos.ticks() > ticks + 50 and len(cos.console()) > printed

@@ -8,10 +8,24 @@ from vmkit.lessons import takeover
 CRITICAL = "init:\npushfd\ncli\nmov ecx, 30000\nl: loop l\npopfd\nud2\nret"
 
 
+def _takeover(build):
+    """(board, cos, loader, what went wrong during the insmod or None)."""
+    board, cos, loader = takeover.booted_cos(build_idt=build)
+    cos.put_module(loader.module)
+    try:
+        cos.run_command("insmod", takeover.COMMAND_LIMIT)
+    except NotImplementedError:
+        raise                       # the stub: "not attempted"
+    except Exception as e:          # the machine failed mid-insmod: grade what the CPU was given
+        seen = "; ".join(str(e) for e in board.trace.of("cpu.fault", "cpu.shutdown", "kernel.reflect")[-3:])
+        return board, cos, loader, f"{e}. The machine saw: {seen or 'no fault'}"
+    return board, cos, loader, None
+
+
 def check_gates(build):
-    board, cos, loader = takeover.takeover(build_idt=build)
+    board, cos, loader, problem = _takeover(build)
     if loader.kernel is None:
-        return f"the load was refused: {board.trace.of('load.refused')}"
+        return problem or f"the load was refused: {board.trace.of('load.refused')}"
     _, base, limit, _ = board.cpu["idtr"]
     if limit != 0x7FF:
         return f"IDTR limit is {limit:#x}: the IDT must hold 256 gates (limit 0x7ff)"
@@ -24,14 +38,16 @@ def check_gates(build):
             return (f"gate {v:#x}: offset {gate.offset:#x} selector {gate.selector:#x} present {gate.present}; "
                     f"expected the kernel stub {stub:#x}, selector {layout.KERNEL_CODE_SEL:#x}, present")
         if gate.dpl != want_dpl or gate.type != 0xE:
-            return f"gate {v:#x}: type {gate.type:#x} DPL {gate.dpl}; expected an interrupt gate (0xe) with DPL {want_dpl}"
-    return None
+            return (f"gate {v:#x}: type {gate.type:#x} DPL {gate.dpl}; expected an interrupt gate (0xe) with DPL {want_dpl}"
+                    + (" (a trap gate leaves IF set: the kernel is interrupted inside its own entry code)"
+                       if gate.type == 0xF else ""))
+    return problem
 
 
 def check_kernel_gets_everything(build):
-    board, cos, loader = takeover.takeover(build_idt=build)
-    if loader.kernel is None:
-        return "the load was refused"
+    board, cos, loader, problem = _takeover(build)
+    if loader.kernel is None or problem:
+        return f"the takeover did not complete: {problem}" if problem else "the load was refused"
     try:
         mark = takeover.run_module(board, cos, CRITICAL)
     except RuntimeError:

@@ -1,57 +1,236 @@
 """Grades exercise 02b: the kernel emulates the displaced COS's cli/sti/
-pushfd/popfd with the learner's function. The COS must keep taking its
-timer ticks, and a tick that arrives inside its critical section must wait
-until the section ends."""
+pushfd/popfd with the learner's function, and COS drivers (insmod'ed x86)
+probe what came of it: the COS must keep taking its timer ticks, a tick that
+arrives inside its critical section must wait until the section ends, its
+pushfd must show its own IF and its popfd give back every flag it pushed,
+and through it all the CPU must keep the COS displaced (real IF set, IOPL 0
+at CPL 1), read from the CPU's registers while the COS runs."""
 from vmkit.cos import layout as cos_layout
+from vmkit.hw.asm import assemble
+from vmkit.hw.x86 import (EFLAGS_AF, EFLAGS_CF, EFLAGS_IF, EFLAGS_IOPL_SHIFT, EFLAGS_OF,
+                          EFLAGS_PF, EFLAGS_SF, EFLAGS_ZF)
 from vmkit.lessons import takeover
+
+RESULTS = 0x5000                 # COS memory the drivers write what they saw to
+TICKS = cos_layout.TICKS
+SPIN = 40_000                    # loop iterations: several timer periods
 
 # ticks before, inside (after a long spin with interrupts off) and after the section
 CRITICAL = f"""
-init:   mov eax, [{cos_layout.TICKS:#x}]
-        mov [0x5000], eax
+init:   mov eax, [{TICKS:#x}]
+        mov [{RESULTS:#x}], eax
         pushfd
         cli
-        mov ecx, 40000          ; several timer periods with the COS's interrupts off
+        mov ecx, {SPIN}
 spin:   loop spin
-        mov eax, [{cos_layout.TICKS:#x}]
-        mov [0x5004], eax
+        mov eax, [{TICKS:#x}]
+        mov [{RESULTS + 4:#x}], eax
         popfd
         mov ecx, 2000
 wait:   loop wait
-        mov eax, [{cos_layout.TICKS:#x}]
-        mov [0x5008], eax
+        mov eax, [{TICKS:#x}]
+        mov [{RESULTS + 8:#x}], eax
+        ret
+"""
+
+ARITHMETIC = EFLAGS_CF | EFLAGS_PF | EFLAGS_AF | EFLAGS_ZF | EFLAGS_SF | EFLAGS_OF
+# popped by popfd, then pushed again by pushfd: each must come back as it went, IF included
+ROUND_TRIPS = (ARITHMETIC | EFLAGS_IF, EFLAGS_IF, ARITHMETIC, 0)
+ROUND_TRIP_AT = RESULTS + 0x40
+
+
+def _round_trip(popped, at):
+    return f"push {popped:#x}\npopfd\npushfd\npop eax\nmov [{at:#x}], eax\n"
+
+
+# the COS's flags through its own pushfd and popfd, as the COS sees them
+FLAGS = f"""
+init:   stc
+        pushfd
+        clc
+        popfd
+        setc al
+        mov [{RESULTS + 0x10:#x}], al      ; CF pushed set comes back set
+        xor eax, eax                       ; ZF set
+        pushfd
+        or eax, 1                          ; ZF clear
+        popfd
+        setz al
+        mov [{RESULTS + 0x11:#x}], al      ; ZF comes back set
+{"".join(_round_trip(popped, ROUND_TRIP_AT + 4 * i) for i, popped in enumerate(ROUND_TRIPS))}
+        sti
+        ret
+"""
+
+# the COS's own IF: what pushfd shows, what popfd restores
+VIRTUAL_IF = f"""
+init:   cli
+        pushfd
+        pop eax
+        mov [{RESULTS + 0x20:#x}], eax     ; after cli: IF clear
+        sti
+        pushfd
+        pop eax
+        mov [{RESULTS + 0x24:#x}], eax     ; after sti: IF set
+        cli
+        pushfd                             ; IF clear on the stack
+        sti
+        popfd                              ; ... so interrupts are off again
+        mov eax, [{TICKS:#x}]
+        mov [{RESULTS + 0x28:#x}], eax
+        mov ecx, {SPIN}
+spin:   loop spin
+        mov eax, [{TICKS:#x}]
+        mov [{RESULTS + 0x2c:#x}], eax     ; no tick in between
+        sti
+        ret
+"""
+
+# the CPU's own registers at `probe_*` while the COS runs after its popfd
+DISPLACED = f"""
+init:   cli
+        pushfd                             ; IF clear on the stack
+        popfd
+probe_if_clear:
+        nop
+        sti
+        pushfd
+        or dword ptr [esp], {3 << EFLAGS_IOPL_SHIFT:#x}    ; the COS asks for IOPL 3
+        popfd
+probe_iopl:
+        nop
         ret
 """
 
 
-def check_ticks_go_on(emulate):
+def _machine(emulate):
     board, cos, loader = takeover.takeover(emulate=emulate)
-    if loader.kernel is None:
-        return "the load was refused"
+    return board, cos, loader.kernel, None if loader.kernel else "the load was refused"
+
+
+def _run(board, cos, source):
+    """insmod the driver `source`; None, or what stopped the COS running it."""
+    faults = cos.var("FAULTS")
+    try:
+        takeover.run_module(board, cos, source)
+        if cos.var("FAULTS") == faults:
+            return None
+        stopped = "the COS's fault handler ran (it stops there) during a driver that uses pushfd/popfd/cli/sti"
+    except (RuntimeError, TimeoutError) as e:
+        seen = "; ".join(str(e) for e in board.trace.of("kernel.reflect", "cpu.fault", "cpu.shutdown")[-3:])
+        stopped = (f"the COS did not finish a driver that uses pushfd/popfd/cli/sti ({e}). "
+                   f"The machine saw: {seen or 'no fault'}")
+    return stopped + (". Does each branch keep the COS's stack balanced (pushfd pushes one value, "
+                      "popfd pops one)?")
+
+
+def check_ticks_go_on(emulate):
+    board, cos, kernel, problem = _machine(emulate)
+    if problem:
+        return problem
     before = cos.ticks()
     board.run(1_000_000)
     gained = cos.ticks() - before
-    if gained < 50:
-        return f"the COS took {gained} timer ticks in 1,000,000 instructions after the takeover; expected about 100"
     if board.cpu.shutdown:
         return f"the CPU stopped: {board.cpu.shutdown}"
+    if gained < 50:
+        return (f"the COS took {gained} timer ticks in 1,000,000 instructions after the takeover; "
+                f"expected about 100: does sti set vcpu.vif to 1 and cli to 0?")
     return None
 
 
 def check_critical_section(emulate):
-    board, cos, loader = takeover.takeover(emulate=emulate)
-    if loader.kernel is None:
-        return "the load was refused"
-    takeover.run_module(board, cos, CRITICAL)
+    board, cos, kernel, problem = _machine(emulate)
+    if problem or (problem := _run(board, cos, CRITICAL)):
+        return problem
     read = board.memory.read_u32
-    before, inside, after = read(0x5000), read(0x5004), read(0x5008)
+    before, inside, after = read(RESULTS), read(RESULTS + 4), read(RESULTS + 8)
     if inside != before:
-        return f"a timer tick reached the COS inside its pushfd/cli ... popfd section ({before} -> {inside})"
+        return (f"a timer tick reached the COS inside its pushfd/cli ... popfd section ({before} -> {inside}): "
+                f"cli must clear vcpu.vif")
     if after <= inside:
-        return f"the ticks that waited during the section were not delivered after popfd ({inside} -> {after})"
+        return (f"the ticks that waited during the section were not delivered after popfd ({inside} -> {after}): "
+                f"the popped IF (set) must become vcpu.vif")
+    return None
+
+
+def check_flags(emulate):
+    board, cos, kernel, problem = _machine(emulate)
+    if problem or (problem := _run(board, cos, FLAGS)):
+        return problem
+    memory = board.memory
+    carry, zero = memory.read(RESULTS + 0x10, 2)
+    if not carry:
+        return ("after `stc; pushfd; clc; popfd` the COS's carry flag is clear: popfd must give the COS "
+                "the flags it popped (only IF goes to vcpu.vif instead)")
+    if not zero:
+        return ("after `xor eax, eax; pushfd; or eax, 1; popfd` the COS's zero flag is clear: popfd must "
+                "give the COS the flags it popped")
+    for i, popped in enumerate(ROUND_TRIPS):
+        pushed = memory.read_u32(ROUND_TRIP_AT + 4 * i) & (ARITHMETIC | EFLAGS_IF)
+        if pushed != popped:
+            return (f"the COS popped flags {popped:#x} and its pushfd then pushed {pushed:#x} "
+                    f"(of the arithmetic flags and IF): popfd must give the COS the flags it popped, "
+                    f"IF into vcpu.vif, and pushfd push the COS's flags with IF from vcpu.vif")
+    return None
+
+
+def check_virtual_if(emulate):
+    board, cos, kernel, problem = _machine(emulate)
+    if problem or (problem := _run(board, cos, VIRTUAL_IF)):
+        return problem
+    read = board.memory.read_u32
+    after_cli, after_sti = read(RESULTS + 0x20), read(RESULTS + 0x24)
+    before, after = read(RESULTS + 0x28), read(RESULTS + 0x2c)
+    if after_cli & EFLAGS_IF:
+        return ("`cli; pushfd` pushed flags with IF set: pushfd must push the COS's virtual IF "
+                "(vcpu.vif), not the real one (which stays set while the COS runs)")
+    if not after_sti & EFLAGS_IF:
+        return "`sti; pushfd` pushed flags with IF clear: pushfd must push IF as vcpu.vif says (1 after sti)"
+    if after != before:
+        return (f"after `cli; pushfd; sti; popfd` the COS took timer ticks ({before} -> {after}): the popped "
+                f"IF was clear, so popfd must clear vcpu.vif")
+    return None
+
+
+def _label(source, name):
+    """The address `name` gets in a module assembled from `source`."""
+    code = assemble(source + f"\n.long {name}", cos_layout.MODULE_CODE)
+    return int.from_bytes(code[-4:], "little")
+
+
+def check_displaced(emulate):
+    board, cos, kernel, problem = _machine(emulate)
+    if problem:
+        return problem
+    seen, vcpu = {}, kernel.vcpu           # the virtual CPU, read from kernel memory
+    for name in ("probe_if_clear", "probe_iopl"):
+        board.cpu.on_execute(_label(DISPLACED, name),
+                             lambda cpu, name=name: seen.setdefault(name, (cpu["eflags"], cpu.cpl, vcpu.vif)))
+    if problem := _run(board, cos, DISPLACED):
+        return problem
+    if len(seen) < 2:
+        return f"the COS's driver did not reach every probe point (reached {sorted(seen)})"
+    for name, want in (("probe_if_clear", 0), ("probe_iopl", 1)):
+        if seen[name][2] != want:
+            return (f"after the COS popped flags with IF {'clear' if want == 0 else 'set'}, its virtual CPU "
+                    f"in kernel memory holds vif = {seen[name][2]}; expected {want} (vif is 0 or 1)")
+    eflags, cpl, _ = seen["probe_if_clear"]
+    if not eflags & EFLAGS_IF:
+        return ("after the COS popped flags with IF clear, the CPU ran it with the real IF clear: the kernel "
+                "gets no interrupts while the COS runs. The popped IF goes to vcpu.vif; frame.eflags keeps IF set")
+    eflags, cpl, _ = seen["probe_iopl"]
+    iopl = eflags >> EFLAGS_IOPL_SHIFT & 3
+    if iopl >= cpl:
+        return (f"after the COS popped flags with IOPL 3, the CPU ran it at CPL {cpl} with IOPL {iopl}: its "
+                f"cli, sti, in and out no longer trap to the kernel (the displacement undone). popfd must "
+                f"clear IOPL (bits 12-13) in frame.eflags")
     return None
 
 
 CHECKS = [("the COS keeps taking timer ticks", 1, check_ticks_go_on),
-          ("a tick waits for the end of a critical section", 2, check_critical_section)]
+          ("a tick waits for the end of a critical section", 1, check_critical_section),
+          ("pushfd shows the COS's IF; popfd restores it", 1, check_virtual_if),
+          ("popfd gives back the COS's other flags", 1, check_flags),
+          ("the COS stays displaced (real IF on, IOPL 0)", 1, check_displaced)]
 FUNCTION = "emulate_if"

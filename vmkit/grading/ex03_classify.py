@@ -7,10 +7,14 @@ from vmkit.lessons import interrupts
 GOOD = [devices.DEFAULT_POLICY,
         {"host-managed": ["serial0", "kbd0", "sensor0", "scsi0"], "reserved": ["pic0", "pit0"], "shared": []},
         {"host-managed": [], "reserved": ["pic0", "pit0", "serial0", "kbd0", "sensor0"], "shared": ["scsi0"]}]
-BAD = [("serial0", lambda p: p["reserved"].append("serial0")),
-       ("floppy0", lambda p: p["shared"].append("floppy0")),
-       ("kbd0", lambda p: p["host-managed"].remove("kbd0")),
-       ("scsi0", lambda p: (p["shared"].remove("scsi0"), p["reserved"].append("scsi0")))]
+# (what makes the policy bad, what the refusal must start with or name, the damage to a good policy)
+BAD = [("serial0 in two classes", "serial0", lambda p: p["reserved"].append("serial0")),
+       ("floppy0, no device of the list", "floppy0", lambda p: p["shared"].append("floppy0")),
+       ("kbd0 in no class", "kbd0", lambda p: p["host-managed"].remove("kbd0")),
+       ("the boot disk's controller scsi0 reserved", "scsi0",
+        lambda p: (p["shared"].remove("scsi0"), p["reserved"].append("scsi0"))),
+       ("the unknown class 'Reserved'", "'Reserved'",
+        lambda p: (p["host-managed"].remove("serial0"), p.setdefault("Reserved", []).append("serial0")))]
 
 
 def _machine(classify):
@@ -31,7 +35,12 @@ def check_good_policies(classify):
     for policy in GOOD:
         policy = _policy(policy, names)
         want = devices.classify(kernel.devices, policy)
-        got = classify(kernel.devices, policy)
+        try:
+            got = classify(kernel.devices, policy)
+        except devices.ClassificationError as e:
+            return f"policy {policy} is valid, yet your classify refused it: {e}"
+        if not isinstance(got, dict):
+            return f"policy {policy}: classify returned {got!r}; return a dict {{device name: class}}"
         if dict(got) != want:
             return f"policy {policy}: expected {want}, got {dict(got)}"
     return None
@@ -41,19 +50,37 @@ def check_bad_policies(classify):
     from tempfile import mkdtemp
     from vmkit.hw.disk import DiskImage
     board, cos, kernel = interrupts.displaced(disk=DiskImage.create(mkdtemp() + "/d.img", 16))
-    kernel.classify = classify
+    said = []                                  # what the learner's classify answered, policy by policy
+
+    def watched(devices_, policy):
+        try:
+            said.append(classify(devices_, policy))
+        except devices.ClassificationError as e:
+            said.append(e)
+            raise
+        return said[-1]
+
+    kernel.classify = watched
     names = {d.name for d in kernel.devices}
-    for device, damage in BAD:
+    for what, named, damage in BAD:
         policy = _policy(devices.DEFAULT_POLICY, names)
         damage(policy)
         before = dict(kernel.classes)
+        said.clear()
         try:
             kernel.apply_policy(policy)
-        except devices.ClassificationError as e:
-            if not str(e).startswith(device):
-                return f"the error for a bad {device} should start with '{device}:', it says {str(e)!r}"
-        else:
-            return f"{policy} was accepted; {device} makes it invalid"
+            kernel_refused = False
+        except devices.ClassificationError:
+            kernel_refused = True
+        if not said or not isinstance(said[-1], devices.ClassificationError):
+            return (f"{policy} was accepted by your classify"
+                    + (" (the kernel's own check refused it)" if kernel_refused else "")
+                    + f": {what} makes it invalid")
+        message = str(said[-1])
+        if named.startswith("'") and named not in message:
+            return f"the error for {what} should name it ({named}); it says {message!r}"
+        if not named.startswith("'") and not message.startswith(named):
+            return f"the error for {what} should start with '{named}:', it says {message!r}"
         if kernel.classes != before:
             return "a refused policy changed the classes in force"
     return None

@@ -1,10 +1,18 @@
 """Grades exercise 04: the kernel forwards host-managed IRQs with the
 learner's two functions; the delivery order must be the claims', and a
 jammed level-triggered device must not storm the kernel while masking is on
-(and must, caught by the kernel's detector, when the teaching switch is off)."""
+(and must, caught by the kernel's detector, when the teaching switch is off).
+
+A wrong answer is diagnosed from the real 8259A, read through its ports as a
+driver reads it (IMR at 0x21; ISR at 0x20 after OCW3 0x0B): at the moment
+the COS's own handler starts, and after the run."""
+from vmkit.hw.x86 import decode_gate
+from vmkit.kernel.kernel import IRQ_BASE
 from vmkit.lessons import interrupts
 
 ORDER = ["irq.raise", "cpu.deliver", "irq.masked", "irq.queued", "kernel.inject", "irq.cos_eoi", "irq.unmasked"]
+SERIAL = interrupts.SERIAL
+OCW3_READ_ISR, OCW3_READ_IRR = 0x0B, 0x0A
 
 
 def _machine(module):
@@ -14,17 +22,55 @@ def _machine(module):
     return board, cos, kernel
 
 
+def read_pic(board):
+    """(IMR, ISR) of the master 8259A, through its ports."""
+    ports = board.ports
+    imr = ports.read(0x21, 1)
+    ports.write(0x20, 1, OCW3_READ_ISR)
+    isr = ports.read(0x20, 1)
+    ports.write(0x20, 1, OCW3_READ_IRR)          # back to the power-on choice
+    return imr, isr
+
+
+def _at_cos_handler(board, kernel, line, seen):
+    """Record (IMR, ISR) each time the COS's own handler for `line` starts."""
+    v = kernel.vcpu
+    gate = decode_gate(board.memory.read(v.idt_base + 8 * (IRQ_BASE + line), 8))
+    board.cpu.on_execute(gate.offset, lambda cpu: seen.append(read_pic(board)))
+
+
 def check_order(module):
     board, cos, kernel = _machine(module)
+    seen = []
+    _at_cos_handler(board, kernel, SERIAL, seen)
     mark = board.trace.mark()
     cos.type("x")
     board.run(300_000)
-    seen = [e.kind for e in board.trace.since(mark, *ORDER)
-            if e.data.get("line") == 4 or e.data.get("vector") == 0x24]
-    if seen[:len(ORDER)] != ORDER:
-        return f"for a key typed on the serial console the trace shows {seen[:9]}, expected {ORDER}"
-    if board.pic.masked(4):
-        return "the serial line stayed masked after the COS acknowledged it"
+    bit = 1 << SERIAL
+    events = [e for e in board.trace.since(mark, *ORDER)
+              if e.data.get("line") == SERIAL or e.data.get("vector") == IRQ_BASE + SERIAL]
+    if not seen:
+        if not any(e.kind == "irq.queued" for e in events):
+            return ("a key typed on the serial console entered the kernel (IRQ 4), but the COS's handler never "
+                    "ran: nothing was queued for the COS (cos.queue(line))")
+        return "a key typed on the serial console was queued for the COS, but its handler never ran"
+    imr, isr = seen[0]
+    if isr & bit:
+        return (f"when the COS's handler for IRQ 4 started, the real PIC still had IRQ 4 in service "
+                f"(ISR {isr:#04x}): the kernel never sent it EOI, so the PIC delivers nothing of lower "
+                f"priority again. Acknowledge the PIC (pic.eoi) in kernel_sees_irq")
+    if not imr & bit:
+        return (f"when the COS's handler for IRQ 4 started, the line was not masked at the real PIC "
+                f"(IMR {imr:#04x}): mask it from the moment the kernel senses the IRQ until the COS "
+                f"has handled it (claim 11)")
+    imr, isr = read_pic(board)
+    if imr & bit:
+        return (f"the COS's handler acknowledged IRQ 4 (EOI to its virtual PIC), yet the line is still "
+                f"masked at the real PIC (IMR {imr:#04x}): unmask it in cos_acknowledged, or the serial "
+                f"port never interrupts again")
+    kinds = [e.kind for e in events]
+    if kinds[:len(ORDER)] != ORDER:
+        return f"for a key typed on the serial console the trace shows {kinds[:9]}, expected {ORDER}"
     return None
 
 
@@ -32,17 +78,32 @@ def check_storm(module):
     for masking in (True, False):
         board, cos, kernel = _machine(module)
         kernel.irqs.masking = masking
+        at_handler = []
+        _at_cos_handler(board, kernel, board.sensor.irq, at_handler)
         work = kernel.work_done()
         board.sensor.sample()
         board.sensor.jam()
         board.run(100_000)
         storms = board.trace.of("irq.storm")
+        line, bit = board.sensor.irq, 1 << board.sensor.irq
         if masking and storms:
-            return f"with masking on, the jammed sensor stormed the kernel ({storms[0]['interrupts']} IRQs unacknowledged)"
+            return (f"with masking on, the jammed sensor stormed the kernel ({storms[0]['interrupts']} IRQs "
+                    f"with no acknowledgement from the COS): mask the line (pic.mask) when its IRQ "
+                    f"enters the kernel")
         if masking and kernel.work_done() - work < 3000:      # at least one piece of kernel work
             return "with masking on, the kernel's own work did not progress during the jam"
         if not masking and not storms:
-            return "with masking switched off there was no storm: is the line still masked?"
+            imr, isr = read_pic(board)
+            if isr & bit:
+                return (f"with masking switched off there was no storm: the real PIC still has IRQ {line} "
+                        f"in service (ISR {isr:#04x}), so it cannot interrupt again. The kernel never sent "
+                        f"it EOI: acknowledge the PIC (pic.eoi) whether or not you mask")
+            masked = [imr for imr, _ in at_handler if imr & bit] or ([imr] if imr & bit else [])
+            if masked:
+                return (f"with masking switched off there was no storm: IRQ {line} was masked at the real "
+                        f"PIC (IMR {masked[0]:#04x}) while the COS handled it. With `masking` False, "
+                        f"kernel_sees_irq must not mask it")
+            return "with masking switched off there was no storm"
     return None
 
 

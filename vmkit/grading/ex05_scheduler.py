@@ -1,7 +1,9 @@
 """Grades exercise 05: the learner's pick is the kernel's scheduler
 (Worlds.chooser). Two busy VMs with quanta 3 and 1 must get CPU time about
-3:1 with the COS keeping its turns, and with two console VMs and one that
-crashes every runnable world must run and the crashed one never again."""
+3:1 with the COS keeping its turns; with two console VMs and one that
+crashes every runnable world must run and the crashed one never again; and
+three busy VMs must take their turns in the order they were installed, as
+the CPU shows it (its CR3, sampled as it runs: each VM has its own)."""
 from vmkit.lessons import worlds as lesson
 from vmkit.lessons import takeover
 from vmkit.vmm import guests
@@ -76,6 +78,41 @@ def check_every_world_runs(pick):
     return None
 
 
+def _ran(board, kernel, instructions, every=10):
+    """The worlds the CPU ran, in order: its CR3 sampled every `every` instructions."""
+    by_cr3 = {w.cr3: w for w in kernel.worlds.all}
+    ran = []
+    for _ in range(instructions // every):
+        board.run(every)
+        world = by_cr3.get(board.cpu["cr3"])
+        if world is not None and (not ran or ran[-1] is not world):
+            ran.append(world)
+    return ran
+
+
+def check_turn_order(pick):
+    board, cos, kernel, checked = _machine(pick, 1)
+    vms = [kernel.install_vm(lambda base: guests.checksum(base, 10**9), lesson.VM_MEMORY, n)
+           for n in ("vm1", "vm2", "vm3")]
+    ran = [w for w in _ran(board, kernel, 150_000) if w in vms]
+    ran = [w for i, w in enumerate(ran) if i == 0 or ran[i - 1] is not w]
+    if checked.problem:
+        return checked.problem
+    if len(ran) < 6:
+        return f"in 150,000 instructions the VMs took {len(ran)} turns between them; expected over a dozen"
+    order = " -> ".join(w.name for w in ran[:8])
+    for a, b in zip(ran, ran[1:]):
+        want = vms[(vms.index(a) + 1) % len(vms)]
+        if b is not want:
+            backwards = b is vms[vms.index(a) - 1]
+            return (f"the CPU ran {order} ...: after {a.name} came {b.name}, not {want.name}. "
+                    + ("The turns go round in reverse: " if backwards else "")
+                    + f"pick the first runnable world AFTER the current one in `worlds` "
+                    f"({', '.join(w.name for w in kernel.worlds.all)}), wrapping around")
+    return None
+
+
 CHECKS = [("shares follow the quanta (3:1)", 2, check_shares),
-          ("every runnable world runs, a crashed one never", 2, check_every_world_runs)]
+          ("every runnable world runs, a crashed one never", 2, check_every_world_runs),
+          ("turns go round in the order of the worlds", 1, check_turn_order)]
 FUNCTION = "pick_next"

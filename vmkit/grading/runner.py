@@ -18,8 +18,10 @@ EXERCISES = ["ex00_idt_gate", "ex02a_kernel_idt", "ex02b_virtual_if", "ex03_clas
 TIME_LIMIT = 60          # seconds per exercise
 
 
-def grade_one(directory, name):
-    """Run in the child process: [(check, points, status, message)]."""
+def grade_one(directory, name, first_failure=False):
+    """Run in the child process: [(check, points, status, message)].
+    first_failure: stop after the first check that does not pass (the tests
+    of known-wrong answers need no more)."""
     grader = importlib.import_module(f"vmkit.grading.{name}")
     path = pathlib.Path(directory) / f"{name}.py"
     results = []
@@ -40,6 +42,8 @@ def grade_one(directory, name):
         except Exception as e:
             where = traceback.extract_tb(e.__traceback__)[-1]
             results.append((check, points, "fail", f"{type(e).__name__}: {e} ({pathlib.Path(where.filename).name}:{where.lineno})"))
+        if first_failure and results[-1][2] != "ok":
+            break
     return results
 
 

@@ -15,8 +15,13 @@ class; `apply` makes the machine enforce it:
                 serves them alongside its own (scsi_share.py for the SCSI
                 controller); IRQs are the kernel's, which forwards what
                 belongs to the COS.
+
+Whatever validated the policy, the kernel keeps its own limits
+(`check_classes`): the PIC and the PIT stay reserved (it took them with the
+interrupt vectors), and only devices it has a sharing front for are shared.
 """
 import struct
+from collections.abc import Mapping
 from typing import NamedTuple
 
 from vmkit.hw.x86 import TSS_SIZE
@@ -29,6 +34,14 @@ DEFAULT_POLICY = {
     "shared": ["scsi0", "nic0", "nic1"],
 }
 BOOT_DISK = "scsi0"              # the COS boots from the disk behind this controller
+# The kernel took these with the interrupt vectors: every world's interrupts come
+# from the PIT and pass through the PIC, so the COS must not program them.
+KERNEL_OWNED = {"pic": "the PIC (every world's interrupts pass through it)",
+                "pit": "the PIT (every world's timer ticks come from it)"}
+# The kinds the kernel has a sharing front for (scsi_share.py, nic_share.py): a
+# shared device of another kind would only have the COS's accesses refused.
+SHAREABLE = ("scsi", "nic")
+MEMBERS = (list, tuple, set, frozenset)
 
 
 class ClassificationError(ValueError):
@@ -86,6 +99,45 @@ def classify(devices, policy):
     if result.get(BOOT_DISK) == "reserved":
         raise ClassificationError(f"{BOOT_DISK}: the COS's boot disk controller cannot be reserved; share it")
     return result
+
+
+def check_policy_shape(policy):
+    """A policy is a mapping {class: [device names]}; refuse anything else
+    before anyone reads it, saying what was given instead."""
+    if not isinstance(policy, Mapping):
+        raise ClassificationError(f"a policy maps each class to a list of device names, "
+                                  f"like {{'reserved': ['pic0', 'pit0'], ...}}; this is a "
+                                  f"{type(policy).__name__}: {policy!r:.60}")
+    for cls, members in policy.items():
+        if not isinstance(members, MEMBERS) or not all(isinstance(n, str) for n in members):
+            raise ClassificationError(f"{cls!r}: a class holds a list of device names, not {members!r:.60}")
+
+
+def check_classes(devices, classes):
+    """The kernel's own limits, whatever validated the policy (exercise 03's
+    classify included): every device in one of the three classes, and no
+    class the machine cannot honour."""
+    if not isinstance(classes, Mapping):
+        raise ClassificationError(f"the classification is a {type(classes).__name__}, "
+                                  f"not a mapping {{device name: class}}")
+    names = {d.name for d in devices}
+    for name in classes:
+        if name not in names:
+            raise ClassificationError(f"{name}: no such device (the COS handed over {', '.join(sorted(names))})")
+    for d in devices:
+        cls = classes.get(d.name)
+        if cls is None:
+            raise ClassificationError(f"{d.name}: not classified (every device needs a class)")
+        if cls not in CLASSES:
+            raise ClassificationError(f"{d.name}: unknown class {cls!r} (the classes are {', '.join(CLASSES)})")
+        if d.kind in KERNEL_OWNED and cls != "reserved":
+            raise ClassificationError(f"{d.name}: the kernel took {KERNEL_OWNED[d.kind]} with the interrupt "
+                                      f"vectors; it stays reserved, it cannot be {cls}")
+        if cls == "shared" and d.kind not in SHAREABLE:
+            silent = " and the COS's console would go silent" if d.kind == "serial" else ""
+            raise ClassificationError(f"{d.name}: the kernel cannot share a {d.kind} device (it shares "
+                                      f"{' and '.join(SHAREABLE)} controllers): every COS access to it "
+                                      f"would be refused{silent}")
 
 
 def bitmap_for(devices, classes):

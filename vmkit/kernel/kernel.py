@@ -243,7 +243,9 @@ class Kernel:
     def apply_policy(self, policy):
         """Validate, then enforce; on error nothing changes and the old policy stays."""
         try:
+            devices.check_policy_shape(policy)
             classes = self.classify(self.devices, policy)
+            devices.check_classes(self.devices, classes)       # the kernel's own limits
         except devices.ClassificationError as e:
             self.trace.emit("kernel.policy_refused", why=str(e))
             raise
