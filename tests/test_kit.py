@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-LOGGER = '#!/bin/sh\necho "$(basename "$0") $*" >> "{log}"\n'
+LOGGER = '#!/bin/sh\necho "$(basename "$0") $*${{JUPYTER_PORT:+ (JUPYTER_PORT=$JUPYTER_PORT)}}" >> "{log}"\n'
 
 
 @pytest.fixture
@@ -76,8 +76,9 @@ def test_lab_says_port_address_and_how_to_stop_and_serves_the_whole_project(proj
     out, calls = project("lab")
     assert "http://localhost:8888" in out and "Ctrl-C twice" in out and "token=" in out
     (jupyter,) = [c for c in calls if c.startswith("jupyter ")]
-    assert "--port 8888" in jupyter
+    assert jupyter.endswith("(JUPYTER_PORT=8888)")
     assert f"--ServerApp.root_dir={project.proj}" in jupyter
     assert "--LabApp.default_url=/lab/tree/notebooks/00_the_machine.ipynb" in jupyter
-    # The learner's own options come last, so they win.
-    assert project("lab", "--port", "9000")[1][-1].endswith("--port 9000")
+    assert "--port" not in jupyter      # Jupyter refuses a second --port: the learner's must pass
+    out, calls = project("lab", "--port", "9000")
+    assert calls[-1].startswith("jupyter lab") and " --port 9000 " in calls[-1]
