@@ -27,7 +27,8 @@ def project(tmp_path):
                         ("dot", tmp_path / "bin"), ("chromium", tmp_path / "bin")):
         (where / name).write_text(LOGGER.format(log=log))
         (where / name).chmod(0o755)
-    env = dict(os.environ, PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    env = {k: v for k, v in os.environ.items() if k != "JUPYTER_PORT"}
+    env["PATH"] = f"{tmp_path / 'bin'}:{os.environ['PATH']}"
 
     def kit(*args):
         done = subprocess.run(["bash", str(proj / "kit"), *args], cwd=proj, env=env,
