@@ -41,7 +41,8 @@ def test_the_panel_shows_every_console_and_the_diagram_every_world():
     text = panel.text()
     assert re.search(r"^vm1 [a-z]$", text, re.M) and re.search(r"^vm2 [a-z]$", text, re.M)
     assert "cos: tick" in text
-    assert panel.turns and "inline-block" in panel.strip.value
+    assert panel.turns and all(f"title='{t.world} {t.start}..{t.end}'" in panel.strip.value
+                               for t in panel.turns)
     source = getattr(worlds_diagram(kernel), "source", "")
     for w in kernel.worlds.all:
         assert f"save area {w.area:#x}" in source and f"{w.region[0]:#x}" in source

@@ -13,22 +13,25 @@ from vmkit.lessons import devices as lesson
 from .render import show
 
 CLUSTERS = {
-    "host-managed": ("host-managed: controlled by the COS", "#eaf2fb", "#2980b9"),
-    "reserved": ("reserved: controlled by the kernel", "#fbeaea", "#c0392b"),
-    "shared": ("shared: the COS or the kernel", "#fdf2d0", "#b9770e"),
+    "host-managed": ("host-managed:\ncontrolled by the COS", "#eaf2fb", "#2980b9"),
+    "reserved": ("reserved:\ncontrolled by the kernel", "#fbeaea", "#c0392b"),
+    "shared": ("shared:\nthe COS or the kernel", "#fdf2d0", "#b9770e"),
 }
+MAX_WIDTH_IN = 8.5      # 612 pt, 816 px: what a ~900 px notebook column shows whole
 TRAP_COLOUR = {lesson.REFUSED: "#c0392b", lesson.SERVED: "#b9770e", lesson.VIRTUAL_PIC: "#7f8c8d",
                lesson.MIXED: "#8e44ad"}
 
 
 def device_graph(kernel):
     """The graphviz.Digraph itself (also used by the device panel)."""
-    g = graphviz.Digraph("devices", graph_attr={"rankdir": "TB", "fontname": "Helvetica", "nodesep": "0.3",
-                                                "ranksep": "0.9"},
+    # Left to right (COS, the classes stacked, kernel): more devices make it taller, not wider.
+    # `size` scales a drawing wider than a notebook's column (about 900 px) down to fit it.
+    g = graphviz.Digraph("devices", graph_attr={"rankdir": "LR", "fontname": "Helvetica", "nodesep": "0.25",
+                                                "ranksep": "0.5", "size": f"{MAX_WIDTH_IN},100"},
                          node_attr={"shape": "box", "style": "rounded", "fontname": "Helvetica", "fontsize": "11"},
                          edge_attr={"fontname": "Helvetica", "fontsize": "9"})
     g.node("cos", "COS (CPL 1)\nits own drivers", color="#2980b9", penwidth="2")
-    g.node("kernel", "vmkernel (CPL 0)\nIDT, I/O bitmap, PIC", color="#c0392b", penwidth="2")
+    g.node("kernel", "vmkernel (CPL 0)\nIDT, I/O bitmap,\nPIC", color="#c0392b", penwidth="2")
     bitmap = lesson.io_bitmap(kernel)
     forwarded, also = [], []
     for cls in ("host-managed", "shared", "reserved"):
@@ -39,7 +42,7 @@ def device_graph(kernel):
             if not members:
                 c.node(f"empty_{cls}", "(empty)", shape="plaintext")
             for d in members:
-                irq = "" if d.irq is None else f", IRQ {d.irq}"
+                irq = "" if d.irq is None else f"\nIRQ {d.irq}"
                 c.node(d.name, f"{d.name}\nports {d.base:#x}-{d.base + d.count - 1:#x}{irq}",
                        style="rounded,filled", fillcolor="white")
     for d in kernel.devices:

@@ -2,6 +2,7 @@
 accounting read from the world blocks in kernel memory (claims 12-13, 33-34);
 and the scheduling timeline as an HTML strip, from the switch.* trace events."""
 import html
+import math
 
 import ipywidgets as widgets
 
@@ -15,21 +16,45 @@ STRIP = {"cos": "#5dade2", "vm1": "#58d68d", "vm2": "#f5b041", "vm3": "#af7ac5",
          "system0": "#d5dbdb", "system1": "#d5dbdb"}
 
 
+MIN_TURN_PX = 3     # a turn of one instruction still shows as a sliver of its world's colour
+
+
+def strip_widths(turns, width=720, minimum=MIN_TURN_PX):
+    """Each turn's width in pixels: proportional to its length in virtual time, but never below
+    `minimum`, so that a VM's 137-instruction turn between two of the COS's 15,000 is seen.
+    When the turns at `minimum` would take more than half of one row, the strip gets more rows
+    of `width` (it wraps) rather than squeezing the long turns to nothing."""
+    if not turns:
+        return []
+    lengths = [max(0, t.end - t.start) for t in turns]
+    room = width * max(1, math.ceil(2 * minimum * len(turns) / width))
+    # The scale s (pixels per instruction) that fills `room`: sum(max(minimum, s * n)) is
+    # increasing in s, so bisect it.
+    lo, hi = 0.0, room / min((n for n in lengths if n), default=1)
+    for _ in range(60):
+        s = (lo + hi) / 2
+        if sum(max(minimum, s * n) for n in lengths) > room:
+            hi = s
+        else:
+            lo = s
+    return [max(minimum, math.floor(lo * n)) for n in lengths]
+
+
 def timeline_html(turns, width=720):
+    """The turns as coloured cells in the order they ran (hover one for its world and times)."""
     if not turns:
         return "<i>(no switch yet)</i>"
     start, end = turns[0].start, turns[-1].end
-    span = max(1, end - start)
     cells = []
-    for t in turns:
-        w = max(1, round(width * (t.end - t.start) / span))
-        cells.append(f"<div title='{html.escape(t.world)} {t.start}..{t.end}' style='display:inline-block;"
+    for t, w in zip(turns, strip_widths(turns, width)):
+        cells.append(f"<div title='{html.escape(t.world)} {t.start}..{t.end}' style='flex:none;"
                      f"width:{w}px;height:18px;background:{STRIP.get(t.world, '#bbb')}'></div>")
     present = {t.world for t in turns}
     legend = " ".join(f"<span style='background:{c};padding:0 6px'>{n}</span>"
                       for n, c in STRIP.items() if n in present)
-    return (f"<div style='white-space:nowrap;line-height:0'>{''.join(cells)}</div>"
-            f"<div>{legend} &nbsp; virtual time {start:,} .. {end:,}</div>")
+    return (f"<div style='display:flex;flex-wrap:wrap;row-gap:3px;width:{width}px'>{''.join(cells)}</div>"
+            f"<div>{legend} &nbsp; virtual time {start:,} .. {end:,} &nbsp; {len(turns)} turns"
+            f" (each at least {MIN_TURN_PX} px wide)</div>")
 
 
 def timeline_text(turns, limit=12):
