@@ -50,6 +50,18 @@ TABLES = ("gdtr", "idtr", "ldtr", "tr")
 MEMORY_ERRORS = {getattr(unicorn, "UC_ERR_" + n) for n in (
     "READ_UNMAPPED", "WRITE_UNMAPPED", "FETCH_UNMAPPED", "READ_PROT", "WRITE_PROT", "FETCH_PROT")}
 NO_ADDRESS = 0xFFFFFFFF          # `until` for emu_start: never reached
+# uc_vmem_read/uc_vmem_write/uc_vmem_translate are exported by libunicorn 2.1.4 but not wrapped
+# by its Python binding: declared here once (see CPU.read_linear).
+_lib = _uc.uclib
+_lib.uc_vmem_read.argtypes = _lib.uc_vmem_write.argtypes = [
+    ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
+_lib.uc_vmem_translate.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int,
+                                   ctypes.POINTER(ctypes.c_uint64)]
+
+
+class LinearFault(ValueError):
+    """A linear address this CPU's MMU does not let it reach now (not present, or
+    supervisor-only while the CPU runs at CPL 3, or paging off and no such RAM)."""
 
 
 class DeliveryFault(Exception):
@@ -175,6 +187,41 @@ class CPU:
         entry in memory changes, until this is done on *that* CPU: another CPU's
         write to a page table does not reach this one's TLB."""
         self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+
+    # ---- memory as this CPU sees it --------------------------------------
+    def read_linear(self, address, length):
+        """Bytes at a linear address, translated by *this* CPU's MMU as its own next
+        load would be: the page tables at its CR3, its current privilege (the
+        user/supervisor check), and its TLB. Measured (Unicorn 2.1.4,
+        uc_vmem_read): a translation cached in the TLB, by an instruction or by
+        an earlier read_linear, is used even after the page-table entry changed,
+        until this CPU's TLB drops it (flush_tlb, or an `invlpg` it executes)."""
+        buf = ctypes.create_string_buffer(length)
+        err = _lib.uc_vmem_read(self._uch, address, unicorn.UC_PROT_READ, buf, length)
+        if err:
+            raise LinearFault(self._linear_why("read", address, length))
+        return buf.raw
+
+    def write_linear(self, address, data):
+        """Store at a linear address through this CPU's MMU (see read_linear). A
+        store's TLB entry is cached separately from a load's (QEMU sets the
+        dirty bit on the first store), so a page only read so far is walked again."""
+        data = bytes(data)
+        err = _lib.uc_vmem_write(self._uch, address, unicorn.UC_PROT_WRITE, data, len(data))
+        if err:
+            raise LinearFault(self._linear_why("write", address, len(data)))
+
+    def translate_linear(self, address):
+        """The physical address this CPU's MMU gives a read of `address` (its TLB first)."""
+        out = ctypes.c_uint64()
+        if _lib.uc_vmem_translate(self._uch, address, unicorn.UC_PROT_READ, ctypes.byref(out)):
+            raise LinearFault(self._linear_why("translate", address, 1))
+        return out.value
+
+    def _linear_why(self, what, address, length):
+        paging = "on" if self["cr0"] & 0x80000000 else "off"
+        return (f"CPU {self.index} cannot {what} {length} bytes at linear {address:#x}: "
+                f"not reachable at CPL {self.cpl} with paging {paging} (CR3 {self['cr3']:#x})")
 
     def on_execute(self, address, handler):
         """Call handler(cpu) when EIP reaches `address`: how a stub hands over to Python.

@@ -13,7 +13,7 @@ import struct
 import zlib
 
 from vmkit.hw.asm import assemble
-from . import layout
+from . import layout, mapcache
 
 MAGIC = b"VMKERNEL"
 VERSION = 2
@@ -61,6 +61,7 @@ dispatch:                       ; the Python dispatcher runs here (CPU.on_execut
         je idle
         cmp eax, 2
         je work
+{mapcache.DISPATCH_SOURCE}
         popad
         add esp, 8              ; vector, error code
         iretd
@@ -78,6 +79,7 @@ more:   inc dword ptr [{layout.WORK_DONE:#x} + base]
         loop more
         cli
         jmp dispatch
+{mapcache.KERNEL_SOURCE}
 """
 
 
