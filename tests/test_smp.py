@@ -211,8 +211,9 @@ def test_the_window_is_reached_through_the_cpu_and_only_from_the_kernel(running)
     assert cache.read(page + 0x10, 4) == b"seen" == cpu1.read_linear(mapcache.WINDOW + 0x10, 4)
     while cpu1.cpl != 3:                               # a guest: the window is supervisor-only
         board.run(7)
-    with pytest.raises(MappingCacheError, match="out of reach: CPU 1 cannot read 4 bytes at linear "
-                                                "0xff800010: not reachable at CPL 3 with paging on"):
+    with pytest.raises(MappingCacheError, match=r"out of reach: CPU 1 cannot read 4 bytes at linear "
+                                                r"0xff800010: its MMU refuses it \(not present or not "
+                                                r"for CPL 3; paging on"):
         cache.read(page + 0x10, 4)
 
 

@@ -220,8 +220,8 @@ class CPU:
 
     def _linear_why(self, what, address, length):
         paging = "on" if self["cr0"] & 0x80000000 else "off"
-        return (f"CPU {self.index} cannot {what} {length} bytes at linear {address:#x}: "
-                f"not reachable at CPL {self.cpl} with paging {paging} (CR3 {self['cr3']:#x})")
+        return (f"CPU {self.index} cannot {what} {length} bytes at linear {address:#x}: its MMU "
+                f"refuses it (not present or not for CPL {self.cpl}; paging {paging}, CR3 {self['cr3']:#x})")
 
     def on_execute(self, address, handler):
         """Call handler(cpu) when EIP reaches `address`: how a stub hands over to Python.
