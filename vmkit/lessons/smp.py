@@ -10,6 +10,10 @@ import struct
 
 from vmkit.hw.board import Board
 from vmkit.hw.x86 import TSS_ESP0, encode_gate
+from capstone import Cs, CS_ARCH_X86, CS_MODE_32
+
+from vmkit.hw.asm import assemble
+from vmkit.kernel import mapcache
 from vmkit.kernel.mapcache import COUNTERS, MappingCache, SHOOTDOWN_VECTOR, SLOTS, WINDOW
 from vmkit.kernel.layout import PAGE
 from vmkit.kernel.switch import PG
@@ -79,6 +83,31 @@ def timeline(events, cpu, first):
             who, start = e["to"], e.time
     turns.append(Turn(who, start, max(start, events[-1].time)))
     return [t for t in turns if t.end > t.start]
+
+
+def window(board, kernel, cpu):
+    """CPU `cpu`'s window as its MMU sees it, from inside the kernel: per slot, the
+    window address, the page its PTE maps, the page the CPU translates it to (its
+    TLB first), and the first bytes the CPU reads there."""
+    in_kernel(board, cpu)
+    cache, c = kernel.worlds.cpus[cpu].cache, board.cpus[cpu]
+    rows = []
+    for i, page in enumerate(cache.slots):
+        at = WINDOW + i * PAGE
+        rows.append({"slot": i, "window address": at, "PTE maps": page,
+                     "CPU translates to": None if page is None else cache.through_cpu(at),
+                     "CPU reads": None if page is None else c.read_linear(at, 8)})
+    return rows
+
+
+def shootdown_code(kernel):
+    """The x86 a CPU executes when it takes a shootdown IPI, found in the kernel's
+    memory (its bytes, as loaded) and disassembled: [(address, text)]."""
+    code = assemble(mapcache.KERNEL_SOURCE, 0)
+    image = kernel.memory.read(kernel.base, len(kernel.image.data))
+    at = kernel.base + image.index(code)
+    cs = Cs(CS_ARCH_X86, CS_MODE_32)
+    return [(i.address, f"{i.mnemonic} {i.op_str}".strip()) for i in cs.disasm(code, at)]
 
 
 # ---- why one window per CPU ---------------------------------------------------------
