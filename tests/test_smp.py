@@ -181,6 +181,7 @@ def test_each_cpu_maps_guest_pages_in_its_own_window_and_never_interrupts_the_ot
     for r in rows:
         assert r["hits"] > 50 and r["misses"] == 4 and r["ipis_sent"] == 0
         assert r["shootdowns_taken"] == 0
+        assert r["local_flushes"] == r["misses"]     # each miss: CPU-executed invlpg, x86-counted
         # the PTEs map as many pages as the kernel counted misses, less evictions
         assert r["misses"] - r["evictions"] == len([s for s in r["slots"] if s is not None])
     assert not _shootdowns_delivered(board)
@@ -218,7 +219,8 @@ def test_the_window_is_reached_through_the_cpu_and_only_from_the_kernel(running)
 
 
 def test_a_miss_is_read_right_only_because_the_cpu_flushes_its_own_tlb(monkeypatch):
-    """One slot on CPU 1 (idle in its system world): page A, then page B in the same slot."""
+    """One slot on CPU 1 (idle in its system world): page A, then page B in the same slot.
+    CPU 1 executes window_invlpg (kernel image) for each remap."""
     board, cos, loader = takeover(timer_period=2000, cpus=2)
     kernel = loader.kernel
     p1, cpu1 = kernel.worlds.cpus[1], board.cpus[1]
@@ -227,9 +229,11 @@ def test_a_miss_is_read_right_only_because_the_cpu_flushes_its_own_tlb(monkeypat
     lesson.in_kernel(board, 1)
     assert cache.read(a, 16) == board.memory.read(a, 16)
     assert cache.read(b, 16) == board.memory.read(b, 16) != board.memory.read(a, 16)
-    monkeypatch.setattr(cpu1, "flush_tlb", lambda: None)       # a remap without the flush
+    assert cache.count("local_flushes") == 2                  # bumped by the x86 after its invlpg
+    monkeypatch.setattr(cache, "_flush", lambda at: None)      # a remap without the CPU's invlpg
     assert cache.read(a, 16) == board.memory.read(b, 16)       # stale: page B's bytes for A
     assert cache.slots == [a] and cache.through_cpu(mapcache.WINDOW) == b
+    assert cache.count("local_flushes") == 2 and cache.count("misses") == 3
 
 
 def test_a_shared_window_needs_a_shootdown_ipi_for_every_remap():

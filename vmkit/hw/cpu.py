@@ -88,6 +88,7 @@ class CPU:
         self._io_fault = None
         self._stop_requested = False
         self._hook_stopped_at = self._hook_ran_at = None   # see on_execute
+        self._handler_at, self._executed = None, False     # see execute
         self.done = 0
         uc = self.uc
         self.counter = Counter(uc)
@@ -237,11 +238,45 @@ class CPU:
                 return
             self._hook_ran_at = None
             stopping = self._stop_requested
-            handler(self)
-            if self._stop_requested and not stopping:
+            self._handler_at, self._executed = at, False
+            try:
+                handler(self)
+            finally:
+                self._handler_at = None
+            if self._stop_requested and (not stopping or self._executed):
                 self._hook_stopped_at = at
                 self.counter.uncount()
         return self.uc.hook_add(UC_HOOK_CODE, fire, None, address, address)
+
+    def execute(self, begin, end, **registers):
+        """From inside an on_execute handler (or between slices): this CPU executes its code from
+        `begin` up to `end` (with `registers` loaded first), then the interrupted
+        EIP, EFLAGS and those registers are put back. How a kernel that is Python
+        makes the CPU itself run an instruction such as `invlpg` and go on.
+        Measured (Unicorn 2.1.4): uc_emu_start nests inside a hook, and the outer
+        run resumes at the restored EIP; but writing EIP in a hook restarts the
+        hooked instruction (its hooks run again) and a nested run forgets a pending
+        emu_stop. So the slice is ended here, before the hooked instruction, as a
+        handler that stops the slice does, and the next slice starts there without
+        running the handler again. The nested instructions are not virtual time
+        (nor is the Python kernel's own work); the counter is kept as it was."""
+        nested = self._handler_at is not None          # else: between slices, the CPU stopped
+        names = ("eip", "eflags") + tuple(registers)
+        saved = dict(zip(names, self.read(*names)))
+        state = self.counter.state if self.counter.exact else None
+        if state is not None:
+            kept = state.count, state.budget, state.spent
+            state.count, state.budget = 0, 1 << 62
+        try:
+            self.write(**registers)
+            self.uc.emu_start(begin, end)
+        finally:
+            if state is not None:
+                state.count, state.budget, state.spent = kept
+            self.write(**saved)
+            if nested:
+                self._executed = True
+                self.request_stop()
 
     # ---- running ---------------------------------------------------------
     def run(self, budget):

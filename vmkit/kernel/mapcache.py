@@ -18,11 +18,12 @@ CR3 loaded), never from a guest.
 
 A lookup that finds the page in a slot is a hit. A miss takes an empty
 slot, or evicts the least recently used one: it rewrites that slot's
-page-table entry in emulated memory and flushes the translation from *this*
-CPU's TLB (the kernel is Python in the dispatcher, so its flush is the
-platform's CPU.flush_tlb, done before the next access). Nothing else: no
-other CPU can hold a translation of this window, because no other CPU's
-address spaces contain it. That is why each CPU gets its own cache.
+page-table entry in emulated memory and has *this* CPU drop the slot's old
+translation from its TLB: the kernel is Python in the dispatcher, so it has
+the CPU execute `window_invlpg` (INVLPG_SOURCE, in the kernel image) through
+CPU.execute before the next access; that x86 also counts the flush. Nothing
+else: no other CPU can hold a translation of this window, because no other
+CPU's address spaces contain it. That is why each CPU gets its own cache.
 
 With one window shared by both CPUs (`shared_by`, lessons/smp.share_window,
 for the comparison in notebook 07) the other CPU may still hold the old
@@ -38,14 +39,15 @@ window is dropped.
 
 `choose` is the lookup-and-evict policy (exercise 07 plugs the learner's
 in). The counters live in kernel memory at the CPU's layout.CACHE_COUNTERS:
-hits, misses, evictions and local flushes (counted by the kernel), IPIs
-sent, and shootdowns taken (incremented by the x86 that executed the
-`invlpg`s).
+hits, misses, evictions and IPIs sent (counted by the kernel), local
+flushes and shootdowns taken (incremented by the x86 that executed the
+`invlpg`s, on the CPU that executed them).
 """
 import struct
 
-from vmkit.hw.lapic import ICR_HIGH, ICR_LOW
+from vmkit.hw.asm import assemble
 from vmkit.hw.cpu import LinearFault
+from vmkit.hw.lapic import ICR_HIGH, ICR_LOW
 from . import layout
 
 WINDOW = 0xFF800000             # the window's virtual address (directory slot 0x3FE)
@@ -60,9 +62,16 @@ SHOOTDOWN_VECTOR = 0xF1         # "flush your TLB": the IPI a shared window need
 DISPATCH_SOURCE = f"""\
         cmp eax, {layout.GO_SHOOTDOWN}
         je window_shootdown"""
+# A remap on this CPU (MappingCache._flush, through CPU.execute from the dispatcher): the CPU
+# drops the slot's old translation itself and counts it. eax = the slot's window address,
+# ecx = &local_flushes. Position-independent, so the cache finds it in the loaded image by its bytes.
+INVLPG_SOURCE = """\
+window_invlpg:
+        invlpg [eax]
+        inc dword ptr [ecx]"""
 # A shootdown IPI was taken: drop every window page from this CPU's TLB and count it. The
 # dispatcher put the address of this CPU's shootdowns_taken counter in the error-code slot.
-KERNEL_SOURCE = f"""\
+SHOOTDOWN_SOURCE = f"""\
 window_shootdown:               ; executed by the CPU that took the IPI (mapcache.py)
         mov eax, {WINDOW:#x}
         mov ecx, {WINDOW_PAGES}
@@ -75,7 +84,20 @@ window_drop:
         popad
         add esp, 8
         iretd"""
+KERNEL_SOURCE = SHOOTDOWN_SOURCE + "\n" + INVLPG_SOURCE
 # ---- end of the mapping cache's x86 ------------------------------------------------------
+
+
+_INVLPG_CODE = assemble(INVLPG_SOURCE, 0)
+
+
+def _routine(kernel):
+    """Where window_invlpg sits in the loaded kernel (found once, by its bytes)."""
+    at = getattr(kernel, "_window_invlpg", None)
+    if at is None:
+        image = kernel.memory.read(kernel.base, len(kernel.image.data))
+        at = kernel._window_invlpg = kernel.base + image.index(_INVLPG_CODE)
+    return at
 
 
 class MappingCacheError(RuntimeError):
@@ -156,14 +178,20 @@ class MappingCache:
 
     def _remap(self, slot, old, page):
         self.memory.write(self.table + 4 * slot, struct.pack("<I", page | PRESENT | WRITABLE), code=False)
-        self.cpu.flush_tlb()                       # invlpg: this CPU only
-        self._bump("local_flushes")
+        self._flush(WINDOW + slot * layout.PAGE)
         self.trace.emit("mapcache.remap", self.cpu.index, slot=slot, page=page,
                         old="-" if old is None else old)
         for other in self.shared_by if self.shootdown else ():   # a shared window: shoot the
             self.cpu.lapic.write(ICR_HIGH, other.index << 24)      # old entry down
             self.cpu.lapic.write(ICR_LOW, SHOOTDOWN_VECTOR)
             self._bump("ipis_sent")
+
+    def _flush(self, window_address):
+        """This CPU executes `invlpg` on the slot (INVLPG_SOURCE in the kernel image)
+        and counts it in local_flushes: only this CPU's TLB."""
+        begin = _routine(self.kernel)
+        self.cpu.execute(begin, begin + len(_INVLPG_CODE), eax=window_address,
+                         ecx=self.counter("local_flushes"))
 
     def take_shootdown(self, frame):
         """On the CPU that took the shootdown IPI (its local APIC already EOIed):

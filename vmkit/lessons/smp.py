@@ -100,14 +100,18 @@ def window(board, kernel, cpu):
     return rows
 
 
-def shootdown_code(kernel):
-    """The x86 a CPU executes when it takes a shootdown IPI, found in the kernel's
-    memory (its bytes, as loaded) and disassembled: [(address, text)]."""
-    code = assemble(mapcache.KERNEL_SOURCE, 0)
+def cache_code(kernel):
+    """The mapping cache's x86 in the kernel image, found in the kernel's memory by
+    its bytes and disassembled: [(address, text)], each routine under its label."""
     image = kernel.memory.read(kernel.base, len(kernel.image.data))
-    at = kernel.base + image.index(code)
-    cs = Cs(CS_ARCH_X86, CS_MODE_32)
-    return [(i.address, f"{i.mnemonic} {i.op_str}".strip()) for i in cs.disasm(code, at)]
+    cs, rows = Cs(CS_ARCH_X86, CS_MODE_32), []
+    for label, source in (("window_shootdown", mapcache.SHOOTDOWN_SOURCE),
+                          ("window_invlpg", mapcache.INVLPG_SOURCE)):
+        code = assemble(source, 0)
+        at = kernel.base + image.index(code)
+        rows.append((at, label + ":"))
+        rows += [(i.address, "    " + f"{i.mnemonic} {i.op_str}".strip()) for i in cs.disasm(code, at)]
+    return rows
 
 
 # ---- why one window per CPU ---------------------------------------------------------
