@@ -3,6 +3,7 @@ world, TSS, stack and timer; VMs placed on CPUs; a mapping cache per CPU."""
 import pytest
 
 from vmkit.hw.board import Board
+from vmkit.hw.cpu import LinearFault
 from vmkit.hw.lapic import EOI, ICR_LOW, LVT_TIMER, TIMER_CURRENT, TIMER_INITIAL, PERIODIC
 from vmkit.hw.x86 import TSS_ESP0, encode_gate
 from vmkit.kernel import mapcache, smp, switch
@@ -210,12 +211,18 @@ def test_the_window_is_reached_through_the_cpu_and_only_from_the_kernel(running)
     page = cache.slots[0]
     board.memory.write(page + 0x10, b"seen", code=False)
     assert cache.read(page + 0x10, 4) == b"seen" == cpu1.read_linear(mapcache.WINDOW + 0x10, 4)
+    with pytest.raises(LinearFault, match=r"CPU 1 cannot read 4 bytes at linear 0xff804010: its MMU "
+                                          r"refuses it \(not present or not for CPL 0; paging on"):
+        cpu1.read_linear(mapcache.WINDOW + 4 * 0x1000 + 0x10, 4)     # past the 4 slots: no PTE
     while cpu1.cpl != 3:                               # a guest: the window is supervisor-only
         board.run(7)
-    with pytest.raises(MappingCacheError, match=r"out of reach: CPU 1 cannot read 4 bytes at linear "
-                                                r"0xff800010: its MMU refuses it \(not present or not "
-                                                r"for CPL 3; paging on"):
-        cache.read(page + 0x10, 4)
+    assert cpu1["cr0"] & 0x80000000
+    with pytest.raises(LinearFault, match="not for CPL 3"):
+        cpu1.read_linear(mapcache.WINDOW + 0x10, 4)
+    before = (cache.slots, [cache.count(n) for n in mapcache.COUNTERS])
+    with pytest.raises(MappingCacheError, match="out of reach: CPU 1 runs at CPL 3 with paging on"):
+        cache.read(kernel.base, 4)                     # a miss: nothing may change
+    assert (cache.slots, [cache.count(n) for n in mapcache.COUNTERS]) == before
 
 
 def test_a_miss_is_read_right_only_because_the_cpu_flushes_its_own_tlb(monkeypatch):

@@ -54,6 +54,7 @@ WINDOW = 0xFF800000             # the window's virtual address (directory slot 0
 SLOTS = 4                       # per CPU: two VMs' worth (a VM's IDT page and stack page)
 WINDOW_PAGES = 2 * SLOTS        # the most slots a window may have (a shared one: both CPUs')
 PRESENT, WRITABLE = 1, 2
+PAGING = 0x80000000             # CR0.PG
 COUNTERS = ("hits", "misses", "evictions", "local_flushes", "ipis_sent", "shootdowns_taken")
 SHOOTDOWN_VECTOR = 0xF1         # "flush your TLB": the IPI a shared window needs (smp.py)
 
@@ -153,6 +154,11 @@ class MappingCache:
 
     def map(self, address):
         """The window address through which physical `address` is reached now."""
+        cs, cr0 = self.cpu.read("cs", "cr0")
+        if cs & 3 or not cr0 & PAGING:             # before any PTE or counter changes
+            raise MappingCacheError(
+                f"the mapping window is out of reach: CPU {self.cpu.index} runs at CPL {cs & 3} "
+                f"with paging {'on' if cr0 & PAGING else 'off'}; the kernel maps pages at CPL 0 with paging on")
         page, s = address & ~0xFFF, self.state
         s.clock += 1
         slots = self.slots
