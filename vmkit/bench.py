@@ -183,7 +183,7 @@ def main_vms():
     print(f"mapping caches, 300,000 instructions on two CPUs ({time.perf_counter() - t:.1f} s for both runs):")
     for design, f in figures.items():
         print(f"  {design:20} misses {f['misses']:4}  IPIs sent {f['ipis_sent']:4}  shootdowns taken "
-              f"{f['shootdowns taken']:4}")
+              f"{f['shootdowns_taken']:4}")
 
 
 if __name__ == "__main__":

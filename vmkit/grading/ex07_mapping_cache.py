@@ -5,7 +5,7 @@ print the right lines only if each answer names the slot that maps the page.
 The counters must match least-recently-used exactly: first with room for
 every page (no evictions), then with three VMs on CPU 1 (six pages, four
 slots: evictions every turn)."""
-from vmkit.kernel.mapcache import COUNTERS, choose_slot as reference
+from vmkit.kernel.mapcache import COUNTERS, MappingCacheError, choose_slot as reference
 from vmkit.lessons import smp
 from vmkit.vmm import guests
 
@@ -26,7 +26,13 @@ def _run(choose, on_cpu1):
 
 
 def _problem(choose, on_cpu1):
-    kernel, got = _run(choose, on_cpu1)
+    try:
+        kernel, got = _run(choose, on_cpu1)
+    except MappingCacheError as e:          # the kernel refused the answer, or the CPU could not use it
+        if "out of reach" in str(e):
+            return (f"the VMM's read through the window faulted ({e}): you answered hit=True "
+                    "for a slot whose page-table entry maps nothing; a hit is a slot that holds the page")
+        return f"{e} (return an index into `slots`)"
     for vm in kernel.worlds.all[1:]:
         if vm.state == "crashed":
             return f"{vm.name} crashed: {vm.fault} (did a slot you called a hit map another page?)"
@@ -37,10 +43,18 @@ def _problem(choose, on_cpu1):
             return (f"{vm.name}'s console is wrong: {lines[:4]} ... ({len(lines)} lines): did the kernel "
                     "read the guest's IDT or stack through a slot that maps another page?")
     _, want = _run(reference, on_cpu1)
-    for name in ("hits", "misses", "evictions"):
-        if got[name] != want[name]:
-            return f"{name}: {got[name]} over both CPUs, least-recently-used gives {want[name]}"
-    return None
+    if got == want:
+        return None
+    said = ", ".join(f"{n} {got[n]} (least-recently-used: {want[n]})" for n in ("hits", "misses", "evictions"))
+    if got["hits"] == 0:
+        return f"{said}: no lookup was a hit; a page already in a slot is that slot, hit=True"
+    if got["misses"] > want["misses"] and not on_cpu1:
+        return (f"{said}: with room for every page, pages already mapped were mapped again; "
+                "look the page up in `slots` first, then take an empty slot")
+    if on_cpu1:
+        return (f"{said}: with 6 pages on 4 slots your evictions differ; evict the least recently "
+                "used slot (the smallest last_used), not the most recent or a fixed one")
+    return f"{said}: the counters in kernel memory differ from least-recently-used"
 
 
 def check_room(choose):

@@ -53,6 +53,18 @@ MEMORY_ERRORS = {getattr(unicorn, "UC_ERR_" + n) for n in (
     "READ_UNMAPPED", "WRITE_UNMAPPED", "FETCH_UNMAPPED", "READ_PROT", "WRITE_PROT", "FETCH_PROT")}
 NO_ADDRESS = 0xFFFFFFFF          # `until` for emu_start: never reached
 SOFTWARE_INT_6 = bytes([0xCD, UD])  # `int 6`, which Unicorn reports as an invalid opcode
+# uc_vmem_read/uc_vmem_write/uc_vmem_translate are exported by libunicorn 2.1.4 but not wrapped
+# by its Python binding: declared here once (see CPU.read_linear).
+_lib = _uc.uclib
+_lib.uc_vmem_read.argtypes = _lib.uc_vmem_write.argtypes = [
+    ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
+_lib.uc_vmem_translate.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int,
+                                   ctypes.POINTER(ctypes.c_uint64)]
+
+
+class LinearFault(ValueError):
+    """A linear address this CPU's MMU does not let it reach now (not present, or
+    supervisor-only while the CPU runs at CPL 3, or paging off and no such RAM)."""
 
 
 class DeliveryFault(Exception):
@@ -81,6 +93,7 @@ class CPU:
         self._hook_stopped_at = self._hook_ran_at = None   # see on_execute
         self._stubs, self._stub_hooks = {}, {}   # address -> handler (on_execute)
         self._resume_at = None                    # a stub whose handler ran; resume past the check
+        self._handler_at, self._executed = None, False     # see execute
         self.done = 0
         uc = self.uc
         self.counter = Counter(uc)
@@ -181,6 +194,41 @@ class CPU:
         write to a page table does not reach this one's TLB."""
         self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
 
+    # ---- memory as this CPU sees it --------------------------------------
+    def read_linear(self, address, length):
+        """Bytes at a linear address, translated by *this* CPU's MMU as its own next
+        load would be: the page tables at its CR3, its current privilege (the
+        user/supervisor check), and its TLB. Measured (Unicorn 2.1.4,
+        uc_vmem_read): a translation cached in the TLB, by an instruction or by
+        an earlier read_linear, is used even after the page-table entry changed,
+        until this CPU's TLB drops it (flush_tlb, or an `invlpg` it executes)."""
+        buf = ctypes.create_string_buffer(length)
+        err = _lib.uc_vmem_read(self._uch, address, unicorn.UC_PROT_READ, buf, length)
+        if err:
+            raise LinearFault(self._linear_why("read", address, length))
+        return buf.raw
+
+    def write_linear(self, address, data):
+        """Store at a linear address through this CPU's MMU (see read_linear). A
+        store's TLB entry is cached separately from a load's (QEMU sets the
+        dirty bit on the first store), so a page only read so far is walked again."""
+        data = bytes(data)
+        err = _lib.uc_vmem_write(self._uch, address, unicorn.UC_PROT_WRITE, data, len(data))
+        if err:
+            raise LinearFault(self._linear_why("write", address, len(data)))
+
+    def translate_linear(self, address):
+        """The physical address this CPU's MMU gives a read of `address` (its TLB first)."""
+        out = ctypes.c_uint64()
+        if _lib.uc_vmem_translate(self._uch, address, unicorn.UC_PROT_READ, ctypes.byref(out)):
+            raise LinearFault(self._linear_why("translate", address, 1))
+        return out.value
+
+    def _linear_why(self, what, address, length):
+        paging = "on" if self["cr0"] & 0x80000000 else "off"
+        return (f"CPU {self.index} cannot {what} {length} bytes at linear {address:#x}: its MMU "
+                f"refuses it (not present or not for CPL {self.cpl}; paging {paging}, CR3 {self['cr3']:#x})")
+
     def on_execute(self, address, handler):
         """Call handler(cpu) when EIP reaches `address`, before that instruction
         runs: how a stub hands over to Python. Returns a handle for `remove`.
@@ -204,19 +252,25 @@ class CPU:
                 return
             self._hook_ran_at = None
             stopping = self._stop_requested
+            self._handler_at, self._executed = at, False
             try:
-                handler(self)
-            except Exception as e:
-                # The handler is the software at `address` (a kernel's dispatcher): its
-                # failure stops this CPU, as a panic would. Raised once; otherwise Unicorn
-                # would enter the hook at the same EIP, and raise it, on every later run.
-                self.stop(f"the handler at {at:#x} failed: {type(e).__name__}: {e}")
-                raise
-            if self._stop_requested and not stopping:
+                self._call_handler(handler, at)
+            finally:
+                self._handler_at = None
+            if self._stop_requested and (not stopping or self._executed):
                 self._hook_stopped_at = at
                 self.counter.uncount()
         self._stub_hooks[address] = self.uc.hook_add(UC_HOOK_CODE, fire, None, address, address)
         return address
+
+    def _call_handler(self, handler, at):
+        """The handler is the software at `at` (a kernel's dispatcher): its failure
+        stops this CPU, as a panic would, and is raised once to whoever runs the board."""
+        try:
+            handler(self)
+        except Exception as e:
+            self.stop(f"the handler at {at:#x} failed: {type(e).__name__}: {e}")
+            raise
 
     def remove(self, handle):
         """Stop entering the handler `on_execute` gave this handle for."""
@@ -226,6 +280,39 @@ class CPU:
         else:
             self.uc.hook_del(self._stub_hooks.pop(handle))
             unicorn_quirks.clear_exception_record(self.uc)   # hook_del under paging once left a #DF
+
+    def execute(self, begin, end, **registers):
+        """From inside an on_execute handler (or between slices): this CPU executes its code from
+        `begin` up to `end` (with `registers` loaded first), then the interrupted
+        EIP, EFLAGS and those registers are put back. How a kernel that is Python
+        makes the CPU itself run an instruction such as `invlpg` and go on.
+        A handler entered through the C counter's breakpoints runs between runs,
+        so this is a plain run (with the breakpoints off: the routine is not a stub).
+        Without the C counter the handler runs inside a code hook, and then:
+        measured (Unicorn 2.1.4): uc_emu_start nests inside a hook, and the outer
+        run resumes at the restored EIP; but writing EIP in a hook restarts the
+        hooked instruction (its hooks run again) and a nested run forgets a pending
+        emu_stop. So the slice is ended here, before the hooked instruction, as a
+        handler that stops the slice does, and the next slice starts there without
+        running the handler again. The nested instructions are not virtual time
+        (nor is the Python kernel's own work); the counter is kept as it was."""
+        nested = self._handler_at is not None          # else: between slices, the CPU stopped
+        names = ("eip", "eflags") + tuple(registers)
+        saved = dict(zip(names, self.read(*names)))
+        state = self.counter.state if self.counter.exact else None
+        if state is not None:
+            kept = state.count, state.budget, state.spent, state.nbreaks, state.hit
+            state.count, state.budget, state.nbreaks = 0, 1 << 62, 0
+        try:
+            self.write(**registers)
+            self.uc.emu_start(begin, end)
+        finally:
+            if state is not None:
+                state.count, state.budget, state.spent, state.nbreaks, state.hit = kept
+            self.write(**saved)
+            if nested:
+                self._executed = True
+                self.request_stop()
 
     # ---- running ---------------------------------------------------------
     def run(self, budget):
@@ -254,7 +341,7 @@ class CPU:
             hit = self.counter.hit if error is None else None
             if hit is not None:
                 self._resume_at = hit
-                self._stubs[hit](self)
+                self._call_handler(self._stubs[hit], hit)
                 if self._stop_requested or self["eip"] == hit:
                     self.done -= 1             # counted at the hit; it runs (and counts) on resume
                 if self.shutdown or self._stop_requested:

@@ -13,7 +13,7 @@ import struct
 import zlib
 
 from vmkit.hw.asm import assemble
-from . import layout, switch
+from . import layout, mapcache, switch
 
 MAGIC = b"VMKERNEL"
 VERSION = 2
@@ -64,6 +64,7 @@ dispatch:                       ; the Python dispatcher runs here (CPU.on_execut
         je work
         cmp eax, {layout.GO_SWITCH}
         je world_switch
+{mapcache.DISPATCH_SOURCE}
         popad
         add esp, 8              ; vector, error code
         iretd
@@ -82,6 +83,7 @@ more:   inc dword ptr [{layout.WORK_DONE:#x} + base]
         cli
         jmp dispatch
 {switch.x86_source(load)}
+{mapcache.KERNEL_SOURCE}
 """
 
 

@@ -30,6 +30,7 @@ STACK_TOP = 0x40000               # CPU 0's kernel stack grows down from the end
 # where the stub goes after the dispatcher (written into the frame's vector slot, per CPU):
 GO_BACK, GO_IDLE, GO_WORK = 0, 1, 2  # 0 back (iretd), 1 idle (sti; hlt), 2 the kernel's own work
 GO_SWITCH = 3                     # the world switch's x86 (switch.py): ESI/EDI = save areas
+GO_SHOOTDOWN = 4                  # a TLB shootdown taken: invlpg the mapping window (mapcache.py)
 WORK_LENGTH = DATA + 0x04         # iterations of one piece of kernel work
 WORK_DONE = DATA + 0x08           # iterations done, ever: the kernel's progress
 DEVICES = DATA + 0x100            # the device list as the COS handed it over

@@ -8,35 +8,97 @@ table belongs to the CPU (layout.WINDOW_TABLE in its per-CPU block) and is
 shared, supervisor-only, into every address space that runs on that CPU
 (vmm/paging.py), so the window is there whoever's CR3 is loaded.
 
+Every access goes through the CPU: `read`/`write` name the window's linear
+address and the CPU's MMU translates it (CPU.read_linear: its page walk at
+CR3, its privilege, its TLB), exactly as a `mov` at that address in the
+kernel would. So what the VMM reads is what the CPU's TLB says the slot
+maps, stale or not; and the window is reachable only at CPL 0 with paging
+on (the dispatcher, running in the stub, with a VM's or a system world's
+CR3 loaded), never from a guest.
+
 A lookup that finds the page in a slot is a hit. A miss takes an empty
 slot, or evicts the least recently used one: it rewrites that slot's
-page-table entry in emulated memory and flushes the translation from *this*
-CPU's TLB. Nothing else: no other CPU can hold a translation of this
-window, because no other CPU's address spaces contain it. That is why each
-CPU gets its own cache. With one window shared by both CPUs (`shared=True`,
-for the comparison in notebook 07) the other CPU may still have the old
-translation in its TLB (measured: Unicorn 2.1.4 keeps using a stale TLB
-entry after the page-table entry changes, until that CPU's TLB is flushed),
-so every eviction must also interrupt the other CPU with an IPI to flush
-it: a TLB shootdown.
+page-table entry in emulated memory and has *this* CPU drop the slot's old
+translation from its TLB: the kernel is Python in the dispatcher, so it has
+the CPU execute `window_invlpg` (INVLPG_SOURCE, in the kernel image) through
+CPU.execute before the next access; that x86 also counts the flush. Nothing
+else: no other CPU can hold a translation of this window, because no other
+CPU's address spaces contain it. That is why each CPU gets its own cache.
 
-Every access goes through the window: `translate` reads the slot's page-
-table entry from emulated memory, so what the kernel reads is what the
-entry maps, right or wrong. `choose` is the lookup-and-evict policy
-(exercise 07 plugs the learner's in); counters live in kernel memory at
-the CPU's layout.CACHE_COUNTERS: hits, misses, evictions, local flushes,
-IPIs sent.
+With one window shared by both CPUs (`shared_by`, lessons/smp.share_window,
+for the comparison in notebook 07) the other CPU may still hold the old
+translation in its TLB, and a read it makes through that slot returns the
+old page's bytes. So every eviction also sends the other CPU an IPI
+(SHOOTDOWN_VECTOR) through the local APICs: a TLB shootdown. The CPU that
+takes it enters the kernel through its IDT like any interrupt, and the
+dispatcher sends it (go-code layout.GO_SHOOTDOWN) to the x86 below, which
+that CPU executes: `invlpg` on every window page, then it counts the
+shootdown in its own counters. Which slot changed is not passed: two IPIs
+sent before the first is taken arrive as one (one IRR bit), so the whole
+window is dropped.
+
+`choose` is the lookup-and-evict policy (exercise 07 plugs the learner's
+in). The counters live in kernel memory at the CPU's layout.CACHE_COUNTERS:
+hits, misses, evictions and IPIs sent (counted by the kernel), local
+flushes and shootdowns taken (incremented by the x86 that executed the
+`invlpg`s, on the CPU that executed them).
 """
 import struct
 
+from vmkit.hw.asm import assemble
+from vmkit.hw.cpu import LinearFault
 from vmkit.hw.lapic import ICR_HIGH, ICR_LOW
 from . import layout
 
 WINDOW = 0xFF800000             # the window's virtual address (directory slot 0x3FE)
 SLOTS = 4                       # per CPU: two VMs' worth (a VM's IDT page and stack page)
+WINDOW_PAGES = 2 * SLOTS        # the most slots a window may have (a shared one: both CPUs')
 PRESENT, WRITABLE = 1, 2
-COUNTERS = ("hits", "misses", "evictions", "local_flushes", "ipis_sent")
+PAGING = 0x80000000             # CR0.PG
+COUNTERS = ("hits", "misses", "evictions", "local_flushes", "ipis_sent", "shootdowns_taken")
 SHOOTDOWN_VECTOR = 0xF1         # "flush your TLB": the IPI a shared window needs (smp.py)
+
+# ---- the mapping cache's x86, included in the kernel image (kernel/image.py) ------------
+# The dispatcher checks the go-code it left in the frame's vector slot:
+DISPATCH_SOURCE = f"""\
+        cmp eax, {layout.GO_SHOOTDOWN}
+        je window_shootdown"""
+# A remap on this CPU (MappingCache._flush, through CPU.execute from the dispatcher): the CPU
+# drops the slot's old translation itself and counts it. eax = the slot's window address,
+# ecx = &local_flushes. Position-independent, so the cache finds it in the loaded image by its bytes.
+INVLPG_SOURCE = """\
+window_invlpg:
+        invlpg [eax]
+        inc dword ptr [ecx]"""
+# A shootdown IPI was taken: drop every window page from this CPU's TLB and count it. The
+# dispatcher put the address of this CPU's shootdowns_taken counter in the error-code slot.
+SHOOTDOWN_SOURCE = f"""\
+window_shootdown:               ; executed by the CPU that took the IPI (mapcache.py)
+        mov eax, {WINDOW:#x}
+        mov ecx, {WINDOW_PAGES}
+window_drop:
+        invlpg [eax]            ; this CPU's TLB only: the other CPU's is its own business
+        add eax, {layout.PAGE:#x}
+        loop window_drop
+        mov eax, [esp + 36]     ; error-code slot: &shootdowns_taken
+        inc dword ptr [eax]
+        popad
+        add esp, 8
+        iretd"""
+KERNEL_SOURCE = SHOOTDOWN_SOURCE + "\n" + INVLPG_SOURCE
+# ---- end of the mapping cache's x86 ------------------------------------------------------
+
+
+_INVLPG_CODE = assemble(INVLPG_SOURCE, 0)
+
+
+def _routine(kernel):
+    """Where window_invlpg sits in the loaded kernel (found once, by its bytes)."""
+    at = getattr(kernel, "_window_invlpg", None)
+    if at is None:
+        image = kernel.memory.read(kernel.base, len(kernel.image.data))
+        at = kernel._window_invlpg = kernel.base + image.index(_INVLPG_CODE)
+    return at
 
 
 class MappingCacheError(RuntimeError):
@@ -68,16 +130,23 @@ class MappingCache:
         """cpu: the CPU this cache belongs to; table: the window's page table
         (physical); counters: where the counters live; shared_by: the other
         CPUs whose TLBs must be shot down on an eviction (empty: per-CPU)."""
+        if not 0 < slots <= WINDOW_PAGES:
+            raise MappingCacheError(f"a window of {slots} slots: the kernel's shootdown drops {WINDOW_PAGES}")
         self.kernel, self.cpu, self.table, self.counters = kernel, cpu, table, counters
         self.memory, self.trace = kernel.memory, kernel.trace
         self.shared_by = list(shared_by)
+        self.shootdown = True           # False: skip the IPIs (to see what a shared window needs them for)
         self.state = CacheState(slots)
         self.choose = choose_slot
         self.memory.write(table, bytes(layout.PAGE), code=False)
         self.memory.write(counters, bytes(4 * len(COUNTERS)), code=False)
 
     def count(self, name):
-        return self.memory.read_u32(self.counters + 4 * COUNTERS.index(name))
+        return self.memory.read_u32(self.counter(name))
+
+    def counter(self, name):
+        """Where counter `name` lives in kernel memory."""
+        return self.counters + 4 * COUNTERS.index(name)
 
     def _bump(self, name):
         at = self.counters + 4 * COUNTERS.index(name)
@@ -85,6 +154,11 @@ class MappingCache:
 
     def map(self, address):
         """The window address through which physical `address` is reached now."""
+        cs, cr0 = self.cpu.read("cs", "cr0")
+        if cs & 3 or not cr0 & PAGING:             # before any PTE or counter changes
+            raise MappingCacheError(
+                f"the mapping window is out of reach: CPU {self.cpu.index} runs at CPL {cs & 3} "
+                f"with paging {'on' if cr0 & PAGING else 'off'}; the kernel maps pages at CPL 0 with paging on")
         page, s = address & ~0xFFF, self.state
         s.clock += 1
         slots = self.slots
@@ -110,17 +184,31 @@ class MappingCache:
 
     def _remap(self, slot, old, page):
         self.memory.write(self.table + 4 * slot, struct.pack("<I", page | PRESENT | WRITABLE), code=False)
-        self.cpu.flush_tlb()                       # invlpg: this CPU only
-        self._bump("local_flushes")
+        self._flush(WINDOW + slot * layout.PAGE)
         self.trace.emit("mapcache.remap", self.cpu.index, slot=slot, page=page,
                         old="-" if old is None else old)
-        for other in self.shared_by:               # a shared window: shoot the old entry down
-            self.cpu.lapic.write(ICR_HIGH, other.index << 24)
+        for other in self.shared_by if self.shootdown else ():   # a shared window: shoot the
+            self.cpu.lapic.write(ICR_HIGH, other.index << 24)      # old entry down
             self.cpu.lapic.write(ICR_LOW, SHOOTDOWN_VECTOR)
             self._bump("ipis_sent")
 
+    def _flush(self, window_address):
+        """This CPU executes `invlpg` on the slot (INVLPG_SOURCE in the kernel image)
+        and counts it in local_flushes: only this CPU's TLB."""
+        begin = _routine(self.kernel)
+        self.cpu.execute(begin, begin + len(_INVLPG_CODE), eax=window_address,
+                         ecx=self.counter("local_flushes"))
+
+    def take_shootdown(self, frame):
+        """On the CPU that took the shootdown IPI (its local APIC already EOIed):
+        leave the dispatcher for the x86 that invlpgs the window (KERNEL_SOURCE)."""
+        frame.vector = layout.GO_SHOOTDOWN
+        frame.error = self.counter("shootdowns_taken")
+        self.trace.emit("mapcache.shootdown", self.cpu.index)
+
     def translate(self, virtual):
-        """Physical address of a window address, from the page-table entry in memory."""
+        """Physical address of a window address, from the page-table entry in memory
+        (what the slot maps now; the CPU's TLB may still say otherwise: `through_cpu`)."""
         slot = (virtual - WINDOW) // layout.PAGE
         if not 0 <= slot < len(self.state.last_used):
             raise MappingCacheError(f"{virtual:#x} is outside the mapping window")
@@ -135,15 +223,27 @@ class MappingCache:
             yield address, n
             address, length = address + n, length - n
 
+    def through_cpu(self, virtual):
+        """Physical address of a window address as this CPU's MMU translates it (TLB first)."""
+        return self._cpu_access(self.cpu.translate_linear, virtual)
+
+    def _cpu_access(self, access, virtual, *args):
+        try:
+            return access(virtual, *args)
+        except LinearFault as e:
+            raise MappingCacheError(f"the mapping window is out of reach: {e}") from None
+
     def read(self, address, length):
-        """Read physical memory through the window (one mapping per page touched)."""
-        return b"".join(self.memory.read(self.translate(self.map(a)), n)
+        """Read physical memory through the window: the CPU loads from the window
+        address (one mapping per page touched)."""
+        return b"".join(self._cpu_access(self.cpu.read_linear, self.map(a), n)
                         for a, n in self._pieces(address, length))
 
     def write(self, address, data):
+        """Write physical memory through the window: the CPU stores to the window address."""
         data, at = bytes(data), 0
         for a, n in self._pieces(address, len(data)):
-            self.memory.write(self.translate(self.map(a)), data[at:at + n], code=False)
+            self._cpu_access(self.cpu.write_linear, self.map(a), data[at:at + n])
             at += n
 
     def read_u32(self, address):

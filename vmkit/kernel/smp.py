@@ -147,8 +147,7 @@ def local_interrupt(kernel, frame, cpu, vector):
     worlds = kernel.worlds
     p = worlds.cpus[cpu.index]
     if vector == SHOOTDOWN_VECTOR:
-        cpu.flush_tlb()
-        kernel.trace.emit("mapcache.shootdown", cpu.index)
+        p.cache.take_shootdown(frame)              # the stub's x86 invlpgs the window (mapcache.py)
         return True
     worlds.tick(frame, p)
     if frame.vector == layout.GO_SWITCH:

@@ -31,10 +31,35 @@ def placement_text(kernel):
 
 
 def cache_text(kernel):
-    rows = [f"{'CPU':4} {'hits':>6} {'misses':>6} {'evictions':>9} {'local flushes':>13} {'IPIs sent':>9}  slots (pages)"]
+    rows = [f"{'CPU':4} {'hits':>6} {'misses':>6} {'evictions':>9} {'local flushes':>13} {'IPIs sent':>9} "
+            f"{'shootdowns taken':>16}  slots (pages)"]
     rows += [f"{r['cpu']:<4} {r['hits']:>6} {r['misses']:>6} {r['evictions']:>9} {r['local_flushes']:>13} "
-             f"{r['ipis_sent']:>9}  " + " ".join("-" if s is None else f"{s:#x}" for s in r["slots"])
+             f"{r['ipis_sent']:>9} {r['shootdowns_taken']:>16}  "
+             + " ".join("-" if s is None else f"{s:#x}" for s in r["slots"])
              for r in lesson.cache_counters(kernel)]
+    return "\n".join(rows)
+
+
+def window_text(board, kernel, cpu):
+    """A CPU's window as its MMU translates it, and what it reads there."""
+    rows = [f"{'slot':4} {'window address':>14} {'PTE maps':>10} {'CPU translates to':>17}  CPU reads"]
+    rows += [f"{r['slot']:<4} {r['window address']:#14x} " +
+             (f"{'-':>10} {'-':>17}" if r["PTE maps"] is None else
+              f"{r['PTE maps']:#10x} {r['CPU translates to']:#17x}  {r['CPU reads'].hex(' ')}")
+             for r in lesson.window(board, kernel, cpu)]
+    return "\n".join(rows)
+
+
+def code_text(listing):
+    return "\n".join(f"{address:#010x}  {text}" for address, text in listing)
+
+
+def stale_text(results):
+    """{design: stale_window result}, side by side."""
+    names = ("slot", "PTE maps", "CPU 1 translates to", "read gives", "IPIs sent", "shootdowns CPU 1 took")
+    fmt = lambda v: f"{v:#x}" if isinstance(v, int) and v > 0xFFFF else str(v)
+    rows = [f"{'':22}" + "".join(f"{d:>22}" for d in results)]
+    rows += [f"{n:22}" + "".join(f"{fmt(results[d][n]):>22}" for d in results) for n in names]
     return "\n".join(rows)
 
 

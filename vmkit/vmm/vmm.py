@@ -61,7 +61,8 @@ class VMM:
     @property
     def cache(self):
         """Its CPU's mapping cache (kernel/mapcache.py): every guest-memory access
-        of the VMM (the guest's IDT, its stack) goes through the window."""
+        of the VMM (the guest's IDT, its lidt pointer, its stack) is a load or store
+        its CPU makes at the window address, translated by that CPU's MMU."""
         return self.kernel.worlds.cpus[self.cpu.index].cache
 
     def _push(self, frame, value):
