@@ -188,7 +188,12 @@ def test_a_guest_of_garbage_bytes_runs_and_harms_only_itself(seed):
     board.run(800_000)
     assert board.cpu.shutdown is None and cos.ticks() > ticks + 50
     assert bytes(good.vmm.console).decode().count("good") > 5
-    assert board.memory.read(good.region[0], 0x100) == good_code
+    # its own code as it was, but for the iretd its VMM patched to int3 when it saw its lidt
+    now = bytearray(board.memory.read(good.region[0], 0x100))
+    for address in good.vmm.patches:
+        if address - good.region[0] < 0x100 and now[address - good.region[0]] == 0xCC:
+            now[address - good.region[0]] = good_code[address - good.region[0]]
+    assert bytes(now) == good_code
     assert board.memory.read(0x10000, 0x10000) == cos_code
     assert junk.state == "crashed" and junk.fault            # it ran and faulted, alone
     assert any(e["vm"] == "junk" for e in board.trace.of("vm.crashed"))

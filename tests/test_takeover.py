@@ -184,6 +184,8 @@ def test_the_load_switches_the_cpus_tables_and_the_cos_comes_back_at_cpl_1():
     tables = lambda c: {r: c[r] for r in ("idtr", "gdtr", "tr", "cs", "eip", "esp", "eflags", "eax")}
 
     def called(c):
+        if not c["eax"]:
+            return                                      # the module's first call only asks
         seen["called"] = tables(c)
         back = board.memory.read_u32(c["esp"])         # where `call loading_module` returns
         seen.setdefault("back_at", back)

@@ -234,17 +234,17 @@ class CPU:
         runs: how a stub hands over to Python. Returns a handle for `remove`.
 
         The address is one of the C counter's breakpoints (counter.c): the run
-        stops there, uncounted, the handler runs between runs (so the registers
+        stops there before the instruction, the handler runs between runs (so the registers
         it writes take effect at once), and the run resumes at EIP, past the
         check if EIP is still `address`. No extra Unicorn code hook, which would
         slow every instruction. Without the C counter (no compiler), a Python
         code hook does the same from inside the run."""
-        if address in self._stubs:
-            raise ValueError(f"CPU {self.index} already enters a handler at {address:#x}")
-        self._stubs[address] = handler
+        handlers = self._stubs.setdefault(address, [])
+        handlers.append(handler)                  # several at one address: in this order (Qiling's hook_address)
+        handle = (address, handler)
         if self.counter.exact:
             self.counter.set_breaks(list(self._stubs))
-            return address
+            return handle
 
         def fire(uc, at, size, _):
             if self._hook_ran_at == at:
@@ -260,8 +260,8 @@ class CPU:
             if self._stop_requested and (not stopping or self._executed):
                 self._hook_stopped_at = at
                 self.counter.uncount()
-        self._stub_hooks[address] = self.uc.hook_add(UC_HOOK_CODE, fire, None, address, address)
-        return address
+        self._stub_hooks[handle] = self.uc.hook_add(UC_HOOK_CODE, fire, None, address, address)
+        return handle
 
     def _call_handler(self, handler, at):
         """The handler is the software at `at` (a kernel's dispatcher): its failure
@@ -274,7 +274,10 @@ class CPU:
 
     def remove(self, handle):
         """Stop entering the handler `on_execute` gave this handle for."""
-        self._stubs.pop(handle)
+        address, handler = handle
+        self._stubs[address].remove(handler)
+        if not self._stubs[address]:
+            del self._stubs[address]
         if self.counter.exact:
             self.counter.set_breaks(list(self._stubs))
         else:
@@ -341,7 +344,10 @@ class CPU:
             hit = self.counter.hit if error is None else None
             if hit is not None:
                 self._resume_at = hit
-                self._call_handler(self._stubs[hit], hit)
+                for handler in list(self._stubs.get(hit, ())):
+                    self._call_handler(handler, hit)
+                    if self.shutdown or self["eip"] != hit:
+                        break                  # the software there moved on (or stopped)
                 if self._stop_requested or self["eip"] == hit:
                     self.done -= 1             # counted at the hit; it runs (and counts) on resume
                 if self.shutdown or self._stop_requested:

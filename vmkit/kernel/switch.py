@@ -57,11 +57,10 @@ import zlib
 from typing import NamedTuple
 
 from vmkit.hw.asm import disassemble_one
-from vmkit.hw.x86 import EFLAGS_IF, EXCEPTION_NAMES, TSS_BUSY, decode_segment
+from vmkit.hw.x86 import CR0_PG, EFLAGS_IF, EXCEPTION_NAMES, TSS_BUSY, decode_segment
 from . import layout
 from .frame import Frame
 
-CR0_PG = 0x80000000
 LAYOUT = (("edi", "I"), ("esi", "I"), ("ebp", "I"), ("esp", "I"),
           ("ebx", "I"), ("edx", "I"), ("ecx", "I"), ("eax", "I"),
           ("eip", "I"), ("cs", "I"), ("eflags", "I"),

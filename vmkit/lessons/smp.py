@@ -16,7 +16,7 @@ from vmkit.hw.asm import assemble
 from vmkit.kernel import mapcache
 from vmkit.kernel.mapcache import COUNTERS, MappingCache, SHOOTDOWN_VECTOR, SLOTS, WINDOW
 from vmkit.kernel.layout import PAGE
-from vmkit.kernel.switch import PG
+from vmkit.hw.x86 import CR0_PG
 from vmkit.lessons import takeover
 from vmkit.lessons.worlds import Turn
 from vmkit.vmm import guests
@@ -140,7 +140,7 @@ def in_kernel(board, cpu, step=16, limit=400_000):
     (CPL 0, paging on: the dispatcher's stub, or a system world's idle loop)."""
     c = board.cpus[cpu]
     for _ in range(limit // step):
-        if c.cpl == 0 and c["cr0"] & PG:
+        if c.cpl == 0 and c["cr0"] & CR0_PG:
             return
         board.run(step)
     raise RuntimeError(f"CPU {cpu} never reached the kernel with paging on in {limit} instructions")
@@ -230,7 +230,7 @@ def stale_translation():
     board.cpus[1]["idtr"] = (0, idt, 0x7FF, 0)
     for cpu in board.cpus:
         cpu["cr3"] = pagedir
-        cpu["cr0"] = cpu["cr0"] | PG
+        cpu["cr0"] = cpu["cr0"] | CR0_PG
     seen = lambda: mem.read(result, 4).decode()
     board.run(1000)
     rows = [("CPU 1 reads the window; the PTE maps the page holding OLD!", seen())]
