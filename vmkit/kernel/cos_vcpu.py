@@ -12,7 +12,7 @@ from vmkit.hw.x86 import EFLAGS_IF
 from .words import Words
 
 FIELDS = ("vif", "idt_base", "idt_limit", "gdt_base", "gdt_limit", "pending", "traps", "injected",
-          "in_service",        # lines injected into the COS and not yet acknowledged (its virtual ISR)
+          "in_service",        # lines injected, not yet acknowledged (its virtual ISR)
           "imr",               # lines its virtual PIC masks (OCW1; master 0-7, slave 8-15): vpic.py
           "icw")               # initialisation words its virtual PIC still expects (vpic.py)
 

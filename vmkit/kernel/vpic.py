@@ -50,7 +50,8 @@ def write(kernel, port, value):
     if port in (MASTER, SLAVE):
         if value & ICW1:
             v.imr = _with_byte(v.imr, shift, 0)
-            v.icw = _with_byte(v.icw, shift, 1 + (0 if value & SINGLE else 1) + (1 if value & IC4 else 0))
+            words = 1 + (0 if value & SINGLE else 1) + (1 if value & IC4 else 0)   # ICW2, 3, 4
+            v.icw = _with_byte(v.icw, shift, words)
             return True
         if port == MASTER and value & EOI_MASK == EOI:
             kernel.irqs.cos_eoi()
