@@ -1,0 +1,425 @@
+"""VMFS: the kernel's file system for virtual disks (claims 23, 43).
+
+A Volume is one VMFS partition on a block device (vmfs_disk.py): the
+DiskImage file for the tools, the shared SCSI controller for the kernel
+(vmfs_scsi.py). Each VM's virtual disk (VDISK) is a file; its blocks are
+found through its file descriptor, and past 256 blocks through pointer
+blocks: claim 23's "pointer block pointers ... sets of VDISK block
+pointers", each locating one VDISK block. The bytes are declared in
+vmfs_format.py and checked in vmfs_check.py; this file decides what to
+write, and in what order.
+
+The write order is the crash safety (soft updates, as in BSD's FFS): a
+block is marked in use before anything points at it, a pointer block is
+written before the descriptor that names it, and the descriptor write is
+the one moment the change becomes visible. Freeing runs the other way: the
+descriptor stops pointing first, the bitmaps are cleared after. A power cut
+between any two writes therefore leaves at worst blocks marked in use that
+no file reaches (or pointer-block entries past a file's end), which fsck
+frees (vmfs_fsck.py); never a file that reaches a free or shared block.
+"""
+import re
+from collections import namedtuple
+
+from . import vmfs_address as A
+from . import vmfs_check as check
+from .vmfs_errors import BadRequest, Corrupt, NoSpace
+from .vmfs_format import (FD_ADDRESSES, FD_SIZE, FREE, MAX_BLOCKS, NAME_SIZE, PB_ADDRESSES,
+                          PB_SIZE, REGION_ALIGN, REGULAR, SECTOR, VERSION, MAGIC, FileDescriptor,
+                          PointerBlock, Superblock, align, bitmap_bytes, sealed)
+
+FileInfo = namedtuple("FileInfo", "name descriptor generation length blocks pointer_blocks")
+# One step of resolving a VDISK block: which descriptor entry, which pointer block entry (or
+# None when the address is direct), the file-block address found, and where it is on the disk.
+Resolution = namedtuple("Resolution", "block descriptor fd_index pointer_block pb_index "
+                        "address file_block sector disk_sector tbz")
+
+_NOT_FULL = re.compile(b"[^\xff]")
+KINDS = ("fd", "pb", "fb")
+
+
+class Volume:
+    def __init__(self, device, sb):
+        """Use Volume.mkfs or Volume.open: they check what this stores."""
+        self.device, self.sb = device, sb
+        self.bs = sb.block_size
+        self.count = {"fd": sb.fd_count, "pb": sb.pb_count, "fb": sb.fb_count}
+        self.bitmap = {k: bytearray(self._read(getattr(sb, k + "_bitmap"),
+                                               bitmap_bytes(self.count[k]))) for k in KINDS}
+        self.free = {k: self.count[k] - _ones(self.bitmap[k], self.count[k]) for k in KINDS}
+        self._hint = dict.fromkeys(KINDS, 0)
+        self.fds = []
+
+    # ---- making and opening ------------------------------------------------------------------
+    @classmethod
+    def mkfs(cls, device, block_size=1 << 20, fds=256, pbs=None, label=""):
+        """A new, empty file system over the whole of `device` (a Partition)."""
+        sb = layout(device.sectors, block_size, fds, pbs, label)
+        zero_to = sb.pb_table                          # bitmaps and descriptors start all zero
+        for off in range(0, zero_to, 1 << 20):
+            n = min(1 << 20, zero_to - off)
+            device.write(off // SECTOR, bytes(n))
+        device.write(0, sealed(sb).pack())             # last: a cut mkfs leaves no volume
+        return cls.open(device)
+
+    @classmethod
+    def open(cls, device, check_descriptors=True):
+        """The volume on `device`; NotVmfs if it holds none, Corrupt naming a damaged structure."""
+        sb = check.superblock(device.read(0, 1), device.sectors)
+        vol = cls(device, sb)
+        if check_descriptors:
+            raw = vol._read(sb.fd_table, sb.fd_count * FD_SIZE)
+            vol.fds = [check.descriptor(raw[n * FD_SIZE:(n + 1) * FD_SIZE], n, sb)
+                       for n in range(sb.fd_count)]
+        return vol
+
+    # ---- bytes of the volume -----------------------------------------------------------------
+    def _read(self, offset, size):
+        first, end = offset // SECTOR, -(-(offset + size) // SECTOR)
+        data = self.device.read(first, end - first)
+        skip = offset - first * SECTOR
+        return data[skip:skip + size]
+
+    def _write(self, offset, data):
+        head, tail = offset % SECTOR, (offset + len(data)) % SECTOR
+        if head or tail:                               # partial sectors: read, merge, write
+            first = offset // SECTOR
+            old = bytearray(self._read(first * SECTOR, align(head + len(data), SECTOR)))
+            old[head:head + len(data)] = data
+            offset, data = first * SECTOR, bytes(old)
+        self.device.write(offset // SECTOR, data)
+
+    # ---- bitmaps -------------------------------------------------------------------------------
+    def _alloc(self, kind, n):
+        """n free resource numbers (not yet marked), or NoSpace."""
+        if n > self.free[kind]:
+            what = {"fd": "file descriptors", "pb": "pointer blocks", "fb": "file blocks"}[kind]
+            raise NoSpace(f"{kind.upper()} bitmap", f"{n} {what} wanted, {self.free[kind]} free")
+        bm, found, start = self.bitmap[kind], [], self._hint[kind]
+        for lo, hi in ((start, len(bm)), (0, start)):
+            pos = lo
+            while len(found) < n:
+                m = _NOT_FULL.search(bm, pos, hi)
+                if m is None:
+                    break
+                byte = m.start()
+                for bit in range(8):
+                    k = byte * 8 + bit
+                    if not bm[byte] >> bit & 1 and k < self.count[kind] and len(found) < n:
+                        found.append(k)
+                pos = byte + 1
+        if len(found) < n:
+            raise Corrupt(f"{kind.upper()} bitmap", "fewer free bits than counted")
+        self._hint[kind] = found[-1] // 8 if found else 0
+        return found
+
+    def _mark(self, kind, numbers, used):
+        """Set or clear bits and write each changed bitmap sector once."""
+        bm, dirty = self.bitmap[kind], set()
+        for k in numbers:
+            byte, bit = divmod(k, 8)
+            if bool(bm[byte] >> bit & 1) != used:
+                bm[byte] ^= 1 << bit
+                self.free[kind] += -1 if used else 1
+                dirty.add(byte // SECTOR)
+        base = getattr(self.sb, kind + "_bitmap")
+        for s in sorted(dirty):
+            self._write(base + s * SECTOR, bytes(bm[s * SECTOR:(s + 1) * SECTOR]))
+
+    # ---- descriptors and pointer blocks --------------------------------------------------------
+    def _put(self, n, fd):
+        fd = sealed(fd)
+        self._write(self.sb.fd_table + n * FD_SIZE, fd.pack())
+        self.fds[n] = fd
+
+    def _pointer_block(self, p):
+        return PointerBlock.unpack(self._read(self.sb.pb_table + p * PB_SIZE, PB_SIZE)).addresses
+
+    def _put_pointer_block(self, p, addresses):
+        addresses = list(addresses) + [0] * (PB_ADDRESSES - len(addresses))
+        self._write(self.sb.pb_table + p * PB_SIZE, PointerBlock(addresses=tuple(addresses)).pack())
+
+    def _pointer_numbers(self, fd):
+        return [A.number(a) for a in fd.addresses[:fd.pointer_blocks]]
+
+    def _block_addresses(self, fd, first=0, end=None):
+        """The file-block addresses of blocks first..end-1, each checked."""
+        end = fd.blocks if end is None else end
+        if not fd.pointer_blocks:
+            return list(fd.addresses[first:end])
+        out = []
+        for p_index in range(first // PB_ADDRESSES, -(-end // PB_ADDRESSES)):
+            p = A.number(fd.addresses[p_index])
+            entries = self._pointer_block(p)
+            lo = max(first - p_index * PB_ADDRESSES, 0)
+            hi = min(end - p_index * PB_ADDRESSES, PB_ADDRESSES)
+            for i in range(lo, hi):
+                check.pointer_entry(entries[i], p, i, self.sb)
+            out.extend(entries[lo:hi])
+        return out
+
+    # ---- names ---------------------------------------------------------------------------------
+    def _find(self, name):
+        key = _key(name)
+        for n, fd in enumerate(self.fds):
+            if fd.type == REGULAR and fd.name.rstrip(b"\0") == key:
+                return n, fd
+        return None
+
+    def _lookup(self, name):
+        found = self._find(name)
+        if found is None:
+            raise BadRequest(f"file '{name}'", "no such file on the volume")
+        return found
+
+    # ---- the operations ------------------------------------------------------------------------
+    def create(self, name, size):
+        """A new file of `size` bytes, reading as zeros; its descriptor number."""
+        key = _key(name)
+        if self._find(name) is not None:
+            raise BadRequest(f"file '{name}'", "already exists")
+        blocks = self._blocks(name, size)
+        self._need(blocks, 0, 0)
+        n = self._alloc("fd", 1)[0]
+        self._mark("fd", [n], True)                                    # 1. the descriptor slot
+        fd = FileDescriptor(address=A.fd(n), generation=self.fds[n].generation + 1, type=REGULAR,
+                            block_size=self.bs, name=key)
+        fd = self._extend(fd, blocks)                                  # 2, 3. blocks, pointer blocks
+        self._put(n, fd.replace(length=size))                          # 4. visible
+        return n
+
+    def resize(self, name, size):
+        """Grow (new blocks read as zeros) or truncate a file to `size` bytes."""
+        n, fd = self._lookup(name)
+        blocks = self._blocks(name, size)
+        if blocks > fd.blocks:
+            self._need(blocks, fd.blocks, fd.pointer_blocks)
+            self._put(n, self._extend(fd, blocks).replace(length=size))
+        elif blocks < fd.blocks:
+            self._shrink(n, fd, blocks, size)
+        else:
+            self._put(n, fd.replace(length=size))
+
+    def delete(self, name):
+        n, fd = self._lookup(name)
+        fbs = [A.number(a) for a in self._block_addresses(fd)]
+        pbs = self._pointer_numbers(fd)
+        self._put(n, FileDescriptor(address=A.fd(n), generation=fd.generation))  # 1. gone
+        self._mark("fb", fbs, False)                                   # 2. its blocks
+        self._mark("pb", pbs, False)
+        self._mark("fd", [n], False)                                   # 3. its slot
+
+    def _blocks(self, name, size):
+        if not isinstance(size, int) or size < 0:
+            raise BadRequest(f"file '{name}'", f"size {size!r} is not a whole number of bytes >= 0")
+        blocks = check.blocks_for(size, self.bs)
+        if blocks > MAX_BLOCKS:
+            raise BadRequest(f"file '{name}'", f"{size} bytes need {blocks} blocks; a file holds "
+                             f"at most {MAX_BLOCKS} ({FD_ADDRESSES} pointer blocks of {PB_ADDRESSES})")
+        return blocks
+
+    def _need(self, blocks, old_blocks, old_pbs):
+        """NoSpace before any write, so a full volume is left exactly as it was."""
+        want = {"fb": blocks - old_blocks,
+                "pb": max(check.pointer_blocks_for(blocks) - old_pbs, 0)}
+        for kind, n in want.items():
+            if n > self.free[kind]:
+                self._alloc(kind, n)                   # raises NoSpace with the figures
+
+    def _extend(self, fd, blocks):
+        """Allocate blocks up to `blocks`; the descriptor to write (the caller writes it)."""
+        addresses = self._block_addresses(fd)
+        old_pbs = self._pointer_numbers(fd)
+        new_fbs = self._alloc("fb", blocks - fd.blocks)
+        pointer_blocks = check.pointer_blocks_for(blocks)
+        new_pbs = self._alloc("pb", max(pointer_blocks - len(old_pbs), 0))
+        self._mark("fb", new_fbs, True)                                # 2. marked before named
+        self._mark("pb", new_pbs, True)
+        addresses += [A.fb(b, tbz=True) for b in new_fbs]
+        if not pointer_blocks:
+            return fd.replace(blocks=blocks, pointer_blocks=0, addresses=_pad(addresses, FD_ADDRESSES))
+        pbs = old_pbs + new_pbs
+        first_changed = fd.blocks // PB_ADDRESSES if old_pbs else 0
+        for i in range(first_changed, pointer_blocks):                 # 3. pointer blocks
+            self._put_pointer_block(pbs[i], addresses[i * PB_ADDRESSES:(i + 1) * PB_ADDRESSES])
+        return fd.replace(blocks=blocks, pointer_blocks=pointer_blocks,
+                          addresses=_pad([A.pb(p) for p in pbs], FD_ADDRESSES))
+
+    def _shrink(self, n, fd, blocks, size):
+        addresses = self._block_addresses(fd)
+        pbs = self._pointer_numbers(fd)
+        keep = check.pointer_blocks_for(blocks)
+        if keep:
+            table = [A.pb(p) for p in pbs[:keep]]
+        else:
+            table = addresses[:blocks]
+        self._put(n, fd.replace(length=size, blocks=blocks, pointer_blocks=keep,
+                                addresses=_pad(table, FD_ADDRESSES)))          # 1. no longer reached
+        if keep and blocks % PB_ADDRESSES:                                     # 2. tidy the last one
+            last = keep - 1
+            self._put_pointer_block(pbs[last], addresses[last * PB_ADDRESSES:blocks])
+        self._mark("fb", [A.number(a) for a in addresses[blocks:]], False)     # 3. free
+        self._mark("pb", pbs[keep:], False)
+
+    # ---- data ----------------------------------------------------------------------------------
+    def _range(self, name, fd, offset, size):
+        if not isinstance(offset, int) or not isinstance(size, int) or offset < 0 or size < 0 \
+                or offset + size > fd.length:
+            raise BadRequest(f"file '{name}'", f"bytes {offset}+{size} are outside its "
+                             f"{fd.length} bytes")
+
+    def _pieces(self, fd, offset, size):
+        """(block index, address, offset in block, bytes) for each block the range touches."""
+        if size == 0:
+            return []
+        first, last = offset // self.bs, (offset + size - 1) // self.bs
+        addresses = self._block_addresses(fd, first, last + 1)
+        out, pos = [], offset
+        for b, address in zip(range(first, last + 1), addresses):
+            lo = pos - b * self.bs
+            n = min(self.bs - lo, offset + size - pos)
+            out.append((b, address, lo, n))
+            pos += n
+        return out
+
+    def read(self, name, offset=0, size=None):
+        n, fd = self._lookup(name)
+        size = fd.length - offset if size is None else size
+        self._range(name, fd, offset, size)
+        out = bytearray(size)
+        runs = []                                      # [volume offset, length, position in out]
+        pos = 0
+        for _, address, lo, length in self._pieces(fd, offset, size):
+            if not A.tbz(address):                     # a to-be-zeroed block reads as zeros
+                where = self.sb.fb_area + A.number(address) * self.bs + lo
+                if runs and runs[-1][0] + runs[-1][1] == where and runs[-1][2] + runs[-1][1] == pos:
+                    runs[-1][1] += length
+                else:
+                    runs.append([where, length, pos])
+            pos += length
+        for where, length, at in runs:
+            out[at:at + length] = self._read(where, length)
+        return bytes(out)
+
+    def write(self, name, offset, data):
+        """Write inside the file (VDISKs do not grow by writing: resize them)."""
+        n, fd = self._lookup(name)
+        data = bytes(data)
+        self._range(name, fd, offset, len(data))
+        runs, zeroed, pos = [], {}, 0
+        for b, address, lo, length in self._pieces(fd, offset, len(data)):
+            piece = data[pos:pos + length]
+            if A.tbz(address):                         # first write: the whole block, zero-filled
+                piece = bytes(lo) + piece + bytes(self.bs - lo - length)
+                lo, zeroed[b] = 0, A.fb(A.number(address))
+            where = self.sb.fb_area + A.number(address) * self.bs + lo
+            if runs and runs[-1][0] + len(runs[-1][1]) == where:
+                runs[-1][1] += piece
+            else:
+                runs.append([where, bytearray(piece)])
+            pos += length
+        for where, chunk in runs:                      # 1. the data
+            self._write(where, bytes(chunk))
+        if zeroed:                                     # 2. then the addresses lose TBZ
+            self._clear_tbz(n, fd, zeroed)
+
+    def _clear_tbz(self, n, fd, zeroed):
+        if not fd.pointer_blocks:
+            table = list(fd.addresses)
+            for b, address in zeroed.items():
+                table[b] = address
+            self._put(n, fd.replace(addresses=tuple(table)))
+            return
+        for p_index in sorted({b // PB_ADDRESSES for b in zeroed}):
+            p = A.number(fd.addresses[p_index])
+            entries = list(self._pointer_block(p))
+            for b, address in zeroed.items():
+                if b // PB_ADDRESSES == p_index:
+                    entries[b % PB_ADDRESSES] = address
+            self._put_pointer_block(p, entries)
+
+    # ---- looking -------------------------------------------------------------------------------
+    def ls(self):
+        return [FileInfo(fd.name.rstrip(b"\0").decode(), n, fd.generation, fd.length, fd.blocks,
+                         fd.pointer_blocks) for n, fd in enumerate(self.fds) if fd.type == REGULAR]
+
+    def stat(self, name):
+        n, _ = self._lookup(name)
+        return next(f for f in self.ls() if f.descriptor == n)
+
+    def descriptor(self, name):
+        """(number, FileDescriptor) of a file, as on the disk."""
+        return self._lookup(name)
+
+    def pointer_block(self, p):
+        """The 1024 addresses of pointer block p, as on the disk."""
+        return self._pointer_block(p)
+
+    def resolve(self, name, block):
+        """VDISK block -> (descriptor entry -> pointer block entry ->) file block -> disk sector."""
+        n, fd = self._lookup(name)
+        if not isinstance(block, int) or not 0 <= block < fd.blocks:
+            raise BadRequest(f"file '{name}'", f"block {block!r} is outside its {fd.blocks} blocks")
+        if fd.pointer_blocks:
+            fd_index, pb_index = divmod(block, PB_ADDRESSES)
+            p = A.number(fd.addresses[fd_index])
+            address = self._pointer_block(p)[pb_index]
+            fb = check.pointer_entry(address, p, pb_index, self.sb)
+        else:
+            fd_index, pb_index, p = block, None, None
+            address = fd.addresses[block]
+            fb = A.number(address)
+        sector = (self.sb.fb_area + fb * self.bs) // SECTOR
+        return Resolution(block, n, fd_index, p, pb_index, address, fb, sector,
+                          sector + getattr(self.device, "first", 0), A.tbz(address))
+
+
+def layout(volume_sectors, block_size=1 << 20, fds=256, pbs=None, label=""):
+    """The superblock of a new volume: regions placed, counts fitted to the partition."""
+    if not isinstance(block_size, int) or not (check.MIN_BLOCK <= block_size <= check.MAX_BLOCK) \
+            or block_size & (block_size - 1):
+        raise BadRequest("mkfs", f"block size {block_size!r} is not a power of two from "
+                         f"{check.MIN_BLOCK} to {check.MAX_BLOCK}")
+    if not isinstance(fds, int) or not 0 < fds <= A.FD_LIMIT:
+        raise BadRequest("mkfs", f"{fds!r} file descriptors: give 1..{A.FD_LIMIT}")
+    raw_label = label.encode() if isinstance(label, str) else b""
+    if len(raw_label) > 31:
+        raise BadRequest("mkfs", f"label {label!r} is longer than 31 bytes")
+    size = volume_sectors * SECTOR
+    fb_max = min(size // block_size, A.FB_LIMIT)
+    pbs = min(max(8, fb_max // FD_ADDRESSES + 8), A.PB_LIMIT) if pbs is None else pbs
+    if not isinstance(pbs, int) or not 0 < pbs <= A.PB_LIMIT:
+        raise BadRequest("mkfs", f"{pbs!r} pointer blocks: give 1..{A.PB_LIMIT}")
+    fd_bitmap = REGION_ALIGN
+    pb_bitmap = fd_bitmap + bitmap_bytes(fds)
+    fb_bitmap = pb_bitmap + bitmap_bytes(pbs)
+    fd_table = align(fb_bitmap + bitmap_bytes(fb_max), REGION_ALIGN)
+    pb_table = align(fd_table + fds * FD_SIZE, REGION_ALIGN)
+    fb_area = align(pb_table + pbs * PB_SIZE, block_size)
+    fb_count = min((size - fb_area) // block_size, fb_max) if size > fb_area else 0
+    if fb_count < 1:
+        raise BadRequest("mkfs", f"a partition of {volume_sectors} sectors has no room for a "
+                         f"file block of {block_size} bytes after the metadata ({fb_area} bytes)")
+    return Superblock(magic=MAGIC, version=VERSION, label=raw_label, sector_size=SECTOR,
+                      block_size=block_size, volume_sectors=volume_sectors, fd_count=fds,
+                      pb_count=pbs, fb_count=fb_count, fd_bitmap=fd_bitmap, pb_bitmap=pb_bitmap,
+                      fb_bitmap=fb_bitmap, fd_table=fd_table, pb_table=pb_table, fb_area=fb_area)
+
+
+def _key(name):
+    if not isinstance(name, str) or not name or "/" in name or "\0" in name:
+        raise BadRequest(f"file {name!r}", "a name is a non-empty string without '/' or NUL")
+    key = name.encode()
+    if len(key) >= NAME_SIZE:
+        raise BadRequest(f"file '{name}'", f"name is {len(key)} bytes; at most {NAME_SIZE - 1}")
+    return key
+
+
+def _pad(values, n):
+    return tuple(values) + (0,) * (n - len(values))
+
+
+def _ones(bm, count):
+    whole = count // 8
+    n = sum(bin(b).count("1") for b in bm[:whole])
+    return n + sum(bm[whole] >> i & 1 for i in range(count % 8)) if count % 8 else n
