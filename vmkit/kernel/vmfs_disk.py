@@ -83,14 +83,19 @@ def find(device):
                   f"partition types present: {types}", "mbr")
 
 
-def add_partition(device, first=None, sectors=None):
-    """The VMFS partition, made if missing: in the first free entry, after the other partitions."""
+def add_partition(device, first=None, sectors=None, check=None):
+    """The VMFS partition, made if missing: in the first free entry, after the other partitions.
+
+    `check(sectors)` runs before the table is written, so a partition the file system could not
+    use (mkfs passes its layout check) leaves the disk exactly as it was."""
     mbr = read_table(device)
     if mbr is None:
         mbr = Mbr(bootstrap=bytes(446), partitions=bytes(64), signature=Mbr.SIGNATURE)
     entries = mbr.entries()
     for e in entries:
         if e.type == PARTITION_TYPE and first is None and sectors is None:
+            if check is not None:
+                check(e.sectors)
             return Partition(device, e.lba_first, e.sectors)
     used = [(e.lba_first, e.lba_first + e.sectors) for e in entries if e.type]
     if first is None:
@@ -109,6 +114,8 @@ def add_partition(device, first=None, sectors=None):
     free = [i for i, e in enumerate(entries) if e.type == 0]
     if not free:
         raise BadRequest("partition table", "all four primary entries are in use")
+    if check is not None:
+        check(sectors)
     entries[free[0]] = PartitionEntry(type=PARTITION_TYPE, chs_first=b"\xfe\xff\xff",
                                       chs_last=b"\xfe\xff\xff", lba_first=first, sectors=sectors)
     table = b"".join(e.pack() for e in entries)
