@@ -1,0 +1,41 @@
+"""Claims 23, 43 over 6-7: the kernel reaches VMFS only through the shared SCSI controller,
+and its requests share the one queue with the console OS's own disk traffic."""
+from vmkit.hw.disk import DiskImage
+from vmkit.kernel.vmfs import Volume
+from vmkit.kernel.vmfs_disk import add_partition, find
+from vmkit.kernel.vmfs_scsi import ScsiDisk
+from vmkit.lessons import takeover
+from vmkit.lessons.devices import scsi_driver
+
+COS_LBA, COS_BUF = 5, 0x7000
+
+
+def test_kernel_vmfs_traffic_and_cos_disk_traffic_share_one_queue(tmp_path):
+    path = tmp_path / "d.img"
+    board, cos, loader = takeover.takeover(disk=DiskImage.create(path, 16384))
+    kernel = loader.kernel
+    disk = ScsiDisk(kernel)
+    vol = Volume.mkfs(add_partition(disk), block_size=4096, fds=8)          # through the controller
+    vol.create("vm1.vmdk", 300 * 4096)                                      # past the direct addresses
+    # the COS starts its own write (sector 5, outside the VMFS partition) and does not wait ...
+    board.memory.write(COS_BUF, b"COS!" * 128)
+    mark = board.trace.mark()
+    cos.put_module(cos.make_module("init:\n" + scsi_driver(0x2A, COS_LBA, 1, COS_BUF)))
+    cos.type("insmod\n")
+    # ... while the kernel writes and reads its VDISK
+    vol.write("vm1.vmdk", 299 * 4096, b"VDISK block 299")
+    assert vol.read("vm1.vmdk", 299 * 4096, 15) == b"VDISK block 299"
+    board.run(200_000)
+    owners = [e["owner"] for e in board.trace.since(mark, "scsi.share_start")]
+    assert "cos" in owners and owners.count("kernel") >= 3
+    first_cos = owners.index("cos")
+    assert "kernel" in owners[:first_cos] and "kernel" in owners[first_cos + 1:]   # interleaved
+    assert board.scsi.ignored_doorbells == 0 and kernel.shared["scsi0"].completed["cos"] == 1
+    r = vol.resolve("vm1.vmdk", 299)
+    board.close()
+    with DiskImage.open(path) as image:                    # the bytes are on the disk image
+        assert image.read(COS_LBA, 1) == b"COS!" * 128
+        assert image.read(r.disk_sector, 1)[:15] == b"VDISK block 299"
+        tools = Volume.open(find(image))                  # the tools' path reads the same volume
+        assert tools.read("vm1.vmdk", 299 * 4096, 15) == b"VDISK block 299"
+    assert disk.requests > 10
