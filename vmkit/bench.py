@@ -171,3 +171,5 @@ if __name__ == "__main__":
     main()
     main_cos()
     main_vms()
+    from vmkit import vmfs_bench
+    vmfs_bench.main()

@@ -286,40 +286,41 @@ class Volume:
         n, fd = self._lookup(name)
         size = fd.length - offset if size is None else size
         self._range(name, fd, offset, size)
-        out = bytearray(size)
-        runs = []                                      # [volume offset, length, position in out]
-        pos = 0
+        runs = []                                      # [volume offset or None (zeros), length]
         for _, address, lo, length in self._pieces(fd, offset, size):
-            if not A.tbz(address):                     # a to-be-zeroed block reads as zeros
-                where = self.sb.fb_area + A.number(address) * self.bs + lo
-                if runs and runs[-1][0] + runs[-1][1] == where and runs[-1][2] + runs[-1][1] == pos:
-                    runs[-1][1] += length
-                else:
-                    runs.append([where, length, pos])
-            pos += length
-        for where, length, at in runs:
-            out[at:at + length] = self._read(where, length)
-        return bytes(out)
+            where = None if A.tbz(address) else self.sb.fb_area + A.number(address) * self.bs + lo
+            last = runs[-1] if runs else None          # a to-be-zeroed block reads as zeros
+            if last and (where is None and last[0] is None
+                         or where is not None and last[0] is not None and last[0] + last[1] == where):
+                last[1] += length
+            else:
+                runs.append([where, length])
+        pieces = [bytes(length) if where is None else self._read(where, length)
+                  for where, length in runs]
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def write(self, name, offset, data):
         """Write inside the file (VDISKs do not grow by writing: resize them)."""
         n, fd = self._lookup(name)
         data = bytes(data)
         self._range(name, fd, offset, len(data))
-        runs, zeroed, pos = [], {}, 0
+        runs, zeroed, pos = [], {}, 0                  # [volume offset, [pieces], length]
+        view = memoryview(data)
         for b, address, lo, length in self._pieces(fd, offset, len(data)):
-            piece = data[pos:pos + length]
+            piece = [view[pos:pos + length]]
             if A.tbz(address):                         # first write: the whole block, zero-filled
-                piece = bytes(lo) + piece + bytes(self.bs - lo - length)
+                piece = [bytes(lo)] + piece + [bytes(self.bs - lo - length)]
                 lo, zeroed[b] = 0, A.fb(A.number(address))
             where = self.sb.fb_area + A.number(address) * self.bs + lo
-            if runs and runs[-1][0] + len(runs[-1][1]) == where:
+            size = sum(len(p) for p in piece)
+            if runs and runs[-1][0] + runs[-1][2] == where:
                 runs[-1][1] += piece
+                runs[-1][2] += size
             else:
-                runs.append([where, bytearray(piece)])
+                runs.append([where, piece, size])
             pos += length
-        for where, chunk in runs:                      # 1. the data
-            self._write(where, bytes(chunk))
+        for where, pieces, _ in runs:                  # 1. the data
+            self._write(where, pieces[0] if len(pieces) == 1 else b"".join(pieces))
         if zeroed:                                     # 2. then the addresses lose TBZ
             self._clear_tbz(n, fd, zeroed)
 

@@ -24,7 +24,7 @@ from .vmfs_format import SECTOR
 
 NAMES = {READ_10: "READ(10)", WRITE_10: "WRITE(10)", READ_CAPACITY_10: "READ CAPACITY(10)"}
 PAGES = 5                          # one page of request blocks, four of data (32 sectors a request)
-WAIT_SLICE, WAIT_LIMIT = 2_000, 2_000_000
+WAIT_SLICE, WAIT_LIMIT = 500, 2_000_000
 
 
 class ScsiError(VmfsError):
