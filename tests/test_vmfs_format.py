@@ -59,3 +59,25 @@ def test_a_wrong_address_is_a_clear_error_naming_where():
     with pytest.raises(VmfsError, match="has only 10"):
         A.expect(A.fb(30), A.FB, 10, "file descriptor 1", "addresses[0]")
     assert A.describe(A.fb(12, True)) == "FB 12 tbz" and A.describe(0) == "-"
+
+
+def test_docs_tables_are_generated_from_the_declarations():
+    from pathlib import Path
+    from vmkit.kernel.vmfs_format import STRUCTURES, doc_tables
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "vmfs.md").read_text()
+    assert doc_tables(doc) == doc, "run: python -m vmkit.kernel.vmfs_format docs/vmfs.md"
+    for name in STRUCTURES:
+        assert f"<!-- layout: {name} -->" in doc
+
+
+def test_the_offset_comments_in_the_declaration_match():
+    import inspect
+    import re
+    from vmkit.kernel import vmfs_format
+    for cls in vmfs_format.STRUCTURES.values():
+        lines = inspect.getsource(cls).splitlines()
+        for name in cls.NAMES:
+            at = next(i for i, ln in enumerate(lines) if f'("{name}", ' in ln)
+            comment = next(re.search(r"# (0x[0-9a-f]+)", ln) for ln in lines[at:]
+                           if re.search(r"# 0x", ln))
+            assert int(comment.group(1), 16) == cls.OFFSET[name], (cls.__name__, name)

@@ -9,6 +9,7 @@ attributes are the fields. Nothing else spells out the bytes: code that
 needs a field's place asks `Cls.OFFSET["name"]`, and docs/vmfs.md's tables
 are generated from the same FIELDS.
 
+A field may carry a third element, its meaning, which docs tables print.
 A format with a count (`"256I"`) is an array and comes back as a tuple;
 `"16s"` is a byte string. Everything is little-endian (x86's order) unless
 the class says otherwise with ORDER, and there is never padding: a gap in a
@@ -26,14 +27,16 @@ class RecordMeta(type):
         order = getattr(cls, "ORDER", "<")
         cls.OFFSET, cls.FORMAT, cls._array = {}, {}, {}
         offset = 0
-        for fname, fmt in fields:
+        cls.MEANING = {}
+        for fname, fmt, *meaning in fields:
             cls.OFFSET[fname], cls.FORMAT[fname] = offset, fmt
+            cls.MEANING[fname] = meaning[0] if meaning else ""
             count = fmt[:-1]
             cls._array[fname] = bool(count) and fmt[-1] != "s"
             offset += struct.calcsize(order + fmt)
         cls.SIZE = offset
-        cls.NAMES = tuple(f for f, _ in fields)
-        cls._struct = struct.Struct(order + "".join(fmt for _, fmt in fields))
+        cls.NAMES = tuple(f[0] for f in fields)
+        cls._struct = struct.Struct(order + "".join(f[1] for f in fields))
 
 
 class Record(metaclass=RecordMeta):
@@ -96,5 +99,13 @@ class Record(metaclass=RecordMeta):
     @classmethod
     def table(cls):
         """(offset, size, name, format) rows, for docs and tests."""
-        order = cls.ORDER
-        return [(cls.OFFSET[n], struct.calcsize(order + f), n, f) for n, f in cls.FIELDS]
+        return [(cls.OFFSET[n], struct.calcsize(cls.ORDER + cls.FORMAT[n]), n, cls.FORMAT[n])
+                for n in cls.NAMES]
+
+    @classmethod
+    def markdown(cls):
+        """The layout as a Markdown table: offset, size, field, format, meaning."""
+        rows = ["| offset | size | field | format | meaning |", "|---|---|---|---|---|"]
+        for off, size, name, fmt in cls.table():
+            rows.append(f"| {off:#05x} | {size:#x} | `{name}` | `{fmt}` | {cls.MEANING[name]} |")
+        return "\n".join(rows)

@@ -20,6 +20,7 @@ one has pointer-block addresses there, each pointer block locating up to
 1024 file blocks (claim 23: "pointer block pointers ... sets of VDISK block
 pointers"). What the kit leaves out, and why, is in docs/vmfs.md.
 """
+import re
 import zlib
 
 from .record import Record
@@ -43,63 +44,65 @@ TYPE_NAMES = {FREE: "free", REGULAR: "file"}
 
 class Superblock(Record):
     """Sector 0 of the partition: where everything is and how big (VMFS-3's FS3_Descriptor)."""
-    FIELDS = (("magic", "I"),              # 0x00 MAGIC
-              ("version", "I"),            # 0x04 VERSION
-              ("label", "32s"),            # 0x08 NUL-padded volume label
-              ("sector_size", "I"),        # 0x28 512: the unit of the partition
-              ("block_size", "I"),         # 0x2c bytes per file block (VDISK block)
-              ("volume_sectors", "Q"),     # 0x30 the partition's length
-              ("fd_count", "I"),           # 0x38 file descriptors
-              ("pb_count", "I"),           # 0x3c pointer blocks
-              ("fb_count", "I"),           # 0x40 file blocks
-              ("reserved0", "I"),          # 0x44
-              ("fd_bitmap", "Q"),          # 0x48 byte offset of the FD bitmap
-              ("pb_bitmap", "Q"),          # 0x50 byte offset of the PB bitmap
-              ("fb_bitmap", "Q"),          # 0x58 byte offset of the FB bitmap
-              ("fd_table", "Q"),           # 0x60 byte offset of descriptor 0
-              ("pb_table", "Q"),           # 0x68 byte offset of pointer block 0
-              ("fb_area", "Q"),            # 0x70 byte offset of file block 0
-              ("reserved", "388s"),        # 0x78
-              ("checksum", "I"))           # 0x1fc crc32 of bytes 0..0x1fb
+    FIELDS = (("magic", "I", "MAGIC, 0x2fabf15e (VMFS-3's)"),                      # 0x00
+              ("version", "I", "VERSION, 0x004b0003: this kit's layout"),          # 0x04
+              ("label", "32s", "volume label, UTF-8, NUL-padded"),                 # 0x08
+              ("sector_size", "I", "512: the unit of every offset's alignment"),   # 0x28
+              ("block_size", "I", "bytes per file block (a VDISK block): a power of two, 4 KiB..64 MiB"),  # 0x2c
+              ("volume_sectors", "Q", "sectors of the partition the volume uses"),  # 0x30
+              ("fd_count", "I", "file descriptors in the table (the most files)"),  # 0x38
+              ("pb_count", "I", "pointer blocks in the pool"),                     # 0x3c
+              ("fb_count", "I", "file blocks in the file-block area"),             # 0x40
+              ("reserved0", "I", "0"),                                             # 0x44
+              ("fd_bitmap", "Q", "byte offset of the FD bitmap (fd_count bits)"),   # 0x48
+              ("pb_bitmap", "Q", "byte offset of the PB bitmap (pb_count bits)"),   # 0x50
+              ("fb_bitmap", "Q", "byte offset of the FB bitmap (fb_count bits)"),   # 0x58
+              ("fd_table", "Q", "byte offset of file descriptor 0"),               # 0x60
+              ("pb_table", "Q", "byte offset of pointer block 0"),                 # 0x68
+              ("fb_area", "Q", "byte offset of file block 0"),                     # 0x70
+              ("reserved", "388s", "zeros"),                                       # 0x78
+              ("checksum", "I", "crc32 of the 512 bytes with this field 0"))       # 0x1fc
 
 
 class FileDescriptor(Record):
     """One file: 0x800 bytes, as VMFS-3's (lock at 0x0, inode at 0x200, addresses at 0x400)."""
-    FIELDS = (("lock", "512s"),            # 0x000 VMFS's on-disk lock; one host here: zeros
-              ("address", "I"),            # 0x200 its own FD address (vmfs_address.fd(n))
-              ("generation", "I"),         # 0x204 +1 each time the slot is given to a new file
-              ("type", "I"),               # 0x208 FREE or REGULAR
-              ("flags", "I"),              # 0x20c 0
-              ("length", "Q"),             # 0x210 bytes
-              ("block_size", "Q"),         # 0x218 the volume's block size, repeated as VMFS does
-              ("blocks", "Q"),             # 0x220 file blocks allocated
-              ("pointer_blocks", "I"),     # 0x228 0 (direct) or ceil(blocks / 1024)
-              ("checksum", "I"),           # 0x22c crc32 of the 0x800 bytes with this field 0
-              ("name", "128s"),            # 0x230 NUL-padded UTF-8
-              ("reserved", "336s"),        # 0x2b0
-              ("addresses", "256I"))       # 0x400 FB addresses (direct) or PB addresses
+    FIELDS = (("lock", "512s", "VMFS's on-disk lock area; one host here: zeros"),          # 0x000
+              ("address", "I", "this descriptor's own FD address, fd(n)"),                 # 0x200
+              ("generation", "I", "+1 each time the slot is given to a new file"),         # 0x204
+              ("type", "I", "0 free, 3 regular file (VMFS-3's FileType.Regular)"),         # 0x208
+              ("flags", "I", "0"),                                                         # 0x20c
+              ("length", "Q", "the file's length in bytes"),                               # 0x210
+              ("block_size", "Q", "the volume's block size, repeated (as VMFS-3 does)"),  # 0x218
+              ("blocks", "Q", "file blocks allocated: ceil(length / block_size)"),        # 0x220
+              ("pointer_blocks", "I", "0 if blocks <= 256 (direct), else ceil(blocks / 1024)"),  # 0x228
+              ("checksum", "I", "crc32 of the 0x800 bytes with this field 0"),             # 0x22c
+              ("name", "128s", "file name, UTF-8, NUL-padded, no '/'"),                    # 0x230
+              ("reserved", "336s", "zeros"),                                               # 0x2b0
+              ("addresses", "256I", "direct: FB addresses of blocks 0..255; "
+                                    "indirect: PB addresses, entry i covering blocks i*1024.."))  # 0x400
 
 
 class PointerBlock(Record):
     """A set of VDISK block pointers: 1024 file-block addresses (4 KiB, as VMFS-3's)."""
-    FIELDS = (("addresses", "1024I"),)     # 0x000 entry i locates the file's block (p * 1024 + i)
+    FIELDS = (("addresses", "1024I", "entry i of the file's p-th pointer block: FB address of "
+                                     "block p*1024+i; 0 past the file's end"),)   # 0x000
 
 
 class PartitionEntry(Record):
     """One of the MBR's four primary partition entries."""
-    FIELDS = (("status", "B"),             # 0x0 0x80 = bootable
-              ("chs_first", "3s"),         # 0x1 unused (LBA only)
-              ("type", "B"),               # 0x4 PARTITION_TYPE for VMFS
-              ("chs_last", "3s"),          # 0x5 unused
-              ("lba_first", "I"),          # 0x8 first sector
-              ("sectors", "I"))            # 0xc length in sectors
+    FIELDS = (("status", "B", "0x80 bootable, else 0"),                        # 0x0
+              ("chs_first", "3s", "unused (LBA only): fe ff ff"),              # 0x1
+              ("type", "B", "0xfb for VMFS"),                                  # 0x4
+              ("chs_last", "3s", "unused: fe ff ff"),                          # 0x5
+              ("lba_first", "I", "first sector of the partition"),             # 0x8
+              ("sectors", "I", "length in sectors"))                           # 0xc
 
 
 class Mbr(Record):
     """Sector 0 of the disk: the console OS's boot code and the partition table."""
-    FIELDS = (("bootstrap", "446s"),       # 0x000 left as it is found
-              ("partitions", "64s"),       # 0x1be four PartitionEntry
-              ("signature", "H"))          # 0x1fe 0xAA55
+    FIELDS = (("bootstrap", "446s", "boot code: left exactly as found"),       # 0x000
+              ("partitions", "64s", "four PartitionEntry"),                    # 0x1be
+              ("signature", "H", "0xaa55"))                                    # 0x1fe
     SIGNATURE = 0xAA55
 
     def entries(self):
@@ -130,3 +133,22 @@ def bitmap_bytes(count):
 
 def align(value, to):
     return (value + to - 1) // to * to
+
+
+# ---- docs/vmfs.md's tables come from the declarations above -------------------------------------
+STRUCTURES = {c.__name__: c for c in (Superblock, FileDescriptor, PointerBlock, PartitionEntry, Mbr)}
+_TABLE = re.compile(r"(<!-- layout: (\w+) -->\n).*?(\n<!-- end layout -->)", re.S)
+
+
+def doc_tables(text):
+    """`text` with each `<!-- layout: Name -->` ... `<!-- end layout -->` block regenerated."""
+    return _TABLE.sub(lambda m: m.group(1) + STRUCTURES[m.group(2)].markdown() + m.group(3), text)
+
+
+if __name__ == "__main__":               # python -m vmkit.kernel.vmfs_format docs/vmfs.md
+    import sys
+    for path in sys.argv[1:]:
+        with open(path) as f:
+            old = f.read()
+        with open(path, "w") as f:
+            f.write(doc_tables(old))
