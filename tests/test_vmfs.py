@@ -156,3 +156,23 @@ def test_bad_requests_are_clear_and_leave_the_volume_as_it_was():
     assert bytes(disk.data) == before
     with pytest.raises(NoSpace, match=r"FB bitmap: \d+ file blocks wanted"):
         vol.create("b", 10 ** 9)
+
+
+def test_bytes_past_a_truncated_end_read_as_zeros_after_a_grow():
+    disk, vol = volume()
+    vol.create("f", 10_000)
+    vol.write("f", 0, b"x" * 10_000)
+    vol.resize("f", 5_000)
+    vol.resize("f", 12_000)
+    assert vol.read("f") == b"x" * 5_000 + bytes(7_000)
+
+
+def test_extents_name_the_disk_bytes_and_the_zero_runs():
+    disk, vol = volume()
+    vol.create("f", 4 * BS)
+    vol.write("f", BS, b"y" * 2 * BS)
+    runs = vol.extents("f")
+    assert [length for _, length in runs] == [BS, 2 * BS, BS]
+    assert runs[0][0] is None and runs[2][0] is None
+    at = vol.device.first * SECTOR + runs[1][0]
+    assert bytes(disk.data[at:at + 2 * BS]) == b"y" * 2 * BS

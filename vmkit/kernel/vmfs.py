@@ -18,15 +18,15 @@ between any two writes therefore leaves at worst blocks marked in use that
 no file reaches (or pointer-block entries past a file's end), which fsck
 frees (vmfs_fsck.py); never a file that reaches a free or shared block.
 """
-import re
 from collections import namedtuple
 
 from . import vmfs_address as A
 from . import vmfs_check as check
-from .vmfs_errors import BadRequest, Corrupt, NoSpace
-from .vmfs_format import (FD_ADDRESSES, FD_SIZE, FREE, MAX_BLOCKS, NAME_SIZE, PB_ADDRESSES,
-                          PB_SIZE, REGION_ALIGN, REGULAR, SECTOR, VERSION, MAGIC, FileDescriptor,
-                          PointerBlock, Superblock, align, bitmap_bytes, sealed)
+from .vmfs_bitmap import Bitmap
+from .vmfs_layout import layout
+from .vmfs_errors import BadRequest
+from .vmfs_format import (FD_ADDRESSES, FD_SIZE, MAX_BLOCKS, NAME_SIZE, PB_ADDRESSES, PB_SIZE,
+                          REGULAR, SECTOR, FileDescriptor, PointerBlock, align, bitmap_bytes, sealed)
 
 FileInfo = namedtuple("FileInfo", "name descriptor generation length blocks pointer_blocks")
 # One step of resolving a VDISK block: which descriptor entry, which pointer block entry (or
@@ -34,7 +34,6 @@ FileInfo = namedtuple("FileInfo", "name descriptor generation length blocks poin
 Resolution = namedtuple("Resolution", "block descriptor fd_index pointer_block pb_index "
                         "address file_block sector disk_sector tbz")
 
-_NOT_FULL = re.compile(b"[^\xff]")
 KINDS = ("fd", "pb", "fb")
 
 
@@ -44,10 +43,8 @@ class Volume:
         self.device, self.sb = device, sb
         self.bs = sb.block_size
         self.count = {"fd": sb.fd_count, "pb": sb.pb_count, "fb": sb.fb_count}
-        self.bitmap = {k: bytearray(self._read(getattr(sb, k + "_bitmap"),
-                                               bitmap_bytes(self.count[k]))) for k in KINDS}
-        self.free = {k: self.count[k] - _ones(self.bitmap[k], self.count[k]) for k in KINDS}
-        self._hint = dict.fromkeys(KINDS, 0)
+        self.bitmap = {k: Bitmap(k, self._read(getattr(sb, k + "_bitmap"), bitmap_bytes(self.count[k])),
+                                 self.count[k]) for k in KINDS}
         self.fds = []
 
     # ---- making and opening ------------------------------------------------------------------
@@ -90,41 +87,19 @@ class Volume:
         self.device.write(offset // SECTOR, data)
 
     # ---- bitmaps -------------------------------------------------------------------------------
+    @property
+    def free(self):
+        return {k: self.bitmap[k].free for k in KINDS}
+
     def _alloc(self, kind, n):
         """n free resource numbers (not yet marked), or NoSpace."""
-        if n > self.free[kind]:
-            what = {"fd": "file descriptors", "pb": "pointer blocks", "fb": "file blocks"}[kind]
-            raise NoSpace(f"{kind.upper()} bitmap", f"{n} {what} wanted, {self.free[kind]} free")
-        bm, found, start = self.bitmap[kind], [], self._hint[kind]
-        for lo, hi in ((start, len(bm)), (0, start)):
-            pos = lo
-            while len(found) < n:
-                m = _NOT_FULL.search(bm, pos, hi)
-                if m is None:
-                    break
-                byte = m.start()
-                for bit in range(8):
-                    k = byte * 8 + bit
-                    if not bm[byte] >> bit & 1 and k < self.count[kind] and len(found) < n:
-                        found.append(k)
-                pos = byte + 1
-        if len(found) < n:
-            raise Corrupt(f"{kind.upper()} bitmap", "fewer free bits than counted")
-        self._hint[kind] = found[-1] // 8 if found else 0
-        return found
+        return self.bitmap[kind].find_free(n)
 
     def _mark(self, kind, numbers, used):
         """Set or clear bits and write each changed bitmap sector once."""
-        bm, dirty = self.bitmap[kind], set()
-        for k in numbers:
-            byte, bit = divmod(k, 8)
-            if bool(bm[byte] >> bit & 1) != used:
-                bm[byte] ^= 1 << bit
-                self.free[kind] += -1 if used else 1
-                dirty.add(byte // SECTOR)
         base = getattr(self.sb, kind + "_bitmap")
-        for s in sorted(dirty):
-            self._write(base + s * SECTOR, bytes(bm[s * SECTOR:(s + 1) * SECTOR]))
+        for s in self.bitmap[kind].set(numbers, used):
+            self._write(base + s * SECTOR, self.bitmap[kind].sector(s))
 
     # ---- descriptors and pointer blocks --------------------------------------------------------
     def _put(self, n, fd):
@@ -192,6 +167,8 @@ class Volume:
         """Grow (new blocks read as zeros) or truncate a file to `size` bytes."""
         n, fd = self._lookup(name)
         blocks = self._blocks(name, size)
+        if size > fd.length:
+            self._zero_tail(fd)
         if blocks > fd.blocks:
             self._need(blocks, fd.blocks, fd.pointer_blocks)
             self._put(n, self._extend(fd, blocks).replace(length=size))
@@ -199,6 +176,16 @@ class Volume:
             self._shrink(n, fd, blocks, size)
         else:
             self._put(n, fd.replace(length=size))
+
+    def _zero_tail(self, fd):
+        """Before a file grows: its last block's bytes past the old end (left by a truncate) read
+        as zeros afterwards, as new bytes must."""
+        used = fd.length % self.bs
+        if not used:
+            return
+        address = self._block_addresses(fd, fd.blocks - 1, fd.blocks)[0]
+        if not A.tbz(address):
+            self._write(self.sb.fb_area + A.number(address) * self.bs + used, bytes(self.bs - used))
 
     def delete(self, name):
         n, fd = self._lookup(name)
@@ -223,7 +210,7 @@ class Volume:
         want = {"fb": blocks - old_blocks,
                 "pb": max(check.pointer_blocks_for(blocks) - old_pbs, 0)}
         for kind, n in want.items():
-            if n > self.free[kind]:
+            if n > self.bitmap[kind].free:
                 self._alloc(kind, n)                   # raises NoSpace with the figures
 
     def _extend(self, fd, blocks):
@@ -282,21 +269,27 @@ class Volume:
             pos += n
         return out
 
-    def read(self, name, offset=0, size=None):
+    def extents(self, name, offset=0, size=None):
+        """Where bytes offset..offset+size of a file are: [(volume byte offset, or None for
+        zeros (a TBZ block), length)], contiguous runs joined. Volume offset + partition start *
+        512 is the disk byte: what a request straight to the disk needs."""
         n, fd = self._lookup(name)
         size = fd.length - offset if size is None else size
         self._range(name, fd, offset, size)
-        runs = []                                      # [volume offset or None (zeros), length]
+        runs = []
         for _, address, lo, length in self._pieces(fd, offset, size):
             where = None if A.tbz(address) else self.sb.fb_area + A.number(address) * self.bs + lo
-            last = runs[-1] if runs else None          # a to-be-zeroed block reads as zeros
+            last = runs[-1] if runs else None
             if last and (where is None and last[0] is None
                          or where is not None and last[0] is not None and last[0] + last[1] == where):
                 last[1] += length
             else:
                 runs.append([where, length])
+        return [tuple(r) for r in runs]
+
+    def read(self, name, offset=0, size=None):
         pieces = [bytes(length) if where is None else self._read(where, length)
-                  for where, length in runs]
+                  for where, length in self.extents(name, offset, size)]
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def write(self, name, offset, data):
@@ -375,38 +368,6 @@ class Volume:
                           sector + getattr(self.device, "first", 0), A.tbz(address))
 
 
-def layout(volume_sectors, block_size=1 << 20, fds=256, pbs=None, label=""):
-    """The superblock of a new volume: regions placed, counts fitted to the partition."""
-    if not isinstance(block_size, int) or not (check.MIN_BLOCK <= block_size <= check.MAX_BLOCK) \
-            or block_size & (block_size - 1):
-        raise BadRequest("mkfs", f"block size {block_size!r} is not a power of two from "
-                         f"{check.MIN_BLOCK} to {check.MAX_BLOCK}")
-    if not isinstance(fds, int) or not 0 < fds <= A.FD_LIMIT:
-        raise BadRequest("mkfs", f"{fds!r} file descriptors: give 1..{A.FD_LIMIT}")
-    raw_label = label.encode() if isinstance(label, str) else b""
-    if len(raw_label) > 31:
-        raise BadRequest("mkfs", f"label {label!r} is longer than 31 bytes")
-    size = volume_sectors * SECTOR
-    fb_max = min(size // block_size, A.FB_LIMIT)
-    pbs = min(max(8, fb_max // FD_ADDRESSES + 8), A.PB_LIMIT) if pbs is None else pbs
-    if not isinstance(pbs, int) or not 0 < pbs <= A.PB_LIMIT:
-        raise BadRequest("mkfs", f"{pbs!r} pointer blocks: give 1..{A.PB_LIMIT}")
-    fd_bitmap = REGION_ALIGN
-    pb_bitmap = fd_bitmap + bitmap_bytes(fds)
-    fb_bitmap = pb_bitmap + bitmap_bytes(pbs)
-    fd_table = align(fb_bitmap + bitmap_bytes(fb_max), REGION_ALIGN)
-    pb_table = align(fd_table + fds * FD_SIZE, REGION_ALIGN)
-    fb_area = align(pb_table + pbs * PB_SIZE, block_size)
-    fb_count = min((size - fb_area) // block_size, fb_max) if size > fb_area else 0
-    if fb_count < 1:
-        raise BadRequest("mkfs", f"a partition of {volume_sectors} sectors has no room for a "
-                         f"file block of {block_size} bytes after the metadata ({fb_area} bytes)")
-    return Superblock(magic=MAGIC, version=VERSION, label=raw_label, sector_size=SECTOR,
-                      block_size=block_size, volume_sectors=volume_sectors, fd_count=fds,
-                      pb_count=pbs, fb_count=fb_count, fd_bitmap=fd_bitmap, pb_bitmap=pb_bitmap,
-                      fb_bitmap=fb_bitmap, fd_table=fd_table, pb_table=pb_table, fb_area=fb_area)
-
-
 def _key(name):
     if not isinstance(name, str) or not name or "/" in name or "\0" in name:
         raise BadRequest(f"file {name!r}", "a name is a non-empty string without '/' or NUL")
@@ -418,9 +379,3 @@ def _key(name):
 
 def _pad(values, n):
     return tuple(values) + (0,) * (n - len(values))
-
-
-def _ones(bm, count):
-    whole = count // 8
-    n = sum(bin(b).count("1") for b in bm[:whole])
-    return n + sum(bm[whole] >> i & 1 for i in range(count % 8)) if count % 8 else n

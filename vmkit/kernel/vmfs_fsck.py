@@ -148,9 +148,8 @@ def _first_shared(owners, pbs, fbs):
 
 
 def _bitmap_problems(vol, kind, expected):
-    bm, count = vol.bitmap[kind], vol.count[kind]
-    structure = f"{kind.upper()} bitmap"
-    marked = {k for k in range(len(bm) * 8) if bm[k // 8] >> (k % 8) & 1}
+    count, structure = vol.count[kind], vol.bitmap[kind].name
+    marked = vol.bitmap[kind].marked()
     out = []
     for numbers, what, fix in ((marked - expected, "marked in use, but no file reaches "
                                 "{it}{s} (leaked)", "freed"),
@@ -180,11 +179,11 @@ def _write_bitmap(vol, kind, expected):
     new = bytearray(size)
     for k in expected:
         new[k // 8] |= 1 << (k % 8)
-    base, old = getattr(vol.sb, kind + "_bitmap"), vol.bitmap[kind]
+    base, old = getattr(vol.sb, kind + "_bitmap"), vol.bitmap[kind].bits
     for s in range(0, size, SECTOR):
         if new[s:s + SECTOR] != old[s:s + SECTOR]:
             vol._write(base + s, bytes(new[s:s + SECTOR]))
-    vol.bitmap[kind] = new
+    old[:] = new
 
 
 def _free_descriptor(n, generation):

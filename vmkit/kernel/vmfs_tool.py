@@ -22,7 +22,7 @@ from ..hw.disk import DiskImage, DiskImageError, SECTOR
 from . import vmfs_address as A
 from .vmfs import Volume, layout
 from .vmfs_disk import add_partition, find
-from .vmfs_errors import VmfsError
+from .vmfs_errors import Corrupt, VmfsError
 from .vmfs_fsck import fsck
 
 CHUNK = 16 << 20
@@ -81,7 +81,8 @@ def main(argv=None, out=sys.stdout):
     try:
         return COMMANDS[args.command](args, out) or 0
     except (VmfsError, DiskImageError, Usage) as e:
-        print(f"kit vmfs {args.command}: {e}", file=sys.stderr)
+        hint = f" (see: kit vmfs fsck {args.image} --repair)" if isinstance(e, Corrupt) else ""
+        print(f"kit vmfs {args.command}: {e}{hint}", file=sys.stderr)
         return 2
 
 
