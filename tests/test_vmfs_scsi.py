@@ -39,3 +39,15 @@ def test_kernel_vmfs_traffic_and_cos_disk_traffic_share_one_queue(tmp_path):
         tools = Volume.open(find(image))                  # the tools' path reads the same volume
         assert tools.read("vm1.vmdk", 299 * 4096, 15) == b"VDISK block 299"
     assert disk.requests > 10
+
+
+def test_a_failed_kernel_request_is_a_named_error(tmp_path):
+    import pytest
+    from vmkit.kernel.vmfs_scsi import ScsiError
+    board, cos, loader = takeover.takeover(disk=DiskImage.create(tmp_path / "d.img", 4096))
+    disk = ScsiDisk(loader.kernel)
+    assert disk.sectors == 4096                                # from READ CAPACITY(10)
+    disk.sectors = 8192                                        # believe a bigger disk than there is
+    with pytest.raises(ScsiError, match=r"READ\(10\) of sectors 5000\+1: CHECK CONDITION, sense 5/21"):
+        disk.read(5000, 1)
+    board.close()
