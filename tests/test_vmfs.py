@@ -176,3 +176,14 @@ def test_extents_name_the_disk_bytes_and_the_zero_runs():
     assert runs[0][0] is None and runs[2][0] is None
     at = vol.device.first * SECTOR + runs[1][0]
     assert bytes(disk.data[at:at + 2 * BS]) == b"y" * 2 * BS
+
+
+def test_a_grow_that_does_not_fit_leaves_every_byte_as_it_was():
+    disk, vol = volume()
+    vol.create("f", 5000)
+    vol.write("f", 0, b"z" * 5000)
+    vol.resize("f", 3000)
+    before = bytes(disk.data)
+    with pytest.raises(NoSpace, match="file blocks wanted"):
+        vol.resize("f", 10 ** 9)
+    assert bytes(disk.data) == before

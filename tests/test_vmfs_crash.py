@@ -99,7 +99,7 @@ def test_a_power_cut_at_every_write_is_repaired_by_fsck(op):
                 assert vol.read("gone", 299 * BS, 10) == b"D" * 10
         if cut == total:
             assert report.clean                          # the finished operation needs nothing
-    assert time.perf_counter() - start < 5
+    assert time.perf_counter() - start < 20          # bounded: ~0.2 s here, generous for a busy host
 
 
 def test_a_cut_delete_reports_exactly_the_leaked_blocks():
@@ -161,4 +161,4 @@ def test_random_byte_flips_in_metadata_give_named_errors_never_a_traceback():
         assert fsck(find(disk)).clean, (trial, report.lines())
         Volume.open(find(disk)).ls()
     assert {"superblock", "file"} <= named
-    assert time.perf_counter() - start < 10
+    assert time.perf_counter() - start < 30          # ~2 s here

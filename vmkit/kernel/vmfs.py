@@ -60,14 +60,14 @@ class Volume:
         return cls.open(device)
 
     @classmethod
-    def open(cls, device, check_descriptors=True):
-        """The volume on `device`; NotVmfs if it holds none, Corrupt naming a damaged structure."""
+    def open(cls, device):
+        """The volume on `device`; NotVmfs if it holds none, Corrupt naming a damaged structure
+        (every descriptor is checked here, so a damaged one stops the volume until fsck)."""
         sb = check.superblock(device.read(0, 1), device.sectors)
         vol = cls(device, sb)
-        if check_descriptors:
-            raw = vol._read(sb.fd_table, sb.fd_count * FD_SIZE)
-            vol.fds = [check.descriptor(raw[n * FD_SIZE:(n + 1) * FD_SIZE], n, sb)
-                       for n in range(sb.fd_count)]
+        raw = vol._read(sb.fd_table, sb.fd_count * FD_SIZE)
+        vol.fds = [check.descriptor(raw[n * FD_SIZE:(n + 1) * FD_SIZE], n, sb)
+                   for n in range(sb.fd_count)]
         return vol
 
     # ---- bytes of the volume -----------------------------------------------------------------
@@ -167,10 +167,11 @@ class Volume:
         """Grow (new blocks read as zeros) or truncate a file to `size` bytes."""
         n, fd = self._lookup(name)
         blocks = self._blocks(name, size)
+        if blocks > fd.blocks:
+            self._need(blocks, fd.blocks, fd.pointer_blocks)
         if size > fd.length:
             self._zero_tail(fd)
         if blocks > fd.blocks:
-            self._need(blocks, fd.blocks, fd.pointer_blocks)
             self._put(n, self._extend(fd, blocks).replace(length=size))
         elif blocks < fd.blocks:
             self._shrink(n, fd, blocks, size)
