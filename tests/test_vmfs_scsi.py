@@ -51,3 +51,22 @@ def test_a_failed_kernel_request_is_a_named_error(tmp_path):
     with pytest.raises(ScsiError, match=r"READ\(10\) of sectors 5000\+1: CHECK CONDITION, sense 5/21"):
         disk.read(5000, 1)
     board.close()
+
+
+def test_requests_in_flight_each_have_their_own_request_block(tmp_path):
+    from vmkit.hw.scsi import GOOD, READ_10, WRITE_10
+    path = tmp_path / "d.img"
+    board, cos, loader = takeover.takeover(disk=DiskImage.create(path, 4096))
+    disk = ScsiDisk(loader.kernel)
+    done = []
+    bufs = [disk.buffer + i * 0x1000 for i in range(4)]       # in the kernel's own pages
+    for i, buf in enumerate(bufs[:3]):                        # three writes queued at once,
+        board.memory.write(buf, bytes([0x40 + i]) * 512)      # each from its own buffer
+        disk.start(WRITE_10, 100 + i, 1, done.append, buffer=buf)
+    disk.start(READ_10, 101, 1, done.append, buffer=bufs[3])  # and a read of the second
+    board.run(100_000)
+    assert [d[0] for d in done] == [GOOD] * 4
+    assert board.memory.read(bufs[3], 512) == b"\x41" * 512
+    board.close()
+    with DiskImage.open(path) as image:
+        assert [image.read(100 + i, 1)[0] for i in range(3)] == [0x40, 0x41, 0x42]

@@ -24,6 +24,8 @@ from .vmfs_format import SECTOR
 
 NAMES = {READ_10: "READ(10)", WRITE_10: "WRITE(10)", READ_CAPACITY_10: "READ CAPACITY(10)"}
 PAGES = 5                          # one page of request blocks, four of data (32 sectors a request)
+RB_STRIDE = 64                     # request blocks (36 bytes) 64 apart in the first page
+RB_SLOTS = layout.PAGE // RB_STRIDE
 WAIT_SLICE, WAIT_LIMIT = 500, 2_000_000
 
 
@@ -41,6 +43,7 @@ class ScsiDisk:
             raise ScsiError("kernel heap", f"no room for VMFS's {PAGES} pages of SCSI buffers")
         self.rb, kernel.heap = kernel.heap, kernel.heap + PAGES * layout.PAGE
         self.buffer = self.rb + layout.PAGE
+        self._free_slots = [self.rb + i * RB_STRIDE for i in reversed(range(RB_SLOTS))]
         self.per_request = (PAGES - 1) * layout.PAGE // SECTOR
         self.requests = 0
         if sectors is None:                          # asked of the disk, as a driver would
@@ -52,19 +55,29 @@ class ScsiDisk:
         self.sectors = sectors
 
     # ---- one request ---------------------------------------------------------------------------
-    def start(self, op, lba, count, done, length=None):
-        """Queue one READ(10)/WRITE(10) of `count` sectors via the buffer; `done(status)` later."""
+    def start(self, op, lba, count, done, buffer=None, length=None):
+        """Queue one READ(10)/WRITE(10) of `count` sectors; `done((status, key, asc, ascq))` at
+        its completion. `buffer` is the physical address the controller moves the data to or
+        from (default: this disk's own pages); each request in flight has its own request block,
+        because the controller reads a block only when its turn on the queue comes."""
+        if not self._free_slots:
+            raise ScsiError("SCSI controller", f"{RB_SLOTS} requests of VMFS already in flight")
+        rb = self._free_slots.pop()
         cdb = bytes([op, 0]) + struct.pack(">IBHB", lba, 0, count, 0)
         length = count * SECTOR if length is None else length
-        self.board.memory.write(self.rb, struct.pack(RB_FORMAT, 10, 0, 0xFF, 0, 0, 0, 0, self.buffer,
-                                                     length, 0, cdb.ljust(16, b"\0")),
-                                code=False)
+        buffer = self.buffer if buffer is None else buffer
+        self.board.memory.write(rb, struct.pack(RB_FORMAT, 10, 0, 0xFF, 0, 0, 0, 0, buffer,
+                                                length, 0, cdb.ljust(16, b"\0")), code=False)
         self.requests += 1
-        self.shared.submit(self.rb, lambda rb: done(self.board.memory.read(rb + 2, 4)))
+
+        def complete(rb):
+            self._free_slots.append(rb)
+            done(tuple(self.board.memory.read(rb + 2, 4)))
+        self.shared.submit(rb, complete)
 
     def _run(self, op, lba, count, length=None):
         result = []
-        self.start(op, lba, count, result.append, length)
+        self.start(op, lba, count, result.append, length=length)
         end = self.board.clock + WAIT_LIMIT
         while not result:
             if self.board.clock >= end:
