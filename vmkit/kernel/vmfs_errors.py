@@ -10,7 +10,7 @@ caller that wants to know which structure is bad reads `.structure` and
 class VmfsError(Exception):
     """Base of every VMFS error (a bad disk, a bad request, no space)."""
     def __init__(self, structure, message, field=None):
-        self.structure, self.field = structure, field
+        self.structure, self.field, self.reason = structure, field, message
         where = f"{structure} ({field})" if field else structure
         super().__init__(f"{where}: {message}")
 

@@ -63,7 +63,7 @@ def fsck(device, repair=False):
         try:
             fd = check.descriptor(raw[n * FD_SIZE:(n + 1) * FD_SIZE], n, sb)
         except Corrupt as e:
-            lose(n, None, e.structure, e.field, str(e).split(": ", 1)[1])
+            lose(n, None, e.structure, e.field, e.reason)
             continue
         if fd.type == REGULAR:
             files[n] = fd
@@ -78,7 +78,7 @@ def fsck(device, repair=False):
         try:
             pbs, fbs, past = _reach(vol, fd)
         except Corrupt as e:
-            lose(n, fd, e.structure, e.field, str(e).split(": ", 1)[1] + f" (in file '{name}')")
+            lose(n, fd, e.structure, e.field, e.reason + f" (in file '{name}')")
             continue
         shared = _first_shared(owners, pbs, fbs)
         if shared:
