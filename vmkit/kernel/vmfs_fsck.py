@@ -148,19 +148,17 @@ def _first_shared(owners, pbs, fbs):
 
 
 def _bitmap_problems(vol, kind, expected):
-    count, structure = vol.count[kind], vol.bitmap[kind].name
-    marked = vol.bitmap[kind].marked()
+    bitmap, count = vol.bitmap[kind], vol.count[kind]
+    marked = bitmap.marked()
+    beyond = {k for k in marked if k >= count}
+    kinds = (("marked in use, but no file reaches {it} (leaked)", "freed", marked - expected - beyond),
+             ("reached by a file, but marked free", "marked in use", expected - marked),
+             (f"set past the bitmap's {count} {NAMES[kind]}s", "cleared", beyond))
     out = []
-    for numbers, what, fix in ((marked - expected, "marked in use, but no file reaches "
-                                "{it}{s} (leaked)", "freed"),
-                               (expected - marked, "reached by a file, but marked free",
-                                "marked in use")):
+    for what, fix, numbers in kinds:
         for lo, hi in _ranges(sorted(numbers)):
-            beyond = lo >= count
             field = f"bit {lo}" if lo == hi else f"bits {lo}..{hi}"
-            text = ("set past the bitmap's {n} {kinds}".format(n=count, kinds=NAMES[kind] + "s")
-                    if beyond else what.format(it="it" if lo == hi else "them", s=""))
-            out.append(Problem(structure, field, text, fix if not beyond else "cleared"))
+            out.append(Problem(bitmap.name, field, what.format(it="it" if lo == hi else "them"), fix))
     return out
 
 
