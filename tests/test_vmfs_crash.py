@@ -162,3 +162,20 @@ def test_random_byte_flips_in_metadata_give_named_errors_never_a_traceback():
         Volume.open(find(disk)).ls()
     assert {"superblock", "file"} <= named
     assert time.perf_counter() - start < 30          # ~2 s here
+
+
+def test_fsck_names_unmarked_blocks_and_bits_past_the_count():
+    image = base_image()
+    disk = MemoryDisk(len(image) // SECTOR, image)
+    vol = Volume.open(find(disk))
+    keep_block = vol.resolve("keep", 1).file_block
+    vol._mark("fb", [keep_block], False)                 # a block in use, marked free
+    vol._mark("pb", [vol.sb.pb_count + 2], True)         # a bit past the pool's end
+    lines = fsck(find(disk)).lines()
+    assert lines == [f"FB bitmap (bit {keep_block}): reached by a file, but marked free "
+                     "(repair: marked in use)",
+                     f"PB bitmap (bit {vol.sb.pb_count + 2}): set past the bitmap's "
+                     f"{vol.sb.pb_count} pointer blocks (repair: cleared)"][::-1]
+    assert fsck(find(disk), repair=True).repaired and fsck(find(disk)).clean
+    again = Volume.open(find(disk))
+    assert again.bitmap["fb"].used(keep_block) and again.read("keep") == KEEP
