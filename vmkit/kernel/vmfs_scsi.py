@@ -10,20 +10,31 @@ touches the image file: the bytes VMFS reads are the bytes the controller
 put in kernel memory.
 
 `start` is the asynchronous form (a callback when the request completes),
-the one a virtual disk's request path uses while worlds run. `read` and
-`write` wait for their requests by running the machine (board.run) until
-the completion arrives, so they are for code that runs between machine
-slices (the tools-like callers, tests, notebooks), never from inside a trap.
+the one a virtual disk's request path uses while worlds run (vdisk.py);
+requests beyond the free request blocks wait here, in order, until one
+frees. `read` and `write` wait for their requests by running the machine
+(board.run) until the completion arrives, so they are for code that runs
+between machine slices (the tools-like callers, tests, notebooks), never
+from inside a trap. They keep IN_FLIGHT requests of REQUEST_BYTES queued at
+once, so the controller goes from one to the next inside its completion
+IRQ, with no slice of the machine run between them.
+
+Its pages come from the top of RAM (`take_pages`), as VM memory does: the
+kernel's own 64 pages are too few for a DMA window worth the name.
 """
 import struct
+from collections import deque
 
+from ..cos import layout as cos_layout
 from ..hw.scsi import GOOD, RB_FORMAT, RB_SIZE, READ_10, READ_CAPACITY_10, WRITE_10
 from . import layout
 from .vmfs_errors import VmfsError
 from .vmfs_format import SECTOR
 
 NAMES = {READ_10: "READ(10)", WRITE_10: "WRITE(10)", READ_CAPACITY_10: "READ CAPACITY(10)"}
-PAGES = 5                          # one page of request blocks, four of data (32 sectors a request)
+REQUEST_BYTES = 128 << 10          # one READ(10)/WRITE(10) of the blocking path: 256 sectors
+IN_FLIGHT = 8                      # requests of the blocking path queued at once
+PAGES = 1 + IN_FLIGHT * REQUEST_BYTES // layout.PAGE    # a page of request blocks, the data window
 RB_STRIDE = 64                     # request blocks (36 bytes) 64 apart in the first page
 RB_SLOTS = layout.PAGE // RB_STRIDE
 WAIT_SLICE, WAIT_LIMIT = 500, 2_000_000
@@ -33,18 +44,34 @@ class ScsiError(VmfsError):
     """A SCSI request of the kernel's ended in CHECK CONDITION, or never completed."""
 
 
+def take_pages(kernel, count, what):
+    """`count` zeroed pages of kernel memory from the top of RAM: the RAM top the COS's page
+    allocator reads is lowered past them, so the COS can never hand them out (worlds.py does
+    the same for VM memory), and no VM's page directory maps them."""
+    memory = kernel.memory
+    top = memory.read_u32(cos_layout.RAM_TOP)
+    floor = max(memory.read_u32(cos_layout.NEXT_FREE_PAGE), kernel.base + layout.STACK_TOP)
+    base = top - count * layout.PAGE
+    if count <= 0 or base < floor:
+        raise ScsiError("kernel memory", f"no room for {what} ({count} pages): "
+                        f"{max(0, top - floor) // layout.PAGE} pages are left below the RAM top {top:#x}")
+    memory.write_u32(cos_layout.RAM_TOP, base)
+    memory.write(base, bytes(count * layout.PAGE), code=False)
+    return base
+
+
 class ScsiDisk:
     def __init__(self, kernel, controller="scsi0", sectors=None):
-        """Take PAGES pages of the kernel heap; `sectors` defaults to the disk's capacity."""
+        """Take PAGES pages of kernel memory; `sectors` defaults to the disk's capacity."""
         self.kernel, self.board = kernel, kernel.board
+        if controller not in kernel.shared:
+            raise ScsiError("SCSI controller", f"{controller} is not a device the kernel shares")
         self.shared = kernel.shared[controller]
-        end = kernel.base + layout.HEAP_END
-        if kernel.heap + PAGES * layout.PAGE > end:
-            raise ScsiError("kernel heap", f"no room for VMFS's {PAGES} pages of SCSI buffers")
-        self.rb, kernel.heap = kernel.heap, kernel.heap + PAGES * layout.PAGE
+        self.rb = take_pages(kernel, PAGES, "VMFS's SCSI buffers")
         self.buffer = self.rb + layout.PAGE
         self._free_slots = [self.rb + i * RB_STRIDE for i in reversed(range(RB_SLOTS))]
-        self.per_request = (PAGES - 1) * layout.PAGE // SECTOR
+        self._backlog = deque()         # requests waiting for a request block
+        self.per_request = REQUEST_BYTES // SECTOR
         self.requests = 0
         if sectors is None:                          # asked of the disk, as a driver would
             self._run(READ_CAPACITY_10, 0, 0, length=8)
@@ -61,7 +88,8 @@ class ScsiDisk:
         from (default: this disk's own pages); each request in flight has its own request block,
         because the controller reads a block only when its turn on the queue comes."""
         if not self._free_slots:
-            raise ScsiError("SCSI controller", f"{RB_SLOTS} requests of VMFS already in flight")
+            self._backlog.append((op, lba, count, done, buffer, length))
+            return
         rb = self._free_slots.pop()
         cdb = bytes([op, 0]) + struct.pack(">IBHB", lba, 0, count, 0)
         length = count * SECTOR if length is None else length
@@ -72,37 +100,62 @@ class ScsiDisk:
 
         def complete(rb):
             self._free_slots.append(rb)
-            done(tuple(self.board.memory.read(rb + 2, 4)))
+            result = tuple(self.board.memory.read(rb + 2, 4))
+            if self._backlog:
+                self.start(*self._backlog.popleft())
+            done(result)
         self.shared.submit(rb, complete)
 
-    def _run(self, op, lba, count, length=None):
-        result = []
-        self.start(op, lba, count, result.append, length=length)
+    @property
+    def free_slots(self):
+        return len(self._free_slots)
+
+    def _wait(self, requests, length=None):
+        """Queue every (op, lba, count, buffer) at once; wait for all; raise on the first error."""
+        results = [None] * len(requests)
+        for i, (op, lba, count, buffer) in enumerate(requests):
+            self.start(op, lba, count, lambda r, i=i: results.__setitem__(i, r), buffer, length)
         end = self.board.clock + WAIT_LIMIT
-        while not result:
+        while None in results:
             if self.board.clock >= end:
+                op, lba, count, _ = requests[results.index(None)]
                 raise ScsiError("SCSI controller", f"{NAMES[op]} "
                                 f"of sectors {lba}+{count} did not complete in {WAIT_LIMIT} instructions")
             self.board.run(WAIT_SLICE)
-        status, key, asc, ascq = result[0]
-        if status != GOOD:
-            raise ScsiError("SCSI controller", f"{NAMES[op]} of "
-                            f"sectors {lba}+{count}: CHECK CONDITION, sense {key:x}/{asc:02x}/{ascq:02x}")
+        for (op, lba, count, _), (status, key, asc, ascq) in zip(requests, results):
+            if status != GOOD:
+                raise ScsiError("SCSI controller", f"{NAMES[op]} of sectors {lba}+{count}: "
+                                f"CHECK CONDITION, sense {key:x}/{asc:02x}/{ascq:02x}")
+
+    def _run(self, op, lba, count, length=None, buffer=None):
+        self._wait([(op, lba, count, self.buffer if buffer is None else buffer)], length)
+
+    def transfer(self, op, lba, count, buffer):
+        """One READ(10)/WRITE(10) with the data at `buffer` (kernel memory), waited for."""
+        self._run(op, lba, count, buffer=buffer)
+
+    def _windows(self, lba, count):
+        """[(lba, sectors, buffer)] per window of IN_FLIGHT requests of per_request sectors."""
+        pieces = [(at, min(self.per_request, lba + count - at), self.buffer + i % IN_FLIGHT * REQUEST_BYTES)
+                  for i, at in enumerate(range(lba, lba + count, self.per_request))]
+        return [pieces[i:i + IN_FLIGHT] for i in range(0, len(pieces), IN_FLIGHT)]
 
     # ---- the block-device interface (vmfs_disk.py) ----------------------------------------------
     def read(self, lba, count):
         out = []
-        for at in range(lba, lba + count, self.per_request):
-            n = min(self.per_request, lba + count - at)
-            self._run(READ_10, at, n)
-            out.append(self.board.memory.read(self.buffer, n * SECTOR))
-        return b"".join(out)
+        for window in self._windows(lba, count):
+            self._wait([(READ_10, at, n, buffer) for at, n, buffer in window])
+            sectors = sum(n for _, n, _ in window)
+            out.append(self.board.memory.read(self.buffer, sectors * SECTOR))
+        return out[0] if len(out) == 1 else b"".join(out)
 
     def write(self, lba, data):
-        for i, at in enumerate(range(lba, lba + len(data) // SECTOR, self.per_request)):
-            chunk = data[i * self.per_request * SECTOR:(i + 1) * self.per_request * SECTOR]
-            self.board.memory.write(self.buffer, chunk, code=False)
-            self._run(WRITE_10, at, len(chunk) // SECTOR)
+        view, done = memoryview(data), 0
+        for window in self._windows(lba, len(data) // SECTOR):
+            sectors = sum(n for _, n, _ in window)
+            self.board.memory.write(self.buffer, view[done:done + sectors * SECTOR], code=False)
+            self._wait([(WRITE_10, at, n, buffer) for at, n, buffer in window])
+            done += sectors * SECTOR
 
 
 assert RB_SIZE <= layout.PAGE
