@@ -15,10 +15,10 @@ from vmkit.vmm.vdisk_device import VDISK_LINE, detach_vdisk, install_vm_with_vdi
 BS = 4096                       # 4 KiB blocks: 8 sectors a block, pointer blocks past 2048 sectors
 
 
-def fresh(tmp_path, sectors=16384):
+def fresh(tmp_path, sectors=16384, block_size=BS):
     path = tmp_path / "disk.img"
     with DiskImage.create(path, sectors) as image:      # the administrator's mkfs, from the shell
-        Volume.mkfs(add_partition(image), block_size=BS, fds=8)
+        Volume.mkfs(add_partition(image), block_size=block_size, fds=8)
     return path
 
 
@@ -157,3 +157,20 @@ def test_a_refused_request_block_holds_check_condition_and_the_dma_flag(tmp_path
     rb = struct.unpack(RB_FORMAT, board.memory.read(bad.region[0] + disk_guest.RB, RB_SIZE))
     assert (rb[2], rb[3], rb[6] & FLAG_DMA_ERROR) == (CHECK_CONDITION, HARDWARE_ERROR, FLAG_DMA_ERROR)
     board.close()
+
+
+def test_a_first_write_into_a_never_written_block_zeroes_the_rest_of_it(tmp_path):
+    path = fresh(tmp_path, block_size=256 << 10)      # 512 sectors a block: zeros in 64 KiB runs
+    board, kernel = boot(path)
+    with DiskImage.open(path, readonly=True) as image:     # stale bytes where the block will be
+        first = Volume.open(find(image)).sb.fb_area // 512 + find(image).first
+    board.scsi.disk.write(first, b"\xee" * 512 * 600)
+    guest = vm(kernel, "g", [("write", 700, 3, 4)], "g.vmdk", 4 * (256 << 10))
+    run_until_done(board, guest)
+    board.close()
+    with DiskImage.open(path, readonly=True) as image:
+        vol = Volume.open(find(image))
+        r = vol.resolve("g.vmdk", 1)
+        assert not r.tbz and vol.resolve("g.vmdk", 0).tbz          # the address lost its TBZ bit
+        block = image.read(r.disk_sector, 512)
+    assert block == bytes(188 * 512) + pattern(4, 700, 3) + bytes(321 * 512)
