@@ -70,3 +70,17 @@ def test_requests_in_flight_each_have_their_own_request_block(tmp_path):
     board.close()
     with DiskImage.open(path) as image:
         assert [image.read(100 + i, 1)[0] for i in range(3)] == [0x40, 0x41, 0x42]
+
+
+def test_the_blocking_path_keeps_several_large_requests_in_flight(tmp_path):
+    from vmkit.kernel.vmfs_scsi import IN_FLIGHT, REQUEST_BYTES
+    board, cos, loader = takeover.takeover(disk=DiskImage.create(tmp_path / "d.img", 16384))
+    disk = ScsiDisk(loader.kernel)
+    mark, before = board.trace.mark(), disk.requests
+    data = disk.read(100, 2 * IN_FLIGHT * REQUEST_BYTES // 512)
+    starts = [e for e in board.trace.since(mark, "scsi.share_start") if e["owner"] == "kernel"]
+    requests = [e for e in board.trace.since(mark, "scsi.request")]
+    assert disk.requests - before == len(starts) == 2 * IN_FLIGHT and len(data) == 2 * IN_FLIGHT * REQUEST_BYTES
+    assert {r["blocks"] for r in requests} == {REQUEST_BYTES // 512}
+    assert max(e["queued"] for e in starts) == IN_FLIGHT - 2     # the first went to the controller at once, the rest queued
+    board.close()

@@ -38,7 +38,7 @@ from .vmfs_errors import BadRequest, VmfsError
 from .vmfs_format import FD_SIZE, PB_ADDRESSES, PB_SIZE, SECTOR, FileDescriptor, sealed
 from .vmfs_scsi import ScsiDisk, take_pages
 
-MAX_TRANSFER = 64 << 10            # bytes one guest request may move: the VDISK's buffer
+MAX_TRANSFER = 256 << 10           # bytes one guest request may move: the VDISK's buffer
 ZERO_BYTES = 64 << 10              # a page run of zeros: TBZ blocks' first writes copy from it
 MAX_SECTORS = 0xFFFF               # READ(10)/WRITE(10): a 16-bit sector count
 

@@ -32,8 +32,8 @@ from .vmfs_errors import VmfsError
 from .vmfs_format import SECTOR
 
 NAMES = {READ_10: "READ(10)", WRITE_10: "WRITE(10)", READ_CAPACITY_10: "READ CAPACITY(10)"}
-REQUEST_BYTES = 128 << 10          # one READ(10)/WRITE(10) of the blocking path: 256 sectors
-IN_FLIGHT = 8                      # requests of the blocking path queued at once
+REQUEST_BYTES = 512 << 10          # one READ(10)/WRITE(10) of the blocking path: 1024 sectors
+IN_FLIGHT = 4                      # requests of the blocking path queued at once (a 2 MiB window)
 PAGES = 1 + IN_FLIGHT * REQUEST_BYTES // layout.PAGE    # a page of request blocks, the data window
 RB_STRIDE = 64                     # request blocks (36 bytes) 64 apart in the first page
 RB_SLOTS = layout.PAGE // RB_STRIDE
@@ -142,12 +142,18 @@ class ScsiDisk:
 
     # ---- the block-device interface (vmfs_disk.py) ----------------------------------------------
     def read(self, lba, count):
-        out = []
-        for window in self._windows(lba, count):
+        windows = self._windows(lba, count)
+        out = bytearray(count * SECTOR) if len(windows) > 1 else None   # one copy, not a join
+        done = 0
+        for window in windows:
             self._wait([(READ_10, at, n, buffer) for at, n, buffer in window])
             sectors = sum(n for _, n, _ in window)
-            out.append(self.board.memory.read(self.buffer, sectors * SECTOR))
-        return out[0] if len(out) == 1 else b"".join(out)
+            data = self.board.memory.read(self.buffer, sectors * SECTOR)
+            if out is None:
+                return data
+            out[done:done + len(data)] = data
+            done += len(data)
+        return out
 
     def write(self, lba, data):
         view, done = memoryview(data), 0
