@@ -51,7 +51,7 @@ def throughput(folder, size=64 * MB):
     return size / MB / w, size / MB / r, size / MB / raw
 
 
-def kernel_path(folder, size=16 * MB):
+def kernel_path(folder, size=64 * MB):
     """(write, read) MB/s of a VMFS file through the kernel's SCSI path (ScsiDisk, shared queue)."""
     from vmkit.kernel.vmfs_scsi import ScsiDisk
     from vmkit.lessons import takeover
@@ -62,7 +62,7 @@ def kernel_path(folder, size=16 * MB):
         vol.create("f", size)
         data = os.urandom(size)
         w = timed(lambda: vol.write("f", 0, data))
-        r = timed(lambda: vol.read("f"))
+        r = min(timed(lambda: vol.read("f")) for _ in range(3))      # as the raw read: best of 3
     finally:
         board.close()
     return size / MB / w, size / MB / r
@@ -104,8 +104,8 @@ def main():
         print(f"VMFS file, 64 MiB read (image file):             {r:8.0f} MB/s  ({r / raw:.2f} of raw)")
         print(f"raw read of the same extent of the image file:   {raw:8.0f} MB/s")
         kw, kr = kernel_path(folder)
-        print(f"VMFS file via the kernel's SCSI path, 16 MiB written: {kw:6.1f} MB/s")
-        print(f"VMFS file via the kernel's SCSI path, 16 MiB read:    {kr:6.1f} MB/s  ({kr / raw:.3f} of raw)")
+        print(f"VMFS file via the kernel's SCSI path, 64 MiB written: {kw:6.1f} MB/s")
+        print(f"VMFS file via the kernel's SCSI path, 64 MiB read:    {kr:6.1f} MB/s  ({kr / raw:.3f} of raw)")
         gw, gr = guest_path(folder)
         print(f"VDISK from a guest (256 KiB requests), 4 MiB written: {gw:6.1f} MB/s")
         print(f"VDISK from a guest (256 KiB requests), 4 MiB read:    {gr:6.1f} MB/s  ({gr / raw:.3f} of raw)")

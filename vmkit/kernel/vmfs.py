@@ -75,7 +75,7 @@ class Volume:
         first, end = offset // SECTOR, -(-(offset + size) // SECTOR)
         data = self.device.read(first, end - first)
         skip = offset - first * SECTOR
-        return data[skip:skip + size]
+        return data if not skip and len(data) == size else data[skip:skip + size]   # no copy if whole
 
     def _write(self, offset, data):
         head, tail = offset % SECTOR, (offset + len(data)) % SECTOR
