@@ -118,7 +118,11 @@ class Vdisk:
 
     def address(self, block):
         """The FB address of VDISK block `block`, by the kernel's resolver, checked before use."""
-        address = self.store.resolver(self.fd, block, self.pointer_block)
+        try:
+            address = self.store.resolver(self.fd, block, self.pointer_block)
+        except Exception as e:                       # a plugged-in resolver's bug fails the request only
+            raise VmfsError(f"VDISK {self.name} block {block}",
+                            f"the resolver raised {type(e).__name__}: {e}") from e
         if not isinstance(address, int):
             raise VmfsError(f"VDISK {self.name} block {block}", f"the resolver gave {address!r}, "
                             "not a block address")
