@@ -174,3 +174,31 @@ def test_a_first_write_into_a_never_written_block_zeroes_the_rest_of_it(tmp_path
         assert not r.tbz and vol.resolve("g.vmdk", 0).tbz          # the address lost its TBZ bit
         block = image.read(r.disk_sector, 512)
     assert block == bytes(188 * 512) + pattern(4, 700, 3) + bytes(321 * 512)
+
+
+def test_a_vm_on_the_second_cpu_gets_its_completions_too(tmp_path):
+    board, cos, loader = takeover(disk=DiskImage.open(fresh(tmp_path)), cpus=2)
+    far = vm(loader.kernel, "far", [("write", 0, 64, 3), ("verify", 0, 64, 3)], "far.vmdk", 16 * BS)
+    run_until_done(board, far)
+    assert far.cpu == 1 and lines(far)[-2:] == ["far read 0+64 ok", "far done"]
+    board.close()
+
+
+def test_bad_input_is_a_named_error_and_leaves_the_machine_as_it_was(tmp_path):
+    import pytest
+    from vmkit.cos import layout as cos_layout
+    from vmkit.kernel.vmfs_errors import VmfsError
+    board, cos, loader = takeover(disk=DiskImage.create(tmp_path / "blank.img", 4096))
+    kernel, top = loader.kernel, board.memory.read_u32(cos_layout.RAM_TOP)
+    with pytest.raises(VmfsError, match="partition table.*blank|no partition"):
+        vm(kernel, "x", [], "x.vmdk", 8 * BS)
+    assert board.memory.read_u32(cos_layout.RAM_TOP) == top and len(kernel.worlds.all) == 1
+    board.close()
+    board, kernel = boot(fresh(tmp_path))
+    vm(kernel, "one", [], "shared.vmdk", 8 * BS)
+    with pytest.raises(VmfsError, match="VDISK 'shared.vmdk': already attached to one"):
+        vm(kernel, "two", [], "shared.vmdk")
+    with pytest.raises(VmfsError, match="VDISK 'none.vmdk': no such file on the volume; give its size"):
+        vm(kernel, "three", [], "none.vmdk")
+    assert [w.name for w in kernel.worlds.all] == ["cos", "one"]
+    board.close()

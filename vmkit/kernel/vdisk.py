@@ -29,6 +29,7 @@ allocator can never hand them out and no VM's page directory maps them.
 """
 import struct
 
+from ..cos import layout as cos_layout
 from ..hw.scsi import GOOD, READ_10, WRITE_10
 from . import layout
 from . import vmfs_address as A
@@ -47,10 +48,15 @@ class Vdisks:
     """The kernel's VMFS volume and the VDISKs attached to VMs."""
     def __init__(self, kernel):
         self.kernel, self.memory, self.trace = kernel, kernel.memory, kernel.trace
-        self.disk = ScsiDisk(kernel)                 # READ CAPACITY, then the volume's metadata
-        self.partition = find(self.disk)
-        self.volume = Volume.open(self.partition)
-        self.zeros = take_pages(kernel, ZERO_BYTES // layout.PAGE, "VMFS zero pages")
+        top = self.memory.read_u32(cos_layout.RAM_TOP)
+        try:
+            self.disk = ScsiDisk(kernel)             # READ CAPACITY, then the volume's metadata
+            self.partition = find(self.disk)
+            self.volume = Volume.open(self.partition)
+            self.zeros = take_pages(kernel, ZERO_BYTES // layout.PAGE, "VMFS zero pages")
+        except Exception:                            # no volume: the pages go back to the COS
+            self.memory.write_u32(cos_layout.RAM_TOP, top)
+            raise
         self.resolver = block_address                # exercise 10 plugs the learner's in
         self.attached = {}                           # file name -> Vdisk
 
