@@ -32,6 +32,10 @@ virtual line pending; the VMM injects it through the guest's own IDT.
 
 Access width: every register is read and written whole (32 bits); a narrow
 guest access counts as the whole register, as the COS's virtual NIC does.
+The copies to and from the guest use its physical addresses (a guest's
+linear addresses are physical, paging.py) after `owns` checked the whole
+range, not the mapping-cache window: they move up to 256 KiB at a time,
+where the window maps a page per slot for the VMM's word-sized accesses.
 """
 import struct
 
