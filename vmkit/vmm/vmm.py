@@ -45,6 +45,8 @@ class GuestFault(Exception):
 
 
 class VMM:
+    disk = None                 # its virtual disk adapter (vdisk_device.py), once one is attached
+
     def __init__(self, kernel, name, base, size, vcpu_address, cpu=0):
         self.kernel, self.name, self.base, self.size = kernel, name, base, size
         self.cpu = kernel.board.cpus[cpu]                   # the CPU its world is placed on
@@ -164,6 +166,8 @@ class VMM:
         ops = insn.operands
         port_op = ops[1] if insn.mnemonic == "in" else ops[0]
         port = port_op.imm if port_op.type == X86_OP_IMM else frame.edx & 0xFFFF
+        if self.disk is not None and self.disk.claims(port):
+            return self._disk_port(frame, insn.mnemonic, port)
         if insn.mnemonic == "out":
             value = frame.eax & 0xFF
             if port == SERIAL:
@@ -173,6 +177,13 @@ class VMM:
             return
         value = 0x60 if port == SERIAL_LSR else 0xFF       # LSR: transmitter empty
         frame.eax = (frame.eax & ~0xFF) | value
+
+    def _disk_port(self, frame, mnemonic, port):
+        """in/out on its virtual disk adapter: whole 32-bit registers (vdisk_device.py)."""
+        if mnemonic == "out":
+            self.disk.write(port, frame.eax)
+        else:
+            frame.eax = self.disk.read(port)
 
     def _serial(self, byte):
         self.console.append(byte)
@@ -199,10 +210,12 @@ class VMM:
         self.vcpu.pending |= 1
 
     def deliver_pending(self, frame):
+        """The lowest pending line of its virtual PIC (0: the timer; a virtual disk's line)."""
         v = self.vcpu
-        if v.pending & 1 and v.vif:
-            v.pending &= ~1
-            self.inject(frame, VM_TIMER_VECTOR)
+        if v.pending and v.vif:
+            line = (v.pending & -v.pending).bit_length() - 1
+            v.pending &= ~(1 << line)
+            self.inject(frame, VM_TIMER_VECTOR + line)
 
     def inject(self, frame, vector):
         """Through the guest's own IDT, onto the guest's own stack (flat: SS base 0)."""
