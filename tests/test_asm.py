@@ -218,7 +218,8 @@ FITS = ["mov al, 255", "mov al, -128", "mov al, -256", "and al, ~0x80", "mov al,
         "mov ax, 0xffff", "mov ax, -1", "mov word ptr [eax], 0xffff", "ret 0xffff",
         "enter 0xffff, 255", "int -1", "int 0xff", "aam 10", "push word ptr 5", "shl eax, 33",
         ".word 0xffff, -32768", "loop x\n.fill 127, 1, 0x90\nx: nop",
-        "x: nop\n.fill 125, 1, 0x90\njecxz x", "mov al, [0x12345678]", "mov byte ptr [eax], bl"]
+        "x: nop\n.fill 125, 1, 0x90\njecxz x", "mov al, [0x12345678]", "mov byte ptr [eax], bl",
+        "mov al, fs:0x10", "mov al, 3+4*2", "cmp al, 'a'"]
 
 
 @pytest.mark.parametrize("source", FITS)

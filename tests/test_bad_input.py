@@ -426,3 +426,24 @@ def test_an_exception_in_the_kernels_python_is_raised_once_and_stops_the_cpu():
         cos.run_command("ticks")
     with pytest.raises(MachineStopped, match="ZeroDivisionError"):
         board.run_until(lambda: False, 10_000)
+
+
+def test_wires_and_disks_that_cannot_work_are_refused():
+    import tempfile
+    from vmkit.hw.disk import DiskImage, DiskImageError
+    from vmkit.hw.nic import Wire
+    board = Board(nics=2)
+    with pytest.raises(TypeError, match="a wire joins two NICs"):
+        Wire(board.nics[0], 5)
+    with pytest.raises(ValueError, match="latency is a positive number"):
+        board.nics[0].connect(board.nics[1], latency=-1)
+    assert board.nics[0].wire is None and board.nics[1].wire is None      # nothing half-wired
+    wire = Wire(board.nics[0], board.nics[1])
+    with pytest.raises(TypeError, match="a frame is bytes, not int"):
+        wire.inject(board.nics[0], 60)
+    assert not wire.tap and not board._events
+    with tempfile.TemporaryDirectory() as d:
+        image = DiskImage.create(d + "/x.img", 8)
+        image.close()
+        with pytest.raises(DiskImageError, match="the disk image is closed"):
+            Board(disk=image)

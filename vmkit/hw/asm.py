@@ -155,7 +155,8 @@ def _operands(ops):
 
 
 def _is_immediate(op):
-    return "[" not in op and not re.search(r"\bptr\b", op, re.I) and op.lower() not in _REGS
+    """Not memory (brackets, `ptr`, a segment:offset), not a register."""
+    return "[" not in op and ":" not in op and not re.search(r"\bptr\b", op, re.I) and op.lower() not in _REGS
 
 
 def _sized_immediates(mnem, operands):
@@ -286,12 +287,14 @@ def assemble(source: str, origin: int = 0) -> bytes:
     body = [text for text, _ in pairs]
     if fixes:
         body.append(".long " + ", ".join(fix[0] for fix in fixes))
-    for label, expr, _ in checks:                # each: the value at full width, where it is
-        body.append(".quad %s\n.long %s" % (expr, label or 0))
-    try:
-        out = bytearray(_ks_asm("\n".join(body), origin))
+    quads = [".quad %s\n.long %s" % (expr, label or 0) for label, expr, _ in checks]
+    try:                                         # each check: the value at full width, where it is
+        out = bytearray(_ks_asm("\n".join(body + quads), origin))
     except KsError as e:
-        raise _find_bad_line(lines, origin, e) from None
+        try:                                     # an expression `.quad` cannot take: no check
+            out, checks = bytearray(_ks_asm("\n".join(body), origin)), []
+        except KsError:
+            raise _find_bad_line(lines, origin, e) from None
     if not out and any(i and not i.startswith(".") for _, i in pairs):
         raise _find_bad_line(lines, origin, "keystone produced no bytes")
     if checks:

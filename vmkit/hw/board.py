@@ -120,10 +120,12 @@ class Board:
             self.devices.append(("nic", NIC_PORTS[i], 64, NIC_IRQS[i]))
         self.scsi = None
         if disk is not None:
-            from .disk import DiskImage
+            from .disk import DiskImage, DiskImageError
             from .scsi import SCSIController
             if not isinstance(disk, (DiskImage, str, bytes, os.PathLike)):
                 raise TypeError(f"disk: a DiskImage or the path of a disk image file, not {disk!r:.40}")
+            if isinstance(disk, DiskImage) and disk.closed:
+                raise DiskImageError(f"{disk.path}: the disk image is closed")
             if not isinstance(disk, DiskImage):
                 disk = DiskImage.open(disk)          # a clear DiskImageError if it is not usable
             self.scsi = SCSIController(self, SCSI_PORT, SCSI_IRQ, disk)

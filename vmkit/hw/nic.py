@@ -218,6 +218,11 @@ class Wire:
     time being the sender's virtual clock, for tests and widgets."""
 
     def __init__(self, nic_a, nic_b, latency=100):
+        for nic in (nic_a, nic_b):
+            if not isinstance(nic, NIC):
+                raise TypeError(f"a wire joins two NICs (board.nics[i]), not {nic!r:.40}")
+        if not isinstance(latency, int) or isinstance(latency, bool) or latency < 1:
+            raise ValueError(f"a wire's latency is a positive number of instructions, not {latency!r}")
         if nic_a is nic_b:
             raise ValueError(f"a wire joins two NICs, not {nic_a.name} to itself")
         for nic in (nic_a, nic_b):
@@ -235,6 +240,8 @@ class Wire:
 
     def inject(self, to_nic, frame, delay=None):
         """A frame from outside the machine, arriving at `to_nic` after `delay` (latency)."""
+        if not isinstance(frame, (bytes, bytearray, memoryview)):
+            raise TypeError(f"a frame is bytes, not {type(frame).__name__} {frame!r:.40}")
         if to_nic not in self.ends:
             raise ValueError(f"{to_nic.name} is not on this wire")
         self.tap.append((to_nic.board.clock, "outside", bytes(frame)))
