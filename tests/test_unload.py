@@ -1,0 +1,200 @@
+"""Claims 24-25: the unload -- the kernel halts, the COS gets its machine back at CPL 0."""
+import pytest
+
+from vmkit.hw.board import Board
+from vmkit.cos import layout as cos_layout
+from vmkit.cos.cos import COS
+from vmkit.hw.x86 import decode_gate, decode_segment
+from vmkit.kernel import layout, unload
+from vmkit.kernel.patches import PatchTable
+from vmkit.lessons.unload import differences, fingerprint
+from vmkit.loader import Loader
+from vmkit.vmm import guests
+
+LIMIT = 3_000_000
+
+
+def booted(cpus=1, **board_options):
+    board = Board(cpus=cpus, **board_options)
+    cos = COS.boot(board)
+    loader = Loader(board)
+    cos.put_module(loader.module)
+    return board, cos, loader
+
+
+def loaded(cpus=1, **board_options):
+    board, cos, loader = booted(cpus, **board_options)
+    before = fingerprint(board)
+    assert "insmod: ok" in cos.run_command("insmod", LIMIT)
+    board.run(100_000)
+    return board, cos, loader, before
+
+
+def rmmod(cos):
+    return cos.run_command("rmmod", LIMIT)
+
+
+def events(board, prefix):
+    return [e for e in board.trace.events if e.kind.startswith(prefix)]
+
+
+def test_the_cos_asks_with_rmmod_and_is_back_at_cpl0_in_its_own_tables():
+    board, cos, loader, before = loaded()
+    cpu, kernel = board.cpu, loader.kernel
+    cos_state = kernel.cos_state
+    assert cpu.cpl == 0 and kernel.contains(cpu["idtr"][1])       # the kernel's, while loaded
+    out = rmmod(cos)
+    assert "vmkload: vmkernel unloaded; COS at CPL 0" in out and out.endswith("rmmod: ok\n")
+    # read back from the CPU: the COS's own tables, in its own memory, and CPL 0
+    assert cpu["idtr"][1:3] == cos_state["idtr"][1:3] == (cos_layout.COS_IDT, 0x7FF)
+    assert cpu["gdtr"][1:3] == cos_state["gdtr"][1:3] == (cos_layout.COS_GDT, 0x1F)
+    assert cpu["tr"][:3] == cos_state["tr"][:3] and cpu["tr"][0] == cos_layout.COS_TSS_SEL
+    assert cpu["cs"] == cos_layout.COS_CS and cpu.cpl == 0
+    assert all(cpu[s] == cos_state[s] for s in ("ds", "es", "fs", "gs", "ss"))
+    assert loader.kernel is None
+    kinds = [e.kind for e in events(board, "unload.")]
+    assert kinds == ["unload.called", "unload.devices", "unload.unpatch", "unload.tables",
+                     "unload.resumed", "unload.freed"]
+    # the TSS descriptor the CPU's ltr used is busy again in the COS's GDT
+    desc = decode_segment(board.memory.read(cos_layout.COS_GDT + cos_layout.COS_TSS_SEL, 8))
+    assert desc.type == 0xB
+
+
+def test_after_the_unload_nothing_traps_and_the_cos_works_through_its_own_drivers():
+    board, cos, loader, _ = loaded()
+    base = loader.kernel.base
+    rmmod(cos)
+    mark = len(board.trace.events)
+    ticks = cos.ticks()
+    assert cos.run_command("ticks").startswith("ticks\ncos: ticks ")      # console in and out
+    keys = cos.var("KEYS")
+    board.keyboard.press(b"\x1e")
+    board.run(300_000)
+    assert cos.ticks() > ticks                                             # its timer, its handler
+    assert cos.var("KEYS") == keys + 1 and cos.var("LAST_KEY") == 0x1E    # its keyboard driver
+    delivered = [e for e in board.trace.events[mark:] if e.kind == "cpu.deliver"]
+    assert delivered and all(not base <= e["handler"] < base + layout.STACK_TOP for e in delivered)
+    gate = decode_gate(board.memory.read(cos_layout.COS_IDT + 0x20 * 8, 8))
+    assert {e["handler"] for e in delivered if e["vector"] == 0x20} == {gate.offset}
+    # cli / lidt / in / out at CPL 0 no longer trap: nothing enters the kernel at all
+    assert not [e for e in board.trace.events[mark:] if e.kind.startswith("kernel.")]
+    assert cos.var("FAULTS") == 0
+
+
+def test_the_patched_bytes_are_restored_and_the_patch_table_was_in_kernel_memory():
+    board, cos, loader = booted()
+    code_end = board.memory.read_u32(cos_layout.CODE_END)
+    original = board.memory.read(cos_layout.COS_CODE, code_end - cos_layout.COS_CODE)
+    cos.run_command("insmod", LIMIT)
+    kernel = loader.kernel
+    table = PatchTable(board.memory, kernel.base + layout.PATCHES)        # read from memory only
+    entries = table.entries()
+    assert len(entries) == board.memory.read_u32(kernel.base + layout.PATCHES) > 0
+    for address, byte, mnemonic in entries:
+        assert board.memory.read(address, 1) == b"\xcc"
+        assert byte == {"pushfd": 0x9C, "popfd": 0x9D, "iretd": 0xCF}[mnemonic]
+    rmmod(cos)
+    assert board.memory.read(cos_layout.COS_CODE, len(original)) == original
+    assert board.memory.read(cos_layout.MODULE_AREA, len(loader.module)) == loader.module
+    unpatch = events(board, "unload.unpatch")[0]
+    assert unpatch["restored"] == len(entries)
+
+
+def test_the_kernel_block_is_cleared_and_given_back_and_nothing_points_into_it():
+    board, cos, loader, _ = loaded()
+    base, mem = loader.kernel.base, board.memory
+    rmmod(cos)
+    assert mem.read(base, layout.STACK_TOP) == bytes(layout.STACK_TOP)
+    assert mem.read_u32(cos_layout.NEXT_FREE_PAGE) == base == cos_layout.PAGE_POOL
+    assert mem.read_u32(cos_layout.RAM_TOP) == mem.size
+    inside = lambda a: base <= a < base + layout.STACK_TOP
+    cpu = board.cpu
+    assert not any(inside(cpu[t][1]) for t in ("gdtr", "idtr", "tr")) and not inside(cpu["esp"])
+    for v in range(256):                                   # the COS's IDT and GDT
+        assert not inside(decode_gate(mem.read(cos_layout.COS_IDT + 8 * v, 8)).offset)
+    for i in range(cos_layout.GDT_ENTRIES):
+        assert not inside(decode_segment(mem.read(cos_layout.COS_GDT + 8 * i, 8)).base)
+    assert "cos: next free page 0x00400000 ram top 0x01000000" in cos.run_command("mem")
+
+
+def test_the_cos_fingerprint_before_the_load_equals_the_one_after_the_unload():
+    board, cos, loader, before = loaded()
+    rmmod(cos)
+    after = fingerprint(board)
+    assert before == after, "\n".join(differences(before, after, board))
+
+
+def test_the_pic_gets_the_masks_the_cos_set_while_displaced():
+    board, cos, loader, _ = loaded()
+    imr = board.ports.read(0x21, 1)
+    # the COS masks its keyboard line (IRQ 1) while displaced: it lands on its virtual PIC only
+    cos.put_module(COS.make_module("init: in al, 0x21\nor al, 2\nout 0x21, al\nxor eax, eax\nret"))
+    cos.run_command("insmod", LIMIT)
+    assert loader.kernel.vcpu.imr & 2
+    cos.put_module(loader.module)
+    rmmod(cos)
+    assert board.ports.read(0x21, 1) == (imr | 2) & 0xFF == board.pic.master.imr
+    assert board.pic.master.vector_base == 0x20 and board.pic.slave.vector_base == 0x28
+
+
+def test_refused_while_a_vm_runs_and_allowed_once_it_crashed():
+    board, cos, loader, _ = loaded()
+    kernel = loader.kernel
+    vm = kernel.install_vm(lambda base: guests.console(base, "vm"), 0x8000, "vm")
+    board.run(200_000)
+    out = rmmod(cos)
+    assert "vmkload: refused: 1 VM(s) still run (vm): stop them first" in out
+    assert out.endswith("rmmod: exit failed\n") and loader.kernel is kernel
+    assert board.cpu.cpl == 0 and kernel.contains(board.cpu["idtr"][1])     # nothing changed
+    assert board.memory.read(cos_layout.COS_CODE, 0x10000).count(b"\xcc") >= len(kernel.patches)
+    board.run(200_000)
+    assert vm.vmm.console                                                     # the VM goes on
+
+
+def test_a_guest_issuing_the_unload_call_crashes_only_its_vm():
+    board, cos, loader, _ = loaded()
+    kernel = loader.kernel
+    src = lambda base: f"mov eax, {unload.CALL}\nint 0x90\nl: jmp l"
+    vm = kernel.install_vm(src, 0x8000, "caller")
+    board.run(300_000)
+    assert vm.state == "crashed" and loader.kernel is kernel
+    assert not events(board, "unload.")
+    out = rmmod(cos)                                   # its VM no longer runs: the COS may unload
+    assert out.endswith("rmmod: ok\n") and board.cpu.cpl == 0
+
+
+def test_unload_without_a_kernel_and_twice_are_clear_refusals():
+    board, cos, loader = booted()
+    before = fingerprint(board)
+    out = rmmod(cos)
+    assert "vmkload: refused: no vmkernel is loaded" in out and out.endswith("rmmod: exit failed\n")
+    cos.run_command("insmod", LIMIT)
+    assert rmmod(cos).endswith("rmmod: ok\n")
+    out = rmmod(cos)
+    assert "vmkload: refused: no vmkernel is loaded" in out
+    assert len(events(board, "unload.freed")) == 1
+    assert before == fingerprint(board), "\n".join(differences(before, fingerprint(board), board))
+
+
+def test_the_cos_loads_again_after_an_unload_and_vms_run_again():
+    board, cos, loader, _ = loaded()
+    first = loader.kernel.base
+    rmmod(cos)
+    assert "insmod: ok" in cos.run_command("insmod", LIMIT)
+    kernel = loader.kernel
+    assert kernel.base == first and board.cpu.cpl == 0 and kernel.contains(board.cpu["idtr"][1])
+    vm = kernel.install_vm(lambda base: guests.console(base, "again"), 0x8000, "again")
+    board.run(400_000)
+    assert bytes(vm.vmm.console).decode().startswith("hello from again")
+
+
+def test_twenty_load_unload_cycles_keep_the_fingerprint():
+    board, cos, loader = booted()
+    before = fingerprint(board)
+    for cycle in range(20):
+        assert "insmod: ok" in cos.run_command("insmod", LIMIT), cycle
+        assert rmmod(cos).endswith("rmmod: ok\n"), cycle
+        assert cos.run_command("ticks").startswith("ticks\ncos: ticks "), cycle
+        after = fingerprint(board)
+        assert before == after, f"cycle {cycle}:\n" + "\n".join(differences(before, after, board))
+    assert len(events(board, "unload.freed")) == 20
