@@ -61,6 +61,7 @@ OK, REFUSED = 0, 1
 INT_LENGTH = 2                  # `int 0x90` is CD 90: a retry executes it again
 PARK_VECTOR = 0xF2              # the IPI that parks another CPU (its local APIC)
 WHY_SIZE = 160
+FIRMWARE_GDT_LIMIT = 5 * 8 - 1       # the firmware's five descriptors (hw/board.py)
 
 RECORD = struct.Struct("<HIxx HIxx I I I I IIIII HIxx HIxx")
 _U = layout.UNLOAD
@@ -134,7 +135,7 @@ def request(kernel, frame, cpu):
     try:
         _check(kernel, cpu)
         _finish_in_flight(kernel, frame)
-        _park_others(kernel)
+        _park_others(kernel, frame)
     except Refused as e:
         kernel.unloading = None
         trace.emit("unload.refused", cpu.index, why=str(e))
@@ -145,6 +146,8 @@ def request(kernel, frame, cpu):
         return
     except Wait as e:
         trace.emit("unload.wait", cpu.index, why=str(e))
+        if frame.vector == layout.GO_BACK:           # nothing injected: the kernel idles (sti; hlt)
+            kernel.go_away(frame, "idle")            # until the next interrupt, then the COS retries
         return
     _devices_back(kernel)
     restored = kernel.patches.restore()
@@ -176,7 +179,7 @@ def _finish_in_flight(kernel, frame):
         raise Wait("an interrupt the COS may take now: injected first")
 
 
-def _park_others(kernel):
+def _park_others(kernel, frame):
     for p in kernel.worlds.cpus[1:]:
         cpu = kernel.board.cpus[p.index]
         if parked(kernel, cpu):
@@ -185,6 +188,7 @@ def _park_others(kernel):
             kernel.unloading = "parking"
             kernel.trace.emit("unload.park", p.index, ipi=PARK_VECTOR)
             kernel.board.cpus[0].lapic.send_ipi(p.index, PARK_VECTOR)
+        _retry(frame)
         raise Wait(f"CPU {p.index} not parked yet")
 
 
@@ -203,6 +207,8 @@ def park(kernel, frame, cpu):
     lapic.write(EOI, 0)
     lapic.write(LVT_TIMER, MASKED | (lapic.read(LVT_TIMER) & 0xFF))
     lapic.write(TIMER_INITIAL, 0)
+    memory, record = kernel.memory, kernel.base + PARK_GDTR
+    memory.write(record, struct.pack("<HIxxHIxx", FIRMWARE_GDT_LIMIT, FIRMWARE_GDT, 0, 0), code=False)
     frame.vector = layout.GO_PARK
     kernel.trace.emit("unload.parking", cpu.index, timer="stopped", gdtr=FIRMWARE_GDT, cr3=0)
 
@@ -252,7 +258,7 @@ def _tables(kernel, frame, cpu):
     tr = cos["tr"][0]
     segs = [cos[s] for s in ("ds", "es", "fs", "gs", "ss")]
     raw = RECORD.pack(v.gdt_limit, v.gdt_base, v.idt_limit, v.idt_base, v.gdt_base + (tr & ~7), tr,
-                      cos["cs"], 0, *segs, 5 * 8 - 1, FIRMWARE_GDT, 0, 0)
+                      cos["cs"], 0, *segs, FIRMWARE_GDT_LIMIT, FIRMWARE_GDT, 0, 0)
     kernel.memory.write(kernel.base + layout.UNLOAD, raw, code=False)
     flags = frame.eflags & ~(EFLAGS_IF | EFLAGS_IOPL)
     frame.eflags = flags | (EFLAGS_IF if v.vif else 0) | (cos["eflags"] & EFLAGS_IOPL)
