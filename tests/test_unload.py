@@ -247,3 +247,60 @@ def test_two_cpus_cpu1_is_parked_halted_with_if_clear_in_the_firmware_tables():
     assert "insmod: ok" in cos.run_command("insmod", LIMIT)       # and CPU 1 starts again
     board.run(100_000)
     assert not cpu1.halted or cpu1.interrupts_enabled
+
+
+def test_a_line_the_cos_masked_while_displaced_stays_pending_in_the_real_pic():
+    board, cos, loader, _ = loaded()
+    cos.put_module(COS.make_module("init: in al, 0x21\nor al, 2\nout 0x21, al\nxor eax, eax\nret"))
+    cos.run_command("insmod", LIMIT)
+    keys = cos.var("KEYS")
+    board.keyboard.press(b"\x1e")                          # IRQ 1, masked by the COS: pending
+    board.run(50_000)
+    assert loader.kernel.vcpu.pending & 2 and cos.var("KEYS") == keys
+    cos.put_module(loader.module)
+    rmmod(cos)
+    assert events(board, "unload.devices")[0]["pending_left"] == "0x0002"
+    assert board.pic.master.irr & 2 and board.pic.master.imr & 2     # latched, masked, not lost
+    cos.put_module(COS.make_module("init: in al, 0x21\nand al, 0xfd\nout 0x21, al\nxor eax, eax\nret"))
+    cos.run_command("insmod", LIMIT)                      # the COS unmasks it, at CPL 0: it arrives
+    board.run(50_000)
+    assert cos.var("KEYS") == keys + 1 and cos.var("LAST_KEY") == 0x1E
+
+
+def test_an_interrupt_the_cos_may_take_is_injected_before_the_unload():
+    board, cos, loader, _ = loaded()
+    kernel = loader.kernel
+    serial = cos.var("SERIAL_IRQS")
+    module = loader.module
+    exit_ = int.from_bytes(module[12:16], "little") + 16
+    at = cos_layout.MODULE_AREA + module.index(b"\xcd\x90", exit_)        # the exit's int 0x90
+    # a serial IRQ waiting for the COS just as it asks (a stimulus: the kernel normally injects
+    # such a line at once, so this is the defensive path)
+    fired = []
+
+    def serial_irq_waits(cpu):
+        if not fired:
+            fired.append(cpu["eip"])
+            kernel.vcpu.pending |= 1 << 4
+    board.cpu.on_execute(at, serial_irq_waits)
+    out = rmmod(cos)
+    assert "rmmod: ok\n" in out
+    kinds = [e.kind for e in board.trace.events if e.kind.startswith("unload.") or e.kind == "kernel.inject"]
+    tables = kinds.index("unload.tables")
+    assert "unload.wait" in kinds[:tables] and "kernel.inject" in kinds[:tables]
+    assert cos.var("SERIAL_IRQS") > serial
+
+
+def test_the_shared_nic_goes_back_to_the_cos_and_no_longer_uses_kernel_memory():
+    from vmkit.hw.nic import CTRL, RX_BASE, TX_BASE
+    board, cos, loader, _ = loaded(nics=1)
+    kernel = loader.kernel
+    nic = board.nics[0]
+    assert kernel.contains(nic.io_read(RX_BASE, 4))       # the kernel's rings, while loaded
+    base = kernel.base
+    rmmod(cos)
+    text = events(board, "unload.devices")[0]["nic"]
+    assert text.startswith("nic0: reset") and "0 frame(s) queued for the kernel counted" in text
+    assert nic.io_read(CTRL, 4) == 0                       # the COS never enabled it
+    assert not base <= nic.io_read(RX_BASE, 4) < base + layout.STACK_TOP
+    assert not base <= nic.io_read(TX_BASE, 4) < base + layout.STACK_TOP
