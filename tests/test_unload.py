@@ -188,16 +188,22 @@ def test_the_cos_loads_again_after_an_unload_and_vms_run_again():
     assert bytes(vm.vmm.console).decode().startswith("hello from again")
 
 
-def test_twenty_load_unload_cycles_keep_the_fingerprint():
+def test_twenty_load_unload_cycles_keep_the_fingerprint_and_free_each_kernel():
+    import gc
+    import weakref
     board, cos, loader = booted()
     before = fingerprint(board)
+    kernels = []
     for cycle in range(20):
         assert "insmod: ok" in cos.run_command("insmod", LIMIT), cycle
+        kernels.append(weakref.ref(loader.kernel))
         assert rmmod(cos).count("rmmod: ok\n") == 1, cycle
         assert cos.run_command("ticks").startswith("ticks\ncos: ticks "), cycle
         after = fingerprint(board)
         assert before == after, f"cycle {cycle}:\n" + "\n".join(differences(before, after, board))
     assert len(events(board, "unload.freed")) == 20
+    gc.collect()
+    assert not [k for k in kernels if k() is not None]    # nothing keeps an unloaded kernel alive
 
 
 def test_unload_while_scsi_requests_are_in_flight_waits_for_them_to_complete(tmp_path):

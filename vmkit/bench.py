@@ -192,4 +192,6 @@ if __name__ == "__main__":
     main()
     main_cos()
     main_vms()
+    from vmkit import bench_unload
+    bench_unload.main()
     bench_entry.main(notebooks="--no-notebooks" not in sys.argv)
