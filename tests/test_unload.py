@@ -310,3 +310,14 @@ def test_the_shared_nic_goes_back_to_the_cos_and_no_longer_uses_kernel_memory():
     assert nic.io_read(CTRL, 4) == 0                       # the COS never enabled it
     assert not base <= nic.io_read(RX_BASE, 4) < base + layout.STACK_TOP
     assert not base <= nic.io_read(TX_BASE, 4) < base + layout.STACK_TOP
+
+
+def test_privileged_instructions_run_natively_after_the_unload():
+    board, cos, loader, _ = loaded()
+    rmmod(cos)
+    mark = len(board.trace.events)
+    out = cos.insmod(COS.make_module("init: cli\nsidt [0x7f00]\nlidt [0x7f00]\nin al, 0x21\n"
+                                     "out 0x21, al\npushfd\npopfd\nsti\nxor eax, eax\nret"), LIMIT)
+    assert "insmod: ok" in out and cos.var("FAULTS") == 0
+    assert not [e for e in board.trace.events[mark:] if e.kind == "cpu.deliver" and e["vector"] < 32]
+    assert board.memory.read(0x7f02, 4) == cos_layout.COS_IDT.to_bytes(4, "little")
