@@ -9,6 +9,10 @@ the kernel's stubs), and transfers control: GDTR, TR and IDTR now name the
 kernel's tables and EIP the kernel's entry. From the next instruction on,
 every interrupt and fault goes to the kernel. Each step is a trace event
 carrying the registers it changed, which notebook 02 steps through.
+
+The same module's exit (the COS's `rmmod`) asks the kernel to unload
+(kernel/unload.py); back at CPL 0 it calls the loading module's second
+entry, `unloaded`, which gives the kernel's block back to the COS.
 """
 import struct
 
@@ -64,7 +68,9 @@ def load_call_module_source():
     It asks first, with no block (eax = 0), whether a load could go ahead (the
     image intact, no vmkernel running yet), so a refusal costs the COS no memory.
     On a refusal it prints the loading module's reason once and its init returns
-    -1, so the COS's insmod reports that it failed; 0 when the kernel runs."""
+    -1, so the COS's insmod reports that it failed; 0 when the kernel runs.
+    Its exit (rmmod) asks the kernel to unload (int 0x90, EAX = 4): a refusal
+    is printed the same way; back at CPL 0 it calls `unloading_module`."""
     alloc, print_ = cos_layout.COS_EXPORTS, cos_layout.COS_EXPORTS + 4
     return f"""
 loading_module:                 ; the loading module's entry: its Python runs here

@@ -2,41 +2,43 @@
 back, at the most-privileged level, with nothing lost.
 
 The COS asks as it asked for the load: its load-call module's exit (the
-COS's `rmmod`) raises int 0x90 with EAX = 4 (syscalls.py). The kernel then,
-one trace event per step, each carrying what it changed:
+COS's `rmmod`) raises int 0x90 with EAX = 4 and EBX = where to write a
+refusal's reason. One trace event per step, each carrying what it changed,
+in claim 25 C's order (interrupt and fault handling, devices, the kernel
+removed):
 
   unload.called    who asked, from where;
-  unload.refused   VMs still run (the kernel does not stop them: the COS
-                   must stop or lose them first; a crashed VM is no longer
-                   running), or another CPU runs a VM: EAX = 1 and the
-                   reason written at EBX, nothing changed;
-  unload.wait      something is in flight that must finish first: a SCSI
-                   request queued or at the real controller, an interrupt
-                   the COS may take now (injected first), another CPU not
-                   yet parked. The COS's `int 0x90` is executed again (EIP
-                   back by its 2 bytes): the COS retries until nothing is;
-  unload.park      CPU 1 gets the park IPI: its local timer stopped, it
-                   leaves its system world for `park` (x86 below): paging off,
-                   the firmware's GDT, no IDT, `cli; hlt` -- halted with IF
-                   clear, as the firmware left it before the kernel started it;
+  unload.refused   a VM still runs (the kernel does not stop VMs for the COS:
+                   it refuses; a crashed VM no longer runs): EAX = 1 and the
+                   reason at EBX, nothing changed;
+  unload.wait      something must finish first: a SCSI request queued or at
+                   the real controller, an interrupt the COS may take now
+                   (injected first), another CPU not parked yet. The COS's
+                   int 0x90 runs again (EIP back by its 2 bytes), after the
+                   kernel idled to the next interrupt: the COS retries until
+                   nothing is in flight;
+  unload.park      CPU 1 gets the park IPI and (unload.parking) stops its
+                   local timer; its x86 `park` turns paging off, loads the
+                   firmware's GDT and no IDT, and halts with IF clear -- as
+                   the firmware left it before the kernel started it;
+  unload.unpatch   every int3 the kernel wrote is its original byte again
+                   (the patch table in kernel memory, patches.py);
+  unload.tables    the record below is written and the dispatcher sends the
+                   stub to `unload` (GO_UNLOAD): the CPU executes lgdt and lidt
+                   of the COS's own tables, ltr of the COS's TSS, the COS's
+                   data segments, and an iretd from CPL 0 to CPL 0 (a frame on
+                   the COS's stack) to the instruction after its int 0x90,
+                   with the COS's own IF;
+  unload.resumed   (the module's exit calls the loading module, loader.py:
+                   `Loader.unloaded`, at CPL 0) the CPU read back;
   unload.devices   the real 8259A gets the masks of the COS's virtual PIC
                    (including masks it set while displaced); lines still
                    pending for it are left latched in the real PIC's IRR; the
-                   SCSI controller gets the COS's interrupt-enable; the NIC's
-                   frames queued for the COS are counted;
-  unload.unpatch   every int3 the kernel wrote is its original byte again
-                   (from the patch table in kernel memory, patches.py);
-  unload.tables    the record below is written and the dispatcher sends the
-                   stub to `unload` (go-code GO_UNLOAD): the CPU executes
-                   lgdt/lidt of the COS's own tables, ltr of the COS's TSS,
-                   the COS's data segments, and an iretd at CPL 0 to CPL 0
-                   (from the COS's stack) to the instruction after its
-                   int 0x90, with the COS's own IF.
-
-The COS is then running at CPL 0 in its own tables; the module's exit calls
-the loading module again (loader.py: `Loader.unloaded`), which reads the
-CPU back (unload.resumed), clears the kernel's block and gives it back to
-the COS's allocator (unload.freed).
+                   SCSI controller gets the COS's interrupt enable; the NIC is
+                   reset onto the COS's own rings, the kernel's queued frames
+                   counted;
+  unload.freed     the kernel's block and the VMs' memory cleared and given
+                   back to the COS's allocator (give_back).
 
 The record (layout.UNLOAD in kernel memory), as the x86 reads it:
 
@@ -149,7 +151,6 @@ def request(kernel, frame, cpu):
         if frame.vector == layout.GO_BACK:           # nothing injected: the kernel idles (sti; hlt)
             kernel.go_away(frame, "idle")            # until the next interrupt, then the COS retries
         return
-    _devices_back(kernel)
     restored = kernel.patches.restore()
     trace.emit("unload.unpatch", cpu.index, restored=restored)
     _tables(kernel, frame, cpu)
@@ -289,6 +290,7 @@ def give_back(kernel, cpu, ram_top, block, block_end):
                tr=f"{tr[0]:#x}@{tr[1]:#x}", IF=int(cpu.interrupts_enabled))
     for c, hook in zip(kernel.board.cpus, kernel.hooks):
         c.remove(hook)
+    _devices_back(kernel)
     top = memory.read_u32(cos_layout.RAM_TOP)
     memory.write(block, bytes(block_end - block))            # code too: translated code dropped
     if top < ram_top:
