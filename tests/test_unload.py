@@ -322,3 +322,14 @@ def test_privileged_instructions_run_natively_after_the_unload():
     assert "insmod: ok" in out and cos.var("FAULTS") == 0
     assert not [e for e in board.trace.events[mark:] if e.kind == "cpu.deliver" and e["vector"] < 32]
     assert board.memory.read(0x7f02, 4) == cos_layout.COS_IDT.to_bytes(4, "little")
+
+
+def test_a_virtual_idt_in_kernel_memory_is_refused():
+    # sidt does not trap at CPL 1: a COS that stored it and loaded it back (a trapped lidt) would
+    # have the kernel's IDT as its own, and reinstating that would point it into freed memory.
+    # (Such a COS no longer runs its own handlers, so the check is reached directly here.)
+    board, cos, loader, _ = loaded()
+    kernel = loader.kernel
+    kernel.vcpu.idt_base = kernel.base + layout.IDT
+    with pytest.raises(unload.Refused, match=r"the COS's IDT \(0x40a000\) is in the kernel's memory"):
+        unload._check(kernel, board.cpu)

@@ -160,6 +160,11 @@ def request(kernel, frame, cpu):
 def _check(kernel, cpu):
     if cpu.index != 0:
         raise Refused("the unload is asked on CPU 0, where the COS runs")
+    v = kernel.vcpu
+    for name, table in (("IDT", v.idt_base), ("GDT", v.gdt_base)):
+        if kernel.contains(table):
+            raise Refused(f"the COS's {name} ({table:#x}) is in the kernel's memory: it would be "
+                          f"cleared (an sidt/sgdt at CPL 1 does not trap and gives the kernel's)")
     running = [w.name for w in kernel.worlds.all if w.kind == "vm" and w.state != "crashed"]
     if running:
         raise Refused(f"{len(running)} VM(s) still run ({', '.join(running)}): stop them first")

@@ -64,3 +64,116 @@ def differences(before, after, board=None):
                 line += f" ({L.region(int(key[5:], 16))})"
             out.append(line)
     return out
+
+
+# ---- notebook 11: the unload, instruction by instruction ------------------------------
+import struct as _struct
+from typing import NamedTuple as _NamedTuple
+
+from vmkit.hw.asm import disassemble
+from vmkit.hw.x86 import decode_gate
+from vmkit.kernel import layout as _klayout, unload as _unload
+
+COMMAND_LIMIT = 3_000_000
+SHOWN_GATES = {0x0D: "#GP", 0x20: "timer", 0x90: "int 0x90"}
+
+
+class Step(_NamedTuple):
+    time: int
+    where: str              # the instruction about to run, or the point reached
+    registers: dict         # read from the CPU there
+    gates: dict             # {vector name: (handler, "kernel" | "COS")} through the CPU's IDTR
+    events: list            # the trace events since the previous step
+
+
+def _snapshot(cpu, memory, kernel_block):
+    base, limit = cpu["idtr"][1], cpu["idtr"][2]
+    inside = lambda a: kernel_block[0] <= a < kernel_block[1]
+    gates = {}
+    for vector, name in SHOWN_GATES.items():
+        if vector * 8 + 7 <= limit:
+            handler = decode_gate(memory.read(base + vector * 8, 8)).offset
+            gates[name] = (handler, "kernel" if inside(handler) else "COS")
+    regs = {"cpl": cpu.cpl, "cs": cpu["cs"], "eip": cpu["eip"], "esp": cpu["esp"],
+            "IF": int(cpu.interrupts_enabled), "gdtr": cpu["gdtr"][1], "idtr": base, "tr": cpu["tr"][0],
+            "ds": cpu["ds"], "ss": cpu["ss"]}
+    return regs, gates
+
+
+def unload_routine(board, kernel):
+    """[(address, instruction)] of the kernel's x86 `unload`, found in its block by its first
+    instruction (lgdt of the record) and disassembled up to its iretd."""
+    code = board.memory.read(kernel.base, _klayout.DATA)
+    start = code.find(b"\x0f\x01\x15" + _struct.pack("<I", kernel.base + _unload.GDTR))
+    out = []
+    for address, text in disassemble(code[start:start + 0x100], kernel.base + start):
+        out.append((address, text))
+        if text.startswith("iretd"):
+            return out
+    raise RuntimeError("the kernel's unload routine has no iretd")
+
+
+def unload_steps(board, cos, loader):
+    """Type `rmmod` and record the CPU before the COS's int 0x90, after each lgdt, lidt and
+    ltr of the kernel's `unload` and before its iretd, and where the COS is back (the loading module's second entry);
+    the trace events between. Breakpoints only read the CPU; they are removed after."""
+    kernel = loader.kernel
+    block = (kernel.base, kernel.base + _klayout.STACK_TOP)
+    cpu, memory, trace = board.cpu, board.memory, board.trace
+    module = loader.module
+    exit_ = int.from_bytes(module[12:16], "little") + 16
+    points = [(L.MODULE_AREA + module.index(b"\xcd\x90", exit_), "the COS's exit: int 0x90 (EAX = 4)")]
+    routine = unload_routine(board, kernel)       # the CPU has 8 breakpoints: the instructions
+    shown = [i for i, (_, t) in enumerate(routine)   # after which a table or CPL changed
+             if i and routine[i - 1][1].split()[0] in ("lgdt", "lidt", "ltr")] + [len(routine) - 1]
+    points += [(routine[i][0], f"kernel x86, after {routine[i - 1][1]}; next: {routine[i][1]}")
+               for i in shown]
+    points.append((loader.entry + 1, "the COS again: its exit calls the loading module"))
+    steps, seen, mark = [], set(), [len(trace.events)]
+
+    def record(label):
+        def handler(c):
+            if label in seen and not label.startswith("the COS's exit"):
+                return
+            seen.add(label)
+            regs, gates = _snapshot(c, memory, block)
+            steps.append(Step(board.now(), label, regs, gates, trace.events[mark[0]:]))
+            mark[0] = len(trace.events)
+        return handler
+    hooks = [cpu.on_execute(address, record(label)) for address, label in points]
+    try:
+        cos.run_command("rmmod", COMMAND_LIMIT)
+    finally:
+        for hook in hooks:
+            cpu.remove(hook)
+    regs, gates = _snapshot(cpu, memory, block)
+    steps.append(Step(board.now(), "after: the kernel's block freed", regs, gates, trace.events[mark[0]:]))
+    return steps
+
+
+def step_text(step):
+    r = step.registers
+    regs = (f"CPL {r['cpl']}  CS {r['cs']:#06x}  EIP {r['eip']:#010x}  ESP {r['esp']:#010x}  IF {r['IF']}  "
+            f"GDTR {r['gdtr']:#x}  IDTR {r['idtr']:#x}  TR {r['tr']:#x}  DS {r['ds']:#x}  SS {r['ss']:#x}")
+    gates = "  ".join(f"{n} -> {h:#x} ({who})" for n, (h, who) in step.gates.items())
+    events = "".join(f"\n      {e}" for e in step.events if e.kind.startswith(("unload.", "kernel.inject")))
+    return f"{step.time:>9}  {step.where}\n      {regs}\n      IDT: {gates}{events}"
+
+
+def trapping(board, cos, loader):
+    """Run a COS module that executes cli, sti, lidt (of its own IDT's pointer: an sidt at CPL 1
+    would not trap and would store the kernel's IDTR), in and out; count the
+    kernel entries it caused (the kernel's emulations, none once unloaded) and its CPL."""
+    source = (f"init: cli\nlidt [{L.IDT_PTR:#x}]\nin al, 0x21\nout 0x21, al\nsti\n"
+              "mov ax, cs\nand eax, 3\nmov [0x7f10], eax\nxor eax, eax\nret")
+    mark = len(board.trace.events)
+    cos.insmod(_module(source), COMMAND_LIMIT)
+    emulated = [e for e in board.trace.events[mark:] if e.kind == "kernel.emulate"]
+    cos.put_module(loader.module)
+    return {"cpl": board.memory.read_u32(0x7f10), "kernel entries": len(emulated),
+            "instructions emulated": sorted({e.data.get("insn", e.data.get("what", "?")) for e in emulated})}
+
+
+def _module(source):
+    from vmkit.cos.cos import COS
+    return COS.make_module(source)
