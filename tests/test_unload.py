@@ -333,3 +333,13 @@ def test_a_virtual_idt_in_kernel_memory_is_refused():
     kernel.vcpu.idt_base = kernel.base + layout.IDT
     with pytest.raises(unload.Refused, match=r"the COS's IDT \(0x40a000\) is in the kernel's memory"):
         unload._check(kernel, board.cpu)
+
+
+def test_the_unload_is_deterministic():
+    texts = []
+    for _ in range(2):
+        board, cos, loader, _ = loaded(cpus=2)
+        rmmod(cos)
+        board.run(50_000)
+        texts.append(board.trace.text())
+    assert texts[0] == texts[1]
