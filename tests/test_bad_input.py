@@ -59,7 +59,9 @@ def test_each_header_offset_is_checked_against_the_image(field):
 
 def test_a_good_image_still_loads_its_offsets():
     image = KernelImage(IMAGE, room=0x10000)
-    assert image.entry == header(IMAGE)["entry"] and len(image.relocations) == 3
+    table = header(IMAGE)["relocations"]
+    assert image.entry == header(IMAGE)["entry"]
+    assert len(image.relocations) == int.from_bytes(IMAGE[table:table + 4], "little") >= 3
 
 
 def cos_tables(cpu):

@@ -73,7 +73,7 @@ def test_boot_description_types_on_the_cos_console(tmp_path):
                     '[[inputs]]\nat = 50000\nserial = "help\\n"\n')
     out = vmkit("boot", desc, "--tail", 0)
     assert out.returncode == 0, out.stderr
-    assert "cos: commands: help ticks devices insmod mem" in out.stdout   # the COS read and ran it
+    assert "cos: commands: help ticks devices insmod rmmod mem" in out.stdout   # the COS read and ran it
     assert "hello from web" in out.stdout
 
 

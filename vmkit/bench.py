@@ -192,6 +192,7 @@ if __name__ == "__main__":
     main()
     main_cos()
     main_vms()
-    from vmkit import vmfs_bench
+    from vmkit import vmfs_bench, bench_unload
     vmfs_bench.main()
+    bench_unload.main()
     bench_entry.main(notebooks="--no-notebooks" not in sys.argv)

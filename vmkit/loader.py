@@ -9,6 +9,10 @@ the kernel's stubs), and transfers control: GDTR, TR and IDTR now name the
 kernel's tables and EIP the kernel's entry. From the next instruction on,
 every interrupt and fault goes to the kernel. Each step is a trace event
 carrying the registers it changed, which notebook 02 steps through.
+
+The same module's exit (the COS's `rmmod`) asks the kernel to unload
+(kernel/unload.py); back at CPL 0 it calls the loading module's second
+entry, `unloaded`, which gives the kernel's block back to the COS.
 """
 import struct
 
@@ -19,6 +23,7 @@ from vmkit.cos.cos import COS
 from vmkit.kernel import layout
 from vmkit.kernel.image import KernelImage, KernelImageError, build as build_image
 from vmkit.kernel.kernel import Kernel
+from vmkit.kernel.unload import CALL as UNLOAD_CALL, give_back
 
 SYSCALL_VECTOR = 0x90          # requests for system resources (kernel/syscalls.py)
 COS_VECTORS = {3, SYSCALL_VECTOR}   # vectors the COS, at CPL 1, may raise with int / int3
@@ -63,10 +68,14 @@ def load_call_module_source():
     It asks first, with no block (eax = 0), whether a load could go ahead (the
     image intact, no vmkernel running yet), so a refusal costs the COS no memory.
     On a refusal it prints the loading module's reason once and its init returns
-    -1, so the COS's insmod reports that it failed; 0 when the kernel runs."""
+    -1, so the COS's insmod reports that it failed; 0 when the kernel runs.
+    Its exit (rmmod) asks the kernel to unload (int 0x90, EAX = 4): a refusal
+    is printed the same way; back at CPL 0 it calls `unloading_module`."""
     alloc, print_ = cos_layout.COS_EXPORTS, cos_layout.COS_EXPORTS + 4
     return f"""
 loading_module:                 ; the loading module's entry: its Python runs here
+        ret
+unloading_module:               ; its second entry, after the unload: frees the kernel's block
         ret
 init:   pushad
         mov esi, msg_loading
@@ -110,6 +119,27 @@ refused_because:
 {_asm_string("msg_handed", "vmkload: device list handed over")}
 {_asm_string("msg_no_memory", f"the COS has no {layout.KERNEL_PAGES} free pages for the kernel")}
 msg_refused: .byte {", ".join(str(b) for b in b"vmkload: refused: " + bytes(1))}
+exit:   pushad                          ; rmmod: the kernel halts and gives the COS its machine back
+        mov ax, cs
+        test al, 3
+        mov esi, msg_no_kernel
+        jz refused_because              ; at CPL 0 already: no vmkernel displaces the COS
+        mov esi, msg_unloading
+        call dword ptr [{print_:#x}]
+        mov eax, {UNLOAD_CALL}                      ; unload; ebx: where to say why not
+        mov ebx, why
+        int 0x90                        ; returns at CPL 0, in the COS's own tables, or refused
+        test eax, eax
+        jnz refused
+        call unloading_module           ; the kernel's block back to the COS, cleared
+        mov esi, msg_unloaded
+        call dword ptr [{print_:#x}]
+        popad
+        xor eax, eax
+        ret
+{_asm_string("msg_unloading", "vmkload: unloading the vmkernel")}
+{_asm_string("msg_unloaded", "vmkload: vmkernel unloaded; COS at CPL 0")}
+{_asm_string("msg_no_kernel", "no vmkernel is loaded")}
 why:    .fill {WHY_SIZE}, 1, 0          ; last: the loading module writes its reason here
 """
 
@@ -128,11 +158,13 @@ class Loader:
         self.build_idt = build_idt
         self.emulate_if = emulate_if
         self.kernel = None
-        self.module = COS.make_module(load_call_module_source(), init_label="init")
+        self.module = COS.make_module(load_call_module_source(), init_label="init", exit_label="exit")
         self.entry = cos_layout.MODULE_AREA + 16          # `loading_module` is the first byte
         self.why = cos_layout.MODULE_AREA + len(self.module) - WHY_SIZE
+        self.ram = None               # the COS's allocator before the load (unload.py gives it back)
         for cpu in board.cpus:
             cpu.on_execute(self.entry, self.load)
+            cpu.on_execute(self.entry + 1, self.unloaded)
 
     def load(self, cpu):
         """The loading module runs: eax = the COS's block, ecx = its pages."""
@@ -155,6 +187,7 @@ class Loader:
             self._refuse(cpu, e)
             return
         mem = self.board.memory
+        self.ram = (mem.read_u32(cos_layout.RAM_TOP), base, base + pages * layout.PAGE)
         mem.write(base, image.relocated(base))
         self.board.trace.emit("load.copied", cpu.index, at=base, size=len(image.data))
         mem.write(base + layout.IDT, idt, code=False)
@@ -179,6 +212,17 @@ class Loader:
                               gdtr=f"{before['gdtr'][1]:#x}->{cpu['gdtr'][1]:#x}",
                               tr=f"{before['tr'][0]:#x}->{cpu['tr'][0]:#x}",
                               cs=f"{before['cs']:#x}->{cpu['cs']:#x}")
+
+    def unloaded(self, cpu):
+        """The module's exit is back at CPL 0 after the kernel's unload: the
+        kernel's block goes back to the COS (kernel/unload.py: give_back)."""
+        code = len(self.module) - WHY_SIZE
+        if self.board.memory.read(cos_layout.MODULE_AREA, code) != self.module[:code]:
+            return
+        if self.kernel is None or self.kernel.unloading != "done" or cpu.cpl != 0:
+            return                    # not after an unload: the stub is a plain ret
+        give_back(self.kernel, cpu, *self.ram)
+        self.kernel, self.ram = None, None
 
     def _refuse(self, cpu, error):
         """Say why in the trace and in the module's `why` (its init prints it);

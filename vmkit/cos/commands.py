@@ -48,6 +48,9 @@ run_line:
         mov edi, c_insmod
         call streq
         je cmd_insmod
+        mov edi, c_rmmod
+        call streq
+        je cmd_rmmod
         mov edi, c_mem
         call streq
         je cmd_mem
@@ -130,6 +133,33 @@ insmod_said:
         jmp cmd_done
 insmod_bad:
         mov esi, s_insmod_bad
+        call cos_print
+        jmp cmd_done
+cmd_rmmod:                                   ; the module's exit (header word 3), at the COS's CPL
+        cmp dword ptr [{L.MODULE_AREA:#x}], {CMOD:#x}
+        jne rmmod_none
+        mov eax, [{L.MODULE_AREA + 12:#x}]
+        test eax, eax
+        jz rmmod_none
+        cmp eax, [{L.MODULE_AREA + 4:#x}]
+        jae rmmod_none
+        mov esi, s_rmmod_exit
+        call cos_print
+        add eax, {L.MODULE_CODE:#x}
+        pushad
+        call eax
+        mov [{L.MODULE_RESULT:#x}], eax
+        popad
+        mov esi, s_rmmod_failed
+        cmp dword ptr [{L.MODULE_RESULT:#x}], 0
+        jl rmmod_said
+        dec dword ptr [{L.MODULES_LOADED:#x}]
+        mov esi, s_rmmod_ok
+rmmod_said:
+        call cos_print
+        jmp cmd_done
+rmmod_none:
+        mov esi, s_rmmod_none
         call cos_print
         jmp cmd_done
 """

@@ -144,21 +144,27 @@ class COS:
 
     # ---- modules --------------------------------------------------------------------
     @staticmethod
-    def make_module(asm_source, init_label="init"):
-        """Assemble module code for MODULE_CODE and prepend the 16-byte header."""
+    def make_module(asm_source, init_label="init", exit_label=None):
+        """Assemble module code for MODULE_CODE and prepend the 16-byte header
+        (magic, code size, init offset, exit offset: 0 when the module has no exit,
+        which `rmmod` calls)."""
         if not isinstance(asm_source, str):
             raise TypeError(f"a module is x86 source text, not {type(asm_source).__name__} {asm_source!r:.40}")
         try:
-            code = assemble(asm_source + f"\n.long {init_label}", L.MODULE_CODE)
+            code = assemble(asm_source + f"\n.long {init_label}\n.long {exit_label or 0}", L.MODULE_CODE)
         except AsmError as e:
             if str(e).startswith(f"line {asm_source.count(chr(10)) + 2}:"):   # the .long
                 raise AsmError(f"the module has no label {init_label!r} for its init") from None
+            if str(e).startswith(f"line {asm_source.count(chr(10)) + 3}:"):
+                raise AsmError(f"the module has no label {exit_label!r} for its exit") from None
             raise
-        init = struct.unpack("<I", code[-4:])[0] - L.MODULE_CODE
-        code = code[:-4]
+        init, exit_ = struct.unpack("<II", code[-8:])
+        init -= L.MODULE_CODE
+        exit_ = exit_ - L.MODULE_CODE if exit_label else 0
+        code = code[:-8]
         if not 0 <= init < len(code):
             raise ValueError(f"init label {init_label!r} is not inside the module's code")
-        return struct.pack("<4sIII", L.MODULE_MAGIC, len(code), init, 0) + code
+        return struct.pack("<4sIII", L.MODULE_MAGIC, len(code), init, exit_) + code
 
     def put_module(self, image, verify=True):
         """Copy a module file into MODULE_AREA, as the administrator copies it.

@@ -13,7 +13,7 @@ import struct
 import zlib
 
 from vmkit.hw.asm import assemble
-from . import layout, mapcache, switch
+from . import layout, mapcache, switch, unload
 
 MAGIC = b"VMKERNEL"
 VERSION = 2
@@ -65,6 +65,7 @@ dispatch:                       ; the Python dispatcher runs here (CPU.on_execut
         cmp eax, {layout.GO_SWITCH}
         je world_switch
 {mapcache.DISPATCH_SOURCE}
+{unload.X86_DISPATCH}
         popad
         add esp, 8              ; vector, error code
         iretd
@@ -84,6 +85,7 @@ more:   inc dword ptr [{layout.WORK_DONE:#x} + base]
         jmp dispatch
 {switch.x86_source(load)}
 {mapcache.KERNEL_SOURCE}
+{unload.X86}
 """
 
 

@@ -20,10 +20,11 @@ from capstone import Cs, CS_ARCH_X86, CS_MODE_32
 
 from vmkit.hw.x86 import EFLAGS_IF, ERROR_CODE_VECTORS, decode_gate
 from vmkit.cos import layout as cos_layout
-from . import devices, layout, smp, switch, syscalls, traps, vpic
+from . import devices, layout, smp, switch, syscalls, traps, unload, vpic
 from .cos_vcpu import CosVcpu, emulate_if
 from .frame import Frame
 from .irq import IrqRouter
+from .patches import PatchTable
 from .scsi_share import SharedSCSI
 from .nic_share import SharedNIC
 from .worlds import Worlds
@@ -43,9 +44,11 @@ class Kernel:
         self.memory, self.trace = board.memory, board.trace
         self.cos_state = cos_state
         self.vcpu = CosVcpu(self.memory, base + layout.COS_STATE)
-        self.patches = {}             # address -> mnemonic of the COS instruction replaced by int3
+        self.patches = PatchTable(self.memory, base + layout.PATCHES)   # in kernel memory (patches.py)
+        self.memory.write_u32(base + layout.PATCHES, 0, code=False)
         self.away_frame = None        # the COS's frame while the kernel idles or works
         self.away = None              # "idle" or "work"
+        self.unloading = None         # None, "waiting", "parking", "done" (unload.py)
         self.irqs = IrqRouter(self)
         self.devices, self.classes = [], {}
         self.shared = {}              # device name -> its sharing front (scsi_share.py)
@@ -56,8 +59,7 @@ class Kernel:
         self.emulate_if = emulate_if  # exercise 02b plugs in here
         self.heap = base + layout.HEAP # pages the kernel hands out on request (syscalls.py)
         self.worlds = Worlds(self)    # the COS is world 0; VMs join with install_vm (worlds.py)
-        for cpu in board.cpus:
-            cpu.on_execute(base + image.dispatch, self.dispatch)
+        self.hooks = [cpu.on_execute(base + image.dispatch, self.dispatch) for cpu in board.cpus]
 
     def install_vm(self, guest, memory_bytes, name=None, cpu=None):
         """A VM through a VMM (claim 12): `guest` is x86 source, bytes, or a
@@ -85,6 +87,8 @@ class Kernel:
             return
         if vector == INIT_VECTOR:
             self._initialise(frame, cpu)
+        elif vector == unload.PARK_VECTOR:          # the unload parks this CPU
+            unload.park(self, frame, cpu)
         elif smp.local_interrupt(self, frame, cpu, vector):   # a CPU's own timer, a shootdown
             pass
         elif IRQ_BASE <= vector < IRQ_BASE + 16:
@@ -98,8 +102,10 @@ class Kernel:
             self._patch_module()
             if vector == 13 and traps.privileged(self, frame):
                 pass
-            elif vector == 3 and self.patches.get(frame.eip - 1):
-                traps.patched(self, frame, self.patches[frame.eip - 1])
+            elif vector == 3 and (mnemonic := self.patches.get(frame.eip - 1)):
+                traps.patched(self, frame, mnemonic)
+            elif vector == syscalls.VECTOR and frame.eax == unload.CALL:
+                unload.request(self, frame, cpu)
             elif vector == syscalls.VECTOR:
                 syscalls.serve(self, frame)
             else:
@@ -145,7 +151,7 @@ class Kernel:
         seen = self.memory.read(cos_layout.MODULE_CODE, size)
         if seen == self._module_seen:
             return
-        self.patches = {a: m for a, m in self.patches.items() if not cos_layout.MODULE_AREA <= a < cos_layout.MODULE_AREA + 0x10000}
+        self.patches.forget(cos_layout.MODULE_AREA, cos_layout.MODULE_AREA + 0x10000)
         count = self._patch(cos_layout.MODULE_CODE, cos_layout.MODULE_CODE + size)
         self._module_seen = self.memory.read(cos_layout.MODULE_CODE, size)
         if count:
@@ -156,7 +162,7 @@ class Kernel:
         count = 0
         for insn in _disassembler.disasm(code, start):
             if insn.mnemonic in PATCHED:
-                self.patches[insn.address] = insn.mnemonic
+                self.patches.add(insn.address, insn.bytes[0], insn.mnemonic)
                 self.memory.write(insn.address, INT3)
                 count += 1
         return count

@@ -31,8 +31,11 @@ STACK_TOP = 0x40000               # CPU 0's kernel stack grows down from the end
 GO_BACK, GO_IDLE, GO_WORK = 0, 1, 2  # 0 back (iretd), 1 idle (sti; hlt), 2 the kernel's own work
 GO_SWITCH = 3                     # the world switch's x86 (switch.py): ESI/EDI = save areas
 GO_SHOOTDOWN = 4                  # a TLB shootdown taken: invlpg the mapping window (mapcache.py)
+GO_UNLOAD = 6                     # the unload: the COS's tables and a return to it at CPL 0 (unload.py)
+GO_PARK = 7                       # another CPU parks: paging off, firmware tables, cli; hlt (unload.py)
 WORK_LENGTH = DATA + 0x04         # iterations of one piece of kernel work
 WORK_DONE = DATA + 0x08           # iterations done, ever: the kernel's progress
+UNLOAD = DATA + 0x40              # what the unload's x86 loads into the CPU (unload.py): 0x40 bytes
 DEVICES = DATA + 0x100            # the device list as the COS handed it over
 
 # selectors of the kernel's GDT: the COS keeps its own selector numbers, now DPL 1

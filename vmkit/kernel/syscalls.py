@@ -7,6 +7,8 @@ EAX saying what it wants.
     eax=2  the devices the kernel owns: ebx = buffer, ecx = room (entries)
                               -> eax = count; 16-byte entries as in the firmware table
     eax=3  the COS hands over its device list at ebx (claim 5) -> eax = devices taken
+    eax=4  unload (claims 24-25): served by unload.py, not here; ebx = where to write why not
+           -> the COS resumes at CPL 0 with eax = 0, or stays displaced with eax = 1
 """
 import struct
 

@@ -1,0 +1,90 @@
+"""The COS instructions the kernel replaced by int3, kept in kernel memory (layout.PATCHES).
+
+pushfd, popfd and iretd do not trap at CPL 1, so the kernel patches each to
+int3 and emulates the original (kernel.py, traps.py). The list is the
+machine's state, like a debugger's breakpoint table: one record in the
+kernel's block, read where it lives, holding the byte each patch replaced,
+so the unload (unload.py) can put every byte back and a widget can show the
+table. Layout (little-endian):
+
+    0x00  u32 count
+    0x04  count entries of 8 bytes:
+          u32 address   the patched byte (COS code or its module area)
+          u8  original  the byte int3 replaced
+          u8  mnemonic  index into MNEMONICS
+          u16 (zero)
+"""
+import struct
+
+from . import layout
+
+MNEMONICS = ("pushfd", "popfd", "iretd")
+ENTRY = struct.Struct("<IBBxx")
+HEADER = 4
+CAPACITY = (layout.HEAP - layout.PATCHES - HEADER) // ENTRY.size      # 511
+
+
+class PatchTableFull(RuntimeError):
+    pass
+
+
+class PatchTable:
+    """address -> mnemonic, as a read-only mapping over the record in memory."""
+
+    def __init__(self, memory, address):
+        self.memory, self.address = memory, address
+
+    def __len__(self):
+        return self.memory.read_u32(self.address)
+
+    def entries(self):
+        """[(address, original byte, mnemonic)] in the order they were patched."""
+        raw = self.memory.read(self.address + HEADER, len(self) * ENTRY.size)
+        return [(a, b, MNEMONICS[m]) for a, b, m in ENTRY.iter_unpack(raw)]
+
+    def items(self):
+        return [(a, m) for a, _, m in self.entries()]
+
+    def get(self, address, default=None):
+        for a, _, m in self.entries():
+            if a == address:
+                return m
+        return default
+
+    def __getitem__(self, address):
+        found = self.get(address)
+        if found is None:
+            raise KeyError(address)
+        return found
+
+    def __contains__(self, address):
+        return self.get(address) is not None
+
+    def add(self, address, original, mnemonic):
+        count = len(self)
+        if count >= CAPACITY:
+            raise PatchTableFull(f"the patch table holds {CAPACITY} entries")
+        self.memory.write(self.address + HEADER + count * ENTRY.size,
+                          ENTRY.pack(address, original, MNEMONICS.index(mnemonic)), code=False)
+        self.memory.write_u32(self.address, count + 1, code=False)
+
+    def _rewrite(self, entries):
+        raw = b"".join(ENTRY.pack(a, b, MNEMONICS.index(m)) for a, b, m in entries)
+        self.memory.write(self.address + HEADER, raw, code=False)
+        self.memory.write_u32(self.address, len(entries), code=False)
+
+    def forget(self, begin, end):
+        """Drop the entries in [begin, end) without touching the code (it was replaced)."""
+        self._rewrite([e for e in self.entries() if not begin <= e[0] < end])
+
+    def restore(self):
+        """Put every original byte back where int3 stands; the table empties.
+        Returns how many bytes were restored (a byte no longer int3 -- code the COS
+        replaced since -- is left as it is)."""
+        restored = 0
+        for a, original, _ in self.entries():
+            if self.memory.read(a, 1) == b"\xcc":
+                self.memory.write(a, bytes([original]))
+                restored += 1
+        self._rewrite([])
+        return restored
