@@ -204,7 +204,7 @@ def _step(base, name, i, step):
         if not 1 <= len(payloads) < SLOTS:
             raise ValueError(f"step {i}: a batch is 1..{SLOTS - 1} frames, not {len(payloads)}")
         frames = "".join(_queue(base, frame(dst, p)) for p in payloads)
-        return frames + REQUEST_CODE + _say(f"{name} sent {len(payloads)}\n")
+        return frames + REQUEST_CODE + _say(f"{name} sent {len(payloads)}\n") + "\n"
     if kind in ("recv", "echo"):
         _, n = step
         word = "got" if kind == "recv" else "echoed"
@@ -212,7 +212,7 @@ def _step(base, name, i, step):
                 + _say(f"{name} {word} ") + "\n        call pay\n")
         return _loop(i, n, body)
     if kind == "flood":
-        return _loop(i, step[1], REQUEST_CODE) + _say(f"{name} flooded\n")
+        return _loop(i, step[1], REQUEST_CODE) + _say(f"{name} flooded\n") + "\n"
     if kind == "asm":
         return f"        mov ebx, [{base + V_REGION:#x}]\n{step[1]}\n"
     raise ValueError(f"step {i}: {kind!r} is not send, recv, echo, flood or asm")
