@@ -278,3 +278,25 @@ def test_a_region_that_does_not_fit_is_refused_before_anything_changes(machine):
     with pytest.raises(VMError, match="not a NIC the kernel shares"):
         install_vm_with_net(kernel, net_guest.program("a", []), net_guest.MEMORY, "a", "nic5")
     assert len(kernel.worlds.all) == count
+
+
+# ---- a VM and the COS on the shared adapters ----------------------------------------------------
+def test_a_vm_and_the_cos_talk_and_share_one_adapter():
+    """The COS has no NIC driver of its own (cos/drivers.py only probes the NIC), so its side
+    is test_nic_share.py's x86 module driver, at CPL 1, through the kernel's virtual NIC."""
+    from test_nic_share import COS_MAC, cos_rx, send_driver, setup_driver
+    board, cos, loader = takeover.takeover(nics=2)
+    kernel, wire = loader.kernel, Wire(board.nics[0], board.nics[1])
+    takeover.run_module(board, cos, setup_driver(buffers=3))
+    a = vm(kernel, "a", [("send", COS_MAC, [b"hello cos"]), ("recv", 2)], "nic1")
+    c = vm(kernel, "c", [("send", mac_of(kernel, "nic1", 0), [b"from c"])], "nic0")
+    for _ in range(10):
+        board.run(100_000)
+    a_mac = mac_of(kernel, "nic1", 0)
+    assert cos_rx(board, 0) == (60, 1, net_guest.frame(COS_MAC, b"hello cos", a_mac))
+    takeover.run_module(board, cos, send_driver([net_guest.frame(a_mac, b"hello vm")]))
+    run_until(board, a, c)
+    assert lines(a) == ["a sent 1", "a got from c", "a got hello vm", "a done"]
+    senders = {e["from"] for e in board.trace.of("nic.share_tx") if e["nic"] == "nic0"}
+    assert senders == {"cos", "c"}                               # claim 8: one adapter for both
+    board.close()
