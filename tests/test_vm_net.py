@@ -300,3 +300,13 @@ def test_a_vm_and_the_cos_talk_and_share_one_adapter():
     senders = {e["from"] for e in board.trace.of("nic.share_tx") if e["nic"] == "nic0"}
     assert senders == {"cos", "c"}                               # claim 8: one adapter for both
     board.close()
+
+
+def test_docs_net_md_tables_are_the_declarations():
+    import pathlib
+    from vmkit.kernel.record import doc_tables
+    doc = (pathlib.Path(__file__).parent.parent / "docs" / "net.md").read_text()
+    assert doc_tables(doc, net_ring.STRUCTURES) == doc, "run: python -m vmkit.kernel.net_ring docs/net.md"
+    for name, value in (("FRAMES", net_ring.FRAMES), ("PHYS_TX", net_ring.PHYS_TX),
+                        ("PHYS_RX", net_ring.PHYS_RX), ("SIZE", net_ring.SIZE)):
+        assert f"| `{value:#06x}` |" in doc, name

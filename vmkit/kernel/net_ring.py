@@ -18,10 +18,10 @@ reaches too, by their physical address, as the NIC's DMA does:
 
 Ownership of the indices: the driver writes tx_producer and rx_consumer, the
 kernel writes tx_consumer and rx_producer. The kernel keeps its own copy of
-the two it writes (vm_net.PortState, in kernel memory) and never believes
+the two it writes (PortState, below: in kernel memory) and never believes
 the region's, since the guest can write anything there.
 """
-from vmkit.kernel.record import Record
+from vmkit.kernel.record import Record, doc_tables
 
 PAGE = 0x1000
 SLOTS = 8                   # per ring, a power of two; one slot stays empty (full != empty)
@@ -51,6 +51,32 @@ class Slot(Record):
               ("flags", "H", "DONE | ERROR once the kernel is through with it"))
 
 
+# ---- the kernel's own records: in kernel memory, never in the region -----------------------------
+class NetCounters(Record):  # at the start of the kernel's network page
+    FIELDS = (("ports", "I", "ports attached"),
+              ("unknown_mac", "I", "received frames for no VM, not the COS's, not the kernel's"),
+              ("reserved", "8s", ""))
+
+
+class PortState(Record):    # one per VM port, after NetCounters
+    FIELDS = (("region", "I", "physical address of the VM's shared region"),
+              ("tx_consumer", "I", "the kernel's copy: next TX slot it takes"),
+              ("rx_producer", "I", "the kernel's copy: next RX slot it fills"),
+              ("requests", "I", "requests for transmission sensed"),
+              ("frames_sent", "I", "frames handed to the NIC"),
+              ("frames_received", "I", "frames copied into the receive portion"),
+              ("refused_pointer", "I", "TX slots pointing outside the driver's frames"),
+              ("refused_length", "I", "TX slots with a length outside 14..1514"),
+              ("empty_requests", "I", "requests with nothing queued"),
+              ("bad_index", "I", "ring indices >= SLOTS found in the region"),
+              ("flooded", "I", "requests refused past FLOOD_LIMIT in a tick"),
+              ("rx_dropped", "I", "frames for the VM with no free RX slot"),
+              ("tick", "I", "kernel tick of the last request"),
+              ("tick_requests", "I", "requests in that tick"),
+              ("mac", "6s", "the VM's MAC"),
+              ("reserved", "2s", ""))
+
+
 def tx_slot(i):
     return TX_SLOTS + i * Slot.SIZE
 
@@ -61,3 +87,16 @@ def rx_slot(i):
 
 assert NetHeader.SIZE <= TX_SLOTS - HEADER and SLOTS * Slot.SIZE <= RX_SLOTS - TX_SLOTS
 assert RX_SLOTS + SLOTS * Slot.SIZE <= FRAMES and SLOTS & (SLOTS - 1) == 0
+
+
+# ---- docs/net.md's tables come from the declarations (python -m vmkit.kernel.net_ring docs/net.md) --
+STRUCTURES = {c.__name__: c for c in (NetHeader, Slot, NetCounters, PortState)}
+
+
+if __name__ == "__main__":
+    import sys
+    for path in sys.argv[1:]:
+        with open(path) as f:
+            text = f.read()
+        with open(path, "w") as f:
+            f.write(doc_tables(text, STRUCTURES))

@@ -33,37 +33,11 @@ counted in NetCounters.unknown_mac, one the VM has no free RX slot for in
 rx_dropped.
 """
 from vmkit.hw.nic import MIN_FRAME, MAX_FRAME, mac_str
-from vmkit.kernel.record import Record
 from . import layout, net_ring
-from .net_ring import BUFFER, SLOTS, NetHeader, Slot
+from .net_ring import BUFFER, SLOTS, NetCounters, NetHeader, PortState, Slot
 
 NET_LINE = 10               # the port's line on the VM's virtual PIC: vector 0x20 + 10 in the guest
 FLOOD_LIMIT = 64            # requests a VM may make in one kernel tick; more are refused
-
-
-class NetCounters(Record):  # at the start of the kernel's network page
-    FIELDS = (("ports", "I", "ports attached"),
-              ("unknown_mac", "I", "received frames for no VM, not the COS's, not the kernel's"),
-              ("reserved", "8s", ""))
-
-
-class PortState(Record):    # one per VM port, after NetCounters
-    FIELDS = (("region", "I", "physical address of the VM's shared region"),
-              ("tx_consumer", "I", "the kernel's copy: next TX slot it takes"),
-              ("rx_producer", "I", "the kernel's copy: next RX slot it fills"),
-              ("requests", "I", "requests for transmission sensed"),
-              ("frames_sent", "I", "frames handed to the NIC"),
-              ("frames_received", "I", "frames copied into the receive portion"),
-              ("refused_pointer", "I", "TX slots pointing outside the driver's frames"),
-              ("refused_length", "I", "TX slots with a length outside 14..1514"),
-              ("empty_requests", "I", "requests with nothing queued"),
-              ("bad_index", "I", "ring indices >= SLOTS found in the region"),
-              ("flooded", "I", "requests refused past FLOOD_LIMIT in a tick"),
-              ("rx_dropped", "I", "frames for the VM with no free RX slot"),
-              ("tick", "I", "kernel tick of the last request"),
-              ("tick_requests", "I", "requests in that tick"),
-              ("mac", "6s", "the VM's MAC"),
-              ("reserved", "2s", ""))
 
 
 MAX_PORTS = (layout.PAGE - NetCounters.SIZE) // PortState.SIZE
