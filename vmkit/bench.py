@@ -194,4 +194,6 @@ if __name__ == "__main__":
     main_vms()
     from vmkit import vmfs_bench
     vmfs_bench.main()
+    from vmkit import bench_net
+    bench_net.main()
     bench_entry.main(notebooks="--no-notebooks" not in sys.argv)

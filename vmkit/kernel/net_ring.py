@@ -69,10 +69,10 @@ class PortState(Record):    # one per VM port, after NetCounters
               ("refused_length", "I", "TX slots with a length outside 14..1514"),
               ("empty_requests", "I", "requests with nothing queued"),
               ("bad_index", "I", "ring indices >= SLOTS found in the region"),
-              ("flooded", "I", "requests refused past FLOOD_LIMIT in a tick"),
+              ("flooded", "I", "requests refused after FLOOD_LIMIT empty ones in a tick"),
               ("rx_dropped", "I", "frames for the VM with no free RX slot"),
               ("tick", "I", "kernel tick of the last request"),
-              ("tick_requests", "I", "requests in that tick"),
+              ("tick_empty", "I", "requests with nothing queued in that tick"),
               ("mac", "6s", "the VM's MAC"),
               ("reserved", "2s", ""))
 

@@ -27,8 +27,9 @@ heap holds every port's); every pointer is checked to lie in the VM's region
 before a byte is read, so no other world's memory is ever read or written.
 Refusals (each a counter and a `net.refused` trace event): a pointer outside
 the driver's frames, a length outside 14..1514 (a frame larger than the
-buffer), a request with nothing queued, a ring index >= SLOTS, more than
-FLOOD_LIMIT requests in one kernel tick; a received frame for no one's MAC is
+buffer), a request with nothing queued, a ring index >= SLOTS, any request
+once FLOOD_LIMIT of them came with nothing queued in one kernel tick (a
+sender with frames never floods: each of its requests does work); a received frame for no one's MAC is
 counted in NetCounters.unknown_mac, one the VM has no free RX slot for in
 rx_dropped.
 """
@@ -37,7 +38,7 @@ from . import layout, net_ring
 from .net_ring import BUFFER, SLOTS, NetCounters, NetHeader, PortState, Slot
 
 NET_LINE = 10               # the port's line on the VM's virtual PIC: vector 0x20 + 10 in the guest
-FLOOD_LIMIT = 64            # requests a VM may make in one kernel tick; more are refused
+FLOOD_LIMIT = 64            # empty requests in one kernel tick after which a VM's requests are refused
 
 
 MAX_PORTS = (layout.PAGE - NetCounters.SIZE) // PortState.SIZE
@@ -114,7 +115,7 @@ class Port:
     tx_consumer = Field(PortState, "tx_consumer")
     rx_producer = Field(PortState, "rx_producer")
     tick = Field(PortState, "tick")
-    tick_requests = Field(PortState, "tick_requests")
+    tick_empty = Field(PortState, "tick_empty")
 
     def __init__(self, net, front, vmm, region, mac, state):
         self.net, self.front, self.vmm, self.region, self.mac = net, front, vmm, region, mac
@@ -160,11 +161,10 @@ class Port:
         """The VM's request for transmission: send every frame queued before it (claim 19)."""
         ticks = self.kernel.ticks
         if self.tick != ticks:
-            self.tick, self.tick_requests = ticks, 0
-        self.tick_requests += 1
-        if self.tick_requests > FLOOD_LIMIT:
-            return self._refuse("flooded", f"request {self.tick_requests} in tick {ticks} "
-                                           f"(limit {FLOOD_LIMIT})")
+            self.tick, self.tick_empty = ticks, 0
+        if self.tick_empty >= FLOOD_LIMIT:
+            return self._refuse("flooded", f"a request after {FLOOD_LIMIT} with nothing queued "
+                                           f"in tick {ticks}")
         self._count("requests")
         self._header(requests=self.counters().requests)
         producer = self._index("tx_producer")
@@ -172,6 +172,7 @@ class Port:
             return
         consumer = self.tx_consumer
         if producer == consumer:
+            self.tick_empty += 1
             return self._refuse("empty_requests", "a request with nothing queued")
         sent = slots = 0
         while consumer != producer:

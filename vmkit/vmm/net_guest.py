@@ -17,6 +17,8 @@ A program is a list of steps, each printing one line per frame on the VM's conso
   ("echo", n)                        wait for n frames, send each back to its sender,
                                      one request each, print "<name> echoed <payload>"
   ("flood", n)                       n requests in a row
+  ("stream", dst_mac, batch, times)  `times` batches of `batch` frames, one request each
+  ("sink", n)                        wait for n frames, print one line at the end
   ("asm", text)                      x86 of a test's own, with ebx = the region's address
 Frames are dst | src (the VM's MAC, read from the region) | type 0x88B5 | payload,
 padded to 60 bytes; a payload prints up to its first NUL.
@@ -211,11 +213,19 @@ def _step(base, name, i, step):
         body = ("        call next\n" + ("        call echo\n" if kind == "echo" else "")
                 + _say(f"{name} {word} ") + "\n        call pay\n")
         return _loop(i, n, body)
+    if kind == "stream":
+        _, dst, batch, times = step
+        if not 1 <= batch < SLOTS:
+            raise ValueError(f"step {i}: a batch is 1..{SLOTS - 1} frames, not {batch}")
+        frames = "".join(_queue(base, frame(dst, b"frame %d" % k)) for k in range(batch))
+        return _loop(i, times, frames + REQUEST_CODE) + _say(f"{name} streamed\n") + "\n"
+    if kind == "sink":
+        return _loop(i, step[1], "        call next\n") + _say(f"{name} sank {step[1]}\n") + "\n"
     if kind == "flood":
         return _loop(i, step[1], REQUEST_CODE) + _say(f"{name} flooded\n") + "\n"
     if kind == "asm":
         return f"        mov ebx, [{base + V_REGION:#x}]\n{step[1]}\n"
-    raise ValueError(f"step {i}: {kind!r} is not send, recv, echo, flood or asm")
+    raise ValueError(f"step {i}: {kind!r} is not send, recv, echo, flood, stream, sink or asm")
 
 
 def program(name, steps):
