@@ -5,6 +5,8 @@ frame a VM on nic0 sends arrives at nic1 and is sorted to the VM whose MAC it na
 checked is what the machine did: the region's bytes, the kernel's counters in kernel memory,
 the frames on the wire, the interrupt the guest took, what the guest printed.
 """
+from collections import Counter
+
 import pytest
 
 from vmkit.hw.nic import CTRL, CTRL_RESET, Wire
@@ -117,8 +119,9 @@ def test_every_frame_queued_before_one_request_goes_on_that_request(machine):
     assert requests == [5, 1]                                    # claim 19: frames per request
     real = [e for e in board.trace.since(mark, "nic.tx") if e["nic"] == "nic0"]
     assert len(real) == 6 and len(wire.tap) == 6
-    traps = [e for e in board.trace.since(mark, "net.request", "nic.tx")]
-    assert [e.kind for e in traps[:6]] == ["nic.tx"] * 5 + ["net.request"]
+    first = board.trace.since(mark, "net.request", "nic.tx")[:6]
+    assert [e.kind for e in first] == ["nic.tx"] * 5 + ["net.request"]
+    assert len({e.time for e in first}) == 1                     # all five inside one trapped `out`
     c = port(a).counters()
     assert (c.requests, c.frames_sent, c.tx_consumer) == (2, 6, 6)
     header = NetHeader.unpack(board.memory.read(port(a).region, NetHeader.SIZE))
@@ -310,3 +313,29 @@ def test_docs_net_md_tables_are_the_declarations():
     for name, value in (("FRAMES", net_ring.FRAMES), ("PHYS_TX", net_ring.PHYS_TX),
                         ("PHYS_RX", net_ring.PHYS_RX), ("SIZE", net_ring.SIZE)):
         assert f"| `{value:#06x}` |" in doc, name
+
+
+def test_a_sender_with_a_frame_in_every_request_is_never_refused(machine):
+    board, kernel, wire = machine
+    a = vm(kernel, "a", [("stream", mac_of(kernel, "nic1", 9), 1, 3 * FLOOD_LIMIT)], "nic0")
+    mark = board.trace.mark()
+    run_until(board, a)
+    c = port(a).counters()
+    assert (c.requests, c.frames_sent, c.flooded) == (3 * FLOOD_LIMIT, 3 * FLOOD_LIMIT, 0)
+    assert refused(board, mark, "a") == [] and len(wire.tap) == 3 * FLOOD_LIMIT
+    per_tick = Counter(e["tick"] for e in board.trace.since(mark, "net.request"))
+    assert max(per_tick.values()) > FLOOD_LIMIT                  # the limit would have cut it
+
+
+def test_ping_and_echo_with_the_vms_on_two_cpus():
+    board, cos, loader = takeover.takeover(nics=2, cpus=2)
+    kernel, wire = loader.kernel, Wire(board.nics[0], board.nics[1])
+    b_mac = mac_of(kernel, "nic1", 1)
+    a = install_vm_with_net(kernel, net_guest.program("a", [("send", b_mac, [b"x", b"y"]), ("recv", 2)]),
+                            net_guest.MEMORY, "a", "nic0", cpu=0)
+    b = install_vm_with_net(kernel, net_guest.program("b", [("echo", 2)]), net_guest.MEMORY, "b", "nic1",
+                            cpu=1)
+    run_until(board, a, b)
+    assert lines(a) == ["a sent 2", "a got x", "a got y", "a done"]
+    assert lines(b) == ["b echoed x", "b echoed y", "b done"]
+    board.close()

@@ -180,7 +180,7 @@ class Port:
             consumer, slots = (consumer + 1) % SLOTS, slots + 1
         self.tx_consumer = consumer
         self._header(tx_consumer=consumer)
-        self.trace.emit("net.request", vm=self.vmm.name, frames=sent, slots=slots)
+        self.trace.emit("net.request", vm=self.vmm.name, frames=sent, slots=slots, tick=ticks)
 
     def _transmit(self, i):
         """TX slot i: check, copy to the physical transmit buffer portion, hand to the NIC."""
