@@ -44,12 +44,14 @@ def stream(batch, frames=2100, cpus=2):
 
 
 def main():
-    print("a VM's frames through the shared region and the kernel (claims 18-20), VM on nic0 -> VM on nic1:")
+    print("a VM's frames through the shared region and the kernel (claims 18-20), "
+          "VM on nic0 -> VM on nic1:")
     for batch in (1, 3, 7):
         fpr, rpf, traps, rate, got, dropped, clock = stream(batch)
         print(f"  batches of {batch}: {fpr:4.1f} frames/request  {rpf:4.2f} requests/frame  "
               f"{traps:5.2f} sender traps/frame  {rate:7.0f} packets/s (wall)  "
-              f"{clock / max(1, got + dropped):4.0f} virtual instr/frame; the sink took {got}, dropped {dropped}")
+              f"{clock / max(1, got + dropped):4.0f} virtual instr/frame; "
+              f"the sink took {got}, dropped {dropped}")
 
 
 if __name__ == "__main__":

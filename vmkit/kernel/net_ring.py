@@ -89,7 +89,7 @@ assert NetHeader.SIZE <= TX_SLOTS - HEADER and SLOTS * Slot.SIZE <= RX_SLOTS - T
 assert RX_SLOTS + SLOTS * Slot.SIZE <= FRAMES and SLOTS & (SLOTS - 1) == 0
 
 
-# ---- docs/net.md's tables come from the declarations (python -m vmkit.kernel.net_ring docs/net.md) --
+# ---- docs/net.md's tables: python -m vmkit.kernel.net_ring docs/net.md ----------------------
 STRUCTURES = {c.__name__: c for c in (NetHeader, Slot, NetCounters, PortState)}
 
 

@@ -29,16 +29,16 @@ Refusals (each a counter and a `net.refused` trace event): a pointer outside
 the driver's frames, a length outside 14..1514 (a frame larger than the
 buffer), a request with nothing queued, a ring index >= SLOTS, any request
 once FLOOD_LIMIT of them came with nothing queued in one kernel tick (a
-sender with frames never floods: each of its requests does work); a received frame for no one's MAC is
-counted in NetCounters.unknown_mac, one the VM has no free RX slot for in
-rx_dropped.
+sender with frames never floods: each of its requests does work). A
+received frame for no one's MAC is counted in NetCounters.unknown_mac, one
+the VM has no free RX slot for in rx_dropped.
 """
 from vmkit.hw.nic import MIN_FRAME, MAX_FRAME, mac_str
 from . import layout, net_ring
 from .net_ring import BUFFER, SLOTS, NetCounters, NetHeader, PortState, Slot
 
 NET_LINE = 10               # the port's line on the VM's virtual PIC: vector 0x20 + 10 in the guest
-FLOOD_LIMIT = 64            # empty requests in one kernel tick after which a VM's requests are refused
+FLOOD_LIMIT = 64            # empty requests in a kernel tick; past them, requests are refused
 
 
 MAX_PORTS = (layout.PAGE - NetCounters.SIZE) // PortState.SIZE
@@ -90,7 +90,8 @@ class VmNet:
         (inside the VM's memory, page-aligned: checked by the caller)."""
         front = self.kernel.shared.get(nic)
         if front is None or not hasattr(front, "send_from"):
-            raise ValueError(f"{nic!r} is not a NIC the kernel shares (shared: {sorted(self.kernel.shared)})")
+            raise ValueError(f"{nic!r} is not a NIC the kernel shares "
+                             f"(shared: {sorted(self.kernel.shared)})")
         if len(self.ports) >= MAX_PORTS:
             raise ValueError(f"the kernel's network page holds {MAX_PORTS} ports")
         index = len(self.ports)
@@ -120,7 +121,7 @@ class Port:
     def __init__(self, net, front, vmm, region, mac, state):
         self.net, self.front, self.vmm, self.region, self.mac = net, front, vmm, region, mac
         self.kernel, self.memory, self.trace, self.state = net.kernel, net.memory, net.trace, state
-        self.interrupts = lambda: True             # the VMM's device says whether the guest wants them
+        self.interrupts = lambda: True             # net_device.py: does the guest want them
         self.memory.write(state, PortState(region=region, mac=mac).pack(), code=False)
         self.memory.write(region, bytes(net_ring.SIZE))
         self._header(slots=SLOTS, mac=mac)
@@ -229,4 +230,4 @@ class Port:
         self.trace.emit("net.rx", vm=self.vmm.name, slot=(producer - 1) % SLOTS, copy=physical,
                         length=len(frame))
         if self.interrupts():
-            self.vmm.raise_line(NET_LINE)          # the instruction to the VMM to raise an interrupt
+            self.vmm.raise_line(NET_LINE)          # to the VMM: raise an interrupt

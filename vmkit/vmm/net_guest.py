@@ -159,8 +159,9 @@ setup:  {_gate(base + IDT, 0x20, "timer")}
 def _queue(base, data):
     """One frame into the TX slot at tx_producer; tx_producer moves. No request."""
     padded = data.ljust(-(-len(data) // 4) * 4, b"\0")
-    stores = "\n".join(f"        mov dword ptr [edi + {o:#x}], {int.from_bytes(padded[o:o + 4], 'little'):#x}"
-                       for o in range(0, len(padded), 4))
+    words = [int.from_bytes(padded[o:o + 4], "little") for o in range(0, len(padded), 4)]
+    stores = "\n".join(f"        mov dword ptr [edi + {4 * k:#x}], {w:#x}"
+                       for k, w in enumerate(words))
     return f"""
         mov ebx, [{base + V_REGION:#x}]
         mov ecx, [ebx + {H['tx_producer']:#x}]
