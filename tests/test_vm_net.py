@@ -205,15 +205,24 @@ def test_a_pointer_outside_the_region_is_refused(machine):
     assert flags == net_ring.DONE | net_ring.ERROR
 
 
-def test_a_pointer_into_another_vms_memory_reads_nothing_of_it(machine):
+def test_a_pointer_into_another_vms_memory_reads_nothing_of_it(machine, monkeypatch):
     board, kernel, wire = machine
     b = vm(kernel, "b", [], "nic1")
     secret = port(b).region + net_ring.FRAMES
     board.memory.write(secret, net_guest.frame(b"\xff" * 6, b"b's secret"))
+    run_until(board, b)
     a = vm(kernel, "a", [("asm", send_slot(secret, 0x3c))], "nic0")
+    reads, real_read = [], board.memory.read
+
+    def read(address, length):                    # every read of emulated memory from Python
+        reads.append((address, length))
+        return real_read(address, length)
+    monkeypatch.setattr(board.memory, "read", read)
     mark = board.trace.mark()
-    run_until(board, a, b)
+    run_until(board, a)
     assert refused(board, mark, "a") == ["refused_pointer"] and wire.tap == []
+    region = port(b).region                      # (b's own traps read its code: not its region)
+    assert [(at, n) for at, n in reads if at < region + net_ring.SIZE and at + n > region] == []
 
 
 def test_a_length_larger_than_the_buffer_is_refused(machine):
