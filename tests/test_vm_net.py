@@ -348,3 +348,14 @@ def test_ping_and_echo_with_the_vms_on_two_cpus():
     assert lines(a) == ["a sent 2", "a got x", "a got y", "a done"]
     assert lines(b) == ["b echoed x", "b echoed y", "b done"]
     board.close()
+
+
+def test_a_broadcast_reaches_every_vm_on_the_nic(machine):
+    board, kernel, wire = machine
+    a = vm(kernel, "a", [("recv", 1)], "nic1")
+    b = vm(kernel, "b", [("recv", 1)], "nic1")
+    board.run(100_000)
+    wire.inject(board.nics[1], net_guest.frame(b"\xff" * 6, b"to all"))
+    run_until(board, a, b)
+    assert lines(a) == ["a got to all", "a done"] and lines(b) == ["b got to all", "b done"]
+    assert kernel.shared["nic1"].kernel_rx == [net_guest.frame(b"\xff" * 6, b"to all")]

@@ -165,6 +165,9 @@ class SharedNIC:
             self.kernel_rx.append(frame)
         if to in ("cos", "both"):
             self._to_cos(frame)
+        if to == "both" and self.vm_ports:            # a broadcast reaches every VM on this NIC too
+            for receive in self.vm_ports.values():
+                receive(frame)
 
     # ---- the VMs' traffic (claims 18-20): vm_net.py's ports -------------------------------
     vm_ports = None                                # VM MAC -> its port's receive(frame)
