@@ -126,9 +126,8 @@ def test_every_frame_queued_before_one_request_goes_on_that_request(machine):
     assert (c.requests, c.frames_sent, c.tx_consumer) == (2, 6, 6)
     header = NetHeader.unpack(board.memory.read(port(a).region, NetHeader.SIZE))
     assert (header.tx_producer, header.tx_consumer, header.requests) == (6, 6, 2)
-    flags = [Slot.unpack(board.memory.read(port(a).region + net_ring.tx_slot(i), Slot.SIZE)).flags
-             for i in range(6)]
-    assert flags == [net_ring.DONE] * 6
+    assert [s.flags for s in port(a).slots("tx")[:6]] == [net_ring.DONE] * 6
+    assert [s.length for s in port(a).slots("tx")[:6]] == [60] * 6
 
 
 def test_a_frame_from_the_wire_is_copied_in_and_the_guest_handler_takes_it(machine):

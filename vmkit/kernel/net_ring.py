@@ -4,7 +4,10 @@ Declared once here; the kernel's path (vm_net.py), the guest's driver
 (vmm/net_guest.py, which takes its offsets from these names) and any widget
 read the same bytes. The region is pages of the VM's own memory (so its
 driver reaches them at CPL 3 through its page directory) which the kernel
-reaches too, by their physical address, as the NIC's DMA does:
+reaches too, by their physical address, as the NIC's DMA does. (Not through
+its CPU's mapping window, mapcache.py: a frame arrives in the NIC's interrupt,
+which may interrupt the COS, which runs without paging, where the window is
+out of reach; and frames are copied whole, the window maps a page a slot.)
 
     region + 0x0000  NetHeader: the pointers (ring indices), the request count, the MAC
     region + 0x0040  TX slots: the driver's pointers to its output frames

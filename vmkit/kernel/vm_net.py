@@ -138,6 +138,12 @@ class Port:
             data = value if fmt.endswith("s") else value.to_bytes(4, "little")
             self.memory.write(at, data, code=False)
 
+    def slots(self, ring):
+        """The SLOTS slots of ring "tx" or "rx", as the region holds them now (for widgets)."""
+        first = {"tx": net_ring.TX_SLOTS, "rx": net_ring.RX_SLOTS}[ring]
+        raw = self.memory.read(self.region + first, SLOTS * Slot.SIZE)
+        return [Slot.unpack(raw, i * Slot.SIZE) for i in range(SLOTS)]
+
     def counters(self):
         return PortState.unpack(self.memory.read(self.state, PortState.SIZE))
 
