@@ -358,3 +358,19 @@ def test_a_broadcast_reaches_every_vm_on_the_nic(machine):
     run_until(board, a, b)
     assert lines(a) == ["a got to all", "a done"] and lines(b) == ["b got to all", "b done"]
     assert kernel.shared["nic1"].kernel_rx == [net_guest.frame(b"\xff" * 6, b"to all")]
+
+
+def test_the_same_exchange_twice_gives_the_same_trace():
+    def once():
+        board, cos, loader = takeover.takeover(nics=2)
+        kernel, wire = loader.kernel, Wire(board.nics[0], board.nics[1])
+        b_mac = mac_of(kernel, "nic1", 1)
+        a = vm(kernel, "a", [("send", b_mac, [b"p1", b"p2"]), ("recv", 2)], "nic0")
+        b = vm(kernel, "b", [("echo", 2)], "nic1")
+        run_until(board, a, b)
+        events = [(e.time, e.kind, sorted(e.data.items()))
+                  for e in board.trace.of("net.request", "net.tx", "net.rx", "vmm.inject", "nic.tx")]
+        board.close()
+        return events, wire.tap
+    first, second = once(), once()
+    assert first == second and len(first[1]) == 4
