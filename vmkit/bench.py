@@ -195,4 +195,6 @@ if __name__ == "__main__":
     from vmkit import vmfs_bench, bench_unload
     vmfs_bench.main()
     bench_unload.main()
+    from vmkit import bench_net
+    bench_net.main()
     bench_entry.main(notebooks="--no-notebooks" not in sys.argv)

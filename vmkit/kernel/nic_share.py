@@ -148,6 +148,8 @@ class SharedNIC:
 
     def _sort(self, frame):
         dst = frame[:6]
+        if self.vm_ports and dst in self.vm_ports:     # a VM's address (vm_net.py)
+            return self._to_vm(frame)
         if dst == BROADCAST:
             to = "both"
         elif dst == self.kernel_mac:
@@ -157,10 +159,41 @@ class SharedNIC:
         else:
             to = "dropped"
         self.trace.emit("nic.share_rx", nic=self.device.name, to=to, length=len(frame), dst=mac_str(dst))
+        if to == "dropped" and self.unknown is not None:
+            self.unknown(frame)
         if to in ("kernel", "both"):
             self.kernel_rx.append(frame)
         if to in ("cos", "both"):
             self._to_cos(frame)
+        if to == "both" and self.vm_ports:            # a broadcast reaches every VM on this NIC too
+            for receive in self.vm_ports.values():
+                receive(frame)
+
+    # ---- the VMs' traffic (claims 18-20): vm_net.py's ports -------------------------------
+    vm_ports = None                                # VM MAC -> its port's receive(frame)
+    unknown = None                                 # counts a frame for no one (vm_net.py)
+
+    def attach_port(self, mac, receive):
+        if self.vm_ports is None:
+            self.vm_ports = {}
+        self.vm_ports[bytes(mac)] = receive
+
+    def _to_vm(self, frame):
+        dst = frame[:6]
+        self.trace.emit("nic.share_rx", nic=self.device.name, to="vm", length=len(frame), dst=mac_str(dst))
+        self.vm_ports[dst](frame)
+
+    def send_from(self, buffer, length, who):
+        """Transmit `length` bytes the kernel already put at physical `buffer` (a VM's
+        physical transmit buffer portion): a real descriptor names it, the NIC's DMA reads
+        it there. True if the NIC sent it."""
+        i, self.tx_next = self.tx_next, (self.tx_next + 1) % TX_SLOTS
+        desc = self.area + TX_RING + i * DESC_SIZE
+        self.memory.write(desc, struct.pack("<IHHII", buffer, length, 0, 0, 0), code=False)
+        self.trace.emit("nic.share_tx", nic=self.device.name, length=length,
+                        dst=mac_str(self.memory.read(buffer, 6)), **{"from": who})
+        self._out(TX_TAIL, self.tx_next)
+        return self.memory.read_u16(desc + 6) & (DESC_DONE | DESC_ERROR) == DESC_DONE
 
     # ---- the COS's virtual NIC -----------------------------------------------------------
     def _drop(self, reason, length, count=False):

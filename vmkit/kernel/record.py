@@ -15,6 +15,7 @@ A format with a count (`"256I"`) is an array and comes back as a tuple;
 the class says otherwise with ORDER, and there is never padding: a gap in a
 layout is a field of its own (`("reserved", "12s")`) so its offset is named.
 """
+import re
 import struct
 
 
@@ -109,3 +110,12 @@ class Record(metaclass=RecordMeta):
         for off, size, name, fmt in cls.table():
             rows.append(f"| {off:#05x} | {size:#x} | `{name}` | `{fmt}` | {cls.MEANING[name]} |")
         return "\n".join(rows)
+
+
+_TABLE = re.compile(r"(<!-- layout: (\w+) -->\n).*?(\n<!-- end layout -->)", re.S)
+
+
+def doc_tables(text, structures):
+    """`text` with each `<!-- layout: Name -->` ... `<!-- end layout -->` block regenerated
+    from `structures[Name]` (a Record class), so a doc's tables are the declarations."""
+    return _TABLE.sub(lambda m: m.group(1) + structures[m.group(2)].markdown() + m.group(3), text)

@@ -46,6 +46,7 @@ class GuestFault(Exception):
 
 class VMM:
     disk = None                 # its virtual disk adapter (vdisk_device.py), once one is attached
+    net = None                  # its network port (net_device.py), once one is attached
 
     def __init__(self, kernel, name, base, size, vcpu_address, cpu=0):
         self.kernel, self.name, self.base, self.size = kernel, name, base, size
@@ -168,6 +169,8 @@ class VMM:
         port = port_op.imm if port_op.type == X86_OP_IMM else frame.edx & 0xFFFF
         if self.disk is not None and self.disk.claims(port):
             return self._disk_port(frame, insn.mnemonic, port)
+        if self.net is not None and self.net.claims(port):
+            return self.net.port_io(frame, insn.mnemonic, port)
         if insn.mnemonic == "out":
             value = frame.eax & 0xFF
             if port == SERIAL:
@@ -216,6 +219,13 @@ class VMM:
             line = (v.pending & -v.pending).bit_length() - 1
             v.pending &= ~(1 << line)
             self.inject(frame, VM_TIMER_VECTOR + line)
+
+    def raise_line(self, line):
+        """The kernel's instruction to raise an interrupt (claim 18's input path): line
+        `line` of the VM's virtual PIC is pending; it is injected through the guest's own
+        IDT (gate 0x20 + line) as soon as the guest's virtual IF lets it in."""
+        self.vcpu.pending |= 1 << line
+        self.trace.emit("vmm.raise", vm=self.name, line=line)
 
     def inject(self, frame, vector):
         """Through the guest's own IDT, onto the guest's own stack (flat: SS base 0)."""

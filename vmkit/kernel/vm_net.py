@@ -1,0 +1,239 @@
+"""A VM's network path through the kernel alone (claims 18-20, 39-40).
+
+Each VM with a network port has a shared memory region in its own memory
+(net_ring.py declares its bytes) and an address of its own on one of the
+shared NICs (nic_share.py, claim 8: the COS's frames, the kernel's and the
+VMs' share the adapter). Only the kernel moves data between the region and
+the NIC:
+
+Output. The driver writes frames into its part of the region, points TX
+slots at them, moves tx_producer, and makes one request for transmission
+(one `out` to its port: a trap into its VMM, vmm/net_device.py). On sensing
+it the kernel takes *every* slot queued since the last request (claim 19):
+for each, the pointer and length are checked against the region, the frame
+is copied to the physical transmit buffer portion and a descriptor of the
+real NIC names that copy (the NIC's DMA reads it there). A slot gets DONE,
+or DONE | ERROR if it was refused; tx_consumer moves past it either way.
+
+Input. A frame for the VM's MAC reaches the NIC's interrupt (nic_share.py
+sorts it here). The kernel copies it into the physical receive buffer
+portion, points the next RX slot at it, moves rx_producer and issues to the
+VMM the instruction to raise the VM's network line (VMM.raise_line); the
+VMM injects it through the guest's own IDT when the guest can take it.
+
+Nothing here trusts the region. The kernel's own indices, and the counters of
+what it refused, are a PortState in kernel memory (one page from the kernel's
+heap holds every port's); every pointer is checked to lie in the VM's region
+before a byte is read, so no other world's memory is ever read or written.
+Refusals (each a counter and a `net.refused` trace event): a pointer outside
+the driver's frames, a length outside 14..1514 (a frame larger than the
+buffer), a request with nothing queued, a ring index >= SLOTS, any request
+once FLOOD_LIMIT of them came with nothing queued in one kernel tick (a
+sender with frames never floods: each of its requests does work). A
+received frame for no one's MAC is counted in NetCounters.unknown_mac, one
+the VM has no free RX slot for in rx_dropped.
+"""
+from vmkit.hw.nic import MIN_FRAME, MAX_FRAME, mac_str
+from . import layout, net_ring
+from .net_ring import BUFFER, SLOTS, NetCounters, NetHeader, PortState, Slot
+
+NET_LINE = 10               # the port's line on the VM's virtual PIC: vector 0x20 + 10 in the guest
+FLOOD_LIMIT = 64            # empty requests in a kernel tick; past them, requests are refused
+
+
+MAX_PORTS = (layout.PAGE - NetCounters.SIZE) // PortState.SIZE
+
+
+def vm_mac(nic_mac, index):
+    """The address of the VM port `index` on a NIC with `nic_mac`: locally administered,
+    byte 4 = 0x10 + index (the COS keeps the NIC's, the kernel byte 5 ^ 0x80)."""
+    return bytes([nic_mac[0] | 0x02, *nic_mac[1:4], 0x10 + index, nic_mac[5]])
+
+
+class Field:
+    """A u32 field of a record in emulated memory, read and written in place."""
+    def __init__(self, record, name):
+        self.offset = record.OFFSET[name]
+
+    def __get__(self, obj, owner=None):
+        return obj.memory.read_u32(obj.state + self.offset)
+
+    def __set__(self, obj, value):
+        obj.memory.write_u32(obj.state + self.offset, value & 0xFFFFFFFF, code=False)
+
+
+class VmNet:
+    """The kernel's side of every VM port: one page of kernel memory for the counters."""
+
+    def __init__(self, kernel):
+        self.kernel, self.memory, self.trace = kernel, kernel.memory, kernel.trace
+        end = kernel.base + layout.HEAP_END
+        if kernel.heap + layout.PAGE > end:
+            raise RuntimeError("no room in the kernel's heap for the VMs' network page")
+        self.page, kernel.heap = kernel.heap, kernel.heap + layout.PAGE
+        self.memory.write(self.page, bytes(layout.PAGE), code=False)
+        self.ports = []
+        self.hooked = set()
+
+    @classmethod
+    def of(cls, kernel):
+        if getattr(kernel, "vm_net", None) is None:
+            kernel.vm_net = cls(kernel)
+        return kernel.vm_net
+
+    @property
+    def counters(self):
+        return NetCounters.unpack(self.memory.read(self.page, NetCounters.SIZE))
+
+    def attach(self, vmm, nic, region):
+        """A port for `vmm` on the shared NIC `nic` ("nic0"), its region at physical `region`
+        (inside the VM's memory, page-aligned: checked by the caller)."""
+        front = self.kernel.shared.get(nic)
+        if front is None or not hasattr(front, "send_from"):
+            raise ValueError(f"{nic!r} is not a NIC the kernel shares "
+                             f"(shared: {sorted(self.kernel.shared)})")
+        if len(self.ports) >= MAX_PORTS:
+            raise ValueError(f"the kernel's network page holds {MAX_PORTS} ports")
+        index = len(self.ports)
+        state = self.page + NetCounters.SIZE + index * PortState.SIZE
+        port = Port(self, front, vmm, region, vm_mac(front.mac, index), state)
+        self.ports.append(port)
+        self.memory.write_u32(self.page + NetCounters.OFFSET["ports"], len(self.ports), code=False)
+        front.attach_port(port.mac, port.receive)
+        if nic not in self.hooked:
+            self.hooked.add(nic)
+            front.unknown = self._unknown
+        return port
+
+    def _unknown(self, frame):
+        at = self.page + NetCounters.OFFSET["unknown_mac"]
+        self.memory.write_u32(at, self.memory.read_u32(at) + 1, code=False)
+        self.trace.emit("net.refused", vm=None, why=f"frame for unknown MAC {mac_str(frame[:6])}",
+                        counter="unknown_mac")
+
+
+class Port:
+    tx_consumer = Field(PortState, "tx_consumer")
+    rx_producer = Field(PortState, "rx_producer")
+    tick = Field(PortState, "tick")
+    tick_empty = Field(PortState, "tick_empty")
+
+    def __init__(self, net, front, vmm, region, mac, state):
+        self.net, self.front, self.vmm, self.region, self.mac = net, front, vmm, region, mac
+        self.kernel, self.memory, self.trace, self.state = net.kernel, net.memory, net.trace, state
+        self.interrupts = lambda: True             # net_device.py: does the guest want them
+        self.memory.write(state, PortState(region=region, mac=mac).pack(), code=False)
+        self.memory.write(region, bytes(net_ring.SIZE))
+        self._header(slots=SLOTS, mac=mac)
+        self.trace.emit("net.attach", vm=vmm.name, nic=front.device.name, mac=mac_str(mac),
+                        region=region, state=state)
+
+    # ---- the region and the counters ------------------------------------------------------
+    def header(self):
+        return NetHeader.unpack(self.memory.read(self.region, NetHeader.SIZE))
+
+    def _header(self, **fields):
+        for name, value in fields.items():
+            at, fmt = self.region + NetHeader.OFFSET[name], NetHeader.FORMAT[name]
+            data = value if fmt.endswith("s") else value.to_bytes(4, "little")
+            self.memory.write(at, data, code=False)
+
+    def slots(self, ring):
+        """The SLOTS slots of ring "tx" or "rx", as the region holds them now (for widgets)."""
+        first = {"tx": net_ring.TX_SLOTS, "rx": net_ring.RX_SLOTS}[ring]
+        raw = self.memory.read(self.region + first, SLOTS * Slot.SIZE)
+        return [Slot.unpack(raw, i * Slot.SIZE) for i in range(SLOTS)]
+
+    def counters(self):
+        return PortState.unpack(self.memory.read(self.state, PortState.SIZE))
+
+    def _count(self, name):
+        at = self.state + PortState.OFFSET[name]
+        self.memory.write_u32(at, self.memory.read_u32(at) + 1, code=False)
+
+    def _refuse(self, counter, why):
+        self._count(counter)
+        self.trace.emit("net.refused", vm=self.vmm.name, why=why, counter=counter)
+
+    def _index(self, name):
+        """A ring index the driver wrote in the region; None (refused) if it is garbage."""
+        value = getattr(self.header(), name)
+        if value >= SLOTS:
+            self._refuse("bad_index", f"{name} {value} outside a ring of {SLOTS}")
+            return None
+        return value
+
+    # ---- output: the request for transmission -----------------------------------------------
+    def request(self):
+        """The VM's request for transmission: send every frame queued before it (claim 19)."""
+        ticks = self.kernel.ticks
+        if self.tick != ticks:
+            self.tick, self.tick_empty = ticks, 0
+        if self.tick_empty >= FLOOD_LIMIT:
+            return self._refuse("flooded", f"a request after {FLOOD_LIMIT} with nothing queued "
+                                           f"in tick {ticks}")
+        self._count("requests")
+        self._header(requests=self.counters().requests)
+        producer = self._index("tx_producer")
+        if producer is None:
+            return
+        consumer = self.tx_consumer
+        if producer == consumer:
+            self.tick_empty += 1
+            return self._refuse("empty_requests", "a request with nothing queued")
+        sent = slots = 0
+        while consumer != producer:
+            sent += self._transmit(consumer)
+            consumer, slots = (consumer + 1) % SLOTS, slots + 1
+        self.tx_consumer = consumer
+        self._header(tx_consumer=consumer)
+        self.trace.emit("net.request", vm=self.vmm.name, frames=sent, slots=slots, tick=ticks)
+
+    def _transmit(self, i):
+        """TX slot i: check, copy to the physical transmit buffer portion, hand to the NIC."""
+        at = self.region + net_ring.tx_slot(i)
+        slot = Slot.unpack(self.memory.read(at, Slot.SIZE))
+        frames = self.region + net_ring.FRAMES
+        ok = False
+        if not MIN_FRAME <= slot.length <= MAX_FRAME:
+            self._refuse("refused_length", f"TX slot {i}: length {slot.length} outside "
+                                           f"{MIN_FRAME}..{MAX_FRAME}")
+        elif not frames <= slot.buffer <= frames + SLOTS * BUFFER - slot.length:
+            self._refuse("refused_pointer", f"TX slot {i}: pointer {slot.buffer:#x}+{slot.length} "
+                                            f"outside the region's frames {frames:#x}..")
+        else:
+            physical = self.region + net_ring.PHYS_TX + i * BUFFER
+            self.memory.write(physical, self.memory.read(slot.buffer, slot.length), code=False)
+            self.trace.emit("net.tx", vm=self.vmm.name, slot=i, pointer=slot.buffer,
+                            copy=physical, length=slot.length)
+            ok = self.front.send_from(physical, slot.length, self.vmm.name)
+            if ok:
+                self._count("frames_sent")
+        flags = net_ring.DONE | (0 if ok else net_ring.ERROR)
+        self.memory.write(at + Slot.OFFSET["flags"], flags.to_bytes(2, "little"), code=False)
+        return int(ok)
+
+    def waiting(self):
+        """Frames in the RX ring the driver has not taken yet."""
+        return self.rx_producer != self.header().rx_consumer
+
+    # ---- input: a frame for the VM's MAC, from the NIC's interrupt ----------------------------
+    def receive(self, frame):
+        consumer = self._index("rx_consumer")
+        if consumer is None:
+            return
+        producer = self.rx_producer
+        if (producer + 1) % SLOTS == consumer:
+            return self._refuse("rx_dropped", f"no free RX slot for a frame of {len(frame)} bytes")
+        physical = self.region + net_ring.PHYS_RX + producer * BUFFER
+        self.memory.write(physical, frame, code=False)
+        self.memory.write(self.region + net_ring.rx_slot(producer),
+                          Slot(buffer=physical, length=len(frame), flags=net_ring.DONE).pack(),
+                          code=False)
+        self.rx_producer = producer = (producer + 1) % SLOTS
+        self._header(rx_producer=producer)
+        self._count("frames_received")
+        self.trace.emit("net.rx", vm=self.vmm.name, slot=(producer - 1) % SLOTS, copy=physical,
+                        length=len(frame))
+        if self.interrupts():
+            self.vmm.raise_line(NET_LINE)          # to the VMM: raise an interrupt
