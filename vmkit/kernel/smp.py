@@ -90,6 +90,8 @@ def write_gdt(kernel):
     cpu0 = kernel.board.cpus[0]
     sel, gdt, _, flags = cpu0["gdtr"]
     cpu0["gdtr"] = (sel, gdt, GDT_LIMIT, flags)
+    for cpu in kernel.board.cpus:
+        cpu.descriptors_changed()                 # the platform's limit checks read it again
 
 
 def processor(kernel, cpu):
