@@ -12,6 +12,13 @@ what lies there) and skips the instruction: the COS goes on, its store
 undone, a load leaving its register as it was — as a write to ROM goes
 nowhere. (Reflecting the #GP to the COS's own handler would stop the COS for
 good: its fault handler halts.)
+
+Devices the COS programs through the kernel (the shared SCSI controller and
+NIC) are held to the same limit: every address and length the COS gives
+them for DMA must lie inside its memory (`check_dma`), or the kernel refuses
+the request (a `kernel.cos_dma` event, an error status to the COS). A bus
+master checks no segment limit: without this, one SCSI read would put a
+disk block over the kernel's IDT.
 """
 from capstone.x86 import X86_OP_MEM
 
@@ -60,3 +67,18 @@ def past_limit(kernel, frame):
             frame.eip += insn.size
             return True
     return False
+
+
+class OutsideCOS(ValueError):
+    """A buffer the COS gave a shared device does not lie inside the COS's memory."""
+
+
+def check_dma(kernel, address, length, what):
+    """Refuse (OutsideCOS, and a `kernel.cos_dma` event) a DMA range the COS gave
+    that does not lie wholly at or below its segment limit."""
+    limit = cos_limit(kernel)
+    if length >= 0 and address + max(length, 1) - 1 <= limit:
+        return
+    where = what_is_at(kernel, address + max(length, 1) - 1 if address <= limit else address)
+    kernel.trace.emit("kernel.cos_dma", what=what, address=address, length=length, into=where, limit=limit)
+    raise OutsideCOS(f"{what} {address:#x}+{length:#x} reaches {where}, past the COS's memory (limit {limit:#x})")
