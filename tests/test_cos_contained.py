@@ -68,3 +68,27 @@ init:   mov dword ptr [{vm.region[0]:#x}], 0xdeadbeef
         ret""")
     assert board.memory.read_u32(vm.region[0]) != 0xdeadbeef
     assert [e["what"] for e in board.trace.since(mark, "kernel.cos_limit")] == ["vm1's memory"]
+
+
+def test_the_cos_cannot_borrow_a_vms_flat_segment(displaced):
+    """`mov ds` of a DPL 3 data selector is legal at CPL 1, and the VMs' is flat: the
+    COS's GDTR limit ends before the VMs' descriptors, so the CPU refuses the load."""
+    board, cos, loader = displaced
+    kernel = loader.kernel
+    kernel.install_vm("l: jmp l", 0x4000)              # the DPL 3 descriptors now exist
+    gate = kernel.base + layout.IDT + 13 * 8
+    before = board.memory.read(gate, 8)
+    user_data = layout.USER_DATA_SEL | layout.USER_RPL
+    mark = run_module(board, cos, f"""
+init:   mov ax, {user_data:#x}
+        mov ds, ax
+        mov dword ptr [{gate:#x}], 0xdeadbeef
+        mov ax, {layout.COS_DATA_SEL:#x}
+        mov ds, ax
+        xor eax, eax
+        ret""")
+    assert board.memory.read(gate, 8) == before
+    faults = [(e["vector"], e["error"]) for e in board.trace.since(mark, "cpu.fault")]
+    assert (13, layout.USER_DATA_SEL) in faults                    # the selector load itself
+    assert [e["address"] for e in board.trace.since(mark, "kernel.cos_limit")] == [gate]
+    assert board.cpu["gdtr"][2] < layout.USER_CODE_SEL              # while the COS runs

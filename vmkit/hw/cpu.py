@@ -178,10 +178,11 @@ class CPU:
         s["cpl"] = self.cpl
         return s
 
-    def descriptors_changed(self):
-        """The GDT this CPU's GDTR names was loaded or edited: the platform reads its
-        descriptors again for the segment-limit checks (limits.py)."""
-        self.limits.refresh()
+    def descriptors_changed(self, cpl=None):
+        """The GDT this CPU's GDTR names was loaded or edited (or, with `cpl`, software
+        is about to run at that CPL): the platform reads its descriptors again for the
+        segment-limit checks (limits.py)."""
+        self.limits.refresh(cpl)
 
     def invalidate_code(self, begin, end):
         """Drop translated code for a physical range written from outside the CPU.

@@ -90,7 +90,8 @@ class SegmentLimits:
         self.ranges = ()                    # the hooked linear ranges, (first, last)
         self.violation = None
         self._hooks = []
-        self._seen = None                   # (GDTR base, limit, table bytes) at the last refresh
+        self._seen = None                   # (GDTR base, limit, table bytes, least DPL) last refreshed
+        self._known = {}                    # such a key -> its table for the filter and its ranges
         if library is None:
             return
         self._slow = _SLOW(self._on_slow)   # kept alive: C holds a pointer to it
@@ -99,31 +100,36 @@ class SegmentLimits:
                                                    for r in SEGMENT_REGS)), 0)
 
     # ---- which ranges ------------------------------------------------------------
-    def refresh(self):
+    def refresh(self, cpl=None):
         """Read the GDT the CPU's GDTR names and hook the ranges past the limits
-        of the segments CPL > 0 may load. Nothing to do if the GDT is unchanged."""
+        of the segments CPL > 0 may load (with `cpl`: the segments a program at that
+        CPL may load, DPL >= cpl; a CPL 3 world cannot load the COS's DPL 1 segments,
+        so its accesses need no hook). Nothing to do if nothing changed."""
         if self.lib is None:
             return
         _, base, limit, _ = self.cpu["gdtr"]
-        try:
-            table = self.cpu.memory.read(base, min(limit + 1, SELECTORS * 8)) if limit else b""
-        except ValueError:
-            table = b""
-        seen = (base, limit, table)
+        table = b""
+        for length in (SELECTORS * 8, min(limit + 1, SELECTORS * 8)):
+            try:                            # the filter's table goes past the limit when it can:
+                table = self.cpu.memory.read(base, length) if limit else b""   # a world with a
+                break                       # longer GDTR over the same table finds its selectors
+            except ValueError:
+                continue
+        least = max(1, cpl or 0)
+        seen = (base, limit, table, least)
         if seen == self._seen:
             return
         self._seen = seen
-        ranges, s = [], self.state
+        known = self._known.get(seen)
+        if known is None:                   # a world switch goes between a few: decode each once
+            if len(self._known) > 64:
+                self._known.clear()
+            known = self._known[seen] = _decode(table, limit, least)
+        s = self.state
         s.nsel = len(table) // 8
-        for i in range(s.nsel):
-            d = decode_segment(table[8 * i:8 * i + 8])
-            segment = d.s and d.present
-            s.base[i], s.limit[i] = (d.base, d.limit) if segment else (0, FLAT)
-            if segment and d.dpl > 0 and d.limit < FLAT and d.base + d.limit < FLAT:
-                ranges.append((max(d.base, d.base + d.limit + 1 - STRADDLE), FLAT))
-                if d.base:                  # an offset past the limit may wrap below the base
-                    ranges.append((0, d.base - 1))
-        self._hook(_merge(ranges))
+        bases, limits, ranges = known
+        s.base[:s.nsel], s.limit[:s.nsel] = bases, limits
+        self._hook(ranges)
 
     def _hook(self, ranges):
         if tuple(ranges) == self.ranges:
@@ -217,6 +223,24 @@ class SegmentLimits:
         if v is not None and v.old is not None:          # physical: drops translated code too
             self.cpu.memory.write(self.cpu.translate_linear(v.address), v.old)
         return v
+
+
+def _decode(table, limit, least):
+    """(bases, limits) of every entry for the C filter, and the merged ranges past the
+    limits of the segments within the GDT's limit of DPL >= least."""
+    bases, limits, ranges = [], [], []
+    for i in range(len(table) // 8):
+        d = decode_segment(table[8 * i:8 * i + 8])
+        segment = d.s and d.present
+        bases.append(d.base if segment else 0)
+        limits.append(d.limit if segment else FLAT)
+        if 8 * i + 7 > limit:
+            continue                        # not loadable now: no range of its own
+        if segment and d.dpl >= least and d.limit < FLAT and d.base + d.limit < FLAT:
+            ranges.append((max(d.base, d.base + d.limit + 1 - STRADDLE), FLAT))
+            if d.base:                      # an offset past the limit may wrap below the base
+                ranges.append((0, d.base - 1))
+    return bases, limits, _merge(ranges)
 
 
 def _merge(ranges):

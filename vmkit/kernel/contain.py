@@ -47,10 +47,18 @@ def what_is_at(kernel, address):
     return "memory past the COS's limit"
 
 
+# first bytes of the privileged instructions the COS traps with all the time (cli, sti, hlt,
+# in, out, lidt/lgdt): no memory operand past a limit, so no decoding on that hot path
+_PRIVILEGED = {0xFA, 0xFB, 0xF4, 0xE4, 0xE5, 0xE6, 0xE7, 0xEC, 0xED, 0xEE, 0xEF}
+
+
 def past_limit(kernel, frame):
     """A #GP from the COS: True (reported and skipped) if the instruction reaches past
     the COS's segment limit, False if the #GP is something else (traps.privileged's)."""
     if frame.error != 0:
+        return False
+    first, second = kernel.memory.read(frame.eip, 2)
+    if first in _PRIVILEGED or (first == 0x66 and second in _PRIVILEGED) or (first, second) == (0x0F, 0x01):
         return False
     insn = traps.decode(kernel, frame.eip)
     if insn is None:

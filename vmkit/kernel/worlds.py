@@ -308,6 +308,7 @@ class Worlds:
             switch.enter(frame, cpu, switch.RELOAD, s.frm.area)
             return
         p.switching = None
+        cpu.descriptors_changed(frame.cs & 3)      # the platform's limit checks follow the world
         if s.mode == "restore":
             self._after_refusal(frame, p, s)
         elif s.mode == "switch":
