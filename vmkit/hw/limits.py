@@ -150,9 +150,7 @@ class SegmentLimits:
             if err:
                 raise RuntimeError(f"cannot hook {first:#x}-{last:#x} for segment limits (unicorn error {err})")
             self._hooks.append(handle.value)
-        self.ranges = tuple(ranges)
-        self.cpu.trace.emit("cpu.limits", self.cpu.index,
-                            ranges=" ".join(f"{a:#x}-{b:#x}" for a, b in ranges) or "-")
+        self.ranges = tuple(ranges)         # (no trace event: they change at every world switch)
 
     # ---- the slow path: which segment, and is it past the limit -----------------------
     def _on_slow(self, kind, address, size):
