@@ -38,7 +38,7 @@ from unicorn import (Uc, UcError, UC_ARCH_X86, UC_MODE_32, UC_PROT_ALL, UC_HOOK_
 from unicorn import x86_const as X
 
 from . import unicorn_quirks
-from .counter import Counter, _library
+from .counter import Counter, library
 from .limits import SegmentLimits
 from .x86 import (decode_gate, decode_segment, ERROR_CODE_VECTORS, GATE_INT32, GATE_TRAP32,
                   EFLAGS_IF, EFLAGS_TF, EFLAGS_NT, EFLAGS_RF, EFLAGS_VM, EFLAGS_IOPL_SHIFT,
@@ -100,7 +100,7 @@ class CPU:
         self.counter = Counter(uc)
         self._uch, self._scratch, self._mmr = uc._uch, ctypes.c_uint64(), UcRegMMR()
         self._batches = {}
-        self.limits = SegmentLimits(self, _library() if self.counter.exact else None)
+        self.limits = SegmentLimits(self, library() if self.counter.exact else None)
         uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
         uc.hook_add(UC_HOOK_MEM_UNMAPPED, lambda *a: False)   # becomes #GP in run()

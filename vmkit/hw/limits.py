@@ -30,13 +30,13 @@ The descriptors are read when the software that owns the GDT says it changed
 (`CPU.descriptors_changed`), as a real CPU reads a descriptor only when a
 segment register is loaded. Not checked: instruction fetch past CS's limit (a
 code hook limited to a range slows every instruction, counter.c) and accesses
-at CPL 0.
+at CPL 0. Without a C compiler (no C counter, counter.py) no limit is checked.
 """
 import ctypes
 import struct
 
+import capstone.x86 as cx
 from capstone import Cs, CS_ARCH_X86, CS_MODE_32
-from capstone.x86 import X86_OP_MEM, X86_REG_ESP, X86_REG_EBP
 from unicorn import UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE, UC_MEM_WRITE
 from unicorn import x86_const as X
 from unicorn.unicorn_py3 import unicorn as _uc
@@ -58,8 +58,7 @@ _STACK = {"push", "pop", "pushal", "popal", "pushad", "popad", "pushfd", "popfd"
           "call", "ret", "enter", "leave", "iretd", "iret"}
 _disasm = Cs(CS_ARCH_X86, CS_MODE_32)
 _disasm.detail = True
-_SEG_NAMES = {getattr(__import__("capstone.x86", fromlist=["x"]), f"X86_REG_{r.upper()}"): r
-              for r in SEGMENT_REGS}
+_SEG_NAMES = {getattr(cx, f"X86_REG_{r.upper()}"): r for r in SEGMENT_REGS}
 
 
 class _State(ctypes.Structure):
@@ -177,7 +176,7 @@ class SegmentLimits:
         insn = next(_disasm.disasm(cpu.read_linear(eip, 16), eip), None)
         if insn is None:
             return "ds"
-        mems = [op.mem for op in insn.operands if op.type == X86_OP_MEM]
+        mems = [op.mem for op in insn.operands if op.type == cx.X86_OP_MEM]
         if insn.mnemonic == "lea":
             mems = []
         if not mems:
@@ -186,7 +185,7 @@ class SegmentLimits:
                         cpu.read("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")))
         choice = None
         for m in mems:
-            segment = _SEG_NAMES.get(m.segment) or ("ss" if m.base in (X86_REG_ESP, X86_REG_EBP) else "ds")
+            segment = _SEG_NAMES.get(m.segment) or ("ss" if m.base in (cx.X86_REG_ESP, cx.X86_REG_EBP) else "ds")
             offset = m.disp
             if m.base:
                 offset += regs.get(insn.reg_name(m.base), 0)
