@@ -92,3 +92,34 @@ init:   mov ax, {user_data:#x}
     assert (13, layout.USER_DATA_SEL) in faults                    # the selector load itself
     assert [e["address"] for e in board.trace.since(mark, "kernel.cos_limit")] == [gate]
     assert board.cpu["gdtr"][2] < layout.USER_CODE_SEL              # while the COS runs
+
+
+def test_a_cos_load_from_the_kernel_leaves_its_register_as_it_was(displaced):
+    board, cos, loader = displaced
+    idt = loader.kernel.base + layout.IDT
+    out = cos_layout.MODULE_AREA + 0x800
+    mark = run_module(board, cos, f"""
+init:   mov eax, 0x1234
+        mov eax, [{idt:#x}]                  ; past its limit: skipped
+        mov [{out:#x}], eax
+        xor eax, eax
+        ret""")
+    assert board.memory.read_u32(out) == 0x1234
+    assert [e["what"] for e in board.trace.since(mark, "kernel.cos_limit")] == ["the kernel's IDT"]
+
+
+def test_the_limit_hooks_follow_the_world_the_cpu_runs(displaced):
+    """A VM's world (CPL 3, flat segments) cannot load the COS's DPL 1 segments: no hook,
+    so its accesses cost nothing; the COS's world gets them back."""
+    board, cos, loader = displaced
+    kernel = loader.kernel
+    vm = kernel.install_vm("l: jmp l", 0x4000)
+    ranges = {}
+    for _ in range(400):
+        board.run(500)
+        world = kernel.worlds.current.kind
+        if board.cpu.cpl != 0:
+            ranges.setdefault(world, set()).add(board.cpu.limits.ranges)
+    assert ranges["vm"] == {()}
+    assert len(ranges["cos"]) == 1 and () not in ranges["cos"]
+    assert kernel.worlds.switches_of(vm) > 0

@@ -75,3 +75,24 @@ def test_the_cos_cannot_have_the_shared_controller_read_a_block_into_the_kernels
     assert board.memory.read(0x7400, BLOCK) == b"\xAB" * BLOCK
     assert not board.trace.since(mark, "kernel.cos_dma")
     board.close()
+
+
+def test_a_cos_request_block_outside_its_memory_is_rberr(tmp_path):
+    from vmkit.kernel import layout
+    board, cos, loader = takeover.takeover(disk=DiskImage.create(tmp_path / "d.img", 64))
+    rb = loader.kernel.base + layout.IDT + 0x100
+    before = board.memory.read(rb, 64)
+    mark = takeover.run_module(board, cos, f"""init:
+        mov dx, 0xc100
+        mov eax, {rb:#x}
+        out dx, eax                          ; RB_ADDR: a block inside the kernel
+        add dx, 4
+        out dx, eax                          ; DOORBELL
+        add dx, 4
+        in eax, dx                           ; STATUS
+        mov [0x5004], eax
+        ret""")
+    assert board.memory.read_u32(0x5004) & 6 == 6                   # DONE | RBERR
+    assert board.memory.read(rb, 64) == before
+    assert board.trace.since(mark, "scsi.cos_refused") and not board.trace.since(mark, "scsi.request")
+    board.close()
