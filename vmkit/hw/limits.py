@@ -173,7 +173,14 @@ class SegmentLimits:
 
     def _segment_of(self, eip, address):
         cpu = self.cpu
-        insn = next(_disasm.disasm(cpu.read_linear(eip, 16), eip), None)
+        code = b""
+        for n in (16, 0x1000 - (eip & 0xFFF)):     # an instruction at a page's end: up to it
+            try:
+                code = cpu.read_linear(eip, min(n, 16))
+                break
+            except ValueError:
+                continue
+        insn = next(_disasm.disasm(code, eip), None)
         if insn is None:
             return "ds"
         mems = [op.mem for op in insn.operands if op.type == cx.X86_OP_MEM]
@@ -215,7 +222,8 @@ class SegmentLimits:
     def take(self):
         """The violation the last run stopped for (its store undone), or None."""
         v, self.violation = self.violation, None
-        if isinstance(v, Exception):
+        if isinstance(v, Exception):            # the platform's own failure: stop, as a handler's does
+            self.cpu.stop(f"the segment-limit check failed: {type(v).__name__}: {v}")
             raise v
         if v is not None and v.old is not None:          # physical: drops translated code too
             self.cpu.memory.write(self.cpu.translate_linear(v.address), v.old)
