@@ -33,7 +33,6 @@ code hook limited to a range slows every instruction, counter.c) and accesses
 at CPL 0. Without a C compiler (no C counter, counter.py) no limit is checked.
 """
 import ctypes
-import struct
 
 import capstone.x86 as cx
 from capstone import Cs, CS_ARCH_X86, CS_MODE_32

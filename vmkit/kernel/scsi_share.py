@@ -21,7 +21,7 @@ byte count are copied back into the COS's block when it completes.
 import struct
 from collections import deque
 
-from vmkit.hw.scsi import (RB_SIZE, RB_FORMAT, CHECK_CONDITION, ILLEGAL_REQUEST,
+from vmkit.hw.scsi import (RB_SIZE, CHECK_CONDITION, ILLEGAL_REQUEST,
                            ASC_INVALID_FIELD, FLAG_DMA_ERROR)
 from . import contain, layout
 

@@ -26,7 +26,6 @@ down to the end of the kernel's block: all of it past the COS's segment limit
 and its allocator's RAM top (the loader set both to the kernel's base), so the
 COS can neither hand those pages out nor store into them.
 """
-from vmkit.cos import layout as cos_layout
 from vmkit.hw.asm import assemble
 from vmkit.hw.x86 import EFLAGS_IF
 from vmkit.vmm import paging
