@@ -99,3 +99,15 @@ def test_cpl0_and_flat_segments_are_not_limited(board):
     assert board.cpu.limits.ranges == ()
     run_user(board, "mov dword ptr [0x95000], 7")
     assert u32(board, 0x95000) == 7 and u32(board, RECORD) == 0
+
+
+def test_an_expand_down_segment_faults_below_its_limit_not_above(board):
+    """Expand-down: the valid offsets are those *above* the limit (a stack that grows down)."""
+    from vmkit.hw.x86 import encode_segment
+    user_board(board)
+    board.memory.write(GDT + 0x30, encode_segment(0, 0x7FFFF, 0x6, 3))    # data, RW, expand-down
+    board.cpu["gdtr"] = (0, GDT, 0x37, 0)
+    board.cpu.descriptors_changed()
+    run_user(board, "mov ax, 0x33\nmov es, ax\nmov dword ptr es:[0x80000], 5\nmov dword ptr es:[0x7FFFC], 6")
+    assert u32(board, 0x80000) == 5 and u32(board, 0x7FFFC) == 0
+    assert (u32(board, RECORD), u32(board, RECORD + 4)) == (13, 0)

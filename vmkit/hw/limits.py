@@ -160,7 +160,7 @@ class SegmentLimits:
             if d is None:
                 return
             offset = (address - d.base) & FLAT
-            if offset + size - 1 <= d.limit:
+            if _inside(d, offset, size):
                 return
             old = cpu.read_linear(address, size) if kind == UC_MEM_WRITE else None
             self.violation = Violation(SS_FAULT if segment == "ss" else GP, eip, address, size,
@@ -236,15 +236,31 @@ def _decode(table, limit, least):
     for i in range(len(table) // 8):
         d = decode_segment(table[8 * i:8 * i + 8])
         segment = d.s and d.present
+        down = segment and _expand_down(d)
         bases.append(d.base if segment else 0)
-        limits.append(d.limit if segment else FLAT)
+        limits.append(0 if down else d.limit if segment else FLAT)   # expand-down: always decoded
         if 8 * i + 7 > limit:
             continue                        # not loadable now: no range of its own
-        if segment and d.dpl >= least and d.limit < FLAT and d.base + d.limit < FLAT:
+        if down and d.dpl >= least:         # valid offsets lie *above* its limit
+            ranges.append((d.base, min(FLAT, d.base + d.limit)))
+        elif segment and d.dpl >= least and d.limit < FLAT and d.base + d.limit < FLAT:
             ranges.append((max(d.base, d.base + d.limit + 1 - STRADDLE), FLAT))
             if d.base:                      # an offset past the limit may wrap below the base
                 ranges.append((0, d.base - 1))
     return bases, limits, _merge(ranges)
+
+
+def _expand_down(d):
+    """A data segment (type bit 3 clear) with the expand-down bit (2) set."""
+    return not d.type & 8 and bool(d.type & 4)
+
+
+def _inside(d, offset, size):
+    """Is [offset, offset + size) inside the segment's limit?"""
+    last = offset + size - 1
+    if _expand_down(d):                     # (limit, 4 GiB or 64 KiB with B clear]
+        return offset > d.limit and last <= (FLAT if d.db else 0xFFFF)
+    return last <= d.limit
 
 
 def _merge(ranges):
