@@ -119,12 +119,13 @@ def displaced(**options):
 
 
 def machine_state(board, kernel):
-    """What a refused install_vm must leave as it was: the COS's RAM top and
-    page pool, the world table, and the kernel's memory (world blocks included)."""
+    """What a refused install_vm must leave as it was: where the next VM goes, the
+    COS's RAM top and page pool, the world table, and the kernel's memory (world
+    blocks included)."""
     from vmkit.cos import layout as cos_layout
     from vmkit.kernel import layout
     mem = board.memory
-    return (mem.read_u32(cos_layout.RAM_TOP), mem.read_u32(cos_layout.NEXT_FREE_PAGE),
+    return (kernel.worlds.vm_top, mem.read_u32(cos_layout.RAM_TOP), mem.read_u32(cos_layout.NEXT_FREE_PAGE),
             list(kernel.worlds.all), mem.read(kernel.base, layout.STACK_TOP),
             mem.read(0x400000, board.memory.size - 0x400000))
 

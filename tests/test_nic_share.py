@@ -285,3 +285,30 @@ def test_the_same_run_gives_the_same_trace():
     first = run_scenario()
     assert "nic.share_rx" in first and "nic.share_tx" in first
     assert first == run_scenario()
+
+
+def test_the_cos_cannot_point_the_shared_nic_at_kernel_memory(shared):
+    """A bus master checks no segment limit: the kernel checks every COS buffer for it."""
+    from vmkit.kernel import layout
+    board, cos, kernel, front, wire = shared
+    idt = kernel.base + layout.IDT
+    before = board.memory.read(idt, 256 * 8)
+    takeover.run_module(board, cos, setup_driver(buffers=3))
+    mark = takeover.run_module(board, cos, f"init:\nmov dword ptr [{RX_RING:#x}], {idt:#x}\nret")
+    wire.inject(board.nics[0], frame(COS_MAC, b"over the IDT"), delay=100)
+    board.run(20_000)
+    assert board.memory.read(idt, 256 * 8) == before               # RX: not over the IDT ...
+    assert [e["into"] for e in board.trace.since(mark, "kernel.cos_dma")] == ["the kernel's IDT"]
+    takeover.run_module(board, cos, poll_driver())
+    assert board.memory.read_u32(V_DROPPED) == 1                     # ... and the COS is told
+    # TX: the COS cannot send the kernel's memory out either
+    mark = takeover.run_module(board, cos, f"""init:
+        mov dword ptr [{TX_RING:#x}], {idt:#x}
+        mov dword ptr [{TX_RING + 4:#x}], 64
+        {outl(TX_TAIL, 1)}
+        ret""")
+    board.run(10_000)
+    assert not [f for _, who, f in wire.tap if who == "nic0"]
+    assert board.trace.since(mark, "kernel.cos_dma")[0]["what"] == "NIC TX buffer"
+    flags = struct.unpack("<H", board.memory.read(TX_RING + 6, 2))[0]
+    assert flags & 2                                                 # DESC_ERROR in its descriptor

@@ -43,3 +43,56 @@ def test_the_cos_reaches_the_shared_controller_only_through_the_kernel(tmp_path)
     assert len(shared) >= 3                                   # RB_ADDR, DOORBELL, STATUS polls...
     assert all(e["owner"] == "cos" for e in board.trace.since(mark, "scsi.share_start"))
     board.close()
+
+
+def test_the_cos_cannot_have_the_shared_controller_read_a_block_into_the_kernels_idt(tmp_path):
+    """A bus master checks no segment limit: the kernel checks the COS's buffer for it."""
+    from vmkit.kernel import layout
+    from vmkit.hw.scsi import CHECK_CONDITION, FLAG_DMA_ERROR
+    disk = DiskImage.create(tmp_path / "d.img", 64)
+    with disk:
+        disk.write(1, b"\xAB" * BLOCK)
+    board, cos, loader = takeover.takeover(disk=DiskImage.open(tmp_path / "d.img"))
+    kernel = loader.kernel
+    idt = kernel.base + layout.IDT
+    before = board.memory.read(idt, 256 * 8)
+    from vmkit.lessons.devices import COS_RB, COS_STATUS
+    mark = takeover.run_module(board, cos, "init:\n" + scsi_driver(0x28, 1, 1, idt))
+    board.run(100_000)
+    assert board.memory.read(idt, 256 * 8) == before                # not a byte of the IDT changed
+    refused = board.trace.since(mark, "kernel.cos_dma")
+    assert refused and refused[0]["address"] == idt and refused[0]["into"] == "the kernel's IDT"
+    assert not board.trace.since(mark, "scsi.request")              # never reached the controller
+    assert board.memory.read_u32(COS_STATUS) & 2                     # the COS was told: DONE ...
+    assert board.memory.read(COS_RB + 2, 1)[0] == CHECK_CONDITION    # ... CHECK CONDITION in its block
+    assert board.memory.read(COS_RB + 6, 1)[0] & FLAG_DMA_ERROR
+    ticks = cos.ticks()
+    board.run(300_000)
+    assert cos.ticks() > ticks                                      # and runs on
+    # its own memory still works through the same path
+    mark = takeover.run_module(board, cos, "init:\n" + scsi_driver(0x28, 1, 1, 0x7400))
+    board.run(100_000)
+    assert board.memory.read(0x7400, BLOCK) == b"\xAB" * BLOCK
+    assert not board.trace.since(mark, "kernel.cos_dma")
+    board.close()
+
+
+def test_a_cos_request_block_outside_its_memory_is_rberr(tmp_path):
+    from vmkit.kernel import layout
+    board, cos, loader = takeover.takeover(disk=DiskImage.create(tmp_path / "d.img", 64))
+    rb = loader.kernel.base + layout.IDT + 0x100
+    before = board.memory.read(rb, 64)
+    mark = takeover.run_module(board, cos, f"""init:
+        mov dx, 0xc100
+        mov eax, {rb:#x}
+        out dx, eax                          ; RB_ADDR: a block inside the kernel
+        add dx, 4
+        out dx, eax                          ; DOORBELL
+        add dx, 4
+        in eax, dx                           ; STATUS
+        mov [0x5004], eax
+        ret""")
+    assert board.memory.read_u32(0x5004) & 6 == 6                   # DONE | RBERR
+    assert board.memory.read(rb, 64) == before
+    assert board.trace.since(mark, "scsi.cos_refused") and not board.trace.since(mark, "scsi.request")
+    board.close()

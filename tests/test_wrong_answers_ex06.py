@@ -29,7 +29,7 @@ WRONG = {
     "no mov gs": (without("mov gs"), "GS is not the save area's"),
     "no mov cr3": (without("mov cr3"), "CR3 is not the save area's"),
     "lldt before lgdt": (swapped("lgdt", "lldt"), "at `lldt word ptr [edi + 0x50]`"),
-    "ltr before lgdt": ("\n".join([RIGHT[2]] + RIGHT[:2] + RIGHT[3:]), "TR is not the save area's"),
+    "ltr before lgdt": ("\n".join([RIGHT[2]] + RIGHT[:2] + RIGHT[3:]), "is GDTR loaded first?"),
     "IDTR from the GDTR's field": (without("lidt") + "\nlidt [edi + AREA_GDTR]",
                                    "IDTR is not the save area's"),
     "GDTR through ESI": (without("lgdt").replace("lldt", "lgdt [esi + AREA_GDTR]\nlldt", 1),

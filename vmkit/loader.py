@@ -5,7 +5,10 @@ the COS for memory and calls the loading module, whose entry is an address
 in that driver's code: a stub where this Python hands over (CPU.on_execute).
 The loading module checks the vmkernel image, copies it into the COS's
 memory block, builds the kernel's GDT, TSS and IDT there (every gate into
-the kernel's stubs), and transfers control: GDTR, TR and IDTR now name the
+the kernel's stubs), takes every byte from that block up away from the COS
+(its segments now end below the block, its allocator's RAM top is the
+block's base: as ESX left its console OS the low part of memory), and
+transfers control: GDTR, TR and IDTR now name the
 kernel's tables and EIP the kernel's entry. From the next instruction on,
 every interrupt and fault goes to the kernel. Each step is a trace event
 carrying the registers it changed, which notebook 02 steps through.
@@ -44,11 +47,14 @@ def build_kernel_idt(stubs, selector, cos_vectors):
                     for v in range(256))
 
 
-def kernel_gdt():
+def kernel_gdt(cos_limit=0xFFFFFFFF):
+    """The kernel's GDT up to its TSS. The COS keeps its selectors, now DPL 1 and
+    ending at `cos_limit` (the last byte below the kernel): paging cannot keep CPL 1
+    out of supervisor pages, a segment limit can (the platform checks it, hw/limits.py)."""
     flat = 0xFFFFFFFF
     entries = [bytes(8),
-               encode_segment(0, flat, CODE_RX, layout.COS_RPL),     # 0x08: the COS's code, now DPL 1
-               encode_segment(0, flat, DATA_RW, layout.COS_RPL),     # 0x10: the COS's data, now DPL 1
+               encode_segment(0, cos_limit, CODE_RX, layout.COS_RPL),  # 0x08: the COS's code, now DPL 1
+               encode_segment(0, cos_limit, DATA_RW, layout.COS_RPL),  # 0x10: the COS's data, now DPL 1
                bytes(8),                                             # 0x18: the COS's TSS: not any more
                encode_segment(0, flat, CODE_RX, 0),                  # 0x20: kernel code
                encode_segment(0, flat, DATA_RW, 0)]                  # 0x28: kernel data
@@ -193,7 +199,7 @@ class Loader:
         mem.write(base + layout.IDT, idt, code=False)
         self.board.trace.emit("load.idt", cpu.index, at=base + layout.IDT, gates=256)
         tss = encode_tss(base + layout.STACK_TOP, layout.KERNEL_DATA_SEL, allowed_ports=COS_PORTS)
-        gdt = kernel_gdt() + [encode_segment(base + layout.TSS, len(tss) - 1, TSS_BUSY, 0, s=0, db=0, g=0)]
+        gdt = kernel_gdt(base - 1) + [encode_segment(base + layout.TSS, len(tss) - 1, TSS_BUSY, 0, s=0, db=0, g=0)]
         mem.write(base + layout.TSS, tss, code=False)
         mem.write(base + layout.GDT, b"".join(gdt), code=False)
         self.kernel = Kernel(self.board, base, image, cos_state=self._cos_state(cpu))
@@ -203,6 +209,8 @@ class Loader:
         cpu["gdtr"] = (0, base + layout.GDT, len(gdt) * 8 - 1, 0)
         cpu["tr"] = (layout.KERNEL_TSS_SEL, base + layout.TSS, len(tss) - 1, 0x8B)
         cpu["idtr"] = (0, base + layout.IDT, 256 * 8 - 1, 0)
+        mem.write_u32(cos_layout.RAM_TOP, base)   # the COS keeps the memory below the kernel
+        cpu.descriptors_changed()                 # the platform checks the COS's new limits
         cpu["cs"] = layout.KERNEL_CODE_SEL
         cpu["eflags"] = cpu["eflags"] & ~EFLAGS_IF
         cpu["eip"] = base + image.entry

@@ -59,3 +59,52 @@ void vmkit_count(void *uc, uint64_t address, uint32_t size, struct vmkit_counter
     }
     c->count++;
 }
+
+/* Segment limits (limits.py): Unicorn checks none, so the platform hooks the linear
+ * ranges that lie past the limit of a segment CPL > 0 may load. This filter runs on
+ * every access in those ranges and lets through, without Python, the two cases that
+ * cannot be past a limit: CPL 0 (the kernel, whose segments here are flat) and an
+ * access inside the limit of every segment register loaded now (a VM at CPL 3 with
+ * flat segments whose memory lies past the COS's limit). Anything else goes to
+ * Python, which decodes the instruction to find the segment it used. */
+typedef int (*reg_read_fn)(void *uc, int regid, void *value);
+typedef void (*slow_fn)(int type, uint64_t address, int size);
+
+#define LIMIT_SELECTORS 64
+
+struct vmkit_limits {
+    reg_read_fn reg_read;
+    slow_fn slow;
+    int64_t regs[6];                      /* Unicorn's ids of CS, SS, DS, ES, FS, GS */
+    uint64_t nsel;                        /* GDT entries described below */
+    uint64_t base[LIMIT_SELECTORS];
+    uint64_t limit[LIMIT_SELECTORS];      /* in bytes; 0xFFFFFFFF: flat or not a segment */
+};
+
+void vmkit_limit(void *uc, int type, uint64_t address, int size, int64_t value, struct vmkit_limits *l)
+{
+    (void)value;
+    uint64_t sel = 0;
+    l->reg_read(uc, (int)l->regs[0], &sel);
+    if ((sel & 3) == 0)
+        return;
+    for (int i = 0; i < 6; i++) {
+        if (i) {
+            sel = 0;
+            l->reg_read(uc, (int)l->regs[i], &sel);
+        }
+        sel &= 0xFFFF;
+        uint64_t index = sel >> 3;
+        if (index == 0 && !(sel & 4))
+            continue;                     /* a null selector: no access goes through it */
+        if ((sel & 4) || index >= l->nsel) {
+            l->slow(type, address, size);
+            return;
+        }
+        uint64_t offset = (address - l->base[index]) & 0xFFFFFFFFu;
+        if (offset + (uint64_t)size - 1 > l->limit[index]) {
+            l->slow(type, address, size);
+            return;
+        }
+    }
+}

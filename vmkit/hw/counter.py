@@ -54,7 +54,8 @@ def _build():
 _LIB = None
 
 
-def _library():
+def library():
+    """The compiled counter.c (its hooks: the counter, the limit filter), or None."""
     global _LIB
     if _LIB is None:
         _LIB = _build() or False
@@ -66,7 +67,7 @@ class Counter:
 
     def __init__(self, uc):
         self.uc = uc
-        lib = _library()
+        lib = library()
         self.exact = lib is not None
         if self.exact:
             self.state = _State(0, 0, ctypes.cast(_uc.uclib.uc_emu_stop, ctypes.c_void_p), 0, 0, NO_HIT)

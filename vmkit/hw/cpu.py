@@ -38,7 +38,8 @@ from unicorn import (Uc, UcError, UC_ARCH_X86, UC_MODE_32, UC_PROT_ALL, UC_HOOK_
 from unicorn import x86_const as X
 
 from . import unicorn_quirks
-from .counter import Counter
+from .counter import Counter, library
+from .limits import SegmentLimits
 from .x86 import (decode_gate, decode_segment, ERROR_CODE_VECTORS, GATE_INT32, GATE_TRAP32,
                   EFLAGS_IF, EFLAGS_TF, EFLAGS_NT, EFLAGS_RF, EFLAGS_VM, EFLAGS_IOPL_SHIFT,
                   TSS_ESP0, TSS_SS0, DF, GP, NP, TS, UD, SS_FAULT, EXCEPTION_NAMES)
@@ -99,6 +100,7 @@ class CPU:
         self.counter = Counter(uc)
         self._uch, self._scratch, self._mmr = uc._uch, ctypes.c_uint64(), UcRegMMR()
         self._batches = {}
+        self.limits = SegmentLimits(self, library() if self.counter.exact else None)
         uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
         uc.hook_add(UC_HOOK_MEM_UNMAPPED, lambda *a: False)   # becomes #GP in run()
@@ -175,6 +177,12 @@ class CPU:
             s[t] = self[t]            # (selector, base, limit, flags)
         s["cpl"] = self.cpl
         return s
+
+    def descriptors_changed(self, cpl=None):
+        """The GDT this CPU's GDTR names was loaded or edited (or, with `cpl`, software
+        is about to run at that CPL): the platform reads its descriptors again for the
+        segment-limit checks (limits.py)."""
+        self.limits.refresh(cpl)
 
     def invalidate_code(self, begin, end):
         """Drop translated code for a physical range written from outside the CPU.
@@ -336,12 +344,15 @@ class CPU:
             skip, self._resume_at = self._resume_at, None
             executed, error = self.counter.run(eip, budget - self.done, NO_ADDRESS,
                                                skip if skip == eip else None)
-            if self._io_fault and self.counter.exact:
+            violation = self.limits.take()
+            if violation is not None:
+                executed = violation.count     # the access counts; it did not happen (limits.py)
+            elif self._io_fault and self.counter.exact:
                 # the denied in/out counts; what the counter saw after its emu_stop does not
                 # (whether it sees the next instruction depends on where a translation block ends)
                 executed = self._io_fault[3]
             self.done += executed
-            hit = self.counter.hit if error is None else None
+            hit = self.counter.hit if error is None and violation is None else None
             if hit is not None:
                 self._resume_at = hit
                 for handler in list(self._stubs.get(hit, ())):
@@ -353,7 +364,9 @@ class CPU:
                 if self.shutdown or self._stop_requested:
                     return self.done if self._stop_requested else budget
                 continue
-            if error is not None:
+            if violation is not None:
+                self.raise_fault(violation.vector, 0, violation.eip, violation.why)
+            elif error is not None:
                 self._on_stop_error(error)
             elif self._io_fault:
                 vector, code, eip, _ = self._io_fault

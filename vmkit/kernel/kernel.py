@@ -20,7 +20,7 @@ from capstone import Cs, CS_ARCH_X86, CS_MODE_32
 
 from vmkit.hw.x86 import EFLAGS_IF, ERROR_CODE_VECTORS, decode_gate
 from vmkit.cos import layout as cos_layout
-from . import devices, layout, smp, switch, syscalls, traps, unload, vpic
+from . import contain, devices, layout, smp, switch, syscalls, traps, unload, vpic
 from .cos_vcpu import CosVcpu, emulate_if
 from .frame import Frame
 from .irq import IrqRouter
@@ -100,7 +100,7 @@ class Kernel:
         else:
             self.vcpu.traps += 1
             self._patch_module()
-            if vector == 13 and traps.privileged(self, frame):
+            if vector == 13 and (contain.past_limit(self, frame) or traps.privileged(self, frame)):
                 pass
             elif vector == 3 and (mnemonic := self.patches.get(frame.eip - 1)):
                 traps.patched(self, frame, mnemonic)

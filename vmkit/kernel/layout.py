@@ -37,6 +37,7 @@ WORK_LENGTH = DATA + 0x04         # iterations of one piece of kernel work
 WORK_DONE = DATA + 0x08           # iterations done, ever: the kernel's progress
 UNLOAD = DATA + 0x40              # what the unload's x86 loads into the CPU (unload.py): 0x40 bytes
 DEVICES = DATA + 0x100            # the device list as the COS handed it over
+SCSI_COS_RB = DATA + 0x400        # the kernel's copy of the COS's SCSI request block (scsi_share.py)
 
 # selectors of the kernel's GDT: the COS keeps its own selector numbers, now DPL 1
 COS_CODE_SEL, COS_DATA_SEL = 0x08, 0x10

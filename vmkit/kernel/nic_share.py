@@ -37,7 +37,7 @@ from vmkit.hw.nic import (CTRL, ISR, IMR, TX_BASE, TX_COUNT, TX_TAIL, TX_HEAD, R
                           RX_TAIL, RX_HEAD, MAC_LO, MAC_HI, RX_DROPPED, CTRL_RX_EN, CTRL_TX_EN,
                           CTRL_PROMISC, CTRL_RESET, INT_RX, INT_TXDONE, DESC_SIZE, DESC_DONE,
                           DESC_ERROR, MIN_FRAME, MAX_FRAME, BROADCAST, mac_str)
-from . import layout
+from . import contain, layout
 
 RX_SLOTS, TX_SLOTS = 8, 4           # real rings: 7 receive buffers (one slot stays empty), 4 to send
 BUFFER = 0x800                      # 2 KiB a buffer, two a page
@@ -202,7 +202,10 @@ class SharedNIC:
         self.trace.emit("nic.share_drop", nic=self.device.name, length=length, reason=reason)
 
     def _cos_desc(self, base, index):
+        """A descriptor of the COS's ring; it must lie in the COS's memory (contain.py:
+        a bus master checks no segment limit, so the kernel does). ValueError if not."""
         addr = base + index * DESC_SIZE
+        contain.check_dma(self.kernel, addr, DESC_SIZE, "NIC descriptor")
         return (addr, *struct.unpack("<IHH", self.memory.read(addr, 8)))
 
     def _to_cos(self, frame):
@@ -216,9 +219,11 @@ class SharedNIC:
             addr, buf, capacity, flags = self._cos_desc(r[RX_BASE], r[RX_HEAD])
             if n > capacity:
                 return self._drop(f"frame of {n} bytes > COS buffer of {capacity}", n, count=True)
+            contain.check_dma(self.kernel, buf, n, "NIC RX buffer")
             self.memory.write(buf, frame)
         except ValueError:
-            return self._drop(f"COS RX descriptor {r[RX_HEAD]} or its buffer outside RAM", n, count=True)
+            return self._drop(f"COS RX descriptor {r[RX_HEAD]} or its buffer outside the COS's memory",
+                              n, count=True)
         self.memory.write(addr + 4, struct.pack("<HH", n, (flags & ~DESC_ERROR) | DESC_DONE), code=False)
         r[RX_HEAD] = (r[RX_HEAD] + 1) % r[RX_COUNT]
         r[ISR] |= INT_RX
@@ -235,16 +240,17 @@ class SharedNIC:
             try:
                 addr, buf, length, flags = self._cos_desc(r[TX_BASE], index)
             except ValueError:
-                self._drop(f"COS TX descriptor {index} outside RAM", 0)
+                self._drop(f"COS TX descriptor {index} outside the COS's memory", 0)
                 continue
             frame = None
             if not MIN_FRAME <= length <= MAX_FRAME:
                 self._drop(f"COS TX length {length} outside {MIN_FRAME}..{MAX_FRAME}", length)
             else:
                 try:
+                    contain.check_dma(self.kernel, buf, length, "NIC TX buffer")
                     frame = self.memory.read(buf, length)
                 except ValueError:
-                    self._drop(f"COS TX buffer {buf:#x} outside RAM", length)
+                    self._drop(f"COS TX buffer {buf:#x} outside the COS's memory", length)
             ok = frame is not None and self._transmit(frame, "cos")
             flags = (flags & ~DESC_ERROR) | DESC_DONE | (0 if ok else DESC_ERROR)
             self.memory.write(addr + 6, struct.pack("<H", flags), code=False)

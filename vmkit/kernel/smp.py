@@ -73,9 +73,13 @@ def kernel_tables(kernel):
 
 def write_gdt(kernel):
     """DPL 3 flat code/data, every CPU's VM TSS and CPU 1's TSS into the kernel's
-    GDT (the loader wrote entries up to CPU 0's TSS), and the limit on CPU 0.
-    The TSS descriptors are available: `ltr` (switch.py) marks the one a CPU
-    loads busy, and refuses one already busy."""
+    GDT (the loader wrote entries up to CPU 0's TSS). The TSS descriptors are
+    available: `ltr` (switch.py) marks the one a CPU loads busy, and refuses one
+    already busy. The COS's world keeps the GDTR limit the loader gave it, which
+    ends before these: the flat DPL 3 data segment would let CPL 1 past its own
+    limit (`mov ds` of a DPL 3 data selector is allowed at CPL 1), and a selector
+    past the GDT's limit is a #GP the CPU itself raises. VM worlds load the whole
+    GDT (kernel_tables)."""
     memory = kernel.memory
     entries = [encode_segment(0, 0xFFFFFFFF, CODE_RX, 3), encode_segment(0, 0xFFFFFFFF, DATA_RW, 3)]
     for index in range(2):
@@ -87,9 +91,8 @@ def write_gdt(kernel):
             memory.write(base, encode_tss(stack_top(kernel, 1), layout.KERNEL_DATA_SEL), code=False)
             entries.append(encode_segment(base, 103, TSS_AVAILABLE, 0, s=0, db=0, g=0))
     memory.write(kernel.base + layout.GDT + layout.USER_CODE_SEL, b"".join(entries), code=False)
-    cpu0 = kernel.board.cpus[0]
-    sel, gdt, _, flags = cpu0["gdtr"]
-    cpu0["gdtr"] = (sel, gdt, GDT_LIMIT, flags)
+    for cpu in kernel.board.cpus:
+        cpu.descriptors_changed()                 # the platform's limit checks read it again
 
 
 def processor(kernel, cpu):

@@ -21,11 +21,11 @@ own interrupts stay queued while a VM runs and are delivered when it runs
 again (claim 10). Accounting: ticks run and switches into each world, in
 the world's block.
 
-VM memory (and just above it the VM's page tables) comes from the top of RAM:
-the kernel lowers the RAM top the COS's page allocator reads
-(cos_layout.RAM_TOP), so the COS can never hand those pages out; the COS's bump pointer (NEXT_FREE_PAGE) is the floor.
+VM memory (and just above it the VM's page tables) comes from the top of RAM,
+down to the end of the kernel's block: all of it past the COS's segment limit
+and its allocator's RAM top (the loader set both to the kernel's base), so the
+COS can neither hand those pages out nor store into them.
 """
-from vmkit.cos import layout as cos_layout
 from vmkit.hw.asm import assemble
 from vmkit.hw.x86 import EFLAGS_IF
 from vmkit.vmm import paging
@@ -85,6 +85,7 @@ class Worlds:
         self.cpus = [smp.processor(kernel, cpu) for cpu in kernel.board.cpus]
         self.cpus[0].current = cos             # the COS runs on CPU 0, as on ESX
         self._vm_support = False
+        self.vm_top = kernel.board.memory.size   # VMs are placed from here down to the kernel's end
 
     @property
     def current(self):
@@ -115,15 +116,15 @@ class Worlds:
     def vm_base(self, memory_bytes):
         """Where the next VM of this size would be placed (its guest is linked there)."""
         size = -(-memory_bytes // layout.PAGE) * layout.PAGE
-        top, floor = self.memory.read_u32(cos_layout.RAM_TOP), self.memory.read_u32(cos_layout.NEXT_FREE_PAGE)
+        top, floor = self.vm_top, self.kernel.base + layout.STACK_TOP
         tables = 0
         for _ in range(2):                     # the tables' count depends on where the region lands
             tables = max(tables, paging.table_pages(self._kernel_block(), (top - tables - size, top - tables))
                          * layout.PAGE if size > 0 else 0)
-        if size <= 0 or top - tables - size < max(floor, self.kernel.base + layout.STACK_TOP):
-            left = max(0, top - max(floor, self.kernel.base + layout.STACK_TOP))
+        if size <= 0 or top - tables - size < floor:
+            left = max(0, top - floor)
             raise VMError(f"a VM of {memory_bytes} bytes does not fit: {left} bytes of memory are left "
-                          f"(between the COS's pool at {floor:#x} and the RAM top {top:#x})")
+                          f"(between the kernel's end at {floor:#x} and the last VM's base {top:#x})")
         return top - tables - size             # its page tables go above it (paging.py)
 
     def place(self, cpu=None):
@@ -151,7 +152,7 @@ class Worlds:
             raise VMError(f"there is already a world named {name!r}: a schedule names worlds")
         code = self._guest_code(guest, base, size, name)    # all checked before anything changes
         area = self._block(len(self.all))
-        self.memory.write_u32(cos_layout.RAM_TOP, base)          # the COS can no longer allocate it
+        self.vm_top = base                                      # the next VM goes below it
         self.memory.write(base, bytes(size), code=False)
         cr3 = paging.build(self.memory, base + size, self._kernel_block(), (base, base + size),
                            window=smp.window(self.kernel, cpu))
@@ -306,6 +307,7 @@ class Worlds:
             switch.enter(frame, cpu, switch.RELOAD, s.frm.area)
             return
         p.switching = None
+        cpu.descriptors_changed(frame.cs & 3)      # the platform's limit checks follow the world
         if s.mode == "restore":
             self._after_refusal(frame, p, s)
         elif s.mode == "switch":

@@ -1,0 +1,92 @@
+"""The displaced COS, contained: its segments end below the kernel.
+
+The loader gives the COS's code and data descriptors (DPL 1) a limit just
+below the kernel's block, and everything from there up (the kernel, the VMs'
+memory, their page tables) is past it. Paging could not do this (its
+user/supervisor bit counts CPL 1 as supervisor); a segment limit does, and
+the platform enforces it (hw/limits.py): a COS access past its limit is a
+#GP(0) at that instruction, with nothing stored, into the kernel.
+
+The kernel reports it (a `kernel.cos_limit` event naming the address and
+what lies there) and skips the instruction: the COS goes on, its store
+undone, a load leaving its register as it was — as a write to ROM goes
+nowhere. (Reflecting the #GP to the COS's own handler would stop the COS for
+good: its fault handler halts.)
+
+Devices the COS programs through the kernel (the shared SCSI controller and
+NIC) are held to the same limit: every address and length the COS gives
+them for DMA must lie inside its memory (`check_dma`), or the kernel refuses
+the request (a `kernel.cos_dma` event, an error status to the COS). A bus
+master checks no segment limit: without this, one SCSI read would put a
+disk block over the kernel's IDT.
+"""
+from capstone.x86 import X86_OP_MEM
+
+from vmkit.hw.x86 import decode_segment
+from . import layout, traps
+
+PLACES = ((layout.IDT, layout.IDT + 256 * 8, "the kernel's IDT"),
+          (layout.GDT, layout.GDT + 8 * 16, "the kernel's GDT"),
+          (layout.TSS, layout.VM_TSS, "the kernel's TSS"),
+          (layout.CODE, layout.DATA, "the kernel's code"))
+
+
+def cos_limit(kernel):
+    """The last offset the COS's data segment reaches, read from the kernel's GDT."""
+    raw = kernel.memory.read(kernel.base + layout.GDT + layout.COS_DATA_SEL, 8)
+    return decode_segment(raw).limit
+
+
+def what_is_at(kernel, address):
+    if kernel.contains(address):
+        offset = address - kernel.base
+        return next((name for a, b, name in PLACES if a <= offset < b), "the kernel's memory")
+    for w in kernel.worlds.all:
+        if w.kind == "vm" and w.region[0] <= address < w.region[0] + w.region[1]:
+            return f"{w.name}'s memory"
+    return "memory past the COS's limit"
+
+
+# first bytes of the privileged instructions the COS traps with all the time (cli, sti, hlt,
+# in, out, lidt/lgdt): no memory operand past a limit, so no decoding on that hot path
+_PRIVILEGED = {0xFA, 0xFB, 0xF4, 0xE4, 0xE5, 0xE6, 0xE7, 0xEC, 0xED, 0xEE, 0xEF}
+
+
+def past_limit(kernel, frame):
+    """A #GP from the COS: True (reported and skipped) if the instruction reaches past
+    the COS's segment limit, False if the #GP is something else (traps.privileged's)."""
+    if frame.error != 0:
+        return False
+    first, second = kernel.memory.read(frame.eip, 2)
+    if first in _PRIVILEGED or (first == 0x66 and second in _PRIVILEGED) or (first, second) == (0x0F, 0x01):
+        return False
+    insn = traps.decode(kernel, frame.eip)
+    if insn is None:
+        return False
+    limit = cos_limit(kernel)
+    for op in insn.operands:
+        if op.type != X86_OP_MEM:
+            continue
+        address = traps._effective_address(frame, op)
+        if address + op.size - 1 > limit:
+            kernel.trace.emit("kernel.cos_limit", address=address, size=op.size, eip=frame.eip,
+                              insn=f"{insn.mnemonic} {insn.op_str}", what=what_is_at(kernel, address),
+                              limit=limit)
+            frame.eip += insn.size
+            return True
+    return False
+
+
+class OutsideCOS(ValueError):
+    """A buffer the COS gave a shared device does not lie inside the COS's memory."""
+
+
+def check_dma(kernel, address, length, what):
+    """Refuse (OutsideCOS, and a `kernel.cos_dma` event) a DMA range the COS gave
+    that does not lie wholly at or below its segment limit."""
+    limit = cos_limit(kernel)
+    if length >= 0 and address + max(length, 1) - 1 <= limit:
+        return
+    where = what_is_at(kernel, address + max(length, 1) - 1 if address <= limit else address)
+    kernel.trace.emit("kernel.cos_dma", what=what, address=address, length=length, into=where, limit=limit)
+    raise OutsideCOS(f"{what} {address:#x}+{length:#x} reaches {where}, past the COS's memory (limit {limit:#x})")
