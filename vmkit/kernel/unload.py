@@ -295,6 +295,7 @@ def give_back(kernel, cpu, ram_top, block, block_end):
                tr=f"{tr[0]:#x}@{tr[1]:#x}", IF=int(cpu.interrupts_enabled))
     for c, hook in zip(kernel.board.cpus, kernel.hooks):
         c.remove(hook)
+        c.descriptors_changed()                   # the COS's own GDT: the platform's limit checks follow
     _devices_back(kernel)
     top = memory.read_u32(cos_layout.RAM_TOP)
     memory.write(block, bytes(block_end - block))            # code too: translated code dropped

@@ -29,7 +29,6 @@ allocator can never hand them out and no VM's page directory maps them.
 """
 import struct
 
-from ..cos import layout as cos_layout
 from ..hw.scsi import GOOD, READ_10, WRITE_10
 from . import layout
 from . import vmfs_address as A
@@ -48,14 +47,14 @@ class Vdisks:
     """The kernel's VMFS volume and the VDISKs attached to VMs."""
     def __init__(self, kernel):
         self.kernel, self.memory, self.trace = kernel, kernel.memory, kernel.trace
-        top = self.memory.read_u32(cos_layout.RAM_TOP)
+        top = kernel.worlds.vm_top
         try:
             self.disk = ScsiDisk(kernel)             # READ CAPACITY, then the volume's metadata
             self.partition = find(self.disk)
             self.volume = Volume.open(self.partition)
             self.zeros = take_pages(kernel, ZERO_BYTES // layout.PAGE, "VMFS zero pages")
-        except Exception:                            # no volume: the pages go back to the COS
-            self.memory.write_u32(cos_layout.RAM_TOP, top)
+        except Exception:                            # no volume: the pages are free again
+            kernel.worlds.vm_top = top
             raise
         self.resolver = block_address                # exercise 10 plugs the learner's in
         self.attached = {}                           # file name -> Vdisk

@@ -19,13 +19,12 @@ from inside a trap. They keep IN_FLIGHT requests of REQUEST_BYTES queued at
 once, so the controller goes from one to the next inside its completion
 IRQ, with no slice of the machine run between them.
 
-Its pages come from the top of RAM (`take_pages`), as VM memory does: the
+Its pages come from where VM memory does (`take_pages`): the
 kernel's own 64 pages are too few for a DMA window worth the name.
 """
 import struct
 from collections import deque
 
-from ..cos import layout as cos_layout
 from ..hw.scsi import GOOD, RB_FORMAT, RB_SIZE, READ_10, READ_CAPACITY_10, WRITE_10
 from . import layout
 from .vmfs_errors import VmfsError
@@ -45,17 +44,18 @@ class ScsiError(VmfsError):
 
 
 def take_pages(kernel, count, what):
-    """`count` zeroed pages of kernel memory from the top of RAM: the RAM top the COS's page
-    allocator reads is lowered past them, so the COS can never hand them out (worlds.py does
-    the same for VM memory), and no VM's page directory maps them."""
-    memory = kernel.memory
-    top = memory.read_u32(cos_layout.RAM_TOP)
-    floor = max(memory.read_u32(cos_layout.NEXT_FREE_PAGE), kernel.base + layout.STACK_TOP)
+    """`count` zeroed pages of kernel memory, taken where VM memory is (worlds.py
+    `vm_top`: from the top of RAM down to the kernel's end, above the COS's
+    segment limit), so the COS can never reach them and no VM's page directory
+    maps them."""
+    worlds, memory = kernel.worlds, kernel.memory
+    top, floor = worlds.vm_top, kernel.base + layout.STACK_TOP
     base = top - count * layout.PAGE
     if count <= 0 or base < floor:
         raise ScsiError("kernel memory", f"no room for {what} ({count} pages): "
-                        f"{max(0, top - floor) // layout.PAGE} pages are left below the RAM top {top:#x}")
-    memory.write_u32(cos_layout.RAM_TOP, base)
+                        f"{max(0, top - floor) // layout.PAGE} pages are left between the kernel's "
+                        f"end {floor:#x} and the last VM's base {top:#x}")
+    worlds.vm_top = base
     memory.write(base, bytes(count * layout.PAGE), code=False)
     return base
 
