@@ -1,11 +1,12 @@
 """Issue 5, isolation (claims 13, 21): each VM world has its own page directory
-(vmkit/vmm/paging.py), so a guest that writes outside its memory reaches
+(vmkit/kernel/paging.py), so a guest that writes outside its memory reaches
 neither the kernel, nor the COS, nor another VM: the write is a #PF into the
 kernel and only the writing VM is crashed."""
 import pytest
 
 from vmkit.kernel import layout, switch
-from vmkit.vmm import guests, paging
+from vmkit.kernel import paging
+from vmkit.vmm import guests
 
 from test_worlds import VM_MEMORY, console_vm, displaced, lines
 

@@ -27,6 +27,7 @@ from vmkit.kernel import layout
 from vmkit.kernel.image import KernelImage, KernelImageError, build as build_image
 from vmkit.kernel.kernel import Kernel
 from vmkit.kernel.unload import CALL as UNLOAD_CALL, give_back
+from vmkit.vmm.vmm import VMM
 
 SYSCALL_VECTOR = 0x90          # requests for system resources (kernel/syscalls.py)
 COS_VECTORS = {3, SYSCALL_VECTOR}   # vectors the COS, at CPL 1, may raise with int / int3
@@ -202,7 +203,7 @@ class Loader:
         gdt = kernel_gdt(base - 1) + [encode_segment(base + layout.TSS, len(tss) - 1, TSS_BUSY, 0, s=0, db=0, g=0)]
         mem.write(base + layout.TSS, tss, code=False)
         mem.write(base + layout.GDT, b"".join(gdt), code=False)
-        self.kernel = Kernel(self.board, base, image, cos_state=self._cos_state(cpu))
+        self.kernel = Kernel(self.board, base, image, cos_state=self._cos_state(cpu), monitor=VMM)
         if self.emulate_if is not None:
             self.kernel.emulate_if = self.emulate_if
         before = {r: cpu[r] for r in ("eip", "idtr", "gdtr", "tr", "cs")}

@@ -39,8 +39,11 @@ _disassembler = Cs(CS_ARCH_X86, CS_MODE_32)
 
 
 class Kernel:
-    def __init__(self, board, base, image, cos_state):
+    def __init__(self, board, base, image, cos_state, monitor=None):
+        """monitor: the class whose instances monitor VMs (vmkit.vmm.vmm.VMM), given
+        by whoever builds the system (the loader), so the kernel never imports it."""
         self.board, self.base, self.image = board, base, image
+        self.monitor = monitor
         self.memory, self.trace = board.memory, board.trace
         self.cos_state = cos_state
         self.vcpu = CosVcpu(self.memory, base + layout.COS_STATE)

@@ -6,7 +6,7 @@ maps that page into a small window of its own address space, WINDOW, one
 page per slot, and keeps the mapping while it is reused. The window's page
 table belongs to the CPU (layout.WINDOW_TABLE in its per-CPU block) and is
 shared, supervisor-only, into every address space that runs on that CPU
-(vmm/paging.py), so the window is there whoever's CR3 is loaded.
+(kernel/paging.py), so the window is there whoever's CR3 is loaded.
 
 Every access goes through the CPU: `read`/`write` name the window's linear
 address and the CPU's MMU translates it (CPU.read_linear: its page walk at

@@ -29,8 +29,7 @@ CPL 0 world's frame where its stack ends).
 """
 from vmkit.hw.lapic import EOI
 from vmkit.hw.x86 import encode_segment, encode_tss, CODE_RX, DATA_RW, TSS_AVAILABLE, EFLAGS_IF
-from vmkit.vmm import paging
-from . import layout, switch
+from . import layout, paging, switch
 from .frame import Frame
 from .mapcache import MappingCache, WINDOW
 
@@ -62,7 +61,7 @@ def vm_tss(kernel, index):
 
 
 def window(kernel, index):
-    """(virtual address, page table) of a CPU's mapping window (vmm/paging.build)."""
+    """(virtual address, page table) of a CPU's mapping window (paging.build)."""
     return WINDOW, percpu(kernel, index) + layout.WINDOW_TABLE
 
 

@@ -2,7 +2,7 @@
 
 A world is what the kernel schedules: a memory region, an address space
 (the COS: flat segments over all memory, CR3 0, paging off; a VM: flat
-segments and its own page directory, vmm/paging.py: its region user
+segments and its own page directory, kernel/paging.py: its region user
 read/write, the kernel supervisor-only, the rest not present, so a guest
 write outside its memory is a #PF that crashes that VM only) and a control thread, its saved CPU state. The COS is world 0; each
 VM installed through a VMM is another. Each world owns a 256-byte block of
@@ -28,8 +28,8 @@ COS can neither hand those pages out nor store into them.
 """
 from vmkit.hw.asm import assemble
 from vmkit.hw.x86 import EFLAGS_IF
-from vmkit.vmm import paging
-from . import layout, smp, switch
+from . import layout, paging, smp, switch
+from .errors import GuestFault
 from .switch import SwitchError
 
 QUANTUM_TICKS = 2
@@ -139,7 +139,8 @@ class Worlds:
         return cpu
 
     def install_vm(self, guest, memory_bytes, name=None, cpu=None):
-        from vmkit.vmm.vmm import VMM             # layers: the VMM is built on the kernel's parts
+        if self.kernel.monitor is None:
+            raise VMError("this kernel was built without a VMM to run VMs (Kernel(monitor=...))")
         cpu = self.place(cpu)
         if not isinstance(name, (str, type(None))):
             raise VMError(f"a VM's name is text, not {name!r}")
@@ -158,7 +159,7 @@ class Worlds:
                            window=smp.window(self.kernel, cpu))
         self.memory.write(base, code)
         self._prepare_vm_support()
-        vmm = VMM(self.kernel, name, base, size, area + VCPU, cpu)
+        vmm = self.kernel.monitor(self.kernel, name, base, size, area + VCPU, cpu)
         vmm.patch(base)                                         # from its entry point
         world = World(name, "vm", area, (base, size), vmm, cpu)
         user_data = layout.USER_DATA_SEL | layout.USER_RPL
@@ -366,7 +367,6 @@ class Worlds:
 
     def guard(self, frame, action, p=None):
         """Run a VMM action; a GuestFault stops the current VM of CPU `p` and switches away."""
-        from vmkit.vmm.vmm import GuestFault
         try:
             return action()
         except GuestFault as e:

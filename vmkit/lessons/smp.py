@@ -215,7 +215,7 @@ def stale_translation():
     mem.write(pagedir, struct.pack("<I", table | 3), code=False)
     mem.write(pagedir + 4 * (WINDOW >> 22), struct.pack("<I", window_table | 3), code=False)
     mem.write(table, b"".join(struct.pack("<I", (i << 12) | 3) for i in range(256)), code=False)
-    last_table = 0x23000                    # emu_start's `until` page must translate (vmm/paging.py)
+    last_table = 0x23000                    # emu_start's `until` page must translate (kernel/paging.py)
     mem.write(pagedir + 4 * 0x3FF, struct.pack("<I", last_table | 3), code=False)
     mem.write(last_table + 4 * 0x3FF, struct.pack("<I", 0x0 | 1), code=False)
     mem.write(window_table, struct.pack("<I", old_page | 3), code=False)

@@ -15,7 +15,7 @@ kernel, whose dispatcher hands the VM world's faults here:
                         handlers at each lidt (reach.py). #GP through the
                         kernel's DPL<3 gate 3, or #BP, lands here
   #PF                   an access outside the VM's memory (not present or
-                        supervisor-only in its page directory, vmm/paging.py):
+                        supervisor-only in its page directory, kernel/paging.py):
                         stops its VM only, CR2 and the error code in the why
   anything else         a fault of the guest's own making stops its VM only.
 
@@ -29,6 +29,7 @@ from capstone.x86 import X86_OP_IMM
 from vmkit.hw.x86 import EFLAGS_IF, GATE_INT32, GATE_TRAP32, decode_gate
 from vmkit.kernel.cos_vcpu import CosVcpu
 from vmkit.kernel import layout
+from vmkit.kernel.errors import GuestFault
 from . import reach
 
 SERIAL, SERIAL_LSR = 0x3F8, 0x3FD
@@ -38,10 +39,6 @@ INT3, IRETD = 0xCC, "iretd"
 GUEST_FLAGS = 0x0CD5            # CF PF AF ZF SF DF OF: what a guest's iretd may set for real
 _cs = Cs(CS_ARCH_X86, CS_MODE_32)
 _cs.detail = True
-
-
-class GuestFault(Exception):
-    """The guest did something its VM cannot survive; only its world stops."""
 
 
 class VMM:

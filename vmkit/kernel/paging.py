@@ -43,7 +43,7 @@ Unicorn 2.1.4 facts we measured (this kit, vmkit/hw/cpu.py driving it):
 """
 import struct
 
-from vmkit.kernel import layout
+from . import layout
 
 PAGE = layout.PAGE
 PRESENT, WRITABLE, USER = 1, 2, 4
