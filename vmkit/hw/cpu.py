@@ -437,14 +437,15 @@ class CPU:
         """IOPL, then the TSS's I/O permission bitmap, as the CPU checks them
         (Unicorn checks neither). A clear bit for every byte of the access
         lets a less privileged program use the port; past the TSS limit, no."""
-        cpl = self["cs"] & 3
-        if cpl == 0 or cpl <= (self["eflags"] >> EFLAGS_IOPL_SHIFT) & 3:
-            return False                       # (CPL 0, the common case, reads one register)
+        cs, eflags = self.read("cs", "eflags")
+        cpl = cs & 3
+        if cpl == 0 or cpl <= (eflags >> EFLAGS_IOPL_SHIFT) & 3:
+            return False
         _, tss, limit, _ = self["tr"]
         if limit < 103:
             return True
-        first = tss + self.memory.read_u16(tss + 102) + port // 8
-        last = tss + self.memory.read_u16(tss + 102) + (port + size - 1) // 8
+        bitmap = tss + self.memory.read_u16(tss + 102)
+        first, last = bitmap + port // 8, bitmap + (port + size - 1) // 8
         if last > tss + limit:
             return True
         bits = int.from_bytes(self.memory.read(first, last - first + 1), "little") >> (port % 8)
