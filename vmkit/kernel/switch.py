@@ -371,20 +371,27 @@ def tss_base(memory, state):
     return None if d is None else d.base
 
 
-def observe(memory, frame, cpu):
+# the plain registers a verify reads, in one call into Unicorn
+_PLAIN = ("ss",) + SEGMENTS + ("cr3", "cr0", "eflags")
+
+
+def observe(memory, frame, cpu, regs=None, tables=None):
     """The claim-15 state the world on `frame` resumes with, as the frame and
-    the CPU hold it now, in save-area items."""
+    the CPU hold it now, in save-area items. (`regs`, `tables`: registers
+    verify has already read from the CPU, not read twice: `tables` is (LDTR, TR).)"""
     words = dict(zip(Frame.FIELDS, _FRAME.unpack(memory.read(frame.address, _FRAME.size))))
     now = {n: words[n] for n in GENERAL if n != "esp"}
     now.update(eip=words["eip"], cs=words["cs"], eflags=words["eflags"])
+    regs = dict(zip(_PLAIN, cpu.read(*_PLAIN))) if regs is None else regs
     if words["cs"] & 3:
         now.update(esp=words["esp"], ss=words["ss"])
     else:
-        now.update(esp=frame.address + _CPL0_FRAME, ss=cpu["ss"])
-    now.update(zip(SEGMENTS, cpu.read(*SEGMENTS)))
+        now.update(esp=frame.address + _CPL0_FRAME, ss=regs["ss"])
+    now.update((n, regs[n]) for n in SEGMENTS)
     _, now["gdtr.base"], now["gdtr.limit"], _ = cpu["gdtr"]
     _, now["idtr.base"], now["idtr.limit"], _ = cpu["idtr"]
-    now["ldtr.sel"], now["tr.sel"], now["cr3"] = cpu["ldtr"][0], cpu["tr"][0], cpu["cr3"]
+    ldtr, tr = (cpu["ldtr"], cpu["tr"]) if tables is None else tables
+    now["ldtr.sel"], now["tr.sel"], now["cr3"] = ldtr[0], tr[0], regs["cr3"]
     return now
 
 
@@ -394,8 +401,9 @@ def verify(memory, frame, cpu, state):
     selectors name (TR's base must be its TSS descriptor's, and that
     descriptor busy), IF must be clear (the load ran with exceptions
     disabled), and CR0.PG must follow CR3."""
-    now = observe(memory, frame, cpu)
+    regs = dict(zip(_PLAIN, cpu.read(*_PLAIN)))
     ldtr, tr = cpu["ldtr"], cpu["tr"]
+    now = observe(memory, frame, cpu, regs, (ldtr, tr))
     wrong = [n for n in ITEMS if now[n] != state[n]]
     gdt = (memory, now["gdtr.base"], now["gdtr.limit"])
     tss = descriptor(*gdt, tr[0])
@@ -404,8 +412,8 @@ def verify(memory, frame, cpu, state):
     ldt = descriptor(*gdt, ldtr[0])
     if ldtr[0] & ~3 and (ldt is None or (ldt.base, ldt.limit) != ldtr[1:3]):
         wrong.append("ldtr.descriptor")
-    if bool(cpu["cr0"] & CR0_PG) != bool(state["cr3"]):
+    if bool(regs["cr0"] & CR0_PG) != bool(state["cr3"]):
         wrong.append("cr0.pg")
-    if cpu["eflags"] & EFLAGS_IF:
+    if regs["eflags"] & EFLAGS_IF:
         wrong.append("IF")
     return wrong
