@@ -504,9 +504,8 @@ class CPU:
 
     def _deliver(self, vector, kind, error_code, eip):
         ext = 1 if kind == "irq" else 0
-        _, idt_base, idt_limit, _ = self["idtr"]
-        old_cs, old_eflags, old_ss, old_esp, cr0 = self.read("cs", "eflags", "ss", "esp", "cr0")
-        gdtr = self["gdtr"]                          # read once: both descriptors come from it
+        (old_cs, old_eflags, old_ss, old_esp, cr0), (idtr, gdtr, tr) = self._delivery_registers()
+        _, idt_base, idt_limit, _ = idtr
         if vector * 8 + 7 > idt_limit:
             raise DeliveryFault(GP, vector * 8 + 2 + ext, f"vector {vector:#x} beyond IDT limit {idt_limit:#x}")
         gate = self.gate_decoder(self._read(idt_base + vector * 8, 8, GP, vector * 8 + 2 + ext))
@@ -524,7 +523,7 @@ class CPU:
             raise DeliveryFault(GP, gate.selector & ~3, "gate leads to a less privileged segment")
         frame = [eip, old_cs, old_eflags]
         if new_cpl < old_cpl:                        # stack switch through the TSS
-            tr_sel, tss, tss_limit, _ = self["tr"]
+            tr_sel, tss, tss_limit, _ = tr
             if tss_limit < TSS_SS0 + 3:
                 raise DeliveryFault(TS, tr_sel & ~3, "no TSS loaded to switch stacks from CPL 3")
             esp = self.memory.read_u32(tss + TSS_ESP0)
@@ -550,6 +549,29 @@ class CPU:
         self.delivered += 1
         self.trace.emit("cpu.deliver", self.index, vector=vector, kind=kind, idt=idt_base,
                         handler=gate.offset, cpl=f"{old_cpl}->{new_cpl}")
+
+    DELIVERY_PLAIN, DELIVERY_TABLES = ("cs", "eflags", "ss", "esp", "cr0"), ("idtr", "gdtr", "tr")
+
+    def _delivery_registers(self):
+        """What a delivery reads, in one uc_reg_read_batch call (a call into C costs
+        about as much as the read itself): the plain registers, then IDTR, GDTR
+        (read once: both descriptors come from it), TR as (selector, base, limit, flags)."""
+        batch = self._batches.get("delivery")
+        if batch is None:
+            names = self.DELIVERY_PLAIN + self.DELIVERY_TABLES
+            vals = (ctypes.c_uint64 * len(self.DELIVERY_PLAIN))()
+            mmrs = [UcRegMMR() for _ in self.DELIVERY_TABLES]
+            ptrs = [ctypes.addressof(vals) + 8 * i for i in range(len(vals))] + [ctypes.addressof(m) for m in mmrs]
+            batch = ((ctypes.c_int * len(names))(*(REG[x] for x in names)), vals, mmrs,
+                     (ctypes.c_void_p * len(names))(*ptrs), len(names))
+            self._batches["delivery"] = batch
+        ids, vals, mmrs, ptrs, n = batch
+        for i in range(len(vals)):
+            vals[i] = 0
+        for m in mmrs:
+            m.selector = m.base = m.limit = m.flags = 0     # Unicorn fills only some fields
+        _uc.uclib.uc_reg_read_batch(self._uch, ids, ptrs, n)
+        return list(vals), [(m.selector, m.base, m.limit, m.flags) for m in mmrs]
 
     PRIVILEGED_LOAD = ("cr0", "cs", "ss", "cr0", "cs", "ss", "esp", "eflags", "eip")
 
