@@ -151,6 +151,27 @@ class CPU:
         _uc.uclib.uc_reg_read_batch(self._uch, ids, ptrs, n)
         return list(vals)
 
+    def read_with_tables(self, plain, tables):
+        """Plain registers and table registers (GDTR IDTR LDTR TR, as (selector, base,
+        limit, flags)) in one uc_reg_read_batch call: a call into C costs about as
+        much as the read itself, and a delivery or a switch's verify reads eight or more."""
+        batch = self._batches.get((plain, tables))
+        if batch is None:
+            names = plain + tables
+            vals = (ctypes.c_uint64 * len(plain))()
+            mmrs = [UcRegMMR() for _ in tables]
+            ptrs = [ctypes.addressof(vals) + 8 * i for i in range(len(plain))] + [ctypes.addressof(m) for m in mmrs]
+            batch = ((ctypes.c_int * len(names))(*(REG[x] for x in names)), vals, mmrs,
+                     (ctypes.c_void_p * len(names))(*ptrs), len(names))
+            self._batches[(plain, tables)] = batch
+        ids, vals, mmrs, ptrs, n = batch
+        for i in range(len(plain)):
+            vals[i] = 0
+        for m in mmrs:
+            m.selector = m.base = m.limit = m.flags = 0     # Unicorn fills only some fields
+        _uc.uclib.uc_reg_read_batch(self._uch, ids, ptrs, n)
+        return list(vals), [(m.selector, m.base, m.limit, m.flags) for m in mmrs]
+
     def write(self, **values):
         """Several plain registers in one call into Unicorn (uc_reg_write_batch)."""
         ids, vals, ptrs, n = self._batch(tuple(values))
@@ -504,7 +525,8 @@ class CPU:
 
     def _deliver(self, vector, kind, error_code, eip):
         ext = 1 if kind == "irq" else 0
-        (old_cs, old_eflags, old_ss, old_esp, cr0), (idtr, gdtr, tr) = self._delivery_registers()
+        (old_cs, old_eflags, old_ss, old_esp, cr0), (idtr, gdtr, tr) = self.read_with_tables(
+            ("cs", "eflags", "ss", "esp", "cr0"), ("idtr", "gdtr", "tr"))   # GDTR once: both descriptors
         _, idt_base, idt_limit, _ = idtr
         if vector * 8 + 7 > idt_limit:
             raise DeliveryFault(GP, vector * 8 + 2 + ext, f"vector {vector:#x} beyond IDT limit {idt_limit:#x}")
@@ -549,29 +571,6 @@ class CPU:
         self.delivered += 1
         self.trace.emit("cpu.deliver", self.index, vector=vector, kind=kind, idt=idt_base,
                         handler=gate.offset, cpl=f"{old_cpl}->{new_cpl}")
-
-    DELIVERY_PLAIN, DELIVERY_TABLES = ("cs", "eflags", "ss", "esp", "cr0"), ("idtr", "gdtr", "tr")
-
-    def _delivery_registers(self):
-        """What a delivery reads, in one uc_reg_read_batch call (a call into C costs
-        about as much as the read itself): the plain registers, then IDTR, GDTR
-        (read once: both descriptors come from it), TR as (selector, base, limit, flags)."""
-        batch = self._batches.get("delivery")
-        if batch is None:
-            names = self.DELIVERY_PLAIN + self.DELIVERY_TABLES
-            vals = (ctypes.c_uint64 * len(self.DELIVERY_PLAIN))()
-            mmrs = [UcRegMMR() for _ in self.DELIVERY_TABLES]
-            ptrs = [ctypes.addressof(vals) + 8 * i for i in range(len(vals))] + [ctypes.addressof(m) for m in mmrs]
-            batch = ((ctypes.c_int * len(names))(*(REG[x] for x in names)), vals, mmrs,
-                     (ctypes.c_void_p * len(names))(*ptrs), len(names))
-            self._batches["delivery"] = batch
-        ids, vals, mmrs, ptrs, n = batch
-        for i in range(len(vals)):
-            vals[i] = 0
-        for m in mmrs:
-            m.selector = m.base = m.limit = m.flags = 0     # Unicorn fills only some fields
-        _uc.uclib.uc_reg_read_batch(self._uch, ids, ptrs, n)
-        return list(vals), [(m.selector, m.base, m.limit, m.flags) for m in mmrs]
 
     PRIVILEGED_LOAD = ("cr0", "cs", "ss", "cr0", "cs", "ss", "esp", "eflags", "eip")
 

@@ -373,26 +373,33 @@ def tss_base(memory, state):
 
 # the plain registers a verify reads, in one call into Unicorn
 _PLAIN = ("ss",) + SEGMENTS + ("cr3", "cr0", "eflags")
+_TABLES = ("gdtr", "idtr", "ldtr", "tr")
 
 
 def observe(memory, frame, cpu, regs=None, tables=None):
     """The claim-15 state the world on `frame` resumes with, as the frame and
     the CPU hold it now, in save-area items. (`regs`, `tables`: registers
-    verify has already read from the CPU, not read twice: `tables` is (LDTR, TR).)"""
+    verify has already read from the CPU, not read twice.)"""
     words = dict(zip(Frame.FIELDS, _FRAME.unpack(memory.read(frame.address, _FRAME.size))))
     now = {n: words[n] for n in GENERAL if n != "esp"}
     now.update(eip=words["eip"], cs=words["cs"], eflags=words["eflags"])
-    regs = dict(zip(_PLAIN, cpu.read(*_PLAIN))) if regs is None else regs
+    if regs is None:
+        regs, tables = _registers(cpu)
     if words["cs"] & 3:
         now.update(esp=words["esp"], ss=words["ss"])
     else:
         now.update(esp=frame.address + _CPL0_FRAME, ss=regs["ss"])
     now.update((n, regs[n]) for n in SEGMENTS)
-    _, now["gdtr.base"], now["gdtr.limit"], _ = cpu["gdtr"]
-    _, now["idtr.base"], now["idtr.limit"], _ = cpu["idtr"]
-    ldtr, tr = (cpu["ldtr"], cpu["tr"]) if tables is None else tables
-    now["ldtr.sel"], now["tr.sel"], now["cr3"] = ldtr[0], tr[0], regs["cr3"]
+    _, now["gdtr.base"], now["gdtr.limit"], _ = tables["gdtr"]
+    _, now["idtr.base"], now["idtr.limit"], _ = tables["idtr"]
+    now["ldtr.sel"], now["tr.sel"], now["cr3"] = tables["ldtr"][0], tables["tr"][0], regs["cr3"]
     return now
+
+
+def _registers(cpu):
+    """The registers a verify reads, in one call into Unicorn: ({plain}, {table})."""
+    plain, tables = cpu.read_with_tables(_PLAIN, _TABLES)
+    return dict(zip(_PLAIN, plain)), dict(zip(_TABLES, tables))
 
 
 def verify(memory, frame, cpu, state):
@@ -401,9 +408,9 @@ def verify(memory, frame, cpu, state):
     selectors name (TR's base must be its TSS descriptor's, and that
     descriptor busy), IF must be clear (the load ran with exceptions
     disabled), and CR0.PG must follow CR3."""
-    regs = dict(zip(_PLAIN, cpu.read(*_PLAIN)))
-    ldtr, tr = cpu["ldtr"], cpu["tr"]
-    now = observe(memory, frame, cpu, regs, (ldtr, tr))
+    regs, tables = _registers(cpu)
+    ldtr, tr = tables["ldtr"], tables["tr"]
+    now = observe(memory, frame, cpu, regs, tables)
     wrong = [n for n in ITEMS if now[n] != state[n]]
     gdt = (memory, now["gdtr.base"], now["gdtr.limit"])
     tss = descriptor(*gdt, tr[0])
