@@ -15,7 +15,8 @@ class Words:
         cls.OFFSET = {name: 4 * i for i, name in enumerate(cls.FIELDS)}
         cls.SIZE = 4 * len(cls.FIELDS)
         for name, offset in cls.OFFSET.items():     # a read is a property, not a failed lookup
-            setattr(cls, name, property(_reader(offset)))   # (the kernel reads these on every entry)
+            if isinstance(getattr(cls, name, None), (_Word, type(None))):   # (a method keeps its name)
+                setattr(cls, name, _Word(_reader(offset)))   # (the kernel reads these on every entry)
 
     def __init__(self, memory, address):
         object.__setattr__(self, "memory", memory)
@@ -31,6 +32,10 @@ class Words:
 
     def as_dict(self):
         return {name: getattr(self, name) for name in self.FIELDS}
+
+
+class _Word(property):
+    """A field's read: the u32 at its offset, where the record lives."""
 
 
 def _reader(offset):
