@@ -185,3 +185,31 @@ def test_a_missing_disk_image_is_a_clear_error(tmp_path):
     from vmkit.hw.disk import DiskImageError
     with pytest.raises(DiskImageError, match="nope.img"):
         Board(disk=tmp_path / "nope.img")
+
+
+def test_a_masked_requested_timer_line_costs_no_event_per_period_and_keeps_its_time():
+    """IRQ 0 masked with its request already pending: the PIT's next pulses would change
+    nothing, so it schedules none (the CPU runs on unstopped); its count readback and tick
+    count stay those of a PIT that pulsed every period (a twin board, its line unmasked);
+    unmasked, the one pending tick is delivered and the period goes on where it was."""
+    b, twin = timer_board(), timer_board()
+    for board in (b, twin):
+        board.run(20_000)
+    b.ports.write(0x21, 1, 0xFF)                    # the timer line masked (OCW1) ...
+    for board in (b, twin):
+        board.run(2_000)                            # ... its next pulse requests (IRR) ...
+    assert b.pic.requested(0) and b.pic.masked(0)
+    handled = u32(b, 0x5000)
+    for board in (b, twin):
+        board.run(50_300)                           # ... and the 50 after it are not scheduled
+    assert not b._events and u32(b, 0x5000) == handled
+    assert b.ports.read(0x40, 1) == twin.ports.read(0x40, 1)     # readback as if it pulsed
+    b.ports.write(0x21, 1, 0xFE)                    # unmasked: the one pending tick ...
+    for board in (b, twin):
+        board.run(10)
+    assert u32(b, 0x5000) == handled + 1            # ... delivered at once, one for all
+    assert b.pit.ticks == twin.pit.ticks
+    for board in (b, twin):
+        board.run(2_000)
+    assert b.trace.of("cpu.deliver")[-1].time == twin.trace.of("cpu.deliver")[-1].time
+    assert u32(b, 0x5000) == handled + 3 and b.pit.ticks == twin.pit.ticks

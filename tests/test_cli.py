@@ -352,3 +352,13 @@ def test_the_notebook_widget_shows_what_top_prints():
     printed = [r for r in csv.DictReader(io.StringIO(out.stdout)) if r["sample"] == "3"]
     assert [{k: str(v) for k, v in r.items()} for r in rows] == [
         {k: v for k, v in r.items() if k != "sample"} for r in printed]
+
+
+def test_seconds_are_the_virtual_clocks_and_the_run_says_them():
+    """One virtual clock (hw/clock.py): a description in seconds runs that many of its
+    instructions, and the run's summary gives virtual seconds of the same clock."""
+    from vmkit.cli import description
+    from vmkit.hw.clock import VIRTUAL_HZ
+    assert description.normalise({"seconds": 0.002})["instructions"] == VIRTUAL_HZ // 500 == 200_000
+    out = vmkit("boot", "--seconds", "0.002")
+    assert f"ran 200,000 instructions after the boot, 0.0020 virtual s" in out.stdout

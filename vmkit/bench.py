@@ -4,6 +4,7 @@ These machines are noisy, so what matters is the ratios taken in the same
 run: raw Unicorn on a loop against the board running the same loop with the
 timer interrupting it, and the cost of one interrupt delivery.
 """
+import statistics
 import time
 
 from unicorn import Uc, UC_ARCH_X86, UC_MODE_32
@@ -105,16 +106,19 @@ def raw_guest(instructions=N):
     return instructions / (time.perf_counter() - t)
 
 
-def vm_rate(instructions=4_000_000, timer_period=10_000, cpus=1, per_cpu=2):
+def vm_rate(instructions=4_000_000, timer_period=10_000, cpus=1, per_cpu=2, vm_tick=None):
     """Guest instructions per wall second in busy VMs (`per_cpu` on each CPU)
     under the full kernel (the COS displaced, timer on), the share of virtual
-    time they got, and the world switches made."""
+    time they got, and the world switches made. vm_tick: the VMs' own tick
+    (Worlds.tick_vms_at), the COS keeping `timer_period`."""
     from vmkit.lessons import takeover
     from vmkit.vmm import guests
     board, cos, loader = takeover.takeover(timer_period=timer_period, cpus=cpus)
     kernel = loader.kernel
     vms = [kernel.install_vm(lambda base: guests.checksum(base, 10**9), 64 << 10, f"busy{i}", cpu=i % cpus)
            for i in range(per_cpu * cpus)]
+    if vm_tick:
+        kernel.worlds.tick_vms_at(vm_tick)
     board.run(50_000)
     before = sum(kernel.worlds.instructions_of(vm) for vm in vms)
     switches = len(board.trace.of("switch.begin"))
@@ -186,15 +190,91 @@ def main_vms():
               f"{f['shootdowns_taken']:4}")
 
 
+def _busy_ratio(timer_period, raw_rates, vm_tick=None, instructions=4_000_000):
+    """Two busy VMs + the displaced COS (1 CPU) ÷ raw Unicorn on the same loop, raw measured
+    just before and just after the kit (side by side, in one run)."""
+    raw_rates.append(raw_guest(4_000_000))
+    rate, share, switches, elapsed = vm_rate(instructions, timer_period=timer_period, vm_tick=vm_tick)
+    raw_rates.append(raw_guest(4_000_000))
+    return rate / statistics.mean(raw_rates[-2:]), rate, switches
+
+
+def table(notebooks=True, kit_test=False, runs=3):
+    """The issue's table, every row measured now next to raw Unicorn: (median, min, max) of `runs`."""
+    from vmkit import bench_entry
+    from vmkit.hw.clock import VIRTUAL_HZ, hz
+    rows, spread = [], bench_entry.spread
+    alone = [bench_entry.vm_alone(pairs=6)[0] for _ in range(runs)]
+    rows.append(("a VM alone at CPL 3 with paging ÷ raw Unicorn (count mode), same loop",
+                 "{:.2f}", spread(alone), "≥ 0.9"))
+    raw = []
+    real_tick = hz(100)                                  # 100 Hz of the virtual clock
+    try:
+        real = spread([_busy_ratio(10_000, raw, real_tick, 12_000_000)[0] for _ in range(runs)])
+    except AttributeError:                             # (a kernel without ticks per world)
+        real = None
+    rows.append((f"two busy VMs + the COS ÷ raw, VM ticks at 100 Hz of {VIRTUAL_HZ:,} instr/s "
+                 f"({real_tick:,}; the COS's 10,000)", "{:.2f}", real, "≥ 0.8"))
+    pit_longest = 0x10000
+    slow = [_busy_ratio(pit_longest, raw)[0] for _ in range(runs)]
+    rows.append((f"  the same, every world's tick the PIT's longest ({pit_longest:,})", "{:.2f}",
+                 spread(slow), ""))
+    teach = [_busy_ratio(10_000, raw)[0] for _ in range(runs)]
+    rows.append(("the same at the teaching tick (10,000)", "{:.2f}", spread(teach), "≥ 0.25"))
+    switches = [switch_cost(1_000_000)[1] * 1e6 for _ in range(runs)]
+    rows.append(("one world switch, decision to iretd (seven events, CRC, verify), µs",
+                 "{:.0f}", spread(switches), "≤ 30"))
+    causes = {cause: [] for cause in bench_entry.ENTRY_CAUSES}
+    for _ in range(runs):
+        for cause, build in bench_entry.ENTRY_CAUSES.items():
+            causes[cause].append(statistics.median(bench_entry._per_entry(build, 0)) * 1e6)
+    medians = [statistics.median([causes[c][i] for c in causes]) for i in range(runs)]
+    rows.append(("one kernel entry (median over the causes), µs", "{:.0f}", spread(medians), "≤ 30"))
+    for cause, values in causes.items():
+        rows.append((f"  {cause}, µs", "{:.0f}", spread(values), ""))
+    if notebooks:
+        seconds = bench_entry.notebook_seconds()
+        slowest = max(seconds, key=seconds.get)
+        rows.append((f"the slowest notebook's Run All ({slowest[:2]}), s", "{:.1f}",
+                     (seconds[slowest],) * 3, "≤ 10"))
+    else:
+        rows.append(("the slowest notebook's Run All, s (not run: --no-notebooks)", "", None, "≤ 10"))
+    if kit_test:
+        import pathlib
+        import subprocess
+        kit = pathlib.Path(__file__).resolve().parents[1] / "kit"
+        t = time.perf_counter()
+        subprocess.run([str(kit), "test", "-q"], check=False, cwd=kit.parent)
+        rows.append(("`./kit test`, s (one run)", "{:.0f}", (time.perf_counter() - t,) * 3, "≤ 60"))
+    else:
+        rows.append(("`./kit test`, s (not run: --kit-test)", "", None, "≤ 60"))
+    print(f"\nthe figures of the kernel's way in and out, {runs} runs each, raw Unicorn "
+          f"{statistics.median(raw) / 1e6:.1f} M instr/s on the guests' loop in this run; "
+          f"load {_load()}")
+    print(f"{'figure':92} {'median':>7} {'min':>7} {'max':>7}  aim")
+    for name, fmt, values, aim in rows:
+        cells = [fmt.format(v) for v in values] if values else ["-"] * 3
+        print(f"{name:92} {cells[0]:>7} {cells[1]:>7} {cells[2]:>7}  {aim}")
+
+
+def _load():
+    try:
+        with open("/proc/loadavg") as f:
+            return f.read().split()[0]
+    except OSError:
+        return "?"
+
+
 if __name__ == "__main__":
     import sys
     from vmkit import bench_entry
-    main()
-    main_cos()
-    main_vms()
-    from vmkit import vmfs_bench, bench_unload
-    vmfs_bench.main()
-    bench_unload.main()
-    from vmkit import bench_net
-    bench_net.main()
-    bench_entry.main(notebooks="--no-notebooks" not in sys.argv)
+    if "--table" not in sys.argv:                  # the detail first, then the table
+        main()
+        main_cos()
+        main_vms()
+        from vmkit import bench_net, bench_unload, vmfs_bench
+        vmfs_bench.main()
+        bench_unload.main()
+        bench_net.main()
+        bench_entry.main(notebooks=False)
+    table(notebooks="--no-notebooks" not in sys.argv, kit_test="--kit-test" in sys.argv)

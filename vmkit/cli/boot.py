@@ -13,6 +13,7 @@ import time
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from vmkit.hw import clock
 from . import description, machine, replay, trace
 from .description import UsageError
 
@@ -115,7 +116,8 @@ def run(args):
         run_with_progress(m, show)
     print(m.consoles_text(args.tail))
     ran = m.board.clock - m.start
-    print(f"vmkit: ran {ran:,} instructions after the boot (virtual time {m.board.clock:,}), "
+    print(f"vmkit: ran {ran:,} instructions after the boot, {clock.seconds(ran):.4f} virtual s "
+          f"(virtual time {m.board.clock:,}; {clock.VIRTUAL_HZ:,} instructions a virtual second), "
           f"{desc['cpus']} CPU{'s' if desc['cpus'] > 1 else ''}, {len(m.vms)} VM{'s' if len(m.vms) != 1 else ''}")
     if args.record:
         replay.write(args.record, m)

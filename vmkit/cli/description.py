@@ -8,7 +8,7 @@ A description (every key optional):
     timer_period = 2000       # instructions between the COS's PIT ticks
     quantum = 2               # timer ticks per world's turn
     nics = 1                  # NICs on the board (0..2), shared by the kernel and the COS
-    instructions = 1000000    # how long to run (or: seconds = 0.1)
+    instructions = 1000000    # how long to run (or: seconds = 0.01, of the virtual clock)
     [[vms]]                   # or: vms = 2 (that many console VMs)
     name = "vm1"
     guest = "console"         # the built-in console guest, or a file:
@@ -33,14 +33,14 @@ try:
 except ImportError:                    # Python 3.10: the same parser, from PyPI
     import tomli as tomllib
 
+from vmkit.hw import clock
 from vmkit.hw.board import NIC_PORTS
 from vmkit.hw.nic import MAX_FRAME, MIN_FRAME
 from vmkit.lessons.worlds import VM_MEMORY
 from vmkit.vmm import guests
 
-# Virtual time is retired instructions; a "virtual second" is a nominal rate
-# for people who think in seconds, not a property of the machine.
-INSTRUCTIONS_PER_SECOND = 10_000_000
+# Virtual time is retired instructions; a virtual second is the virtual clock's (hw/clock.py).
+INSTRUCTIONS_PER_SECOND = clock.VIRTUAL_HZ
 MAX_INSTRUCTIONS = 2_000_000_000
 MAX_VM_MEMORY = 4 << 20
 MIN_TIMER_PERIOD = 1000
@@ -137,7 +137,7 @@ def normalise(data, base_dir=None, label="machine description"):
         if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 < s * INSTRUCTIONS_PER_SECOND <= MAX_INSTRUCTIONS:
             raise UsageError(f"seconds must be a number from {1 / INSTRUCTIONS_PER_SECOND} to "
                              f"{MAX_INSTRUCTIONS // INSTRUCTIONS_PER_SECOND}, not {s!r}")
-        out["instructions"] = int(s * INSTRUCTIONS_PER_SECOND)
+        out["instructions"] = clock.instructions(s)
     else:
         out["instructions"] = _int("instructions", data.get("instructions", DEFAULTS["instructions"]),
                                    1, MAX_INSTRUCTIONS)

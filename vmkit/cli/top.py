@@ -9,6 +9,7 @@ import time
 from rich.live import Live
 from rich.text import Text
 
+from vmkit.hw import clock
 from vmkit.lessons import top as lesson
 from . import description, machine
 from .description import UsageError
@@ -34,7 +35,8 @@ def add(sub):
 
 def _view(rows):
     """The live view: the same text the batch-less, terminal-less mode prints."""
-    when = f"vmkit top   virtual time {rows[0]['time']:,}   (Ctrl-C quits)\n\n" if rows else ""
+    when = (f"vmkit top   virtual time {rows[0]['time']:,} = {clock.seconds(rows[0]['time']):.4f} s   "
+            f"(Ctrl-C quits)\n\n") if rows else ""
     return Text(when + lesson.table(rows), no_wrap=True, overflow="crop")
 
 

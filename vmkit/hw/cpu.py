@@ -153,6 +153,27 @@ class CPU:
         _uc.uclib.uc_reg_read_batch(self._uch, ids, ptrs, n)
         return list(vals)
 
+    def read_with_tables(self, plain, tables):
+        """Plain registers and table registers (GDTR IDTR LDTR TR, as (selector, base,
+        limit, flags)) in one uc_reg_read_batch call: a call into C costs about as
+        much as the read itself, and a delivery or a switch's verify reads eight or more."""
+        batch = self._batches.get((plain, tables))
+        if batch is None:
+            names = plain + tables
+            vals = (ctypes.c_uint64 * len(plain))()
+            mmrs = [UcRegMMR() for _ in tables]
+            ptrs = [ctypes.addressof(vals) + 8 * i for i in range(len(plain))] + [ctypes.addressof(m) for m in mmrs]
+            batch = ((ctypes.c_int * len(names))(*(REG[x] for x in names)), vals, mmrs,
+                     (ctypes.c_void_p * len(names))(*ptrs), len(names))
+            self._batches[(plain, tables)] = batch
+        ids, vals, mmrs, ptrs, n = batch
+        for i in range(len(plain)):
+            vals[i] = 0
+        for m in mmrs:
+            m.selector = m.base = m.limit = m.flags = 0     # Unicorn fills only some fields
+        _uc.uclib.uc_reg_read_batch(self._uch, ids, ptrs, n)
+        return list(vals), [(m.selector, m.base, m.limit, m.flags) for m in mmrs]
+
     def write(self, **values):
         """Several plain registers in one call into Unicorn (uc_reg_write_batch)."""
         ids, vals, ptrs, n = self._batch(tuple(values))
@@ -450,14 +471,15 @@ class CPU:
         """IOPL, then the TSS's I/O permission bitmap, as the CPU checks them
         (Unicorn checks neither). A clear bit for every byte of the access
         lets a less privileged program use the port; past the TSS limit, no."""
-        cpl = self["cs"] & 3
-        if cpl == 0 or cpl <= (self["eflags"] >> EFLAGS_IOPL_SHIFT) & 3:
-            return False                       # (CPL 0, the common case, reads one register)
+        cs, eflags = self.read("cs", "eflags")
+        cpl = cs & 3
+        if cpl == 0 or cpl <= (eflags >> EFLAGS_IOPL_SHIFT) & 3:
+            return False
         _, tss, limit, _ = self["tr"]
         if limit < 103:
             return True
-        first = tss + self.memory.read_u16(tss + 102) + port // 8
-        last = tss + self.memory.read_u16(tss + 102) + (port + size - 1) // 8
+        bitmap = tss + self.memory.read_u16(tss + 102)
+        first, last = bitmap + port // 8, bitmap + (port + size - 1) // 8
         if last > tss + limit:
             return True
         bits = int.from_bytes(self.memory.read(first, last - first + 1), "little") >> (port % 8)
@@ -516,62 +538,73 @@ class CPU:
 
     def _deliver(self, vector, kind, error_code, eip):
         ext = 1 if kind == "irq" else 0
-        _, idt_base, idt_limit, _ = self["idtr"]
-        old = dict(zip(("cs", "eflags", "ss", "esp"), self.read("cs", "eflags", "ss", "esp")))
+        (old_cs, old_eflags, old_ss, old_esp, cr0), (idtr, gdtr, tr) = self.read_with_tables(
+            ("cs", "eflags", "ss", "esp", "cr0"), ("idtr", "gdtr", "tr"))   # GDTR once: both descriptors
+        _, idt_base, idt_limit, _ = idtr
         if vector * 8 + 7 > idt_limit:
             raise DeliveryFault(GP, vector * 8 + 2 + ext, f"vector {vector:#x} beyond IDT limit {idt_limit:#x}")
         gate = self.gate_decoder(self._read(idt_base + vector * 8, 8, GP, vector * 8 + 2 + ext))
         if gate.type not in (GATE_INT32, GATE_TRAP32):
             raise DeliveryFault(GP, vector * 8 + 2 + ext, f"IDT entry {vector:#x} has type {gate.type:#x}, not a 32-bit interrupt or trap gate")
-        if kind == "int" and gate.dpl < old["cs"] & 3:
-            raise DeliveryFault(GP, vector * 8 + 2, f"int {vector:#x} from CPL {old['cs'] & 3} through a DPL {gate.dpl} gate")
+        if kind == "int" and gate.dpl < old_cs & 3:
+            raise DeliveryFault(GP, vector * 8 + 2, f"int {vector:#x} from CPL {old_cs & 3} through a DPL {gate.dpl} gate")
         if not gate.present:
             raise DeliveryFault(NP, vector * 8 + 2 + ext, f"IDT entry {vector:#x} not present")
-        target = self._descriptor(gate.selector, GP)
+        target = self._descriptor(gate.selector, GP, gdtr)
         if not (target.s and target.type & 8 and target.present):
             raise DeliveryFault(GP, gate.selector & ~3, f"gate selector {gate.selector:#x} is not a present code segment")
-        old_cpl, new_cpl = old["cs"] & 3, target.dpl
+        old_cpl, new_cpl = old_cs & 3, target.dpl
         if new_cpl > old_cpl:
             raise DeliveryFault(GP, gate.selector & ~3, "gate leads to a less privileged segment")
-        frame = [eip, old["cs"], old["eflags"]]
+        frame = [eip, old_cs, old_eflags]
         if new_cpl < old_cpl:                        # stack switch through the TSS
-            tr_sel, tss, tss_limit, _ = self["tr"]
+            tr_sel, tss, tss_limit, _ = tr
             if tss_limit < TSS_SS0 + 3:
                 raise DeliveryFault(TS, tr_sel & ~3, "no TSS loaded to switch stacks from CPL 3")
             esp = self.memory.read_u32(tss + TSS_ESP0)
             ss = self.memory.read_u16(tss + TSS_SS0)
-            frame += [old["esp"], old["ss"]]
+            frame += [old_esp, old_ss]
         else:
-            esp, ss = old["esp"], old["ss"]
+            esp, ss = old_esp, old_ss
         if error_code is not None:
             frame.insert(0, error_code)
-        stack_base = self._descriptor(ss, TS).base
+        stack_base = self._descriptor(ss, TS, gdtr).base
         esp = (esp - 4 * len(frame)) & 0xFFFFFFFF
         self._write(stack_base + esp, struct.pack(f"<{len(frame)}I", *frame), SS_FAULT, ss & ~3)
-        if new_cpl < old_cpl:
-            self._load_privileged(gate.selector, ss)
-        elif gate.selector != old["cs"]:
-            self["cs"] = gate.selector
-        flags = old["eflags"] & ~(EFLAGS_TF | EFLAGS_NT | EFLAGS_RF | EFLAGS_VM)
+        flags = old_eflags & ~(EFLAGS_TF | EFLAGS_NT | EFLAGS_RF | EFLAGS_VM)
         if gate.type == GATE_INT32:
             flags &= ~EFLAGS_IF
-        self.write(esp=esp, eflags=flags, eip=gate.offset)
+        if new_cpl < old_cpl:
+            self._load_privileged(gate.selector, ss, cr0, esp, flags, gate.offset)
+        elif gate.selector != old_cs:
+            self.write(cs=gate.selector, esp=esp, eflags=flags, eip=gate.offset)
+        else:
+            self.write(esp=esp, eflags=flags, eip=gate.offset)
         self.halted = False
         self.delivered += 1
         self.trace.emit("cpu.deliver", self.index, vector=vector, kind=kind, idt=idt_base,
                         handler=gate.offset, cpl=f"{old_cpl}->{new_cpl}")
 
-    def _load_privileged(self, cs, ss):
-        """Load ring-0 CS/SS from a CPL 3 context (Unicorn refuses a plain write)."""
-        cr0 = self["cr0"]
-        self["cr0"] = cr0 & ~1
-        self["cs"], self["ss"] = cs, ss
-        self["cr0"] = cr0
-        self["cs"], self["ss"] = cs, ss
+    PRIVILEGED_LOAD = ("cr0", "cs", "ss", "cr0", "cs", "ss", "esp", "eflags", "eip")
 
-    def _descriptor(self, sel, fault):
-        _, gdt, gdt_limit, _ = self["gdtr"]
-        table, limit = gdt, gdt_limit
+    def _load_privileged(self, cs, ss, cr0, esp, eflags, eip):
+        """Load ring-0 CS/SS from a less privileged context (Unicorn refuses a plain
+        write: its check wants SS.DPL = CPL), then ESP, EFLAGS, EIP: CR0.PE cleared
+        for the selector load (real-mode loads are unchecked and make CPL 0), set
+        again, and the selectors loaded once more so their descriptors are read from
+        the GDT. One uc_reg_write_batch call: it applies the writes in order, a
+        register named twice included (measured, Unicorn 2.1.4), so nine writes cost
+        one crossing into C instead of nine; the two TLB flushes of the PE toggles stay
+        (QEMU flushes on any change of CR0.PE; Unicorn offers no other way to set CPL)."""
+        ids, vals, ptrs, n = self._batch(self.PRIVILEGED_LOAD)
+        for i, v in enumerate((cr0 & ~1, cs, ss, cr0, cs, ss, esp, eflags, eip)):
+            vals[i] = v & 0xFFFFFFFF
+        err = _uc.uclib.uc_reg_write_batch(self._uch, ids, ptrs, n)
+        if err:
+            raise UcError(err)
+
+    def _descriptor(self, sel, fault, gdtr=None):
+        _, table, limit, _ = self["gdtr"] if gdtr is None else gdtr
         if sel & 4:
             _, table, limit, _ = self["ldtr"]
         index = sel & ~7

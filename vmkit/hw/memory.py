@@ -11,6 +11,7 @@ import ctypes
 import struct
 
 _U32 = struct.Struct("<I")
+_U16 = struct.Struct("<H")
 
 
 class BusError(ValueError):
@@ -67,4 +68,11 @@ class PhysicalMemory:
         self.write(addr, struct.pack("<I", value & 0xFFFFFFFF))
 
     def read_u16(self, addr):
-        return struct.unpack("<H", self.read(addr, 2))[0]
+        if addr < 0 or addr + 2 > self.size:
+            self.check(addr, 2)
+        return _U16.unpack_from(self._view, addr)[0]
+
+    def same(self, addr, data):
+        """Do the bytes at `addr` equal `data`? (Compared in place, without a copy.)"""
+        self.check(addr, len(data))
+        return self._view[addr:addr + len(data)] == data

@@ -58,6 +58,7 @@ class PIC8259:
             self.irr &= self.elcr
             self._icw4, self._single = bool(value & 1), bool(value & 2)
             self._init_step = 2
+            self.pair.mask_changed()
         elif offset == 0 and value & 0x18 == 0:                  # OCW2
             if value & 0x20:
                 line = self.eoi(value & 7 if value & 0x40 else None)
@@ -79,6 +80,7 @@ class PIC8259:
                 self.imr = value
                 self.pair.trace("pic.mask", chip=self.name, imr=value)
                 self.pair.kick()
+                self.pair.mask_changed()
 
     def io_read(self, offset, size):
         if offset == 1:
@@ -115,6 +117,11 @@ class PICPair:
         board.ports.attach(self.master, 0x20, 2)
         board.ports.attach(self.slave, 0xA0, 2)
         board.ports.attach(ELCR(self), 0x4D0, 2)
+        self.mask_listeners = []             # a device that waits for a line to be unmasked (pit.py)
+
+    def mask_changed(self):
+        for listener in self.mask_listeners:
+            listener()
 
     def trace(self, kind, **data):
         self.board.trace.emit(kind, **data)
@@ -155,6 +162,11 @@ class PICPair:
     def masked(self, line):
         chip, i = self._chip(line)
         return bool(chip.imr & (1 << i))
+
+    def requested(self, line):
+        """Is the line's request bit (IRR) set?"""
+        chip, i = self._chip(line)
+        return bool(chip.irr & (1 << i))
 
     def _request(self):
         s = self.slave.highest_request()

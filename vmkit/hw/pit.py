@@ -5,6 +5,16 @@ instruction (the board's clock), never the wall clock. Program it as on a
 PC: a control byte to 0x43 (channel 0, lo/hi byte access, mode 2 or 3 for
 a periodic interrupt, mode 0 for one shot), then the 16-bit reload value to
 0x40, low byte first (0 means 65536).
+
+While its line is masked at the 8259A and already requested (IRR set), a
+pulse changes nothing: the edge-triggered request is one bit, however many
+edges came. So the PIT then schedules no event per period ("parked": no
+Python call and no stop of the running CPU every period, which would cost a
+VM world on CPU 0 a slice per COS tick); when the mask or the request
+changes, it takes up its period where it would be, counting the periods it
+let pass in `ticks`. Its count read back (port 0x40) is computed from the
+clock, exact either way. The parked pulses leave no `irq.raise` event: they
+raised nothing.
 """
 
 
@@ -18,8 +28,10 @@ class PIT:
         self._low = None               # low byte written, waiting for the high byte
         self._armed = 0                # generation: reprogramming cancels the pending tick
         self._started_at = 0
+        self._parked = None            # (generation, the due time of the pulse that parked it)
         self.ticks = 0
         board.ports.attach(self, 0x40, 4)
+        board.pic.mask_listeners.append(self._mask_changed)
 
     @property
     def period(self):
@@ -66,9 +78,28 @@ class PIT:
         if generation != self._armed:
             return
         self.ticks += 1
-        self.board.pic.pulse(self.IRQ)
+        pic = self.board.pic
+        pic.pulse(self.IRQ)
         if self.mode in (2, 3):
-            self._arm(generation)
+            if pic.masked(self.IRQ) and pic.requested(self.IRQ):
+                self._parked = (generation, self.board.now())    # the next pulses change nothing
+            else:
+                self._arm(generation)
+
+    def _mask_changed(self):
+        """The 8259A's mask or request changed: a parked PIT takes up its period."""
+        if self._parked is None:
+            return
+        generation, due = self._parked
+        pic = self.board.pic
+        if generation != self._armed:
+            self._parked = None
+        elif not (pic.masked(self.IRQ) and pic.requested(self.IRQ)):
+            self._parked = None
+            now = self.board.now()
+            passed = (now - due) // self.period                   # pulses it let pass, whole periods
+            self.ticks += passed
+            self.board.schedule(due + (passed + 1) * self.period - now, lambda: self._fire(generation))
 
     def __repr__(self):
         return "<8254 PIT>"

@@ -149,11 +149,11 @@ class Kernel:
         kernel sees the COS after it (every COS trap checks): as a binary translator
         meets new code. The module area's header and contents tell what is new."""
         size = self.memory.read_u32(cos_layout.MODULE_AREA + 4)
-        if self.memory.read(cos_layout.MODULE_AREA, 4) != cos_layout.MODULE_MAGIC or size > 0x10000:
+        if not self.memory.same(cos_layout.MODULE_AREA, cos_layout.MODULE_MAGIC) or size > 0x10000:
             return
-        seen = self.memory.read(cos_layout.MODULE_CODE, size)
-        if seen == self._module_seen:
-            return
+        seen = self._module_seen
+        if seen is not None and len(seen) == size and self.memory.same(cos_layout.MODULE_CODE, seen):
+            return                                 # compared where it lies: no copy per trap
         self.patches.forget(cos_layout.MODULE_AREA, cos_layout.MODULE_AREA + 0x10000)
         count = self._patch(cos_layout.MODULE_CODE, cos_layout.MODULE_CODE + size)
         self._module_seen = self.memory.read(cos_layout.MODULE_CODE, size)

@@ -55,6 +55,7 @@ SLOTS = 4                       # per CPU: two VMs' worth (a VM's IDT page and s
 WINDOW_PAGES = 2 * SLOTS        # the most slots a window may have (a shared one: both CPUs')
 PRESENT, WRITABLE = 1, 2
 PAGING = 0x80000000             # CR0.PG
+_U32 = struct.Struct("<I")
 COUNTERS = ("hits", "misses", "evictions", "local_flushes", "ipis_sent", "shootdowns_taken")
 SHOOTDOWN_VECTOR = 0xF1         # "flush your TLB": the IPI a shared window needs (smp.py)
 
@@ -150,7 +151,7 @@ class MappingCache:
 
     def _bump(self, name):
         at = self.counters + 4 * COUNTERS.index(name)
-        self.memory.write(at, struct.pack("<I", self.memory.read_u32(at) + 1), code=False)
+        self.memory.write_u32(at, self.memory.read_u32(at) + 1, code=False)
 
     def map(self, address):
         """The window address through which physical `address` is reached now."""
@@ -247,7 +248,13 @@ class MappingCache:
             at += n
 
     def read_u32(self, address):
-        return struct.unpack("<I", self.read(address, 4))[0]
+        if address & 0xFFF <= 0xFFC:             # one page: one mapping, one load (the VMM's stack words)
+            return _U32.unpack(self._cpu_access(self.cpu.read_linear, self.map(address), 4))[0]
+        return _U32.unpack(self.read(address, 4))[0]
 
     def write_u32(self, address, value):
-        self.write(address, struct.pack("<I", value & 0xFFFFFFFF))
+        data = _U32.pack(value & 0xFFFFFFFF)
+        if address & 0xFFF <= 0xFFC:
+            self._cpu_access(self.cpu.write_linear, self.map(address), data)
+            return
+        self.write(address, data)

@@ -371,21 +371,35 @@ def tss_base(memory, state):
     return None if d is None else d.base
 
 
-def observe(memory, frame, cpu):
+# the plain registers a verify reads, in one call into Unicorn
+_PLAIN = ("ss",) + SEGMENTS + ("cr3", "cr0", "eflags")
+_TABLES = ("gdtr", "idtr", "ldtr", "tr")
+
+
+def observe(memory, frame, cpu, regs=None, tables=None):
     """The claim-15 state the world on `frame` resumes with, as the frame and
-    the CPU hold it now, in save-area items."""
+    the CPU hold it now, in save-area items. (`regs`, `tables`: registers
+    verify has already read from the CPU, not read twice.)"""
     words = dict(zip(Frame.FIELDS, _FRAME.unpack(memory.read(frame.address, _FRAME.size))))
     now = {n: words[n] for n in GENERAL if n != "esp"}
     now.update(eip=words["eip"], cs=words["cs"], eflags=words["eflags"])
+    if regs is None:
+        regs, tables = _registers(cpu)
     if words["cs"] & 3:
         now.update(esp=words["esp"], ss=words["ss"])
     else:
-        now.update(esp=frame.address + _CPL0_FRAME, ss=cpu["ss"])
-    now.update(zip(SEGMENTS, cpu.read(*SEGMENTS)))
-    _, now["gdtr.base"], now["gdtr.limit"], _ = cpu["gdtr"]
-    _, now["idtr.base"], now["idtr.limit"], _ = cpu["idtr"]
-    now["ldtr.sel"], now["tr.sel"], now["cr3"] = cpu["ldtr"][0], cpu["tr"][0], cpu["cr3"]
+        now.update(esp=frame.address + _CPL0_FRAME, ss=regs["ss"])
+    now.update((n, regs[n]) for n in SEGMENTS)
+    _, now["gdtr.base"], now["gdtr.limit"], _ = tables["gdtr"]
+    _, now["idtr.base"], now["idtr.limit"], _ = tables["idtr"]
+    now["ldtr.sel"], now["tr.sel"], now["cr3"] = tables["ldtr"][0], tables["tr"][0], regs["cr3"]
     return now
+
+
+def _registers(cpu):
+    """The registers a verify reads, in one call into Unicorn: ({plain}, {table})."""
+    plain, tables = cpu.read_with_tables(_PLAIN, _TABLES)
+    return dict(zip(_PLAIN, plain)), dict(zip(_TABLES, tables))
 
 
 def verify(memory, frame, cpu, state):
@@ -394,8 +408,9 @@ def verify(memory, frame, cpu, state):
     selectors name (TR's base must be its TSS descriptor's, and that
     descriptor busy), IF must be clear (the load ran with exceptions
     disabled), and CR0.PG must follow CR3."""
-    now = observe(memory, frame, cpu)
-    ldtr, tr = cpu["ldtr"], cpu["tr"]
+    regs, tables = _registers(cpu)
+    ldtr, tr = tables["ldtr"], tables["tr"]
+    now = observe(memory, frame, cpu, regs, tables)
     wrong = [n for n in ITEMS if now[n] != state[n]]
     gdt = (memory, now["gdtr.base"], now["gdtr.limit"])
     tss = descriptor(*gdt, tr[0])
@@ -404,8 +419,8 @@ def verify(memory, frame, cpu, state):
     ldt = descriptor(*gdt, ldtr[0])
     if ldtr[0] & ~3 and (ldt is None or (ldt.base, ldt.limit) != ldtr[1:3]):
         wrong.append("ldtr.descriptor")
-    if bool(cpu["cr0"] & CR0_PG) != bool(state["cr3"]):
+    if bool(regs["cr0"] & CR0_PG) != bool(state["cr3"]):
         wrong.append("cr0.pg")
-    if cpu["eflags"] & EFLAGS_IF:
+    if regs["eflags"] & EFLAGS_IF:
         wrong.append("IF")
     return wrong

@@ -16,27 +16,23 @@ bring VM (the stub's iretd would enter virtual-8086 mode), NT (its next
 iretd would be a task return through the kernel's TSS), VIF/VIP or RF;
 IOPL stays 0 (its cli/sti/in/out would stop trapping).
 """
-from capstone import Cs, CS_ARCH_X86, CS_MODE_32
 from capstone.x86 import X86_OP_MEM, X86_OP_IMM, X86_OP_REG
 
 from vmkit.hw.x86 import (EFLAGS_IF, EFLAGS_IOPL, EFLAGS_NT, EFLAGS_RF, EFLAGS_VIF, EFLAGS_VIP,
                           EFLAGS_VM, GP)
-from . import layout, vpic
+from . import decoder, layout, vpic
 
 PIC_PORTS = vpic.PORTS              # the COS's PIC ports: its virtual PIC's (vpic.py)
 
-_cs = Cs(CS_ARCH_X86, CS_MODE_32)
-_cs.detail = True
 
 
 def decode(kernel, eip):
-    code = kernel.memory.read(eip, 16)
-    return next(_cs.disasm(code, eip, 1), None)
+    return decoder.decode(kernel.memory, eip)     # the bytes are read again each time
 
 
 def _effective_address(frame, op):
     mem = op.mem
-    value = lambda reg: getattr(frame, _cs.reg_name(reg)) if reg else 0
+    value = lambda reg: getattr(frame, decoder.reg_name(reg)) if reg else 0
     return (value(mem.base) + value(mem.index) * mem.scale + mem.disp) & 0xFFFFFFFF
 
 

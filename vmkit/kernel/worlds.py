@@ -26,13 +26,16 @@ down to the end of the kernel's block: all of it past the COS's segment limit
 and its allocator's RAM top (the loader set both to the kernel's base), so the
 COS can neither hand those pages out nor store into them.
 """
+from vmkit.hw import clock
 from vmkit.hw.asm import assemble
+from vmkit.hw.lapic import TIMER_INITIAL
 from vmkit.hw.x86 import EFLAGS_IF
 from . import layout, paging, smp, switch
 from .errors import GuestFault
 from .switch import SwitchError
 
 QUANTUM_TICKS = 2
+VM_TICK = clock.hz(100)         # a real kernel's tick, 100 Hz of the virtual clock: 1,000,000 instructions
 VCPU = 0x80                     # a VM's virtual CPU, inside its world block
 INSTRUCTIONS = 0xC0             # u32: instructions of virtual time the world held the CPU
 
@@ -84,6 +87,7 @@ class Worlds:
         self.all = [cos]
         self.cpus = [smp.processor(kernel, cpu) for cpu in kernel.board.cpus]
         self.cpus[0].current = cos             # the COS runs on CPU 0, as on ESX
+        self.vm_tick = None                    # instructions per tick while a VM runs (None: the PIT's)
         self._vm_support = False
         self.vm_top = kernel.board.memory.size   # VMs are placed from here down to the kernel's end
 
@@ -314,9 +318,38 @@ class Worlds:
         elif s.mode == "switch":
             self._switched(frame, cpu, p, s.to)
 
+    def tick_vms_at(self, instructions=VM_TICK):
+        """VM worlds tick every `instructions` (default a real kernel's 100 Hz), the COS
+        keeps its PIT tick (the lessons' single IRQs). On CPU 0 the tick follows the
+        world loaded (`_cpu0_timer`); another CPU runs only VMs and its system world,
+        so its local APIC timer takes the VM tick now."""
+        if not isinstance(instructions, int) or isinstance(instructions, bool) or instructions < 1:
+            raise ValueError(f"a VM tick is a positive number of instructions, not {instructions!r}")
+        self.vm_tick = instructions
+        for p in self.cpus[1:]:
+            self.kernel.board.cpus[p.index].lapic.program_timer(instructions, smp.TIMER_VECTOR)
+        if self.cpus[0].current.kind == "vm":
+            self._cpu0_timer(self.cpus[0].current)
+
+    def _cpu0_timer(self, world):
+        """CPU 0's tick follows the world it runs: a VM's comes from CPU 0's own local
+        APIC timer every `vm_tick` instructions, with the PIT's line masked at the
+        8259A, so the COS's ticks wait as the one pending request an 8259A's IRR
+        holds (claim 10: delivered when the COS next runs); the COS's comes from the
+        PIT again, the local APIC timer stopped."""
+        lapic, pic = self.kernel.board.cpus[0].lapic, self.kernel.irqs.pic
+        if world.kind == "vm" and not lapic.initial:
+            pic.mask(0)
+            lapic.program_timer(self.vm_tick, smp.TIMER_VECTOR)
+        elif world.kind != "vm" and lapic.initial:
+            lapic.write(TIMER_INITIAL, 0)
+            pic.unmask(0)
+
     def _switched(self, frame, cpu, p, nxt):
         """`nxt` is loaded: account, and hand it what is pending for it."""
         switch.started(self.kernel, frame, cpu, nxt)
+        if p.index == 0 and self.vm_tick:
+            self._cpu0_timer(nxt)
         now = self.kernel.board.now()
         switch.bump(self.memory, p.current.area + INSTRUCTIONS, now - p.since)
         p.current, p.used, p.since = nxt, 0, now

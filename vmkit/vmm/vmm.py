@@ -23,12 +23,11 @@ The virtual CPU (virtual IF, virtual IDTR, pending lines) lives in kernel
 memory, in the VM world's block; timer ticks are injected through the
 guest's own IDT exactly as Kernel.inject does for the COS.
 """
-from capstone import Cs, CS_ARCH_X86, CS_MODE_32
 from capstone.x86 import X86_OP_IMM
 
 from vmkit.hw.x86 import EFLAGS_IF, GATE_INT32, GATE_TRAP32, decode_gate
 from vmkit.kernel.cos_vcpu import CosVcpu
-from vmkit.kernel import layout
+from vmkit.kernel import decoder, layout
 from vmkit.kernel.errors import GuestFault
 from . import reach
 
@@ -37,8 +36,6 @@ PAGE_FAULT = 14                 # a guest access outside its memory (its page di
 VM_TIMER_VECTOR = 0x20          # the guest's IDT entry for its virtual timer (IRQ 0)
 INT3, IRETD = 0xCC, "iretd"
 GUEST_FLAGS = 0x0CD5            # CF PF AF ZF SF DF OF: what a guest's iretd may set for real
-_cs = Cs(CS_ARCH_X86, CS_MODE_32)
-_cs.detail = True
 
 
 class VMM:
@@ -122,10 +119,10 @@ class VMM:
                              f"({'supervisor' if frame.error & 1 else 'not present'} page)")
         if vector != 13 or not self.owns(eip, 16):
             raise GuestFault(f"vector {vector:#x} at {eip:#x}")
-        insn = next(_cs.disasm(self.memory.read(eip, 16), eip, 1), None)
+        if eip in self.patches and self.memory.read(eip, 1) == bytes([INT3]):
+            return self._iretd(frame)            # its patched iretd, known without decoding
+        insn = decoder.decode(self.memory, eip)
         name = insn.mnemonic if insn else "?"
-        if name == "int3" and eip in self.patches:
-            return self._iretd(frame)
         if name in ("cli", "sti"):
             v.vif = 1 if name == "sti" else 0
         elif name == "hlt":
@@ -157,7 +154,7 @@ class VMM:
     @staticmethod
     def _address(frame, op):
         mem = op.mem
-        value = lambda reg: getattr(frame, _cs.reg_name(reg)) if reg else 0
+        value = lambda reg: getattr(frame, decoder.reg_name(reg)) if reg else 0
         return (value(mem.base) + value(mem.index) * mem.scale + mem.disp) & 0xFFFFFFFF
 
     def _port_io(self, frame, insn):

@@ -1,0 +1,35 @@
+"""Decoding the instruction behind a trap, with a cache that cannot go stale.
+
+The kernel (traps.py) and a VMM (vmm.py) decode the instruction at the
+faulting EIP to emulate it. A guest traps on the same few instructions over
+and over (the COS's EOI `out`, its cli/sti, its hlt), and capstone costs
+more than the rest of a kernel entry's Python. So a decode is kept, keyed by
+the address *and the bytes there*: the bytes are read from memory on every
+trap, and a changed instruction (new code loaded, a patch) is a new key and
+is decoded again. Only the decoding is saved, never what the memory holds.
+"""
+from capstone import Cs, CS_ARCH_X86, CS_MODE_32
+
+LONGEST = 15                     # an x86 instruction is at most 15 bytes
+CACHED = 4096                    # distinct (address, bytes) kept; then the cache starts afresh
+
+_cs = Cs(CS_ARCH_X86, CS_MODE_32)
+_cs.detail = True
+_decoded = {}
+
+
+def decode(memory, eip):
+    """The instruction at physical `eip` as capstone decodes it (with operands), or None."""
+    code = memory.read(eip, min(LONGEST + 1, memory.size - eip))
+    key = (eip, code)
+    insn = _decoded.get(key)
+    if insn is None:
+        insn = next(_cs.disasm(code, eip, 1), None)
+        if len(_decoded) >= CACHED:
+            _decoded.clear()
+        _decoded[key] = insn
+    return insn
+
+
+def reg_name(reg):
+    return _cs.reg_name(reg)
