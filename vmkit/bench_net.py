@@ -19,7 +19,7 @@ from vmkit.vmm.net_pio import install_vm_with_pio_net
 PIO_FRAMES = 300          # the trap-per-register path is slow: fewer frames, the same rate
 
 
-def stream(batch, frames=2100, cpus=2, pio=False):
+def stream(batch, frames=2100, cpus=2, pio=False, size=60):
     """(frames per request, requests per frame, sender traps per frame, frames/s wall,
     frames the receiver took, frames it dropped, virtual instructions, kernel entries per
     frame on the sender's CPU). pio: the sender's card is the trap-per-register one."""
@@ -31,10 +31,10 @@ def stream(batch, frames=2100, cpus=2, pio=False):
                                net_guest.MEMORY, "sink", "nic1", cpu=cpus - 1)
     dst = sink.vmm.net.port.mac
     if pio:
-        sender = install_vm_with_pio_net(kernel, net_pio.program("src", dst, times),
+        sender = install_vm_with_pio_net(kernel, net_pio.program("src", dst, times, size),
                                          net_guest.MEMORY, "src", "nic0", cpu=0)
     else:
-        sender = install_vm_with_net(kernel, net_guest.program("src", [("stream", dst, batch, times)]),
+        sender = install_vm_with_net(kernel, net_guest.program("src", [("stream", dst, batch, times, size)]),
                                      net_guest.MEMORY, "src", "nic0", cpu=0)
     cpu = board.cpus[0]
     traps, entries, start = sender.vmm.vcpu.traps, cpu.delivered, board.clock
@@ -65,16 +65,18 @@ def main():
               f"{traps:5.2f} sender traps/frame  {rate:7.0f} packets/s (wall)  "
               f"{clock / max(1, got + dropped):4.0f} virtual instr/frame; "
               f"the sink took {got}, dropped {dropped}")
-    pio = stream(1, frames=PIO_FRAMES, pio=True)
     print("the same frames, the sender's card trapping at every register access "
           "(vmm/net_pio.py) beside the shared region:")
-    print(f"  {'':26}{'packets/s (wall)':>18}{'kernel entries/packet':>24}{'sender traps/packet':>22}")
-    for label, row in (("trap per register", pio), ("shared region, batch 1", rows[1]),
-                       ("shared region, batch 7", rows[7])):
-        print(f"  {label:26}{row[3]:18.0f}{row[7]:24.2f}{row[2]:22.2f}")
-    print(f"  shared region (batch 7) / trap per register: {rows[7][3] / max(1e-9, pio[3]):.1f}x "
-          f"the packets/s, {pio[7] / max(1e-9, rows[7][7]):.0f}x fewer kernel entries per packet")
-
+    for size in (60, 1512):
+        pio = stream(1, frames=PIO_FRAMES if size == 60 else PIO_FRAMES // 10, pio=True, size=size)
+        one, seven = (rows[1], rows[7]) if size == 60 else (stream(1, size=size), stream(7, size=size))
+        print(f"  {size}-byte frames{'':11}{'packets/s (wall)':>18}{'kernel entries/packet':>24}"
+              f"{'sender traps/packet':>22}")
+        for label, row in (("trap per register", pio), ("shared region, batch 1", one),
+                           ("shared region, batch 7", seven)):
+            print(f"  {label:26}{row[3]:18.0f}{row[7]:24.2f}{row[2]:22.2f}")
+        print(f"  shared region (batch 7) / trap per register: {seven[3] / max(1e-9, pio[3]):.1f}x "
+              f"the packets/s, {pio[7] / max(1e-9, seven[7]):.0f}x fewer kernel entries per packet")
 
 if __name__ == "__main__":
     main()

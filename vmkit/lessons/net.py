@@ -232,17 +232,21 @@ def vm_and_cos():
 
 # ---- why shared memory ------------------------------------------------------------------------
 def comparison_text(frames=140):
-    """The shared region and the trap-per-register card, the same frames: kernel entries per
-    packet on the sender's CPU (CPU.delivered), traps of the sender, requests (bench_net.py
-    also times them)."""
+    """The shared region and the trap-per-register card, the same frames (60 and 1512 bytes):
+    kernel entries per packet on the sender's CPU (CPU.delivered), traps of the sender,
+    frames per request (bench_net.py also times them)."""
     from vmkit import bench_net
-    rows = [("trap per register", bench_net.stream(1, frames=frames, pio=True)),
-            ("shared region, batch 1", bench_net.stream(1, frames=frames)),
-            ("shared region, batch 7", bench_net.stream(7, frames=frames))]
-    out = [f"{'':24}{'kernel entries/packet':>22}{'sender traps/packet':>21}{'frames/request':>16}"]
-    for label, r in rows:
-        per = f"{r[0]:16.1f}" if label.startswith("shared") else f"{'(no requests)':>16}"
-        out.append(f"{label:24}{r[7]:22.2f}{r[2]:21.2f}{per}")
+    out = []
+    for size, pio_frames in ((60, frames), (1512, frames // 10)):
+        rows = [("trap per register", bench_net.stream(1, frames=pio_frames, pio=True, size=size)),
+                ("shared region, batch 1", bench_net.stream(1, frames=frames, size=size)),
+                ("shared region, batch 7", bench_net.stream(7, frames=frames, size=size))]
+        out.append(f"{f'{size}-byte frames':24}{'kernel entries/packet':>22}{'sender traps/packet':>21}"
+                   f"{'frames/request':>16}")
+        for label, r in rows:
+            per = f"{r[0]:16.1f}" if label.startswith("shared") else f"{'(no requests)':>16}"
+            out.append(f"{label:24}{r[7]:22.2f}{r[2]:21.2f}{per}")
+        out.append("")
     return "\n".join(out)
 
 

@@ -72,12 +72,15 @@ def install_vm_with_pio_net(kernel, guest, memory_bytes, name, nic="nic0", regio
     return world
 
 
-def program(name, dst, times):
-    """A guest (x86 at CPL 3) that sends `times` 60-byte frames to `dst` through the registers:
-    each dword by an `out`, then the length, the command, a read of the status."""
+def program(name, dst, times, size=60):
+    """A guest (x86 at CPL 3) that sends `times` frames of `size` bytes (60..1512, a multiple
+    of 4) to `dst` through the registers: each dword by an `out`, then the length, the
+    command, a read of the status."""
+    if not 60 <= size <= 1512 or size % 4:
+        raise ValueError(f"a frame here is 60..1512 bytes, a multiple of 4, not {size!r}")
     from .disk_guest import _gate, _say
     from .net_guest import GATES, IDT, VARS, frame
-    data = frame(dst, b"frame")
+    data = frame(dst, b"frame".ljust(size - 14, b"\0"))
 
     streamed = _say(f"{name} streamed\n") + "\n" + _say(f"{name} done\n")
 
