@@ -61,7 +61,10 @@ def every_slot_into_one_buffer(port, consumer, producer):
 def hands_the_drivers_buffer(port, consumer, producer):
     for i in _slots(consumer, producer):
         slot = _slot(port, i)
-        _send(port, i, slot, hand=slot.buffer) if _ok(port, slot) else port.refuse(i, "refused_length", "bad")
+        if _ok(port, slot):
+            _send(port, i, slot, hand=slot.buffer)
+        else:
+            port.refuse(i, "refused_length", "bad")
 
 
 def only_the_first_frame(port, consumer, producer):

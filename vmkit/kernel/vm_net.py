@@ -38,6 +38,7 @@ from . import layout, net_ring
 from .net_ring import BUFFER, SLOTS, NetCounters, NetHeader, PortState, Slot
 
 NET_LINE = 10               # the port's line on the VM's virtual PIC: vector 0x20 + 10 in the guest
+TX_REFUSALS = ("refused_pointer", "refused_length")   # what a transmit step may refuse a slot for
 FLOOD_LIMIT = 64            # empty requests in a kernel tick; past them, requests are refused
 
 
@@ -205,8 +206,8 @@ class Port:
 
     def refuse(self, i, counter, why):
         """TX slot i is refused: `counter` (a PortState field) counts it, the slot gets DONE | ERROR."""
-        if counter not in PortState.OFFSET or counter in ("region", "mac", "reserved", "tick"):
-            raise ValueError(f"{counter!r} is not one of the port's refusal counters")
+        if counter not in TX_REFUSALS:
+            raise ValueError(f"{counter!r} is not a refusal counter of a TX slot ({', '.join(TX_REFUSALS)})")
         self._refuse(counter, f"TX slot {i}: {why}")
         self._flags(i, net_ring.DONE | net_ring.ERROR)
 

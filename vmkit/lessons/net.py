@@ -73,9 +73,10 @@ def counters_text(*worlds):
 def region_parts(port):
     """[(name, physical address, size, what)] of a port's shared region, from net_ring's names."""
     r = port.region
+    slots = net_ring.SLOTS * Slot.SIZE
     return [("NetHeader", r + net_ring.HEADER, NetHeader.SIZE, "the pointers (ring indices), requests, MAC"),
-            ("TX slots", r + net_ring.TX_SLOTS, net_ring.SLOTS * Slot.SIZE, "the driver's pointers to its frames"),
-            ("RX slots", r + net_ring.RX_SLOTS, net_ring.SLOTS * Slot.SIZE, "the kernel's pointers into the receive portion"),
+            ("TX slots", r + net_ring.TX_SLOTS, slots, "the driver's pointers to its frames"),
+            ("RX slots", r + net_ring.RX_SLOTS, slots, "the kernel's pointers into the receive portion"),
             ("driver's frames", r + net_ring.FRAMES, net_ring.SLOTS * BUFFER, "what a TX slot may point at"),
             ("physical transmit buffer portion", r + net_ring.PHYS_TX, net_ring.SLOTS * BUFFER,
              "the kernel's copy; the NIC's DMA reads it"),
