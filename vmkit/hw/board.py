@@ -119,6 +119,7 @@ class Board:
             self.nics.append(NIC(self, NIC_PORTS[i], NIC_IRQS[i], mac, f"nic{i}"))
             self.devices.append(("nic", NIC_PORTS[i], 64, NIC_IRQS[i]))
         self.scsi = None
+        self.closing = []                      # callables: what else stops with the board (a bridge)
         if disk is not None:
             from .disk import DiskImage, DiskImageError
             from .scsi import SCSIController
@@ -298,6 +299,8 @@ class Board:
         return None
 
     def close(self):
-        """Flush and release what the board holds on the host (the disk image)."""
+        """Flush and release what the board holds on the host (the disk image, a bridge's socket)."""
         if self.scsi is not None:
             self.scsi.close()
+        while self.closing:
+            self.closing.pop()()

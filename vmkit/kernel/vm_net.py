@@ -38,6 +38,7 @@ from . import layout, net_ring
 from .net_ring import BUFFER, SLOTS, NetCounters, NetHeader, PortState, Slot
 
 NET_LINE = 10               # the port's line on the VM's virtual PIC: vector 0x20 + 10 in the guest
+TX_REFUSALS = ("refused_pointer", "refused_length")   # what a transmit step may refuse a slot for
 FLOOD_LIMIT = 64            # empty requests in a kernel tick; past them, requests are refused
 
 
@@ -63,9 +64,12 @@ class Field:
 
 
 class VmNet:
-    """The kernel's side of every VM port: one page of kernel memory for the counters."""
+    """The kernel's side of every VM port: one page of kernel memory for the counters.
+    `transmit` is the transmit step every port's request runs (exercise 08 plugs the
+    learner's in here, as exercise 07 plugs its policy into the mapping cache)."""
 
     def __init__(self, kernel):
+        self.transmit = transmit
         self.kernel, self.memory, self.trace = kernel, kernel.memory, kernel.trace
         end = kernel.base + layout.HEAP_END
         if kernel.heap + layout.PAGE > end:
@@ -181,37 +185,43 @@ class Port:
         if producer == consumer:
             self.tick_empty += 1
             return self._refuse("empty_requests", "a request with nothing queued")
-        sent = slots = 0
-        while consumer != producer:
-            sent += self._transmit(consumer)
-            consumer, slots = (consumer + 1) % SLOTS, slots + 1
-        self.tx_consumer = consumer
-        self._header(tx_consumer=consumer)
-        self.trace.emit("net.request", vm=self.vmm.name, frames=sent, slots=slots, tick=ticks)
+        before = self.counters().frames_sent
+        self.net.transmit(self, consumer, producer)     # its return is not trusted: the counter is
+        self.tx_consumer = producer
+        self._header(tx_consumer=producer)
+        self.trace.emit("net.request", vm=self.vmm.name, frames=self.counters().frames_sent - before,
+                        slots=(producer - consumer) % SLOTS, tick=ticks)
 
-    def _transmit(self, i):
-        """TX slot i: check, copy to the physical transmit buffer portion, hand to the NIC."""
-        at = self.region + net_ring.tx_slot(i)
-        slot = Slot.unpack(self.memory.read(at, Slot.SIZE))
-        frames = self.region + net_ring.FRAMES
-        ok = False
-        if not MIN_FRAME <= slot.length <= MAX_FRAME:
-            self._refuse("refused_length", f"TX slot {i}: length {slot.length} outside "
-                                           f"{MIN_FRAME}..{MAX_FRAME}")
-        elif not frames <= slot.buffer <= frames + SLOTS * BUFFER - slot.length:
-            self._refuse("refused_pointer", f"TX slot {i}: pointer {slot.buffer:#x}+{slot.length} "
-                                            f"outside the region's frames {frames:#x}..")
-        else:
-            physical = self.region + net_ring.PHYS_TX + i * BUFFER
-            self.memory.write(physical, self.memory.read(slot.buffer, slot.length), code=False)
-            self.trace.emit("net.tx", vm=self.vmm.name, slot=i, pointer=slot.buffer,
-                            copy=physical, length=slot.length)
-            ok = self.front.send_from(physical, slot.length, self.vmm.name)
-            if ok:
-                self._count("frames_sent")
-        flags = net_ring.DONE | (0 if ok else net_ring.ERROR)
-        self.memory.write(at + Slot.OFFSET["flags"], flags.to_bytes(2, "little"), code=False)
-        return int(ok)
+    # ---- what the transmit step (transmit(), below; exercise 08's) may do -----------------
+    def read(self, address, length):
+        """Bytes of physical memory (the region is the VM's memory at its physical address)."""
+        return self.memory.read(address, length)
+
+    def write(self, address, data):
+        self.memory.write(address, bytes(data), code=False)
+
+    def _flags(self, i, flags):
+        at = self.region + net_ring.tx_slot(i) + Slot.OFFSET["flags"]
+        self.memory.write(at, flags.to_bytes(2, "little"), code=False)
+
+    def refuse(self, i, counter, why):
+        """TX slot i is refused: `counter` (a PortState field) counts it, the slot gets DONE | ERROR."""
+        if counter not in TX_REFUSALS:
+            raise ValueError(f"{counter!r} is not a refusal counter of a TX slot ({', '.join(TX_REFUSALS)})")
+        self._refuse(counter, f"TX slot {i}: {why}")
+        self._flags(i, net_ring.DONE | net_ring.ERROR)
+
+    def hand_to_nic(self, i, physical, length):
+        """A descriptor of the real NIC names `length` bytes at `physical` (the NIC's DMA reads
+        them there, now); TX slot i gets DONE, or DONE | ERROR if the NIC refused. True if sent."""
+        pointer = Slot.unpack(self.memory.read(self.region + net_ring.tx_slot(i), Slot.SIZE)).buffer
+        self.trace.emit("net.tx", vm=self.vmm.name, slot=i, pointer=pointer, copy=physical,
+                        length=length)
+        ok = self.front.send_from(physical, length, self.vmm.name)
+        if ok:
+            self._count("frames_sent")
+        self._flags(i, net_ring.DONE | (0 if ok else net_ring.ERROR))
+        return ok
 
     def waiting(self):
         """Frames in the RX ring the driver has not taken yet."""
@@ -237,3 +247,26 @@ class Port:
                         length=len(frame))
         if self.interrupts():
             self.vmm.raise_line(NET_LINE)          # to the VMM: raise an interrupt
+
+
+def transmit(port, consumer, producer):
+    """The kernel's transmit step: TX slots consumer, consumer + 1, ... up to (not
+    including) producer, every frame queued before the request (claim 19). For each:
+    read the slot (the driver's pointer and length), check it (a length an Ethernet
+    frame can have; a pointer whose whole frame lies in the driver's frames of this
+    VM's region, so nothing of another world is read), copy the frame into the slot's
+    buffer of the physical transmit buffer portion and hand that copy to the NIC."""
+    frames = port.region + net_ring.FRAMES
+    i = consumer
+    while i != producer:
+        slot = Slot.unpack(port.read(port.region + net_ring.tx_slot(i), Slot.SIZE))
+        if not MIN_FRAME <= slot.length <= MAX_FRAME:
+            port.refuse(i, "refused_length", f"length {slot.length} outside {MIN_FRAME}..{MAX_FRAME}")
+        elif not frames <= slot.buffer <= frames + SLOTS * BUFFER - slot.length:
+            port.refuse(i, "refused_pointer", f"pointer {slot.buffer:#x}+{slot.length} "
+                                              f"outside the region's frames {frames:#x}..")
+        else:
+            physical = port.region + net_ring.PHYS_TX + i * BUFFER
+            port.write(physical, port.read(slot.buffer, slot.length))
+            port.hand_to_nic(i, physical, slot.length)
+        i = (i + 1) % SLOTS

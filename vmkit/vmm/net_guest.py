@@ -17,7 +17,8 @@ A program is a list of steps, each printing one line per frame on the VM's conso
   ("echo", n)                        wait for n frames, send each back to its sender,
                                      one request each, print "<name> echoed <payload>"
   ("flood", n)                       n requests in a row
-  ("stream", dst_mac, batch, times)  `times` batches of `batch` frames, one request each
+  ("stream", dst_mac, batch, times[, size])  `times` batches of `batch` frames of `size`
+                                     bytes (default 60), one request each
   ("sink", n)                        wait for n frames, print one line at the end
   ("asm", text)                      x86 of a test's own, with ebx = the region's address
 Frames are dst | src (the VM's MAC, read from the region) | type 0x88B5 | payload,
@@ -161,7 +162,16 @@ def _queue(base, data):
     padded = data.ljust(-(-len(data) // 4) * 4, b"\0")
     words = [int.from_bytes(padded[o:o + 4], "little") for o in range(0, len(padded), 4)]
     stores = "\n".join(f"        mov dword ptr [edi + {4 * k:#x}], {w:#x}"
-                       for k, w in enumerate(words))
+                       for k, w in enumerate(words) if w or len(words) <= 16)
+    if len(words) > 16:                             # a long frame: zeros by one rep stosd (code stays small)
+        stores = f"""        push ecx
+        push edi
+        xor eax, eax
+        mov ecx, {len(words):#x}
+        rep stosd
+        pop edi
+        pop ecx
+{stores}"""
     return f"""
         mov ebx, [{base + V_REGION:#x}]
         mov ecx, [ebx + {H['tx_producer']:#x}]
@@ -215,10 +225,14 @@ def _step(base, name, i, step):
                 + _say(f"{name} {word} ") + "\n        call pay\n")
         return _loop(i, n, body)
     if kind == "stream":
-        _, dst, batch, times = step
+        _, dst, batch, times, *size = step
+        size = size[0] if size else 60
         if not 1 <= batch < SLOTS:
             raise ValueError(f"step {i}: a batch is 1..{SLOTS - 1} frames, not {batch}")
-        frames = "".join(_queue(base, frame(dst, b"frame %d" % k)) for k in range(batch))
+        if not 60 <= size <= 1514:
+            raise ValueError(f"step {i}: a frame is 60..1514 bytes, not {size}")
+        frames = "".join(_queue(base, frame(dst, (b"frame %d" % k).ljust(size - 14, b"\0")))
+                         for k in range(batch))
         return _loop(i, times, frames + REQUEST_CODE) + _say(f"{name} streamed\n") + "\n"
     if kind == "sink":
         return _loop(i, step[1], "        call next\n") + _say(f"{name} sank {step[1]}\n") + "\n"
