@@ -130,6 +130,7 @@ def _iretd(kernel, frame):
     """Pop EIP, CS, EFLAGS; CS must be the COS's code segment, run at CPL 1.
     False (and #GP(CS) reflected, nothing popped) for any other selector."""
     at, esp = frame.eip - 1, frame.esp
+    frame.check_stack(above=12)                          # all three, before any is popped
     eip, cs, eflags = frame.pop(), frame.pop() & 0xFFFF, frame.pop()
     if cs not in COS_CS:
         frame.eip, frame.esp = at, esp                   # a fault: at the iretd, stack untouched
