@@ -18,7 +18,7 @@ in through int 0x90 (syscalls.py).
 """
 from capstone import Cs, CS_ARCH_X86, CS_MODE_32
 
-from vmkit.hw.x86 import EFLAGS_IF, ERROR_CODE_VECTORS, decode_gate
+from vmkit.hw.x86 import EFLAGS_IF, ERROR_CODE_VECTORS, GATE_INT32, decode_gate
 from vmkit.cos import layout as cos_layout
 from . import contain, devices, layout, smp, switch, syscalls, traps, unload, vpic
 from .cos_vcpu import CosVcpu, emulate_if
@@ -294,7 +294,7 @@ class Kernel:
         if error is not None:
             frame.push(error)
         frame.eip = gate.offset
-        if gate.type == 0xE:
+        if gate.type == GATE_INT32:              # an interrupt gate clears IF; a trap gate does not
             v.vif = 0
         v.injected += 1
         self.trace.emit("kernel.inject", vector=vector, handler=gate.offset)
