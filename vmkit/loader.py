@@ -17,10 +17,8 @@ The same module's exit (the COS's `rmmod`) asks the kernel to unload
 (kernel/unload.py); back at CPL 0 it calls the loading module's second
 entry, `unloaded`, which gives the kernel's block back to the COS.
 """
-import struct
-
 from vmkit.hw.x86 import (encode_gate, encode_segment, encode_tss, CODE_RX, DATA_RW,
-                          TSS_AVAILABLE, TSS_BUSY, GATE_INT32, EFLAGS_IF)
+                          TSS_BUSY, GATE_INT32, EFLAGS_IF)
 from vmkit.cos import layout as cos_layout
 from vmkit.cos.cos import COS
 from vmkit.kernel import layout
@@ -208,7 +206,7 @@ class Loader:
             self.kernel.emulate_if = self.emulate_if
         before = {r: cpu[r] for r in ("eip", "idtr", "gdtr", "tr", "cs")}
         cpu["gdtr"] = (0, base + layout.GDT, len(gdt) * 8 - 1, 0)
-        cpu["tr"] = (layout.KERNEL_TSS_SEL, base + layout.TSS, len(tss) - 1, 0x8B)
+        cpu["tr"] = (layout.KERNEL_TSS_SEL, base + layout.TSS, len(tss) - 1, 0x80 | TSS_BUSY)  # present, busy
         cpu["idtr"] = (0, base + layout.IDT, 256 * 8 - 1, 0)
         mem.write_u32(cos_layout.RAM_TOP, base)   # the COS keeps the memory below the kernel
         cpu.descriptors_changed()                 # the platform checks the COS's new limits

@@ -20,7 +20,6 @@ import functools
 import struct
 
 from unicorn import Uc, UC_ARCH_X86, UC_MODE_32, UC_HOOK_INTR
-from unicorn.x86_const import UC_X86_REG_EIP
 
 
 class Offsets:

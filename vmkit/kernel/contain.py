@@ -77,6 +77,14 @@ def past_limit(kernel, frame):
     return False
 
 
+def stack_refused(kernel, frame, error, what):
+    """A push or pop the kernel would do on the COS's stack (for `what`: an injected
+    interrupt, a patched pushfd/popfd/iretd) reaches past the COS's limit: nothing
+    is written, and a `kernel.cos_limit` event says where it would have landed."""
+    kernel.trace.emit("kernel.cos_limit", address=error.address, size=error.size, eip=frame.eip,
+                      insn=what, what=what_is_at(kernel, error.address), limit=error.limit)
+
+
 class OutsideCOS(ValueError):
     """A buffer the COS gave a shared device does not lie inside the COS's memory."""
 

@@ -9,23 +9,49 @@ sees when the stub's popad/iretd return to it.
 """
 from .words import Words
 
+FLAT = 0xFFFFFFFF
+
 FIELDS = ("edi", "esi", "ebp", "esp0", "ebx", "edx", "ecx", "eax", "vector", "error",
           "eip", "cs", "eflags", "esp", "ss")
+
+
+class StackPastLimit(Exception):
+    """A push or pop the kernel does on the COS's stack would reach past the
+    limit of its stack segment: the CPU would refuse it (#SS), so the kernel does."""
+    def __init__(self, address, size, limit):
+        super().__init__(f"{size} bytes at {address:#x} on the COS's stack, past its limit {limit:#x}")
+        self.address, self.size, self.limit = address, size, limit
 
 
 class Frame(Words):
     FIELDS = FIELDS
 
+    def __init__(self, memory, address, stack_limit=FLAT):
+        """stack_limit: the last offset of the interrupted (COS) stack's segment
+        (base 0). The kernel's pushes and pops there are Python writes, which no
+        segment-limit check sees: they check it here, as the CPU's own would."""
+        super().__init__(memory, address)
+        object.__setattr__(self, "stack_limit", stack_limit)
+
     @property
     def from_cos(self):
         return self.cs & 3 == 1
 
+    def check_stack(self, below=0, above=0):
+        """Raise StackPastLimit, before anything changes, unless the `below` bytes
+        under ESP and the `above` bytes from ESP up lie inside the stack's segment."""
+        low, high = self.esp - below, self.esp + above - 1
+        if low < 0 or max(high, self.esp - 1) > self.stack_limit:
+            raise StackPastLimit(low & FLAT, below + above, self.stack_limit)
+
     def push(self, value):
-        """Push onto the interrupted (COS) stack: flat segments, so SS base is 0."""
+        """Push onto the interrupted (COS) stack: base 0, its limit checked."""
+        self.check_stack(below=4)
         self.esp -= 4
         self.memory.write_u32(self.esp, value, code=False)
 
     def pop(self):
+        self.check_stack(above=4)
         value = self.memory.read_u32(self.esp)
         self.esp += 4
         return value

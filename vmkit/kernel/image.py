@@ -13,13 +13,13 @@ import struct
 import zlib
 
 from vmkit.hw.asm import assemble
+from vmkit.hw.x86 import ERROR_CODE_VECTORS
 from . import layout, mapcache, switch, unload
 
 MAGIC = b"VMKERNEL"
 VERSION = 2
 HEADER = struct.Struct("<8sIIIIIIII")
 STUB_SIZE = 16
-ERROR_CODE_VECTORS = {8, 10, 11, 12, 13, 14, 17}
 
 
 class KernelImageError(ValueError):
@@ -35,8 +35,10 @@ def kernel_source(load=switch.LOAD):
         stubs.append(f".align 16\nstub_{v}:\n{push_error}push {v:#x}\njmp common")
     return f"""
 entry:                          ; the loader jumps here, CPL 0, kernel GDT/IDT/TSS loaded
-        mov ax, {layout.COS_DATA_SEL:#x}  ; flat data the kernel and the COS (at CPL 1) both may use:
-        mov ds, ax              ; an iretd to CPL 1 would null a DPL 0 data segment
+        mov ax, {layout.COS_DATA_SEL:#x}  ; the COS's data (DPL 1): an iretd to CPL 1 would null a DPL 0
+        mov ds, ax              ; data segment. Its limit ends below this kernel, so a real CPU
+                                ; would refuse the kernel's own accesses through it; the platform
+                                ; checks limits only at CPL > 0 (hw/limits.py)
         mov es, ax
         mov fs, ax
         mov gs, ax

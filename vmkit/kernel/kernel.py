@@ -18,11 +18,11 @@ in through int 0x90 (syscalls.py).
 """
 from capstone import Cs, CS_ARCH_X86, CS_MODE_32
 
-from vmkit.hw.x86 import EFLAGS_IF, ERROR_CODE_VECTORS, decode_gate
+from vmkit.hw.x86 import EFLAGS_IF, ERROR_CODE_VECTORS, GATE_INT32, decode_gate
 from vmkit.cos import layout as cos_layout
 from . import contain, devices, layout, smp, switch, syscalls, traps, unload, vpic
 from .cos_vcpu import CosVcpu, emulate_if
-from .frame import Frame
+from .frame import Frame, StackPastLimit
 from .irq import IrqRouter
 from .patches import PatchTable
 from .scsi_share import SharedSCSI
@@ -47,6 +47,7 @@ class Kernel:
         self.memory, self.trace = board.memory, board.trace
         self.cos_state = cos_state
         self.vcpu = CosVcpu(self.memory, base + layout.COS_STATE)
+        self.cos_limit = contain.cos_limit(self)   # the loader's GDT: where the COS's segments end
         self.patches = PatchTable(self.memory, base + layout.PATCHES)   # in kernel memory (patches.py)
         self.memory.write_u32(base + layout.PATCHES, 0, code=False)
         self.away_frame = None        # the COS's frame while the kernel idles or works
@@ -76,7 +77,7 @@ class Kernel:
     # ---- the one way in ----------------------------------------------------
     def dispatch(self, cpu):
         esp = cpu["esp"]
-        frame = Frame(self.memory, esp)
+        frame = Frame(self.memory, esp, self.cos_limit)   # pushes on the COS's stack: checked
         vector = frame.vector
         frame.vector = layout.GO_BACK                # the stub's iretd, unless go_away says otherwise
         switching = self.worlds.cpus[cpu.index].switching
@@ -106,7 +107,10 @@ class Kernel:
             if vector == 13 and (contain.past_limit(self, frame) or traps.privileged(self, frame)):
                 pass
             elif vector == 3 and (mnemonic := self.patches.get(frame.eip - 1)):
-                traps.patched(self, frame, mnemonic)
+                try:
+                    traps.patched(self, frame, mnemonic)
+                except StackPastLimit as e:   # skipped (EIP is past its int3), as contain.py skips
+                    contain.stack_refused(self, frame, e, mnemonic)
             elif vector == syscalls.VECTOR and frame.eax == unload.CALL:
                 unload.request(self, frame, cpu)
             elif vector == syscalls.VECTOR:
@@ -199,6 +203,11 @@ class Kernel:
         ready = vpic.ready(self.vcpu)
         if ready and self.vcpu.vif:
             line = (ready & -ready).bit_length() - 1
+            try:
+                frame.check_stack(below=12)            # EFLAGS, CS, EIP: the line stays pending
+            except StackPastLimit as e:
+                contain.stack_refused(self, frame, e, f"IRQ {line}")
+                return
             self.vcpu.pending &= ~(1 << line)
             self.irqs.delivered(line)
             self.inject(frame, IRQ_BASE + line)
@@ -278,13 +287,14 @@ class Kernel:
         if vector * 8 + 7 > v.idt_limit:
             raise RuntimeError(f"the COS has no gate for vector {vector:#x}")
         gate = decode_gate(self.memory.read(v.idt_base + vector * 8, 8))
+        frame.check_stack(below=16 if error is not None else 12)   # all or nothing
         frame.push((frame.eflags & ~EFLAGS_IF) | (EFLAGS_IF if v.vif else 0))
         frame.push(frame.cs)
         frame.push(frame.eip)
         if error is not None:
             frame.push(error)
         frame.eip = gate.offset
-        if gate.type == 0xE:
+        if gate.type == GATE_INT32:              # an interrupt gate clears IF; a trap gate does not
             v.vif = 0
         v.injected += 1
         self.trace.emit("kernel.inject", vector=vector, handler=gate.offset)
@@ -292,4 +302,9 @@ class Kernel:
     def reflect(self, frame, vector):
         """A fault of the COS's own making: its own handler gets it, after ours."""
         self.trace.emit("kernel.reflect", vector=vector, eip=frame.eip)
-        self.inject(frame, vector, frame.error if vector in ERROR_CODE_VECTORS else None)
+        error = frame.error if vector in ERROR_CODE_VECTORS else None
+        try:
+            self.inject(frame, vector, error)
+        except StackPastLimit as e:                   # it would fault again at once: as the CPU
+            contain.stack_refused(self, frame, e, f"vector {vector:#x}")   # shuts down on a
+            self.board.cpus[0].stop(f"the COS cannot take vector {vector:#x}: {e}")   # triple fault

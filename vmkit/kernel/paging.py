@@ -1,4 +1,4 @@
-"""A VM world's address space: one page directory per VM (issue 5, isolation; claim 21).
+"""A VM world's address space: one page directory per VM (isolation; claim 21).
 
 Each VM world gets its own two-level page table (4 KiB pages, no PSE),
 identity-mapped, so a guest address is the physical address it always was:
@@ -35,7 +35,7 @@ Unicorn 2.1.4 facts we measured (this kit, vmkit/hw/cpu.py driving it):
     through the page tables at the start of every slice, with a user access:
     not present or supervisor-only, that raises a #PF that never reaches the
     hook (CR2 = 0xFFFFFFFE) but stays in Unicorn's exception record, so the
-    next two faults become #DF and a silent stop (DESIGN.md's quirk). So
+    next two faults become #DF and a silent stop (docs/machine.md). So
     the last page is mapped user read-only in every VM's directory (no RAM
     behind it: a guest that reads it gets the platform's #GP, and crashes).
   - a CPL 0 write (the stub, Python's memory.write) is not stopped: CR0.WP = 0,

@@ -16,7 +16,7 @@ bring VM (the stub's iretd would enter virtual-8086 mode), NT (its next
 iretd would be a task return through the kernel's TSS), VIF/VIP or RF;
 IOPL stays 0 (its cli/sti/in/out would stop trapping).
 """
-from capstone.x86 import X86_OP_MEM, X86_OP_IMM, X86_OP_REG
+from capstone.x86 import X86_OP_IMM
 
 from vmkit.hw.x86 import (EFLAGS_IF, EFLAGS_IOPL, EFLAGS_NT, EFLAGS_RF, EFLAGS_VIF, EFLAGS_VIP,
                           EFLAGS_VM, GP)
@@ -130,6 +130,7 @@ def _iretd(kernel, frame):
     """Pop EIP, CS, EFLAGS; CS must be the COS's code segment, run at CPL 1.
     False (and #GP(CS) reflected, nothing popped) for any other selector."""
     at, esp = frame.eip - 1, frame.esp
+    frame.check_stack(above=12)                          # all three, before any is popped
     eip, cs, eflags = frame.pop(), frame.pop() & 0xFFFF, frame.pop()
     if cs not in COS_CS:
         frame.eip, frame.esp = at, esp                   # a fault: at the iretd, stack untouched

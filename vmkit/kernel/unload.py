@@ -284,8 +284,10 @@ def give_back(kernel, cpu, ram_top, block, block_end):
     The COS's allocator is a bump pointer (cos/library.py) with no free: the
     block goes back by moving NEXT_FREE_PAGE down to it when nothing was
     allocated after it (the usual case: the pointer is exactly the block's
-    end), and RAM_TOP (lowered below each VM's memory) is raised to what it was
-    before the load. Both are then as before the load, which for a bump
+    end), and RAM_TOP (lowered to the kernel's base at the load: the kernel, the
+    VMs' memory and the pages the kernel took for itself all lie above it, placed
+    from the top of RAM down by Worlds.vm_top) is raised to what it was before
+    the load. Both are then as before the load, which for a bump
     allocator is what freeing means. A block the COS allocated past stays
     cleared but not reusable, and the event says so."""
     memory, trace = kernel.memory, kernel.trace

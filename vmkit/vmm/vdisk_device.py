@@ -188,7 +188,13 @@ def install_vm_with_vdisk(kernel, guest, memory_bytes, name, vdisk, vdisk_bytes=
 
 def detach_vdisk(kernel, world):
     """Take the VDISK from `world` (its adapter goes; later guest accesses reach nothing), so
-    a new VM can have it."""
+    a new VM can have it. `world` may be given by name."""
+    from vmkit.kernel.worlds import VMError, World
+    if isinstance(world, str):
+        world = next((w for w in kernel.worlds.all if w.name == world), world)
+    if not isinstance(world, World) or world not in kernel.worlds.all:
+        names = [w.name for w in kernel.worlds.all if w.kind == "vm"]
+        raise VMError(f"detach_vdisk takes one of this kernel's VM worlds {names}, not {world!r:.40}")
     if world.vmm is not None and world.vmm.disk is not None:
         kernel.vdisks.detach(world.vmm.disk.vdisk)
         world.vmm.disk = None

@@ -233,7 +233,7 @@ class VMM:
         self._push(frame, frame.cs)
         self._push(frame, frame.eip)
         frame.eip = gate.offset
-        if gate.type == 0xE:
+        if gate.type == GATE_INT32:              # an interrupt gate clears IF; a trap gate does not
             v.vif = 0
         v.in_service = 1
         v.injected += 1
