@@ -142,7 +142,8 @@ def test_placement_by_hand_and_a_cpu_the_board_lacks():
 
 
 def test_a_checksum_on_cpu1_survives_thousands_of_switches():
-    board, cos, loader = takeover(timer_period=1000, cpus=2)
+    # vm_tick=None: CPU 1 ticks every 1,000 instructions, so the checksum is cut by hundreds of switches
+    board, cos, loader = takeover(timer_period=1000, cpus=2, vm_tick=None)
     kernel = loader.kernel
     kernel.worlds.quantum = 1
     n = 32_000
@@ -157,7 +158,8 @@ def test_a_checksum_on_cpu1_survives_thousands_of_switches():
 
 
 def test_a_guest_crashing_on_cpu1_stops_only_its_vm():
-    board, cos, loader = takeover(timer_period=2000, cpus=2)
+    # vm_tick=None: console guests print a line per tick; >10 lines each need single 2,000-instruction ticks
+    board, cos, loader = takeover(timer_period=2000, cpus=2, vm_tick=None)
     kernel = loader.kernel
     good = kernel.install_vm(lambda base: guests.console(base, "good"), VM, "good", cpu=1)
     bad = kernel.install_vm(lambda base: guests.crasher(base, "bad"), VM, "bad", cpu=1)

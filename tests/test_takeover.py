@@ -9,11 +9,11 @@ from vmkit.kernel.image import build, HEADER
 from vmkit.loader import Loader
 
 
-def booted(image=None):
+def booted(image=None, **loader_options):
     board = Board()
     cos = COS.boot(board)
     board.run_until(lambda: board.memory.read_u32(cos_layout.READY), 2_000_000, "the COS's boot")
-    return board, cos, Loader(board, image)
+    return board, cos, Loader(board, image, **loader_options)
 
 
 def insmod(board, cos, loader):

@@ -1,17 +1,21 @@
 """Ticks per world: VM worlds at a real kernel's rate from CPU 0's local APIC, the COS at
 its PIT tick, its ticks held as one pending request while a VM runs (claim 10)."""
+import pytest
+
 from vmkit.hw.clock import VIRTUAL_HZ
 from vmkit.kernel.smp import TIMER_VECTOR
 from vmkit.kernel.worlds import VM_TICK
 from vmkit.lessons import takeover
+from vmkit.hw.board import Board
+from vmkit.loader import Loader
 from vmkit.vmm import guests
 
 
 def busy_machine():
+    """The default machine: VM worlds at a real kernel's tick without asking."""
     board, cos, loader = takeover.takeover(timer_period=10_000)
     k = loader.kernel
     vms = [k.install_vm(lambda base: guests.checksum(base, 10**9), 64 << 10, f"busy{i}") for i in range(2)]
-    k.worlds.tick_vms_at()
     return board, k, vms
 
 
@@ -50,3 +54,23 @@ def test_the_cos_ticks_wait_as_one_pending_request_and_come_when_it_runs():
     # its handler ran for what waited: the tick queued in its virtual PIC before the VMs ran
     # and the one the 8259A's IRR held for 400 periods; not 400 ticks
     assert 1 <= k.cos_ticks() - cos_ticks <= 2
+
+
+def test_cpu1_starts_with_the_vm_tick_by_default_and_the_pit_period_when_a_lesson_asks():
+    for vm_tick, period in ((VM_TICK, VM_TICK), (None, 2000)):
+        board, cos, loader = takeover.takeover(timer_period=2000, cpus=2, vm_tick=vm_tick)
+        lapic = board.cpus[1].lapic
+        assert lapic.initial == period and lapic.lvt_timer & 0xFF == TIMER_VECTOR
+        assert loader.kernel.worlds.vm_tick == vm_tick
+        vm = loader.kernel.install_vm(lambda base: guests.checksum(base, 10**9), 64 << 10, "busy", cpu=1)
+        mark = board.trace.mark()
+        board.run(3 * period + 50_000)
+        ticks = [e for e in board.trace.since(mark, "cpu.deliver")
+                 if e.cpu == 1 and e["vector"] == TIMER_VECTOR]
+        assert 2 <= len(ticks) <= 3 + 50_000 // period        # CPU 1's own timer, at that period
+
+
+@pytest.mark.parametrize("bad", [0, -5, 1.5, "fast", True])
+def test_a_vm_tick_that_is_not_a_positive_count_is_a_clear_error(bad):
+    with pytest.raises(ValueError, match="a VM tick is a positive number of instructions"):
+        Loader(Board(), vm_tick=bad)

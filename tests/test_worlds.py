@@ -232,7 +232,8 @@ def test_asking_for_more_memory_than_is_left_is_a_clear_error():
 
 
 def test_turns_in_ticks_give_proportional_shares():
-    board, cos, kernel = displaced(quantum=1)
+    # vm_tick=None: VM turns in 2,000-instruction PIT ticks, so 1.5M instructions hold dozens of turns
+    board, cos, kernel = displaced(quantum=1, vm_tick=None)
     busy = [kernel.install_vm(lambda base: guests.checksum(base, 10**9), VM_MEMORY, name)
             for name in ("heavy", "light")]
     busy[0].quantum = 3

@@ -10,26 +10,33 @@ moved and why.
 """
 import pathlib
 
+from vmkit.kernel.worlds import VM_TICK
 from vmkit.lessons import takeover
 from vmkit.vmm import guests
 
 FIXTURES = pathlib.Path(__file__).with_name("fixtures")
-INSTRUCTIONS = 600_000
+INSTRUCTIONS = 600_000              # at the teaching tick: dozens of ticks and switches
+REAL_TICK_INSTRUCTIONS = 4_500_000  # at 100 Hz: each VM's turn of two ticks, then the COS with its held tick
 
 
-def busy_vms(cpus):
-    """The displaced COS and two busy VMs per CPU, a 10,000-instruction tick:
-    takeover, IRQ forwarding, traps, injections, world switches (and on two
-    CPUs the local APIC timer and the mapping caches)."""
-    board, cos, loader = takeover.takeover(timer_period=10_000, cpus=cpus)
+def busy_vms(cpus, vm_tick=None, instructions=INSTRUCTIONS):
+    """The displaced COS and two busy VMs per CPU, the COS's 10,000-instruction
+    PIT tick: takeover, IRQ forwarding, traps, injections, world switches (and
+    on two CPUs the local APIC timer and the mapping caches). vm_tick None: the
+    VMs tick with the PIT, as where a lesson shows single IRQs; VM_TICK: a real
+    kernel's tick from the local APIC while a VM runs, the COS's ticks held
+    pending at the masked line (the default machine)."""
+    board, cos, loader = takeover.takeover(timer_period=10_000, cpus=cpus, vm_tick=vm_tick)
     kernel = loader.kernel
     for i in range(2 * cpus):
         kernel.install_vm(lambda base: guests.checksum(base, 10**9), 64 << 10, f"busy{i}", cpu=i % cpus)
-    board.run(INSTRUCTIONS)
+    board.run(instructions)
     return [str(e) for e in board.trace.events]
 
 
-SCENARIOS = {"1cpu": lambda: busy_vms(1), "2cpu": lambda: busy_vms(2)}
+SCENARIOS = {"1cpu": lambda: busy_vms(1), "2cpu": lambda: busy_vms(2),
+             "1cpu_100hz": lambda: busy_vms(1, VM_TICK, REAL_TICK_INSTRUCTIONS),
+             "2cpu_100hz": lambda: busy_vms(2, VM_TICK, REAL_TICK_INSTRUCTIONS)}
 
 
 def fixture(name):

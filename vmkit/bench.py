@@ -110,15 +110,13 @@ def vm_rate(instructions=4_000_000, timer_period=10_000, cpus=1, per_cpu=2, vm_t
     """Guest instructions per wall second in busy VMs (`per_cpu` on each CPU)
     under the full kernel (the COS displaced, timer on), the share of virtual
     time they got, and the world switches made. vm_tick: the VMs' own tick
-    (Worlds.tick_vms_at), the COS keeping `timer_period`."""
+    (None: the COS's `timer_period`, the teaching tick)."""
     from vmkit.lessons import takeover
     from vmkit.vmm import guests
-    board, cos, loader = takeover.takeover(timer_period=timer_period, cpus=cpus)
+    board, cos, loader = takeover.takeover(timer_period=timer_period, cpus=cpus, vm_tick=vm_tick)
     kernel = loader.kernel
     vms = [kernel.install_vm(lambda base: guests.checksum(base, 10**9), 64 << 10, f"busy{i}", cpu=i % cpus)
            for i in range(per_cpu * cpus)]
-    if vm_tick:
-        kernel.worlds.tick_vms_at(vm_tick)
     board.run(50_000)
     before = sum(kernel.worlds.instructions_of(vm) for vm in vms)
     switches = len(board.trace.of("switch.begin"))

@@ -43,7 +43,7 @@ def vm_alone(pairs=15):
     the COS displaced and idle, the timer stopped, so no kernel entry at all:
     what is left is what the machine costs every guest instruction."""
     from vmkit.lessons import takeover
-    board, cos, loader = takeover.takeover(timer_period=10_000)
+    board, cos, loader = takeover.takeover(timer_period=10_000, vm_tick=None)   # (only the PIT to stop)
     vm = loader.kernel.install_vm(lambda base: guests.checksum(base, 10**9), 64 << 10, "alone")
     board.run_until(lambda: loader.kernel.worlds.current is vm and board.cpu.cpl == 3, 1_000_000,
                     "the VM's turn")
@@ -96,7 +96,7 @@ def _vm_iretd_machine():
     and traps to the VMM, which emulates it on the virtual CPU. (It pops IF clear:
     the guest has no IDT for its ticks.)"""
     from vmkit.lessons import takeover
-    board, cos, loader = takeover.takeover(timer_period=0x10000)
+    board, cos, loader = takeover.takeover(timer_period=0x10000, vm_tick=None)
     src = lambda base: "l: push 2\npush 0x3b\ncall next\nnext: add dword ptr [esp], 5\niretd\njmp l"
     loader.kernel.install_vm(src, 64 << 10, "iretd")
     board.run(100_000)
@@ -107,7 +107,7 @@ def _busy_vm_machine():
     """Two busy VMs under a 10,000-instruction tick: an IRQ from CPL 3, the guest's
     EOI and iretd, world switches: every kind of entry, mixed."""
     from vmkit.lessons import takeover
-    board, cos, loader = takeover.takeover(timer_period=10_000)
+    board, cos, loader = takeover.takeover(timer_period=10_000, vm_tick=None)   # (the teaching tick's entries)
     for i in range(2):
         loader.kernel.install_vm(lambda base: guests.checksum(base, 10**9), 64 << 10, f"busy{i}")
     board.run(100_000)

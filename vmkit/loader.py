@@ -24,6 +24,7 @@ from vmkit.cos.cos import COS
 from vmkit.kernel import layout
 from vmkit.kernel.image import KernelImage, KernelImageError, build as build_image
 from vmkit.kernel.kernel import Kernel
+from vmkit.kernel.worlds import VM_TICK
 from vmkit.kernel.unload import CALL as UNLOAD_CALL, give_back
 from vmkit.vmm.vmm import VMM
 
@@ -150,8 +151,10 @@ why:    .fill {WHY_SIZE}, 1, 0          ; last: the loading module writes its re
 
 
 class Loader:
-    def __init__(self, board, image=None, build_idt=build_kernel_idt, emulate_if=None):
-        """build_idt and emulate_if are where exercises 02a and 02b plug in."""
+    def __init__(self, board, image=None, build_idt=build_kernel_idt, emulate_if=None, vm_tick=VM_TICK):
+        """build_idt and emulate_if are where exercises 02a and 02b plug in. vm_tick:
+        instructions per tick while a VM runs (default a real kernel's 100 Hz); None
+        gives VMs the COS's PIT tick, for lessons that show single IRQs."""
         self.board = board
         if image is not None and not isinstance(image, (bytes, bytearray, memoryview)):
             raise TypeError(f"a kernel image is bytes (kernel.image.build() makes one), "
@@ -159,9 +162,12 @@ class Loader:
         for name, fn in (("build_idt", build_idt), ("emulate_if", emulate_if)):
             if not callable(fn) and not (fn is None and name == "emulate_if"):
                 raise TypeError(f"{name} must be a function, not {fn!r:.40}")
+        if vm_tick is not None and (not isinstance(vm_tick, int) or isinstance(vm_tick, bool) or vm_tick < 1):
+            raise ValueError(f"a VM tick is a positive number of instructions or None, not {vm_tick!r:.40}")
         self.image = build_image() if image is None else bytes(image)
         self.build_idt = build_idt
         self.emulate_if = emulate_if
+        self.vm_tick = vm_tick
         self.kernel = None
         self.module = COS.make_module(load_call_module_source(), init_label="init", exit_label="exit")
         self.entry = cos_layout.MODULE_AREA + 16          # `loading_module` is the first byte
@@ -204,6 +210,7 @@ class Loader:
         self.kernel = Kernel(self.board, base, image, cos_state=self._cos_state(cpu), monitor=VMM)
         if self.emulate_if is not None:
             self.kernel.emulate_if = self.emulate_if
+        self.kernel.worlds.vm_tick = self.vm_tick
         before = {r: cpu[r] for r in ("eip", "idtr", "gdtr", "tr", "cs")}
         cpu["gdtr"] = (0, base + layout.GDT, len(gdt) * 8 - 1, 0)
         cpu["tr"] = (layout.KERNEL_TSS_SEL, base + layout.TSS, len(tss) - 1, 0x80 | TSS_BUSY)  # present, busy

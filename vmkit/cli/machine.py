@@ -23,7 +23,8 @@ class Machine:
         self.desc = desc
         try:
             self.board, self.cos, loader = takeover.takeover(timer_period=desc["timer_period"],
-                                                             cpus=desc["cpus"], nics=desc["nics"])
+                                                             cpus=desc["cpus"], nics=desc["nics"],
+                                                             vm_tick=None)   # timer_period ticks every world
             self.kernel = loader.kernel
             self.kernel.worlds.quantum = desc["quantum"]
             self.vms = [self.kernel.install_vm(self._guest(vm), vm["memory"], vm["name"], vm["cpu"])

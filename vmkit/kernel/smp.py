@@ -126,7 +126,7 @@ def start_processors(kernel):
     if len(board.cpus) == 1:
         return
     kernel.worlds._prepare_vm_support()
-    period = board.pit.period or DEFAULT_TIMER
+    period = kernel.worlds.vm_tick or board.pit.period or DEFAULT_TIMER   # it runs only VMs and its system world
     for p in kernel.worlds.cpus[1:]:
         cpu, state = board.cpus[p.index], switch.read_area(kernel.memory, p.system.area)
         frame = Frame(kernel.memory, stack_top(kernel, p.index) - Frame.SIZE)

@@ -87,7 +87,8 @@ class Worlds:
         self.all = [cos]
         self.cpus = [smp.processor(kernel, cpu) for cpu in kernel.board.cpus]
         self.cpus[0].current = cos             # the COS runs on CPU 0, as on ESX
-        self.vm_tick = None                    # instructions per tick while a VM runs (None: the PIT's)
+        self.vm_tick = VM_TICK                 # instructions per tick while a VM runs (None: the PIT's;
+                                               # the loader sets it before any CPU starts)
         self._vm_support = False
         self.vm_top = kernel.board.memory.size   # VMs are placed from here down to the kernel's end
 

@@ -28,7 +28,8 @@ NAMES = ("vm1", "vm2", "vm3", "vm4")
 def two_cpus(timer_period=2000, quantum=2, vms=NAMES):
     """A displaced COS on a two-CPU board and console VMs placed by the kernel:
     (board, cos, kernel, [vm, ...])."""
-    board, cos, loader = takeover.takeover(timer_period=timer_period, cpus=2)
+    # vm_tick=None: every world ticks at timer_period, so the lesson's turns and shootdowns come in a short run
+    board, cos, loader = takeover.takeover(timer_period=timer_period, cpus=2, vm_tick=None)
     kernel = loader.kernel
     kernel.worlds.quantum = quantum
     placed = [kernel.install_vm(lambda base, n=name: guests.console(base, n), VM_MEMORY, name)
@@ -154,7 +155,8 @@ def stale_window(shootdown, timer_period=2000):
     ticks, evicting that slot for the VM's stack page; the kernel on CPU 1
     reads the stack page, a hit in the shared table. Returns what CPU 1's MMU
     did: {slot, "PTE maps", "CPU 1 translates to", "read gives", ...}."""
-    board, cos, loader = takeover.takeover(timer_period=timer_period, cpus=2)
+    # vm_tick=None: every world ticks at timer_period, so the lesson's turns and shootdowns come in a short run
+    board, cos, loader = takeover.takeover(timer_period=timer_period, cpus=2, vm_tick=None)
     kernel = loader.kernel
     vm = kernel.install_vm(lambda base: guests.console(base, "vm1"), VM_MEMORY, "vm1", cpu=0)
     share_window(kernel, shootdown=shootdown, slots=2)

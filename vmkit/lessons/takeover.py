@@ -9,17 +9,20 @@ from vmkit.cos.cos import COS
 from vmkit.hw.board import Board
 from vmkit.loader import Loader, build_kernel_idt
 from vmkit.kernel.cos_vcpu import emulate_if
+from vmkit.kernel.worlds import VM_TICK
 
 BOOT_LIMIT = 2_000_000
 COMMAND_LIMIT = 3_000_000
 
 
 def booted_cos(image=None, build_idt=build_kernel_idt, emulate=emulate_if, timer_period=10_000,
-               **board_options):
+               vm_tick=VM_TICK, **board_options):
+    """vm_tick: instructions per tick while a VM runs (a real kernel's by default);
+    None: the COS's PIT tick, for a lesson that shows a VM's single IRQs."""
     board = Board(**board_options)
     cos = COS.boot(board, timer_period=timer_period)
     board.run_until(lambda: board.memory.read_u32(cos_layout.READY), BOOT_LIMIT, "the COS's boot")
-    loader = Loader(board, image, build_idt=build_idt, emulate_if=emulate)
+    loader = Loader(board, image, build_idt=build_idt, emulate_if=emulate, vm_tick=vm_tick)
     return board, cos, loader
 
 

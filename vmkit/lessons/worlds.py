@@ -33,7 +33,8 @@ CLAIM15 = (
 def two_vms(timer_period=2000, quantum=2, image=None):
     """A displaced COS and two console VMs, vm1 and vm2: (board, cos, kernel, [vm1, vm2]).
     image: the kernel image (default: the kit's; exercise 06 builds one with the learner's load)."""
-    board, cos, loader = takeover.takeover(timer_period=timer_period, image=image)
+    # vm_tick=None: the VMs tick with the COS's PIT, so a turn is a few single ticks a learner can follow
+    board, cos, loader = takeover.takeover(timer_period=timer_period, image=image, vm_tick=None)
     kernel = loader.kernel
     kernel.worlds.quantum = quantum
     vms = [kernel.install_vm(lambda base, n=name: guests.console(base, n), VM_MEMORY, name)
