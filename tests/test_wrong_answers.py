@@ -94,6 +94,8 @@ WRONG = {
         ("skips the next world", "worlds[(at + i) % n]", "worlds[(at + i + 1) % n]", "vm1 printed 0 lines"),
         ("ignores runnable", "        if runnable(w):\n            return w\n", "        return w\n", "which cannot run"),
         ("never switches", "            return w\n", "            return None\n", "a busy VM hardly ran"),
+        ("gives up before the world behind the current one", "range(1, n)", "range(1, n - 1)",
+         "try every world after the current one, wrapping around"),
     ],
 }
 
