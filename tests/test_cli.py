@@ -280,7 +280,8 @@ def test_an_interrupted_interactive_run_replays_identically(tmp_path):
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     p.stdin.write(b"ticks\n")
     p.stdin.flush()
-    time.sleep(2)
+    assert p.stdout.readline()          # the paced run has begun (its Ctrl-C handler is set): a
+    time.sleep(1)                       # fixed sleep alone lost the race on a loaded machine
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=60)
     assert p.returncode == 0 and b"Traceback" not in err, err

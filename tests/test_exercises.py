@@ -74,4 +74,17 @@ def test_an_infinite_loop_fails_only_by_the_time_limit(tmp_path):
 def test_a_file_that_does_not_load_is_reported(tmp_path):
     (tmp_path / "ex00_idt_gate.py").write_text("def decode_gate(raw:\n")
     rows = grade(tmp_path)["ex00_idt_gate"]
-    assert all(r[2] == "error" and "cannot load" in r[3] for r in rows)
+    assert all(r[2] == "error" and r[3].startswith("cannot load ex00_idt_gate.py: line 1: ")
+               and r[3].endswith("(def decode_gate(raw:)") for r in rows), rows[0]   # the learner's line
+
+
+@pytest.mark.parametrize("source, message", [
+    ("import struct\nimport no_such_module\n",
+     "line 2: ModuleNotFoundError: No module named 'no_such_module' (while Python ran the file"),
+    ("def decode(raw):\n    return raw\n", "it defines no function decode_gate() (was it renamed?)"),
+])
+def test_a_file_that_fails_as_it_runs_names_its_own_line(tmp_path, source, message):
+    (tmp_path / "ex00_idt_gate.py").write_text(source)
+    rows = grade(tmp_path, only="ex00_idt_gate")["ex00_idt_gate"]
+    assert all(r[2] == "error" and message in r[3] for r in rows), rows[0]
+    assert "Traceback" not in rows[0][3] and "runner.py" not in rows[0][3]

@@ -52,6 +52,10 @@ WRONG = {
         ("popfd pops nothing", "flags = frame.pop()", "flags = frame.eflags", "stack balanced"),
         ("pushfd sets CF for IF clear", "(EFLAGS_IF if vcpu.vif else 0)", "(EFLAGS_IF if vcpu.vif else 1)",
          "the COS popped flags 0x0 and its pushfd then pushed 0x1"),
+        ("pushfd always pushes IF clear", "(EFLAGS_IF if vcpu.vif else 0)", "0",
+         "pushfd must push IF as vcpu.vif says"),
+        ("popfd sets IOPL 1", "(flags & ~0x3000) | EFLAGS_IF", "(flags & ~0x3000) | EFLAGS_IF | 0x1000",
+         "at CPL 1 with IOPL 1: its cli, sti, in and out no longer trap"),
     ],
     "ex03_classify": [
         ("no check of class names", "        if cls not in CLASSES:\n            raise ClassificationError(f\"unknown class {cls!r}\")\n",
@@ -90,6 +94,8 @@ WRONG = {
         ("skips the next world", "worlds[(at + i) % n]", "worlds[(at + i + 1) % n]", "vm1 printed 0 lines"),
         ("ignores runnable", "        if runnable(w):\n            return w\n", "        return w\n", "which cannot run"),
         ("never switches", "            return w\n", "            return None\n", "a busy VM hardly ran"),
+        ("gives up before the world behind the current one", "range(1, n)", "range(1, n - 1)",
+         "try every world after the current one, wrapping around"),
     ],
 }
 

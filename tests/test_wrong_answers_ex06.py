@@ -23,7 +23,7 @@ def swapped(first, second):
 WRONG = {
     "no lgdt": (without("lgdt"), "is GDTR loaded first?"),
     "no lidt": (without("lidt"), "IDTR is not the save area's"),
-    "no lldt": (without("lldt"), "LDTR is not the save area's"),
+    "no lldt": (without("lldt"), "the LDT loaded then has no such descriptor (is LDTR loaded"),
     "no ltr": (without("ltr"), "TR is not the save area's"),
     "no mov ds": (without("mov ds"), "DS is not the save area's"),
     "no mov gs": (without("mov gs"), "GS is not the save area's"),
@@ -34,6 +34,10 @@ WRONG = {
                                    "IDTR is not the save area's"),
     "GDTR through ESI": (without("lgdt").replace("lldt", "lgdt [esi + AREA_GDTR]\nlldt", 1),
                          "GDTR or IDTR loaded from the wrong place"),
+    "FS from DS's field": ("\n".join(RIGHT).replace("[edi + AREA_FS]", "[edi + AREA_DS]"),
+                           "FS is not the save area's"),
+    "DS from FS's field": ("\n".join(RIGHT).replace("[edi + AREA_DS]", "[edi + AREA_FS]"),
+                           "a data segment loaded from another item's field?"),
     "sti in the load": ("\n".join(RIGHT + ["sti"]), "your code must not (no sti)"),
 }
 

@@ -15,11 +15,14 @@ RESULTS = 0x5000                 # COS memory the drivers write what they saw to
 TICKS = cos_layout.TICKS
 SPIN = 40_000                    # loop iterations: several timer periods
 
-# ticks before, inside (after a long spin with interrupts off) and after the section
+# ticks before, inside (after a long spin with interrupts off) and after the section,
+# and the flags its pushfd pushed
 CRITICAL = f"""
 init:   mov eax, [{TICKS:#x}]
         mov [{RESULTS:#x}], eax
         pushfd
+        mov eax, [esp]
+        mov [{RESULTS + 12:#x}], eax       ; the flags pushfd pushed (IF set: interrupts were on)
         cli
         mov ecx, {SPIN}
 spin:   loop spin
@@ -148,6 +151,10 @@ def check_critical_section(emulate):
     if inside != before:
         return (f"a timer tick reached the COS inside its pushfd/cli ... popfd section ({before} -> {inside}): "
                 f"cli must clear vcpu.vif")
+    if after <= inside and not read(RESULTS + 12) & EFLAGS_IF:
+        return (f"the ticks that waited during the section were not delivered after popfd ({inside} -> {after}): "
+                f"the COS's pushfd, with its interrupts on, pushed flags {read(RESULTS + 12):#x} with IF clear, "
+                f"so its popfd turned them off. pushfd must push IF as vcpu.vif says")
     if after <= inside:
         return (f"the ticks that waited during the section were not delivered after popfd ({inside} -> {after}): "
                 f"the popped IF (set) must become vcpu.vif")
@@ -211,6 +218,12 @@ def check_displaced(emulate):
         return problem
     if len(seen) < 2:
         return f"the COS's driver did not reach every probe point (reached {sorted(seen)})"
+    for name in ("probe_if_clear", "probe_iopl"):  # IOPL first: at IOPL >= CPL, sti never reaches the kernel
+        eflags, cpl, _ = seen[name]
+        if (iopl := eflags >> EFLAGS_IOPL_SHIFT & 3) >= cpl:
+            return (f"after the COS popped flags with IOPL {0 if name == 'probe_if_clear' else 3}, the CPU ran "
+                    f"it at CPL {cpl} with IOPL {iopl}: its cli, sti, in and out no longer trap to the kernel "
+                    f"(the displacement undone). popfd must clear IOPL (bits 12-13) in frame.eflags")
     for name, want in (("probe_if_clear", 0), ("probe_iopl", 1)):
         if seen[name][2] != want:
             return (f"after the COS popped flags with IF {'clear' if want == 0 else 'set'}, its virtual CPU "
@@ -219,12 +232,6 @@ def check_displaced(emulate):
     if not eflags & EFLAGS_IF:
         return ("after the COS popped flags with IF clear, the CPU ran it with the real IF clear: the kernel "
                 "gets no interrupts while the COS runs. The popped IF goes to vcpu.vif; frame.eflags keeps IF set")
-    eflags, cpl, _ = seen["probe_iopl"]
-    iopl = eflags >> EFLAGS_IOPL_SHIFT & 3
-    if iopl >= cpl:
-        return (f"after the COS popped flags with IOPL 3, the CPU ran it at CPL {cpl} with IOPL {iopl}: its "
-                f"cli, sti, in and out no longer trap to the kernel (the displacement undone). popfd must "
-                f"clear IOPL (bits 12-13) in frame.eflags")
     return None
 
 

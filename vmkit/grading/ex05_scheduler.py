@@ -1,7 +1,8 @@
 """Grades exercise 05: the learner's pick is the kernel's scheduler
 (Worlds.chooser). Two busy VMs with quanta 3 and 1 must get CPU time about
 3:1 with the COS keeping its turns; with two console VMs and one that
-crashes every runnable world must run and the crashed one never again; and
+crashes every runnable world must run and the crashed one never again (and
+with each of those worlds in turn the only one that can run, the pick finds it); and
 three busy VMs must take their turns in the order they were installed, as
 the CPU shows it (its CR3, sampled as it runs: each VM has its own)."""
 from vmkit.lessons import worlds as lesson
@@ -76,6 +77,22 @@ def check_every_world_runs(pick):
     crashed_at = board.trace.of("vm.crashed")[0].time
     if any(e["to"] == "bad" and e.time > crashed_at for e in board.trace.of("switch.begin")):
         return "the crashed VM was picked again after it crashed"
+    return _only_one_can_run(pick, kernel.worlds.all)
+
+
+def _only_one_can_run(pick, worlds):
+    """The machine's worlds, each in turn the only one that can run: whichever is current,
+    the pick must find it (a pick that gives up before the world just behind the current
+    one looks right while every world is runnable, as the runs above mostly are)."""
+    for current in worlds:
+        for target in worlds:
+            if target is not current:
+                got = pick(list(worlds), current, lambda w, target=target: w is target)
+                if got is not target:
+                    return (f"with {target.name} the only world that can run, your pick after {current.name} "
+                            f"returned {getattr(got, 'name', got)} (the worlds: "
+                            f"{', '.join(w.name for w in worlds)}): try every world after the current one, "
+                            f"wrapping around, before giving up")
     return None
 
 

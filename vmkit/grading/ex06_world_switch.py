@@ -18,6 +18,7 @@ from vmkit.vmm import guests
 
 GDT_COPY, LDT_AT, IDT_COPY = layout.GDT + 0x800, layout.GDT + 0xF00, layout.IDT + 0x800   # free kernel memory
 LDT_SEL = smp.GDT_LIMIT + 1             # the copy's one extra descriptor
+LDT_DATA_SEL = 8 | 4 | 3                  # the LDT's data segment (index 1, TI=1, RPL 3); the guests never use FS
 HINTS = {
     "gdtr": "GDTR is not the save area's (lgdt [edi + AREA_GDTR]): the CPU kept another GDT",
     "idtr": "IDTR is not the save area's (lidt [edi + AREA_IDTR]): interrupts would go through another IDT",
@@ -56,6 +57,11 @@ def _hint(why):
         return HINTS["IF"]
     m = re.search(r"the CPU refused it: (.*) at `(.*)`", why)
     if m:
+        error = re.search(r"\((0x[0-9a-f]+)\)", m.group(1))
+        if error and int(error.group(1), 16) & 4:         # TI: the selector is in the LDT
+            return (f"the CPU faulted ({m.group(1)}) at `{m.group(2)}` in your load: that selector is "
+                    f"in the LDT, and the LDT loaded then has no such descriptor (is LDTR loaded, "
+                    f"lldt [edi + AREA_LDTR], before the segment registers?)")
         return (f"the CPU faulted ({m.group(1)}) at `{m.group(2)}` in your load: that selector names no "
                 f"such descriptor in the GDT loaded then (is GDTR loaded first? is the operand "
                 f"[edi + AREA_...]?)")
@@ -84,7 +90,8 @@ def _distinct_tables(kernel, vm):
     memory.write(base + IDT_COPY, memory.read(base + layout.IDT, 256 * 8), code=False)
     state = switch.read_area(memory, vm.area)
     state.update({"gdtr.base": base + GDT_COPY, "gdtr.limit": len(gdt) - 1, "ldtr.sel": LDT_SEL,
-                  "idtr.base": base + IDT_COPY, "idtr.limit": 256 * 8 - 1})
+                  "idtr.base": base + IDT_COPY, "idtr.limit": 256 * 8 - 1,
+                  "fs": LDT_DATA_SEL})          # FS unlike DS: a load from the wrong field shows
     switch.write_area(memory, vm.area, state)
 
 
@@ -112,7 +119,7 @@ def _run(board, kernel, n):
     if why and "vmkernel panic" in why:
         return (f"the CPU stopped: {why} — after refusing a world your load left the CPU so that the "
                 f"kernel could not put back the world it left (a TSS marked busy in another GDT: ltr "
-                f"before lgdt?)")
+                f"before lgdt? a data segment loaded from another item's field?)")
     if why:
         return (f"the CPU stopped: {why} — a fault inside the load could not even be delivered: GDTR "
                 f"or IDTR loaded from the wrong place (is every operand [edi + AREA_...]?)")

@@ -33,7 +33,8 @@ def grade_one(directory, name, first_failure=False):
         function = (getattr(module, grader.FUNCTION) if isinstance(grader.FUNCTION, str)
                     else module)          # several functions: the grader takes the module
     except Exception as e:
-        return [(c, p, "error", f"cannot load {path}: {e!r}") for c, p, _ in grader.CHECKS]
+        problem = f"cannot load {path.name}: {_load_problem(e, path, grader.FUNCTION)}"
+        return [(c, p, "error", problem) for c, p, _ in grader.CHECKS]
     for check, points, fn in grader.CHECKS:
         try:
             problem = fn(function)
@@ -46,6 +47,21 @@ def grade_one(directory, name, first_failure=False):
         if first_failure and results[-1][2] != "ok":
             break
     return results
+
+
+def _load_problem(e, path, function):
+    """What stopped the learner's file loading, said as a learner would look for it:
+    the line of their file, not the grader's traceback."""
+    if isinstance(e, SyntaxError):
+        text = (e.text or "").strip()
+        return f"line {e.lineno}: {e.msg}" + (f" ({text})" if text else "")
+    if isinstance(e, FileNotFoundError):
+        return "no such file (copy it back from exercises/)"
+    if isinstance(e, AttributeError) and isinstance(function, str):
+        return f"it defines no function {function}() (was it renamed?)"
+    mine = [f for f in traceback.extract_tb(e.__traceback__) if pathlib.Path(f.filename) == path]
+    where = f"line {mine[-1].lineno}: " if mine else ""
+    return f"{where}{type(e).__name__}: {e} (while Python ran the file, before any grading)"
 
 
 def grade(directory, time_limit=TIME_LIMIT, only=None):
@@ -71,6 +87,8 @@ def print_table(table):
     for name, rows in table.items():
         for i, (check, points, status, message) in enumerate(rows):
             label = name if i == 0 else ""
+            if i and message == rows[i - 1][3] and status == "error":
+                message = ""                       # a file that did not load: said once
             total += points
             score += points if status == "ok" else 0
             shown = {"ok": "OK", "fail": "FAIL"}.get(status, status)

@@ -177,3 +177,16 @@ def trapping(board, cos, loader):
 def _module(source):
     from vmkit.cos.cos import COS
     return COS.make_module(source)
+
+
+def load_unload_cycles(board, cos, n=20):
+    """`insmod` then `rmmod`, n times on a booted COS holding the load-call module: how
+    many cycles left the COS's machine as it was (fingerprint equal to the one before the
+    first load) with the COS still answering a command."""
+    before = fingerprint(board)
+    same = 0
+    for _ in range(n):
+        cos.run_command("insmod", COMMAND_LIMIT)
+        cos.run_command("rmmod", COMMAND_LIMIT)
+        same += fingerprint(board) == before and "cos: ticks" in cos.run_command("ticks", COMMAND_LIMIT)
+    return same
