@@ -40,6 +40,14 @@ removed):
   unload.freed     the kernel's block and the VMs' memory cleared and given
                    back to the COS's allocator (give_back).
 
+The steps park, unpatch, tables, devices, free are taken in the order of
+kernel.unload_order (ORDER above by default; exercise 11 plugs in its own):
+those before "tables" in the kernel, those after it at CPL 0. A step that
+cannot be done where it is placed is not done (unload.skipped says why):
+"park" after "tables" (only the kernel's dispatcher parks a CPU, and the
+COS has left it) and "free" before "tables" (the kernel would clear the
+code it runs and the IDT it takes interrupts through).
+
 The record (layout.UNLOAD in kernel memory), as the x86 reads it:
 
   0x00 gdtr: u16 limit, u32 base      lgdt's operand: the COS's GDT
