@@ -208,6 +208,7 @@ class Loader:
         mem.write(base + layout.TSS, tss, code=False)
         mem.write(base + layout.GDT, b"".join(gdt), code=False)
         self.kernel = Kernel(self.board, base, image, cos_state=self._cos_state(cpu), monitor=VMM)
+        self.kernel.ram = self.ram
         if self.emulate_if is not None:
             self.kernel.emulate_if = self.emulate_if
         self.kernel.worlds.vm_tick = self.vm_tick
@@ -235,7 +236,7 @@ class Loader:
             return
         if self.kernel is None or self.kernel.unloading != "done" or cpu.cpl != 0:
             return                    # not after an unload: the stub is a plain ret
-        give_back(self.kernel, cpu, *self.ram)
+        give_back(self.kernel, cpu)
         self.kernel, self.ram = None, None
 
     def _refuse(self, cpu, error):

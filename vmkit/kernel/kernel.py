@@ -53,6 +53,9 @@ class Kernel:
         self.away_frame = None        # the COS's frame while the kernel idles or works
         self.away = None              # "idle" or "work"
         self.unloading = None         # None, "waiting", "parking", "done" (unload.py)
+        self.unload_order = unload.ORDER   # exercise 11 plugs in here: the reinstatement steps
+        self.unload_next = 0          # the first of them not done yet
+        self.ram = None               # (RAM_TOP, block, block end) before the load: what "free" gives back
         self.irqs = IrqRouter(self)
         self.devices, self.classes = [], {}
         self.shared = {}              # device name -> its sharing front (scsi_share.py)

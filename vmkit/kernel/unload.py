@@ -40,6 +40,14 @@ removed):
   unload.freed     the kernel's block and the VMs' memory cleared and given
                    back to the COS's allocator (give_back).
 
+The steps park, unpatch, tables, devices, free are taken in the order of
+kernel.unload_order (ORDER above by default; exercise 11 plugs in its own):
+those before "tables" in the kernel, those after it at CPL 0. A step that
+cannot be done where it is placed is not done (unload.skipped says why):
+"park" after "tables" (only the kernel's dispatcher parks a CPU, and the
+COS has left it) and "free" before "tables" (the kernel would clear the
+code it runs and the IDT it takes interrupts through).
+
 The record (layout.UNLOAD in kernel memory), as the x86 reads it:
 
   0x00 gdtr: u16 limit, u32 base      lgdt's operand: the COS's GDT
@@ -128,16 +136,46 @@ class Wait(Exception):
     """Something must finish first: the COS's int 0x90 runs again."""
 
 
+STEPS = ("park", "unpatch", "tables", "devices", "free")
+ORDER = STEPS                   # claim 25 C's order: the kernel halted (CPU 1 parked), interrupt and
+                                # fault handling back (unpatch, tables), the devices, the kernel removed
+KERNEL_SIDE, COS_SIDE = "the kernel, the COS displaced", "the COS at CPL 0"
+
+
+def check_order(order):
+    """The reinstatement steps as a tuple, or ValueError naming what is wrong
+    with them (exercise 11 plugs its order in at kernel.unload_order). Steps
+    may be missing: a missing step is a state the COS does not get back."""
+    if isinstance(order, str) or not isinstance(order, (list, tuple)):
+        raise ValueError(f"the unload order is a list of step names from {', '.join(STEPS)}, "
+                         f"not {order!r:.60}")
+    for name in order:
+        if name not in STEPS:
+            raise ValueError(f"no unload step called {name!r:.40}: the steps are {', '.join(STEPS)}")
+    twice = sorted({n for n in order if order.count(n) > 1})
+    if twice:
+        raise ValueError(f"step(s) {', '.join(twice)} listed twice: each state is reinstated once")
+    return tuple(order)
+
+
 def request(kernel, frame, cpu):
-    """int 0x90, EAX = 4, from the COS (CPL 1) on CPU 0."""
+    """int 0x90, EAX = 4, from the COS (CPL 1) on CPU 0: the steps of
+    kernel.unload_order before "tables" run here, in the kernel; "tables"
+    returns to the COS at CPL 0, and give_back runs the steps after it."""
     trace = kernel.trace
     if kernel.unloading is None:
         trace.emit("unload.called", cpu.index, eip=frame.eip, cpl=frame.cs & 3)
         kernel.unloading = "waiting"
     try:
         _check(kernel, cpu)
+        try:
+            order = check_order(kernel.unload_order)
+        except ValueError as e:
+            raise Refused(str(e)) from None
         _finish_in_flight(kernel, frame)
-        _park_others(kernel, frame)
+        while kernel.unload_next < len(order) and order[kernel.unload_next] != "tables":
+            _step(kernel, order[kernel.unload_next], frame, cpu, KERNEL_SIDE)
+            kernel.unload_next += 1
     except Refused as e:
         kernel.unloading = None
         trace.emit("unload.refused", cpu.index, why=str(e))
@@ -151,10 +189,31 @@ def request(kernel, frame, cpu):
         if frame.vector == layout.GO_BACK:           # nothing injected: the kernel idles (sti; hlt)
             kernel.go_away(frame, "idle")            # until the next interrupt, then the COS retries
         return
-    restored = kernel.patches.restore()
-    trace.emit("unload.unpatch", cpu.index, restored=restored)
-    _tables(kernel, frame, cpu)
     kernel.unloading = "done"
+    if kernel.unload_next < len(order):              # "tables": the x86 returns to the COS at CPL 0
+        kernel.unload_next += 1
+        _tables(kernel, frame, cpu)
+    else:                                            # no "tables": the COS goes on, displaced
+        frame.eax = OK
+
+
+def _step(kernel, name, frame, cpu, side):
+    """One reinstatement step, from the kernel (before "tables") or at CPL 0 (after)."""
+    if name == "park":
+        if side == COS_SIDE:                         # only the kernel's dispatcher parks a CPU
+            kernel.trace.emit("unload.skipped", cpu.index, step=name, why=(
+                "CPU 1 is parked by the kernel, before the COS leaves it: the kernel is gone"))
+            return
+        _park_others(kernel, frame)
+    elif name == "unpatch":
+        kernel.trace.emit("unload.unpatch", cpu.index, restored=kernel.patches.restore())
+    elif name == "devices":
+        _devices_back(kernel)
+    elif name == "free" and side == KERNEL_SIDE:  # it would clear the code it runs and its own IDT
+        kernel.trace.emit("unload.skipped", cpu.index, step=name, why=(
+            "the kernel's block is freed only after the COS has left it (after \"tables\")"))
+    elif name == "free":
+        _free(kernel, cpu, *kernel.ram)
 
 
 def _check(kernel, cpu):
@@ -275,7 +334,7 @@ def _tables(kernel, frame, cpu):
                       cs=f"{frame.cs:#x}->{cos['cs']:#x}", eip=frame.eip, vif=v.vif)
 
 
-def give_back(kernel, cpu, ram_top, block, block_end):
+def give_back(kernel, cpu):
     """After the x86 `unload` returned to the COS (the module's exit calls the
     loading module at CPL 0): read the CPU back, stop entering the kernel's
     dispatcher, clear the kernel's block and the VMs' memory, and give both back
@@ -298,7 +357,14 @@ def give_back(kernel, cpu, ram_top, block, block_end):
     for c, hook in zip(kernel.board.cpus, kernel.hooks):
         c.remove(hook)
         c.descriptors_changed()                   # the COS's own GDT: the platform's limit checks follow
-    _devices_back(kernel)
+    order = check_order(kernel.unload_order)
+    for name in order[kernel.unload_next:]:
+        _step(kernel, name, None, cpu, COS_SIDE)
+
+
+def _free(kernel, cpu, ram_top, block, block_end):
+    """The kernel's block and the VMs' memory cleared and given back (give_back says how)."""
+    memory, trace = kernel.memory, kernel.trace
     top = memory.read_u32(cos_layout.RAM_TOP)
     memory.write(block, bytes(block_end - block))            # code too: translated code dropped
     if top < ram_top:
