@@ -6,7 +6,7 @@ so what it shows is what the CPU did, in order.
 """
 import html
 
-import ipywidgets as widgets
+from .slider_stepper import SliderStepper
 
 STEPS = {
     "serial": "the COS prints",
@@ -27,28 +27,18 @@ def load_events(trace):
     return events[start:end + 1]
 
 
-class LoadStepper(widgets.VBox):
+class LoadStepper(SliderStepper):
     def __init__(self, board):
         self.events = load_events(board.trace)
-        self.slider = widgets.IntSlider(min=0, max=max(0, len(self.events) - 1), value=0,
-                                        description="step", continuous_update=True)
-        self.next_button = widgets.Button(description="Next step")
-        self.view = widgets.HTML()
-        self.slider.observe(lambda _: self.refresh(), names="value")
-        self.next_button.on_click(lambda _: self.next())
-        super().__init__([widgets.HBox([self.slider, self.next_button]), self.view])
-        self.refresh()
+        super().__init__(len(self.events), continuous_update=True)
 
-    def next(self):
-        self.slider.value = min(self.slider.value + 1, self.slider.max)
-
-    def refresh(self):
+    def show(self, upto):
         rows = []
-        for i, e in enumerate(self.events[:self.slider.value + 1]):
+        for i, e in enumerate(self.events[:upto + 1]):
             what = STEPS[e.kind] + (f": <code>{html.escape(e['line'])}</code>" if e.kind == "serial" else "")
             data = " ".join(f"{k}=<code>{html.escape(str(v) if not isinstance(v, int) else hex(v))}</code>"
                             for k, v in e.data.items() if k != "line")
-            style = " style='background:#fdf2d0'" if i == self.slider.value else ""
+            style = " style='background:#fdf2d0'" if i == upto else ""
             rows.append(f"<tr{style}><td>{e.time}</td><td>{what}</td><td>{data}</td></tr>")
-        self.view.value = ("<table><tr><th>time</th><th>step</th><th>what changed</th></tr>"
-                           + "".join(rows) + "</table>")
+        return ("<table><tr><th>time</th><th>step</th><th>what changed</th></tr>"
+                + "".join(rows) + "</table>")

@@ -4,10 +4,10 @@ the port's, the parts net_ring.py's), and a step-through of one packet's life
 import html
 
 import graphviz
-import ipywidgets as widgets
 
 from vmkit.lessons.net import region_parts, step_text
 from .render import show
+from .slider_stepper import SliderStepper
 
 KERNEL, GUEST, NIC = "#5dade2", "#f5b041", "#58d68d"
 
@@ -38,19 +38,10 @@ def region_diagram(port, name):
     return show(region_graph(port, name))
 
 
-class PacketStepper(widgets.VBox):
+class PacketStepper(SliderStepper):
     def __init__(self, steps):
         self.steps = steps
-        self.slider = widgets.IntSlider(min=0, max=max(0, len(steps) - 1), value=0, description="step")
-        self.next_button = widgets.Button(description="Next step")
-        self.view = widgets.HTML()
-        self.slider.observe(lambda _: self.refresh(), names="value")
-        self.next_button.on_click(lambda _: self.next())
-        super().__init__([widgets.HBox([self.slider, self.next_button]), self.view])
-        self.refresh()
+        super().__init__(len(steps))
 
-    def next(self):
-        self.slider.value = min(self.slider.value + 1, self.slider.max)
-
-    def refresh(self):
-        self.view.value = f"<pre>{html.escape(step_text(self.steps[self.slider.value]))}</pre>"
+    def show(self, upto):
+        return f"<pre>{html.escape(step_text(self.steps[upto]))}</pre>"

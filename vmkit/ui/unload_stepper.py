@@ -4,26 +4,16 @@ with the IDT's gates read through the IDTR of that moment and the trace
 events that happened since the previous point."""
 import html
 
-import ipywidgets as widgets
 
 from vmkit.lessons.unload import step_text
+from .slider_stepper import SliderStepper
 
 
-class UnloadStepper(widgets.VBox):
+class UnloadStepper(SliderStepper):
     def __init__(self, steps):
         self.steps = steps
-        self.slider = widgets.IntSlider(min=0, max=max(0, len(steps) - 1), value=0, description="step")
-        self.next_button = widgets.Button(description="Next step")
-        self.view = widgets.HTML()
-        self.slider.observe(lambda _: self.refresh(), names="value")
-        self.next_button.on_click(lambda _: self.next())
-        super().__init__([widgets.HBox([self.slider, self.next_button]), self.view])
-        self.refresh()
+        super().__init__(len(steps))
 
-    def next(self):
-        self.slider.value = min(self.slider.value + 1, self.slider.max)
-
-    def refresh(self):
-        shown = self.steps[:self.slider.value + 1]
-        text = "\n\n".join(step_text(s) for s in shown)
-        self.view.value = f"<pre>{html.escape(text)}</pre>"
+    def show(self, upto):
+        text = "\n\n".join(step_text(s) for s in self.steps[:upto + 1])
+        return f"<pre>{html.escape(text)}</pre>"

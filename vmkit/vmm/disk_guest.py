@@ -27,6 +27,7 @@ import struct
 
 from vmkit.hw.scsi import CONTROL, DOORBELL, RB_ADDR, READ_10, STATUS, ST_DONE, WRITE_10
 from vmkit.kernel.vdisk import MAX_TRANSFER
+from . import guests
 from .guests import _print
 from .vdisk_device import VDISK_LINE, VDISK_PORT
 
@@ -206,12 +207,4 @@ n{i}:
 
 def program(name, steps):
     """A function of the VM's base address giving the guest's source (install_vm's `guest`)."""
-    steps = list(steps)
-    for i, step in enumerate(steps):
-        _step(0, name, i, step)                    # bad steps are refused before install
-
-    def source(base):
-        body = "".join(_step(base, name, i, s) for i, s in enumerate(steps))
-        return ("start:  jmp setup\n" + _driver(base) + body
-                + _say(f"{name} done\n") + "\nstop:   hlt\n        jmp stop\n")
-    return source
+    return guests.driver_program(name, steps, _step, _driver, _say)

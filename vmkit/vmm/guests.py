@@ -135,3 +135,19 @@ def checksum_expected(iterations):
 def crasher(base, name):
     """Prints a line, then executes garbage (ud2): its VM must stop, no one else."""
     return _prologue(base) + _print(f"{name} about to crash\n") + "\n        ud2\n"
+
+
+def driver_program(name, steps, step, driver, say):
+    """A guest made of a device driver and a list of steps (disk_guest.py, net_guest.py):
+    a function of the VM's base address giving its source (install_vm's `guest`).
+    step(base, name, i, step) gives one step's x86 (and refuses a bad step: each is
+    tried at base 0 first, before anything is installed); driver(base) the driver."""
+    steps = list(steps)
+    for i, s in enumerate(steps):
+        step(0, name, i, s)
+
+    def source(base):
+        body = "".join(step(base, name, i, s) for i, s in enumerate(steps))
+        return ("start:  jmp setup\n" + driver(base) + body
+                + say(f"{name} done\n") + "\nstop:   hlt\n        jmp stop\n")
+    return source

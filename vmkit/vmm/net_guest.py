@@ -34,6 +34,7 @@ padded to 60 bytes; a payload prints up to its first NUL.
 from vmkit.kernel import net_ring
 from vmkit.kernel.net_ring import BUFFER, FRAMES, SLOTS, NetHeader, Slot
 from vmkit.kernel.vm_net import NET_LINE
+from . import guests
 from .disk_guest import _gate, _say
 from .net_device import CONTROL, NET_PORT, REGION as REGION_REG, REQUEST
 
@@ -245,12 +246,4 @@ def _step(base, name, i, step):
 
 def program(name, steps):
     """A function of the VM's base address giving the guest's source (install_vm's `guest`)."""
-    steps = list(steps)
-    for i, step in enumerate(steps):
-        _step(0, name, i, step)                    # bad steps are refused before install
-
-    def source(base):
-        body = "".join(_step(base, name, i, s) for i, s in enumerate(steps))
-        return ("start:  jmp setup\n" + _driver(base) + body
-                + _say(f"{name} done\n") + "\nstop:   hlt\n        jmp stop\n")
-    return source
+    return guests.driver_program(name, steps, _step, _driver, _say)
