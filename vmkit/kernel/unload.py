@@ -367,14 +367,16 @@ def _free(kernel, cpu, ram_top, block, block_end):
     memory, trace = kernel.memory, kernel.trace
     top = memory.read_u32(cos_layout.RAM_TOP)
     memory.write(block, bytes(block_end - block))            # code too: translated code dropped
+    rest = max(top, block_end)                               # the VMs' memory and the kernel's pages
+    if rest < ram_top:
+        memory.write(rest, bytes(ram_top - rest))
     if top < ram_top:
-        memory.write(top, bytes(ram_top - top))
         memory.write_u32(cos_layout.RAM_TOP, ram_top)
     free = memory.read_u32(cos_layout.NEXT_FREE_PAGE)
     freed = free == block_end
     if freed:
         memory.write_u32(cos_layout.NEXT_FREE_PAGE, block)
     trace.emit("unload.freed", cpu.index, block=f"{block:#x}-{block_end:#x}", cleared=block_end - block,
-               vm_memory=max(0, ram_top - top), ram_top=f"{top:#x}->{ram_top:#x}",
+               vm_memory=max(0, ram_top - rest), ram_top=f"{top:#x}->{ram_top:#x}",
                next_free_page=f"{free:#x}->{memory.read_u32(cos_layout.NEXT_FREE_PAGE):#x}",
                reusable=freed)
