@@ -1,7 +1,10 @@
 """Claims 1-4, 28-30: the COS's driver loads the vmkernel, which displaces the COS."""
+import re
+
 import pytest
 
-from vmkit.hw.board import Board
+from vmkit.hw.board import Board, MachineStopped
+from vmkit.hw.x86 import decode_segment, TSS_AVAILABLE, TSS_BUSY
 from vmkit.cos import layout as cos_layout
 from vmkit.cos.cos import COS
 from vmkit.kernel import layout
@@ -214,3 +217,62 @@ def test_the_load_switches_the_cpus_tables_and_the_cos_comes_back_at_cpl_1():
     # and the trace tells the same story, in this order
     kinds = [e.kind for e in board.trace.events if e.kind.startswith(("load.", "kernel.init", "kernel.displaced"))]
     assert kinds[:6] == ["load.called", "load.copied", "load.idt", "load.switched", "kernel.init", "kernel.displaced"]
+
+
+def tss_descriptor(board, base):
+    return decode_segment(board.memory.read(base + layout.GDT + layout.KERNEL_TSS_SEL, 8))
+
+
+def test_the_cpus_ltr_loads_tr_and_marks_the_descriptor_busy(monkeypatch):
+    """The loading module writes the kernel's TSS descriptor *available*; the
+    takeover's x86 (`ltr`) makes the CPU read it into TR's hidden part and mark
+    it busy, so TR's base is the descriptor's because the CPU loaded it."""
+    written = {}
+
+    def load(self, cpu):
+        real_load(self, cpu)
+        if self.kernel is not None:                    # the Python part done, the CPU's not yet
+            written["tss"] = tss_descriptor(self.board, self.kernel.base)
+            written["tr"], written["gdtr"], written["cs"] = cpu["tr"], cpu["gdtr"], cpu["cs"]
+    real_load = Loader.load
+    monkeypatch.setattr(Loader, "load", load)
+    board, cos, loader = booted()
+    insmod(board, cos, loader)
+    base, cpu = loader.kernel.base, board.cpu
+    assert written["tss"].type == TSS_AVAILABLE and written["tss"].s == 0
+    assert written["tr"][0] != layout.KERNEL_TSS_SEL and written["gdtr"][1] == cos_layout.COS_GDT
+    assert written["cs"] == layout.COS_CODE_SEL                  # the takeover runs in the COS's CS
+    after = tss_descriptor(board, base)
+    assert after.type == TSS_BUSY                               # the CPU's ltr wrote the busy bit
+    sel, tr_base, tr_limit, _ = cpu["tr"]
+    assert (sel, tr_base, tr_limit) == (layout.KERNEL_TSS_SEL, after.base, after.limit)
+    assert tr_base == base + layout.TSS
+    switched = board.trace.of("load.switched")[0]
+    assert switched["tr"].endswith(f"->{layout.KERNEL_TSS_SEL:#x}")
+    assert switched["cs"].endswith(f"->{layout.KERNEL_CODE_SEL:#x}")
+    assert switched["gdtr"].endswith(f"->{base + layout.GDT:#x}")
+
+
+@pytest.mark.parametrize("corrupt, fault", [
+    (lambda d: d[:5] + bytes([d[5] | 0x02]) + d[6:], "#GP(0x30)"),    # busy already: ltr refuses it
+    (lambda d: d[:5] + bytes([0x92]) + d[6:], "#GP(0x30)"),           # a data segment, not a TSS
+    (lambda d: d[:5] + bytes([d[5] & 0x7F]) + d[6:], "#NP(0x30)"),    # not present
+])
+def test_a_corrupt_tss_descriptor_fails_the_takeover_with_the_cpus_fault(monkeypatch, corrupt, fault):
+    """The CPU checks the descriptor `ltr` names; a wrong one is its own fault,
+    taken through the kernel's IDT (already loaded), and the load ends as a
+    panic that names it, not a hang or a kernel running on a wrong TR."""
+    def load(self, cpu):
+        real_load(self, cpu)
+        if self.kernel is not None:
+            at = self.kernel.base + layout.GDT + layout.KERNEL_TSS_SEL
+            self.board.memory.write(at, corrupt(self.board.memory.read(at, 8)), code=False)
+    real_load = Loader.load
+    monkeypatch.setattr(Loader, "load", load)
+    board, cos, loader = booted()
+    with pytest.raises(MachineStopped, match=r"takeover faulted: " + re.escape(fault) + r" at 0x[0-9a-f]+ \(ltr ax\)"):
+        insmod(board, cos, loader)
+    failed = board.trace.of("load.failed")
+    assert failed and failed[0]["insn"] == "ltr ax" and failed[0]["error"] == layout.KERNEL_TSS_SEL
+    assert not board.trace.of("load.switched") and not board.trace.of("kernel.init")
+    assert board.cpu["tr"][0] != layout.KERNEL_TSS_SEL                # the CPU never loaded it

@@ -17,12 +17,14 @@ The same module's exit (the COS's `rmmod`) asks the kernel to unload
 (kernel/unload.py); back at CPL 0 it calls the loading module's second
 entry, `unloaded`, which gives the kernel's block back to the COS.
 """
+import struct
+
 from vmkit.hw.x86 import (encode_gate, encode_segment, encode_tss, CODE_RX, DATA_RW,
-                          TSS_BUSY, GATE_INT32, EFLAGS_IF)
+                          TSS_AVAILABLE, GATE_INT32)
 from vmkit.cos import layout as cos_layout
 from vmkit.cos.cos import COS
 from vmkit.kernel import layout
-from vmkit.kernel.image import KernelImage, KernelImageError, build as build_image
+from vmkit.kernel.image import KernelImage, KernelImageError, TAKEOVER, build as build_image
 from vmkit.kernel.kernel import Kernel
 from vmkit.kernel.worlds import VM_TICK
 from vmkit.kernel.unload import CALL as UNLOAD_CALL, give_back
@@ -204,25 +206,27 @@ class Loader:
         mem.write(base + layout.IDT, idt, code=False)
         self.board.trace.emit("load.idt", cpu.index, at=base + layout.IDT, gates=256)
         tss = encode_tss(base + layout.STACK_TOP, layout.KERNEL_DATA_SEL, allowed_ports=COS_PORTS)
-        gdt = kernel_gdt(base - 1) + [encode_segment(base + layout.TSS, len(tss) - 1, TSS_BUSY, 0, s=0, db=0, g=0)]
+        gdt = kernel_gdt(base - 1) + [encode_segment(base + layout.TSS, len(tss) - 1, TSS_AVAILABLE, 0, s=0, db=0, g=0)]
         mem.write(base + layout.TSS, tss, code=False)
         mem.write(base + layout.GDT, b"".join(gdt), code=False)
+        mem.write(base + layout.TAKEOVER_GDTR, struct.pack("<HI", len(gdt) * 8 - 1, base + layout.GDT), code=False)
+        mem.write(base + layout.TAKEOVER_IDTR, struct.pack("<HI", 256 * 8 - 1, base + layout.IDT), code=False)
         self.kernel = Kernel(self.board, base, image, cos_state=self._cos_state(cpu), monitor=VMM)
         self.kernel.ram = self.ram
         if self.emulate_if is not None:
             self.kernel.emulate_if = self.emulate_if
         self.kernel.worlds.vm_tick = self.vm_tick
         before = {r: cpu[r] for r in ("eip", "idtr", "gdtr", "tr", "cs")}
-        cpu["gdtr"] = (0, base + layout.GDT, len(gdt) * 8 - 1, 0)
-        cpu["tr"] = (layout.KERNEL_TSS_SEL, base + layout.TSS, len(tss) - 1, 0x80 | TSS_BUSY)  # present, busy
-        cpu["idtr"] = (0, base + layout.IDT, 256 * 8 - 1, 0)
+        self.kernel.on_entered = lambda c: self._switched(c, before)
         mem.write_u32(cos_layout.RAM_TOP, base)   # the COS keeps the memory below the kernel
+        cpu["eip"] = base + TAKEOVER              # the kernel's x86 loads its tables and CS itself
+
+    def _switched(self, cpu, before):
+        """The kernel's first dispatch: what the takeover's lgdt, lidt, ltr and far
+        jump loaded, read back from the CPU."""
         cpu.descriptors_changed()                 # the platform checks the COS's new limits
-        cpu["cs"] = layout.KERNEL_CODE_SEL
-        cpu["eflags"] = cpu["eflags"] & ~EFLAGS_IF
-        cpu["eip"] = base + image.entry
         self.board.trace.emit("load.switched", cpu.index,
-                              eip=f"{before['eip']:#x}->{cpu['eip']:#x}",
+                              eip=f"{before['eip']:#x}->{self.kernel.base + self.kernel.image.entry:#x}",
                               idtr=f"{before['idtr'][1]:#x}->{cpu['idtr'][1]:#x}",
                               gdtr=f"{before['gdtr'][1]:#x}->{cpu['gdtr'][1]:#x}",
                               tr=f"{before['tr'][0]:#x}->{cpu['tr'][0]:#x}",

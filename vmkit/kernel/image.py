@@ -20,6 +20,7 @@ MAGIC = b"VMKERNEL"
 VERSION = 2
 HEADER = struct.Struct("<8sIIIIIIII")
 STUB_SIZE = 16
+TAKEOVER = HEADER.size            # the code's first instruction: where the loading module sets EIP
 
 
 class KernelImageError(ValueError):
@@ -34,7 +35,15 @@ def kernel_source(load=switch.LOAD):
         push_error = "" if v in ERROR_CODE_VECTORS else "push 0\n"
         stubs.append(f".align 16\nstub_{v}:\n{push_error}push {v:#x}\njmp common")
     return f"""
-entry:                          ; the loader jumps here, CPL 0, kernel GDT/IDT/TSS loaded
+takeover:                       ; the code's first byte: the loading module sets EIP here and
+        cli                     ; the CPU runs it in the COS's own flat code segment, CPL 0
+        lgdt [{layout.TAKEOVER_GDTR:#x} + base]   ; the kernel's tables, whose operands the
+        lidt [{layout.TAKEOVER_IDTR:#x} + base]   ; loading module wrote into kernel memory
+        mov ax, {layout.KERNEL_TSS_SEL:#x}
+        ltr ax                  ; the CPU checks the descriptor (an available TSS) and marks it busy
+        jmp {layout.KERNEL_CODE_SEL:#x}:entry + {HEADER.size:#x}  ; CS from the kernel's GDT (labels count
+                                ; from the code's start, the image from its header)
+entry:                          ; CPL 0, kernel GDT/IDT/TSS loaded
         mov ax, {layout.COS_DATA_SEL:#x}  ; the COS's data (DPL 1): an iretd to CPL 1 would null a DPL 0
         mov ds, ax              ; data segment. Its limit ends below this kernel, so a real CPU
                                 ; would refuse the kernel's own accesses through it; the platform
@@ -98,11 +107,13 @@ def _assemble_at(origin, load):
 
 def _label_offsets(load=switch.LOAD):
     """Where entry, the stubs and the dispatcher landed: a marked label table appended."""
-    names = ["entry", "dispatch", "system_world"] + [f"stub_{v}" for v in range(256)]
+    names = ["takeover", "entry", "dispatch", "system_world"] + [f"stub_{v}" for v in range(256)]
     probe = kernel_source(load) + "\n.long 0x4c42414c\n.long " + ", ".join(names) + "\n"
     code = assemble(probe.replace("+ base", "+ 0"), 0)
     at = code.rfind(struct.pack("<I", 0x4C42414C)) + 4
-    entry, dispatch, system_world, *stubs = struct.unpack_from(f"<{len(names)}I", code, at)
+    takeover, entry, dispatch, system_world, *stubs = struct.unpack_from(f"<{len(names)}I", code, at)
+    if takeover != 0:
+        raise AssertionError("the takeover is not the kernel code's first instruction")
     if any(b - a != STUB_SIZE for a, b in zip(stubs, stubs[1:])):
         raise AssertionError("kernel stubs are not 16 bytes apart")
     return entry, stubs[0], dispatch, system_world

@@ -18,7 +18,7 @@ in through int 0x90 (syscalls.py).
 """
 from capstone import Cs, CS_ARCH_X86, CS_MODE_32
 
-from vmkit.hw.x86 import EFLAGS_IF, ERROR_CODE_VECTORS, GATE_INT32, decode_gate
+from vmkit.hw.x86 import EFLAGS_IF, ERROR_CODE_VECTORS, EXCEPTION_NAMES, GATE_INT32, decode_gate
 from vmkit.cos import layout as cos_layout
 from . import contain, devices, layout, smp, switch, syscalls, traps, unload, vpic
 from .cos_vcpu import CosVcpu, emulate_if
@@ -66,6 +66,8 @@ class Kernel:
         self.emulate_if = emulate_if  # exercise 02b plugs in here
         self.heap = base + layout.HEAP # pages the kernel hands out on request (syscalls.py)
         self.worlds = Worlds(self)    # the COS is world 0; VMs join with install_vm (worlds.py)
+        self.entered = False          # the takeover's x86 reached the entry (INIT_VECTOR)
+        self.on_entered = None        # the loader's: what the takeover loaded, read from the CPU
         self.hooks = [cpu.on_execute(base + image.dispatch, self.dispatch) for cpu in board.cpus]
 
     def install_vm(self, guest, memory_bytes, name=None, cpu=None):
@@ -92,7 +94,9 @@ class Kernel:
         if self.away_frame == esp and cpu.index == 0:   # back from idling or working: the COS's turn?
             self.resume(frame)
             return
-        if vector == INIT_VECTOR:
+        if not self.entered and frame.cs == layout.COS_CODE_SEL:   # in the COS's CS at CPL 0:
+            self._takeover_failed(frame, cpu, vector)               # the takeover's own x86
+        elif vector == INIT_VECTOR:
             self._initialise(frame, cpu)
         elif vector == unload.PARK_VECTOR:          # the unload parks this CPU
             unload.park(self, frame, cpu)
@@ -122,7 +126,23 @@ class Kernel:
                 self.reflect(frame, vector)
 
     # ---- initialisation ------------------------------------------------------
+    def _takeover_failed(self, frame, cpu, vector):
+        """The CPU refused the takeover's lgdt, lidt, ltr or far jump (a descriptor in the
+        kernel's GDT is not what it must be): the fault came through the kernel's IDT,
+        already loaded, before the kernel ran. Neither the COS's tables nor its CS can
+        be trusted to come back to, so the load fails as a panic, naming the CPU's fault."""
+        code = self.memory.read(frame.eip, 16)
+        insn = next((f"{i.mnemonic} {i.op_str}".strip() for i in _disassembler.disasm(code, frame.eip)), "?")
+        error = f"({frame.error:#x})" if vector in ERROR_CODE_VECTORS else ""
+        name = EXCEPTION_NAMES.get(vector, f"vector {vector:#x}").split()[0]
+        self.trace.emit("load.failed", cpu.index, vector=vector, error=frame.error, eip=frame.eip, insn=insn)
+        cpu.stop(f"vmkernel panic: the takeover faulted: {name}{error} at {frame.eip:#x} ({insn}): "
+                 f"the CPU refused the kernel's tables")
+
     def _initialise(self, frame, cpu):
+        self.entered = True
+        if self.on_entered is not None:
+            self.on_entered(cpu)
         cos = self.cos_state
         self._patch_cos()
         v = self.vcpu
