@@ -8,7 +8,7 @@ from vmkit.hw.x86 import decode_segment, TSS_AVAILABLE, TSS_BUSY
 from vmkit.cos import layout as cos_layout
 from vmkit.cos.cos import COS
 from vmkit.kernel import layout
-from vmkit.kernel.image import build, HEADER
+from vmkit.kernel.image import build, HEADER, TAKEOVER
 from vmkit.loader import Loader
 
 
@@ -194,6 +194,7 @@ def test_the_load_switches_the_cpus_tables_and_the_cos_comes_back_at_cpl_1():
         seen.setdefault("back_at", back)
         c.on_execute(back, lambda c: seen.setdefault("back", tables(c)))
     cpu.on_execute(LOADING_MODULE, called)              # before the loader's own hook there
+    cpu.on_execute(base + TAKEOVER, lambda c: seen.setdefault("takeover", tables(c)))
     cpu.on_execute(entry, lambda c: seen.setdefault("entry", tables(c)))
     loader = Loader(board)
     assert loader.entry == LOADING_MODULE
@@ -203,7 +204,11 @@ def test_the_load_switches_the_cpus_tables_and_the_cos_comes_back_at_cpl_1():
     # the COS called: its own tables, CPL 0
     assert before["idtr"][1] == cos_layout.COS_IDT and before["gdtr"][1] == cos_layout.COS_GDT
     assert before["cs"] & 3 == 0 and not in_kernel(loader, before["eip"])
-    # the kernel's first instruction: the CPU switched to the kernel's tables and code
+    # the loading module set only EIP: the kernel's first instruction runs in the COS's tables
+    first = seen["takeover"]
+    assert first["eip"] == base + TAKEOVER and first["cs"] == before["cs"]
+    assert (first["gdtr"], first["idtr"], first["tr"]) == (before["gdtr"], before["idtr"], before["tr"])
+    # the kernel's entry: the CPU's lgdt, lidt, ltr and far jump switched to the kernel's tables and code
     assert at["eip"] == entry and in_kernel(loader, at["eip"])
     assert at["cs"] == layout.KERNEL_CODE_SEL and not at["eflags"] & 0x200
     assert at["idtr"][1:3] == (base + layout.IDT, 256 * 8 - 1)

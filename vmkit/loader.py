@@ -7,11 +7,14 @@ The loading module checks the vmkernel image, copies it into the COS's
 memory block, builds the kernel's GDT, TSS and IDT there (every gate into
 the kernel's stubs), takes every byte from that block up away from the COS
 (its segments now end below the block, its allocator's RAM top is the
-block's base: as ESX left its console OS the low part of memory), and
-transfers control: GDTR, TR and IDTR now name the
-kernel's tables and EIP the kernel's entry. From the next instruction on,
-every interrupt and fault goes to the kernel. Each step is a trace event
-carrying the registers it changed, which notebook 02 steps through.
+block's base: as ESX left its console OS the low part of memory), writes
+the lgdt/lidt operands there, and sets EIP to the kernel code's first
+instruction. The CPU does the rest, in the COS's flat code segment: cli,
+lgdt, lidt, ltr (which checks the TSS descriptor, written available, and
+marks it busy) and a far jump to the kernel's entry. From then on every
+interrupt and fault goes to the kernel. Each step is a trace event carrying
+the registers it changed (load.switched: read back from the CPU at the
+kernel's first dispatch), which notebook 02 steps through.
 
 The same module's exit (the COS's `rmmod`) asks the kernel to unload
 (kernel/unload.py); back at CPL 0 it calls the loading module's second

@@ -7,7 +7,9 @@ Header (40 bytes, little-endian):
 Offsets are from the start of the image. The relocation table (u32 count,
 then u32 offsets of absolute addresses to add the load base to) is found
 by assembling the code twice, at two origins, and comparing: the words
-that differ by the difference are addresses.
+that differ by the difference are addresses. The code's first instruction
+(TAKEOVER, just after the header) is where the loading module sets EIP: the
+takeover's lgdt, lidt, ltr and far jump to `entry`, run by the CPU.
 """
 import struct
 import zlib

@@ -13,7 +13,8 @@ STEPS = {
     "load.called": "the load-call module's init calls the loading module (EAX = the block the COS gave, ECX = pages)",
     "load.copied": "the loading module checks the vmkernel image and copies it into that block",
     "load.idt": "it builds the kernel's IDT in kernel memory: 256 gates, each into a kernel stub",
-    "load.switched": "it switches the CPU: GDTR, TR and IDTR name the kernel's tables, CS:EIP the kernel's entry",
+    "load.switched": "it sets EIP to the kernel's first instruction, whose lgdt, lidt, ltr and far jump switch the CPU: "
+                     "GDTR, TR and IDTR name the kernel's tables, CS:EIP the kernel's entry",
     "kernel.init": "the kernel initialises: the COS's pushfd/popfd/iretd become int3",
     "kernel.displaced": "the kernel returns to the COS where it called the loader — at CPL 1",
 }
