@@ -226,7 +226,8 @@ class Loader:
 
     def _switched(self, cpu, before):
         """The kernel's first dispatch: what the takeover's lgdt, lidt, ltr and far
-        jump loaded, read back from the CPU."""
+        jump loaded, read back from the CPU. EIP is the entry the far jump named (the
+        CPU is past it by now, at the dispatcher, in the CS the jump loaded)."""
         cpu.descriptors_changed()                 # the platform checks the COS's new limits
         self.board.trace.emit("load.switched", cpu.index,
                               eip=f"{before['eip']:#x}->{self.kernel.base + self.kernel.image.entry:#x}",
