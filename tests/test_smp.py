@@ -188,7 +188,8 @@ def test_each_cpu_maps_guest_pages_in_its_own_window_and_never_interrupts_the_ot
         # the PTEs map as many pages as the kernel counted misses, less evictions
         assert r["misses"] - r["evictions"] == len([s for s in r["slots"] if s is not None])
     assert not _shootdowns_delivered(board)
-    assert all(c.lapic.ipis_received == 0 and not c.lapic.irr for c in board.cpus)
+    sent = [e["vector"] for e in board.trace.of("lapic.ipi")]   # only "a VM of yours can run"
+    assert set(sent) <= {smp.RESCHEDULE_VECTOR} and all(not c.lapic.irr for c in board.cpus)
     for p in kernel.worlds.cpus:                       # the slots map the pages of its own VMs only
         mine = [v for v in vms if v.cpu == p.index]
         for page in p.cache.slots:
@@ -254,7 +255,8 @@ def test_a_shared_window_needs_a_shootdown_ipi_for_every_remap():
     # took through its IDT ran the x86 that invlpgs the window (its count, bumped by that x86)
     assert shared["ipis_sent"] == shared["IPIs accepted"] > 0
     assert 0 < shared["shootdowns delivered"] == shared["shootdowns_taken"] <= shared["IPIs accepted"]
-    assert per_cpu["VM console lines"] == shared["VM console lines"] > 40
+    # the same VMs' work, less what the shootdowns cost (each, an IPI and an invlpg on the other CPU)
+    assert 0 <= per_cpu["VM console lines"] - shared["VM console lines"] <= 2 and shared["VM console lines"] > 40
 
 
 def test_skipping_the_shootdown_on_a_shared_window_reads_the_wrong_page():

@@ -34,6 +34,7 @@ from .frame import Frame
 from .mapcache import MappingCache, WINDOW
 
 TIMER_VECTOR = 0xF0             # each CPU's local APIC timer
+RESCHEDULE_VECTOR = 0xF3        # "a world of yours can run": the IPI that ends a CPU's idling (worlds.wake)
 DEFAULT_TIMER = 10_000          # instructions per tick when the COS never programmed the PIT
 GDT_LIMIT = layout.CPU1_VM_TSS_SEL + 7
 
@@ -143,13 +144,17 @@ def start_processors(kernel):
 def local_interrupt(kernel, frame, cpu, vector):
     """A CPU's local APIC vector entered the kernel: True if it was one (handled)."""
     from .mapcache import SHOOTDOWN_VECTOR
-    if vector not in (TIMER_VECTOR, SHOOTDOWN_VECTOR):
+    if vector not in (TIMER_VECTOR, SHOOTDOWN_VECTOR, RESCHEDULE_VECTOR):
         return False
     cpu.lapic.write(EOI, 0)
     worlds = kernel.worlds
     p = worlds.cpus[cpu.index]
     if vector == SHOOTDOWN_VECTOR:
         p.cache.take_shootdown(frame)              # the stub's x86 invlpgs the window (mapcache.py)
+        return True
+    if vector == RESCHEDULE_VECTOR:                # CPU 0 idling in the stub: back to the dispatcher
+        if p.current.kind == "system":             # after this, where Kernel.resume picks the world
+            worlds.switch_to(frame, worlds.pick(p), p)
         return True
     worlds.tick(frame, p)
     if frame.vector == layout.GO_SWITCH:

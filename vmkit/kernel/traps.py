@@ -68,6 +68,11 @@ def privileged(kernel, frame):
             kernel.deliver_pending(frame)
         else:
             kernel.go_away(frame, "idle")
+            if kernel.worlds.vm_tick:                # an idle COS yields CPU 0 now, not at its next
+                kernel.worlds.cos_would_idle(frame)  # tick: a VM's tick starts with its turn (worlds.py).
+                                                     # At the PIT's tick (the lessons') a turn begun
+                                                     # mid-period would lose a part tick: the idle
+                                                     # stub's next tick switches (Kernel.resume)
     elif name == "sti" or unmasked:                 # (past the instruction: the frame it
         kernel.deliver_pending(frame)                # pushes returns to the next one)
     return True

@@ -179,6 +179,7 @@ class Worlds:
         self.all.append(world)
         self.trace.emit("vm.installed", vm=name, base=base, size=size, code=len(code), area=area, cpu=cpu)
         world.cr3 = cr3
+        self.wake(vmm)                                          # an idle CPU starts it now
         return world
 
     @staticmethod
@@ -220,10 +221,41 @@ class Worlds:
         v = world.vmm.vcpu                     # a halted guest wakes for an interrupt it accepts
         return world.state == "ready" or (world.state == "halted" and v.pending and v.vif)
 
+    def wake(self, vmm):
+        """A line was raised for `vmm`'s VM (VMM.raise_line), or it was installed:
+        if it can run now (ready, or halted with its virtual IF open to a pending
+        line) and its CPU idles — CPU 0 in the kernel's idle stub (the COS halted),
+        another CPU in its system world — that CPU is sent a reschedule IPI through
+        the local APIC of the CPU the kernel runs on, and switches to it when it
+        takes the IPI (smp.local_interrupt), not at its next timer tick. CPU 0
+        raising for itself needs no IPI: the interrupt it serves ends its idle
+        stub's `hlt`, and the stub's way back to the dispatcher picks the VM
+        (Kernel.resume). A CPU busy with another world keeps its turn."""
+        world = next((w for w in self.all if w.vmm is vmm), None)
+        if world is None or world.state == "crashed" or not self.runnable(world):
+            return
+        p, k = self.cpus[world.cpu], self.kernel
+        idle = p.current.kind == "system" if p.index else (p.current.kind == "cos" and k.away == "idle")
+        if not idle or p.switching is not None:
+            return
+        here = k.board.running_cpu
+        if here is not None and here.index == p.index == 0:
+            return
+        here = here or k.board.cpus[0]             # (called between runs: as from CPU 0)
+        here.lapic.send_ipi(p.index, smp.RESCHEDULE_VECTOR)
+
     def quantum_of(self, world):
         """A world's turn in ticks: giving one world 3 and another 1 gives them
-        CPU time 3:1 when both are busy (proportional shares, by weighted turns)."""
-        return world.quantum or self.quantum
+        CPU time 3:1 when both are busy (proportional shares, by weighted turns).
+        With VMs at the VM tick (`vm_tick`) the COS still ticks at the PIT's
+        period, so its turn is counted in as many PIT ticks as make the same
+        virtual time: a quantum is virtual time, whatever clock counts it. (An
+        idle COS still yields at once: its `hlt` gives CPU 0 away, traps.py.)"""
+        ticks = world.quantum or self.quantum
+        period = self.kernel.board.pit.period
+        if world.kind == "cos" and self.vm_tick and period and self.vm_tick > period:
+            ticks = ticks * self.vm_tick // period
+        return ticks
 
     def pick(self, p=None):
         """The next world for CPU `p` (default 0), or None: `chooser` picks

@@ -166,7 +166,7 @@ class VirtualDisk:
 
     def _interrupt(self):
         if self.control & CTL_IE:
-            self.vmm.vcpu.pending |= 1 << VDISK_LINE
+            self.vmm.raise_line(VDISK_LINE)
 
 
 def install_vm_with_vdisk(kernel, guest, memory_bytes, name, vdisk, vdisk_bytes=None, cpu=None):

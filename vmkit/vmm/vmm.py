@@ -217,9 +217,11 @@ class VMM:
     def raise_line(self, line):
         """The kernel's instruction to raise an interrupt (claim 18's input path): line
         `line` of the VM's virtual PIC is pending; it is injected through the guest's own
-        IDT (gate 0x20 + line) as soon as the guest's virtual IF lets it in."""
+        IDT (gate 0x20 + line) as soon as the guest's virtual IF lets it in: a guest
+        halted on an idle CPU is switched to at once (Worlds.wake)."""
         self.vcpu.pending |= 1 << line
         self.trace.emit("vmm.raise", vm=self.name, line=line)
+        self.kernel.worlds.wake(self)           # halted on an idle CPU: it runs now, not at a tick
 
     def inject(self, frame, vector):
         """Through the guest's own IDT, onto the guest's own stack (flat: SS base 0)."""
