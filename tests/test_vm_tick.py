@@ -44,6 +44,7 @@ def test_the_cos_ticks_wait_as_one_pending_request_and_come_when_it_runs():
     cos_ticks, pit_ticks, mark = k.cos_ticks(), board.pit.ticks, board.trace.mark()
     board.run_until(lambda: k.worlds.current is vms[1] and cpu.cpl == 3, 3_000_000, "busy1's turn")
     assert board.pic.requested(0) and board.ports.read(0x21, 1) & 1   # one request waits, masked
+    board.slice = 1000                                          # the COS's turn is one tick: look often
     board.run_until(lambda: k.worlds.current.kind == "cos", 3_000_000, "the COS's turn")
     assert board.pit.ticks - pit_ticks >= 390                   # 4M instructions of 10,000-instruction ticks ...
     raised = [e for e in board.trace.since(mark, "irq.raise") if e["line"] == 0]
