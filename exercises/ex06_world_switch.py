@@ -30,7 +30,9 @@ Order matters where the CPU looks something up: lldt, ltr and the segment
 loads find their descriptors in the GDT that GDTR names *then*. The CPU
 checks each one (a selector that names no LDT, no available TSS, no data
 segment is a fault); a world whose load faults, or whose registers do not
-read back as its save area, is refused and stopped. The grader gives one VM
+read back as its save area, is refused and stopped. Every [edi + ...] is read
+through DS: load DS last (the COS's ends below the kernel; the kernel stores
+the selectors you loaded into the frame and takes its own DS back). The grader gives one VM
 its own GDT (with an LDT in it) and its own IDT, so every item differs
 between the worlds.
 """

@@ -30,7 +30,9 @@ Order matters where the CPU looks something up: lldt, ltr and the segment
 loads find their descriptors in the GDT that GDTR names *then*. The CPU
 checks each one (a selector that names no LDT, no available TSS, no data
 segment is a fault); a world whose load faults, or whose registers do not
-read back as its save area, is refused and stopped. The grader gives one VM
+read back as its save area, is refused and stopped. Every [edi + ...] is read
+through DS: load DS last (the COS's ends below the kernel; the kernel stores
+the selectors you loaded into the frame and takes its own DS back). The grader gives one VM
 its own GDT (with an LDT in it) and its own IDT, so every item differs
 between the worlds.
 """
@@ -43,16 +45,16 @@ def load_sequence():
         lgdt [edi + AREA_GDTR]          ; GDTR first: the selectors below are looked up in it
         lldt word ptr [edi + AREA_LDTR]
         ltr word ptr [edi + AREA_TR]
-        mov eax, [edi + AREA_DS]
-        mov ds, eax
-        mov eax, [edi + AREA_ES]
-        mov es, eax
-        mov eax, [edi + AREA_FS]
-        mov fs, eax
-        mov eax, [edi + AREA_GS]
-        mov gs, eax
         lidt [edi + AREA_IDTR]
         mov eax, [edi + AREA_CR3]
         mov cr3, eax
+        mov eax, [edi + AREA_ES]        ; the data segments, DS last: every [edi + ...]
+        mov es, eax                     ; goes through DS, and the next world's may end
+        mov eax, [edi + AREA_FS]        ; below the save area
+        mov fs, eax
+        mov eax, [edi + AREA_GS]
+        mov gs, eax
+        mov eax, [edi + AREA_DS]
+        mov ds, eax
 """
     ### END SOLUTION

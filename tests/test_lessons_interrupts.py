@@ -180,12 +180,12 @@ def test_the_device_diagram_draws_what_the_bitmap_says(machine):
 def test_share_scsi_serves_both_and_the_cos_waits_its_turn(machine):
     board, cos, kernel = machine
     result = devices.share_scsi(board, cos, kernel)
-    assert result["completed"] == {"cos": 2, "kernel": 8}
+    assert result["completed"] == {"cos": 2, "kernel": 12}
     assert result["COS read back its block"] and result["kernel read back its blocks"]
     assert result["doorbells rung while busy"] == 0
     kinds = [(e.kind, e.data.get("owner")) for e in result["events"]]
     starts = [owner for kind, owner in kinds if kind == "scsi.share_start"]
-    assert starts == ["kernel"] * 4 + ["cos"] * 2 + ["kernel"] * 4
+    assert starts == ["kernel"] * 6 + ["cos"] * 2 + ["kernel"] * 6
     ring = kinds.index(("kernel.emulate", None))                   # the COS's first trapped doorbell
     assert ("scsi.share_done", "kernel") in kinds[ring:ring + 2]   # ... came while the kernel's was in flight
 

@@ -85,11 +85,13 @@ def test_the_cpu_loads_the_world_with_if_clear_and_the_iretd_sets_it():
     assert at_load["gdtr"][1:3] == (area["gdtr.base"], area["gdtr.limit"])
     assert at_load["idtr"][1:3] == (area["idtr.base"], area["idtr.limit"])
     assert at_load["tr"][0] == area["tr.sel"] == layout.VM_TSS_SEL and at_load["ldtr"][0] == 0
-    assert at_load["cr3"] == vm.cr3 and at_load["cr0"] & switch.CR0_PG and at_load["ds"] == area["ds"]
+    assert at_load["cr3"] == vm.cr3 and at_load["cr0"] & switch.CR0_PG
+    assert at_load["ds"] == layout.KERNEL_DATA_SEL    # the kernel's own again; the VM's is in the frame
     assert at_load["cpl"] == 0 and steps["switch.begin"]["cr3"] == 0      # the COS ran without paging
     (regs,) = first                                   # after the stub's iretd: the VM, IF set
     assert regs["eflags"] & EFLAGS_IF and regs["cpl"] == 3 and regs["eip"] == vm.region[0]
     assert regs["tr"][0] == layout.VM_TSS_SEL and regs["cr3"] == vm.cr3
+    assert [regs[s] for s in ("ds", "es", "fs", "gs")] == [area[s] for s in ("ds", "es", "fs", "gs")]
 
 
 def _tss_descriptors(board, kernel):

@@ -37,7 +37,8 @@ WRONG = {
     "FS from DS's field": ("\n".join(RIGHT).replace("[edi + AREA_FS]", "[edi + AREA_DS]"),
                            "FS is not the save area's"),
     "DS from FS's field": ("\n".join(RIGHT).replace("[edi + AREA_DS]", "[edi + AREA_FS]"),
-                           "a data segment loaded from another item's field?"),
+                           "DS is not the save area's"),    # loaded last: the kernel's own
+                                                                # DS comes back, verify names it
     "sti in the load": ("\n".join(RIGHT + ["sti"]), "your code must not (no sti)"),
 }
 

@@ -1,9 +1,12 @@
 """The trap frame on the kernel stack, as the stubs leave it for the dispatcher.
 
     esp+0   pushad: edi esi ebp (esp) ebx edx ecx eax
-    esp+32  vector, error code (the stub pushes 0 where the CPU pushed none)
-    esp+40  eip cs eflags            (pushed by the CPU)
-    esp+52  esp ss                   (only when the trap came from CPL > 0)
+    esp+32  gs fs es ds              the interrupted code's data segments: `common`
+                                     pushes them and loads the kernel's own, whose
+                                     limit reaches it (the COS's ends below it)
+    esp+48  vector, error code (the stub pushes 0 where the CPU pushed none)
+    esp+56  eip cs eflags            (pushed by the CPU)
+    esp+68  esp ss                   (only when the trap came from CPL > 0)
 Reading and writing it is how the kernel changes what the interrupted code
 sees when the stub's popad/iretd return to it.
 """
@@ -11,8 +14,21 @@ from .words import Words
 
 FLAT = 0xFFFFFFFF
 
-FIELDS = ("edi", "esi", "ebp", "esp0", "ebx", "edx", "ecx", "eax", "vector", "error",
-          "eip", "cs", "eflags", "esp", "ss")
+FIELDS = ("edi", "esi", "ebp", "esp0", "ebx", "edx", "ecx", "eax", "gs", "fs", "es", "ds",
+          "vector", "error", "eip", "cs", "eflags", "esp", "ss")
+SEGMENTS = ("ds", "es", "fs", "gs")
+
+# The way back from the kernel, through the frame: the interrupted code's registers and
+# data segments (a segment register may be reloaded only with a selector the CPU accepts
+# for it, checked again here), then iretd. Every exit of the kernel's x86 ends so.
+EXIT = """\
+        popad
+        pop gs
+        pop fs
+        pop es
+        pop ds
+        add esp, 8              ; vector, error code
+        iretd"""
 
 
 class StackPastLimit(Exception):

@@ -17,6 +17,7 @@ import zlib
 from vmkit.hw.asm import assemble
 from vmkit.hw.x86 import ERROR_CODE_VECTORS
 from . import layout, mapcache, switch, unload
+from .frame import EXIT, Frame
 
 MAGIC = b"VMKERNEL"
 VERSION = 2
@@ -45,15 +46,12 @@ takeover:                       ; the code's first byte: the loading module sets
         ltr ax                  ; the CPU checks the descriptor (an available TSS) and marks it busy
         jmp {layout.KERNEL_CODE_SEL:#x}:entry + {HEADER.size:#x}  ; CS from the kernel's GDT (labels count
                                 ; from the code's start, the image from its header)
-entry:                          ; CPL 0, kernel GDT/IDT/TSS loaded
-        mov ax, {layout.COS_DATA_SEL:#x}  ; the COS's data (DPL 1): an iretd to CPL 1 would null a DPL 0
-        mov ds, ax              ; data segment. Its limit ends below this kernel, so a real CPU
-                                ; would refuse the kernel's own accesses through it; the platform
-                                ; checks limits only at CPL > 0 (hw/limits.py)
+entry:                          ; CPL 0, kernel GDT/IDT/TSS loaded (by the takeover above)
+        mov ax, {layout.KERNEL_DATA_SEL:#x}  ; the kernel's own data segment: the COS's ends below it
+        mov ds, ax
         mov es, ax
         mov fs, ax
         mov gs, ax
-        mov ax, {layout.KERNEL_DATA_SEL:#x}
         mov ss, ax
         mov esp, {layout.STACK_TOP:#x} + base
         push 0                  ; a frame like a trap's: the dispatcher fills it in
@@ -63,14 +61,25 @@ entry:                          ; CPL 0, kernel GDT/IDT/TSS loaded
         push 0
         push 0                  ; error code
         push 0x100              ; "vector" 0x100: kernel initialisation
+        push {layout.COS_DATA_SEL:#x}           ; the COS's data segments (DPL 1): what the exit's
+        push {layout.COS_DATA_SEL:#x}           ; pops load for it (an iretd to CPL 1 would null a
+        push {layout.COS_DATA_SEL:#x}           ; DPL 0 one)
+        push {layout.COS_DATA_SEL:#x}
         pushad
         jmp dispatch
 {chr(10).join(stubs)}
 .align 16
-common: pushad
+common: push ds                 ; the interrupted code's data segments, into the frame ...
+        push es
+        push fs
+        push gs
+        pushad
+        mov ax, {layout.KERNEL_DATA_SEL:#x}  ; ... and the kernel's own: its memory lies past the
+        mov ds, ax              ; limit of the COS's (and a VM's DS is the VM's)
+        mov es, ax
 dispatch:                       ; the Python dispatcher runs here (CPU.on_execute)
         nop
-        mov eax, [esp + 32]     ; where to go: the dispatcher leaves it in the frame's vector
+        mov eax, [esp + {Frame.OFFSET['vector']}]     ; where to go: the dispatcher leaves it in the frame's vector
         cmp eax, 1              ; slot, on this CPU's own stack (a shared variable would race)
         je idle
         cmp eax, 2
@@ -79,9 +88,7 @@ dispatch:                       ; the Python dispatcher runs here (CPU.on_execut
         je world_switch
 {mapcache.DISPATCH_SOURCE}
 {unload.X86_DISPATCH}
-        popad
-        add esp, 8              ; vector, error code
-        iretd
+{EXIT}
 idle:   sti                     ; nothing to run: wait for an interrupt
         hlt
         cli

@@ -49,6 +49,7 @@ from vmkit.hw.asm import assemble
 from vmkit.hw.cpu import LinearFault
 from vmkit.hw.lapic import ICR_HIGH, ICR_LOW
 from . import layout
+from .frame import EXIT, Frame
 
 WINDOW = 0xFF800000             # the window's virtual address (directory slot 0x3FE)
 SLOTS = 4                       # per CPU: two VMs' worth (a VM's IDT page and stack page)
@@ -81,11 +82,9 @@ window_drop:
         invlpg [eax]            ; this CPU's TLB only: the other CPU's is its own business
         add eax, {layout.PAGE:#x}
         loop window_drop
-        mov eax, [esp + 36]     ; error-code slot: &shootdowns_taken
+        mov eax, [esp + {Frame.OFFSET['error']}]     ; error-code slot: &shootdowns_taken
         inc dword ptr [eax]
-        popad
-        add esp, 8
-        iretd"""
+{EXIT}"""
 KERNEL_SOURCE = SHOOTDOWN_SOURCE + "\n" + INVLPG_SOURCE
 # ---- end of the mapping cache's x86 ------------------------------------------------------
 

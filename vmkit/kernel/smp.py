@@ -107,7 +107,7 @@ def processor(kernel, cpu):
                               window=window(kernel, index))
     state = dict.fromkeys(switch.ITEMS, 0)
     state.update(kernel_tables(kernel))
-    data = layout.COS_DATA_SEL                    # as the kernel's entry code loads (image.py: not flat)
+    data = layout.KERNEL_DATA_SEL                 # the kernel's own (image.py's `common` loads it)
     state.update(eip=kernel.base + kernel.image.system_world, esp=stack_top(kernel, index) - 8,
                  eflags=EFLAGS_IF | 2, cs=layout.KERNEL_CODE_SEL, ss=layout.KERNEL_DATA_SEL,
                  ds=data, es=data, fs=data, gs=data, cr3=system.cr3,

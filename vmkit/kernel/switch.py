@@ -10,7 +10,8 @@ switches goes through these steps, one trace event each:
   2. switch.save   x86 stores the running world's state in its save area: the
                    general registers, EIP, CS, EFLAGS, ESP, SS from the trap
                    frame, the rest as only the CPU holds it (mov from DS..GS,
-                   sgdt, sidt, sldt, str, mov from CR3); back in the dispatcher,
+                   sgdt, sidt, sldt, str, mov from CR3; DS..GS from
+                   the frame, where the stub pushed them); back in the dispatcher,
                    Python adds the CRC-32;
   3. switch.cli    x86 `cli`: exceptions disabled (the event reads IF back);
   4. switch.check  Python checks the next world's save area (CRC-32): one
@@ -19,8 +20,11 @@ switches goes through these steps, one trace event each:
                    identity-mapped): lgdt, lldt, ltr (on the TSS descriptor the
                    CPU itself reads from the GDT, which must be *available*: the
                    descriptor of the TSS being left is made available first, as
-                   kernels do when they reload TR), the data segments, lidt,
-                   CR3; then paging on if CR3 names a page directory (0: the
+                   kernels do when they reload TR), lidt, CR3, the data segments
+                   (the CPU checks each selector against the new GDT; DS last,
+                   as the loads read the save area through DS), which the
+                   kernel then stores into the frame for the stub's pops before
+                   loading its own DS/ES again; then paging on if CR3 names a page directory (0: the
                    COS's, paging stays off); then the frame the stub's popad and
                    iretd will load; back in the dispatcher, Python reads every
                    register and the frame back and compares (`verify`);
@@ -152,17 +156,17 @@ LOAD = """
         lgdt [edi + AREA_GDTR]          ; the descriptor tables: GDTR first, the selectors below
         lldt word ptr [edi + AREA_LDTR] ;   are looked up in it (the CPU checks each descriptor)
         ltr word ptr [edi + AREA_TR]    ; TR's base and limit from its TSS descriptor, marked busy
-        mov eax, [edi + AREA_DS]        ; the data segments
-        mov ds, eax
-        mov eax, [edi + AREA_ES]
-        mov es, eax
-        mov eax, [edi + AREA_FS]
-        mov fs, eax
-        mov eax, [edi + AREA_GS]
-        mov gs, eax
         lidt [edi + AREA_IDTR]
         mov eax, [edi + AREA_CR3]       ; the address space (0: the COS's, no page directory)
         mov cr3, eax
+        mov eax, [edi + AREA_ES]        ; the data segments, DS last: [edi + ...] goes through
+        mov es, eax                     ;   DS, and the world's (the COS's) may end below the
+        mov eax, [edi + AREA_FS]        ;   save area
+        mov fs, eax
+        mov eax, [edi + AREA_GS]
+        mov gs, eax
+        mov eax, [edi + AREA_DS]
+        mov ds, eax
 """
 
 
@@ -226,13 +230,13 @@ save_stack:
         mov [esi + AREA_ESP], eax
         mov [esi + AREA_SS], ecx
         ; -- ... and what only the CPU holds
-        mov eax, ds
-        mov [esi + AREA_DS], eax
-        mov eax, es
+        mov eax, [esp + {f['ds']}]      ; the world's data segments: the stub saved them in
+        mov [esi + AREA_DS], eax        ; the frame (the CPU holds the kernel's now)
+        mov eax, [esp + {f['es']}]
         mov [esi + AREA_ES], eax
-        mov eax, fs
+        mov eax, [esp + {f['fs']}]
         mov [esi + AREA_FS], eax
-        mov eax, gs
+        mov eax, [esp + {f['gs']}]
         mov [esi + AREA_GS], eax
         sgdt [esi + AREA_GDTR]
         sidt [esi + AREA_IDTR]
@@ -249,7 +253,7 @@ world_load:
 {_prologue("world_load")}
         ; -- load
 {load}
-        jmp load_paging
+        jmp load_segments
 world_reload:                           ; the kernel's own load, whatever `load` is
 {_prologue("world_reload")}
         movzx eax, word ptr [edi + AREA_TR]     ; a world this CPU ran: its TSS is this CPU's,
@@ -261,6 +265,14 @@ world_reload:                           ; the kernel's own load, whatever `load`
         and byte ptr [ecx + eax + 5], 0xFD
 reload_tr_free:
 {LOAD}
+load_segments:                          ; -- the data segments the CPU accepted, for the frame
+        mov ebx, ds                     ;    (the stub's pops load them on the way out), and
+        mov edx, es                     ;    the kernel's own DS/ES again: its memory lies past
+        mov ebp, fs                     ;    the limit of the COS's
+        mov esi, gs
+        mov ax, {layout.KERNEL_DATA_SEL:#x}
+        mov ds, ax
+        mov es, ax
 load_paging:                            ; -- paging on if the loaded CR3 names a page directory
         mov eax, cr3
         test eax, eax
@@ -289,6 +301,10 @@ load_general:
         mov [esp + {f['cs']}], eax
         mov eax, [edi + AREA_EFLAGS]
         mov [esp + {f['eflags']}], eax
+        mov [esp + {f['ds']}], ebx
+        mov [esp + {f['es']}], edx
+        mov [esp + {f['fs']}], ebp
+        mov [esp + {f['gs']}], esi
         test byte ptr [edi + AREA_CS], 3
         jz world_loaded
         mov eax, [edi + AREA_ESP]
@@ -372,7 +388,7 @@ def tss_base(memory, state):
 
 
 # the plain registers a verify reads, in one call into Unicorn
-_PLAIN = ("ss",) + SEGMENTS + ("cr3", "cr0", "eflags")
+_PLAIN = ("ss", "cr3", "cr0", "eflags")
 _TABLES = ("gdtr", "idtr", "ldtr", "tr")
 
 
@@ -389,7 +405,7 @@ def observe(memory, frame, cpu, regs=None, tables=None):
         now.update(esp=words["esp"], ss=words["ss"])
     else:
         now.update(esp=frame.address + _CPL0_FRAME, ss=regs["ss"])
-    now.update((n, regs[n]) for n in SEGMENTS)
+    now.update((n, words[n]) for n in SEGMENTS)     # what the stub's pops load
     _, now["gdtr.base"], now["gdtr.limit"], _ = tables["gdtr"]
     _, now["idtr.base"], now["idtr.limit"], _ = tables["idtr"]
     now["ldtr.sel"], now["tr.sel"], now["cr3"] = tables["ldtr"][0], tables["tr"][0], regs["cr3"]

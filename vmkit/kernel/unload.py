@@ -65,6 +65,7 @@ from vmkit.hw.lapic import EOI, LVT_TIMER, MASKED, TIMER_INITIAL
 from vmkit.hw.x86 import EFLAGS_IF, EFLAGS_IOPL
 from vmkit.cos import layout as cos_layout
 from . import layout
+from .frame import Frame
 
 CALL = 4                        # int 0x90, EAX = 4: unload
 OK, REFUSED = 0, 1
@@ -79,7 +80,7 @@ GDTR, IDTR, TSS_DESC, TR, CS, ESP, SEGS, PARK_GDTR, PARK_IDTR = (
     _U, _U + 0x08, _U + 0x10, _U + 0x14, _U + 0x18, _U + 0x1C, _U + 0x20, _U + 0x34, _U + 0x3C)
 assert RECORD.size == 0x44
 
-_F = 32 + 8                     # the frame after pushad, vector, error code: eip cs eflags esp ss
+_F = Frame.OFFSET["eip"]        # the frame's eip cs eflags esp ss
 X86_DISPATCH = f"""\
         cmp eax, {layout.GO_UNLOAD}
         je unload

@@ -225,13 +225,13 @@ def kernel_request_block(board, rb, op, lba, buf):
 
 READ10, WRITE10 = 0x28, 0x2A
 KERNEL_BUFS, KERNEL_RBS = 0x60000, 0x61000       # the kernel's own buffers and request blocks
-KERNEL_LBAS = (10, 11, 12, 13)
+KERNEL_LBAS = (10, 11, 12, 13, 14, 15)   # long enough that the COS rings while they go
 
 
 def share_scsi(board, cos, kernel, run=300_000):
     """Claims 6-7, 32: the kernel and the COS both use the one SCSI controller.
 
-    The kernel queues writes of its own (blocks 10-13); while they are still
+    The kernel queues writes of its own (blocks 10-15); while they are still
     going, a COS driver (an insmod'ed module polling the controller's
     registers, which trap to the kernel) writes block 5, and another reads it
     back; the kernel then reads its blocks back. Returns what the machine did:
