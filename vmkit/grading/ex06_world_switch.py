@@ -159,7 +159,7 @@ def check_checksum(load_sequence):
     n = 32_000
     vm = kernel.install_vm(lambda base: guests.checksum(base, n), lesson.VM_MEMORY, "sum")
     problem = None
-    for _ in range(20):
+    for _ in range(30):                         # it needs ~4.2M: the COS and the kernel's work share the CPU
         problem = _run(board, kernel, 200_000)
         if problem or vm.vmm.console or vm.state == "crashed":
             break
