@@ -39,3 +39,33 @@ def board():
     b = Board()
     yield b
     b.close()
+
+
+# ---- the order files are handed to xdist's workers (`./kit test`: -n 2 --dist loadfile) ----------
+# xdist orders files by their number of tests, so a file of one long test (the browser's, the grade
+# formats') came last and one worker waited for it alone. Longest first instead: these files'
+# seconds, measured on a loaded machine (relative figures are what count); any other file weighs
+# 0.1 s a test. Only the order between files changes: each file's tests still run in order, on one
+# worker.
+SECONDS = {
+    "tests/test_software_interrupts.py": 30, "tests/test_exercises.py": 20, "tests/test_cli.py": 24,
+    "tests/test_browser.py": 16, "tests/test_wrong_answers.py": 16, "tests/test_wrong_answers_ex06.py": 14,
+    "tests/test_grade_formats.py": 10, "tests/test_wrong_answers_ex07.py": 7, "tests/test_smp.py": 6.4,
+    "tests/test_wrong_answers_ex08.py": 6.3, "tests/test_vmfs_tool.py": 5.9, "notebooks/07_two_cpus.ipynb": 5.8,
+    "tests/test_unload.py": 4.8, "notebooks/11_unload.ipynb": 4.6, "tests/test_storm.py": 4.5,
+    "tests/test_worlds.py": 4.4, "tests/test_wrong_answers_ex11.py": 4.0, "tests/test_vdisk.py": 3.9,
+    "notebooks/08_network.ipynb": 3.8, "tests/test_net_pio.py": 3.1,
+}
+
+
+def pytest_configure(config):
+    if hasattr(config.option, "loadscopereorder"):          # xdist present: keep the order below
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config, items):
+    count = {}
+    for item in items:
+        count[item.nodeid.split("::")[0]] = count.get(item.nodeid.split("::")[0], 0) + 1
+    weight = {f: SECONDS.get(f, 0.1 * n) for f, n in count.items()}
+    items.sort(key=lambda item: -weight[item.nodeid.split("::")[0]])   # stable: in-file order kept

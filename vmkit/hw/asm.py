@@ -49,6 +49,7 @@ return no bytes without raising; ``mov eax, [`` silently assembles as
 engine to radix 16 for good (``push 10`` -> ``6a 10``; keystone issues
 #481/#538/#571), so no option is ever set and the radix is checked on creation.
 """
+import functools
 import re
 import struct
 
@@ -275,6 +276,16 @@ def assemble(source: str, origin: int = 0) -> bytes:
         raise TypeError("assemble takes x86 source text, not %s" % type(source).__name__)
     if not isinstance(origin, int) or isinstance(origin, bool) or not 0 <= origin <= 0xFFFFFFFF:
         raise ValueError("origin must be a 32-bit address, not %r" % (origin,))
+    return _assembled(source, origin)
+
+
+@functools.lru_cache(maxsize=256)
+def _assembled(source, origin):
+    """The bytes are a pure function of the text and the origin, and the same
+    texts come back all the time: every machine that loads the kernel assembles
+    its image (twice, at two origins, plus a label probe), every COS boot its
+    code. So they are kept, per process (bytes: nothing a machine does can change
+    them). A text that does not assemble raises each time; nothing is kept."""
     lines = source.splitlines()
     fixes, checks, line_of = [], [], []
     try:
