@@ -11,25 +11,10 @@ from vmkit.kernel.vmfs_disk import MemoryDisk, add_partition, find
 from vmkit.kernel.vmfs_errors import VmfsError
 from vmkit.kernel.vmfs_format import FD_SIZE, PB_SIZE, SECTOR
 from vmkit.kernel.vmfs_fsck import fsck
+from vmkit.lessons.vmfs import CuttingDisk, PowerCut      # the disk notebook 10 cuts too
 
 BS = 4096
 KEEP = bytes(range(256)) * (3 * BS // 256)
-
-
-class PowerCut(Exception):
-    """Raised by the disk at the cut: the write that would have been next never happens."""
-
-
-class CuttingDisk(MemoryDisk):
-    def __init__(self, data, budget):
-        super().__init__(len(data) // SECTOR, data)
-        self.budget, self.writes = budget, 0
-
-    def write(self, lba, data):
-        if self.budget is not None and self.writes >= self.budget:
-            raise PowerCut()
-        self.writes += 1
-        super().write(lba, data)
 
 
 def base_image():
