@@ -48,7 +48,9 @@ def what_is_at(kernel, address):
 
 
 # first bytes of the privileged instructions the COS traps with all the time (cli, sti, hlt,
-# in, out, lidt/lgdt): no memory operand past a limit, so no decoding on that hot path
+# in, out): no memory operand, so no decoding on that hot path. lidt/lgdt (0F 01) are
+# decoded: their #GP at CPL 1 comes before the CPU reads the operand, so the limit check
+# the CPU would make on it at CPL 0 is the kernel's to make before it emulates them
 _PRIVILEGED = {0xFA, 0xFB, 0xF4, 0xE4, 0xE5, 0xE6, 0xE7, 0xEC, 0xED, 0xEE, 0xEF}
 
 
@@ -58,7 +60,7 @@ def past_limit(kernel, frame):
     if frame.error != 0:
         return False
     first, second = kernel.memory.read(frame.eip, 2)
-    if first in _PRIVILEGED or (first == 0x66 and second in _PRIVILEGED) or (first, second) == (0x0F, 0x01):
+    if first in _PRIVILEGED or (first == 0x66 and second in _PRIVILEGED):
         return False
     insn = traps.decode(kernel, frame.eip)
     if insn is None:

@@ -18,9 +18,9 @@ in through int 0x90 (syscalls.py).
 """
 from capstone import Cs, CS_ARCH_X86, CS_MODE_32
 
-from vmkit.hw.x86 import EFLAGS_IF, ERROR_CODE_VECTORS, EXCEPTION_NAMES, GATE_INT32, decode_gate
+from vmkit.hw.x86 import EFLAGS_IF, ERROR_CODE_VECTORS, EXCEPTION_NAMES
 from vmkit.cos import layout as cos_layout
-from . import contain, devices, layout, smp, switch, syscalls, traps, unload, vpic
+from . import contain, cos_idt, devices, layout, smp, switch, syscalls, traps, unload, vpic
 from .cos_vcpu import CosVcpu, emulate_if
 from .frame import Frame, StackPastLimit
 from .irq import IrqRouter
@@ -233,7 +233,7 @@ class Kernel:
                 return
             self.vcpu.pending &= ~(1 << line)
             self.irqs.delivered(line)
-            self.inject(frame, IRQ_BASE + line)
+            self.inject(frame, IRQ_BASE + line, external=True)
 
     def go_away(self, frame, why):
         """Leave the COS's frame on the kernel stack and idle ("idle": sti; hlt)
@@ -304,23 +304,10 @@ class Kernel:
             self.trace.emit("kernel.classify", device=d.name, cls=classes[d.name])
         return classes
 
-    def inject(self, frame, vector, error=None):
-        """Deliver `vector` to the COS through the COS's own (virtual) IDT."""
-        v = self.vcpu
-        if vector * 8 + 7 > v.idt_limit:
-            raise RuntimeError(f"the COS has no gate for vector {vector:#x}")
-        gate = decode_gate(self.memory.read(v.idt_base + vector * 8, 8))
-        frame.check_stack(below=16 if error is not None else 12)   # all or nothing
-        frame.push((frame.eflags & ~EFLAGS_IF) | (EFLAGS_IF if v.vif else 0))
-        frame.push(frame.cs)
-        frame.push(frame.eip)
-        if error is not None:
-            frame.push(error)
-        frame.eip = gate.offset
-        if gate.type == GATE_INT32:              # an interrupt gate clears IF; a trap gate does not
-            v.vif = 0
-        v.injected += 1
-        self.trace.emit("kernel.inject", vector=vector, handler=gate.offset)
+    def inject(self, frame, vector, error=None, external=False):
+        """Deliver `vector` to the COS through the COS's own (virtual) IDT, its gate
+        checked as the CPU checks one, and against the COS's limit (cos_idt.py)."""
+        return cos_idt.deliver(self, frame, vector, error, external)
 
     def reflect(self, frame, vector):
         """A fault of the COS's own making: its own handler gets it, after ours."""
@@ -328,6 +315,6 @@ class Kernel:
         error = frame.error if vector in ERROR_CODE_VECTORS else None
         try:
             self.inject(frame, vector, error)
-        except StackPastLimit as e:                   # it would fault again at once: as the CPU
+        except StackPastLimit as e:                   # it would fault again at once: as a CPU
             contain.stack_refused(self, frame, e, f"vector {vector:#x}")   # shuts down on a
-            self.board.cpus[0].stop(f"the COS cannot take vector {vector:#x}: {e}")   # triple fault
+            cos_idt.shutdown(self, frame, f"its stack cannot take vector {vector:#x}: {e}")   # triple fault
