@@ -53,6 +53,29 @@ def test_a_local_apic_timer_interrupts_its_own_cpu_every_period():
     assert 0 < cpu1.lapic.read(TIMER_CURRENT) <= 1000
 
 
+def test_a_cpus_stores_at_0xfee00000_reach_its_own_local_apic_only():
+    """Each CPU's registers are mapped in that CPU's own address map: the same store from
+    CPU 0 programs CPU 0's timer; a vector the APIC refuses is dropped (lapic.error)."""
+    board = Board(cpus=2, keyboard=False, sensor=False)
+    board.load(0x1000, """
+        mov dword ptr [0xfee00320], 0x200f0     ; LVT: vector 0xF0, periodic
+        mov dword ptr [0xfee00380], 5000        ; initial count
+        mov eax, [0xfee00020]                   ; its ID
+        mov ebx, [0xfee00390]                   ; current count
+        mov dword ptr [0xfee00320], 3           ; a reserved vector: refused
+        l: hlt
+        jmp l""")
+    board.boot(0x1000, cpu=0)
+    board.run(100)
+    apic0, apic1 = board.cpus[0].lapic, board.cpus[1].lapic
+    assert (apic0.read(LVT_TIMER), apic0.read(TIMER_INITIAL)) == (0xF0 | PERIODIC, 5000)
+    assert (apic1.read(LVT_TIMER) & 0xFF, apic1.read(TIMER_INITIAL)) == (0, 0)   # CPU 1's: untouched
+    cpu = board.cpus[0]
+    assert cpu["eax"] == 0 and 0 < cpu["ebx"] <= 5000           # APIC ID 0; counting down
+    assert [e["register"] for e in board.trace.of("lapic.error")] == [LVT_TIMER]
+    assert apic0.last_store[TIMER_INITIAL] == (0, 0x100A)     # the second store
+
+
 def test_without_eoi_the_next_tick_waits_and_masking_stops_it():
     board, cpu1 = _cpu1_counting_ticks(1000)
     board.cpus[1].lapic.isr |= 1 << 0x40          # the vector is "in service" and never EOIed
@@ -290,3 +313,36 @@ def test_the_cache_evicts_the_least_recently_used_slot_and_refuses_a_bad_slot(ru
             cache.read(pages[0], 4)
     finally:
         cache.choose = mapcache.choose_slot
+
+
+def test_each_cpu_programs_its_own_local_apic_timer_with_its_own_x86():
+    """CPU 1's timer is programmed by CPU 1: its kernel x86 stores to its local APIC's
+    registers (memory-mapped at 0xFEE00000 in each CPU's own address map), as each CPU's
+    kernel code does on a PC. Seen by a Unicorn store hook on each CPU, not by the APIC."""
+    APIC_BASE = 0xFEE00000                      # the architectural default
+    from unicorn import UC_HOOK_MEM_WRITE
+    from unicorn.x86_const import UC_X86_REG_EIP
+    from vmkit.hw.asm import disassemble_one
+    from vmkit.lessons.takeover import booted_cos
+    board, cos, loader = booted_cos(cpus=2, vm_tick=None)
+    stores = []
+    for cpu in board.cpus:
+        cpu.uc.hook_add(UC_HOOK_MEM_WRITE,
+                        lambda uc, _, address, size, value, index: stores.append(
+                            (index, address - APIC_BASE, value, uc.reg_read(UC_X86_REG_EIP))),
+                        cpu.index, APIC_BASE, APIC_BASE + 0xFFF)
+    cos.put_module(loader.module)
+    cos.run_command("insmod", 3_000_000)
+    kernel = loader.kernel
+    period = board.pit.period
+    assert [s[:3] for s in stores] == [(1, LVT_TIMER, smp.TIMER_VECTOR | PERIODIC), (1, TIMER_INITIAL, period)]
+    code = range(kernel.base, kernel.base + len(kernel.image.data))
+    assert all(eip in code for *_, eip in stores)                  # the kernel's code, on CPU 1
+    eip = stores[1][3]
+    assert disassemble_one(board.memory.read(eip, 16), eip) == "mov dword ptr [0xfee00380], eax"
+    apic1 = board.cpus[1].lapic
+    assert (apic1.read(LVT_TIMER), apic1.read(TIMER_INITIAL)) == (smp.TIMER_VECTOR | PERIODIC, period)
+    assert apic1.last_store[TIMER_INITIAL] == (1, eip)
+    assert board.cpus[0].lapic.read(TIMER_INITIAL) == 0             # CPU 0's: untouched
+    board.run(3 * period)
+    assert apic1.ticks >= 2                                         # and it ticks

@@ -21,13 +21,25 @@ clears the highest in ISR. A vector is delivered only when it is above every
 vector in service, so a CPU busy in its timer handler does not take its own
 next tick until it sends EOI (no priority classes beyond that).
 
-The registers are reached by calling `read`/`write` (the kernel is Python);
-they are not mapped at 0xFEE00000 for x86 code: a probe of Unicorn 2.1.4's
-mmio_map under paging saw wrong offsets and sizes (docs/machine.md).
+The registers are memory-mapped at BASE (0xFEE00000, the APIC's default),
+in each CPU's own address map (its Unicorn's `mmio_map`), so the same address
+reaches a different APIC from each CPU, as on a PC: a CPU's kernel x86 that
+stores to BASE + 0x380 programs that CPU's timer and no other. Measured
+(Unicorn 2.1.4): aligned dword loads and stores there reach the callbacks with
+the register's offset and size 4, paging off or on (a page table mapping the
+page to itself). `last_store` keeps, per register, the CPU and EIP of the x86
+store that last wrote it. A store of something the APIC refuses (a reserved
+timer vector, an IPI mode not modelled, a register not modelled) is dropped
+and traced (`lapic.error`), as a real APIC notes it in its error register;
+a load of a register not modelled reads 0. The kernel's Python still reaches
+the registers by `read`/`write` where it runs on the CPU it programs.
 """
+from unicorn.x86_const import UC_X86_REG_EIP as X86_REG_EIP
+
 ID, EOI, ICR_LOW, ICR_HIGH = 0x020, 0x0B0, 0x300, 0x310
 LVT_TIMER, TIMER_INITIAL, TIMER_CURRENT = 0x320, 0x380, 0x390
 MASKED, PERIODIC = 1 << 16, 1 << 17
+BASE, SIZE = 0xFEE00000, 0x1000
 
 
 class LocalAPIC:
@@ -40,6 +52,25 @@ class LocalAPIC:
         self.ticks = self.ipis_received = 0
         self._armed = 0                         # generation: reprogramming cancels the pending tick
         self._started_at = 0
+        self.last_store = {}                    # register -> (CPU index, EIP) of the x86 store
+        cpu = board.cpus[index]
+        cpu.uc.mmio_map(BASE, SIZE, self._load, None, self._store, None)   # this CPU's map only
+
+    # ---- the CPU's loads and stores at BASE (Unicorn's mmio callbacks) ---------
+    def _load(self, uc, offset, size, _):
+        try:
+            return self.read(offset)
+        except ValueError:
+            return 0
+
+    def _store(self, uc, offset, size, value, _):
+        eip = uc.reg_read(X86_REG_EIP)
+        try:
+            self.write(offset, value)
+        except ValueError as e:
+            self.board.trace.emit("lapic.error", self.index, register=offset, value=value, eip=eip, why=str(e))
+            return
+        self.last_store[offset] = (next(c.index for c in self.board.cpus if c.uc is uc), eip)
 
     # ---- registers -----------------------------------------------------------
     def read(self, reg):

@@ -16,7 +16,7 @@ import zlib
 
 from vmkit.hw.asm import assemble
 from vmkit.hw.x86 import ERROR_CODE_VECTORS
-from . import layout, mapcache, switch, unload
+from . import layout, mapcache, smp, switch, unload
 from .frame import EXIT, Frame
 
 MAGIC = b"VMKERNEL"
@@ -106,6 +106,7 @@ more:   inc dword ptr [{layout.WORK_DONE:#x} + base]
 {switch.x86_source(load)}
 {mapcache.KERNEL_SOURCE}
 {unload.X86}
+{smp.KERNEL_SOURCE}
 """
 
 

@@ -27,7 +27,9 @@ always sits at the top of its CPU's stack, like a CPL 3 world's (esp0), so
 its ESP after the stub's iretd is where the switch says (switch.py puts a
 CPL 0 world's frame where its stack ends).
 """
-from vmkit.hw.lapic import EOI
+from vmkit.hw import lapic
+from vmkit.hw.asm import assemble
+from vmkit.hw.lapic import EOI, LVT_TIMER, PERIODIC, TIMER_INITIAL
 from vmkit.hw.x86 import encode_segment, encode_tss, CODE_RX, DATA_RW, TSS_AVAILABLE, EFLAGS_IF
 from . import layout, paging, switch
 from .frame import Frame
@@ -37,6 +39,32 @@ TIMER_VECTOR = 0xF0             # each CPU's local APIC timer
 RESCHEDULE_VECTOR = 0xF3        # "a world of yours can run": the IPI that ends a CPU's idling (worlds.wake)
 DEFAULT_TIMER = 10_000          # instructions per tick when the COS never programmed the PIT
 GDT_LIMIT = layout.CPU1_VM_TSS_SEL + 7
+
+
+# A starting CPU programs its own local APIC timer, as each CPU's kernel code does on a PC:
+# the registers are memory-mapped at lapic.BASE in every CPU's address map, and a store
+# there reaches the APIC of the CPU that makes it (hw/lapic.py). The firmware starts the
+# CPU here, ESP at its first frame, whose EDX and ECX slots hold the LVT and the count;
+# then the dispatcher, which finds GO_SWITCH in the frame. The stores are found in the
+# loaded image by their bytes (they hold no address the loader relocates).
+TIMER_STORES = f"""\
+cpu_start:                      ; this CPU's own timer: the vector and mode, then the count
+        mov eax, [esp + {Frame.OFFSET['edx']}]
+        mov [{lapic.BASE + LVT_TIMER:#x}], eax
+        mov eax, [esp + {Frame.OFFSET['ecx']}]
+        mov [{lapic.BASE + TIMER_INITIAL:#x}], eax"""
+KERNEL_SOURCE = TIMER_STORES + """
+        jmp dispatch            ; its system world next (GO_SWITCH in the frame)"""
+_TIMER_CODE = assemble(TIMER_STORES, 0)
+
+
+def cpu_start(kernel):
+    """Where `cpu_start` sits in the loaded kernel (found once, by its bytes)."""
+    at = getattr(kernel, "_cpu_start", None)
+    if at is None:
+        image = kernel.memory.read(kernel.base, len(kernel.image.data))
+        at = kernel._cpu_start = kernel.base + image.index(_TIMER_CODE)
+    return at
 
 
 def percpu(kernel, index):
@@ -119,24 +147,24 @@ def processor(kernel, cpu):
 
 def start_processors(kernel):
     """At initialisation (on CPU 0): every other CPU leaves the firmware's wait
-    at the dispatcher with a frame like a trap's on its stack, whose vector is
-    GO_SWITCH: the switch's x86 loads its system world from its save area, as
-    any world is loaded (switch.py), and the stub's iretd starts it. It gets
-    its timer."""
+    with a frame like a trap's on its stack, whose vector is GO_SWITCH. It
+    starts at `cpu_start`, where its own x86 programs its local
+    APIC timer (the frame's EDX and ECX: the LVT and the count CPU 0 chose),
+    and jumps to the dispatcher: the switch's x86 loads its system world from its
+    save area, as any world is loaded (switch.py), and the stub's iretd starts it."""
     board = kernel.board
     if len(board.cpus) == 1:
         return
     kernel.worlds._prepare_vm_support()
     period = kernel.worlds.vm_tick or board.pit.period or DEFAULT_TIMER   # it runs only VMs and its system world
     for p in kernel.worlds.cpus[1:]:
-        cpu, state = board.cpus[p.index], switch.read_area(kernel.memory, p.system.area)
+        state = switch.read_area(kernel.memory, p.system.area)
         frame = Frame(kernel.memory, stack_top(kernel, p.index) - Frame.SIZE)
         kernel.memory.write(frame.address, bytes(Frame.SIZE), code=False)
-        frame.vector = layout.GO_SWITCH
+        frame.vector, frame.edx, frame.ecx = layout.GO_SWITCH, TIMER_VECTOR | PERIODIC, period
         p.switching = switch.Switch(p.system, p.system, "start")
-        board.boot(kernel.base + kernel.image.dispatch, frame.address, cpu=p.index)   # CPL 0, flat
+        board.boot(cpu_start(kernel), frame.address, cpu=p.index)   # CPL 0, flat
         p.since = board.now()
-        cpu.lapic.program_timer(period, TIMER_VECTOR)
         kernel.trace.emit("smp.start", p.index, world=p.system.name, eip=state["eip"],
                           cr3=state["cr3"], timer=period)
 
