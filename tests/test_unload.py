@@ -38,10 +38,29 @@ def events(board, prefix):
     return [e for e in board.trace.events if e.kind.startswith(prefix)]
 
 
+def at_events(board, prefix, look):
+    """Make `look()` read the machine as each event whose kind starts with `prefix` is
+    emitted: [(kind, what look saw)], so a test asserts what the machine held at each step."""
+    seen, emit = [], board.trace.emit
+
+    def spy(kind, /, *args, **data):
+        event = emit(kind, *args, **data)
+        if kind.startswith(prefix):
+            seen.append((kind, look()))
+        return event
+    board.trace.emit = spy
+    return seen
+
+
 def test_the_cos_asks_with_rmmod_and_is_back_at_cpl0_in_its_own_tables():
     board, cos, loader, before = loaded()
     cpu, kernel = board.cpu, loader.kernel
     cos_state = kernel.cos_state
+    (patched, original, _), *_ = kernel.patches.entries()
+    block = kernel.base
+    steps = at_events(board, "unload.", lambda: {
+        "idt": cpu["idtr"][1], "cpl": cpu.cpl, "patch": board.memory.read(patched, 1)[0],
+        "kernel": board.memory.read(block, 8) == b"VMKERNEL"})
     assert cpu.cpl == 0 and kernel.contains(cpu["idtr"][1])       # the kernel's, while loaded
     out = rmmod(cos)
     assert "vmkload: vmkernel unloaded; COS at CPL 0" in out and out.count("rmmod: ok\n") == 1
@@ -52,10 +71,17 @@ def test_the_cos_asks_with_rmmod_and_is_back_at_cpl0_in_its_own_tables():
     assert cpu["cs"] == cos_layout.COS_CS and cpu.cpl == 0
     assert all(cpu[s] == cos_state[s] for s in ("ds", "es", "fs", "gs", "ss"))
     assert loader.kernel is None
-    kinds = [e.kind for e in events(board, "unload.")]
-    # claim 25 C's order: interrupt and fault handling, then the devices, then the kernel removed
-    assert kinds == ["unload.called", "unload.unpatch", "unload.tables", "unload.resumed",
-                     "unload.devices", "unload.freed"]
+    del board.trace.emit
+    # claim 25 C's order, in what the machine held at each step: interrupt and fault handling
+    # back (the COS's bytes, then its IDT in the CPU), then the devices, then the kernel removed
+    kernel_idt, int3 = block + layout.IDT, 0xCC
+    assert steps == [
+        ("unload.called", {"idt": kernel_idt, "cpl": 0, "patch": int3, "kernel": True}),
+        ("unload.unpatch", {"idt": kernel_idt, "cpl": 0, "patch": original, "kernel": True}),
+        ("unload.tables", {"idt": kernel_idt, "cpl": 0, "patch": original, "kernel": True}),
+        ("unload.resumed", {"idt": cos_layout.COS_IDT, "cpl": 0, "patch": original, "kernel": True}),
+        ("unload.devices", {"idt": cos_layout.COS_IDT, "cpl": 0, "patch": original, "kernel": True}),
+        ("unload.freed", {"idt": cos_layout.COS_IDT, "cpl": 0, "patch": original, "kernel": False})]
     # the TSS descriptor the CPU's ltr used is busy again in the COS's GDT
     desc = decode_segment(board.memory.read(cos_layout.COS_GDT + cos_layout.COS_TSS_SEL, 8))
     assert desc.type == 0xB
@@ -290,12 +316,15 @@ def test_an_interrupt_the_cos_may_take_is_injected_before_the_unload():
             fired.append(cpu["eip"])
             kernel.vcpu.pending |= 1 << 4
     board.cpu.on_execute(at, serial_irq_waits)
+    steps = at_events(board, "unload.", lambda: (cos.var("SERIAL_IRQS"), board.cpu["idtr"][1]))
     out = rmmod(cos)
+    del board.trace.emit
     assert "rmmod: ok\n" in out
-    kinds = [e.kind for e in board.trace.events if e.kind.startswith("unload.") or e.kind == "kernel.inject"]
-    tables = kinds.index("unload.tables")
-    assert "unload.wait" in kinds[:tables] and "kernel.inject" in kinds[:tables]
-    assert cos.var("SERIAL_IRQS") > serial
+    kinds = [kind for kind, _ in steps]
+    assert kinds[0] == "unload.called" and "unload.wait" in kinds
+    handled, idt = dict(steps)["unload.tables"]
+    assert handled > steps[0][1][0] > serial                       # its handler ran after it asked,
+    assert idt == kernel.base + layout.IDT                         # before its own tables came back
 
 
 def test_the_shared_nic_goes_back_to_the_cos_and_no_longer_uses_kernel_memory():

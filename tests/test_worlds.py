@@ -59,17 +59,33 @@ def test_two_vms_and_the_cos_all_make_progress():
 
 
 def test_the_switch_is_the_claimed_sequence_of_steps():
+    """Claim 15's order, seen in the machine at each step, not in the events' order:
+    the outgoing world's state lands in its save area (save) while the CPU still runs
+    in the COS's address space; the next world's area is intact (check) before the CPU
+    holds anything of it; the CPU holds its tables and CR3 from the load on, the frame
+    its EIP and CS from the start, and its IF from the sti."""
     board, cos, kernel = displaced()
-    console_vm(kernel, "vm1")
-    board.run(300_000)
-    steps = [e.kind for e in board.trace.of("switch.begin", "switch.save", "switch.cli", "switch.check",
-                                            "switch.load", "switch.start", "switch.sti")]
-    assert len(steps) >= 14 and len(steps) % 7 == 0
-    assert steps[:7] == ["switch.begin", "switch.save", "switch.cli", "switch.check",
-                         "switch.load", "switch.start", "switch.sti"]
-    saved = board.trace.of("switch.save")[-1]
-    area = switch.read_area(board.memory, saved["area"])
-    assert area["eip"] == saved["eip"] and switch.area_intact(board.memory, saved["area"])
+    vm = console_vm(kernel, "vm1")
+    steps = {s.kind: s for s in worlds_lesson.record_switch(board, kernel, "cos", "vm1")}
+    assert set(steps) == set(worlds_lesson.STEPS)
+    cr3 = {kind: s.registers["cr3"] for kind, s in steps.items()}
+    loaded = ("switch.load", "switch.start", "switch.sti")
+    assert all(cr3[k] == 0 for k in worlds_lesson.STEPS if k not in loaded)      # the COS: no paging
+    assert all(cr3[k] == vm.cr3 for k in loaded)                                  # vm1's, from the load
+    begin, save = steps["switch.begin"], steps["switch.save"]
+    stored = switch.decode_area(save.areas["cos"])
+    kept = [n for _, names in worlds_lesson.CLAIM15 for n in names]
+    assert switch.decode_area(begin.areas["cos"]) != stored                      # written by the save
+    assert {n: stored[n] for n in kept} == {n: begin.world_state[n] for n in kept}
+    assert not steps["switch.cli"].registers["eflags"] & EFLAGS_IF                # the CPU's IF, clear
+    area = switch.decode_area(steps["switch.check"].areas["vm1"])
+    assert steps["switch.check"].registers["tr"][0] != layout.VM_TSS_SEL          # nothing of vm1 yet
+    assert steps["switch.load"].registers["tr"][0] == area["tr.sel"] == layout.VM_TSS_SEL
+    assert steps["switch.load"].registers["idtr"][1:3] == (area["idtr.base"], area["idtr.limit"])
+    start = steps["switch.start"].world_state                                     # the frame the iretd loads
+    assert (start["eip"], start["cs"]) == (area["eip"], area["cs"]) and start["cs"] & 3 == 3
+    assert steps["switch.sti"].world_state["eflags"] & EFLAGS_IF
+    assert switch.area_intact(board.memory, vm.area)
 
 
 def test_the_cpu_loads_the_world_with_if_clear_and_the_iretd_sets_it():
