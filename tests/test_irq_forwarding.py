@@ -6,6 +6,7 @@ import pytest
 from vmkit.cos import layout as cos_layout
 from vmkit.hw.x86 import decode_gate
 from vmkit.lessons import takeover
+from test_unload import at_events
 
 SERIAL = 4
 
@@ -21,21 +22,35 @@ def kinds_for_line(events, line):
 
 
 def test_a_host_managed_irq_reaches_the_cos_handler_through_the_kernel(displaced):
+    """Claims 9-11, step by step in what the machine held as each step happened: the
+    line masked at the real PIC, pending in the COS's virtual CPU, the COS's handler
+    entered through its own IDT, its count up before its EOI, the line unmasked after."""
     board, cos, kernel = displaced
-    mark = board.trace.mark()
     serial_irqs = board.memory.read_u32(cos_layout.SERIAL_IRQS)
+    steps = at_events(board, ("irq.", "cpu.deliver", "kernel.inject"), lambda: {
+        "masked": board.pic.masked(SERIAL), "pending": bool(kernel.vcpu.pending & 1 << SERIAL),
+        "counted": board.memory.read_u32(cos_layout.SERIAL_IRQS) - serial_irqs,
+        "eip": board.cpu["eip"], "cpl": board.cpu.cpl})
     cos.type("x")
     board.run(300_000)
+    del board.trace.emit
     assert board.memory.read_u32(cos_layout.SERIAL_IRQS) == serial_irqs + 1
-    events = kinds_for_line(board.trace.since(mark), SERIAL)
-    order = [e.kind for e in events if e.kind in ("irq.raise", "cpu.deliver", "irq.masked", "irq.queued",
-                                                  "kernel.inject", "irq.cos_eoi", "irq.unmasked")]
-    assert order == ["irq.raise", "cpu.deliver", "irq.masked", "irq.queued", "kernel.inject",
-                     "irq.cos_eoi", "irq.unmasked"]
-    first = events[[e.kind for e in events].index("cpu.deliver")]
-    assert kernel.contains(first["handler"])                      # the kernel's handler first
-    inject = events[[e.kind for e in events].index("kernel.inject")]
-    assert not kernel.contains(inject["handler"])                 # then the COS's own
+    ours = [(e.kind, seen) for e, seen in steps
+            if e.data.get("line") == SERIAL or e.data.get("vector") == 0x20 + SERIAL]
+    order = ["irq.raise", "cpu.deliver", "irq.masked", "irq.queued", "kernel.inject", "irq.cos_eoi",
+             "irq.unmasked"]
+    at = {kind: seen for kind, seen in reversed(ours)}          # each step's first time
+    assert [k for k, _ in ours if k in order] == order
+    assert kernel.contains(at["cpu.deliver"]["eip"]) and at["cpu.deliver"]["cpl"] == 0   # the kernel's first
+    assert not at["irq.raise"]["masked"]
+    assert at["irq.queued"]["masked"] and at["irq.queued"]["pending"]     # masked at the real PIC
+    inject = at["kernel.inject"]                                 # taken from pending; the COS's
+    assert (inject["masked"], inject["pending"], inject["counted"]) == (True, False, 0)   # handler: not yet
+    eoi = at["irq.cos_eoi"]                                      # its handler counted, then EOI'd,
+    assert (eoi["counted"], eoi["masked"], eoi["pending"]) == (1, True, False)   # the line still masked
+    assert not board.pic.masked(SERIAL)                          # and unmasked after
+    handler = next(e for e, _ in steps if e.kind == "kernel.inject")["handler"]
+    assert handler == cos.symbols["serial_handler"]              # the COS's own, from its IDT
 
 
 def test_the_line_is_masked_from_the_kernels_sight_until_the_cos_acknowledges(displaced):

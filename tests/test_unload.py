@@ -39,14 +39,15 @@ def events(board, prefix):
 
 
 def at_events(board, prefix, look):
-    """Make `look()` read the machine as each event whose kind starts with `prefix` is
-    emitted: [(kind, what look saw)], so a test asserts what the machine held at each step."""
+    """Make `look()` read the machine as each event whose kind starts with `prefix` (a
+    string or a tuple of them) is emitted: [(event, what look saw)], so a test asserts
+    what the machine held at each step. `del board.trace.emit` ends it."""
     seen, emit = [], board.trace.emit
 
     def spy(kind, /, *args, **data):
         event = emit(kind, *args, **data)
         if kind.startswith(prefix):
-            seen.append((kind, look()))
+            seen.append((event, look()))
         return event
     board.trace.emit = spy
     return seen
@@ -75,7 +76,7 @@ def test_the_cos_asks_with_rmmod_and_is_back_at_cpl0_in_its_own_tables():
     # claim 25 C's order, in what the machine held at each step: interrupt and fault handling
     # back (the COS's bytes, then its IDT in the CPU), then the devices, then the kernel removed
     kernel_idt, int3 = block + layout.IDT, 0xCC
-    assert steps == [
+    assert [(e.kind, seen) for e, seen in steps] == [
         ("unload.called", {"idt": kernel_idt, "cpl": 0, "patch": int3, "kernel": True}),
         ("unload.unpatch", {"idt": kernel_idt, "cpl": 0, "patch": original, "kernel": True}),
         ("unload.tables", {"idt": kernel_idt, "cpl": 0, "patch": original, "kernel": True}),
@@ -320,9 +321,9 @@ def test_an_interrupt_the_cos_may_take_is_injected_before_the_unload():
     out = rmmod(cos)
     del board.trace.emit
     assert "rmmod: ok\n" in out
-    kinds = [kind for kind, _ in steps]
+    kinds = [e.kind for e, _ in steps]
     assert kinds[0] == "unload.called" and "unload.wait" in kinds
-    handled, idt = dict(steps)["unload.tables"]
+    handled, idt = next(seen for e, seen in steps if e.kind == "unload.tables")
     assert handled > steps[0][1][0] > serial                       # its handler ran after it asked,
     assert idt == kernel.base + layout.IDT                         # before its own tables came back
 
