@@ -195,3 +195,23 @@ init:   lidt [{operand:#x}]                 ; past its limit: skipped, as a load
     ticks = cos.ticks()
     board.run(300_000)
     assert cos.ticks() > ticks
+
+
+@pytest.mark.xfail(strict=True, reason="hw/limits.py takes the CPU's own read of the GDT descriptor "
+                   "(a segment load at CPL 1: 0x40902c) for a DS access past the COS's limit, and the "
+                   "second #GP it delivers on top of the CPU's #GP(0x28) reaches the kernel from CPL 0: "
+                   "a kernel panic. Implicit descriptor-table reads are not segment accesses.")
+def test_a_cos_load_of_the_kernels_data_selector_is_its_own_gp_not_a_kernel_panic(displaced):
+    board, cos, loader = displaced
+    mark = run_module(board, cos, f"""
+init:   mov ax, {layout.KERNEL_DATA_SEL:#x}
+        mov ds, ax                      ; DPL 0 data at CPL 1: #GP(0x28), the CPU's own
+        mov ax, ds
+        mov [{OUT:#x}], eax             ; DS as it is after: its own, the load refused
+        xor eax, eax
+        ret""")
+    assert board.cpu.shutdown is None                                  # the kernel goes on
+    assert board.memory.read_u32(OUT) & 0xFFFC == layout.COS_DATA_SEL
+    faults = board.trace.since(mark, "cpu.fault")
+    assert (GP, layout.KERNEL_DATA_SEL) in [(e["vector"], e["error"]) for e in faults]
+    assert not [e for e in faults if "past the limit" in e["why"]]    # the GDT read is the CPU's own

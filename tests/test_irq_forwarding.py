@@ -17,10 +17,6 @@ def displaced():
     return board, cos, loader.kernel
 
 
-def kinds_for_line(events, line):
-    return [e for e in events if e.data.get("line") == line or e.data.get("vector") == 0x20 + line]
-
-
 def test_a_host_managed_irq_reaches_the_cos_handler_through_the_kernel(displaced):
     """Claims 9-11, step by step in what the machine held as each step happened: the
     line masked at the real PIC, pending in the COS's virtual CPU, the COS's handler
