@@ -36,6 +36,7 @@ delivered, that too is the end of the COS.
 """
 from vmkit.hw.x86 import DF, EFLAGS_IF, GATE_INT32, GATE_TRAP32, GP, NP, decode_gate, decode_segment
 from . import layout
+from .contain import cos_limit, what_is_at
 from .frame import StackPastLimit
 
 ENTRY = 8
@@ -55,7 +56,6 @@ def code_limit(kernel):
 
 def gate(kernel, vector, ext, eip=0):
     """The COS's gate for `vector`, checked (GateFault if the CPU would refuse it)."""
-    from .contain import cos_limit, what_is_at
     v, bad = kernel.vcpu, vector * 8 + 2 + ext
     if vector * 8 + ENTRY - 1 > v.idt_limit:
         raise GateFault(GP, bad, f"vector {vector:#x} beyond its IDT limit {v.idt_limit:#x}")
@@ -75,9 +75,9 @@ def gate(kernel, vector, ext, eip=0):
     if g.selector & ~3 != layout.COS_CODE_SEL:
         raise GateFault(GP, (g.selector & 0xFFFC) | ext,
                         f"its gate {vector:#x} names selector {g.selector:#x}, not its code segment")
-    if g.offset > code_limit(kernel):
+    if g.offset > (end := code_limit(kernel)):
         raise GateFault(GP, ext, f"its gate {vector:#x} leads to {g.offset:#x}, past its code "
-                                 f"segment's limit {code_limit(kernel):#x}")
+                                 f"segment's limit {end:#x}")
     return g
 
 
