@@ -123,12 +123,21 @@ class Worlds:
         sees those pages from its address 0: paging.py)."""
         size = -(-memory_bytes // layout.PAGE) * layout.PAGE
         top, floor = self.vm_top, self.kernel.base + layout.STACK_TOP
-        tables = paging.table_pages(self._kernel_block(), [(0, 0, size)]) * layout.PAGE if size > 0 else 0
+        tables = 0
+        for _ in range(2):                     # the tables' count may depend on where the region lands
+            tables = max(tables, paging.table_pages(self._kernel_block(), self.vm_mappings(
+                top - tables - size, size)) * layout.PAGE if size > 0 else 0)
         if size <= 0 or top - tables - size < floor:
             left = max(0, top - floor)
             raise VMError(f"a VM of {memory_bytes} bytes does not fit: {left} bytes of memory are left "
                           f"(between the kernel's end at {floor:#x} and the last VM's base {top:#x})")
         return top - tables - size             # its page tables go above it (paging.py)
+
+    @staticmethod
+    def vm_mappings(base, size):
+        """A VM's address space besides the kernel's block (paging.build's mappings): its
+        memory, host [base, base + size), at linear 0 .. size, user read/write."""
+        return [(0, base, size)]
 
     def place(self, cpu=None):
         """The CPU a new VM goes to: `cpu`, or the one with the fewest worlds
@@ -170,7 +179,7 @@ class Worlds:
         area = self._block(len(self.all))
         self.vm_top = base                                      # the next VM goes below it
         self.memory.write(base, bytes(size), code=False)
-        cr3 = paging.build(self.memory, base + size, self._kernel_block(), [(0, base, size)],
+        cr3 = paging.build(self.memory, base + size, self._kernel_block(), self.vm_mappings(base, size),
                            window=smp.window(self.kernel, cpu))
         self.memory.write(base, code)
         self._prepare_vm_support()
