@@ -36,7 +36,7 @@ class PioNet:
         self.vmm, self.port = vmm, port
         self.offset = self.length = 0
         self.status = 0
-        self.buffer = port.region + net_ring.PHYS_TX       # the card's memory
+        self.buffer = port.region + net_ring.PHYS_TX       # the card's memory (a guest address)
 
     def claims(self, port):
         return PIO_PORT <= port < PIO_PORT + NPORTS
@@ -54,7 +54,8 @@ class PioNet:
             self.length = frame.eax & 0xFFFF
         elif reg == COMMAND and frame.eax == CMD_TX:
             ok = MIN_FRAME <= self.length <= min(MAX_FRAME, self.offset) and \
-                self.port.front.send_from(self.buffer, self.length, self.vmm.name)
+                self.port.front.send_from(self.port.host(self.buffer, self.length), self.length,
+                                          self.vmm.name)
             if ok:
                 self.port._count("frames_sent")
             else:
@@ -63,11 +64,11 @@ class PioNet:
             self.status, self.offset = ST_DONE | (0 if ok else ST_ERROR), 0
 
 
-def install_vm_with_pio_net(kernel, guest, memory_bytes, name, nic="nic0", region=0x8000, cpu=None):
+def install_vm_with_pio_net(kernel, guest, memory_bytes, name, nic="nic0", region=0x8000, cpu=None, entry=0):
     """A VM whose network card is the trap-per-register one (its card memory in a region
     at `region`, as install_vm_with_net places the shared one)."""
     from .net_device import install_vm_with_net
-    world = install_vm_with_net(kernel, guest, memory_bytes, name, nic, region, cpu)
+    world = install_vm_with_net(kernel, guest, memory_bytes, name, nic, region, cpu, entry)
     world.vmm.net = PioNet(world.vmm, world.vmm.net.port)
     return world
 
