@@ -61,16 +61,29 @@ void vmkit_count(void *uc, uint64_t address, uint32_t size, struct vmkit_counter
 }
 
 /* Segment limits (limits.py): Unicorn checks none, so the platform hooks the linear
- * ranges that lie past the limit of a segment CPL > 0 may load. This filter runs on
- * every access in those ranges and lets through, without Python, the two cases that
- * cannot be past a limit: CPL 0 (the kernel, whose segments here are flat) and an
- * access inside the limit of every segment register loaded now (a VM at CPL 3 with
- * flat segments whose memory lies past the COS's limit). Anything else goes to
- * Python, which decodes the instruction to find the segment it used. */
+ * ranges that lie past the limit of a segment that can be loaded. This filter runs on
+ * every access in those ranges, at every CPL, and lets through without Python:
+ *   - an access inside the limit of every segment register loaded now (a flat-segmented
+ *     VM whose memory lies past the COS's limit; the kernel's own, all flat);
+ *   - an access whose instruction cannot go through the registers it is outside of: the
+ *     few bytes read here (prefixes, opcode) tell which registers an access may use (a
+ *     stack instruction: SS; a string instruction: its source's and ES; a segment prefix:
+ *     that one; anything else: DS or SS), so the kernel's pushes and its flat DS are not
+ *     held up by the COS's (or a guest's) FS and GS, which it never uses; and `mov sreg, r`,
+ *     `ltr r`, `lldt r`, a far `jmp`, whose only accesses are the CPU's own reads of a
+ *     descriptor table, not a data access through a segment;
+ *   - any access while paging is on: Unicorn 2.1.4 gives a memory hook the *physical*
+ *     address then (and matches the hook's range against it), so the offset cannot be
+ *     known here; limits.py hooks nothing then, and checks limits where the access also
+ *     page-faults (the #PF path).
+ * Anything else goes to Python, which decodes the instruction to find the segment it used. */
 typedef int (*reg_read_fn)(void *uc, int regid, void *value);
+typedef int (*mem_read_fn)(void *uc, uint64_t address, void *bytes, uint64_t size);
 typedef void (*slow_fn)(int type, uint64_t address, int size);
 
 #define LIMIT_SELECTORS 64
+#define CR0_PG 0x80000000u
+enum { R_CS = 1, R_SS = 2, R_DS = 4, R_ES = 8, R_FS = 16, R_GS = 32, R_ALL = 63 };
 
 struct vmkit_limits {
     reg_read_fn reg_read;
@@ -79,32 +92,85 @@ struct vmkit_limits {
     uint64_t nsel;                        /* GDT entries described below */
     uint64_t base[LIMIT_SELECTORS];
     uint64_t limit[LIMIT_SELECTORS];      /* in bytes; 0xFFFFFFFF: flat or not a segment */
+    mem_read_fn mem_read;                 /* uc_mem_read: physical = linear, paging being off */
+    int64_t eip_id, cr0_id;
 };
+
+/* The segment registers (R_* bits) the instruction at CS:EIP may access data through. */
+static uint64_t segments_used(void *uc, struct vmkit_limits *l, uint64_t cs)
+{
+    uint64_t eip = 0, index = (cs & 0xFFFF) >> 3;
+    unsigned char b[16];
+    if ((cs & 4) || index >= l->nsel)
+        return R_ALL;
+    l->reg_read(uc, (int)l->eip_id, &eip);
+    uint64_t at = (l->base[index] + (eip & 0xFFFFFFFFu)) & 0xFFFFFFFFu;
+    if (l->mem_read(uc, at, b, sizeof b) != 0)
+        return R_ALL;
+    uint64_t prefix = 0;
+    unsigned i = 0;
+    for (; i < 14; i++) {
+        switch (b[i]) {
+        case 0x26: prefix = R_ES; continue;
+        case 0x2E: prefix = R_CS; continue;
+        case 0x36: prefix = R_SS; continue;
+        case 0x3E: prefix = R_DS; continue;
+        case 0x64: prefix = R_FS; continue;
+        case 0x65: prefix = R_GS; continue;
+        case 0x66: case 0x67: case 0xF0: case 0xF2: case 0xF3: continue;
+        }
+        break;
+    }
+    unsigned op = b[i], modrm = b[i + 1];
+    uint64_t data = prefix ? prefix : R_DS | R_SS;        /* a memory operand's */
+    if (op == 0x0F) {
+        unsigned op2 = b[i + 1], m = b[i + 2];
+        if (op2 == 0xA0 || op2 == 0xA1 || op2 == 0xA8 || op2 == 0xA9)   /* push/pop fs, gs */
+            return R_SS;
+        if (op2 == 0x00 && (m >> 6) == 3)                 /* sldt str lldt ltr verr verw r */
+            return 0;
+        return data;
+    }
+    if ((op >= 0x50 && op <= 0x61) || op == 0x06 || op == 0x07 || op == 0x0E || op == 0x16
+        || op == 0x17 || op == 0x1E || op == 0x1F || op == 0x68 || op == 0x6A || op == 0x9C
+        || op == 0x9D || op == 0xC2 || op == 0xC3 || op == 0xC8 || op == 0xC9 || op == 0xCA
+        || op == 0xCB || op == 0xCF || op == 0xE8 || op == 0x9A)
+        return R_SS;                                      /* the stack only */
+    if (op == 0x8F || op == 0xFF)                         /* pop m; push/call m: both */
+        return R_SS | data;
+    if ((op >= 0xA4 && op <= 0xA7) || (op >= 0xAA && op <= 0xAF) || (op >= 0x6C && op <= 0x6F))
+        return (prefix ? prefix : R_DS) | R_ES;           /* string: DS:ESI and ES:EDI */
+    if ((op == 0x8E && (modrm >> 6) == 3) || op == 0xEA)  /* mov sreg, r; jmp far: tables only */
+        return 0;
+    return data;
+}
 
 void vmkit_limit(void *uc, int type, uint64_t address, int size, int64_t value, struct vmkit_limits *l)
 {
     (void)value;
-    uint64_t sel = 0;
-    l->reg_read(uc, (int)l->regs[0], &sel);
-    if ((sel & 3) == 0)
-        return;
+    uint64_t sels[6], outside = 0;
     for (int i = 0; i < 6; i++) {
-        if (i) {
-            sel = 0;
-            l->reg_read(uc, (int)l->regs[i], &sel);
-        }
+        uint64_t sel = 0;
+        l->reg_read(uc, (int)l->regs[i], &sel);
         sel &= 0xFFFF;
+        sels[i] = sel;
         uint64_t index = sel >> 3;
         if (index == 0 && !(sel & 4))
             continue;                     /* a null selector: no access goes through it */
         if ((sel & 4) || index >= l->nsel) {
-            l->slow(type, address, size);
-            return;
+            outside |= 1u << i;           /* not described here: Python looks */
+            continue;
         }
         uint64_t offset = (address - l->base[index]) & 0xFFFFFFFFu;
-        if (offset + (uint64_t)size - 1 > l->limit[index]) {
-            l->slow(type, address, size);
-            return;
-        }
+        if (offset + (uint64_t)size - 1 > l->limit[index])
+            outside |= 1u << i;
     }
+    if (!outside)
+        return;
+    uint64_t cr0 = 0;
+    l->reg_read(uc, (int)l->cr0_id, &cr0);
+    if (cr0 & CR0_PG)
+        return;
+    if (outside & segments_used(uc, l, sels[0]))
+        l->slow(type, address, size);
 }

@@ -3,7 +3,9 @@
 Unicorn delivers nothing by itself (cpu.py): every `int n`, exception and device
 IRQ ends up here. The CPU reads IDTR, fetches the gate from *that* IDT in
 emulated memory, checks it (type, DPL against CPL for a software `int`,
-present), reads the target code segment's descriptor from the GDT, switches to
+present), reads the target code segment's descriptor from the GDT (the gate's
+offset must lie within its limit: the new EIP is checked as a real CPU checks it, before
+anything is pushed), switches to
 the TSS's ring-0 stack when the privilege changes, pushes the frame (and the
 error code), clears IF for an interrupt gate, and jumps. A failure while
 delivering becomes the fault the hardware would raise; a failure to deliver
@@ -85,6 +87,9 @@ class Delivery:
         old_cpl, new_cpl = old_cs & 3, target.dpl
         if new_cpl > old_cpl:
             raise DeliveryFault(GP, gate.selector & ~3, "gate leads to a less privileged segment")
+        if gate.offset > target.limit:               # the new EIP, against the new CS's limit
+            raise DeliveryFault(GP, ext, f"gate {vector:#x}'s offset {gate.offset:#x} is past the limit "
+                                         f"{target.limit:#x} of its code segment {gate.selector:#x}")
         frame = [eip, old_cs, old_eflags]
         if new_cpl < old_cpl:                        # stack switch through the TSS
             tr_sel, tss, tss_limit, _ = tr

@@ -41,7 +41,7 @@ from unicorn import x86_const as X
 from unicorn.unicorn_py3 import unicorn as _uc
 
 from . import unicorn_quirks
-from .x86 import decode_segment, GP, SS_FAULT
+from .x86 import decode_segment, CR0_PG, GP, SS_FAULT
 
 SELECTORS = 64                              # as LIMIT_SELECTORS in counter.c
 FLAT = 0xFFFFFFFF
@@ -52,6 +52,7 @@ STRADDLE = 15
 SEGMENT_REGS = ("cs", "ss", "ds", "es", "fs", "gs")
 _SLOW = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_uint64, ctypes.c_int)
 _REG_READ = ctypes.cast(_uc.uclib.uc_reg_read, ctypes.c_void_p)
+_MEM_READ = ctypes.cast(_uc.uclib.uc_mem_read, ctypes.c_void_p)
 # implicit stack accesses: the instruction has no memory operand for them
 _STACK = {"push", "pop", "pushal", "popal", "pushad", "popad", "pushfd", "popfd", "pushf", "popf",
           "call", "ret", "enter", "leave", "iretd", "iret"}
@@ -64,7 +65,8 @@ class _State(ctypes.Structure):
     """struct vmkit_limits in counter.c, field for field."""
     _fields_ = [("reg_read", ctypes.c_void_p), ("slow", ctypes.c_void_p),
                 ("regs", ctypes.c_int64 * 6), ("nsel", ctypes.c_uint64),
-                ("base", ctypes.c_uint64 * SELECTORS), ("limit", ctypes.c_uint64 * SELECTORS)]
+                ("base", ctypes.c_uint64 * SELECTORS), ("limit", ctypes.c_uint64 * SELECTORS),
+                ("mem_read", ctypes.c_void_p), ("eip_id", ctypes.c_int64), ("cr0_id", ctypes.c_int64)]
 
 
 class Violation:
@@ -87,6 +89,7 @@ class SegmentLimits:
         self.lib = library
         self.ranges = ()                    # the hooked linear ranges, (first, last)
         self.violation = None
+        self.decoded = 0                    # accesses the C filter handed to Python (the slow path)
         self._hooks = []
         self._seen = None                   # (GDTR base, limit, table bytes, least DPL) last refreshed
         self._known = {}                    # such a key -> its table for the filter and its ranges
@@ -96,13 +99,16 @@ class SegmentLimits:
         self.state = _State(_REG_READ.value, ctypes.cast(self._slow, ctypes.c_void_p).value,
                             (ctypes.c_int64 * 6)(*(getattr(X, "UC_X86_REG_" + r.upper())
                                                    for r in SEGMENT_REGS)), 0)
+        self.state.mem_read, self.state.eip_id, self.state.cr0_id = _MEM_READ.value, X.UC_X86_REG_EIP, X.UC_X86_REG_CR0
 
     # ---- which ranges ------------------------------------------------------------
     def refresh(self, cpl=None):
-        """Read the GDT the CPU's GDTR names and hook the ranges past the limits
-        of the segments CPL > 0 may load (with `cpl`: the segments a program at that
-        CPL may load, DPL >= cpl; a CPL 3 world cannot load the COS's DPL 1 segments,
-        so its accesses need no hook). Nothing to do if nothing changed."""
+        """Read the GDT the CPU's GDTR names and hook the ranges past the limits of the
+        segments that can be loaded: with `cpl`, those a program at that CPL may load
+        (DPL >= cpl: a CPL 3 world cannot load the COS's DPL 1 segments) and the DPL 0
+        ones the CPL 0 software it enters loads for itself; without, all. With paging on,
+        none: a hook sees physical addresses then (the module's docstring). Nothing to do
+        if nothing changed."""
         if self.lib is None:
             return
         _, base, limit, _ = self.cpu["gdtr"]
@@ -113,8 +119,8 @@ class SegmentLimits:
                 break                       # longer GDTR over the same table finds its selectors
             except ValueError:
                 continue
-        least = max(1, cpl or 0)
-        seen = (base, limit, table, least)
+        paging = bool(self.cpu["cr0"] & CR0_PG)
+        seen = (base, limit, table, cpl or 0, paging)
         if seen == self._seen:
             return
         self._seen = seen
@@ -122,12 +128,12 @@ class SegmentLimits:
         if known is None:                   # a world switch goes between a few: decode each once
             if len(self._known) > 64:
                 self._known.clear()
-            known = self._known[seen] = _decode(table, limit, least)
+            known = self._known[seen] = _decode(table, limit, cpl or 0)
         s = self.state
         s.nsel = len(table) // 8
         bases, limits, ranges = known
         s.base[:s.nsel], s.limit[:s.nsel] = bases, limits
-        self._hook(ranges)
+        self._hook(() if paging else ranges)
 
     def _hook(self, ranges):
         if tuple(ranges) == self.ranges:
@@ -153,12 +159,13 @@ class SegmentLimits:
     # ---- the slow path: which segment, and is it past the limit -----------------------
     def _on_slow(self, kind, address, size):
         cpu = self.cpu
+        self.decoded += 1
         try:
             eip = cpu["eip"]
-            segment = self._segment_of(eip, address)
-            d = self._descriptor(cpu[segment])
-            if d is None:
-                return
+            access = self._access(eip, address)
+            if access is None:
+                return                      # the CPU's own read of a descriptor table
+            segment, d = access[:2]
             offset = (address - d.base) & FLAT
             if _inside(d, offset, size):
                 return
@@ -170,38 +177,83 @@ class SegmentLimits:
             self.violation = e
             cpu.uc.emu_stop()
 
-    def _segment_of(self, eip, address):
+    def page_fault(self):
+        """A #PF is about to be delivered at EIP: a real CPU checks the segment's limit
+        before it translates the address, so an access past its segment's limit is a
+        #GP(0) (#SS(0) through SS) even where the page is not present. Returns that
+        Violation, delivered instead of the #PF, or None. Only this path pays: nothing is
+        decoded when every loaded segment is flat. The instruction is read at CS's base +
+        EIP through this CPU's MMU (read_linear), as it fetched it; the access is the one of
+        its operands that holds CR2 (the linear address that faulted). Also an instruction
+        that starts past CS's limit: a real CPU would not have fetched it (#GP(0))."""
         cpu = self.cpu
+        values = dict(zip(SEGMENT_REGS, cpu.read(*SEGMENT_REGS)))
+        loaded = {r: self._descriptor(sel) for r, sel in values.items()}
+        if all(d is None or (d.base == 0 and d.limit == FLAT and not _expand_down(d)) for d in loaded.values()):
+            return None
+        cr2, eip = cpu.read("cr2", "eip")
+        cs = loaded["cs"]
+        if cs is not None and not _inside(cs, eip, 1):
+            return Violation(GP, eip, (cs.base + eip) & FLAT, 1, "cs", cs.limit, None, cpu.counter.count)
+        access = self._access(eip, cr2)
+        if access is None:
+            return None
+        segment, d, offset, size = access
+        if _inside(d, offset, size):
+            return None
+        return Violation(SS_FAULT if segment == "ss" else GP, eip, (d.base + offset) & FLAT, size,
+                         segment, d.limit, None, cpu.counter.count)
+
+    def _access(self, eip, address):
+        """(segment, its descriptor, offset, size) of the access of the instruction at
+        EIP that `address` (linear) falls in: the memory operand that holds it (its segment
+        from its prefix, else SS for an ESP/EBP base, ES for a string destination, else
+        DS), else the stack for an instruction that uses it (push, pop, call, ret, iretd...).
+        None: not an access of the instruction's through a segment (the CPU's own read of a
+        descriptor table or the TSS, which no segment limit bounds) or nothing decodable."""
+        cpu = self.cpu
+        cs = self._descriptor(cpu["cs"])
+        at = ((cs.base if cs else 0) + eip) & FLAT
         code = b""
-        for n in (16, 0x1000 - (eip & 0xFFF)):     # an instruction at a page's end: up to it
+        for n in (16, 0x1000 - (at & 0xFFF)):     # an instruction at a page's end: up to it
             try:
-                code = cpu.read_linear(eip, min(n, 16))
+                code = cpu.read_linear(at, min(n, 16))
                 break
             except ValueError:
                 continue
         insn = next(_disasm.disasm(code, eip), None)
         if insn is None:
-            return "ds"
-        mems = [op.mem for op in insn.operands if op.type == cx.X86_OP_MEM]
-        if insn.mnemonic == "lea":
+            return None
+        mems = [op for op in insn.operands if op.type == cx.X86_OP_MEM]
+        if insn.mnemonic in ("lea", "nop") or insn.mnemonic.startswith("prefetch"):
             mems = []
-        if not mems:
-            return "ss" if insn.mnemonic in _STACK or insn.mnemonic.startswith(("push", "pop")) else "ds"
         regs = dict(zip(("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi"),
                         cpu.read("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")))
-        choice = None
-        for m in mems:
+        for op in mems:
+            m = op.mem
             segment = _SEG_NAMES.get(m.segment) or ("ss" if m.base in (cx.X86_REG_ESP, cx.X86_REG_EBP) else "ds")
             offset = m.disp
             if m.base:
                 offset += regs.get(insn.reg_name(m.base), 0)
             if m.index:
                 offset += regs.get(insn.reg_name(m.index), 0) * m.scale
+            offset &= FLAT
             d = self._descriptor(cpu[segment])
-            if d is not None and (d.base + offset) & FLAT == address:
-                return segment
-            choice = choice or segment
-        return choice
+            if d is not None and 0 <= (address - d.base - offset) & FLAT < max(op.size, 1):
+                return segment, d, offset, max(op.size, 1)
+        if self._in_tables(address):
+            return None
+        stack = insn.mnemonic in _STACK or insn.mnemonic.startswith(("push", "pop"))
+        if not stack:
+            return None
+        d = self._descriptor(cpu["ss"])
+        return None if d is None else ("ss", d, (address - d.base) & FLAT, 1)
+
+    def _in_tables(self, address):
+        """Is `address` in the GDT, LDT, IDT or TSS loaded now (the CPU's own reads of them
+        on a segment load, an iretd, a far jump: accesses no segment limit bounds)?"""
+        _, tables = self.cpu.read_with_tables((), ("gdtr", "ldtr", "idtr", "tr"))
+        return any(limit and 0 <= address - base <= limit for _, base, limit, _ in tables)
 
     def _descriptor(self, sel):
         """The descriptor a selector names, as the CPU loaded it (None: null or unreadable)."""
@@ -231,7 +283,7 @@ class SegmentLimits:
 
 def _decode(table, limit, least):
     """(bases, limits) of every entry for the C filter, and the merged ranges past the
-    limits of the segments within the GDT's limit of DPL >= least."""
+    limits of the segments within the GDT's limit of DPL >= least or DPL 0."""
     bases, limits, ranges = [], [], []
     for i in range(len(table) // 8):
         d = decode_segment(table[8 * i:8 * i + 8])
@@ -241,9 +293,10 @@ def _decode(table, limit, least):
         limits.append(0 if down else d.limit if segment else FLAT)   # expand-down: always decoded
         if 8 * i + 7 > limit:
             continue                        # not loadable now: no range of its own
-        if down and d.dpl >= least:         # valid offsets lie *above* its limit
+        loadable = d.dpl >= least or d.dpl == 0
+        if down and loadable:               # valid offsets lie *above* its limit
             ranges.append((d.base, min(FLAT, d.base + d.limit)))
-        elif segment and d.dpl >= least and d.limit < FLAT and d.base + d.limit < FLAT:
+        elif segment and loadable and d.limit < FLAT and d.base + d.limit < FLAT:
             ranges.append((max(d.base, d.base + d.limit + 1 - STRADDLE), FLAT))
             if d.base:                      # an offset past the limit may wrap below the base
                 ranges.append((0, d.base - 1))
