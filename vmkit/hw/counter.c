@@ -72,13 +72,14 @@ void vmkit_count(void *uc, uint64_t address, uint32_t size, struct vmkit_counter
  *     held up by the COS's (or a guest's) FS and GS, which it never uses; and `mov sreg, r`,
  *     `ltr r`, `lldt r`, a far `jmp`, whose only accesses are the CPU's own reads of a
  *     descriptor table, not a data access through a segment;
+ *   - the CPU's own descriptor reads while the platform delivers an interrupt (its
+ *     register writes load CS and SS: `quiet`);
  *   - any access while paging is on: Unicorn 2.1.4 gives a memory hook the *physical*
  *     address then (and matches the hook's range against it), so the offset cannot be
  *     known here; limits.py hooks nothing then, and checks limits where the access also
  *     page-faults (the #PF path).
  * Anything else goes to Python, which decodes the instruction to find the segment it used. */
-typedef int (*reg_read_fn)(void *uc, int regid, void *value);
-typedef int (*mem_read_fn)(void *uc, uint64_t address, void *bytes, uint64_t size);
+typedef int (*reg_read_batch_fn)(void *uc, int *regs, void **values, int count);
 typedef void (*slow_fn)(int type, uint64_t address, int size);
 
 #define LIMIT_SELECTORS 64
@@ -86,27 +87,29 @@ typedef void (*slow_fn)(int type, uint64_t address, int size);
 enum { R_CS = 1, R_SS = 2, R_DS = 4, R_ES = 8, R_FS = 16, R_GS = 32, R_ALL = 63 };
 
 struct vmkit_limits {
-    reg_read_fn reg_read;
     slow_fn slow;
     int64_t regs[6];                      /* Unicorn's ids of CS, SS, DS, ES, FS, GS */
     uint64_t nsel;                        /* GDT entries described below */
     uint64_t base[LIMIT_SELECTORS];
     uint64_t limit[LIMIT_SELECTORS];      /* in bytes; 0xFFFFFFFF: flat or not a segment */
-    mem_read_fn mem_read;                 /* uc_mem_read: physical = linear, paging being off */
+    const unsigned char *ram;             /* the machine's memory (physical = linear: paging off) */
+    uint64_t ram_size;
     int64_t eip_id, cr0_id;
+    uint64_t quiet;                       /* 1 while the platform delivers (delivery.py) */
+    reg_read_batch_fn reg_read_batch;     /* the selectors, CR0 and EIP in one call */
+    uint64_t calls, looked;               /* accesses filtered; of those, instructions read */
 };
 
 /* The segment registers (R_* bits) the instruction at CS:EIP may access data through. */
-static uint64_t segments_used(void *uc, struct vmkit_limits *l, uint64_t cs)
+static uint64_t segments_used(struct vmkit_limits *l, uint64_t cs, uint64_t eip)
 {
-    uint64_t eip = 0, index = (cs & 0xFFFF) >> 3;
-    unsigned char b[16];
+    uint64_t index = (cs & 0xFFFF) >> 3;
     if ((cs & 4) || index >= l->nsel)
         return R_ALL;
-    l->reg_read(uc, (int)l->eip_id, &eip);
     uint64_t at = (l->base[index] + (eip & 0xFFFFFFFFu)) & 0xFFFFFFFFu;
-    if (l->mem_read(uc, at, b, sizeof b) != 0)
+    if (at + 16 > l->ram_size)
         return R_ALL;
+    const unsigned char *b = l->ram + at;
     uint64_t prefix = 0;
     unsigned i = 0;
     for (; i < 14; i++) {
@@ -148,11 +151,21 @@ static uint64_t segments_used(void *uc, struct vmkit_limits *l, uint64_t cs)
 void vmkit_limit(void *uc, int type, uint64_t address, int size, int64_t value, struct vmkit_limits *l)
 {
     (void)value;
-    uint64_t sels[6], outside = 0;
+    l->calls++;
+    if (l->quiet)
+        return;
+    uint64_t sels[8] = {0}, outside = 0;  /* CS SS DS ES FS GS, CR0, EIP: one call */
+    int ids[8];
+    void *values[8];
+    for (int i = 0; i < 6; i++)
+        ids[i] = (int)l->regs[i];
+    ids[6] = (int)l->cr0_id;
+    ids[7] = (int)l->eip_id;
+    for (int i = 0; i < 8; i++)
+        values[i] = &sels[i];
+    l->reg_read_batch(uc, ids, values, 8);
     for (int i = 0; i < 6; i++) {
-        uint64_t sel = 0;
-        l->reg_read(uc, (int)l->regs[i], &sel);
-        sel &= 0xFFFF;
+        uint64_t sel = sels[i] & 0xFFFF;
         sels[i] = sel;
         uint64_t index = sel >> 3;
         if (index == 0 && !(sel & 4))
@@ -167,10 +180,9 @@ void vmkit_limit(void *uc, int type, uint64_t address, int size, int64_t value, 
     }
     if (!outside)
         return;
-    uint64_t cr0 = 0;
-    l->reg_read(uc, (int)l->cr0_id, &cr0);
-    if (cr0 & CR0_PG)
+    if (sels[6] & CR0_PG)
         return;
-    if (outside & segments_used(uc, l, sels[0]))
+    l->looked++;
+    if (outside & segments_used(l, sels[0], sels[7]))
         l->slow(type, address, size);
 }

@@ -48,6 +48,16 @@ class Delivery:
         double fault: `int 8` is a software interrupt like any other (no
         error code; through a gate it may not use, a #GP)."""
         eip = self["eip"] if eip is None else eip
+        state = self.limits.state            # the CPU's own descriptor reads: no limit (limits.py)
+        if state is not None:
+            state.quiet += 1
+        try:
+            return self._deliver_or_fail(vector, kind, error_code, eip)
+        finally:
+            if state is not None:
+                state.quiet -= 1
+
+    def _deliver_or_fail(self, vector, kind, error_code, eip):
         for _ in range(3):
             try:
                 self._deliver(vector, kind, error_code, eip)

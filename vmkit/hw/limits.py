@@ -51,8 +51,7 @@ FLAT = 0xFFFFFFFF
 STRADDLE = 15
 SEGMENT_REGS = ("cs", "ss", "ds", "es", "fs", "gs")
 _SLOW = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_uint64, ctypes.c_int)
-_REG_READ = ctypes.cast(_uc.uclib.uc_reg_read, ctypes.c_void_p)
-_MEM_READ = ctypes.cast(_uc.uclib.uc_mem_read, ctypes.c_void_p)
+_REG_READ_BATCH = ctypes.cast(_uc.uclib.uc_reg_read_batch, ctypes.c_void_p)
 # implicit stack accesses: the instruction has no memory operand for them
 _STACK = {"push", "pop", "pushal", "popal", "pushad", "popad", "pushfd", "popfd", "pushf", "popf",
           "call", "ret", "enter", "leave", "iretd", "iret"}
@@ -63,10 +62,12 @@ _SEG_NAMES = {getattr(cx, f"X86_REG_{r.upper()}"): r for r in SEGMENT_REGS}
 
 class _State(ctypes.Structure):
     """struct vmkit_limits in counter.c, field for field."""
-    _fields_ = [("reg_read", ctypes.c_void_p), ("slow", ctypes.c_void_p),
+    _fields_ = [("slow", ctypes.c_void_p),
                 ("regs", ctypes.c_int64 * 6), ("nsel", ctypes.c_uint64),
                 ("base", ctypes.c_uint64 * SELECTORS), ("limit", ctypes.c_uint64 * SELECTORS),
-                ("mem_read", ctypes.c_void_p), ("eip_id", ctypes.c_int64), ("cr0_id", ctypes.c_int64)]
+                ("ram", ctypes.c_void_p), ("ram_size", ctypes.c_uint64), ("eip_id", ctypes.c_int64), ("cr0_id", ctypes.c_int64),
+                ("quiet", ctypes.c_uint64), ("reg_read_batch", ctypes.c_void_p),
+                ("calls", ctypes.c_uint64), ("looked", ctypes.c_uint64)]
 
 
 class Violation:
@@ -93,13 +94,16 @@ class SegmentLimits:
         self._hooks = []
         self._seen = None                   # (GDTR base, limit, table bytes, least DPL) last refreshed
         self._known = {}                    # such a key -> its table for the filter and its ranges
-        if library is None:
+        self.state = None                   # the C filter's (counter.c); `quiet` > 0 while the
+        if library is None:                 # platform delivers: its register writes load CS and SS
             return
         self._slow = _SLOW(self._on_slow)   # kept alive: C holds a pointer to it
-        self.state = _State(_REG_READ.value, ctypes.cast(self._slow, ctypes.c_void_p).value,
+        self.state = _State(ctypes.cast(self._slow, ctypes.c_void_p).value,
                             (ctypes.c_int64 * 6)(*(getattr(X, "UC_X86_REG_" + r.upper())
                                                    for r in SEGMENT_REGS)), 0)
-        self.state.mem_read, self.state.eip_id, self.state.cr0_id = _MEM_READ.value, X.UC_X86_REG_EIP, X.UC_X86_REG_CR0
+        s = self.state
+        s.ram, s.ram_size = cpu.memory.address, cpu.memory.size
+        s.eip_id, s.cr0_id, s.reg_read_batch = X.UC_X86_REG_EIP, X.UC_X86_REG_CR0, _REG_READ_BATCH.value
 
     # ---- which ranges ------------------------------------------------------------
     def refresh(self, cpl=None):
