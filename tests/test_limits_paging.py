@@ -134,3 +134,10 @@ def test_a_page_fault_inside_the_limit_stays_a_page_fault(board):
     machine(board, user_limit=0xFFFFFFFF)
     run_guest(board, f"mov eax, [{KERNEL:#x}]")
     assert record(board) == (14, P | US, 0x1000, KERNEL)
+
+
+def test_a_jump_past_the_code_limit_onto_a_not_present_page_is_gp(board):
+    """The fetch is checked against CS's limit before paging too."""
+    machine(board)
+    run_guest(board, f"mov eax, {GUEST:#x}\njmp eax")
+    assert record(board)[:3] == (13, 0, GUEST)

@@ -16,7 +16,9 @@
  * stops the run before it executes; the CPU calls the Python handler between
  * runs, takes the count back, and resumes there, skipping the check once.
  *
- * It runs before each instruction: at the budget, stop before executing it. */
+ * It runs before each instruction: at the budget, stop before executing it. The same
+ * hook checks an instruction fetched past CS's limit (limits.py), for one compare per
+ * instruction below the lowest such limit (none where every code segment is flat). */
 #include <stdint.h>
 
 typedef int (*stop_fn)(void *uc);
@@ -33,7 +35,17 @@ struct vmkit_counter {
     uint64_t skip;       /* the first instruction of a run at this address does not break */
     uint64_t first;      /* 1 until the run's first instruction has been seen */
     uint64_t breaks[MAX_BREAKS];
+    /* Fetch past CS's limit (limits.py): an instruction at or above fetch_from (the lowest
+     * linear address past the limit of a code segment that can be loaded; ~0: none) is
+     * checked against the limit of the CS loaded now; past it, the run stops before it,
+     * fetch_fault = its address + 1, fetch_count = the instructions retired before it. */
+    uint64_t fetch_from;
+    struct vmkit_limits *limits;
+    uint64_t fetch_fault, fetch_count;
 };
+
+struct vmkit_limits;
+static int fetch_past_limit(void *uc, struct vmkit_limits *l, uint64_t address, uint32_t size);
 
 void vmkit_count(void *uc, uint64_t address, uint32_t size, struct vmkit_counter *c)
 {
@@ -51,6 +63,12 @@ void vmkit_count(void *uc, uint64_t address, uint32_t size, struct vmkit_counter
                 }
             }
         }
+    }
+    if (address >= c->fetch_from && c->limits && fetch_past_limit(uc, c->limits, address, size)) {
+        c->fetch_fault = address + 1;
+        c->fetch_count = c->count;
+        c->stop(uc);
+        return;
     }
     if (c->count >= c->budget) {
         c->spent = 1;
@@ -185,4 +203,22 @@ void vmkit_limit(void *uc, int type, uint64_t address, int size, int64_t value, 
     l->looked++;
     if (outside & segments_used(l, sels[0], sels[7]))
         l->slow(type, address, size);
+}
+
+/* Does the instruction at `address` (linear, `size` bytes) lie past the limit of CS? A CS
+ * not described in the table (an LDT's, past the GDT copy) is not checked here. */
+static int fetch_past_limit(void *uc, struct vmkit_limits *l, uint64_t address, uint32_t size)
+{
+    uint64_t cs = 0;
+    int id = (int)l->regs[0];
+    void *value = &cs;
+    l->reg_read_batch(uc, &id, &value, 1);
+    cs &= 0xFFFF;
+    uint64_t index = cs >> 3;
+    if ((cs & 4) || index == 0 || index >= l->nsel)
+        return 0;
+    if (size == 0 || size > 15)
+        size = 1;
+    uint64_t offset = (address - l->base[index]) & 0xFFFFFFFFu;
+    return offset + size - 1 > l->limit[index];
 }

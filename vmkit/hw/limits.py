@@ -44,6 +44,7 @@ from . import unicorn_quirks
 from .x86 import decode_segment, CR0_PG, GP, SS_FAULT
 
 SELECTORS = 64                              # as LIMIT_SELECTORS in counter.c
+NO_FETCH_CHECK = 0xFFFFFFFFFFFFFFFF
 FLAT = 0xFFFFFFFF
 # Unicorn matches a hook's range against an access's first byte: the range starts this
 # much below the limit, so an access that straddles it is seen too (the filter then checks
@@ -104,6 +105,7 @@ class SegmentLimits:
         s = self.state
         s.ram, s.ram_size = cpu.memory.address, cpu.memory.size
         s.eip_id, s.cr0_id, s.reg_read_batch = X.UC_X86_REG_EIP, X.UC_X86_REG_CR0, _REG_READ_BATCH.value
+        cpu.counter.state.limits = ctypes.addressof(s)    # the fetch check reads CS's limit here
 
     # ---- which ranges ------------------------------------------------------------
     def refresh(self, cpl=None):
@@ -135,8 +137,9 @@ class SegmentLimits:
             known = self._known[seen] = _decode(table, limit, cpl or 0)
         s = self.state
         s.nsel = len(table) // 8
-        bases, limits, ranges = known
+        bases, limits, ranges, fetch_from = known
         s.base[:s.nsel], s.limit[:s.nsel] = bases, limits
+        self.cpu.counter.state.fetch_from = fetch_from   # a code hook sees linear addresses, paged too
         self._hook(() if paging else ranges)
 
     def _hook(self, ranges):
@@ -275,8 +278,15 @@ class SegmentLimits:
 
     # ---- after the run stopped -----------------------------------------------------
     def take(self):
-        """The violation the last run stopped for (its store undone), or None."""
+        """The violation the last run stopped for (its store undone; or an instruction
+        fetched past CS's limit, which the counter stopped before), or None."""
         v, self.violation = self.violation, None
+        c = self.cpu.counter.state if self.lib is not None else None
+        if v is None and c is not None and c.fetch_fault:
+            address, c.fetch_fault = c.fetch_fault - 1, 0
+            cs = self._descriptor(self.cpu["cs"])
+            v = Violation(GP, self.cpu["eip"], address, 1, "cs", cs.limit if cs else FLAT, None, c.fetch_count)
+            return v
         if isinstance(v, Exception):            # the platform's own failure: stop, as a handler's does
             self.cpu.stop(f"the segment-limit check failed: {type(v).__name__}: {v}")
             raise v
@@ -286,9 +296,11 @@ class SegmentLimits:
 
 
 def _decode(table, limit, least):
-    """(bases, limits) of every entry for the C filter, and the merged ranges past the
-    limits of the segments within the GDT's limit of DPL >= least or DPL 0."""
-    bases, limits, ranges = [], [], []
+    """(bases, limits) of every entry for the C filter, the merged ranges past the limits
+    of the segments within the GDT's limit of DPL >= least or DPL 0, and the lowest linear
+    address an instruction of such a code segment may start at and still cross its limit
+    (NO_FETCH_CHECK: every such code segment is flat)."""
+    bases, limits, ranges, fetch_from = [], [], [], NO_FETCH_CHECK
     for i in range(len(table) // 8):
         d = decode_segment(table[8 * i:8 * i + 8])
         segment = d.s and d.present
@@ -298,13 +310,15 @@ def _decode(table, limit, least):
         if 8 * i + 7 > limit:
             continue                        # not loadable now: no range of its own
         loadable = d.dpl >= least or d.dpl == 0
+        if segment and loadable and d.type & 8 and d.limit < FLAT:    # code: its fetches
+            fetch_from = min(fetch_from, 0 if d.base else max(0, d.limit + 1 - STRADDLE))
         if down and loadable:               # valid offsets lie *above* its limit
             ranges.append((d.base, min(FLAT, d.base + d.limit)))
         elif segment and loadable and d.limit < FLAT and d.base + d.limit < FLAT:
             ranges.append((max(d.base, d.base + d.limit + 1 - STRADDLE), FLAT))
             if d.base:                      # an offset past the limit may wrap below the base
                 ranges.append((0, d.base - 1))
-    return bases, limits, _merge(ranges)
+    return bases, limits, _merge(ranges), fetch_from
 
 
 def _expand_down(d):
