@@ -1,36 +1,66 @@
 """Segment limits, which Unicorn does not check: the platform does.
 
-A data access whose offset runs past the limit of the segment it goes through
-is a #GP(0) on a real CPU, or a #SS(0) when that segment is SS. QEMU (and so
-Unicorn 2.1.4) loads base and limit into the hidden part of a segment
-register but checks neither on a load or a store. Checking every access from
-Python would cost more than the emulation; so only accesses that *can* cross
-a limit are looked at:
+An access whose offset runs past the limit of the segment it goes through is a
+#GP(0) on a real CPU, or a #SS(0) when that segment is SS, at every CPL, and the
+CPU checks it *before* paging translates the address. QEMU (and so Unicorn
+2.1.4) loads base and limit into the hidden part of a segment register but
+checks neither on a load, a store or a fetch. Checking every access from Python
+would cost more than the emulation; so only accesses that *can* cross a limit
+are looked at. What is checked, and how:
 
-  - the linear ranges past the limit of every code/data descriptor in the GDT
-    that CPL > 0 may load (DPL 1..3) and that does not reach 4 GiB get a
-    memory hook, limited to that range (a segment whose limit is the full
-    4 GiB needs none). Measured (Unicorn 2.1.4): such a hook costs nothing
-    measurable for code that never touches the range;
-  - in the hook, a filter in C (counter.c: `vmkit_limit`) lets through CPL 0
-    and any access inside the limit of every segment register loaded now, so
-    the kernel's own accesses and a flat-segmented VM's cost no Python;
-  - what is left is decoded here (capstone): the segment the instruction uses
-    (its prefix, else SS for an ESP/EBP base or an implicit stack access, ES for
-    a string destination, else DS), and its limit decides.
+  - Data accesses, paging off (linear = physical): the linear ranges past the
+    limit of every code/data descriptor in the GDT that can be loaded (with
+    `cpl`: DPL >= that CPL, and DPL 0, which the CPL 0 software it enters loads
+    for itself) and that does not reach 4 GiB get a memory hook limited to that
+    range (measured, Unicorn 2.1.4: it costs nothing for code that never
+    touches the range). In the hook, a filter in C (counter.c: `vmkit_limit`)
+    lets through any access inside the limit of every segment register loaded
+    now, and any access whose instruction cannot use the registers it is
+    outside of (the instruction's prefixes and opcode, read in C: the kernel's
+    pushes and flat DS go through while FS and GS still hold the COS's shorter
+    segment); what is left is decoded here (capstone): the segment the
+    instruction uses (its prefix, else SS for an ESP/EBP base or an implicit
+    stack access, ES for a string destination, else DS), and its limit decides.
+    The CPU's own reads of the GDT, LDT, IDT or TSS (a segment load, an iretd,
+    a delivery) go through no segment: no limit bounds them.
+  - Paging on: no hook. Measured (Unicorn 2.1.4): a memory hook is matched
+    against, and given, the *physical* address of the access when paging is on
+    (a load at linear 0xFFF8 mapped to 0x20FFF8: a hook on 0xF000-0xFFFF never
+    fires, one on 0x20F000-0x20FFFF fires with 0x20FFF8), so no offset can be
+    computed from it. A limit is then checked where the access also faults on
+    its page (`page_fault`): Unicorn raises the #PF before any memory hook runs
+    (the TLB fill fails first), and a real CPU would have raised #GP/#SS, the
+    limit coming first; the platform decodes the instruction at CS:EIP
+    (through this CPU's MMU, CPU.read_linear) and delivers that instead, with
+    the trace of a limit violation. So a guest whose segments end at its
+    memory's end, with no page present past it (or only supervisor pages),
+    gets #GP at the first byte past its memory; an access past a limit that
+    lands on a page the CPL may use is not checked while paging is on. QEMU
+    has already written CR2 when the #PF is turned into a #GP (a real CPU
+    leaves CR2 as it was for a #GP).
+  - Instruction fetch: the C counter's code hook, which runs before every
+    instruction anyway, compares the instruction's linear address with the
+    lowest address past the limit of a loadable code segment (counter.c:
+    `fetch_from`; a code hook is given the *linear* address, paged or not), and
+    above it reads CS and checks the instruction's last byte against CS's
+    limit: past it, the run stops before the instruction and #GP(0) is
+    delivered at it. A fetch that page-faults is checked the same way in
+    `page_fault`. A CS from an LDT is not checked.
+  - An interrupt or exception: the gate's offset against the limit of the code
+    segment it names (delivery.py: #GP, before anything is pushed).
 
-A violation stops the run. Measured (Unicorn 2.1.4, a Python `UC_HOOK_MEM_*`
-hook calling `emu_stop`): a load is abandoned before its destination register
-is written; a store has landed in memory but no register has changed (`push`
-leaves ESP as it was) and EIP is still the instruction's. So the old bytes,
-read in the hook, are put back, and the fault is delivered at that EIP through
-whatever IDT is loaded (CPU.raise_fault): the instruction did not happen.
+A data violation found in a hook stops the run. Measured (Unicorn 2.1.4, a
+Python `UC_HOOK_MEM_*` hook calling `emu_stop`): a load is abandoned before its
+destination register is written; a store has landed in memory but no register
+has changed (`push` leaves ESP as it was) and EIP is still the instruction's.
+So the old bytes, read in the hook, are put back, and the fault is delivered
+at that EIP through whatever IDT is loaded (CPU.raise_fault): the instruction
+did not happen.
 
 The descriptors are read when the software that owns the GDT says it changed
 (`CPU.descriptors_changed`), as a real CPU reads a descriptor only when a
-segment register is loaded. Not checked: instruction fetch past CS's limit (a
-code hook limited to a range slows every instruction, counter.c) and accesses
-at CPL 0. Without a C compiler (no C counter, counter.py) no limit is checked.
+segment register is loaded. Without a C compiler (no C counter, counter.py) only
+the checks made in Python remain: the #PF path and the gate's offset.
 """
 import ctypes
 
@@ -93,7 +123,7 @@ class SegmentLimits:
         self.violation = None
         self.decoded = 0                    # accesses the C filter handed to Python (the slow path)
         self._hooks = []
-        self._seen = None                   # (GDTR base, limit, table bytes, least DPL) last refreshed
+        self._seen = None                   # (GDTR base, limit, table bytes, CPL, paging) last refreshed
         self._known = {}                    # such a key -> its table for the filter and its ranges
         self.state = None                   # the C filter's (counter.c); `quiet` > 0 while the
         if library is None:                 # platform delivers: its register writes load CS and SS
