@@ -103,6 +103,9 @@ typedef void (*slow_fn)(int type, uint64_t address, int size);
 #define LIMIT_SELECTORS 64
 #define CR0_PG 0x80000000u
 enum { R_CS = 1, R_SS = 2, R_DS = 4, R_ES = 8, R_FS = 16, R_GS = 32, R_ALL = 63 };
+#define CONFORMING 0x10
+#define NOT_CODE 0xFF
+
 
 struct vmkit_limits {
     slow_fn slow;
@@ -110,6 +113,7 @@ struct vmkit_limits {
     uint64_t nsel;                        /* GDT entries described below */
     uint64_t base[LIMIT_SELECTORS];
     uint64_t limit[LIMIT_SELECTORS];      /* in bytes; 0xFFFFFFFF: flat or not a segment */
+    uint64_t code[LIMIT_SELECTORS];       /* a code segment's DPL (| CONFORMING), or NOT_CODE */
     const unsigned char *ram;             /* the machine's memory (physical = linear: paging off) */
     uint64_t ram_size;
     int64_t eip_id, cr0_id;
@@ -117,6 +121,20 @@ struct vmkit_limits {
     reg_read_batch_fn reg_read_batch;     /* the selectors, CR0 and EIP in one call */
     uint64_t calls, looked;               /* accesses filtered; of those, instructions read */
 };
+
+/* Is the table's entry for CS one that CS can hold at its CPL (a non-conforming code
+ * segment's DPL is the CPL; a conforming one's at most)? If not, CS was loaded from another
+ * table than the one described (a CPU between two GDTs: the firmware's CS under the
+ * kernel's GDTR, before its far jump): its hidden base and limit are not these, and no
+ * limit is judged from the table. */
+static int cs_described(struct vmkit_limits *l, uint64_t cs)
+{
+    uint64_t index = (cs & 0xFFFF) >> 3, cpl = cs & 3;
+    if ((cs & 4) || index == 0 || index >= l->nsel || l->code[index] == NOT_CODE)
+        return 0;
+    uint64_t dpl = l->code[index] & 3;
+    return (l->code[index] & CONFORMING) ? dpl <= cpl : dpl == cpl;
+}
 
 /* The segment registers (R_* bits) the instruction at CS:EIP may access data through. */
 static uint64_t segments_used(struct vmkit_limits *l, uint64_t cs, uint64_t eip)
@@ -182,6 +200,8 @@ void vmkit_limit(void *uc, int type, uint64_t address, int size, int64_t value, 
     for (int i = 0; i < 8; i++)
         values[i] = &sels[i];
     l->reg_read_batch(uc, ids, values, 8);
+    if (!cs_described(l, sels[0] & 0xFFFF))
+        return;
     for (int i = 0; i < 6; i++) {
         uint64_t sel = sels[i] & 0xFFFF;
         sels[i] = sel;
@@ -215,7 +235,7 @@ static int fetch_past_limit(void *uc, struct vmkit_limits *l, uint64_t address, 
     l->reg_read_batch(uc, &id, &value, 1);
     cs &= 0xFFFF;
     uint64_t index = cs >> 3;
-    if ((cs & 4) || index == 0 || index >= l->nsel)
+    if (!cs_described(l, cs))
         return 0;
     if (size == 0 || size > 15)
         size = 1;

@@ -75,6 +75,7 @@ from .x86 import decode_segment, CR0_PG, GP, SS_FAULT
 
 SELECTORS = 64                              # as LIMIT_SELECTORS in counter.c
 NO_FETCH_CHECK = 0xFFFFFFFFFFFFFFFF
+CONFORMING, NOT_CODE = 0x10, 0xFF                # as in counter.c
 FLAT = 0xFFFFFFFF
 # Unicorn matches a hook's range against an access's first byte: the range starts this
 # much below the limit, so an access that straddles it is seen too (the filter then checks
@@ -96,6 +97,7 @@ class _State(ctypes.Structure):
     _fields_ = [("slow", ctypes.c_void_p),
                 ("regs", ctypes.c_int64 * 6), ("nsel", ctypes.c_uint64),
                 ("base", ctypes.c_uint64 * SELECTORS), ("limit", ctypes.c_uint64 * SELECTORS),
+                ("code", ctypes.c_uint64 * SELECTORS),
                 ("ram", ctypes.c_void_p), ("ram_size", ctypes.c_uint64), ("eip_id", ctypes.c_int64), ("cr0_id", ctypes.c_int64),
                 ("quiet", ctypes.c_uint64), ("reg_read_batch", ctypes.c_void_p),
                 ("calls", ctypes.c_uint64), ("looked", ctypes.c_uint64)]
@@ -167,8 +169,8 @@ class SegmentLimits:
             known = self._known[seen] = _decode(table, limit, cpl or 0)
         s = self.state
         s.nsel = len(table) // 8
-        bases, limits, ranges, fetch_from = known
-        s.base[:s.nsel], s.limit[:s.nsel] = bases, limits
+        bases, limits, code, ranges, fetch_from = known
+        s.base[:s.nsel], s.limit[:s.nsel], s.code[:s.nsel] = bases, limits, code
         self.cpu.counter.state.fetch_from = fetch_from   # a code hook sees linear addresses, paged too
         self._hook(() if paging else ranges)
 
@@ -226,6 +228,8 @@ class SegmentLimits:
         cpu = self.cpu
         values = dict(zip(SEGMENT_REGS, cpu.read(*SEGMENT_REGS)))
         loaded = {r: self._descriptor(sel) for r, sel in values.items()}
+        if not _holds(loaded["cs"], values["cs"] & 3):
+            return None                     # CS came from another GDT (counter.c: cs_described)
         if all(d is None or (d.base == 0 and d.limit == FLAT and not _expand_down(d)) for d in loaded.values()):
             return None
         cr2, eip = cpu.read("cr2", "eip")
@@ -326,17 +330,18 @@ class SegmentLimits:
 
 
 def _decode(table, limit, least):
-    """(bases, limits) of every entry for the C filter, the merged ranges past the limits
+    """(bases, limits, code DPLs) of every entry for the C filter, the merged ranges past the limits
     of the segments within the GDT's limit of DPL >= least or DPL 0, and the lowest linear
     address an instruction of such a code segment may start at and still cross its limit
     (NO_FETCH_CHECK: every such code segment is flat)."""
-    bases, limits, ranges, fetch_from = [], [], [], NO_FETCH_CHECK
+    bases, limits, code, ranges, fetch_from = [], [], [], [], NO_FETCH_CHECK
     for i in range(len(table) // 8):
         d = decode_segment(table[8 * i:8 * i + 8])
         segment = d.s and d.present
         down = segment and _expand_down(d)
         bases.append(d.base if segment else 0)
         limits.append(0 if down else d.limit if segment else FLAT)   # expand-down: always decoded
+        code.append(d.dpl | (CONFORMING if d.type & 4 else 0) if segment and d.type & 8 else NOT_CODE)
         if 8 * i + 7 > limit:
             continue                        # not loadable now: no range of its own
         loadable = d.dpl >= least or d.dpl == 0
@@ -348,7 +353,15 @@ def _decode(table, limit, least):
             ranges.append((max(d.base, d.base + d.limit + 1 - STRADDLE), FLAT))
             if d.base:                      # an offset past the limit may wrap below the base
                 ranges.append((0, d.base - 1))
-    return bases, limits, _merge(ranges), fetch_from
+    return bases, limits, code, _merge(ranges), fetch_from
+
+
+def _holds(d, cpl):
+    """Can CS hold this descriptor at this CPL (a non-conforming code segment's DPL is the
+    CPL, a conforming one's at most)? If not, the GDT is not the one CS was loaded from."""
+    if d is None or not (d.s and d.type & 8):
+        return False
+    return d.dpl <= cpl if d.type & 4 else d.dpl == cpl
 
 
 def _expand_down(d):
