@@ -3,11 +3,11 @@
 Unicorn delivers nothing by itself (cpu.py): every `int n`, exception and device
 IRQ ends up here. The CPU reads IDTR, fetches the gate from *that* IDT in
 emulated memory, checks it (type, DPL against CPL for a software `int`,
-present), reads the target code segment's descriptor from the GDT (the gate's
-offset must lie within its limit: the new EIP is checked as a real CPU checks it, before
-anything is pushed), switches to
-the TSS's ring-0 stack when the privilege changes, pushes the frame (and the
-error code), clears IF for an interrupt gate, and jumps. A failure while
+present), reads the target code segment's descriptor from the GDT and checks
+the gate's offset against its limit (the new EIP, before anything is pushed,
+as a real CPU does: #GP), switches to the TSS's ring-0 stack when the
+privilege changes, pushes the frame (and the error code), clears IF for an
+interrupt gate, and jumps. A failure while
 delivering becomes the fault the hardware would raise; a failure to deliver
 that becomes a double fault; a failing double fault shuts the CPU down.
 
