@@ -92,3 +92,20 @@ def test_a_gate_whose_offset_is_past_its_code_segments_limit_is_gp(board):
     assert record(board) == (13, 0, 0x1000)
     fault = board.trace.of("cpu.fault")[0]
     assert fault["vector"] == 13 and "limit" in fault["why"]
+
+
+def test_a_cs_loaded_from_another_gdt_keeps_its_own_limit(board):
+    """CS holds the descriptor it was loaded with, whatever GDTR names since: a CPU that
+    still runs on the firmware's flat CS under a GDT whose entry 0x08 is a short DPL 1
+    code segment (a CPU between two GDTs, before its far jump) runs past that entry's
+    limit. The platform, which cannot read the hidden part, sees that CS cannot hold that
+    entry at CPL 0 and judges no limit from that table."""
+    cpl0_board(board)
+    board.memory.write(GDT + 0x08, encode_segment(0, 0xFFF, CODE_RX, 1, g=0)
+                       + encode_segment(0, 0xFFF, DATA_RW, 1, g=0))
+    board.cpu.descriptors_changed()
+    board.load(0x1000, "mov dword ptr [0x96000], 4\nmov eax, 0x2000\njmp eax")
+    board.load(0x2000, "mov dword ptr [0x96004], 5\nhlt")
+    board.run(200)
+    assert record(board) == (0, 0, 0)
+    assert (u32(board, 0x96000), u32(board, 0x96004)) == (4, 5)

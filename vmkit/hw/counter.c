@@ -148,7 +148,7 @@ static uint64_t segments_used(struct vmkit_limits *l, uint64_t cs, uint64_t eip)
     const unsigned char *b = l->ram + at;
     uint64_t prefix = 0;
     unsigned i = 0;
-    for (; i < 14; i++) {
+    for (; i < 13; i++) {               /* b[i + 2] stays inside the 16 bytes */
         switch (b[i]) {
         case 0x26: prefix = R_ES; continue;
         case 0x2E: prefix = R_CS; continue;
