@@ -341,9 +341,10 @@ def _decode(table, limit, least):
         down = segment and _expand_down(d)
         bases.append(d.base if segment else 0)
         limits.append(0 if down else d.limit if segment else FLAT)   # expand-down: always decoded
+        if 8 * i + 7 > limit:               # not loadable now: no range of its own, and
+            code.append(NOT_CODE)           # not the CS of a CPU that runs on this table
+            continue
         code.append(d.dpl | (CONFORMING if d.type & 4 else 0) if segment and d.type & 8 else NOT_CODE)
-        if 8 * i + 7 > limit:
-            continue                        # not loadable now: no range of its own
         loadable = d.dpl >= least or d.dpl == 0
         if segment and loadable and d.type & 8 and d.limit < FLAT:    # code: its fetches
             fetch_from = min(fetch_from, 0 if d.base else max(0, d.limit + 1 - STRADDLE))
