@@ -59,7 +59,11 @@ did not happen.
 
 The descriptors are read when the software that owns the GDT says it changed
 (`CPU.descriptors_changed`), as a real CPU reads a descriptor only when a
-segment register is loaded. Without a C compiler (no C counter, counter.py) only
+segment register is loaded. Unicorn does not expose the hidden part of a
+segment register, so limits are judged from the GDT that GDTR names; where CS
+cannot hold that GDT's entry at its CPL (a non-conforming code segment's DPL
+is the CPL), CS was loaded from another table (a CPU between the firmware's GDT
+and the kernel's) and no limit is judged from this one. Without a C compiler (no C counter, counter.py) only
 the checks made in Python remain: the #PF path and the gate's offset.
 """
 import ctypes
