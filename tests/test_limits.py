@@ -111,3 +111,36 @@ def test_an_expand_down_segment_faults_below_its_limit_not_above(board):
     run_user(board, "mov ax, 0x33\nmov es, ax\nmov dword ptr es:[0x80000], 5\nmov dword ptr es:[0x7FFFC], 6")
     assert u32(board, 0x80000) == 5 and u32(board, 0x7FFFC) == 0
     assert (u32(board, RECORD), u32(board, RECORD + 4)) == (13, 0)
+
+
+def test_a_segment_load_reading_a_gdt_past_the_limit_is_no_violation(board):
+    """`mov ds, ax` makes the CPU read the GDT wherever it lies: that read goes through no
+    segment, so no limit bounds it (the kernel's GDT lies past the displaced COS's limit)."""
+    user_board(board)
+    gdt = board.memory.read(GDT, 0x30)
+    board.memory.write(0x95000, gdt)
+    board.cpu["gdtr"] = (0, 0x95000, len(gdt) - 1, 0)
+    board.cpu.descriptors_changed()
+    run_user(board, "mov ax, 0x23\nmov es, ax\nmov dword ptr [0x8F000], 3")
+    assert u32(board, RECORD) == 0 and u32(board, 0x8F000) == 3
+
+
+def test_an_instruction_fetched_past_the_code_segments_limit_is_gp0(board):
+    """A real CPU checks EIP against CS's limit before it fetches: a jump past it (here a
+    near jump, whose target no hook sees) is a #GP(0) at the instruction past the limit,
+    which does not run."""
+    user_board(board)
+    board.load(LIMIT + 1, "mov dword ptr [0x8F000], 1\nhlt")
+    run_user(board, f"mov eax, {LIMIT + 1:#x}\njmp eax")
+    assert u32(board, 0x8F000) == 0
+    assert (u32(board, RECORD), u32(board, RECORD + 4), u32(board, RECORD + 8)) == (13, 0, LIMIT + 1)
+    fault = board.trace.of("cpu.fault")[0]
+    assert fault["vector"] == 13 and "CS" in fault["why"]
+
+
+def test_an_instruction_straddling_the_code_limit_is_gp0(board):
+    user_board(board)
+    board.load(LIMIT - 3, "mov dword ptr [0x8F000], 2\nhlt")   # 10 bytes: 6 of them past the limit
+    run_user(board, f"mov eax, {LIMIT - 3:#x}\njmp eax")
+    assert (u32(board, RECORD), u32(board, RECORD + 8)) == (13, LIMIT - 3)
+    assert u32(board, 0x8F000) == 0

@@ -16,7 +16,9 @@
  * stops the run before it executes; the CPU calls the Python handler between
  * runs, takes the count back, and resumes there, skipping the check once.
  *
- * It runs before each instruction: at the budget, stop before executing it. */
+ * It runs before each instruction: at the budget, stop before executing it. The same
+ * hook checks an instruction fetched past CS's limit (limits.py), for one compare per
+ * instruction below the lowest such limit (none where every code segment is flat). */
 #include <stdint.h>
 
 typedef int (*stop_fn)(void *uc);
@@ -33,7 +35,17 @@ struct vmkit_counter {
     uint64_t skip;       /* the first instruction of a run at this address does not break */
     uint64_t first;      /* 1 until the run's first instruction has been seen */
     uint64_t breaks[MAX_BREAKS];
+    /* Fetch past CS's limit (limits.py): an instruction at or above fetch_from (the lowest
+     * linear address past the limit of a code segment that can be loaded; ~0: none) is
+     * checked against the limit of the CS loaded now; past it, the run stops before it,
+     * fetch_fault = its address + 1, fetch_count = the instructions retired before it. */
+    uint64_t fetch_from;
+    struct vmkit_limits *limits;
+    uint64_t fetch_fault, fetch_count;
 };
+
+struct vmkit_limits;
+static int fetch_past_limit(void *uc, struct vmkit_limits *l, uint64_t address, uint32_t size);
 
 void vmkit_count(void *uc, uint64_t address, uint32_t size, struct vmkit_counter *c)
 {
@@ -52,6 +64,12 @@ void vmkit_count(void *uc, uint64_t address, uint32_t size, struct vmkit_counter
             }
         }
     }
+    if (address >= c->fetch_from && c->limits && fetch_past_limit(uc, c->limits, address, size)) {
+        c->fetch_fault = address + 1;
+        c->fetch_count = c->count;
+        c->stop(uc);
+        return;
+    }
     if (c->count >= c->budget) {
         c->spent = 1;
         c->stop(uc);
@@ -61,50 +79,166 @@ void vmkit_count(void *uc, uint64_t address, uint32_t size, struct vmkit_counter
 }
 
 /* Segment limits (limits.py): Unicorn checks none, so the platform hooks the linear
- * ranges that lie past the limit of a segment CPL > 0 may load. This filter runs on
- * every access in those ranges and lets through, without Python, the two cases that
- * cannot be past a limit: CPL 0 (the kernel, whose segments here are flat) and an
- * access inside the limit of every segment register loaded now (a VM at CPL 3 with
- * flat segments whose memory lies past the COS's limit). Anything else goes to
- * Python, which decodes the instruction to find the segment it used. */
-typedef int (*reg_read_fn)(void *uc, int regid, void *value);
+ * ranges that lie past the limit of a segment that can be loaded. This filter runs on
+ * every access in those ranges, at every CPL, and lets through without Python:
+ *   - an access inside the limit of every segment register loaded now (a flat-segmented
+ *     VM whose memory lies past the COS's limit; the kernel's own, all flat);
+ *   - an access whose instruction cannot go through the registers it is outside of: the
+ *     few bytes read here (prefixes, opcode) tell which registers an access may use (a
+ *     stack instruction: SS; a string instruction: its source's and ES; a segment prefix:
+ *     that one; anything else: DS or SS), so the kernel's pushes and its flat DS are not
+ *     held up by the COS's (or a guest's) FS and GS, which it never uses; and `mov sreg, r`,
+ *     `ltr r`, `lldt r`, a far `jmp`, whose only accesses are the CPU's own reads of a
+ *     descriptor table, not a data access through a segment;
+ *   - the CPU's own descriptor reads while the platform delivers an interrupt (its
+ *     register writes load CS and SS: `quiet`);
+ *   - any access while paging is on: Unicorn 2.1.4 gives a memory hook the *physical*
+ *     address then (and matches the hook's range against it), so the offset cannot be
+ *     known here; limits.py hooks nothing then, and checks limits where the access also
+ *     page-faults (the #PF path).
+ * Anything else goes to Python, which decodes the instruction to find the segment it used. */
+typedef int (*reg_read_batch_fn)(void *uc, int *regs, void **values, int count);
 typedef void (*slow_fn)(int type, uint64_t address, int size);
 
 #define LIMIT_SELECTORS 64
+#define CR0_PG 0x80000000u
+enum { R_CS = 1, R_SS = 2, R_DS = 4, R_ES = 8, R_FS = 16, R_GS = 32, R_ALL = 63 };
+#define CONFORMING 0x10
+#define NOT_CODE 0xFF
+
 
 struct vmkit_limits {
-    reg_read_fn reg_read;
     slow_fn slow;
     int64_t regs[6];                      /* Unicorn's ids of CS, SS, DS, ES, FS, GS */
     uint64_t nsel;                        /* GDT entries described below */
     uint64_t base[LIMIT_SELECTORS];
     uint64_t limit[LIMIT_SELECTORS];      /* in bytes; 0xFFFFFFFF: flat or not a segment */
+    uint64_t code[LIMIT_SELECTORS];       /* a code segment's DPL (| CONFORMING), or NOT_CODE */
+    const unsigned char *ram;             /* the machine's memory (physical = linear: paging off) */
+    uint64_t ram_size;
+    int64_t eip_id, cr0_id;
+    uint64_t quiet;                       /* 1 while the platform delivers (delivery.py) */
+    reg_read_batch_fn reg_read_batch;     /* the selectors, CR0 and EIP in one call */
+    uint64_t calls, looked;               /* accesses filtered; of those, instructions read */
 };
+
+/* Is the table's entry for CS one that CS can hold at its CPL (a non-conforming code
+ * segment's DPL is the CPL; a conforming one's at most)? If not, CS was loaded from another
+ * table than the one described (a CPU between two GDTs: the firmware's CS under the
+ * kernel's GDTR, before its far jump): its hidden base and limit are not these, and no
+ * limit is judged from the table. */
+static int cs_described(struct vmkit_limits *l, uint64_t cs)
+{
+    uint64_t index = (cs & 0xFFFF) >> 3, cpl = cs & 3;
+    if ((cs & 4) || index == 0 || index >= l->nsel || l->code[index] == NOT_CODE)
+        return 0;
+    uint64_t dpl = l->code[index] & 3;
+    return (l->code[index] & CONFORMING) ? dpl <= cpl : dpl == cpl;
+}
+
+/* The segment registers (R_* bits) the instruction at CS:EIP may access data through. */
+static uint64_t segments_used(struct vmkit_limits *l, uint64_t cs, uint64_t eip)
+{
+    uint64_t index = (cs & 0xFFFF) >> 3;
+    if ((cs & 4) || index >= l->nsel)
+        return R_ALL;
+    uint64_t at = (l->base[index] + (eip & 0xFFFFFFFFu)) & 0xFFFFFFFFu;
+    if (at + 16 > l->ram_size)
+        return R_ALL;
+    const unsigned char *b = l->ram + at;
+    uint64_t prefix = 0;
+    unsigned i = 0;
+    for (; i < 13; i++) {               /* b[i + 2] stays inside the 16 bytes */
+        switch (b[i]) {
+        case 0x26: prefix = R_ES; continue;
+        case 0x2E: prefix = R_CS; continue;
+        case 0x36: prefix = R_SS; continue;
+        case 0x3E: prefix = R_DS; continue;
+        case 0x64: prefix = R_FS; continue;
+        case 0x65: prefix = R_GS; continue;
+        case 0x66: case 0x67: case 0xF0: case 0xF2: case 0xF3: continue;
+        }
+        break;
+    }
+    unsigned op = b[i], modrm = b[i + 1];
+    uint64_t data = prefix ? prefix : R_DS | R_SS;        /* a memory operand's */
+    if (op == 0x0F) {
+        unsigned op2 = b[i + 1], m = b[i + 2];
+        if (op2 == 0xA0 || op2 == 0xA1 || op2 == 0xA8 || op2 == 0xA9)   /* push/pop fs, gs */
+            return R_SS;
+        if (op2 == 0x00 && (m >> 6) == 3)                 /* sldt str lldt ltr verr verw r */
+            return 0;
+        return data;
+    }
+    if ((op >= 0x50 && op <= 0x61) || op == 0x06 || op == 0x07 || op == 0x0E || op == 0x16
+        || op == 0x17 || op == 0x1E || op == 0x1F || op == 0x68 || op == 0x6A || op == 0x9C
+        || op == 0x9D || op == 0xC2 || op == 0xC3 || op == 0xC8 || op == 0xC9 || op == 0xCA
+        || op == 0xCB || op == 0xCF || op == 0xE8 || op == 0x9A)
+        return R_SS;                                      /* the stack only */
+    if (op == 0x8F || op == 0xFF)                         /* pop m; push/call m: both */
+        return R_SS | data;
+    if ((op >= 0xA4 && op <= 0xA7) || (op >= 0xAA && op <= 0xAF) || (op >= 0x6C && op <= 0x6F))
+        return (prefix ? prefix : R_DS) | R_ES;           /* string: DS:ESI and ES:EDI */
+    if ((op == 0x8E && (modrm >> 6) == 3) || op == 0xEA)  /* mov sreg, r; jmp far: tables only */
+        return 0;
+    return data;
+}
 
 void vmkit_limit(void *uc, int type, uint64_t address, int size, int64_t value, struct vmkit_limits *l)
 {
     (void)value;
-    uint64_t sel = 0;
-    l->reg_read(uc, (int)l->regs[0], &sel);
-    if ((sel & 3) == 0)
+    l->calls++;
+    if (l->quiet)
+        return;
+    uint64_t sels[8] = {0}, outside = 0;  /* CS SS DS ES FS GS, CR0, EIP: one call */
+    int ids[8];
+    void *values[8];
+    for (int i = 0; i < 6; i++)
+        ids[i] = (int)l->regs[i];
+    ids[6] = (int)l->cr0_id;
+    ids[7] = (int)l->eip_id;
+    for (int i = 0; i < 8; i++)
+        values[i] = &sels[i];
+    l->reg_read_batch(uc, ids, values, 8);
+    if (!cs_described(l, sels[0] & 0xFFFF))
         return;
     for (int i = 0; i < 6; i++) {
-        if (i) {
-            sel = 0;
-            l->reg_read(uc, (int)l->regs[i], &sel);
-        }
-        sel &= 0xFFFF;
+        uint64_t sel = sels[i] & 0xFFFF;
+        sels[i] = sel;
         uint64_t index = sel >> 3;
         if (index == 0 && !(sel & 4))
             continue;                     /* a null selector: no access goes through it */
         if ((sel & 4) || index >= l->nsel) {
-            l->slow(type, address, size);
-            return;
+            outside |= 1u << i;           /* not described here: Python looks */
+            continue;
         }
         uint64_t offset = (address - l->base[index]) & 0xFFFFFFFFu;
-        if (offset + (uint64_t)size - 1 > l->limit[index]) {
-            l->slow(type, address, size);
-            return;
-        }
+        if (offset + (uint64_t)size - 1 > l->limit[index])
+            outside |= 1u << i;
     }
+    if (!outside)
+        return;
+    if (sels[6] & CR0_PG)
+        return;
+    l->looked++;
+    if (outside & segments_used(l, sels[0], sels[7]))
+        l->slow(type, address, size);
+}
+
+/* Does the instruction at `address` (linear, `size` bytes) lie past the limit of CS? A CS
+ * not described in the table (an LDT's, past the GDT copy) is not checked here. */
+static int fetch_past_limit(void *uc, struct vmkit_limits *l, uint64_t address, uint32_t size)
+{
+    uint64_t cs = 0;
+    int id = (int)l->regs[0];
+    void *value = &cs;
+    l->reg_read_batch(uc, &id, &value, 1);
+    cs &= 0xFFFF;
+    uint64_t index = cs >> 3;
+    if (!cs_described(l, cs))
+        return 0;
+    if (size == 0 || size > 15)
+        size = 1;
+    uint64_t offset = (address - l->base[index]) & 0xFFFFFFFFu;
+    return offset + size - 1 > l->limit[index];
 }

@@ -27,7 +27,9 @@ class _State(ctypes.Structure):
     _fields_ = [("count", ctypes.c_uint64), ("budget", ctypes.c_uint64), ("stop", ctypes.c_void_p),
                 ("spent", ctypes.c_uint64), ("nbreaks", ctypes.c_uint64), ("hit", ctypes.c_uint64),
                 ("skip", ctypes.c_uint64), ("first", ctypes.c_uint64),
-                ("breaks", ctypes.c_uint64 * MAX_BREAKS)]
+                ("breaks", ctypes.c_uint64 * MAX_BREAKS),
+                ("fetch_from", ctypes.c_uint64), ("limits", ctypes.c_void_p),   # limits.py's
+                ("fetch_fault", ctypes.c_uint64), ("fetch_count", ctypes.c_uint64)]
 
 
 def _build():
@@ -71,6 +73,7 @@ class Counter:
         self.exact = lib is not None
         if self.exact:
             self.state = _State(0, 0, ctypes.cast(_uc.uclib.uc_emu_stop, ctypes.c_void_p), 0, 0, NO_HIT)
+            self.state.fetch_from = NO_HIT          # no fetch checked until limits.py says
             self._handle = ctypes.c_size_t()
             err = _uc.uclib.uc_hook_add(uc._uch, ctypes.byref(self._handle), ctypes.c_int(UC_HOOK_CODE),
                                         ctypes.cast(lib.vmkit_count, ctypes.c_void_p),

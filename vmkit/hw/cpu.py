@@ -40,7 +40,7 @@ from . import unicorn_quirks
 from .counter import Counter, library
 from .delivery import Delivery
 from .limits import SegmentLimits
-from .x86 import decode_gate, ERROR_CODE_VECTORS, EFLAGS_IF, EFLAGS_IOPL_SHIFT, GP, UD, EXCEPTION_NAMES
+from .x86 import decode_gate, ERROR_CODE_VECTORS, EFLAGS_IF, EFLAGS_IOPL_SHIFT, GP, PF, UD, EXCEPTION_NAMES
 
 GENERAL = ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp", "esp")
 SEGMENTS = ("cs", "ds", "es", "fs", "gs", "ss")
@@ -436,6 +436,10 @@ class CPU(Delivery):
             self.deliver(vector, "int", eip=self["eip"])
         else:
             unicorn_quirks.clear_exception_record(uc)
+            past = self.limits.page_fault() if vector == PF else None   # the limit comes first
+            if past is not None:
+                self.raise_fault(past.vector, 0, past.eip, past.why)
+                return
             self.raise_fault(vector, error if vector in ERROR_CODE_VECTORS else None,
                              self["eip"], EXCEPTION_NAMES.get(vector, "exception"))
 

@@ -3,9 +3,11 @@
 Unicorn delivers nothing by itself (cpu.py): every `int n`, exception and device
 IRQ ends up here. The CPU reads IDTR, fetches the gate from *that* IDT in
 emulated memory, checks it (type, DPL against CPL for a software `int`,
-present), reads the target code segment's descriptor from the GDT, switches to
-the TSS's ring-0 stack when the privilege changes, pushes the frame (and the
-error code), clears IF for an interrupt gate, and jumps. A failure while
+present), reads the target code segment's descriptor from the GDT and checks
+the gate's offset against its limit (the new EIP, before anything is pushed,
+as a real CPU does: #GP), switches to the TSS's ring-0 stack when the
+privilege changes, pushes the frame (and the error code), clears IF for an
+interrupt gate, and jumps. A failure while
 delivering becomes the fault the hardware would raise; a failure to deliver
 that becomes a double fault; a failing double fault shuts the CPU down.
 
@@ -46,6 +48,16 @@ class Delivery:
         double fault: `int 8` is a software interrupt like any other (no
         error code; through a gate it may not use, a #GP)."""
         eip = self["eip"] if eip is None else eip
+        state = self.limits.state            # the CPU's own descriptor reads: no limit (limits.py)
+        if state is not None:
+            state.quiet += 1
+        try:
+            return self._deliver_or_fail(vector, kind, error_code, eip)
+        finally:
+            if state is not None:
+                state.quiet -= 1
+
+    def _deliver_or_fail(self, vector, kind, error_code, eip):
         for _ in range(3):
             try:
                 self._deliver(vector, kind, error_code, eip)
@@ -92,6 +104,9 @@ class Delivery:
         old_cpl, new_cpl = old_cs & 3, target.dpl
         if new_cpl > old_cpl:
             raise DeliveryFault(GP, gate.selector & ~3, "gate leads to a less privileged segment")
+        if gate.offset > target.limit:               # the new EIP, against the new CS's limit
+            raise DeliveryFault(GP, ext, f"gate {vector:#x}'s offset {gate.offset:#x} is past the limit "
+                                         f"{target.limit:#x} of its code segment {gate.selector:#x}")
         frame = [eip, old_cs, old_eflags]
         if new_cpl < old_cpl:                        # stack switch through the TSS
             tr_sel, tss, tss_limit, _ = tr

@@ -1,36 +1,70 @@
 """Segment limits, which Unicorn does not check: the platform does.
 
-A data access whose offset runs past the limit of the segment it goes through
-is a #GP(0) on a real CPU, or a #SS(0) when that segment is SS. QEMU (and so
-Unicorn 2.1.4) loads base and limit into the hidden part of a segment
-register but checks neither on a load or a store. Checking every access from
-Python would cost more than the emulation; so only accesses that *can* cross
-a limit are looked at:
+An access whose offset runs past the limit of the segment it goes through is a
+#GP(0) on a real CPU, or a #SS(0) when that segment is SS, at every CPL, and the
+CPU checks it *before* paging translates the address. QEMU (and so Unicorn
+2.1.4) loads base and limit into the hidden part of a segment register but
+checks neither on a load, a store or a fetch. Checking every access from Python
+would cost more than the emulation; so only accesses that *can* cross a limit
+are looked at. What is checked, and how:
 
-  - the linear ranges past the limit of every code/data descriptor in the GDT
-    that CPL > 0 may load (DPL 1..3) and that does not reach 4 GiB get a
-    memory hook, limited to that range (a segment whose limit is the full
-    4 GiB needs none). Measured (Unicorn 2.1.4): such a hook costs nothing
-    measurable for code that never touches the range;
-  - in the hook, a filter in C (counter.c: `vmkit_limit`) lets through CPL 0
-    and any access inside the limit of every segment register loaded now, so
-    the kernel's own accesses and a flat-segmented VM's cost no Python;
-  - what is left is decoded here (capstone): the segment the instruction uses
-    (its prefix, else SS for an ESP/EBP base or an implicit stack access, ES for
-    a string destination, else DS), and its limit decides.
+  - Data accesses, paging off (linear = physical): the linear ranges past the
+    limit of every code/data descriptor in the GDT that can be loaded (with
+    `cpl`: DPL >= that CPL, and DPL 0, which the CPL 0 software it enters loads
+    for itself) and that does not reach 4 GiB get a memory hook limited to that
+    range (measured, Unicorn 2.1.4: it costs nothing for code that never
+    touches the range). In the hook, a filter in C (counter.c: `vmkit_limit`)
+    lets through any access inside the limit of every segment register loaded
+    now, and any access whose instruction cannot use the registers it is
+    outside of (the instruction's prefixes and opcode, read in C: the kernel's
+    pushes and flat DS go through while FS and GS still hold the COS's shorter
+    segment); what is left is decoded here (capstone): the segment the
+    instruction uses (its prefix, else SS for an ESP/EBP base or an implicit
+    stack access, ES for a string destination, else DS), and its limit decides.
+    The CPU's own reads of the GDT, LDT, IDT or TSS (a segment load, an iretd,
+    a delivery) go through no segment: no limit bounds them.
+  - Paging on: no hook. Measured (Unicorn 2.1.4): a memory hook is matched
+    against, and given, the *physical* address of the access when paging is on
+    (a load at linear 0xFFF8 mapped to 0x20FFF8: a hook on 0xF000-0xFFFF never
+    fires, one on 0x20F000-0x20FFFF fires with 0x20FFF8), so no offset can be
+    computed from it. A limit is then checked where the access also faults on
+    its page (`page_fault`): Unicorn raises the #PF before any memory hook runs
+    (the TLB fill fails first), and a real CPU would have raised #GP/#SS, the
+    limit coming first; the platform decodes the instruction at CS:EIP
+    (through this CPU's MMU, CPU.read_linear) and delivers that instead, with
+    the trace of a limit violation. So a guest whose segments end at its
+    memory's end, with no page present past it (or only supervisor pages),
+    gets #GP at the first byte past its memory; an access past a limit that
+    lands on a page the CPL may use is not checked while paging is on. QEMU
+    has already written CR2 when the #PF is turned into a #GP (a real CPU
+    leaves CR2 as it was for a #GP).
+  - Instruction fetch: the C counter's code hook, which runs before every
+    instruction anyway, compares the instruction's linear address with the
+    lowest address past the limit of a loadable code segment (counter.c:
+    `fetch_from`; a code hook is given the *linear* address, paged or not), and
+    above it reads CS and checks the instruction's last byte against CS's
+    limit: past it, the run stops before the instruction and #GP(0) is
+    delivered at it. A fetch that page-faults is checked the same way in
+    `page_fault`. A CS from an LDT is not checked.
+  - An interrupt or exception: the gate's offset against the limit of the code
+    segment it names (delivery.py: #GP, before anything is pushed).
 
-A violation stops the run. Measured (Unicorn 2.1.4, a Python `UC_HOOK_MEM_*`
-hook calling `emu_stop`): a load is abandoned before its destination register
-is written; a store has landed in memory but no register has changed (`push`
-leaves ESP as it was) and EIP is still the instruction's. So the old bytes,
-read in the hook, are put back, and the fault is delivered at that EIP through
-whatever IDT is loaded (CPU.raise_fault): the instruction did not happen.
+A data violation found in a hook stops the run. Measured (Unicorn 2.1.4, a
+Python `UC_HOOK_MEM_*` hook calling `emu_stop`): a load is abandoned before its
+destination register is written; a store has landed in memory but no register
+has changed (`push` leaves ESP as it was) and EIP is still the instruction's.
+So the old bytes, read in the hook, are put back, and the fault is delivered
+at that EIP through whatever IDT is loaded (CPU.raise_fault): the instruction
+did not happen.
 
 The descriptors are read when the software that owns the GDT says it changed
 (`CPU.descriptors_changed`), as a real CPU reads a descriptor only when a
-segment register is loaded. Not checked: instruction fetch past CS's limit (a
-code hook limited to a range slows every instruction, counter.c) and accesses
-at CPL 0. Without a C compiler (no C counter, counter.py) no limit is checked.
+segment register is loaded. Unicorn does not expose the hidden part of a
+segment register, so limits are judged from the GDT that GDTR names; where CS
+cannot hold that GDT's entry at its CPL (a non-conforming code segment's DPL
+is the CPL), CS was loaded from another table (a CPU between the firmware's GDT
+and the kernel's) and no limit is judged from this one. Without a C compiler (no C counter, counter.py) only
+the checks made in Python remain: the #PF path and the gate's offset.
 """
 import ctypes
 
@@ -41,9 +75,11 @@ from unicorn import x86_const as X
 from unicorn.unicorn_py3 import unicorn as _uc
 
 from . import unicorn_quirks
-from .x86 import decode_segment, GP, SS_FAULT
+from .x86 import decode_segment, CR0_PG, GP, SS_FAULT
 
 SELECTORS = 64                              # as LIMIT_SELECTORS in counter.c
+NO_FETCH_CHECK = 0xFFFFFFFFFFFFFFFF
+CONFORMING, NOT_CODE = 0x10, 0xFF                # as in counter.c
 FLAT = 0xFFFFFFFF
 # Unicorn matches a hook's range against an access's first byte: the range starts this
 # much below the limit, so an access that straddles it is seen too (the filter then checks
@@ -51,7 +87,7 @@ FLAT = 0xFFFFFFFF
 STRADDLE = 15
 SEGMENT_REGS = ("cs", "ss", "ds", "es", "fs", "gs")
 _SLOW = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_uint64, ctypes.c_int)
-_REG_READ = ctypes.cast(_uc.uclib.uc_reg_read, ctypes.c_void_p)
+_REG_READ_BATCH = ctypes.cast(_uc.uclib.uc_reg_read_batch, ctypes.c_void_p)
 # implicit stack accesses: the instruction has no memory operand for them
 _STACK = {"push", "pop", "pushal", "popal", "pushad", "popad", "pushfd", "popfd", "pushf", "popf",
           "call", "ret", "enter", "leave", "iretd", "iret"}
@@ -62,9 +98,13 @@ _SEG_NAMES = {getattr(cx, f"X86_REG_{r.upper()}"): r for r in SEGMENT_REGS}
 
 class _State(ctypes.Structure):
     """struct vmkit_limits in counter.c, field for field."""
-    _fields_ = [("reg_read", ctypes.c_void_p), ("slow", ctypes.c_void_p),
+    _fields_ = [("slow", ctypes.c_void_p),
                 ("regs", ctypes.c_int64 * 6), ("nsel", ctypes.c_uint64),
-                ("base", ctypes.c_uint64 * SELECTORS), ("limit", ctypes.c_uint64 * SELECTORS)]
+                ("base", ctypes.c_uint64 * SELECTORS), ("limit", ctypes.c_uint64 * SELECTORS),
+                ("code", ctypes.c_uint64 * SELECTORS),
+                ("ram", ctypes.c_void_p), ("ram_size", ctypes.c_uint64), ("eip_id", ctypes.c_int64), ("cr0_id", ctypes.c_int64),
+                ("quiet", ctypes.c_uint64), ("reg_read_batch", ctypes.c_void_p),
+                ("calls", ctypes.c_uint64), ("looked", ctypes.c_uint64)]
 
 
 class Violation:
@@ -87,22 +127,30 @@ class SegmentLimits:
         self.lib = library
         self.ranges = ()                    # the hooked linear ranges, (first, last)
         self.violation = None
+        self.decoded = 0                    # accesses the C filter handed to Python (the slow path)
         self._hooks = []
-        self._seen = None                   # (GDTR base, limit, table bytes, least DPL) last refreshed
+        self._seen = None                   # (GDTR base, limit, table bytes, CPL, paging) last refreshed
         self._known = {}                    # such a key -> its table for the filter and its ranges
-        if library is None:
+        self.state = None                   # the C filter's (counter.c); `quiet` > 0 while the
+        if library is None:                 # platform delivers: its register writes load CS and SS
             return
         self._slow = _SLOW(self._on_slow)   # kept alive: C holds a pointer to it
-        self.state = _State(_REG_READ.value, ctypes.cast(self._slow, ctypes.c_void_p).value,
+        self.state = _State(ctypes.cast(self._slow, ctypes.c_void_p).value,
                             (ctypes.c_int64 * 6)(*(getattr(X, "UC_X86_REG_" + r.upper())
                                                    for r in SEGMENT_REGS)), 0)
+        s = self.state
+        s.ram, s.ram_size = cpu.memory.address, cpu.memory.size
+        s.eip_id, s.cr0_id, s.reg_read_batch = X.UC_X86_REG_EIP, X.UC_X86_REG_CR0, _REG_READ_BATCH.value
+        cpu.counter.state.limits = ctypes.addressof(s)    # the fetch check reads CS's limit here
 
     # ---- which ranges ------------------------------------------------------------
     def refresh(self, cpl=None):
-        """Read the GDT the CPU's GDTR names and hook the ranges past the limits
-        of the segments CPL > 0 may load (with `cpl`: the segments a program at that
-        CPL may load, DPL >= cpl; a CPL 3 world cannot load the COS's DPL 1 segments,
-        so its accesses need no hook). Nothing to do if nothing changed."""
+        """Read the GDT the CPU's GDTR names and hook the ranges past the limits of the
+        segments that can be loaded: with `cpl`, those a program at that CPL may load
+        (DPL >= cpl: a CPL 3 world cannot load the COS's DPL 1 segments) and the DPL 0
+        ones the CPL 0 software it enters loads for itself; without, all. With paging on,
+        none: a hook sees physical addresses then (the module's docstring). Nothing to do
+        if nothing changed."""
         if self.lib is None:
             return
         _, base, limit, _ = self.cpu["gdtr"]
@@ -113,8 +161,8 @@ class SegmentLimits:
                 break                       # longer GDTR over the same table finds its selectors
             except ValueError:
                 continue
-        least = max(1, cpl or 0)
-        seen = (base, limit, table, least)
+        paging = bool(self.cpu["cr0"] & CR0_PG)
+        seen = (base, limit, table, cpl or 0, paging)
         if seen == self._seen:
             return
         self._seen = seen
@@ -122,12 +170,13 @@ class SegmentLimits:
         if known is None:                   # a world switch goes between a few: decode each once
             if len(self._known) > 64:
                 self._known.clear()
-            known = self._known[seen] = _decode(table, limit, least)
+            known = self._known[seen] = _decode(table, limit, cpl or 0)
         s = self.state
         s.nsel = len(table) // 8
-        bases, limits, ranges = known
-        s.base[:s.nsel], s.limit[:s.nsel] = bases, limits
-        self._hook(ranges)
+        bases, limits, code, ranges, fetch_from = known
+        s.base[:s.nsel], s.limit[:s.nsel], s.code[:s.nsel] = bases, limits, code
+        self.cpu.counter.state.fetch_from = fetch_from   # a code hook sees linear addresses, paged too
+        self._hook(() if paging else ranges)
 
     def _hook(self, ranges):
         if tuple(ranges) == self.ranges:
@@ -153,12 +202,13 @@ class SegmentLimits:
     # ---- the slow path: which segment, and is it past the limit -----------------------
     def _on_slow(self, kind, address, size):
         cpu = self.cpu
+        self.decoded += 1
         try:
             eip = cpu["eip"]
-            segment = self._segment_of(eip, address)
-            d = self._descriptor(cpu[segment])
-            if d is None:
-                return
+            access = self._access(eip, address)
+            if access is None:
+                return                      # the CPU's own read of a descriptor table
+            segment, d = access[:2]
             offset = (address - d.base) & FLAT
             if _inside(d, offset, size):
                 return
@@ -170,38 +220,85 @@ class SegmentLimits:
             self.violation = e
             cpu.uc.emu_stop()
 
-    def _segment_of(self, eip, address):
+    def page_fault(self):
+        """A #PF is about to be delivered at EIP: a real CPU checks the segment's limit
+        before it translates the address, so an access past its segment's limit is a
+        #GP(0) (#SS(0) through SS) even where the page is not present. Returns that
+        Violation, delivered instead of the #PF, or None. Only this path pays: nothing is
+        decoded when every loaded segment is flat. The instruction is read at CS's base +
+        EIP through this CPU's MMU (read_linear), as it fetched it; the access is the one of
+        its operands that holds CR2 (the linear address that faulted). Also an instruction
+        that starts past CS's limit: a real CPU would not have fetched it (#GP(0))."""
         cpu = self.cpu
+        values = dict(zip(SEGMENT_REGS, cpu.read(*SEGMENT_REGS)))
+        loaded = {r: self._descriptor(sel) for r, sel in values.items()}
+        if not _holds(loaded["cs"], values["cs"] & 3):
+            return None                     # CS came from another GDT (counter.c: cs_described)
+        if all(d is None or (d.base == 0 and d.limit == FLAT and not _expand_down(d)) for d in loaded.values()):
+            return None
+        cr2, eip = cpu.read("cr2", "eip")
+        cs = loaded["cs"]
+        if cs is not None and not _inside(cs, eip, 1):
+            return Violation(GP, eip, (cs.base + eip) & FLAT, 1, "cs", cs.limit, None, cpu.counter.count)
+        access = self._access(eip, cr2)
+        if access is None:
+            return None
+        segment, d, offset, size = access
+        if _inside(d, offset, size):
+            return None
+        return Violation(SS_FAULT if segment == "ss" else GP, eip, (d.base + offset) & FLAT, size,
+                         segment, d.limit, None, cpu.counter.count)
+
+    def _access(self, eip, address):
+        """(segment, its descriptor, offset, size) of the access of the instruction at
+        EIP that `address` (linear) falls in: the memory operand that holds it (its segment
+        from its prefix, else SS for an ESP/EBP base, ES for a string destination, else
+        DS), else the stack for an instruction that uses it (push, pop, call, ret, iretd...).
+        None: not an access of the instruction's through a segment (the CPU's own read of a
+        descriptor table or the TSS, which no segment limit bounds) or nothing decodable."""
+        cpu = self.cpu
+        cs = self._descriptor(cpu["cs"])
+        at = ((cs.base if cs else 0) + eip) & FLAT
         code = b""
-        for n in (16, 0x1000 - (eip & 0xFFF)):     # an instruction at a page's end: up to it
+        for n in (16, 0x1000 - (at & 0xFFF)):     # an instruction at a page's end: up to it
             try:
-                code = cpu.read_linear(eip, min(n, 16))
+                code = cpu.read_linear(at, min(n, 16))
                 break
             except ValueError:
                 continue
         insn = next(_disasm.disasm(code, eip), None)
         if insn is None:
-            return "ds"
-        mems = [op.mem for op in insn.operands if op.type == cx.X86_OP_MEM]
-        if insn.mnemonic == "lea":
+            return None
+        mems = [op for op in insn.operands if op.type == cx.X86_OP_MEM]
+        if insn.mnemonic in ("lea", "nop") or insn.mnemonic.startswith("prefetch"):
             mems = []
-        if not mems:
-            return "ss" if insn.mnemonic in _STACK or insn.mnemonic.startswith(("push", "pop")) else "ds"
         regs = dict(zip(("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi"),
                         cpu.read("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")))
-        choice = None
-        for m in mems:
+        for op in mems:
+            m = op.mem
             segment = _SEG_NAMES.get(m.segment) or ("ss" if m.base in (cx.X86_REG_ESP, cx.X86_REG_EBP) else "ds")
             offset = m.disp
             if m.base:
                 offset += regs.get(insn.reg_name(m.base), 0)
             if m.index:
                 offset += regs.get(insn.reg_name(m.index), 0) * m.scale
+            offset &= FLAT
             d = self._descriptor(cpu[segment])
-            if d is not None and (d.base + offset) & FLAT == address:
-                return segment
-            choice = choice or segment
-        return choice
+            if d is not None and 0 <= (address - d.base - offset) & FLAT < max(op.size, 1):
+                return segment, d, offset, max(op.size, 1)
+        if self._in_tables(address):
+            return None
+        stack = insn.mnemonic in _STACK or insn.mnemonic.startswith(("push", "pop"))
+        if not stack:
+            return None
+        d = self._descriptor(cpu["ss"])
+        return None if d is None else ("ss", d, (address - d.base) & FLAT, 1)
+
+    def _in_tables(self, address):
+        """Is `address` in the GDT, LDT, IDT or TSS loaded now (the CPU's own reads of them
+        on a segment load, an iretd, a far jump: accesses no segment limit bounds)?"""
+        _, tables = self.cpu.read_with_tables((), ("gdtr", "ldtr", "idtr", "tr"))
+        return any(limit and 0 <= address - base <= limit for _, base, limit, _ in tables)
 
     def _descriptor(self, sel):
         """The descriptor a selector names, as the CPU loaded it (None: null or unreadable)."""
@@ -219,8 +316,15 @@ class SegmentLimits:
 
     # ---- after the run stopped -----------------------------------------------------
     def take(self):
-        """The violation the last run stopped for (its store undone), or None."""
+        """The violation the last run stopped for (its store undone; or an instruction
+        fetched past CS's limit, which the counter stopped before), or None."""
         v, self.violation = self.violation, None
+        c = self.cpu.counter.state if self.lib is not None else None
+        if v is None and c is not None and c.fetch_fault:
+            address, c.fetch_fault = c.fetch_fault - 1, 0
+            cs = self._descriptor(self.cpu["cs"])
+            v = Violation(GP, self.cpu["eip"], address, 1, "cs", cs.limit if cs else FLAT, None, c.fetch_count)
+            return v
         if isinstance(v, Exception):            # the platform's own failure: stop, as a handler's does
             self.cpu.stop(f"the segment-limit check failed: {type(v).__name__}: {v}")
             raise v
@@ -230,24 +334,39 @@ class SegmentLimits:
 
 
 def _decode(table, limit, least):
-    """(bases, limits) of every entry for the C filter, and the merged ranges past the
-    limits of the segments within the GDT's limit of DPL >= least."""
-    bases, limits, ranges = [], [], []
+    """(bases, limits, code DPLs) of every entry for the C filter, the merged ranges past the limits
+    of the segments within the GDT's limit of DPL >= least or DPL 0, and the lowest linear
+    address an instruction of such a code segment may start at and still cross its limit
+    (NO_FETCH_CHECK: every such code segment is flat)."""
+    bases, limits, code, ranges, fetch_from = [], [], [], [], NO_FETCH_CHECK
     for i in range(len(table) // 8):
         d = decode_segment(table[8 * i:8 * i + 8])
         segment = d.s and d.present
         down = segment and _expand_down(d)
         bases.append(d.base if segment else 0)
         limits.append(0 if down else d.limit if segment else FLAT)   # expand-down: always decoded
-        if 8 * i + 7 > limit:
-            continue                        # not loadable now: no range of its own
-        if down and d.dpl >= least:         # valid offsets lie *above* its limit
+        if 8 * i + 7 > limit:               # not loadable now: no range of its own, and
+            code.append(NOT_CODE)           # not the CS of a CPU that runs on this table
+            continue
+        code.append(d.dpl | (CONFORMING if d.type & 4 else 0) if segment and d.type & 8 else NOT_CODE)
+        loadable = d.dpl >= least or d.dpl == 0
+        if segment and loadable and d.type & 8 and d.limit < FLAT:    # code: its fetches
+            fetch_from = min(fetch_from, 0 if d.base else max(0, d.limit + 1 - STRADDLE))
+        if down and loadable:               # valid offsets lie *above* its limit
             ranges.append((d.base, min(FLAT, d.base + d.limit)))
-        elif segment and d.dpl >= least and d.limit < FLAT and d.base + d.limit < FLAT:
+        elif segment and loadable and d.limit < FLAT and d.base + d.limit < FLAT:
             ranges.append((max(d.base, d.base + d.limit + 1 - STRADDLE), FLAT))
             if d.base:                      # an offset past the limit may wrap below the base
                 ranges.append((0, d.base - 1))
-    return bases, limits, _merge(ranges)
+    return bases, limits, code, _merge(ranges), fetch_from
+
+
+def _holds(d, cpl):
+    """Can CS hold this descriptor at this CPL (a non-conforming code segment's DPL is the
+    CPL, a conforming one's at most)? If not, the GDT is not the one CS was loaded from."""
+    if d is None or not (d.s and d.type & 8):
+        return False
+    return d.dpl <= cpl if d.type & 4 else d.dpl == cpl
 
 
 def _expand_down(d):
