@@ -197,10 +197,6 @@ init:   lidt [{operand:#x}]                 ; past its limit: skipped, as a load
     assert cos.ticks() > ticks
 
 
-@pytest.mark.xfail(strict=True, reason="hw/limits.py takes the CPU's own read of the GDT descriptor "
-                   "(a segment load at CPL 1: 0x40902c) for a DS access past the COS's limit, and the "
-                   "second #GP it delivers on top of the CPU's #GP(0x28) reaches the kernel from CPL 0: "
-                   "a kernel panic. Implicit descriptor-table reads are not segment accesses.")
 def test_a_cos_load_of_the_kernels_data_selector_is_its_own_gp_not_a_kernel_panic(displaced):
     board, cos, loader = displaced
     mark = run_module(board, cos, f"""
