@@ -59,19 +59,25 @@ def _chunks(ranges):
     return sorted({a // SPAN for begin, end in ranges for a in range(begin - begin % SPAN, end, SPAN)})
 
 
-def table_pages(kernel_block, region):
+def _linear(also):
+    return [(linear, linear + length) for linear, _, length in also]
+
+
+def table_pages(kernel_block, region, also=()):
     """How many pages the directory and its tables need (above the VM's region)."""
-    return 1 + len(_chunks(_supervisor(kernel_block) + [region]))
+    return 1 + len(_chunks(_supervisor(kernel_block) + [region] + _linear(also)))
 
 
-def build(memory, at, kernel_block, region, window=None):
+def build(memory, at, kernel_block, region, window=None, also=()):
     """Write a page directory at `at` (page aligned) and its page tables after it.
     kernel_block, region: (begin, end) physical; region (0, 0) for none (a system
     world's). window: (virtual address, page table) of the running CPU's
     mapping-cache window (kernel/mapcache.py), shared in supervisor-only: that
-    table belongs to the CPU, not to this address space. Returns CR3 (= at)."""
+    table belongs to the CPU, not to this address space. also: more supervisor-only
+    read/write mappings, (linear, host, length) page aligned: a VM's VMM region at
+    its VMM_BASE and at its host address (vmm/region.py). Returns CR3 (= at)."""
     supervisor = _supervisor(kernel_block)
-    chunks = _chunks(supervisor + [region])
+    chunks = _chunks(supervisor + [region] + _linear(also))
     directory = bytearray(PAGE)
     if window is not None:
         struct.pack_into("<I", directory, 4 * (window[0] >> 22), window[1] | PRESENT | WRITABLE)
@@ -87,6 +93,8 @@ def build(memory, at, kernel_block, region, window=None):
                 struct.pack_into("<I", table, 4 * i, page | PRESENT | WRITABLE | USER)
             elif any(b <= page < e for b, e in supervisor):
                 struct.pack_into("<I", table, 4 * i, page | PRESENT | WRITABLE)
+            elif (host := next((h + page - v for v, h, n in also if v <= page < v + n), None)) is not None:
+                struct.pack_into("<I", table, 4 * i, host | PRESENT | WRITABLE)
         memory.write(table_at, bytes(table), code=False)
     memory.write(at, bytes(directory), code=False)
     return at
