@@ -125,3 +125,25 @@ def test_a_guest_fault_is_decided_by_its_vmm_and_never_reaches_the_dispatcher():
     assert (first["cs"], first["ds"]) == (layout.VMM_CODE_SEL, layout.VMM_DATA_SEL)
     assert first["cs_limit"] == first["ds_limit"] == kernel.base + layout.STACK_TOP - 1
     assert board.cpu.shutdown is None
+
+
+def test_the_address_space_read_from_the_page_directory_and_gdt():
+    from vmkit.kernel import address_space
+    board, cos, kernel = displaced()
+    vm = kernel.install_vm(lambda base: guests.checksum(base, 10**9), VM_MEMORY, "vm1")
+    spans = address_space.spans(kernel, vm)
+    by = {}
+    for s in spans:
+        by.setdefault(s.name, []).append(s)
+    (guest,) = by["guest memory"]
+    assert guest.end - guest.first == VM_MEMORY and guest.host == vm.region[0] and guest.writable
+    (vmm,) = by["VMM region"]
+    assert (vmm.first, vmm.end, vmm.host, vmm.user) == (layout.vmm_base(kernel.base), kernel.base,
+                                                        vm.vmm_region, False)
+    (k,) = by["kernel"]
+    assert (k.first, k.end, k.host) == (kernel.base, kernel.base + layout.STACK_TOP, kernel.base)
+    assert by["VMM region (host)"][0].first == vm.vmm_region
+    assert [s for s in spans if s.user and s.writable] == [guest]      # nothing else the guest may touch
+    segs = {s.name: s for s in address_space.segments(kernel, vm)}
+    assert (segs["guest data"].base, segs["guest data"].limit) == (0, guest.end - 1)
+    assert segs["VMM code"].limit == segs["VMM data"].limit == k.end - 1 and segs["VMM code"].dpl == 0
