@@ -9,6 +9,8 @@ identity-mapped, so a guest address is the physical address it always was:
                               mapped into the VMM's address space, out of CPL 3's reach)
   its CPU's mapping window    present, supervisor only    (kernel/mapcache.py: that CPU's
                               page table, shared into every address space on the CPU)
+  its VMM region              present, supervisor only    (vmm/region.py: at VMM_BASE, just
+                              below the kernel, and at its host address; `also`)
   everything else             not present                 (the COS, other VMs, the tables)
 
 The tables live in kernel-controlled memory taken with the VM's memory from
