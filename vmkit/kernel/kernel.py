@@ -69,15 +69,21 @@ class Kernel:
         self.entered = False          # the takeover's x86 reached the entry (INIT_VECTOR)
         self.on_entered = None        # the loader's: what the takeover loaded, read from the CPU
         self.hooks = [cpu.on_execute(base + image.dispatch, self.dispatch) for cpu in board.cpus]
-        # the VMMs' entry (vmm/region.py): one linear address in every VM, just below the kernel
-        self.vmm_hooks = [] if monitor is None else [
-            cpu.on_execute(layout.vmm_base(base) + monitor.ENTRY, self._vmm_entered) for cpu in board.cpus]
+        self.vmm_hooks = []           # the VMMs' entry, once there is a VM (enter_vmms)
 
     def install_vm(self, guest, memory_bytes, name=None, cpu=None):
         """A VM through a VMM (claim 12): `guest` is x86 source, bytes, or a
         function of the VM's base address giving either; linked at that base.
         cpu: where to place it (default: the CPU with the fewest worlds)."""
         return self.worlds.install_vm(guest, memory_bytes, name, cpu)
+
+    def enter_vmms(self):
+        """The VMMs' entry (vmm/region.py: vmm_entry): one linear address in every VM,
+        just below the kernel, so one breakpoint per CPU, set when the first VM is
+        installed (a CPU has few breakpoints, and no VM, no VMM to enter)."""
+        if not self.vmm_hooks:
+            at = layout.vmm_base(self.base) + self.monitor.ENTRY
+            self.vmm_hooks = [cpu.on_execute(at, self._vmm_entered) for cpu in self.board.cpus]
 
     def _vmm_entered(self, cpu):
         self.monitor.entered(self, cpu)

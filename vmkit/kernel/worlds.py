@@ -176,6 +176,7 @@ class Worlds:
         self.memory.write(base, code)
         self._prepare_vm_support()
         self.kernel.monitor.build_region(self.kernel, region, base, size)   # its GDT, IDT, x86
+        self.kernel.enter_vmms()
         vmm = self.kernel.monitor(self.kernel, name, base, size, region + layout.VMM_VCPU, cpu)
         vmm.patch(base)                                         # from its entry point
         world = World(name, "vm", area, (base, size), vmm, cpu)
