@@ -175,7 +175,8 @@ class Worlds:
                            window=smp.window(self.kernel, cpu), also=self._vmm_mappings(region))
         self.memory.write(base, code)
         self._prepare_vm_support()
-        self.kernel.monitor.build_region(self.kernel, region, base, size)   # its GDT, IDT, x86
+        guest_start = base                                      # its guest's first linear address
+        self.kernel.monitor.build_region(self.kernel, region, guest_start, size)   # GDT, IDT, x86
         self.kernel.enter_vmms()
         vmm = self.kernel.monitor(self.kernel, name, base, size, region + layout.VMM_VCPU, cpu)
         vmm.patch(base)                                         # from its entry point
