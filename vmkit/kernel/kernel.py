@@ -69,6 +69,7 @@ class Kernel:
         self.entered = False          # the takeover's x86 reached the entry (INIT_VECTOR)
         self.on_entered = None        # the loader's: what the takeover loaded, read from the CPU
         self.hooks = [cpu.on_execute(base + image.dispatch, self.dispatch) for cpu in board.cpus]
+        self.vmm_hooks = []           # the VMMs' entry, once there is a VM (enter_vmms)
 
     def install_vm(self, guest, memory_bytes, name=None, cpu=None, entry=0):
         """A VM through a VMM (claim 12): its guest sees its memory from address 0.
@@ -76,6 +77,17 @@ class Kernel:
         its link address (0) giving either; `entry` the guest address it starts at.
         cpu: where to place it (default: the CPU with the fewest worlds)."""
         return self.worlds.install_vm(guest, memory_bytes, name, cpu, entry)
+
+    def enter_vmms(self):
+        """The VMMs' entry (vmm/region.py: vmm_entry): one linear address in every VM,
+        just below the kernel, so one breakpoint per CPU, set when the first VM is
+        installed (a CPU has few breakpoints, and no VM, no VMM to enter)."""
+        if not self.vmm_hooks:
+            at = layout.vmm_base(self.base) + self.monitor.ENTRY
+            self.vmm_hooks = [cpu.on_execute(at, self._vmm_entered) for cpu in self.board.cpus]
+
+    def _vmm_entered(self, cpu):
+        self.monitor.entered(self, cpu)
 
     def contains(self, address):
         return self.base <= address < self.base + layout.STACK_TOP
@@ -105,8 +117,9 @@ class Kernel:
             pass
         elif IRQ_BASE <= vector < IRQ_BASE + 16:
             self._irq(frame, vector - IRQ_BASE)
-        elif frame.cs & 3 == 3:                      # a VM's guest: its VMM's business
-            self.worlds.vm_trap(frame, vector, self.worlds.cpus[cpu.index])
+        elif frame.cs & 3 == 3:                      # a VM's guest's fault: its VMM handled it
+            cpu.stop(f"vmkernel panic: vector {vector:#x} from a guest at {frame.eip:#x} "
+                     f"reached the dispatcher: its VMM did not take it")
         elif not frame.from_cos:
             cpu.stop(f"vmkernel panic: vector {vector:#x} at {frame.eip:#x} in the kernel")
         else:

@@ -117,7 +117,7 @@ EXPLAIN = {
     "switch.save": "claim 14: the x86 stored the current world's state in kernel memory (its save area)",
     "switch.cli": "claim 14: exceptions disabled (the x86's cli; IF read back from the CPU)",
     "switch.check": "the next world's save area checked (CRC-32) before it is loaded",
-    "switch.load": "claim 14/15: the x86 loaded the next world (lgdt, lldt, ltr, lidt, CR3, segments; "
+    "switch.load": "claim 14/15: the x86 loaded the next world (lgdt, lldt, ltr, CR3, segments, lidt; "
                    "the frame for popad/iretd); every register read back",
     "switch.start": "claim 14: the stub's iretd starts it at the loaded CS:EIP",
     "switch.sti": "claim 14: the same iretd loads its EFLAGS, IF set: exceptions enabled",
