@@ -1,0 +1,244 @@
+"""The machine of notebook 09: one VM's linear address space (claims 21-22,
+41-42), read from its live page directory and GDT, and probes that make the
+CPU touch an address from the guest and from the displaced COS.
+
+Nothing here is a model of the address space: `address_space` walks the page
+directory the VM world's CR3 names (in memory, entry by entry, as the MMU
+does) and decodes the descriptors of the GDT its GDTR names; a probe is x86
+run on the machine (a guest installed in a VM, a module insmod'ed into the
+COS), and what it says is what the trace recorded: the fault the CPU took,
+or the line the guest printed after its access went through.
+"""
+from typing import NamedTuple
+
+from vmkit.hw.x86 import decode_segment, EXCEPTION_NAMES
+from vmkit.kernel import layout, mapcache, paging, switch
+from vmkit.lessons import takeover
+
+PROBE_MEMORY = 0x10000          # the probing guest's memory: 64 KiB
+RUN_LIMIT = 3_000_000           # instructions a probe may take to end
+
+
+class Run(NamedTuple):
+    """Consecutive pages of one address space mapped alike: linear [first, end),
+    to physical `physical` onward, with the page-table entry's flags; `who` says
+    whose they are (from where they lie and their flags)."""
+    first: int
+    end: int
+    physical: int
+    flags: int
+    who: str
+
+    @property
+    def access(self):
+        rw = "rw" if self.flags & paging.WRITABLE else "ro"
+        return ("user " if self.flags & paging.USER else "supervisor ") + rw
+
+
+class SegmentRow(NamedTuple):
+    """A descriptor of the world's GDT, as the CPU will read it at a segment load."""
+    name: str
+    selector: int
+    base: int
+    limit: int          # the last offset, granularity applied
+    dpl: int
+    g: int
+    raw: bytes
+
+
+class Space(NamedTuple):
+    """One world's linear address space, read from memory now."""
+    world: str
+    cr3: int
+    gdtr: tuple         # (base, limit) the world loads
+    runs: list          # [Run], lowest first
+    segments: list      # [SegmentRow]
+    window: tuple       # (its page table, pages mapped in it now), or None: the CPU's mapping window
+
+    def run_at(self, address):
+        return next((r for r in self.runs if r.first <= address < r.end), None)
+
+    def segment(self, name):
+        return next((s for s in self.segments if s.name == name), None)
+
+    def of(self, who):
+        """The runs that are `who`'s (e.g. "guest memory")."""
+        return [r for r in self.runs if r.who == who]
+
+
+def page_runs(memory, cr3):
+    """[(first, end, physical, flags)] of every present page under directory `cr3`,
+    consecutive pages with the same flags and consecutive frames merged."""
+    runs = []
+    for slot in range(1024):
+        pde = memory.read_u32(cr3 + 4 * slot)
+        if not pde & paging.PRESENT:
+            continue
+        table = memory.read(pde & ~0xFFF, layout.PAGE)
+        for i in range(1024):
+            pte = int.from_bytes(table[4 * i:4 * i + 4], "little")
+            if not pte & paging.PRESENT:
+                continue
+            linear, frame, flags = (slot << 22) | (i << 12), pte & ~0xFFF, pte & 7 & pde
+            last = runs[-1] if runs else None
+            if last and last[1] == linear and last[3] == flags and last[2] + (linear - last[0]) == frame:
+                runs[-1] = (last[0], linear + layout.PAGE, last[2], flags)
+            else:
+                runs.append((linear, linear + layout.PAGE, frame, flags))
+    return runs
+
+
+VMM_SELECTORS = (0x60, 0x68)    # the VMM's code and data (claim 22), where a VM's GDT has them
+
+
+def _who(kernel, first, physical, flags):
+    vmm_base = getattr(layout, "VMM_BASE", None)
+    if flags & paging.USER:
+        return "guest memory" if flags & paging.WRITABLE else "last page (no RAM)"
+    if first >= mapcache.WINDOW and first < mapcache.WINDOW + paging.SPAN:
+        return "mapping window"
+    if vmm_base is not None and vmm_base <= first < vmm_base + layout.VMM_SIZE:
+        return "VMM region"
+    if kernel.base <= first < kernel.base + layout.STACK_TOP:
+        return "kernel"
+    return "kernel-controlled pages"
+
+
+def address_space(kernel, world):
+    """`world`'s address space as its CR3 and GDTR name them (its save area, or the
+    CPU's registers if it runs now: the save area is written at each switch)."""
+    area = switch.read_area(kernel.memory, world.area)
+    cr3 = world.cr3 or area["cr3"]
+    gdt, limit = area["gdtr.base"], area["gdtr.limit"]
+    runs = [Run(a, b, p, f, _who(kernel, a, p, f)) for a, b, p, f in page_runs(kernel.memory, cr3)] if cr3 else []
+    names = [("guest code", layout.USER_CODE_SEL), ("guest data", layout.USER_DATA_SEL),
+             ("VMM code", VMM_SELECTORS[0]), ("VMM data", VMM_SELECTORS[1]),
+             ("kernel code", layout.KERNEL_CODE_SEL), ("kernel data", layout.KERNEL_DATA_SEL),
+             ("COS code", layout.COS_CODE_SEL), ("COS data", layout.COS_DATA_SEL)]
+    segments = []
+    for name, sel in names:
+        if sel + 7 > limit:
+            continue                        # past the GDT's limit: no segment load can name it
+        raw = kernel.memory.read(gdt + sel, 8)
+        d = decode_segment(raw)
+        if d.present and d.s:
+            segments.append(SegmentRow(name, sel, d.base, d.limit, d.dpl, d.g, raw))
+    window = None
+    if cr3:
+        pde = kernel.memory.read_u32(cr3 + 4 * (mapcache.WINDOW >> 22))
+        if pde & paging.PRESENT:
+            window = (pde & ~0xFFF, sum(r.end - r.first for r in runs if r.who == "mapping window") >> 12)
+    return Space(world.name, cr3, (gdt, limit), runs, segments, window)
+
+
+def space_text(space):
+    lines = [f"{space.world}: CR3 {space.cr3:#x}, GDT at {space.gdtr[0]:#x} (limit {space.gdtr[1]:#x})",
+             "linear                      physical      pages  access          whose"]
+    for r in space.runs:
+        lines.append(f"{r.first:#010x}..{r.end - 1:#010x}   {r.physical:#010x}  {(r.end - r.first) >> 12:5}  "
+                     f"{r.access:15} {r.who}")
+    if space.window:
+        lines.append(f"{mapcache.WINDOW:#010x}..{mapcache.WINDOW + paging.SPAN - 1:#010x}   (the CPU's mapping window: "
+                     f"its page table at {space.window[0]:#x}, {space.window[1]} page(s) mapped now)")
+    lines.append("segment       selector  base        last offset  G  DPL  descriptor")
+    for s in space.segments:
+        lines.append(f"{s.name:13} {s.selector:#06x}    {s.base:#010x}  {s.limit:#010x}   {s.g}  {s.dpl}    "
+                     f"{s.raw.hex(' ')}")
+    return "\n".join(lines)
+
+
+# ---- probes: the CPU touches an address --------------------------------------------
+class Probe(NamedTuple):
+    who: str            # "guest" or "COS"
+    address: int
+    outcome: str        # "ok", "#GP (limit)", "#PF", ...
+    detail: str         # what the machine recorded
+
+    def __str__(self):
+        return f"{self.who:5} reads {self.address:#010x}: {self.outcome:13} {self.detail}"
+
+
+POINTER = 0x1000                # where the probing guest finds the address to read (a guest offset)
+
+
+def probe_guest_source(base):
+    """The probing guest, linked at `base`: it reads a byte at the guest address
+    stored at POINTER (the prober writes it once the VM is placed), through DS;
+    if that went through it prints "ok" and halts."""
+    return f"""
+        mov eax, dword ptr [{base + POINTER:#x}]
+        mov al, byte ptr [eax]
+        mov dx, 0x3f8
+        mov al, 0x6f
+        out dx, al
+        mov al, 0x6b
+        out dx, al
+        mov al, 10
+        out dx, al
+h:      hlt
+        jmp h
+"""
+
+
+def _fault_outcome(fault):
+    name = EXCEPTION_NAMES.get(fault["vector"], f"vector {fault['vector']:#x}").split()[0]
+    if "limit" in str(fault["why"]):
+        return f"{name} (limit)"
+    return name
+
+
+class Prober:
+    """A displaced COS on a machine of its own; `guest(address)` installs a VM whose
+    guest reads `address`, `cos(address)` insmods a module that does. Probes are
+    deterministic (virtual time), and each guest probe is a new VM."""
+
+    def __init__(self):
+        self.board, self.cos_os, loader = takeover.takeover()
+        self.kernel = loader.kernel
+        self.count = 0
+
+    def guest(self, where):
+        """What the CPU did when a VM's guest (CPL 3, the guest's segments, its
+        page directory) read a byte at guest address `where` (or where(space):
+        an address read from the new VM's own address space)."""
+        board, kernel = self.board, self.kernel
+        self.count += 1
+        name = f"probe{self.count}"
+        mark = board.trace.mark()
+        world = kernel.install_vm(probe_guest_source, PROBE_MEMORY, name)
+        address = where(address_space(kernel, world)) if callable(where) else where
+        kernel.memory.write(world.region[0] + POINTER, (address & 0xFFFFFFFF).to_bytes(4, "little"))
+        board.run_until(lambda: world.state != "ready" or world.vmm.console, RUN_LIMIT, f"{name}'s probe")
+        if world.vmm.console.startswith(b"ok"):
+            return Probe("guest", address, "ok", "the read went through: the guest printed 'ok'")
+        faults = [e for e in board.trace.since(mark, "cpu.fault") if e["vector"] in (13, 12, 14)]
+        if not faults:
+            return Probe("guest", address, "?", f"{name}: {world.state} {world.fault}")
+        f = faults[0]
+        detail = f["why"] if "limit" in str(f["why"]) else (world.fault or f["why"])
+        return Probe("guest", address, _fault_outcome(f), f"error {f['error']}: {detail}")
+
+    def cos(self, address):
+        """What the CPU and the kernel did when the displaced COS (CPL 1, its own
+        segments, paging off) read a byte at `address`."""
+        board = self.board
+        mark = takeover.run_module(board, self.cos_os, f"init:\n        mov al, byte ptr [{address:#x}]\n"
+                                                    "        xor eax, eax\n        ret")
+        refused = board.trace.since(mark, "kernel.cos_limit")
+        if refused:
+            f = next(e for e in board.trace.since(mark, "cpu.fault") if "limit" in str(e["why"]))
+            return Probe("COS", address, _fault_outcome(f),
+                         f"error {f['error']}: into the kernel, which skipped it: {refused[0]['what']} "
+                         f"(the COS's limit is {refused[0]['limit']:#x})")
+        return Probe("COS", address, "ok", "the read went through (the module's init returned)")
+
+
+def probes(prober, space, kernel):
+    """The addresses the notebook probes, each from the guest and from the COS."""
+    guest = space.of("guest memory")
+    end = guest[-1].end if guest else 0
+    at = [(end - 1, "the guest's last byte"), (end, "the first byte past the guest's memory"),
+          (kernel.base + layout.IDT, "the kernel's IDT")]
+    if space.of("VMM region"):
+        at.insert(2, (space.of("VMM region")[0].first, "the VMM region"))
+    return [(what, prober.guest(a), prober.cos(a)) for a, what in at]
