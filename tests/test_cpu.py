@@ -259,3 +259,25 @@ def test_int_6_is_a_software_interrupt_and_ud2_still_a_fault(board):
     assert (u32(board, 0x5000), u32(board, 0x5004), u32(board, 0x5008)) == (0x1004, 0x1005, 0)
     assert [(f["vector"], f["eip"]) for f in board.trace.of("cpu.fault")] == [(6, 0x1005)]
     assert board.cpu.shutdown is None
+
+
+def test_segment_reads_the_hidden_base_and_limit_the_cpu_loaded(board):
+    """CPU.segment gives what `mov ds` loaded from the descriptor, not what the GDT says
+    now: edited after the load, the table changes and the hidden part does not."""
+    from vmkit.hw.x86 import encode_segment, DATA_RW
+    from conftest import GDT
+    board.boot(0x1000)
+    install_tss(board)                                  # firmware-like GDT: 0x08 code, 0x10 data
+    at = GDT + 0x30
+    board.memory.write(at, encode_segment(0xAB123000, 0x2FFF, DATA_RW, 0, g=1))
+    board.cpu["gdtr"] = (0, GDT, 0x37, 0)
+    board.load(0x1000, "mov ax, 0x30\nmov ds, ax\nmov es, ax\nhlt")
+    board.run(20)
+    board.memory.write(at, encode_segment(0x100000, 0xFFF, DATA_RW, 0, g=0))
+    sel, base, limit, flags = board.cpu.segment("ds")
+    assert (sel, base, limit) == (0x30, 0xAB123000, 0x2FFF)
+    assert flags & 0x9F00 == 0x9300 and flags & 0x800000              # P, DPL 0, data rw accessed; G
+    assert board.cpu.segment("es")[:3] == (0x30, 0xAB123000, 0x2FFF)
+    assert board.cpu.segment("cs")[0] == board.cpu["cs"] == 0x08
+    with pytest.raises(ValueError, match="no segment register 'eax'"):
+        board.cpu.segment("eax")

@@ -44,6 +44,7 @@ from .x86 import decode_gate, ERROR_CODE_VECTORS, EFLAGS_IF, EFLAGS_IOPL_SHIFT, 
 
 GENERAL = ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp", "esp")
 SEGMENTS = ("cs", "ds", "es", "fs", "gs", "ss")
+SEGMENT_ATTRIBUTES = 0x00F0FF00     # a descriptor's second dword without its base and limit bits
 REG = {name: getattr(X, "UC_X86_REG_" + name.upper()) for name in
        GENERAL + SEGMENTS + ("eip", "eflags", "cr0", "cr2", "cr3", "cr4",
                              "gdtr", "idtr", "ldtr", "tr")}
@@ -173,6 +174,20 @@ class CPU(Delivery):
         err = _uc.uclib.uc_reg_write_batch(self._uch, ids, ptrs, n)
         if err:
             raise UcError(err)
+
+    def segment(self, name):
+        """(selector, base, limit, flags) of segment register `name` (cs ds es fs gs ss)
+        as the CPU holds it: the selector and the *hidden* part the CPU loaded from the
+        descriptor when the selector was loaded (a later edit of the GDT does not change
+        it). Unicorn's reg_read gives only the selector; the rest is read from QEMU's
+        CPUX86State in the saved context (unicorn_quirks.segment_cache: segs[] at context
+        offset 0xE0, 24 bytes each, ES CS SS DS FS GS; measured). `limit` is in bytes (G
+        applied); `flags` the descriptor's attribute bits as loaded (type, with the accessed
+        bit the CPU sets, in 8-11, S 12, DPL 13-14, P 15, AVL 20, D/B 22, G 23)."""
+        if name not in SEGMENTS:
+            raise ValueError(f"no segment register {name!r}: one of {', '.join(SEGMENTS)}")
+        selector, base, limit, flags = unicorn_quirks.segment_cache(self.uc, name)
+        return selector, base, limit, flags & SEGMENT_ATTRIBUTES
 
     @property
     def cpl(self):

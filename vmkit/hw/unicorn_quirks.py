@@ -112,3 +112,55 @@ def inhibit_offset():
 def irq_inhibited(uc):
     """True right after `sti` (or `mov ss`): the CPU may not take an interrupt yet."""
     return bool(struct.unpack_from("<I", bytes(uc.context_save()), inhibit_offset())[0] & INHIBIT_IRQ)
+
+
+# ---- the hidden part of the segment registers ---------------------------------------
+# Unicorn's reg_read gives only a segment register's selector; the base, limit and
+# attributes the CPU loaded from the descriptor (the "hidden" segment cache) are in
+# QEMU's CPUX86State, which context_save copies out: segs[6], in QEMU's order ES CS SS
+# DS FS GS, each a SegmentCache {u32 selector; u32 pad; u64 base; u32 limit; u32 flags},
+# 24 bytes. Measured (Unicorn 2.1.4, x86-64 build, 32-bit mode): segs[] at context offset
+# 0xE0 (224), then LDT, TR, GDT, IDT in the same shape (GDTR's base at 0x1B0+8 = 440);
+# `limit` is the byte limit (G already applied), `flags` the descriptor's second dword
+# as loaded (base bits 16-31 included, the accessed bit set). Found as the fields above
+# are: a scratch CPU loads six selectors whose descriptors have distinct bases and limits,
+# and the one offset where all six records sit in that order is the array's.
+SEGMENT_ORDER = ("es", "cs", "ss", "ds", "fs", "gs")
+SEGMENT_CACHE = struct.Struct("<I4xQII")
+
+
+def _segment_probe():
+    from unicorn import x86_const as X
+    from .x86 import encode_segment, CODE_RX, DATA_RW
+    uc = Uc(UC_ARCH_X86, UC_MODE_32)
+    uc.mem_map(0, 0x10000)
+    expect = {}
+    table = bytearray(8)
+    for i, name in enumerate(SEGMENT_ORDER, 1):
+        base, limit = 0x01234000 + 0x111 * i, 0x5000 + 0x100 * i - 1
+        table += encode_segment(base, limit, CODE_RX if name == "cs" else DATA_RW, 0, g=0)
+        expect[name] = (8 * i, base, limit)
+    uc.mem_write(0x1000, bytes(table))
+    uc.reg_write(X.UC_X86_REG_GDTR, (0, 0x1000, len(table) - 1, 0))
+    uc.reg_write(X.UC_X86_REG_CR0, 0x11)
+    for name in ("cs",) + tuple(n for n in SEGMENT_ORDER if n != "cs"):
+        uc.reg_write(getattr(X, "UC_X86_REG_" + name.upper()), expect[name][0])
+    return bytes(uc.context_save()), [expect[n] for n in SEGMENT_ORDER]
+
+
+@functools.lru_cache(maxsize=1)
+def segment_cache_offset():
+    raw, expect = _segment_probe()
+    size = SEGMENT_CACHE.size
+    found = [at for at in range(0, len(raw) - 6 * size, 4)
+             if all(SEGMENT_CACHE.unpack_from(raw, at + i * size)[:3] == e for i, e in enumerate(expect))]
+    if len(found) != 1:
+        raise RuntimeError("cannot locate Unicorn's segment cache in its CPU context; "
+                           f"this Unicorn differs from 2.1.4 (candidates {found})")
+    return found[0]
+
+
+def segment_cache(uc, name):
+    """(selector, base, limit, flags) of segment register `name` as the CPU holds it."""
+    at = segment_cache_offset() + SEGMENT_ORDER.index(name) * SEGMENT_CACHE.size
+    return SEGMENT_CACHE.unpack_from(bytes(uc.context_save()), at)
