@@ -180,6 +180,16 @@ h:      hlt
 """
 
 
+def crash_fault(trace, mark, name):
+    """The fault the CPU took that stopped VM `name` since `mark`: the last cpu.fault
+    before its vm.crashed (the COS's own traps come and go meanwhile), or None."""
+    events = trace.since(mark)
+    end = next((i for i, e in enumerate(events) if e.kind == "vm.crashed" and e["vm"] == name), None)
+    if end is None:
+        return None
+    return next((e for e in reversed(events[:end]) if e.kind == "cpu.fault"), None)
+
+
 def _fault_outcome(fault):
     name = EXCEPTION_NAMES.get(fault["vector"], f"vector {fault['vector']:#x}").split()[0]
     if "limit" in str(fault["why"]):
@@ -211,10 +221,9 @@ class Prober:
         board.run_until(lambda: world.state != "ready" or world.vmm.console, RUN_LIMIT, f"{name}'s probe")
         if world.vmm.console.startswith(b"ok"):
             return Probe("guest", address, "ok", "the read went through: the guest printed 'ok'")
-        faults = [e for e in board.trace.since(mark, "cpu.fault") if e["vector"] in (13, 12, 14)]
-        if not faults:
+        f = crash_fault(board.trace, mark, name)
+        if f is None:
             return Probe("guest", address, "?", f"{name}: {world.state} {world.fault}")
-        f = faults[0]
         detail = f["why"] if "limit" in str(f["why"]) else (world.fault or f["why"])
         return Probe("guest", address, _fault_outcome(f), f"error {f['error']}: {detail}")
 
@@ -328,3 +337,22 @@ def escapes():
                        f"to the COS's own handler; `escaped` never ran") if refused else "no refusal was recorded"))
     board.close()
     return out
+
+
+# ---- exercise 09's view: the numbers a segment is computed from --------------------
+class SegmentLayout(NamedTuple):
+    """One VM's address space as exercise 09 hands it to the learner: linear
+    addresses, each *_end the first byte past. vmm_base/vmm_end are None on a
+    machine whose VMs have no VMM region."""
+    guest_end: int
+    vmm_base: object
+    vmm_end: object
+    kernel_base: int
+    kernel_end: int
+
+
+def segment_layout(space):
+    """From the live address space: where the guest's memory, the VMM region and the kernel lie."""
+    guest, vmm, kernel = space.of("guest memory"), space.of("VMM region"), space.of("kernel")
+    return SegmentLayout(guest[-1].end, vmm[0].first if vmm else None, vmm[-1].end if vmm else None,
+                         kernel[0].first, kernel[-1].end)

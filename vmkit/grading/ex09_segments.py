@@ -1,0 +1,145 @@
+"""Grades exercise 09: the learner's segment fields become descriptors in a
+VM's GDT (the one its world's GDTR names), and the machine runs with them.
+
+The guest: a VM of 2 MiB (past 1 MiB, so the granularity bit matters) whose
+guest reads its own last byte, prints "a", reads the first byte past its
+memory, prints "b". With the right segments the first read goes through and
+the second is a #GP by the data segment's limit (the platform checks limits
+at CPL 3, hw/limits.py), so the VM stops there with "a" on its console. A
+limit too long lets the second read reach the page tables: #PF, not present;
+too short, the guest faults inside its own memory. What the CPU did is read
+from the trace (the fault it took, its error code, the address) and the VM's
+console; the descriptors' last offsets are decoded from the GDT's bytes, as
+the CPU reads them at the world switch."""
+import re
+
+from vmkit.hw.x86 import CODE_RX, DATA_RW, decode_segment, encode_segment
+from vmkit.kernel import layout
+from vmkit.lessons import takeover
+from vmkit.lessons.address_spaces import address_space, crash_fault, segment_layout
+
+GUEST_MEMORY = 0x200000         # 2 MiB: a byte-granular limit cannot reach its end
+POINTERS = 0x1000               # the guest's two addresses to read, written by the grader
+RUN = 3_000_000
+
+
+def guest_source(base):
+    """Linked at `base`: read [last byte], print "a", read [first byte past], print "b"."""
+    return f"""
+        mov dx, 0x3f8
+        mov eax, dword ptr [{base + POINTERS:#x}]
+        mov cl, byte ptr [eax]
+        mov al, 0x61
+        out dx, al
+        mov eax, dword ptr [{base + POINTERS + 4:#x}]
+        mov cl, byte ptr [eax]
+        mov al, 0x62
+        out dx, al
+h:      hlt
+        jmp h
+"""
+
+
+class Refused(ValueError):
+    """The learner's answer cannot be a descriptor at all."""
+
+
+def fields(function, space, what):
+    """The learner's (base, limit, g), checked to be descriptor fields."""
+    got = function(space)
+    if not (isinstance(got, (tuple, list)) and len(got) == 3
+            and all(isinstance(x, int) and not isinstance(x, bool) for x in got)):
+        raise Refused(f"{what} returned {got!r:.60}: return (base, limit, g), three integers")
+    base, limit, g = got
+    if g not in (0, 1):
+        raise Refused(f"{what}: g is the granularity bit, 0 or 1, not {g}")
+    if not 0 <= base <= 0xFFFFFFFF:
+        raise Refused(f"{what}: base {base:#x} is not a 32-bit linear address")
+    if not 0 <= limit <= 0xFFFFF:
+        pages = " (with G=1 the limit counts 4 KiB pages, not bytes)" if g and limit > 0xFFFFF else ""
+        raise Refused(f"{what}: the limit field is 20 bits (0..0xfffff); {limit:#x} does not fit{pages}")
+    return base, limit, g
+
+
+def descriptor(base, limit, g, type, dpl):
+    """8 bytes with exactly these fields (hw/x86.py's encoder takes the limit in bytes)."""
+    return encode_segment(base, (limit << 12 | 0xFFF) if g else limit, type, dpl, g=g)
+
+
+def _last_offset(base, limit, g):
+    return decode_segment(descriptor(base, limit, g, DATA_RW, 3)).limit
+
+
+def _address(fault):
+    m = re.search(r"at (0x[0-9a-f]+) past the limit", str(fault["why"]))
+    return int(m.group(1), 16) if m else None
+
+
+def run_guest(guest_segment):
+    """(space, the fields, console text, the fault that stopped the VM or None, its crash text)."""
+    board, cos, loader = takeover.takeover()
+    try:
+        kernel = loader.kernel
+        world = kernel.install_vm(guest_source, GUEST_MEMORY, "vm1")
+        space = segment_layout(address_space(kernel, world))
+        got = fields(guest_segment, space, "guest_segment")
+        gdt = address_space(kernel, world).gdtr[0]
+        kernel.memory.write(gdt + layout.USER_CODE_SEL, descriptor(*got, CODE_RX, 3), code=False)
+        kernel.memory.write(gdt + layout.USER_DATA_SEL, descriptor(*got, DATA_RW, 3), code=False)
+        for cpu in board.cpus:
+            cpu.descriptors_changed()           # as the kernel does when it edits a GDT
+        kernel.memory.write(world.region[0] + POINTERS, (space.guest_end - 1).to_bytes(4, "little")
+                            + space.guest_end.to_bytes(4, "little"))
+        mark = board.trace.mark()
+        board.run_until(lambda: world.state != "ready" or len(world.vmm.console) >= 2, RUN,
+                        "the guest's two reads")
+        fault = crash_fault(board.trace, mark, "vm1") if world.state == "crashed" else None
+        return space, got, bytes(world.vmm.console).decode("latin-1"), fault, world.fault
+    finally:
+        board.close()
+
+
+def _said(fault):
+    from vmkit.hw.x86 import EXCEPTION_NAMES
+    name = EXCEPTION_NAMES.get(fault["vector"], f"vector {fault['vector']:#x}")
+    return f"{name}, error {fault['error']}"
+
+
+def check_guest(module):
+    try:
+        space, (base, limit, g), console, fault, crash = run_guest(module.guest_segment)
+    except Refused as e:
+        return str(e)
+    end = space.guest_end
+    last = _last_offset(base, limit, g)
+    yours = f"your segment: base {base:#x}, limit {limit:#x}, G={g}: its last offset is {last:#x}"
+    if base:
+        what = f"the CPU took {_said(fault)}: {crash}" if fault else f"the guest printed {console!r}"
+        return (f"{yours}. The CPU adds the base to every guest address, so the guest's code and "
+                f"data were looked for {base:#x} bytes away from where they are: {what}. "
+                "A guest's addresses start at 0: base 0")
+    if console.startswith("ab"):
+        return (f"{yours}. The guest read the first byte past its memory ({end:#x}) and went on: "
+                "nothing stopped it")
+    if console.startswith("a"):
+        if fault is not None and fault["vector"] == 13 and _address(fault) == end:
+            return None
+        if fault is not None and fault["vector"] == 14:
+            return (f"{yours}. The guest's read of the first byte past its memory ({end:#x}) got past "
+                    f"the limit: the page tables stopped it ({_said(fault)}: {crash}). The segment must "
+                    f"end at the guest's last byte, {end - 1:#x}: the limit field names the last "
+                    "offset (in pages with G=1), not the size")
+        return f"{yours}. After its last byte the guest's next read did: {fault and _said(fault)} {crash}"
+    if fault is not None and fault["vector"] in (12, 13) and "limit" in str(fault["why"]):
+        at = _address(fault)
+        return (f"{yours}. The guest faulted inside its own memory: {_said(fault)} by the limit at byte "
+                f"{at:#x} (its memory ends at {end - 1:#x}). "
+                + ("With G=0 the limit counts bytes and 20 bits reach 1 MiB: a 2 MiB guest needs G=1"
+                   if not g else "The limit is too short"))
+    if fault is not None:
+        return f"{yours}. The guest never read its last byte: the CPU took {_said(fault)}: {crash}"
+    return f"{yours}. The guest never read its last byte in {RUN:,} instructions (its console: {console!r})"
+
+
+CHECKS = [("the guest's segments stop at its memory's end", 3, check_guest)]
+FUNCTION = None                 # two functions: the grader takes the module
