@@ -62,8 +62,15 @@ class Delivery:
         return False
 
     def _int_length(self, next_eip, vector):
-        """`int n` is 2 bytes (CD n); int3, into and int1 are 1."""
-        return 2 if self.memory.read(next_eip - 2, 2) == bytes([0xCD, vector]) else 1
+        """`int n` is 2 bytes (CD n); int3, into and int1 are 1. EIP is a linear
+        address: read through this CPU's MMU (read_linear; with paging on, a VM's
+        guest sees its memory from 0, not at its physical address). Bytes it
+        cannot read were not the `int` it just executed: 1."""
+        try:
+            code = self.read_linear(next_eip - 2, 2)
+        except ValueError:                     # the CPU's LinearFault (cpu.py)
+            return 1
+        return 2 if code == bytes([0xCD, vector]) else 1
 
     def _deliver(self, vector, kind, error_code, eip):
         ext = 1 if kind == "irq" else 0

@@ -70,11 +70,12 @@ class Kernel:
         self.on_entered = None        # the loader's: what the takeover loaded, read from the CPU
         self.hooks = [cpu.on_execute(base + image.dispatch, self.dispatch) for cpu in board.cpus]
 
-    def install_vm(self, guest, memory_bytes, name=None, cpu=None):
-        """A VM through a VMM (claim 12): `guest` is x86 source, bytes, or a
-        function of the VM's base address giving either; linked at that base.
+    def install_vm(self, guest, memory_bytes, name=None, cpu=None, entry=0):
+        """A VM through a VMM (claim 12): its guest sees its memory from address 0.
+        `guest` is x86 source, bytes (a flat binary linked at 0), or a function of
+        its link address (0) giving either; `entry` the guest address it starts at.
         cpu: where to place it (default: the CPU with the fewest worlds)."""
-        return self.worlds.install_vm(guest, memory_bytes, name, cpu)
+        return self.worlds.install_vm(guest, memory_bytes, name, cpu, entry)
 
     def contains(self, address):
         return self.base <= address < self.base + layout.STACK_TOP

@@ -3,8 +3,9 @@
 Declared once here; the kernel's path (vm_net.py), the guest's driver
 (vmm/net_guest.py, which takes its offsets from these names) and any widget
 read the same bytes. The region is pages of the VM's own memory (so its
-driver reaches them at CPL 3 through its page directory) which the kernel
-reaches too, by their physical address, as the NIC's DMA does. (Not through
+driver reaches them at CPL 3 through its page directory, at guest addresses:
+every pointer in it is one) which the kernel reaches too, by their host
+address (its VMM's checked translation, VMM.host), as the NIC's DMA does. (Not through
 its CPU's mapping window, mapcache.py: a frame arrives in the NIC's interrupt,
 which may interrupt the COS, which runs without paging, where the window is
 out of reach; and frames are copied whole, the window maps a page a slot.)
@@ -62,7 +63,7 @@ class NetCounters(Record):  # at the start of the kernel's network page
 
 
 class PortState(Record):    # one per VM port, after NetCounters
-    FIELDS = (("region", "I", "physical address of the VM's shared region"),
+    FIELDS = (("region", "I", "guest address of the VM's shared region"),
               ("tx_consumer", "I", "the kernel's copy: next TX slot it takes"),
               ("rx_producer", "I", "the kernel's copy: next RX slot it fills"),
               ("requests", "I", "requests for transmission sensed"),

@@ -1,25 +1,35 @@
 """A VM world's address space: one page directory per VM (isolation; claim 21).
 
-Each VM world gets its own two-level page table (4 KiB pages, no PSE),
-identity-mapped, so a guest address is the physical address it always was:
+Each VM world gets its own two-level page table (4 KiB pages, no PSE). The
+guest sees its memory from linear 0, wherever its pages lie in host memory;
+everything the kernel controls stays where it is (identity-mapped):
 
-  the VM's region             present, user, read/write   (the guest's memory)
+  0 .. size                   present, user, read/write   (the guest's memory: host
+                              [base, base + size), so a guest linked at 0 runs unmodified)
   the kernel's block          present, supervisor only    (code, GDT, IDT, TSSs,
                               kernel stack, world blocks: claim 21, the kernel
-                              mapped into the VMM's address space, out of CPL 3's reach)
+                              mapped into the VMM's address space, out of CPL 3's reach;
+                              identity: linear = physical)
   its CPU's mapping window    present, supervisor only    (kernel/mapcache.py: that CPU's
                               page table, shared into every address space on the CPU)
   everything else             not present                 (the COS, other VMs, the tables)
 
-The tables live in kernel-controlled memory taken with the VM's memory from
-the top of RAM, just above the VM's region (so they are never user pages).
+`build` takes the address space as a list of mappings (linear, host, size[, flags]):
+the guest's memory is one, (0, base, size) user read/write; a caller adds more
+(e.g. kernel-controlled pages, supervisor-only: flags WRITABLE) with one more
+tuple. The tables live in kernel-controlled memory taken with the VM's memory
+from the top of RAM, just above the VM's region (so they are never user pages).
 The COS world keeps CR3 = 0 and paging off; a VM world's CR3 names its
 directory, and the world switch sets CR0.PG from it (switch.py).
 
-Identity mapping keeps the platform's interrupt delivery right: cpu.py
-reads the IDT, GDT and TSS and pushes the trap frame at the addresses the
-registers name as physical addresses, which they are here (the kernel's
-block maps to itself).
+The kernel's memory staying identity-mapped is what keeps the platform's
+interrupt delivery right: hw/delivery.py reads the IDT, GDT and TSS and
+pushes the trap frame at the addresses the registers name as physical
+addresses, which they are here (the kernel's block maps to itself). A
+guest address is not physical any more: whatever takes one (the VMM's
+reads of the guest's IDT and stack, its decode at EIP, a disk or network
+buffer the guest names) translates it through VMM.host, which checks it
+lies in the guest's memory.
 
 Unicorn 2.1.4 facts we measured (this kit, vmkit/hw/cpu.py driving it):
   - CR0.PG and CR3 set from Python (reg_write) take effect at the next
@@ -47,47 +57,59 @@ from . import layout
 
 PAGE = layout.PAGE
 PRESENT, WRITABLE, USER = 1, 2, 4
+USER_RW = WRITABLE | USER           # a mapping's default flags: the guest's memory
 SPAN = 1 << 22                      # what one page table maps: 4 MiB
-LAST_PAGE = (0xFFFFF000, 0x100000000)   # where emu_start's `until` lies (cpu.NO_ADDRESS): see below
+LAST_PAGE = (0xFFFFF000, 0x100000000)   # where emu_start's `until` lies (cpu.NO_ADDRESS): see above
 
 
-def _supervisor(kernel_block):
-    return [kernel_block, LAST_PAGE]            # (the last page is in fact user read-only)
+def _mappings(kernel_block, mappings):
+    """Every mapping as (linear, host, size, flags): the given ones, the kernel's
+    block (identity, supervisor) and the last page (user read-only, no RAM)."""
+    out = [(m[0], m[1], m[2], m[3] if len(m) > 3 else USER_RW) for m in mappings if m[2] > 0]
+    begin, end = kernel_block
+    out.append((begin, begin, end - begin, WRITABLE))
+    out.append((LAST_PAGE[0], LAST_PAGE[0], PAGE, USER))   # read-only: see above
+    return out
 
 
-def _chunks(ranges):
-    return sorted({a // SPAN for begin, end in ranges for a in range(begin - begin % SPAN, end, SPAN)})
+def _chunks(mappings):
+    return sorted({a // SPAN for linear, _, size, _ in mappings
+                   for a in range(linear - linear % SPAN, linear + size, SPAN)})
 
 
-def table_pages(kernel_block, region):
+def table_pages(kernel_block, mappings):
     """How many pages the directory and its tables need (above the VM's region)."""
-    return 1 + len(_chunks(_supervisor(kernel_block) + [region]))
+    return 1 + len(_chunks(_mappings(kernel_block, mappings)))
 
 
-def build(memory, at, kernel_block, region, window=None):
+def build(memory, at, kernel_block, mappings, window=None):
     """Write a page directory at `at` (page aligned) and its page tables after it.
-    kernel_block, region: (begin, end) physical; region (0, 0) for none (a system
-    world's). window: (virtual address, page table) of the running CPU's
-    mapping-cache window (kernel/mapcache.py), shared in supervisor-only: that
-    table belongs to the CPU, not to this address space. Returns CR3 (= at)."""
-    supervisor = _supervisor(kernel_block)
-    chunks = _chunks(supervisor + [region])
+
+    kernel_block: (begin, end) physical, mapped identity, supervisor only.
+    mappings: a list of (linear, host, size) or (linear, host, size, flags), each
+    page aligned: linear [linear, linear + size) maps host [host, host + size) with
+    PRESENT | flags (default USER_RW: a guest's memory; WRITABLE alone: supervisor
+    only). A VM's is [(0, base, size)]: its guest sees its memory from 0. Empty
+    for none (a system world's). Where two overlap the later wins; the kernel's
+    block and the last page come last.
+    window: (virtual address, page table) of the running CPU's mapping-cache window
+    (kernel/mapcache.py), shared in supervisor-only: that table belongs to the CPU,
+    not to this address space. Returns CR3 (= at)."""
+    everything = _mappings(kernel_block, mappings)
+    chunks = _chunks(everything)
     directory = bytearray(PAGE)
     if window is not None:
         struct.pack_into("<I", directory, 4 * (window[0] >> 22), window[1] | PRESENT | WRITABLE)
+    tables = {chunk: bytearray(PAGE) for chunk in chunks}
+    for linear, host, size, flags in everything:
+        for offset in range(0, size, PAGE):
+            page = linear + offset
+            struct.pack_into("<I", tables[page // SPAN], 4 * ((page >> 12) & 0x3FF),
+                             (host + offset) | PRESENT | flags)
     for n, chunk in enumerate(chunks):
         table_at = at + (1 + n) * PAGE
         struct.pack_into("<I", directory, 4 * chunk, table_at | PRESENT | WRITABLE | USER)
-        table = bytearray(PAGE)
-        for i in range(1024):
-            page = chunk * SPAN + i * PAGE
-            if page == LAST_PAGE[0]:
-                struct.pack_into("<I", table, 4 * i, page | PRESENT | USER)       # read-only, no RAM
-            elif region[0] <= page < region[1]:
-                struct.pack_into("<I", table, 4 * i, page | PRESENT | WRITABLE | USER)
-            elif any(b <= page < e for b, e in supervisor):
-                struct.pack_into("<I", table, 4 * i, page | PRESENT | WRITABLE)
-        memory.write(table_at, bytes(table), code=False)
+        memory.write(table_at, bytes(tables[chunk]), code=False)
     memory.write(at, bytes(directory), code=False)
     return at
 

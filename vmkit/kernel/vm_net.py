@@ -1,7 +1,9 @@
 """A VM's network path through the kernel alone (claims 18-20, 39-40).
 
 Each VM with a network port has a shared memory region in its own memory
-(net_ring.py declares its bytes) and an address of its own on one of the
+(net_ring.py declares its bytes; every address in it, and `Port.region`, is a
+guest address: the guest sees its memory from 0, and the kernel reaches
+those bytes at the host address its VMM's checked translation gives, Port.host) and an address of its own on one of the
 shared NICs (nic_share.py, claim 8: the COS's frames, the kernel's and the
 VMs' share the adapter). Only the kernel moves data between the region and
 the NIC:
@@ -90,8 +92,8 @@ class VmNet:
         return NetCounters.unpack(self.memory.read(self.page, NetCounters.SIZE))
 
     def attach(self, vmm, nic, region):
-        """A port for `vmm` on the shared NIC `nic` ("nic0"), its region at physical `region`
-        (inside the VM's memory, page-aligned: checked by the caller)."""
+        """A port for `vmm` on the shared NIC `nic` ("nic0"), its region at guest address
+        `region` (inside the VM's memory, page-aligned: checked by the caller)."""
         front = self.kernel.shared.get(nic)
         if front is None or not hasattr(front, "send_from"):
             raise ValueError(f"{nic!r} is not a NIC the kernel shares "
@@ -127,25 +129,25 @@ class Port:
         self.kernel, self.memory, self.trace, self.state = net.kernel, net.memory, net.trace, state
         self.interrupts = lambda: True             # net_device.py: does the guest want them
         self.memory.write(state, PortState(region=region, mac=mac).pack(), code=False)
-        self.memory.write(region, bytes(net_ring.SIZE))
+        self.write(region, bytes(net_ring.SIZE))
         self._header(slots=SLOTS, mac=mac)
         self.trace.emit("net.attach", vm=vmm.name, nic=front.device.name, mac=mac_str(mac),
                         region=region, state=state)
 
     # ---- the region and the counters ------------------------------------------------------
     def header(self):
-        return NetHeader.unpack(self.memory.read(self.region, NetHeader.SIZE))
+        return NetHeader.unpack(self.read(self.region, NetHeader.SIZE))
 
     def _header(self, **fields):
         for name, value in fields.items():
             at, fmt = self.region + NetHeader.OFFSET[name], NetHeader.FORMAT[name]
             data = value if fmt.endswith("s") else value.to_bytes(4, "little")
-            self.memory.write(at, data, code=False)
+            self.write(at, data)
 
     def slots(self, ring):
         """The SLOTS slots of ring "tx" or "rx", as the region holds them now (for widgets)."""
         first = {"tx": net_ring.TX_SLOTS, "rx": net_ring.RX_SLOTS}[ring]
-        raw = self.memory.read(self.region + first, SLOTS * Slot.SIZE)
+        raw = self.read(self.region + first, SLOTS * Slot.SIZE)
         return [Slot.unpack(raw, i * Slot.SIZE) for i in range(SLOTS)]
 
     def counters(self):
@@ -193,16 +195,22 @@ class Port:
                         slots=(producer - consumer) % SLOTS, tick=ticks)
 
     # ---- what the transmit step (transmit(), below; exercise 08's) may do -----------------
+    def host(self, address, length=1):
+        """The host address of the VM's bytes at guest address `address` .. + length, checked
+        by its VMM (VMM.host): outside the VM's memory it is that VM's fault (GuestFault)."""
+        return self.vmm.host(address, length, "a network buffer")
+
     def read(self, address, length):
-        """Bytes of physical memory (the region is the VM's memory at its physical address)."""
-        return self.memory.read(address, length)
+        """Bytes of the VM's memory at guest address `address` (Port.host checks it)."""
+        return self.memory.read(self.host(address, length), length)
 
     def write(self, address, data):
-        self.memory.write(address, bytes(data), code=False)
+        """Store into the VM's memory at guest address `address` (Port.host checks it)."""
+        data = bytes(data)
+        self.memory.write(self.host(address, len(data)), data, code=False)
 
     def _flags(self, i, flags):
-        at = self.region + net_ring.tx_slot(i) + Slot.OFFSET["flags"]
-        self.memory.write(at, flags.to_bytes(2, "little"), code=False)
+        self.write(self.region + net_ring.tx_slot(i) + Slot.OFFSET["flags"], flags.to_bytes(2, "little"))
 
     def refuse(self, i, counter, why):
         """TX slot i is refused: `counter` (a PortState field) counts it, the slot gets DONE | ERROR."""
@@ -212,12 +220,13 @@ class Port:
         self._flags(i, net_ring.DONE | net_ring.ERROR)
 
     def hand_to_nic(self, i, physical, length):
-        """A descriptor of the real NIC names `length` bytes at `physical` (the NIC's DMA reads
-        them there, now); TX slot i gets DONE, or DONE | ERROR if the NIC refused. True if sent."""
-        pointer = Slot.unpack(self.memory.read(self.region + net_ring.tx_slot(i), Slot.SIZE)).buffer
+        """A descriptor of the real NIC names the `length` bytes at guest address `physical`
+        (the NIC's DMA reads them at their host address, Port.host, now); TX slot i gets
+        DONE, or DONE | ERROR if the NIC refused. True if sent."""
+        pointer = Slot.unpack(self.read(self.region + net_ring.tx_slot(i), Slot.SIZE)).buffer
         self.trace.emit("net.tx", vm=self.vmm.name, slot=i, pointer=pointer, copy=physical,
                         length=length)
-        ok = self.front.send_from(physical, length, self.vmm.name)
+        ok = self.front.send_from(self.host(physical, length), length, self.vmm.name)
         if ok:
             self._count("frames_sent")
         self._flags(i, net_ring.DONE | (0 if ok else net_ring.ERROR))
@@ -235,11 +244,10 @@ class Port:
         producer = self.rx_producer
         if (producer + 1) % SLOTS == consumer:
             return self._refuse("rx_dropped", f"no free RX slot for a frame of {len(frame)} bytes")
-        physical = self.region + net_ring.PHYS_RX + producer * BUFFER
-        self.memory.write(physical, frame, code=False)
-        self.memory.write(self.region + net_ring.rx_slot(producer),
-                          Slot(buffer=physical, length=len(frame), flags=net_ring.DONE).pack(),
-                          code=False)
+        physical = self.region + net_ring.PHYS_RX + producer * BUFFER     # a guest address
+        self.write(physical, frame)
+        self.write(self.region + net_ring.rx_slot(producer),
+                   Slot(buffer=physical, length=len(frame), flags=net_ring.DONE).pack())
         self.rx_producer = producer = (producer + 1) % SLOTS
         self._header(rx_producer=producer)
         self._count("frames_received")

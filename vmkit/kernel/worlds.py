@@ -2,9 +2,9 @@
 
 A world is what the kernel schedules: a memory region, an address space
 (the COS: flat segments over all memory, CR3 0, paging off; a VM: flat
-segments and its own page directory, kernel/paging.py: its region user
-read/write, the kernel supervisor-only, the rest not present, so a guest
-write outside its memory is a #PF that crashes that VM only) and a control thread, its saved CPU state. The COS is world 0; each
+segments and its own page directory, kernel/paging.py: its memory user
+read/write from linear 0, the kernel supervisor-only, the rest not present,
+so a guest write outside its memory is a #PF that crashes that VM only) and a control thread, its saved CPU state. The COS is world 0; each
 VM installed through a VMM is another. Each world owns a 256-byte block of
 kernel memory (layout.WORLDS): its save area (switch.py: 128 bytes, with its
 switch and tick counters) and, for a VM, its virtual CPU at +0x80.
@@ -119,13 +119,11 @@ class Worlds:
 
     # ---- installing a VM -------------------------------------------------------
     def vm_base(self, memory_bytes):
-        """Where the next VM of this size would be placed (its guest is linked there)."""
+        """Where in host memory the next VM of this size would be placed (its guest
+        sees those pages from its address 0: paging.py)."""
         size = -(-memory_bytes // layout.PAGE) * layout.PAGE
         top, floor = self.vm_top, self.kernel.base + layout.STACK_TOP
-        tables = 0
-        for _ in range(2):                     # the tables' count depends on where the region lands
-            tables = max(tables, paging.table_pages(self._kernel_block(), (top - tables - size, top - tables))
-                         * layout.PAGE if size > 0 else 0)
+        tables = paging.table_pages(self._kernel_block(), [(0, 0, size)]) * layout.PAGE if size > 0 else 0
         if size <= 0 or top - tables - size < floor:
             left = max(0, top - floor)
             raise VMError(f"a VM of {memory_bytes} bytes does not fit: {left} bytes of memory are left "
@@ -143,7 +141,13 @@ class Worlds:
             raise VMError(f"no CPU {cpu!r}: the board has CPUs 0..{n - 1}")
         return cpu
 
-    def install_vm(self, guest, memory_bytes, name=None, cpu=None):
+    def install_vm(self, guest, memory_bytes, name=None, cpu=None, entry=0):
+        """A VM of `memory_bytes` whose guest sees that memory from address 0 (its
+        pages come from the top of RAM, host [base, base + size): paging.py).
+        guest: x86 text, bytes (a flat binary linked at 0), or a function of the
+        address it is linked at (always 0) giving either; entry: the guest address
+        of its first instruction (inside its image). It starts with EIP = entry
+        and ESP = size, the top of its memory."""
         if self.kernel.monitor is None:
             raise VMError("this kernel was built without a VMM to run VMs (Kernel(monitor=...))")
         cpu = self.place(cpu)
@@ -151,25 +155,31 @@ class Worlds:
             raise VMError(f"a VM's name is text, not {name!r}")
         if not isinstance(memory_bytes, int) or isinstance(memory_bytes, bool) or memory_bytes <= 0:
             raise VMError(f"a VM's memory is a positive number of bytes, not {memory_bytes!r}")
-        base = self.vm_base(memory_bytes)
         size = -(-memory_bytes // layout.PAGE) * layout.PAGE
+        if size > self.kernel.base:
+            raise VMError(f"a VM's memory is seen from its address 0 and must end below the kernel "
+                          f"at {self.kernel.base:#x}, not {memory_bytes:#x} bytes")
+        base = self.vm_base(memory_bytes)
         name = name or f"vm{len(self.all)}"
         if any(w.name == name for w in self.all):
             raise VMError(f"there is already a world named {name!r}: a schedule names worlds")
-        code = self._guest_code(guest, base, size, name)    # all checked before anything changes
+        code = self._guest_code(guest, size, name)              # all checked before anything changes
+        if not isinstance(entry, int) or isinstance(entry, bool) or not 0 <= entry < len(code):
+            raise VMError(f"{name}'s entry {entry!r} is not an address inside its image "
+                          f"(guest addresses 0..{len(code) - 1:#x})")
         area = self._block(len(self.all))
         self.vm_top = base                                      # the next VM goes below it
         self.memory.write(base, bytes(size), code=False)
-        cr3 = paging.build(self.memory, base + size, self._kernel_block(), (base, base + size),
+        cr3 = paging.build(self.memory, base + size, self._kernel_block(), [(0, base, size)],
                            window=smp.window(self.kernel, cpu))
         self.memory.write(base, code)
         self._prepare_vm_support()
         vmm = self.kernel.monitor(self.kernel, name, base, size, area + VCPU, cpu)
-        vmm.patch(base)                                         # from its entry point
+        vmm.patch(entry)                                        # from its entry point
         world = World(name, "vm", area, (base, size), vmm, cpu)
         user_data = layout.USER_DATA_SEL | layout.USER_RPL
         state = dict.fromkeys(switch.ITEMS, 0)
-        state.update(eip=base, esp=base + size, eflags=EFLAGS_IF | 2,
+        state.update(eip=entry, esp=size, eflags=EFLAGS_IF | 2,
                      cs=layout.USER_CODE_SEL | layout.USER_RPL, ss=user_data,
                      ds=user_data, es=user_data, fs=user_data, gs=user_data)
         state.update(smp.kernel_tables(self.kernel))
@@ -177,29 +187,32 @@ class Worlds:
                       "cr3": cr3})                              # its own address space
         switch.write_area(self.memory, area, state)
         self.all.append(world)
-        self.trace.emit("vm.installed", vm=name, base=base, size=size, code=len(code), area=area, cpu=cpu)
+        self.trace.emit("vm.installed", vm=name, base=base, size=size, code=len(code), area=area, cpu=cpu,
+                        entry=entry)
         world.cr3 = cr3
         self.wake(vmm)                                          # an idle CPU starts it now
         return world
 
     @staticmethod
-    def _guest_code(guest, base, size, name):
-        """The guest's bytes, linked at `base`: x86 text, bytes, or a function of
-        the base giving either. Anything else, nothing, or too much is refused
-        here, before the RAM top is lowered or a world block taken."""
+    def _guest_code(guest, size, name):
+        """The guest's bytes, linked at 0 (its memory's first byte): x86 text, bytes,
+        or a function of the address it is linked at (0) giving either. Anything
+        else, nothing, or too much is refused here, before the RAM top is lowered
+        or a world block taken."""
         if callable(guest):
             try:
-                guest = guest(base)
+                guest = guest(0)
             except Exception as e:
-                raise VMError(f"{name}'s guest function failed for base {base:#x}: "
+                raise VMError(f"{name}'s guest function failed (linked at 0): "
                               f"{type(e).__name__}: {e}") from e
         if isinstance(guest, str):
-            code = assemble(guest, base)
+            code = assemble(guest, 0)
         elif isinstance(guest, (bytes, bytearray, memoryview)):
             code = bytes(guest)
         else:
-            raise VMError(f"{name}'s guest must be x86 source (str), bytes, or a function of "
-                          f"the VM's base giving either, not {type(guest).__name__} {guest!r:.40}")
+            raise VMError(f"{name}'s guest must be x86 source (str), bytes (a flat binary linked at 0), "
+                          f"or a function of its link address giving either, not "
+                          f"{type(guest).__name__} {guest!r:.40}")
         if not code:
             raise VMError(f"{name}'s guest is empty: there is no instruction to start it at")
         if len(code) > size:

@@ -16,11 +16,11 @@ A program is a list of steps, each printing one line on the VM's console:
 The pattern: dword k of sector s is seed + s * 128 + k (mod 2**32), so every dword of the
 VDISK differs and a block read from the wrong place cannot pass (`pattern` computes it).
 
-    base + 0x0000   code
-    base + 0x3000   variables: ticks, seen, IDT pointer (6 bytes), done (at +0x10)
-    base + 0x3100   the request block
-    base + 0x3800   the guest's IDT (0x2C gates: timer 0x20, disk 0x20 + VDISK_LINE)
-    base + 0x4000   the data buffer (MAX_TRANSFER bytes)
+    0x0000          code
+    0x3000          variables: ticks, seen, IDT pointer (6 bytes), done (at +0x10)
+    0x3100          the request block
+    0x3800          the guest's IDT (0x2C gates: timer 0x20, disk 0x20 + VDISK_LINE)
+    0x4000          the data buffer (MAX_TRANSFER bytes)
     top             the stack
 """
 import struct
@@ -206,5 +206,5 @@ n{i}:
 
 
 def program(name, steps):
-    """A function of the VM's base address giving the guest's source (install_vm's `guest`)."""
+    """A function of the guest's link address (install_vm gives 0) giving its source (install_vm's `guest`)."""
     return guests.driver_program(name, steps, _step, _driver, _say)

@@ -1,4 +1,9 @@
-"""Tiny guest OSes: real x86 (Intel syntax) linked at their VM's base address.
+"""Tiny guest OSes: real x86 (Intel syntax) linked at 0, where each sees its memory start.
+
+Each builder takes `base`, the address the code is linked at: install_vm
+calls it with 0 (a VM's guest sees its memory from address 0, wherever its
+pages lie in host memory: kernel/paging.py); a bench running the code on a
+bare Unicorn links it where it loads it.
 
 Each sets up its own IDT (gate 0x20: its timer handler), loads it with
 lidt, enables interrupts with sti, and writes to its serial port 0x3F8:
@@ -6,9 +11,9 @@ every one of those traps to its VMM. The image is code only (variables,
 IDT and stack live past it in the VM's memory) so the VMM can scan it for
 iretd without mistaking data for code.
 
-    base + 0x0000   code
-    base + 0x3000   variables: ticks (u32), seen (u32), IDT pointer (6 bytes)
-    base + 0x3800   the guest's IDT (0x21 gates)
+    0x0000          code
+    0x3000          variables: ticks (u32), seen (u32), IDT pointer (6 bytes)
+    0x3800          the guest's IDT (0x21 gates)
     top of memory   the guest's stack
 """
 VARS, IDT = 0x3000, 0x3800
@@ -139,9 +144,9 @@ def crasher(base, name):
 
 def driver_program(name, steps, step, driver, say):
     """A guest made of a device driver and a list of steps (disk_guest.py, net_guest.py):
-    a function of the VM's base address giving its source (install_vm's `guest`).
-    step(base, name, i, step) gives one step's x86 (and refuses a bad step: each is
-    tried at base 0 first, before anything is installed); driver(base) the driver."""
+    a function of its link address (install_vm gives 0) giving its source (install_vm's
+    `guest`). step(base, name, i, step) gives one step's x86 (and refuses a bad step:
+    each is tried first, before anything is installed); driver(base) the driver."""
     steps = list(steps)
     for i, s in enumerate(steps):
         step(0, name, i, s)

@@ -7,7 +7,7 @@ make its one request for transmission; every in/out of the guest traps to
 its VMM anyway (the VM's TSS has no I/O bitmap), so one `out` is the
 request, and the kernel senses it in the trap.
 
-    NET_PORT + REGION   read: the physical (= guest) address of the shared region
+    NET_PORT + REGION   read: the guest address of the shared region
     NET_PORT + REQUEST  write (any value): the request for transmission
     NET_PORT + CONTROL  read/write: bit 0 IE, interrupt on receive (line NET_LINE)
 
@@ -56,6 +56,6 @@ def install_vm_with_net(kernel, guest, memory_bytes, name, nic="nic0", region=0x
     if nic not in kernel.shared or not hasattr(kernel.shared[nic], "send_from"):
         raise VMError(f"{nic!r} is not a NIC the kernel shares (shared: {sorted(kernel.shared)})")
     world = kernel.install_vm(guest, memory_bytes, name, cpu)
-    port = VmNet.of(kernel).attach(world.vmm, nic, world.vmm.base + region)
+    port = VmNet.of(kernel).attach(world.vmm, nic, region)       # a guest address
     world.vmm.net = VirtualNet(world.vmm, port)
     return world

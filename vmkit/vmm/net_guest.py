@@ -24,11 +24,11 @@ A program is a list of steps, each printing one line per frame on the VM's conso
 Frames are dst | src (the VM's MAC, read from the region) | type 0x88B5 | payload,
 padded to 60 bytes; a payload prints up to its first NUL.
 
-    base + 0x0000   code
-    base + 0x3000   variables: ticks, seen, IDT pointer, region, received, handled, lengths
-    base + 0x3800   the guest's IDT (timer 0x20, network 0x20 + NET_LINE)
-    base + 0x4000   its inbox: SLOTS frames
-    base + REGION   the shared region (net_ring.SIZE bytes)
+    0x0000          code
+    0x3000          variables: ticks, seen, IDT pointer, region, received, handled, lengths
+    0x3800          the guest's IDT (timer 0x20, network 0x20 + NET_LINE)
+    0x4000          its inbox: SLOTS frames
+    REGION          the shared region (net_ring.SIZE bytes)
     top             the stack
 """
 from vmkit.kernel import net_ring
@@ -245,5 +245,5 @@ def _step(base, name, i, step):
 
 
 def program(name, steps):
-    """A function of the VM's base address giving the guest's source (install_vm's `guest`)."""
+    """A function of the guest's link address (install_vm gives 0) giving its source (install_vm's `guest`)."""
     return guests.driver_program(name, steps, _step, _driver, _say)

@@ -36,7 +36,7 @@ class PioNet:
         self.vmm, self.port = vmm, port
         self.offset = self.length = 0
         self.status = 0
-        self.buffer = port.region + net_ring.PHYS_TX       # the card's memory
+        self.buffer = port.region + net_ring.PHYS_TX       # the card's memory (a guest address)
 
     def claims(self, port):
         return PIO_PORT <= port < PIO_PORT + NPORTS
@@ -54,7 +54,8 @@ class PioNet:
             self.length = frame.eax & 0xFFFF
         elif reg == COMMAND and frame.eax == CMD_TX:
             ok = MIN_FRAME <= self.length <= min(MAX_FRAME, self.offset) and \
-                self.port.front.send_from(self.buffer, self.length, self.vmm.name)
+                self.port.front.send_from(self.port.host(self.buffer, self.length), self.length,
+                                          self.vmm.name)
             if ok:
                 self.port._count("frames_sent")
             else:

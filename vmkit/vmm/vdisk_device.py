@@ -32,9 +32,10 @@ virtual line pending; the VMM injects it through the guest's own IDT.
 
 Access width: every register is read and written whole (32 bits); a narrow
 guest access counts as the whole register, as the COS's virtual NIC does.
-The copies to and from the guest use its physical addresses (a guest's
-linear addresses are physical, paging.py) after `owns` checked the whole
-range, not the mapping-cache window: they move up to 256 KiB at a time,
+The request block's and the buffer's addresses are guest addresses (the
+guest sees its memory from 0, paging.py): the copies use the host addresses
+VMM.host gives after `owns` checked the whole range, not the mapping-cache
+window: they move up to 256 KiB at a time,
 where the window maps a page per slot for the VMM's word-sized accesses.
 """
 import struct
@@ -98,7 +99,7 @@ class VirtualDisk:
             self._refuse(None, f"request block at {rb:#x} is outside the VM's memory")
             self.status |= ST_DONE | ST_RBERR
             return self._interrupt()
-        r = Request(rb, self.memory.read(rb, RB_SIZE))
+        r = Request(rb, self.memory.read(self.vmm.host(rb, RB_SIZE), RB_SIZE))
         self.status |= ST_BUSY
         try:
             self._start(r)
@@ -115,7 +116,7 @@ class VirtualDisk:
             return self._finish(r, GOOD)
         if r.opcode == READ_CAPACITY_10:
             self._check_buffer(r, 8)
-            self.memory.write(r.data_addr, struct.pack(">II", self.vdisk.sectors - 1, SECTOR))
+            self.memory.write(self.vmm.host(r.data_addr, 8), struct.pack(">II", self.vdisk.sectors - 1, SECTOR))
             return self._finish(r, GOOD, transferred=8)
         length = r.blocks * SECTOR
         if r.lba + r.blocks > self.vdisk.sectors:
@@ -126,7 +127,8 @@ class VirtualDisk:
                           f"{MAX_TRANSFER // SECTOR} or than the buffer's {r.data_length} bytes")
         self._check_buffer(r, length)
         if r.opcode == WRITE_10:                     # snapshot, as the adapter does at the doorbell
-            self.memory.write(self.vdisk.buffer, self.memory.read(r.data_addr, length), code=False)
+            self.memory.write(self.vdisk.buffer, self.memory.read(self.vmm.host(r.data_addr, length), length),
+                              code=False)
         try:
             self.vdisk.submit(r.opcode, r.lba, r.blocks, lambda status: self._done(r, status))
         except VmfsError as e:                       # e.g. a block address that is not a file block
@@ -144,15 +146,16 @@ class VirtualDisk:
         length = r.blocks * SECTOR
         if status == GOOD and r.opcode == READ_10:
             if self.vmm.owns(r.data_addr, length):   # checked at the doorbell; checked again
-                self.memory.write(r.data_addr, self.memory.read(self.vdisk.buffer, length))
+                self.memory.write(self.vmm.host(r.data_addr, length), self.memory.read(self.vdisk.buffer, length))
         sense = (0, 0, 0) if status == GOOD else \
             (MEDIUM_ERROR, ASC_READ_ERROR if r.opcode == READ_10 else ASC_WRITE_ERROR, 0)
         self._finish(r, status, sense, transferred=length if status == GOOD else 0)
 
     def _finish(self, r, status, sense=(0, 0, 0), dma_error=False, transferred=0):
         flags = (r.flags & ~FLAG_DMA_ERROR) | (FLAG_DMA_ERROR if dma_error else 0)
-        self.memory.write(r.addr + 2, struct.pack("<BBBBH", status, *sense, flags), code=False)
-        self.memory.write(r.addr + 16, struct.pack("<I", transferred), code=False)
+        at = self.vmm.host(r.addr, RB_SIZE)         # checked at the doorbell
+        self.memory.write(at + 2, struct.pack("<BBBBH", status, *sense, flags), code=False)
+        self.memory.write(at + 16, struct.pack("<I", transferred), code=False)
         self.status = (self.status & ~ST_BUSY) | ST_DONE
         self.completed += 1
         self.trace.emit("vdisk.complete", vm=self.vmm.name, op=r.op_name, lba=r.lba,

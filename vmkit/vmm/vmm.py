@@ -1,8 +1,13 @@
 """A virtual machine monitor: one per VM (claims 12, 33).
 
-The guest runs at CPL 3 with flat segments and its own identity-mapped
-page directory (paging.py), its code linked at its memory's physical address. Everything privileged it does faults into the
-kernel, whose dispatcher hands the VM world's faults here:
+The guest runs at CPL 3 with flat segments and its own page directory
+(paging.py), which maps its memory at linear 0: its code is linked at 0,
+wherever its pages lie in host memory (host [base, base + size)). Every
+guest address the VMM is given (EIP, ESP, the guest's IDT, a disk or
+network buffer it names) goes through `host`, the one checked guest -> host
+translation: outside the guest's memory it is that VM's fault (GuestFault),
+never a read or write elsewhere. Everything privileged it does faults into
+the kernel, whose dispatcher hands the VM world's faults here:
 
   cli, sti, hlt, lidt   #GP (CPL 3 > IOPL 0): emulated on the virtual CPU
   in, out               #GP (the VM TSS has no I/O bitmap): a virtual 16550
@@ -64,39 +69,50 @@ class VMM:
 
     def _push(self, frame, value):
         frame.esp -= 4
-        self.cache.write_u32(frame.esp, value)
+        self.cache.write_u32(self.host(frame.esp, 4, "a push"), value)
 
     def _pop(self, frame):
-        value = self.cache.read_u32(frame.esp)
+        value = self.cache.read_u32(self.host(frame.esp, 4, "a pop"))
         frame.esp += 4
         return value
 
     def owns(self, address, length=1):
-        return self.base <= address and address + length <= self.base + self.size
+        """Guest addresses address .. address + length - 1 all lie in its memory (0 .. size)."""
+        return 0 <= address and 0 <= length and address + length <= self.size
+
+    def host(self, address, length=1, what="an access"):
+        """The host (physical) address of guest address `address`, checked: the
+        whole range address .. address + length - 1 must lie in the guest's memory,
+        else GuestFault naming `what` (the VM's fault: only it stops). The guest's
+        memory is one run of host pages, so one check covers the range."""
+        if not self.owns(address, length):
+            raise GuestFault(f"{what} at guest address {address:#x} (+{length}) is outside "
+                             f"the VM's memory (0..{self.size - 1:#x})")
+        return self.base + address
 
     def patch(self, *starts):
         """iretd -> int3 in the guest code control can reach from `starts` (its
         entry point at install; the handlers its IDT names at each lidt):
         recursive descent (reach.py), so a 0xCF in its data is left alone.
-        (The guest's memory is read where it is: its linear addresses are
-        physical, paging.py.)"""
+        `starts` and the patch list (`patches`) are guest addresses; the
+        bytes are read and patched in host memory (`host`)."""
         self.trace.emit("vmm.patch", vm=self.name, count=self._patch(starts))
 
     def _patch(self, starts):
         """Returns how many iretd were patched now."""
         code = self.memory.read(self.base, self.size)
-        found = reach.reachable(code, self.base, starts, self._code)
+        found = reach.reachable(code, 0, starts, self._code)        # linked at guest address 0
         new = [address for address, mnemonic in found.items() if mnemonic == IRETD]
         for address in new:
             self.patches.add(address)
-            self.memory.write(address, bytes([INT3]))
+            self.memory.write(self.host(address), bytes([INT3]))
         return len(new)
 
     def patch_handlers(self):
         """The guest executed lidt: each handler its IDT names is code it can run."""
         v = self.vcpu
         gates = [v.idt_base + 8 * i for i in range(min(256, (v.idt_limit + 1) // 8))]
-        gates = [decode_gate(self.memory.read(g, 8)) for g in gates if self.owns(g, 8)]
+        gates = [decode_gate(self.memory.read(self.host(g, 8), 8)) for g in gates if self.owns(g, 8)]
         handlers = [g.offset for g in gates if g.present and g.type in (GATE_INT32, GATE_TRAP32)]
         new = self._patch(handlers)
         if new:
@@ -117,11 +133,12 @@ class VMM:
             raise GuestFault(f"vector {vector:#x} at {eip:#x}: page fault, "
                              f"{'write' if frame.error & 2 else 'read'} of {cr2:#x} "
                              f"({'supervisor' if frame.error & 1 else 'not present'} page)")
-        if vector != 13 or not self.owns(eip, 16):
+        if vector != 13 or not self.owns(eip):
             raise GuestFault(f"vector {vector:#x} at {eip:#x}")
-        if eip in self.patches and self.memory.read(eip, 1) == bytes([INT3]):
+        at = self.host(eip)                      # its bytes in host memory (the decoder reads physical)
+        if eip in self.patches and self.memory.read(at, 1) == bytes([INT3]):
             return self._iretd(frame)            # its patched iretd, known without decoding
-        insn = decoder.decode(self.memory, eip)
+        insn = decoder.decode(self.memory, at)
         name = insn.mnemonic if insn else "?"
         if name in ("cli", "sti"):
             v.vif = 1 if name == "sti" else 0
@@ -134,9 +151,7 @@ class VMM:
             return "halt"
         elif name == "lidt":
             address = self._address(frame, insn.operands[0])
-            if not self.owns(address, 6):
-                raise GuestFault(f"lidt of a table pointer outside the VM's memory ({address:#x})")
-            pointer = self.cache.read(address, 6)
+            pointer = self.cache.read(self.host(address, 6, "lidt of a table pointer"), 6)
             v.idt_limit, v.idt_base = int.from_bytes(pointer[:2], "little"), int.from_bytes(pointer[2:], "little")
         elif name in ("in", "out"):
             self._port_io(frame, insn)
@@ -230,7 +245,7 @@ class VMM:
             raise GuestFault(f"no gate for vector {vector:#x} in the guest's IDT")
         if not self.owns(frame.esp - 12, 12):
             raise GuestFault(f"interrupt with the stack outside the VM's memory ({frame.esp:#x})")
-        gate = decode_gate(self.cache.read(v.idt_base + vector * 8, 8))
+        gate = decode_gate(self.cache.read(self.host(v.idt_base + vector * 8, 8), 8))
         self._push(frame, (frame.eflags & ~EFLAGS_IF) | (EFLAGS_IF if v.vif else 0))
         self._push(frame, frame.cs)
         self._push(frame, frame.eip)
