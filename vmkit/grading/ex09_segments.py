@@ -11,8 +11,7 @@ too short, the guest faults inside its own memory. What the CPU did is read
 from the trace (the fault it took, its error code, the address) and the VM's
 console; the descriptors' last offsets are decoded from the GDT's bytes, as
 the CPU reads them at the world switch."""
-import re
-
+from vmkit.hw.asm import assemble, disassemble
 from vmkit.hw.x86 import CODE_RX, DATA_RW, decode_segment, encode_segment
 from vmkit.kernel import layout
 from vmkit.lessons import takeover
@@ -70,9 +69,15 @@ def _last_offset(base, limit, g):
     return decode_segment(descriptor(base, limit, g, DATA_RW, 3)).limit
 
 
-def _address(fault):
-    m = re.search(r"at (0x[0-9a-f]+) past the limit", str(fault["why"]))
-    return int(m.group(1), 16) if m else None
+def reads(end):
+    """{EIP of each read the guest makes: (the guest address it reads, its size, what)}: the
+    guest's own addresses, from its code (the platform's report of a limit fault names the
+    address its memory hook saw, which under paging need not be the guest's)."""
+    code = disassemble(assemble(guest_source(0), 0))
+    pointers = iter([(POINTERS, 4, "its first pointer"), (POINTERS + 4, 4, "its second pointer")])
+    bytes_ = iter([(end - 1, 1, "its last byte"), (end, 1, "the first byte past its memory")])
+    return {eip: next(bytes_ if "[eax]" in text else pointers)
+            for eip, text in code if "ptr [" in text}
 
 
 def run_guest(guest_segment):
@@ -121,8 +126,9 @@ def check_guest(module):
     if console.startswith("ab"):
         return (f"{yours}. The guest read the first byte past its memory ({end:#x}) and went on: "
                 "nothing stopped it")
+    read = reads(end).get(fault["eip"]) if fault is not None else None
     if console.startswith("a"):
-        if fault is not None and fault["vector"] == 13 and _address(fault) == end:
+        if fault is not None and fault["vector"] == 13 and read and read[0] == end:
             return None
         if fault is not None and fault["vector"] == 14:
             return (f"{yours}. The guest's read of the first byte past its memory ({end:#x}) got past "
@@ -130,10 +136,14 @@ def check_guest(module):
                     f"end at the guest's last byte, {end - 1:#x}: the limit field names the last "
                     "offset (in pages with G=1), not the size")
         return f"{yours}. After its last byte the guest's next read did: {fault and _said(fault)} {crash}"
-    if fault is not None and fault["vector"] in (12, 13) and "limit" in str(fault["why"]):
-        at = _address(fault)
-        return (f"{yours}. The guest faulted inside its own memory: {_said(fault)} by the limit at byte "
-                f"{at:#x} (its memory ends at {end - 1:#x}). "
+    if fault is not None and fault["vector"] in (12, 13) and "limit" in str(fault["why"]) and read:
+        at, size, what = read
+        if at + size - 1 <= last:
+            return (f"{yours}. The platform raised a #GP by the limit at the guest's {size}-byte read of "
+                    f"{what}, guest address {at:#x}, which lies inside your segment: that is the "
+                    f"machine's fault, not your answer's ({fault['why']}; hw/limits.py)")
+        return (f"{yours}. The guest faulted inside its own memory: {_said(fault)} by the limit at its "
+                f"{size}-byte read of {what}, guest address {at:#x} (its memory ends at {end - 1:#x}). "
                 + ("With G=0 the limit counts bytes and 20 bits reach 1 MiB: a 2 MiB guest needs G=1"
                    if not g else "The limit is too short"))
     if fault is not None:

@@ -14,6 +14,7 @@ from typing import NamedTuple
 from vmkit.hw.x86 import decode_segment, EXCEPTION_NAMES
 from vmkit.kernel import layout, mapcache, paging, switch
 from vmkit.lessons import takeover
+from vmkit.vmm import guests
 
 PROBE_MEMORY = 0x10000          # the probing guest's memory: 64 KiB
 RUN_LIMIT = 3_000_000           # instructions a probe may take to end
@@ -137,7 +138,7 @@ def space_text(space):
     for r in space.runs:
         lines.append(f"{r.first:#010x}..{r.end - 1:#010x}   {r.physical:#010x}  {(r.end - r.first) >> 12:5}  "
                      f"{r.access:15} {r.who}")
-    if space.window:
+    if space.window and not space.of("mapping window"):
         lines.append(f"{mapcache.WINDOW:#010x}..{mapcache.WINDOW + paging.SPAN - 1:#010x}   (the CPU's mapping window: "
                      f"its page table at {space.window[0]:#x}, {space.window[1]} page(s) mapped now)")
     lines.append("segment       selector  base        last offset  G  DPL  descriptor")
@@ -198,19 +199,28 @@ def _fault_outcome(fault):
 
 
 class Prober:
-    """A displaced COS on a machine of its own; `guest(address)` installs a VM whose
+    """A displaced COS on a machine of its own, with one VM, `vm` (the one the
+    notebook draws); `guest(address)` installs another VM of the same size whose
     guest reads `address`, `cos(address)` insmods a module that does. Probes are
-    deterministic (virtual time), and each guest probe is a new VM."""
+    deterministic (virtual time); each guest probe is a new VM, so after a dozen
+    the machine is built again (the kernel keeps MAX_WORLDS worlds)."""
 
     def __init__(self):
+        self._build()
+
+    def _build(self):
         self.board, self.cos_os, loader = takeover.takeover()
         self.kernel = loader.kernel
+        self.vm = self.kernel.install_vm(guests.console(0, "vm1"), PROBE_MEMORY, "vm1")
+        self.board.run(300_000)
         self.count = 0
 
     def guest(self, where):
         """What the CPU did when a VM's guest (CPL 3, the guest's segments, its
         page directory) read a byte at guest address `where` (or where(space):
         an address read from the new VM's own address space)."""
+        if len(self.kernel.worlds.all) >= layout.MAX_WORLDS:
+            self._build()
         board, kernel = self.board, self.kernel
         self.count += 1
         name = f"probe{self.count}"
@@ -233,24 +243,37 @@ class Prober:
         board = self.board
         mark = takeover.run_module(board, self.cos_os, f"init:\n        mov al, byte ptr [{address:#x}]\n"
                                                     "        xor eax, eax\n        ret")
-        refused = board.trace.since(mark, "kernel.cos_limit")
-        if refused:
-            f = next(e for e in board.trace.since(mark, "cpu.fault") if "limit" in str(e["why"]))
+        events = board.trace.since(mark, "cpu.fault", "kernel.cos_limit")
+        at = next((i for i, e in enumerate(events) if e.kind == "kernel.cos_limit"), None)
+        if at is not None and at > 0:
+            f, refused = events[at - 1], events[at]        # the fault that took the COS into the kernel
+            why = "" if "limit" in str(f["why"]) else f" ({f['why']})"
             return Probe("COS", address, _fault_outcome(f),
-                         f"error {f['error']}: into the kernel, which skipped it: {refused[0]['what']} "
-                         f"(the COS's limit is {refused[0]['limit']:#x})")
+                         f"error {f['error']}{why}: into the kernel, which skipped it: {refused['what']} "
+                         f"(the COS's limit is {refused['limit']:#x})")
         return Probe("COS", address, "ok", "the read went through (the module's init returned)")
 
 
-def probes(prober, space, kernel):
-    """The addresses the notebook probes, each from the guest and from the COS."""
+def presets(space, kernel):
+    """[(what, address)]: the addresses worth probing in `space`, read from it."""
     guest = space.of("guest memory")
     end = guest[-1].end if guest else 0
-    at = [(end - 1, "the guest's last byte"), (end, "the first byte past the guest's memory"),
-          (kernel.base + layout.IDT, "the kernel's IDT")]
+    at = [("the guest's first byte", 0), ("the guest's last byte", end - 1),
+          ("the first byte past the guest's memory", end)]
     if space.of("VMM region"):
-        at.insert(2, (space.of("VMM region")[0].first, "the VMM region"))
-    return [(what, prober.guest(a), prober.cos(a)) for a, what in at]
+        at.append(("the VMM region", space.of("VMM region")[0].first))
+    at += [("the kernel's IDT", kernel.base + layout.IDT), ("the mapping window", mapcache.WINDOW)]
+    return at
+
+
+def probe_table(prober, at):
+    """Each address read from the guest and from the COS: text, one address a paragraph."""
+    lines = []
+    for what, address in at:
+        lines.append(f"{address:#010x}  {what}")
+        lines.append(f"    {prober.guest(address)}")
+        lines.append(f"    {prober.cos(address)}")
+    return "\n".join(lines)
 
 
 # ---- the displaced COS tries to get out ----------------------------------------------
