@@ -11,15 +11,18 @@ too short, the guest faults inside its own memory. What the CPU did is read
 from the trace (the fault it took, its error code, the address) and the VM's
 console; the descriptors' last offsets are decoded from the GDT's bytes, as
 the CPU reads them at the world switch."""
+from typing import NamedTuple
+
 from vmkit.hw.asm import assemble, disassemble
 from vmkit.hw.x86 import CODE_RX, DATA_RW, decode_segment, encode_segment
 from vmkit.kernel import layout
 from vmkit.lessons import takeover
-from vmkit.lessons.address_spaces import address_space, crash_fault, segment_layout
+from vmkit.lessons.address_spaces import SegmentLayout, address_space, crash_fault, segment_layout
 
 GUEST_MEMORY = 0x200000         # 2 MiB: a byte-granular limit cannot reach its end
 POINTERS = 0x1000               # the guest's two addresses to read, written by the grader
 RUN = 3_000_000
+AFTER_FIRST_READ = 0xB          # the guest's `mov al, 0x61`: its last byte read (reads() below)
 
 
 def guest_source(base):
@@ -80,8 +83,17 @@ def reads(end):
             for eip, text in code if "ptr [" in text}
 
 
+class Run(NamedTuple):
+    space: SegmentLayout
+    fields: tuple       # the learner's (base, limit, g)
+    console: str        # what the guest printed
+    fault: object       # the cpu.fault that stopped the VM, or None
+    crash: str          # the VMM's word on it
+    ds: tuple           # DS as the CPU held it while the guest ran (CPU.segment), or None
+
+
 def run_guest(guest_segment):
-    """(space, the fields, console text, the fault that stopped the VM or None, its crash text)."""
+    """The machine with the learner's guest segments: a Run."""
     board, cos, loader = takeover.takeover()
     try:
         kernel = loader.kernel
@@ -95,11 +107,14 @@ def run_guest(guest_segment):
             cpu.descriptors_changed()           # as the kernel does when it edits a GDT
         kernel.memory.write(world.region[0] + POINTERS, (space.guest_end - 1).to_bytes(4, "little")
                             + space.guest_end.to_bytes(4, "little"))
+        held = []
+        board.cpu.on_execute(AFTER_FIRST_READ, lambda cpu: cpu.cpl == 3 and held.append(cpu.segment("ds")))
         mark = board.trace.mark()
         board.run_until(lambda: world.state != "ready" or len(world.vmm.console) >= 2, RUN,
                         "the guest's two reads")
         fault = crash_fault(board.trace, mark, "vm1") if world.state == "crashed" else None
-        return space, got, bytes(world.vmm.console).decode("latin-1"), fault, world.fault
+        return Run(space, got, bytes(world.vmm.console).decode("latin-1"), fault, world.fault,
+                   held[0] if held else None)
     finally:
         board.close()
 
@@ -112,12 +127,14 @@ def _said(fault):
 
 def check_guest(module):
     try:
-        space, (base, limit, g), console, fault, crash = run_guest(module.guest_segment)
+        r = run_guest(module.guest_segment)
     except Refused as e:
         return str(e)
-    end = space.guest_end
+    base, limit, g = r.fields
+    end, fault, crash, console = r.space.guest_end, r.fault, r.crash, r.console
     last = _last_offset(base, limit, g)
     yours = f"your segment: base {base:#x}, limit {limit:#x}, G={g}: its last offset is {last:#x}"
+    read = reads(end).get(fault["eip"]) if fault is not None else None
     if base:
         what = f"the CPU took {_said(fault)}: {crash}" if fault else f"the guest printed {console!r}"
         return (f"{yours}. The CPU adds the base to every guest address, so the guest's code and "
@@ -126,7 +143,9 @@ def check_guest(module):
     if console.startswith("ab"):
         return (f"{yours}. The guest read the first byte past its memory ({end:#x}) and went on: "
                 "nothing stopped it")
-    read = reads(end).get(fault["eip"]) if fault is not None else None
+    short = _too_short(r, yours, read)
+    if short:
+        return short
     if console.startswith("a"):
         if fault is not None and fault["vector"] == 13 and read and read[0] == end:
             return None
@@ -136,19 +155,33 @@ def check_guest(module):
                     f"end at the guest's last byte, {end - 1:#x}: the limit field names the last "
                     "offset (in pages with G=1), not the size")
         return f"{yours}. After its last byte the guest's next read did: {fault and _said(fault)} {crash}"
-    if fault is not None and fault["vector"] in (12, 13) and "limit" in str(fault["why"]) and read:
-        at, size, what = read
-        if at + size - 1 <= last:
-            return (f"{yours}. The platform raised a #GP by the limit at the guest's {size}-byte read of "
-                    f"{what}, guest address {at:#x}, which lies inside your segment: that is the "
-                    f"machine's fault, not your answer's ({fault['why']}; hw/limits.py)")
-        return (f"{yours}. The guest faulted inside its own memory: {_said(fault)} by the limit at its "
-                f"{size}-byte read of {what}, guest address {at:#x} (its memory ends at {end - 1:#x}). "
-                + ("With G=0 the limit counts bytes and 20 bits reach 1 MiB: a 2 MiB guest needs G=1"
-                   if not g else "The limit is too short"))
     if fault is not None:
         return f"{yours}. The guest never read its last byte: the CPU took {_said(fault)}: {crash}"
     return f"{yours}. The guest never read its last byte in {RUN:,} instructions (its console: {console!r})"
+
+
+def _too_short(r, yours, read):
+    """The hint for a segment that ends inside the guest's memory, from DS as the CPU held it
+    while the guest ran, or from the limit fault its read took; None if it is not that."""
+    end, fault = r.space.guest_end, r.fault
+    g = r.fields[2]
+    why = ("With G=0 the limit counts bytes and 20 bits reach 1 MiB: a 2 MiB guest needs G=1" if not g
+           else "The limit field is the last offset in pages: (size - 1) >> 12")
+    if r.ds is not None and r.ds[2] < end - 1:
+        sel, ds_base, ds_limit, _ = r.ds
+        went = (" Here the read of its last byte went through: under paging this platform checks a "
+                "limit only on an access that would also page-fault (hw/limits.py), so a segment "
+                "too short shows in the CPU's DS, not as a fault." if r.console.startswith("a") else "")
+        return (f"{yours}. While the guest ran the CPU held DS {sel:#x} with base {ds_base:#x} and limit "
+                f"{ds_limit:#x} (its hidden part, read from the CPU): the guest's bytes {ds_limit + 1:#x}.."
+                f"{end - 1:#x} are past it, inside its own memory: a real CPU raises #GP at guest address "
+                f"{ds_limit + 1:#x}.{went} {why}")
+    if fault is not None and fault["vector"] in (12, 13) and "limit" in str(fault["why"]) and read \
+            and read[0] + read[1] - 1 < end:
+        at, size, what = read
+        return (f"{yours}. The guest faulted inside its own memory: {_said(fault)} by the limit at its "
+                f"{size}-byte read of {what}, guest address {at:#x} (its memory ends at {end - 1:#x}). {why}")
+    return None
 
 
 CHECKS = [("the guest's segments stop at its memory's end", 3, check_guest)]

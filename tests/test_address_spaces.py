@@ -1,0 +1,64 @@
+"""Notebook 09's machine (lessons/address_spaces.py): the address space is what the page
+directory and the GDT in memory say, and each probe is what the CPU did."""
+import pytest
+
+from vmkit.kernel import layout, paging
+from vmkit.lessons import address_spaces as lesson
+
+
+@pytest.fixture(scope="module")
+def prober():
+    p = lesson.Prober()
+    yield p
+    p.board.close()
+
+
+def test_the_runs_are_the_page_tables_entries(prober):
+    kernel, vm = prober.kernel, prober.vm
+    space = lesson.address_space(kernel, vm)
+    for run in space.runs:                      # every page of a run: the entry the MMU would read
+        for linear in range(run.first, run.end, layout.PAGE):
+            pte = paging.mapping(kernel.memory, space.cr3, linear)
+            assert pte & paging.PRESENT and pte & ~0xFFF == run.physical + linear - run.first
+    guest = space.of("guest memory")
+    assert [(r.first, r.end) for r in guest] == [(0, lesson.PROBE_MEMORY)]   # from 0, whatever the host
+    assert guest[0].physical == vm.region[0]
+    assert space.of("kernel")[0].first == kernel.base and space.of("kernel")[0].flags & paging.USER == 0
+    gap = space.of("guest memory")[-1].end                                   # the page past: not present
+    assert paging.mapping(kernel.memory, space.cr3, gap) & paging.PRESENT == 0
+
+
+def test_the_segments_are_the_gdts_bytes(prober):
+    space = lesson.address_space(prober.kernel, prober.vm)
+    for s in space.segments:
+        assert prober.kernel.memory.read(space.gdtr[0] + s.selector, 8) == s.raw
+    assert space.segment("COS data").limit == prober.kernel.base - 1       # the COS ends below the kernel
+
+
+def test_a_guest_probe_reads_its_own_memory_and_faults_past_it(prober):
+    end = lesson.PROBE_MEMORY
+    assert prober.guest(end - 1).outcome == "ok"
+    past = prober.guest(end)
+    assert past.outcome in ("#PF", "#GP (limit)") and past.outcome != "ok"
+    kernel = prober.guest(prober.kernel.base + layout.IDT)
+    assert kernel.outcome == "#PF" and "supervisor page" in kernel.detail     # paging fences the guest
+
+
+def test_a_cos_probe_into_the_kernel_is_a_limit_fault_the_kernel_skips(prober):
+    idt = prober.kernel.base + layout.IDT
+    before = prober.board.memory.read(idt, 8)
+    probe = prober.cos(idt)
+    assert probe.outcome == "#GP (limit)" and "the kernel's IDT" in probe.detail
+    assert prober.cos(0x1000).outcome == "ok"
+    assert prober.board.memory.read(idt, 8) == before and prober.board.cpu.shutdown is None
+
+
+def test_probes_beyond_the_world_limit_build_the_machine_again(prober):
+    for _ in range(layout.MAX_WORLDS + 1):
+        assert prober.guest(0).outcome == "ok"
+    assert len(prober.kernel.worlds.all) <= layout.MAX_WORLDS
+
+
+def test_every_escape_is_refused_by_the_machine():
+    attempts = lesson.escapes()
+    assert len(attempts) == 4 and all(a.refused for a in attempts), "\n".join(map(str, attempts))

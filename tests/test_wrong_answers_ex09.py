@@ -1,0 +1,79 @@
+"""Known-wrong answers to exercise 09 (guest_segment, vmm_segment) that the grader must fail,
+each with the hint it must give. The grader writes the fields into a VM's GDT and runs a 2 MiB
+guest that reads its last byte and the first byte past its memory; what it says comes from the
+fault the CPU took and from DS as the CPU held it while the guest ran."""
+import types
+
+import pytest
+
+from vmkit.grading import ex09_segments as grader
+
+
+def right(space):
+    return 0, (space.guest_end - 1) >> 12, 1
+
+
+def size_not_last(space):                  # the size in pages, not the last page: one page too long
+    return 0, space.guest_end >> 12, 1
+
+
+def flat(space):                           # the whole 4 GiB: paging is the only fence left
+    return 0, 0xFFFFF, 1
+
+
+def byte_granular(space):                  # G=0: 20 bits of bytes reach 1 MiB
+    return 0, 0xFFFFF, 0
+
+
+def a_page_short(space):
+    return 0, ((space.guest_end - 1) >> 12) - 1, 1
+
+
+def bytes_with_g1(space):                  # the last offset in bytes, with G=1
+    return 0, space.guest_end - 1, 1
+
+
+def based_at_the_vmm(space):               # a base that is not 0
+    return 0x1000, (space.guest_end - 1) >> 12, 1
+
+
+def not_a_tuple(space):
+    return {"base": 0, "limit": 0x1FF, "g": 1}
+
+
+def g_is_a_size(space):
+    return 0, 0x1FF, 4096
+
+
+WRONG = [
+    (size_not_last, "the limit field names the last offset"),
+    (flat, "the page tables stopped it"),
+    (byte_granular, "a 2 MiB guest needs G=1"),
+    (byte_granular, "a real CPU raises #GP at guest address 0x100000"),
+    (a_page_short, "limit 0x1fefff (its hidden part, read from the CPU)"),
+    (bytes_with_g1, "with G=1 the limit counts 4 KiB pages"),
+    (based_at_the_vmm, "A guest's addresses start at 0"),
+    (not_a_tuple, "return (base, limit, g), three integers"),
+    (g_is_a_size, "g is the granularity bit, 0 or 1"),
+]
+
+
+@pytest.mark.parametrize("answer, hint", WRONG, ids=[f"{a.__name__}-{i}" for i, (a, _) in enumerate(WRONG)])
+def test_a_known_wrong_guest_segment_fails_with_its_hint(answer, hint):
+    problem = grader.check_guest(types.SimpleNamespace(guest_segment=answer))
+    assert problem and hint in problem, problem
+
+
+def test_the_right_guest_segment_faults_at_the_first_byte_past_and_passes():
+    run = grader.run_guest(right)
+    assert run.console == "a"                                   # its last byte: read
+    assert run.fault["vector"] == 13 and run.fault["error"] == 0 and run.fault["eip"] == 0x13
+    assert run.ds[1:3] == (0, run.space.guest_end - 1)          # DS as the CPU held it
+    assert grader.check_guest(types.SimpleNamespace(guest_segment=right)) is None
+
+
+def test_a_learner_that_raises_is_named():
+    def raises(space):
+        return space.no_such_field
+    with pytest.raises(AttributeError):          # the runner turns it into its one-line message
+        grader.check_guest(types.SimpleNamespace(guest_segment=raises))
