@@ -9,7 +9,7 @@ from vmkit.hw.board import Board, MachineStopped
 from vmkit.kernel.image import HEADER, KernelImage, KernelImageError, build
 from vmkit.lessons.takeover import booted_cos, COMMAND_LIMIT
 
-FIELDS = ("entry", "stubs", "dispatch", "system_world", "relocations")
+FIELDS = ("entry", "stubs", "dispatch", "system_world", "dispatched", "relocations")
 
 
 # ---- kernel images whose CRC is right but whose offsets are not -------------------
@@ -20,7 +20,7 @@ def repack(image, body=None, **fields):
     values = dict(zip(FIELDS, values), **fields)
     body = image[HEADER.size:] if body is None else body
     packed = [values[f] for f in FIELDS]
-    crc = zlib.crc32(struct.pack("<5I", *packed) + body)
+    crc = zlib.crc32(struct.pack(f"<{len(packed)}I", *packed) + body)
     return HEADER.pack(magic, version, HEADER.size + len(body), crc, *packed) + body
 
 
@@ -47,6 +47,7 @@ BAD_IMAGES = {
     "entry offset": repack(IMAGE, entry=SIZE + 100),
     "dispatch offset": repack(IMAGE, dispatch=0xFFFFFFF0),
     "system world offset": repack(IMAGE, system_world=header(IMAGE)["relocations"]),
+    "dispatched offset": repack(IMAGE, dispatched=SIZE),
     "stubs offset": repack(IMAGE, stubs=header(IMAGE)["relocations"] - 256 * 16 + 4),
 }
 

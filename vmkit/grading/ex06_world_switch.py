@@ -12,12 +12,12 @@ import re
 
 from vmkit.hw.asm import AsmError, assemble
 from vmkit.hw.x86 import DATA_RW, LDT, TSS_AVAILABLE, TSS_BUSY, decode_segment, encode_segment
-from vmkit.kernel import image, layout, smp, switch
+from vmkit.kernel import image, layout, switch
 from vmkit.lessons import worlds as lesson
 from vmkit.vmm import guests
 
 GDT_COPY, LDT_AT, IDT_COPY = layout.GDT + 0x800, layout.GDT + 0xF00, layout.IDT + 0x800   # free kernel memory
-LDT_SEL = smp.GDT_LIMIT + 1             # the copy's one extra descriptor
+LDT_SEL = layout.VMM_GDT_LIMIT + 1       # the copy's one extra descriptor
 LDT_DATA_SEL = 8 | 4 | 3                  # the LDT's data segment (index 1, TI=1, RPL 3); the guests never use FS
 HINTS = {
     "gdtr": "GDTR is not the save area's (lgdt [edi + AREA_GDTR]): the CPU kept another GDT",
@@ -76,9 +76,9 @@ def _crashed(kernel):
 
 
 def _distinct_tables(kernel, vm):
-    """vm's own GDT (the kernel's, TSSs available, plus an LDT), LDT and IDT."""
+    """vm's own GDT (its VMM's, TSSs available, plus an LDT), LDT and IDT (its VMM's), moved."""
     memory, base = kernel.memory, kernel.base
-    gdt = bytearray(memory.read(base + layout.GDT, LDT_SEL))
+    gdt = bytearray(memory.read(vm.vmm_region + layout.VMM_GDT, LDT_SEL))
     for sel in range(8, LDT_SEL, 8):
         d = decode_segment(gdt[sel:sel + 8])
         if not d.s and d.type == TSS_BUSY:
@@ -87,7 +87,7 @@ def _distinct_tables(kernel, vm):
     memory.write(base + GDT_COPY, bytes(gdt), code=False)
     memory.write(base + LDT_AT, bytes(8) + encode_segment(vm.region[0], vm.region[1] - 1, DATA_RW, 3),
                  code=False)
-    memory.write(base + IDT_COPY, memory.read(base + layout.IDT, 256 * 8), code=False)
+    memory.write(base + IDT_COPY, memory.read(vm.vmm_region + layout.VMM_IDT, 256 * 8), code=False)
     state = switch.read_area(memory, vm.area)
     state.update({"gdtr.base": base + GDT_COPY, "gdtr.limit": len(gdt) - 1, "ldtr.sel": LDT_SEL,
                   "idtr.base": base + IDT_COPY, "idtr.limit": 256 * 8 - 1,

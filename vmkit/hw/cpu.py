@@ -447,6 +447,10 @@ class CPU(Delivery):
             self.deliver(vector, "int", eip=self["eip"])
             return
         is_int, error = unicorn_quirks.read_exception(uc)
+        if not is_int and self.limits.violation is not None:
+            unicorn_quirks.clear_exception_record(uc)   # the same access was past its segment's
+            uc.emu_stop()                    # limit, which a CPU checks first: run() delivers that
+            return
         if is_int:                           # int n / int3 / into: EIP is already past it
             self.deliver(vector, "int", eip=self["eip"])
         else:

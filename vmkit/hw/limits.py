@@ -154,6 +154,8 @@ class SegmentLimits:
     def _on_slow(self, kind, address, size):
         cpu = self.cpu
         try:
+            if self._system_access(address, size):
+                return
             eip = cpu["eip"]
             segment = self._segment_of(eip, address)
             d = self._descriptor(cpu[segment])
@@ -162,13 +164,32 @@ class SegmentLimits:
             offset = (address - d.base) & FLAT
             if _inside(d, offset, size):
                 return
-            old = cpu.read_linear(address, size) if kind == UC_MEM_WRITE else None
+            old = self._old_bytes(address, size) if kind == UC_MEM_WRITE else None
             self.violation = Violation(SS_FAULT if segment == "ss" else GP, eip, address, size,
                                        segment, d.limit, old, cpu.counter.count)
             cpu.uc.emu_stop()
         except Exception as e:              # never let an exception cross the C hook
             self.violation = e
             cpu.uc.emu_stop()
+
+    def _old_bytes(self, address, size):
+        """What a store past the limit may have overwritten: its bytes, or those in its
+        first page when the next is not writable here (the store cannot have landed there)."""
+        try:
+            return self.cpu.read_linear(address, size)
+        except ValueError:
+            return self.cpu.read_linear(address, min(size, 0x1000 - (address & 0xFFF)))
+
+    def _system_access(self, address, size):
+        """An access inside a descriptor table or TSS the CPU has loaded: the CPU's own
+        (iretd or a segment load reading a descriptor and setting its accessed bit),
+        made through GDTR/LDTR/IDTR/TR, not a segment register: no limit applies. (A
+        VM's GDT lies in its VMM region, past its guest's limit; the pages are
+        supervisor-only, so a guest's own store there is a #PF all the same.)"""
+        for _, base, limit, _ in self.cpu.read_with_tables((), ("gdtr", "ldtr", "idtr", "tr"))[1]:
+            if limit and base <= address and address + size - 1 <= base + limit:
+                return True
+        return False
 
     def _segment_of(self, eip, address):
         cpu = self.cpu

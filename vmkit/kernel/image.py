@@ -1,9 +1,14 @@
 """The vmkernel image: a header, then x86 code linked at address 0 plus a
 relocation table, so the loader can put it wherever the COS's memory is.
 
-Header (40 bytes, little-endian):
+Header (44 bytes, little-endian):
     magic "VMKERNEL" | u32 version | u32 image size | u32 CRC-32 of the rest
-    u32 entry | u32 stubs | u32 dispatch | u32 system world loop | u32 relocations
+    u32 entry | u32 stubs | u32 dispatch | u32 system world loop | u32 dispatched
+    | u32 relocations
+`dispatch` is where the Python dispatcher runs (a breakpoint); `dispatched`
+the x86 just past it, which goes where the frame's vector slot says: a VMM
+that has handled its guest's fault jumps there (vmm/region.py), one that has
+not jumps to `dispatch`.
 Offsets are from the start of the image. The relocation table (u32 count,
 then u32 offsets of absolute addresses to add the load base to) is found
 by assembling the code twice, at two origins, and comparing: the words
@@ -20,8 +25,8 @@ from . import layout, mapcache, switch, unload
 from .frame import EXIT, Frame
 
 MAGIC = b"VMKERNEL"
-VERSION = 2
-HEADER = struct.Struct("<8sIIIIIIII")
+VERSION = 3
+HEADER = struct.Struct("<8sIIIIIIIII")
 STUB_SIZE = 16
 TAKEOVER = HEADER.size            # the code's first instruction: where the loading module sets EIP
 
@@ -79,6 +84,7 @@ common: push ds                 ; the interrupted code's data segments, into the
         mov es, ax
 dispatch:                       ; the Python dispatcher runs here (CPU.on_execute)
         nop
+dispatched:                     ; (a VMM that decided comes here: vmm/region.py)
         mov eax, [esp + {Frame.OFFSET['vector']}]     ; where to go: the dispatcher leaves it in the frame's vector
         cmp eax, 1              ; slot, on this CPU's own stack (a shared variable would race)
         je idle
@@ -116,16 +122,16 @@ def _assemble_at(origin, load):
 
 def _label_offsets(load=switch.LOAD):
     """Where entry, the stubs and the dispatcher landed: a marked label table appended."""
-    names = ["takeover", "entry", "dispatch", "system_world"] + [f"stub_{v}" for v in range(256)]
+    names = ["takeover", "entry", "dispatch", "system_world", "dispatched"] + [f"stub_{v}" for v in range(256)]
     probe = kernel_source(load) + "\n.long 0x4c42414c\n.long " + ", ".join(names) + "\n"
     code = assemble(probe.replace("+ base", "+ 0"), 0)
     at = code.rfind(struct.pack("<I", 0x4C42414C)) + 4
-    takeover, entry, dispatch, system_world, *stubs = struct.unpack_from(f"<{len(names)}I", code, at)
+    takeover, entry, dispatch, system_world, dispatched, *stubs = struct.unpack_from(f"<{len(names)}I", code, at)
     if takeover != 0:
         raise AssertionError("the takeover is not the kernel code's first instruction")
     if any(b - a != STUB_SIZE for a, b in zip(stubs, stubs[1:])):
         raise AssertionError("kernel stubs are not 16 bytes apart")
-    return entry, stubs[0], dispatch, system_world
+    return entry, stubs[0], dispatch, system_world, dispatched
 
 
 def build(load=switch.LOAD):
@@ -135,12 +141,12 @@ def build(load=switch.LOAD):
     low, high = _assemble_at(0, load), _assemble_at(shift, load)
     relocs = [i for i in range(0, len(low) - 3)
               if struct.unpack_from("<I", high, i)[0] - struct.unpack_from("<I", low, i)[0] == shift]
-    entry, stubs, dispatch, system_world = _label_offsets(load)
+    entry, stubs, dispatch, system_world, dispatched = _label_offsets(load)
     code_start = HEADER.size
     reloc_table = struct.pack(f"<I{len(relocs)}I", len(relocs), *(code_start + r for r in relocs))
     body = low + reloc_table
     fields = [entry + code_start, stubs + code_start, dispatch + code_start,
-              system_world + code_start, code_start + len(low)]
+              system_world + code_start, dispatched + code_start, code_start + len(low)]
     size = HEADER.size + len(body)
     crc = zlib.crc32(struct.pack(f"<{len(fields)}I", *fields) + body)
     return HEADER.pack(MAGIC, VERSION, size, crc, *fields) + body
@@ -165,7 +171,7 @@ class KernelImage:
         if zlib.crc32(struct.pack(f"<{len(fields)}I", *fields) + data[HEADER.size:]) != crc:
             raise KernelImageError("kernel image checksum mismatch: the image is corrupt")
         self.data = data
-        self.entry, self.stubs, self.dispatch, self.system_world, relocs = fields
+        self.entry, self.stubs, self.dispatch, self.system_world, self.dispatched, relocs = fields
         self.relocations = self._relocation_table(relocs)
         self._check_code_offsets(relocs)
 
@@ -188,9 +194,9 @@ class KernelImage:
         return relocations
 
     def _check_code_offsets(self, code_end):
-        """Entry, dispatcher, system world and all 256 stubs must be inside the code,
-        which runs from the header to the relocation table."""
-        spans = {"entry": (self.entry, 1), "dispatch": (self.dispatch, 1),
+        """Entry, dispatcher, system world, the x86 after the dispatcher and all 256
+        stubs must be inside the code, which runs from the header to the relocation table."""
+        spans = {"entry": (self.entry, 1), "dispatch": (self.dispatch, 1), "dispatched": (self.dispatched, 1),
                  "system world": (self.system_world, 1), "stubs": (self.stubs, 256 * STUB_SIZE)}
         for name, (off, length) in spans.items():
             if not HEADER.size <= off <= code_end - length:

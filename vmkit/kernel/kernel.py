@@ -69,6 +69,9 @@ class Kernel:
         self.entered = False          # the takeover's x86 reached the entry (INIT_VECTOR)
         self.on_entered = None        # the loader's: what the takeover loaded, read from the CPU
         self.hooks = [cpu.on_execute(base + image.dispatch, self.dispatch) for cpu in board.cpus]
+        # the VMMs' entry (vmm/region.py): one linear address in every VM, just below the kernel
+        self.vmm_hooks = [] if monitor is None else [
+            cpu.on_execute(layout.vmm_base(base) + monitor.ENTRY, self._vmm_entered) for cpu in board.cpus]
 
     def install_vm(self, guest, memory_bytes, name=None, cpu=None, entry=0):
         """A VM through a VMM (claim 12): its guest sees its memory from address 0.
@@ -76,6 +79,9 @@ class Kernel:
         its link address (0) giving either; `entry` the guest address it starts at.
         cpu: where to place it (default: the CPU with the fewest worlds)."""
         return self.worlds.install_vm(guest, memory_bytes, name, cpu, entry)
+
+    def _vmm_entered(self, cpu):
+        self.monitor.entered(self, cpu)
 
     def contains(self, address):
         return self.base <= address < self.base + layout.STACK_TOP
@@ -105,8 +111,9 @@ class Kernel:
             pass
         elif IRQ_BASE <= vector < IRQ_BASE + 16:
             self._irq(frame, vector - IRQ_BASE)
-        elif frame.cs & 3 == 3:                      # a VM's guest: its VMM's business
-            self.worlds.vm_trap(frame, vector, self.worlds.cpus[cpu.index])
+        elif frame.cs & 3 == 3:                      # a VM's guest's fault: its VMM handled it
+            cpu.stop(f"vmkernel panic: vector {vector:#x} from a guest at {frame.eip:#x} "
+                     f"reached the dispatcher: its VMM did not take it")
         elif not frame.from_cos:
             cpu.stop(f"vmkernel panic: vector {vector:#x} at {frame.eip:#x} in the kernel")
         else:

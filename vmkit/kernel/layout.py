@@ -37,6 +37,7 @@ WORK_LENGTH = DATA + 0x04         # iterations of one piece of kernel work
 WORK_DONE = DATA + 0x08           # iterations done, ever: the kernel's progress
 TAKEOVER_GDTR = DATA + 0x10       # lgdt's operand at the takeover (u16 limit, u32 base; loader.py)
 TAKEOVER_IDTR = DATA + 0x18       # lidt's operand at the takeover
+KERNEL_IDTR = TAKEOVER_IDTR       # (the kernel's own IDT: the world switch loads it too, switch.py)
 UNLOAD = DATA + 0x40              # what the unload's x86 loads into the CPU (unload.py): 0x40 bytes
 DEVICES = DATA + 0x100            # the device list as the COS handed it over
 SCSI_COS_RB = DATA + 0x400        # the kernel's copy of the COS's SCSI request block (scsi_share.py)
@@ -56,3 +57,22 @@ MAX_WORLDS = (COS_STATE - WORLDS) // WORLD_SIZE      # 14
 USER_CODE_SEL, USER_DATA_SEL, VM_TSS_SEL = 0x38, 0x40, 0x48   # DPL 3 flat code/data; the VM TSS
 CPU1_TSS_SEL, CPU1_VM_TSS_SEL = 0x50, 0x58                     # CPU 1's TSS and its VMs' (smp.py)
 USER_RPL = 3
+
+# A VM's VMM region (vmm/region.py): VMM_SIZE bytes of host pages taken with the VM's memory
+# from the top of RAM, mapped supervisor-only twice in the VM's address space (paging.py): at
+# VMM_BASE, just below the kernel (the VMM's own view: its code runs there, its gates point
+# there, so the entry breakpoint is one linear address whichever VM runs), and at their host
+# address (identity, as all kernel memory). Offsets from the region's start:
+VMM_SIZE = 0x4000
+VMM_GDT = 0x0000                  # the VM's GDT: the kernel's entries, its own guest and VMM segments
+VMM_GDT_LIMIT = 0x6F              # through VMM_DATA_SEL
+VMM_IDT = 0x0800                  # 256 gates to the VMM's stubs, 2 KiB
+VMM_VCPU = 0x1000                 # the VM's virtual CPU (cos_vcpu.py's layout)
+VMM_CODE = 0x2000                 # the VMM's x86: 256 entry stubs, 16 bytes apart, then vmm_common
+VMM_CODE_SEL, VMM_DATA_SEL = 0x60, 0x68   # DPL 0, base 0, limit the kernel block's end (claim 22)
+VMM_DECIDED = 0x80000000          # in the frame's vector slot: the VMM handled it; the rest: where to go
+
+
+def vmm_base(kernel_base):
+    """Where every VM's VMM region lies in its linear address space: just below the kernel."""
+    return kernel_base - VMM_SIZE

@@ -17,12 +17,14 @@ switches goes through these steps, one trace event each:
   4. switch.check  Python checks the next world's save area (CRC-32): one
                    changed since it was stored is refused, nothing loaded;
   5. switch.load   x86 loads the next world, with paging off (the kernel is
-                   identity-mapped): lgdt, lldt, ltr (on the TSS descriptor the
+                   identity-mapped) and the kernel's own IDT loaded (a fault in
+                   the load enters the kernel, not a VMM whose stubs need paging):
+                   lgdt, lldt, ltr (on the TSS descriptor the
                    CPU itself reads from the GDT, which must be *available*: the
                    descriptor of the TSS being left is made available first, as
-                   kernels do when they reload TR), lidt, CR3, the data segments
+                   kernels do when they reload TR), CR3, the data segments
                    (the CPU checks each selector against the new GDT; DS last,
-                   as the loads read the save area through DS), which the
+                   as the loads read the save area through DS), lidt (last), which the
                    kernel then stores into the frame for the stub's pops before
                    loading its own DS/ES again; then paging on if CR3 names a page directory (0: the
                    COS's, paging stays off); then the frame the stub's popad and
@@ -156,7 +158,6 @@ LOAD = """
         lgdt [edi + AREA_GDTR]          ; the descriptor tables: GDTR first, the selectors below
         lldt word ptr [edi + AREA_LDTR] ;   are looked up in it (the CPU checks each descriptor)
         ltr word ptr [edi + AREA_TR]    ; TR's base and limit from its TSS descriptor, marked busy
-        lidt [edi + AREA_IDTR]
         mov eax, [edi + AREA_CR3]       ; the address space (0: the COS's, no page directory)
         mov cr3, eax
         mov eax, [edi + AREA_ES]        ; the data segments, DS last: [edi + ...] goes through
@@ -167,6 +168,9 @@ LOAD = """
         mov gs, eax
         mov eax, [edi + AREA_DS]
         mov ds, eax
+        lidt ss:[edi + AREA_IDTR]       ; the IDT last (through SS, the kernel's): until here a fault
+                                        ;   enters the kernel's own IDT, whose stubs paging off
+                                        ;   reaches (a VM's leads to its VMM at VMM_BASE, paged)
 """
 
 
@@ -185,8 +189,12 @@ def _prologue(name):
         and eax, 0xFFF8
         jz {name}_tr_free
         mov ecx, [esp + {f['vector'] + 2}]
-        and byte ptr [ecx + eax + 5], 0xFD
-{name}_tr_free:
+        and byte ptr ss:[ecx + eax + 5], 0xFD   ; (SS: the kernel's flat data segment; a VMM's DS
+{name}_tr_free:                         ;  ends at the kernel, a VM's GDT lies above it)
+        lidt [{layout.KERNEL_IDTR:#x} + base]   ; the kernel's own IDT while loading: a fault here
+                                        ;  enters the kernel's stubs through its CS, which every
+                                        ;  world's GDT has (a VM's IDT leads to its VMM's stubs,
+                                        ;  mapped only with paging on)
         mov eax, cr0                    ; paging off while loading: the kernel is identity-mapped,
         and eax, {~CR0_PG & 0xFFFFFFFF:#x}             ; and CR3 may become 0 (the COS's)
         mov cr0, eax"""
@@ -262,7 +270,7 @@ world_reload:                           ; the kernel's own load, whatever `load`
         cmp ax, word ptr [edi + AREA_GDTR]
         ja reload_tr_free
         mov ecx, [edi + AREA_GDTR + 2]
-        and byte ptr [ecx + eax + 5], 0xFD
+        and byte ptr ss:[ecx + eax + 5], 0xFD
 reload_tr_free:
 {LOAD}
 load_segments:                          ; -- the data segments the CPU accepted, for the frame
@@ -273,6 +281,11 @@ load_segments:                          ; -- the data segments the CPU accepted,
         mov ax, {layout.KERNEL_DATA_SEL:#x}
         mov ds, ax
         mov es, ax
+        push {layout.KERNEL_CODE_SEL:#x}    ; and its own CS: a VMM enters the kernel with its own
+        call load_cs                    ;   (VMM_CODE_SEL), which the next world's GDT may not have
+        jmp load_paging                 ;   (the COS's): retf pops the address call pushed, then
+load_cs:                                ;   this CS, from the GDT just loaded
+        retf
 load_paging:                            ; -- paging on if the loaded CR3 names a page directory
         mov eax, cr3
         test eax, eax

@@ -355,8 +355,10 @@ def give_back(kernel, cpu):
     trace.emit("unload.resumed", cpu.index, cpl=cpu.cpl, cs=f"{cpu['cs']:#x}", eip=cpu["eip"],
                gdtr=f"{gdtr[1]:#x}/{gdtr[2]:#x}", idtr=f"{idtr[1]:#x}/{idtr[2]:#x}",
                tr=f"{tr[0]:#x}@{tr[1]:#x}", IF=int(cpu.interrupts_enabled))
-    for c, hook in zip(kernel.board.cpus, kernel.hooks):
+    for c, hook, vmm in zip(kernel.board.cpus, kernel.hooks, kernel.vmm_hooks or [None] * len(kernel.hooks)):
         c.remove(hook)
+        if vmm is not None:
+            c.remove(vmm)                         # the VMMs' entry too
         c.descriptors_changed()                   # the COS's own GDT: the platform's limit checks follow
     order = check_order(kernel.unload_order)
     for name in order[kernel.unload_next:]:

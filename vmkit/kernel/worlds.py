@@ -36,7 +36,6 @@ from .switch import SwitchError
 
 QUANTUM_TICKS = 2
 VM_TICK = clock.hz(100)         # a real kernel's tick, 100 Hz of the virtual clock: 1,000,000 instructions
-VCPU = 0x80                     # a VM's virtual CPU, inside its world block
 INSTRUCTIONS = 0xC0             # u32: instructions of virtual time the world held the CPU
 
 
@@ -118,16 +117,27 @@ class Worlds:
         return self.memory.read_u32(world.area + switch.SWITCHES)
 
     # ---- installing a VM -------------------------------------------------------
+    def _vmm_mappings(self, host):
+        """The VMM region's two supervisor mappings (for paging.build): at
+        VMM_BASE, and at its host address."""
+        return [(layout.vmm_base(self.kernel.base), host, layout.VMM_SIZE, paging.WRITABLE),
+                (host, host, layout.VMM_SIZE, paging.WRITABLE)]
+
     def vm_base(self, memory_bytes):
         """Where in host memory the next VM of this size would be placed (its guest
-        sees those pages from its address 0: paging.py)."""
+        sees those pages from its address 0: paging.py). From the top down: its VMM
+        region, its page tables, its memory."""
         size = -(-memory_bytes // layout.PAGE) * layout.PAGE
-        top, floor = self.vm_top, self.kernel.base + layout.STACK_TOP
-        tables = paging.table_pages(self._kernel_block(), [(0, 0, size)]) * layout.PAGE if size > 0 else 0
+        top, floor = self.vm_top - layout.VMM_SIZE, self.kernel.base + layout.STACK_TOP
+        tables = (paging.table_pages(self._kernel_block(), [(0, 0, size)] + self._vmm_mappings(top))
+                  * layout.PAGE if size > 0 else 0)
         if size <= 0 or top - tables - size < floor:
             left = max(0, top - floor)
             raise VMError(f"a VM of {memory_bytes} bytes does not fit: {left} bytes of memory are left "
-                          f"(between the kernel's end at {floor:#x} and the last VM's base {top:#x})")
+                          f"(between the kernel's end at {floor:#x} and the last VM's base {self.vm_top:#x})")
+        if size > layout.vmm_base(self.kernel.base):          # its guest sees it from 0 up to the VMM
+            raise VMError(f"a VM of {memory_bytes} bytes does not fit below its VMM at "
+                          f"{layout.vmm_base(self.kernel.base):#x} in its address space")
         return top - tables - size             # its page tables go above it (paging.py)
 
     def place(self, cpu=None):
@@ -168,27 +178,31 @@ class Worlds:
             raise VMError(f"{name}'s entry {entry!r} is not an address inside its image "
                           f"(guest addresses 0..{len(code) - 1:#x})")
         area = self._block(len(self.all))
+        region = self.vm_top - layout.VMM_SIZE                  # its VMM region: above its tables
         self.vm_top = base                                      # the next VM goes below it
         self.memory.write(base, bytes(size), code=False)
-        cr3 = paging.build(self.memory, base + size, self._kernel_block(), [(0, base, size)],
+        cr3 = paging.build(self.memory, base + size, self._kernel_block(),
+                           [(0, base, size)] + self._vmm_mappings(region),
                            window=smp.window(self.kernel, cpu))
         self.memory.write(base, code)
         self._prepare_vm_support()
-        vmm = self.kernel.monitor(self.kernel, name, base, size, area + VCPU, cpu)
+        self.kernel.monitor.build_region(self.kernel, region, 0, size)      # its GDT, IDT, x86
+        vmm = self.kernel.monitor(self.kernel, name, base, size, region + layout.VMM_VCPU, cpu)
         vmm.patch(entry)                                        # from its entry point
         world = World(name, "vm", area, (base, size), vmm, cpu)
+        world.vmm_region = region                               # host address (vmm/region.py)
         user_data = layout.USER_DATA_SEL | layout.USER_RPL
         state = dict.fromkeys(switch.ITEMS, 0)
         state.update(eip=entry, esp=size, eflags=EFLAGS_IF | 2,
                      cs=layout.USER_CODE_SEL | layout.USER_RPL, ss=user_data,
                      ds=user_data, es=user_data, fs=user_data, gs=user_data)
-        state.update(smp.kernel_tables(self.kernel))
+        state.update(self.kernel.monitor.tables(region))     # its VMM's GDT and IDT (identity addresses)
         state.update({"tr.sel": smp.vm_tss(self.kernel, cpu)[0],  # ESP0: its CPU's kernel stack
                       "cr3": cr3})                              # its own address space
         switch.write_area(self.memory, area, state)
         self.all.append(world)
         self.trace.emit("vm.installed", vm=name, base=base, size=size, code=len(code), area=area, cpu=cpu,
-                        entry=entry)
+                        entry=entry, vmm=region)
         world.cr3 = cr3
         self.wake(vmm)                                          # an idle CPU starts it now
         return world

@@ -34,7 +34,7 @@ from vmkit.hw.x86 import EFLAGS_IF, GATE_INT32, GATE_TRAP32, decode_gate
 from vmkit.kernel.cos_vcpu import CosVcpu
 from vmkit.kernel import decoder, layout
 from vmkit.kernel.errors import GuestFault
-from . import reach
+from . import reach, region
 
 SERIAL, SERIAL_LSR = 0x3F8, 0x3FD
 PAGE_FAULT = 14                 # a guest access outside its memory (its page directory, paging.py)
@@ -44,6 +44,10 @@ GUEST_FLAGS = 0x0CD5            # CF PF AF ZF SF DF OF: what a guest's iretd may
 
 
 class VMM:
+    ENTRY = region.ENTRY        # where its x86 enters this Python (vmm_entry), from its region's start
+    build_region = staticmethod(region.build)     # its GDT, IDT and x86 (region.py)
+    tables = staticmethod(region.tables)          # a VM world's GDTR and IDTR
+    entered = staticmethod(region.entered)        # the Python VMM at vmm_entry
     disk = None                 # its virtual disk adapter (vdisk_device.py), once one is attached
     net = None                  # its network port (net_device.py), once one is attached
 

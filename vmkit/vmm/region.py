@@ -1,0 +1,178 @@
+"""A VM's VMM region (claims 21-22): the monitor's tables, code and data as real bytes.
+
+Each VM has VMM_SIZE bytes of host pages, taken with its memory from the top of
+RAM (Worlds.vm_base), mapped supervisor-only twice into its address space
+(kernel/paging.py): at VMM_BASE = kernel base - VMM_SIZE, just below the kernel,
+where the VMM's code runs and its gates point (so the entry below is one linear
+address in every VM), and at their host address, as all kernel memory is.
+Offsets from the region's start (kernel/layout.py):
+
+  VMM_GDT   the VM's GDT: the kernel GDT's entries (same selectors: the kernel's
+            CS, DS and TSS selectors work unchanged while it is loaded), except
+              USER_CODE_SEL/USER_DATA_SEL  DPL 3, ending at the guest's last byte
+                                           (`guest_segment`): truncated below the VMM
+              VMM_CODE_SEL/VMM_DATA_SEL    DPL 0, base 0, limit the end of the kernel's
+                                           block: longer than the VMM needs, so the VMM
+                                           reaches the kernel's code and data with the
+                                           same CS and DS (claim 22)
+  VMM_IDT   256 gates: selector VMM_CODE_SEL, offset VMM_BASE + the vector's stub,
+            type and DPL as the kernel IDT's gate (an `int n` the kernel refuses
+            the guest is still a #GP)
+  VMM_VCPU  the virtual CPU (vmm.py)
+  VMM_CODE  x86 assembled at VMM_BASE + VMM_CODE: per vector `[push 0]; push v;
+            jmp vmm_common`; vmm_common pushes the frame kernel/frame.py describes,
+            loads VMM_DATA_SEL into DS and ES, and reaches `vmm_entry`, where the
+            Python VMM runs (`entered`, one breakpoint per CPU). It handles its
+            guest's faults and marks the frame's vector slot VMM_DECIDED | where to
+            go; then a near jmp: decided -> the kernel's `dispatched` (its x86 past
+            the dispatcher's breakpoint goes where the slot says); not decided (an
+            IRQ, an IPI, a local timer: not the guest's) -> the kernel's `dispatch`.
+            Neither jump loads a segment register.
+
+A VM world's saved GDTR and IDTR name the *identity* (host) address of its GDT
+and IDT, not the VMM_BASE one: that address is valid in every address space the
+world switch passes through (it loads the tables with paging off, and the COS's
+has none: linear = physical), and the platform's delivery (hw/delivery.py) reads
+the tables and pushes frames at physical addresses, without a page walk.
+"""
+import struct
+
+from vmkit.hw.asm import assemble
+from vmkit.hw.x86 import (ERROR_CODE_VECTORS, TSS_AVAILABLE, TSS_BUSY, CODE_RX, DATA_RW,
+                          decode_gate, decode_segment, encode_gate, encode_segment)
+from vmkit.kernel import layout, smp
+from vmkit.kernel.frame import Frame
+
+STUB_SIZE = 16
+EXCEPTIONS = 32                 # vectors the CPU raises itself: from CPL 3, only these are the guest's
+_LABELS = ("vmm_common", "vmm_entry")
+_MARK = 0x4D4D5621              # "!VMM": where the label table starts
+
+
+def source(dispatch, dispatched):
+    """The VMM's x86; `dispatch`, `dispatched`: the kernel's labels (linear addresses)."""
+    stubs = "\n".join(f".align {STUB_SIZE}\nvmm_stub_{v}:\n{'' if v in ERROR_CODE_VECTORS else 'push 0'}\n"
+                      f"push {v:#x}\njmp vmm_common" for v in range(256))
+    vector = Frame.OFFSET["vector"]
+    return f"""{stubs}
+.align {STUB_SIZE}
+vmm_common:
+        push ds                 ; the frame kernel/frame.py describes: the guest's data segments,
+        push es
+        push fs
+        push gs
+        pushad                  ; its registers,
+        mov ax, {layout.VMM_DATA_SEL:#x}  ; and the VMM's own data segment
+        mov ds, ax
+        mov es, ax
+vmm_entry:                      ; the Python VMM runs here (region.entered)
+        nop
+        test dword ptr [esp + {vector}], {layout.VMM_DECIDED:#x}
+        jz vmm_to_kernel
+        and dword ptr [esp + {vector}], {~layout.VMM_DECIDED & 0xFFFFFFFF:#x}
+        jmp {dispatched:#x}     ; decided: the kernel's x86 goes where the vector slot says
+vmm_to_kernel:
+        jmp {dispatch:#x}       ; not the guest's: the kernel's dispatcher (same CS, same DS)
+"""
+
+
+def _labels():
+    code = assemble(source(0x10000, 0x10000) + f"\n.long {_MARK:#x}\n.long {', '.join(_LABELS)}\n", 0)
+    at = code.rfind(struct.pack("<I", _MARK)) + 4
+    return dict(zip(_LABELS, struct.unpack_from(f"<{len(_LABELS)}I", code, at)))
+
+
+_AT = _labels()
+if _AT["vmm_common"] != 256 * STUB_SIZE:
+    raise AssertionError("the VMM's stubs are not 16 bytes apart")
+ENTRY = layout.VMM_CODE + _AT["vmm_entry"]      # vmm_entry, from the region's start
+
+
+def guest_segment(start, size):
+    """(base, limit) of a guest's code and data segments, from where its memory starts
+    in its linear address space and how big it is: base 0 and the limit at its last
+    byte, so an access at or past start + size is past the limit. (A guest linked at
+    0 gets limit size - 1; one linked at its host address gets the limit after it.)"""
+    return 0, start + size - 1
+
+
+def vmm_segment(kernel):
+    """(base, limit) of the VMM's code and data segments: up to the kernel block's end."""
+    return 0, kernel.base + layout.STACK_TOP - 1
+
+
+def gdt(kernel, guest_start, size):
+    """The VM's GDT bytes: the kernel's (its TSS descriptors available: each is busy
+    only in the GDT of the CPU that loaded it), the guest's and the VMM's segments."""
+    table = bytearray(kernel.memory.read(kernel.base + layout.GDT, smp.GDT_LIMIT + 1))
+    for sel in range(8, len(table), 8):
+        d = decode_segment(table[sel:sel + 8])
+        if not d.s and d.type == TSS_BUSY:
+            table[sel:sel + 8] = encode_segment(d.base, d.limit, TSS_AVAILABLE, d.dpl, s=0, db=0, g=d.g)
+    table += bytes(layout.VMM_GDT_LIMIT + 1 - len(table))
+    base, limit = guest_segment(guest_start, size)
+    vmm_base, vmm_limit = vmm_segment(kernel)
+    for sel, seg in ((layout.USER_CODE_SEL, encode_segment(base, limit, CODE_RX, 3, g=1)),
+                     (layout.USER_DATA_SEL, encode_segment(base, limit, DATA_RW, 3, g=1)),
+                     (layout.VMM_CODE_SEL, encode_segment(vmm_base, vmm_limit, CODE_RX, 0, g=1)),
+                     (layout.VMM_DATA_SEL, encode_segment(vmm_base, vmm_limit, DATA_RW, 0, g=1))):
+        table[sel:sel + 8] = seg
+    return bytes(table)
+
+
+def idt(kernel):
+    """256 gates to the VMM's stubs at VMM_BASE, type and DPL as the kernel IDT's."""
+    kernel_idt = kernel.memory.read(kernel.base + layout.IDT, 256 * 8)
+    stubs = layout.vmm_base(kernel.base) + layout.VMM_CODE
+    gates = []
+    for v in range(256):
+        g = decode_gate(kernel_idt[8 * v:8 * v + 8])
+        gates.append(encode_gate(stubs + v * STUB_SIZE, layout.VMM_CODE_SEL, g.type, g.dpl, g.present))
+    return b"".join(gates)
+
+
+def code(kernel):
+    """The VMM's x86, assembled where it runs (VMM_BASE + VMM_CODE)."""
+    k = kernel.base
+    return assemble(source(k + kernel.image.dispatch, k + kernel.image.dispatched),
+                    layout.vmm_base(k) + layout.VMM_CODE)
+
+
+def build(kernel, host, guest_start, size):
+    """Write a VM's VMM region at host address `host` (VMM_SIZE bytes, page aligned):
+    its GDT, IDT and x86; the virtual CPU's bytes are zero until the VMM sets them."""
+    memory = kernel.memory
+    memory.write(host, bytes(layout.VMM_SIZE), code=False)
+    memory.write(host + layout.VMM_GDT, gdt(kernel, guest_start, size), code=False)
+    memory.write(host + layout.VMM_IDT, idt(kernel), code=False)
+    x86 = code(kernel)
+    if layout.VMM_CODE + len(x86) > layout.VMM_SIZE:
+        raise AssertionError(f"the VMM's x86 ({len(x86)} bytes) does not fit its region")
+    memory.write(host + layout.VMM_CODE, x86)
+
+
+def tables(host):
+    """The save-area items of a VM world's GDTR and IDTR: the identity addresses (see above)."""
+    return {"gdtr.base": host + layout.VMM_GDT, "gdtr.limit": layout.VMM_GDT_LIMIT,
+            "idtr.base": host + layout.VMM_IDT, "idtr.limit": 256 * 8 - 1}
+
+
+# ---- the Python VMM, at vmm_entry ------------------------------------------------
+def entered(kernel, cpu):
+    """CPU `cpu` reached vmm_entry: its frame is on the kernel stack, CS and DS the
+    VMM's. A fault of the running VM's guest (a CPU exception from CPL 3) is the VMM's:
+    the VM's monitor handles it (Worlds.vm_trap: VMM.trap, a halt or a crash switches
+    away), and the frame's vector slot becomes VMM_DECIDED | where the kernel's x86
+    goes next. Anything else (an interrupt: a device's IRQ, an IPI, a local timer)
+    is left as it is, for the kernel's dispatcher. At the same linear address with
+    another CS (the COS's code, paging off, at that physical address) it is not a VMM."""
+    if cpu["cs"] != layout.VMM_CODE_SEL:
+        return
+    frame = Frame(kernel.memory, cpu["esp"])
+    vector = frame.vector
+    p = kernel.worlds.cpus[cpu.index]
+    if vector >= EXCEPTIONS or frame.cs & 3 != 3 or p.switching or p.current.kind != "vm":
+        return
+    frame.vector = layout.GO_BACK
+    kernel.worlds.vm_trap(frame, vector, p)
+    frame.vector |= layout.VMM_DECIDED
