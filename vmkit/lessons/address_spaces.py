@@ -89,11 +89,11 @@ def page_runs(memory, cr3):
     return runs
 
 
-VMM_SELECTORS = (0x60, 0x68)    # the VMM's code and data (claim 22), where a VM's GDT has them
+VMM_SELECTORS = (layout.VMM_CODE_SEL, layout.VMM_DATA_SEL)   # the VMM's code and data (claim 22)
 
 
 def _who(kernel, first, physical, flags):
-    vmm_base = getattr(layout, "VMM_BASE", None)
+    vmm_base = layout.vmm_base(kernel.base)
     if flags & paging.USER:
         return "guest memory" if flags & paging.WRITABLE else "last page (no RAM)"
     if first >= mapcache.WINDOW and first < mapcache.WINDOW + paging.SPAN:
@@ -379,3 +379,53 @@ def segment_layout(space):
     guest, vmm, kernel = space.of("guest memory"), space.of("VMM region"), space.of("kernel")
     return SegmentLayout(guest[-1].end, vmm[0].first if vmm else None, vmm[-1].end if vmm else None,
                          kernel[0].first, kernel[-1].end)
+
+
+# ---- claim 22: from the VMM into the kernel, no segment register loaded ------------
+class Seen(NamedTuple):
+    """CS and DS as the CPU held them at one instruction: (selector, base, limit, flags) each."""
+    where: str
+    eip: int
+    cs: tuple
+    ds: tuple
+
+
+def vmm_to_kernel(board, kernel, world, limit=RUN_LIMIT):
+    """Run until `world`'s guest traps into its VMM and the VMM's near jmp lands in the
+    kernel; read CS and DS (selector and hidden part, CPU.segment) at vmm_entry and at
+    the kernel's code it jumps to (`dispatched`). Returns [Seen, Seen]."""
+    from vmkit.vmm import region
+    entry = layout.vmm_base(kernel.base) + region.ENTRY
+    into = kernel.base + kernel.image.dispatched
+    seen = []
+
+    def at(where):
+        def read(cpu):
+            if kernel.worlds.cpus[cpu.index].current is world and cpu["cs"] == layout.VMM_CODE_SEL \
+                    and len(seen) < 2 and (where == "vmm_entry") == (not seen):
+                seen.append(Seen(where, cpu["eip"], cpu.segment("cs"), cpu.segment("ds")))
+        return read
+    handles = [(cpu, cpu.on_execute(entry, at("vmm_entry"))) for cpu in board.cpus]
+    handles += [(cpu, cpu.on_execute(into, at("the kernel (dispatched)"))) for cpu in board.cpus]
+    try:
+        board.run_until(lambda: len(seen) == 2, limit, f"{world.name}'s VMM calling the kernel")
+    finally:
+        for cpu, h in handles:
+            cpu.remove(h)
+    return seen
+
+
+def segments_text(seen, kernel):
+    """Claim 22, as the CPU held the segments: one line per register per place."""
+    end = kernel.base + layout.STACK_TOP - 1
+    lines = []
+    for s in seen:
+        for name in ("cs", "ds"):
+            sel, base, lim, _ = getattr(s, name)
+            lines.append(f"{s.where:24} EIP {s.eip:#010x}  {name.upper()} {sel:#06x}  base {base:#010x}  "
+                         f"limit {lim:#010x}")
+    same = len(seen) == 2 and seen[0].cs == seen[1].cs and seen[0].ds == seen[1].ds
+    reach = all(s.cs[2] >= end and s.ds[2] >= end for s in seen)
+    lines.append(f"unchanged across the VMM's jmp into the kernel: {'yes' if same else 'NO'}; "
+                 f"both reach the kernel's last byte {end:#x}: {'yes' if reach else 'NO'}")
+    return "\n".join(lines)
