@@ -14,10 +14,12 @@ the CPU reads them at the world switch."""
 from typing import NamedTuple
 
 from vmkit.hw.asm import assemble, disassemble
+from vmkit.hw.board import MachineStopped
 from vmkit.hw.x86 import CODE_RX, DATA_RW, decode_segment, encode_segment
 from vmkit.kernel import layout
 from vmkit.lessons import takeover
-from vmkit.lessons.address_spaces import SegmentLayout, address_space, crash_fault, segment_layout
+from vmkit.lessons.address_spaces import (SegmentLayout, address_space, crash_fault, segment_layout,
+                                          vmm_to_kernel)
 
 GUEST_MEMORY = 0x200000         # 2 MiB: a byte-granular limit cannot reach its end
 POINTERS = 0x1000               # the guest's two addresses to read, written by the grader
@@ -110,8 +112,11 @@ def run_guest(guest_segment):
         held = []
         board.cpu.on_execute(AFTER_FIRST_READ, lambda cpu: cpu.cpl == 3 and held.append(cpu.segment("ds")))
         mark = board.trace.mark()
-        board.run_until(lambda: world.state != "ready" or len(world.vmm.console) >= 2, RUN,
-                        "the guest's two reads")
+        try:
+            board.run_until(lambda: world.state != "ready" or len(world.vmm.console) >= 2, RUN,
+                            "the guest's two reads")
+        except (TimeoutError, MachineStopped):
+            pass                                # said below, from what the machine shows
         fault = crash_fault(board.trace, mark, "vm1") if world.state == "crashed" else None
         return Run(space, got, bytes(world.vmm.console).decode("latin-1"), fault, world.fault,
                    held[0] if held else None)
@@ -184,5 +189,81 @@ def _too_short(r, yours, read):
     return None
 
 
-CHECKS = [("the guest's segments stop at its memory's end", 3, check_guest)]
+# ---- the VMM ----------------------------------------------------------------------------
+class VmmRun(NamedTuple):
+    space: SegmentLayout
+    fields: tuple
+    seen: list          # [Seen] at vmm_entry and in the kernel (lessons.address_spaces.vmm_to_kernel)
+    console: str
+    stopped: str        # why the machine stopped, or ""
+    faults: list        # the cpu.fault events after the guest started
+
+
+def run_vmm(vmm_segment):
+    """A VM whose VMM segments (VMM_CODE_SEL, VMM_DATA_SEL in its GDT) are the learner's;
+    its guest prints through a trapped `out`, so the VMM is entered and calls the kernel."""
+    board, cos, loader = takeover.takeover()
+    try:
+        kernel = loader.kernel
+        world = kernel.install_vm(guest_source, GUEST_MEMORY, "vm1")
+        space = segment_layout(address_space(kernel, world))
+        got = fields(vmm_segment, space, "vmm_segment")
+        gdt = address_space(kernel, world).gdtr[0]
+        kernel.memory.write(gdt + layout.VMM_CODE_SEL, descriptor(*got, CODE_RX, 0), code=False)
+        kernel.memory.write(gdt + layout.VMM_DATA_SEL, descriptor(*got, DATA_RW, 0), code=False)
+        for cpu in board.cpus:
+            cpu.descriptors_changed()
+        kernel.memory.write(world.region[0] + POINTERS, (space.guest_end - 1).to_bytes(4, "little") * 2)
+        mark = board.trace.mark()
+        stopped, seen = "", []
+        try:
+            seen = vmm_to_kernel(board, kernel, world, RUN)
+            board.run_until(lambda: len(world.vmm.console) >= 2 or world.state == "crashed", RUN,
+                            "the guest's two lines")
+        except (TimeoutError, MachineStopped) as e:
+            stopped = board.stopped() or str(e)
+        return VmmRun(space, got, seen, bytes(world.vmm.console).decode("latin-1"), stopped,
+                      board.trace.since(mark, "cpu.fault"))
+    finally:
+        board.close()
+
+
+def check_vmm(module):
+    try:
+        r = run_vmm(module.vmm_segment)
+    except Refused as e:
+        return str(e)
+    base, limit, g = r.fields
+    last = _last_offset(base, limit, g)
+    s = r.space
+    yours = f"your segment: base {base:#x}, limit {limit:#x}, G={g}: its last offset is {last:#x}"
+    if len(r.seen) < 2:
+        firsts = "; ".join(f"{_said(f)} at EIP {f['eip']:#x} ({f['why']})" for f in r.faults[:2])
+        where = ("the VMM's entry was never reached" if not r.seen else
+                 "the VMM was entered but its jmp never reached the kernel")
+        return (f"{yours}. The guest trapped and {where}: the CPU took {firsts or 'no fault'}"
+                + (f", and stopped: {r.stopped}" if r.stopped else "")
+                + (f". The gates' offsets (the VMM's code at {s.vmm_base:#x}..) are offsets in this "
+                   f"segment: with base {base:#x} the CPU looked for the VMM's code {base:#x} bytes "
+                   "away. The VMM's segment starts at 0" if base else
+                   f". The gates point at the VMM's code at {s.vmm_base:#x}.., which must lie inside "
+                   "the VMM's code segment" if last < s.vmm_end - 1 else ""))
+    entry, kernel = r.seen
+    if entry.cs[:3] != kernel.cs[:3] or entry.ds[:3] != kernel.ds[:3]:
+        return f"{yours}. CS or DS changed between the VMM's entry and the kernel: {entry} / {kernel}"
+    if kernel.cs[2] < s.kernel_end - 1 or kernel.ds[2] < s.kernel_end - 1:
+        return (f"{yours}. The VMM reached the kernel's code at EIP {kernel.eip:#x} with CS limit "
+                f"{kernel.cs[2]:#x} and DS limit {kernel.ds[2]:#x} (their hidden parts, read from the CPU "
+                f"there): the kernel (to {s.kernel_end - 1:#x}) lies past them, so a real CPU raises #GP "
+                "at the VMM's jmp (this platform does not check an instruction fetch against CS's limit, "
+                "nor, under paging, an access that does not page-fault: hw/limits.py). Claim 22: the "
+                "VMM's segment is longer than the VMM needs, to the kernel's end")
+    if not r.console.startswith("aa"):
+        return (f"{yours}. The VMM reached the kernel with the same CS and DS, but the guest's console "
+                f"reads {r.console!r}: {r.stopped or 'its trapped out was not emulated'}")
+    return None
+
+
+CHECKS = [("the guest's segments stop at its memory's end", 3, check_guest),
+          ("the VMM reaches the kernel with the same CS and DS", 2, check_vmm)]
 FUNCTION = None                 # two functions: the grader takes the module
