@@ -64,6 +64,57 @@ def test_a_known_wrong_guest_segment_fails_with_its_hint(answer, hint):
     assert problem and hint in problem, problem
 
 
+def vmm_right(space):
+    return 0, (space.kernel_end - 1) >> 12, 1
+
+
+def vmm_alone(space):                      # the minimum that holds the VMM: the kernel is past it
+    return 0, (space.vmm_end - 1) >> 12, 1
+
+
+def vmm_based_at_its_region(space):        # base = where the VMM lies, limit its size up to the kernel's end
+    return space.vmm_base, (space.kernel_end - space.vmm_base - 1) >> 12, 1
+
+
+def vmm_byte_granular(space):
+    return 0, 0xFFFFF, 0
+
+
+def vmm_bytes_with_g1(space):
+    return 0, space.kernel_end - 1, 1
+
+
+WRONG_VMM = [
+    (vmm_alone, "the kernel (to 0x43ffff) lies past them, so a real CPU raises #GP at the VMM's jmp"),
+    (vmm_alone, "CS limit 0x3fffff and DS limit 0x3fffff (their hidden parts, read from the CPU"),
+    (vmm_based_at_its_region, "The VMM's segment starts at 0"),
+    (vmm_based_at_its_region, "triple fault"),
+    (vmm_byte_granular, "gate 0xd's offset 0x3fe0d0 is past the limit 0xfffff of its code segment 0x60"),
+    (vmm_byte_granular, "must lie inside the VMM's code segment"),
+    (vmm_bytes_with_g1, "with G=1 the limit counts 4 KiB pages"),
+]
+
+
+@pytest.mark.parametrize("answer, hint", WRONG_VMM,
+                         ids=[f"{a.__name__}-{i}" for i, (a, _) in enumerate(WRONG_VMM)])
+def test_a_known_wrong_vmm_segment_fails_with_its_hint(answer, hint):
+    problem = grader.check_vmm(types.SimpleNamespace(vmm_segment=answer))
+    assert problem and hint in problem, problem
+
+
+def test_the_right_vmm_segment_reaches_the_kernel_with_the_same_cs_and_ds():
+    run = grader.run_vmm(vmm_right)
+    entry, kernel = run.seen
+    assert entry.cs[0] == kernel.cs[0] == 0x60 and entry.ds[0] == kernel.ds[0] == 0x68
+    assert entry.cs[1:3] == kernel.cs[1:3] == (0, run.space.kernel_end - 1)      # as the CPU holds them
+    assert entry.ds[1:3] == kernel.ds[1:3] == (0, run.space.kernel_end - 1)
+    assert run.space.vmm_base <= entry.eip < run.space.vmm_end                    # the VMM's x86 ...
+    assert run.space.kernel_base <= kernel.eip < run.space.kernel_end             # ... the kernel's
+    assert run.console.startswith("ab") and not run.stopped
+    assert grader.check_vmm(types.SimpleNamespace(vmm_segment=vmm_right)) is None
+    assert grader.check_vmm(types.SimpleNamespace(vmm_segment=lambda s: (0, 0xFFFFF, 1))) is None   # longer: fine
+
+
 def test_the_right_guest_segment_faults_at_the_first_byte_past_and_passes():
     run = grader.run_guest(right)
     assert run.console == "a"                                   # its last byte: read

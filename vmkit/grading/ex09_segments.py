@@ -258,7 +258,7 @@ def check_vmm(module):
                 "at the VMM's jmp (this platform does not check an instruction fetch against CS's limit, "
                 "nor, under paging, an access that does not page-fault: hw/limits.py). Claim 22: the "
                 "VMM's segment is longer than the VMM needs, to the kernel's end")
-    if not r.console.startswith("aa"):
+    if not r.console.startswith("ab"):
         return (f"{yours}. The VMM reached the kernel with the same CS and DS, but the guest's console "
                 f"reads {r.console!r}: {r.stopped or 'its trapped out was not emulated'}")
     return None
