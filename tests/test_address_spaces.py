@@ -24,6 +24,9 @@ def test_the_runs_are_the_page_tables_entries(prober):
     assert [(r.first, r.end) for r in guest] == [(0, lesson.PROBE_MEMORY)]   # from 0, whatever the host
     assert guest[0].physical == vm.region[0]
     assert space.of("kernel")[0].first == kernel.base and space.of("kernel")[0].flags & paging.USER == 0
+    vmm = space.of("VMM region")                                             # claim 21: beside the kernel
+    assert vmm[0].first == layout.vmm_base(kernel.base) and vmm[-1].end == kernel.base
+    assert vmm[0].physical == vm.vmm_region and not vmm[0].flags & paging.USER
     gap = space.of("guest memory")[-1].end                                   # the page past: not present
     assert paging.mapping(kernel.memory, space.cr3, gap) & paging.PRESENT == 0
 
@@ -33,15 +36,17 @@ def test_the_segments_are_the_gdts_bytes(prober):
     for s in space.segments:
         assert prober.kernel.memory.read(space.gdtr[0] + s.selector, 8) == s.raw
     assert space.segment("COS data").limit == prober.kernel.base - 1       # the COS ends below the kernel
+    assert space.segment("guest data").limit == lesson.PROBE_MEMORY - 1      # truncated at its memory
+    assert space.segment("VMM code").limit == prober.kernel.base + layout.STACK_TOP - 1   # to the kernel's end
 
 
 def test_a_guest_probe_reads_its_own_memory_and_faults_past_it(prober):
     end = lesson.PROBE_MEMORY
     assert prober.guest(end - 1).outcome == "ok"
     past = prober.guest(end)
-    assert past.outcome in ("#PF", "#GP (limit)") and past.outcome != "ok"
+    assert past.outcome == "#GP (limit)" and past.detail.startswith("error 0")   # the limit first
     kernel = prober.guest(prober.kernel.base + layout.IDT)
-    assert kernel.outcome == "#PF" and "supervisor page" in kernel.detail     # paging fences the guest
+    assert kernel.outcome == "#GP (limit)"                    # past its segment, before the page tables
 
 
 def test_a_cos_probe_into_the_kernel_is_a_limit_fault_the_kernel_skips(prober):
@@ -57,6 +62,14 @@ def test_probes_beyond_the_world_limit_build_the_machine_again(prober):
     for _ in range(layout.MAX_WORLDS + 1):
         assert prober.guest(0).outcome == "ok"
     assert len(prober.kernel.worlds.all) <= layout.MAX_WORLDS
+
+
+def test_the_vmm_reaches_the_kernel_with_cs_and_ds_unchanged(prober):
+    entry, kernel = lesson.vmm_to_kernel(prober.board, prober.kernel, prober.vm)
+    assert (entry.cs[0], entry.ds[0]) == (layout.VMM_CODE_SEL, layout.VMM_DATA_SEL)
+    assert entry.cs == kernel.cs and entry.ds == kernel.ds          # selector and hidden part, from the CPU
+    assert layout.vmm_base(prober.kernel.base) <= entry.eip < prober.kernel.base <= kernel.eip
+    assert "unchanged across the VMM's jmp into the kernel: yes" in lesson.segments_text([entry, kernel], prober.kernel)
 
 
 def test_every_escape_is_refused_by_the_machine():
