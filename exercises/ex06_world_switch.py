@@ -32,7 +32,10 @@ checks each one (a selector that names no LDT, no available TSS, no data
 segment is a fault); a world whose load faults, or whose registers do not
 read back as its save area, is refused and stopped. Every [edi + ...] is read
 through DS: load DS last (the COS's ends below the kernel; the kernel stores
-the selectors you loaded into the frame and takes its own DS back). The grader gives one VM
+the selectors you loaded into the frame and takes its own DS back). The kernel
+loads its own IDT before your code: load the next world's IDT last (through SS,
+`lidt ss:[edi + AREA_IDTR]`, once DS is the world's), so a fault in your load
+still enters the kernel (a VM's IDT leads to its VMM's stubs, which need paging). The grader gives one VM
 its own GDT (with an LDT in it) and its own IDT, so every item differs
 between the worlds.
 """

@@ -112,6 +112,9 @@ def address_space(kernel, world):
     cr3 = world.cr3 or area["cr3"]
     gdt, limit = area["gdtr.base"], area["gdtr.limit"]
     runs = [Run(a, b, p, f, _who(kernel, a, p, f)) for a, b, p, f in page_runs(kernel.memory, cr3)] if cr3 else []
+    host = getattr(world, "vmm_region", None)          # a VM's VMM region, also at its host address
+    runs = [r._replace(who="VMM region (at its host address)") if r.first == host and r.physical == host
+            else r for r in runs]
     names = [("guest code", layout.USER_CODE_SEL), ("guest data", layout.USER_DATA_SEL),
              ("VMM code", VMM_SELECTORS[0]), ("VMM data", VMM_SELECTORS[1]),
              ("kernel code", layout.KERNEL_CODE_SEL), ("kernel data", layout.KERNEL_DATA_SEL),

@@ -13,6 +13,7 @@ from .render import show
 
 COLOURS = {"guest memory": "#d5f5e3", "VMM region": "#fcf3cf", "kernel": "#fdebd0",
            "mapping window": "#e8daef", "kernel-controlled pages": "#f2f3f4",
+           "VMM region (at its host address)": "#fcf3cf",
            "last page (no RAM)": "#f2f3f4", "not present": "#ffffff"}
 
 
