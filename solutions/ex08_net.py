@@ -9,14 +9,15 @@ Every one of them must go on this one request (claim 19).
 
 For each slot i:
   1. read the slot: Slot.unpack(port.read(port.region + tx_slot(i), Slot.SIZE))
-     gives .buffer (the driver's pointer, a physical address) and .length;
+     gives .buffer (the driver's pointer, a guest address: the VM sees its memory
+     from 0; port.read and port.write take guest addresses) and .length;
   2. check it; the driver is not trusted:
        - the length must be one an Ethernet frame can have, MIN_FRAME..MAX_FRAME;
          else port.refuse(i, "refused_length", why)
        - the whole frame, buffer .. buffer + length, must lie in the driver's
          frames of THIS VM's region: port.region + FRAMES .. port.region + FRAMES
          + SLOTS * BUFFER; else port.refuse(i, "refused_pointer", why)
-         (a pointer anywhere else would read another world's memory onto the wire)
+         (a pointer anywhere else would put other bytes of the VM on the wire)
   3. copy the frame into slot i's buffer of the physical transmit buffer portion,
      port.region + PHYS_TX + i * BUFFER (port.write(address, data));
   4. hand THAT copy to the NIC: port.hand_to_nic(i, copy_address, length)

@@ -146,13 +146,14 @@ BAD_GUESTS = [
     ([0x90, 0xF4], 0x8000, "not list"),
     (lambda base: 3, 0x8000, "not int 3"),
     (lambda base: b"", 0x8000, "guest is empty"),
-    (_raises, 0x8000, "guest function failed for base 0x[0-9a-f]+: KeyError: 'no such guest'"),
+    (_raises, 0x8000, r"guest function failed \(linked at 0\): KeyError: 'no such guest'"),
     (bytes(0x9000), 0x8000, "guest is 36864 bytes, its memory 32768"),
     (b"\xeb\xfe", 0, "memory is a positive number of bytes, not 0"),
     (b"\xeb\xfe", -0x1000, "not -4096"),
     (b"\xeb\xfe", 4096.0, "not 4096.0"),
     (b"\xeb\xfe", "0x8000", "not '0x8000'"),
     (b"\xeb\xfe", 1 << 40, "does not fit"),
+    (b"\xeb\xfe", 0x500000, "must end below the kernel at 0x400000"),   # fits in RAM, not under the kernel
 ]
 
 
@@ -166,6 +167,21 @@ def test_a_bad_guest_is_refused_and_nothing_changes(guest, memory, why):
     assert machine_state(board, kernel) == before
     vm = kernel.install_vm(b"\xeb\xfe", 0x8000, "good")      # the memory was not lost
     assert vm.region[0] + vm.region[1] <= before[0] and len(kernel.worlds.all) == 2
+
+
+@pytest.mark.parametrize("entry, why", [
+    (2, r"entry 2 is not an address inside its image \(guest addresses 0..0x1\)"),   # past its 2 bytes
+    (0x7000, "entry 28672 is not an address inside its image"),     # in its memory, not its image
+    (-1, "entry -1 is not"), (0x400000, "entry 4194304 is not"), ("0", "entry '0' is not"),
+    (None, "entry None is not"), (True, "entry True is not"), (1.0, "entry 1.0 is not"),
+])
+def test_a_bad_entry_is_refused_and_nothing_changes(entry, why):
+    from vmkit.kernel.worlds import VMError
+    board, cos, kernel = displaced()
+    before = machine_state(board, kernel)
+    with pytest.raises(VMError, match=why):
+        kernel.install_vm(b"\xeb\xfe", 0x8000, "bad", entry=entry)
+    assert machine_state(board, kernel) == before and len(kernel.worlds.all) == 1
 
 
 def test_bad_names_and_cpus_are_refused_and_nothing_changes():
@@ -194,9 +210,9 @@ def test_a_guest_of_garbage_bytes_runs_and_harms_only_itself(seed):
     assert bytes(good.vmm.console).decode().count("good") > 5
     # its own code as it was, but for the iretd its VMM patched to int3 when it saw its lidt
     now = bytearray(board.memory.read(good.region[0], 0x100))
-    for address in good.vmm.patches:
-        if address - good.region[0] < 0x100 and now[address - good.region[0]] == 0xCC:
-            now[address - good.region[0]] = good_code[address - good.region[0]]
+    for address in good.vmm.patches:                       # guest addresses: from its memory's start
+        if address < 0x100 and now[address] == 0xCC:
+            now[address] = good_code[address]
     assert bytes(now) == good_code
     assert board.memory.read(0x10000, 0x10000) == cos_code
     assert junk.state == "crashed" and junk.fault            # it ran and faulted, alone

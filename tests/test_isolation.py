@@ -65,9 +65,15 @@ def test_each_vm_world_has_its_own_directory_and_the_switch_turns_paging_on_for_
     for w, other in ((vm1, vm2), (vm2, vm1)):
         d = cr3[w.name]
         user_rw = paging.PRESENT | paging.WRITABLE | paging.USER
-        assert paging.mapping(m, d, w.region[0]) & user_rw == user_rw
+        base, size = w.region
+        for page in (0, size - 0x1000):                   # its guest address 0.. is its own host pages
+            assert paging.mapping(m, d, page) & user_rw == user_rw
+            assert paging.mapping(m, d, page) & ~0xFFF == base + page
+        assert paging.mapping(m, d, size) == 0            # the first byte past its memory
         assert paging.mapping(m, d, kernel.base) & user_rw == paging.PRESENT | paging.WRITABLE   # supervisor only
-        assert paging.mapping(m, d, other.region[0]) == 0 and paging.mapping(m, d, 0x10000) == 0
+        assert paging.mapping(m, d, kernel.base) & ~0xFFF == kernel.base                   # identity
+        assert paging.mapping(m, d, other.region[0]) == 0 and paging.mapping(m, d, base) == 0
+        assert paging.mapping(m, d, 0x10000) == 0
         assert not w.region[0] <= d < w.region[0] + w.region[1]       # its tables are not its memory
     board.run(500_000)
     loads = board.trace.of("switch.load")

@@ -129,7 +129,7 @@ def test_a_vdisk_past_256_blocks_goes_through_pointer_blocks(tmp_path):
 def test_a_buffer_outside_the_vm_is_refused_and_only_that_vm_sees_it(tmp_path):
     path = fresh(tmp_path)
     board, kernel = boot(path)
-    target = kernel.base + 0x100                    # kernel memory: not the guest's
+    target = kernel.base + 0x100                    # a guest address past its memory (the kernel's, on the host)
     before = board.memory.read(target, 4096)
     good = vm(kernel, "good", [("write", 0, 8, 1), ("verify", 0, 8, 1)], "good.vmdk", 8 * BS)
     bad = vm(kernel, "bad", [("read", 0, 8, target), ("read", 9999, 1, 0), ("write", 0, 8, 2),
@@ -152,7 +152,8 @@ def test_a_buffer_outside_the_vm_is_refused_and_only_that_vm_sees_it(tmp_path):
 def test_a_refused_request_block_holds_check_condition_and_the_dma_flag(tmp_path):
     path = fresh(tmp_path)
     board, kernel = boot(path)
-    bad = vm(kernel, "bad", [("read", 0, 1, 0x1000)], "bad.vmdk", 8 * BS)
+    past = disk_guest.MEMORY - 0x100                # a guest address: its last 256 bytes and beyond
+    bad = vm(kernel, "bad", [("read", 0, 1, past)], "bad.vmdk", 8 * BS)
     run_until_done(board, bad)
     rb = struct.unpack(RB_FORMAT, board.memory.read(bad.region[0] + disk_guest.RB, RB_SIZE))
     assert (rb[2], rb[3], rb[6] & FLAG_DMA_ERROR) == (CHECK_CONDITION, HARDWARE_ERROR, FLAG_DMA_ERROR)

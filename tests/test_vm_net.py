@@ -72,13 +72,14 @@ def test_the_region_is_bytes_of_the_vm_the_counters_bytes_of_the_kernel(machine)
     board, kernel, wire = machine
     a = vm(kernel, "a", [], "nic0")
     p = port(a)
-    assert a.vmm.owns(p.region, net_ring.SIZE) and p.region % net_ring.PAGE == 0
-    header = NetHeader.unpack(board.memory.read(p.region, NetHeader.SIZE))
+    assert a.vmm.owns(p.region, net_ring.SIZE) and p.region % net_ring.PAGE == 0   # a guest address
+    assert p.host(p.region) == a.region[0] + p.region          # its bytes in host memory
+    header = NetHeader.unpack(board.memory.read(p.host(p.region), NetHeader.SIZE))
     assert (header.slots, header.mac) == (net_ring.SLOTS, mac_of(kernel, "nic0", 0))
     assert kernel.contains(p.state) and not a.vmm.owns(p.state)
     assert board.memory.read_u32(p.state) == p.region           # PortState.region, in kernel memory
     run_until(board, a)
-    assert board.memory.read_u32(a.vmm.base + net_guest.V_REGION) == p.region   # the driver found it
+    assert board.memory.read_u32(a.vmm.host(net_guest.V_REGION)) == p.region   # the driver found it
 
 
 def test_two_vms_ping_and_echo_through_the_nic_and_the_wire(machine):
@@ -97,10 +98,10 @@ def test_two_vms_ping_and_echo_through_the_nic_and_the_wire(machine):
     assert on_wire == [("nic0", f) for f in pings] + [("nic1", f) for f in echoes]
     # the last ping sat in a's physical transmit buffer portion; b got it in its receive portion
     pa, pb = port(a), port(b)
-    assert board.memory.read(pa.region + net_ring.PHYS_TX + 2 * net_ring.BUFFER, 60) == pings[2]
-    slot = Slot.unpack(board.memory.read(pb.region + net_ring.rx_slot(2), Slot.SIZE))
+    assert board.memory.read(pa.host(pa.region + net_ring.PHYS_TX + 2 * net_ring.BUFFER), 60) == pings[2]
+    slot = Slot.unpack(board.memory.read(pb.host(pb.region + net_ring.rx_slot(2)), Slot.SIZE))
     assert (slot.buffer, slot.length) == (pb.region + net_ring.PHYS_RX + 2 * net_ring.BUFFER, 60)
-    assert board.memory.read(slot.buffer, 60) == pings[2]
+    assert board.memory.read(pb.host(slot.buffer), 60) == pings[2]     # the pointer is b's guest address
     # and each got its frames through its own IDT's gate 0x20 + NET_LINE
     injected = {e["vm"] for e in board.trace.since(mark, "vmm.inject") if e["vector"] == 0x20 + NET_LINE}
     assert injected == {"a", "b"}
@@ -124,7 +125,7 @@ def test_every_frame_queued_before_one_request_goes_on_that_request(machine):
     assert len({e.time for e in first}) == 1                     # all five inside one trapped `out`
     c = port(a).counters()
     assert (c.requests, c.frames_sent, c.tx_consumer) == (2, 6, 6)
-    header = NetHeader.unpack(board.memory.read(port(a).region, NetHeader.SIZE))
+    header = NetHeader.unpack(board.memory.read(port(a).host(port(a).region), NetHeader.SIZE))
     assert (header.tx_producer, header.tx_consumer, header.requests) == (6, 6, 2)
     assert [s.flags for s in port(a).slots("tx")[:6]] == [net_ring.DONE] * 6
     assert [s.length for s in port(a).slots("tx")[:6]] == [60] * 6
@@ -139,9 +140,9 @@ def test_a_frame_from_the_wire_is_copied_in_and_the_guest_handler_takes_it(machi
         wire.inject(board.nics[1], net_guest.frame(me, text, b"\x02\0\0\0\0\x77"), delay=100 + 5000 * k)
     run_until(board, a)
     assert lines(a) == ["a got hello a", "a got again", "a done"]
-    inbox = board.memory.read(a.vmm.base + net_guest.INBOX + net_ring.BUFFER, 60)
+    inbox = board.memory.read(a.vmm.host(net_guest.INBOX + net_ring.BUFFER), 60)
     assert inbox == net_guest.frame(me, b"again", b"\x02\0\0\0\0\x77")     # what its handler copied
-    header = NetHeader.unpack(board.memory.read(port(a).region, NetHeader.SIZE))
+    header = NetHeader.unpack(board.memory.read(port(a).host(port(a).region), NetHeader.SIZE))
     assert (header.rx_producer, header.rx_consumer) == (2, 2)
 
 
@@ -160,19 +161,20 @@ def test_a_guest_cannot_reach_the_nic_registers(machine):
     run_until(board, a)
     assert (nic.ctrl, nic.rx_base, nic.tx_base, nic.rx_tail) == before
     assert not board.trace.since(mark, "nic.reset")
-    assert board.memory.read_u32(a.vmm.base + 0x3020) == 0x800000FF   # not CTRL: the VMM's 0xFF
+    assert board.memory.read_u32(a.vmm.host(0x3020)) == 0x800000FF   # not CTRL: the VMM's 0xFF
     assert lines(a) == ["a sent 1", "a done"] and len(wire.tap) == 1
 
 
 def test_a_guest_touching_another_vms_region_faults_alone(machine):
     board, kernel, wire = machine
     b = vm(kernel, "b", [("recv", 1)], "nic1")
-    target = port(b).region + net_ring.PHYS_RX
+    region = port(b).host(port(b).region)                      # b's region in host memory
+    target = region + net_ring.PHYS_RX
     a = vm(kernel, "a", [("asm", f"mov dword ptr [{target:#x}], 0xdeadbeef")], "nic0")
-    before = board.memory.read(port(b).region, net_ring.SIZE)
+    before = board.memory.read(region, net_ring.SIZE)
     run_until(board, a, limit=5)
     assert a.state == "crashed" and "page fault" in a.fault
-    assert board.memory.read(port(b).region, net_ring.SIZE) == before
+    assert board.memory.read(region, net_ring.SIZE) == before
     wire.inject(board.nics[1], net_guest.frame(mac_of(kernel, "nic1", 0), b"for b"))
     run_until(board, b)
     assert lines(b) == ["b got for b", "b done"]
@@ -195,19 +197,20 @@ def bad(machine, code, steps_after=()):
 
 def test_a_pointer_outside_the_region_is_refused(machine):
     board, kernel, wire = machine
-    code = send_slot(0x1000, 0x3c)                               # low memory: not a's, not its region
+    code = send_slot(0x1000, 0x3c)                               # a's own code: its memory, not its region
     board, kernel, a, b, mark, _ = bad(machine, code)
     assert refused(board, mark, "a") == ["refused_pointer"]
     assert port(a).counters().refused_pointer == 1
     assert len(wire.tap) == 2                                   # the good frame and its echo only
-    flags = Slot.unpack(board.memory.read(port(a).region + net_ring.tx_slot(0), Slot.SIZE)).flags
+    flags = Slot.unpack(board.memory.read(port(a).host(port(a).region + net_ring.tx_slot(0)), Slot.SIZE)).flags
     assert flags == net_ring.DONE | net_ring.ERROR
 
 
 def test_a_pointer_into_another_vms_memory_reads_nothing_of_it(machine, monkeypatch):
     board, kernel, wire = machine
     b = vm(kernel, "b", [], "nic1")
-    secret = port(b).region + net_ring.FRAMES
+    region = port(b).host(port(b).region)                      # b's region in host memory
+    secret = region + net_ring.FRAMES                          # a's pointer: past a's memory
     board.memory.write(secret, net_guest.frame(b"\xff" * 6, b"b's secret"))
     run_until(board, b)
     a = vm(kernel, "a", [("asm", send_slot(secret, 0x3c))], "nic0")
@@ -220,7 +223,7 @@ def test_a_pointer_into_another_vms_memory_reads_nothing_of_it(machine, monkeypa
     mark = board.trace.mark()
     run_until(board, a)
     assert refused(board, mark, "a") == ["refused_pointer"] and wire.tap == []
-    region = port(b).region                      # (b's own traps read its code: not its region)
+                                                 # (b's own traps read its code: not its region)
     assert [(at, n) for at, n in reads if at < region + net_ring.SIZE and at + n > region] == []
 
 
@@ -255,7 +258,7 @@ def test_a_garbage_rx_index_drops_the_frame_and_counts_it(machine):
     board.run(20_000)
     assert refused(board, mark, "a") == ["bad_index"]
     assert port(a).counters().bad_index == 1 and port(a).counters().frames_received == 0
-    assert board.memory.read(port(a).region + net_ring.PHYS_RX, 60) == bytes(60)
+    assert board.memory.read(port(a).host(port(a).region + net_ring.PHYS_RX), 60) == bytes(60)
 
 
 def test_a_frame_for_an_unknown_mac_is_dropped_and_counted(machine):

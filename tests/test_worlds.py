@@ -54,7 +54,7 @@ def test_two_vms_and_the_cos_all_make_progress():
     worlds = kernel.worlds
     assert all(worlds.switches_of(w) > 20 and worlds.instructions_of(w) > 0 for w in worlds.all)
     # the guests' privileged instructions trapped to their VMMs, at CPL 3
-    assert vm1.vmm.vcpu.injected > 10 and vm1.vmm.vcpu.idt_base == vm1.region[0] + guests.IDT
+    assert vm1.vmm.vcpu.injected > 10 and vm1.vmm.vcpu.idt_base == guests.IDT   # a guest address
     assert {e["insn"] for e in board.trace.of("vmm.emulate")} >= {"lidt", "sti", "hlt"}
 
 
@@ -76,7 +76,7 @@ def test_the_cpu_loads_the_world_with_if_clear_and_the_iretd_sets_it():
     board, cos, kernel = displaced()
     vm = console_vm(kernel, "vm1")
     first = []                                        # the CPU as the VM's first instruction finds it
-    board.cpu.on_execute(vm.region[0], lambda cpu: first or first.append(cpu.state()))
+    board.cpu.on_execute(0, lambda cpu: first or first.append(cpu.state()))
     steps = {s.kind: s.registers for s in worlds_lesson.record_switch(board, kernel, "cos", "vm1")}
     area = switch.read_area(board.memory, vm.area)
     for kind in ("switch.cli", "switch.check", "switch.load"):     # exceptions disabled in the CPU
@@ -89,7 +89,7 @@ def test_the_cpu_loads_the_world_with_if_clear_and_the_iretd_sets_it():
     assert at_load["ds"] == layout.KERNEL_DATA_SEL    # the kernel's own again; the VM's is in the frame
     assert at_load["cpl"] == 0 and steps["switch.begin"]["cr3"] == 0      # the COS ran without paging
     (regs,) = first                                   # after the stub's iretd: the VM, IF set
-    assert regs["eflags"] & EFLAGS_IF and regs["cpl"] == 3 and regs["eip"] == vm.region[0]
+    assert regs["eflags"] & EFLAGS_IF and regs["cpl"] == 3 and regs["eip"] == 0
     assert regs["tr"][0] == layout.VM_TSS_SEL and regs["cr3"] == vm.cr3
     assert [regs[s] for s in ("ds", "es", "fs", "gs")] == [area[s] for s in ("ds", "es", "fs", "gs")]
 
@@ -143,7 +143,7 @@ def test_tr_follows_the_gdt_descriptor_not_the_save_area():
     d = decode_segment(board.memory.read(at, 8))
     board.memory.write(at, encode_segment(copy, d.limit, d.type, d.dpl, s=0, db=0, g=0), code=False)
     seen = []
-    board.cpu.on_execute(vm.region[0] + 0x86, lambda cpu: seen.append(cpu["tr"]))   # after its hlt
+    board.cpu.on_execute(0x86, lambda cpu: seen.append(cpu["tr"]))   # after its hlt
     board.run(200_000)
     assert seen and {t[1] for t in seen} == {copy}       # the save area holds only the selector
     assert switch.read_area(board.memory, vm.area)["tr.sel"] == layout.VM_TSS_SEL and len(lines(vm)) > 3

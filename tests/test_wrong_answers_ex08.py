@@ -91,7 +91,7 @@ def one_counter_for_everything(port, consumer, producer):
 
 
 WRONG = [
-    (no_validation, grader.check_refusals, "in VM victim's memory, and the victim's bytes went on the wire"),
+    (no_validation, grader.check_refusals, "outside its region's frames, and those bytes went on the wire"),
     (length_unchecked, grader.check_refusals, "check the length (MIN_FRAME..MAX_FRAME) first"),
     (copies_to_the_receive_portion, grader.check_ping_echo, "is not in the physical transmit buffer portion"),
     (every_slot_into_one_buffer, grader.check_ping_echo, "copy each slot's frame to its own buffer"),

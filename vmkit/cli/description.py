@@ -12,7 +12,7 @@ A description (every key optional):
     [[vms]]                   # or: vms = 2 (that many console VMs)
     name = "vm1"
     guest = "console"         # the built-in console guest, or a file:
-                              # .bin raw code, .s/.asm x86 source linked at the VM's base
+                              # .bin raw code, .s/.asm x86 source, linked at 0 (the guest sees its memory from 0)
     memory = 32768
     cpu = 1
     [[inputs]]                # external inputs

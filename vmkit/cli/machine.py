@@ -43,7 +43,7 @@ class Machine:
             return lambda base, n=vm["name"]: BUILTIN_GUESTS[guest](base, n)
         image = base64.b64decode(guest["image"])
         if guest["source"]:
-            return image.decode("latin-1")           # assembled at the VM's base by install_vm
+            return image.decode("latin-1")           # assembled at 0 by install_vm
         return image
 
     def panic(self):

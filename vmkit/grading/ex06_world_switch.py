@@ -85,7 +85,7 @@ def _distinct_tables(kernel, vm):
             gdt[sel:sel + 8] = encode_segment(d.base, d.limit, TSS_AVAILABLE, d.dpl, s=0, db=0, g=d.g)
     gdt += encode_segment(base + LDT_AT, 15, LDT, 0, s=0, db=0, g=0)
     memory.write(base + GDT_COPY, bytes(gdt), code=False)
-    memory.write(base + LDT_AT, bytes(8) + encode_segment(vm.region[0], vm.region[1] - 1, DATA_RW, 3),
+    memory.write(base + LDT_AT, bytes(8) + encode_segment(0, vm.region[1] - 1, DATA_RW, 3),   # its memory: linear 0..
                  code=False)
     memory.write(base + IDT_COPY, memory.read(vm.vmm_region + layout.VMM_IDT, 256 * 8), code=False)
     state = switch.read_area(memory, vm.area)

@@ -50,8 +50,9 @@ def _problem(choose, on_cpu1):
         lines = text[:text.rfind("\n") + 1].splitlines()      # a line cut off by the run's end is not wrong
         want = [f"hello from {vm.name}"] + [f"{vm.name} {chr(97 + i % 26)}" for i in range(len(lines) - 1)]
         if len(lines) < 10 or lines != want:
-            return (f"{vm.name}'s console is wrong: {lines[:4]} ... ({len(lines)} lines): did the kernel "
-                    "read the guest's IDT or stack through a slot that maps another page?")
+            return (f"{vm.name}'s console is wrong: {lines[:4]} ... ({len(lines)} lines): the kernel "
+                    "reads the guest's IDT and stack through the window: did a slot you called a hit "
+                    "map another page?")
     want = dict(_least_recently_used(on_cpu1))
     if got == want:
         return None

@@ -3,9 +3,11 @@ step (VmNet.transmit) on a machine with two NICs joined by a wire. VM a on nic0
 pings VM b on nic1 in batches (one request each); b echoes every frame back.
 What is checked is what the machine did: the frames on the wire, the bytes of
 a's physical transmit buffer portion, the NIC's descriptors, the kernel's
-counters in kernel memory, the guests' consoles. Then VM m, on the same NIC as
-a victim, queues slots it should not (a pointer into the victim's memory,
-lengths no frame has) before one good frame."""
+counters in kernel memory, the guests' consoles. Then VM m queues slots it
+should not (a pointer to bytes of its memory outside its region's frames,
+lengths no frame has) before one good frame. Every address in the region is a
+guest address (the guest sees its memory from 0): the port's read, write and
+hand_to_nic translate them, checked, to host memory."""
 import struct
 
 from vmkit.hw.nic import DESC_SIZE, MAX_FRAME, Wire
@@ -19,7 +21,7 @@ from vmkit.vmm.net_device import NET_PORT, REQUEST, install_vm_with_net
 
 PINGS = ([b"ping 1", b"ping 2", b"ping 3"], [b"ping 4", b"ping 5"])
 FIELDS = (("destination MAC", 0, 6), ("source MAC", 6, 12), ("type", 12, 14), ("payload", 14, None))
-SECRET = b"the victim's secret"
+SECRET = b"m's private bytes"
 
 
 def _machine(transmit):
@@ -93,19 +95,19 @@ def check_ping_echo(board, kernel, wire):
         problem = _diff(carried[0], frame)
         if problem:
             return f"frame {k + 1} on the wire (a's TX slot {slot}): {problem}"
-        copy = pa.region + net_ring.PHYS_TX + slot * BUFFER
-        if board.memory.read(copy, len(frame)) != frame:
+        copy = pa.region + net_ring.PHYS_TX + slot * BUFFER          # a guest address
+        if board.memory.read(pa.host(copy, len(frame)), len(frame)) != frame:
             return (f"frame {k + 1} (TX slot {slot}) is not in the physical transmit buffer portion at "
                     f"region + PHYS_TX + {slot} * BUFFER = {copy:#x}: copy each slot's frame to its "
                     f"own buffer there")
     for buffer, length in _descriptors(board, kernel, "nic0"):
-        lo = pa.region + net_ring.PHYS_TX
+        lo = pa.host(pa.region + net_ring.PHYS_TX)                   # descriptors: host addresses
         if not lo <= buffer < lo + net_ring.SLOTS * BUFFER:
-            where = ("the driver's own frame (slot.buffer)" if pa.region <= buffer < lo
+            where = ("the driver's own frame (slot.buffer)" if pa.host(pa.region) <= buffer < lo
                      else "no buffer of the transmit portion")
-            return (f"a descriptor of nic0 names {buffer:#x}, {where}: hand the NIC the copy in the "
-                    f"physical transmit buffer portion ({lo:#x}..), which the guest cannot change "
-                    f"while the NIC reads it")
+            return (f"a descriptor of nic0 names host address {buffer:#x}, {where}: hand the NIC the "
+                    f"copy in the physical transmit buffer portion (region + PHYS_TX ..), which the "
+                    f"guest cannot change while the NIC reads it")
     if len(sent) > len(want):
         return f"the wire carried {len(sent)} frames from a, it queued {len(want)}: a slot went twice?"
     for w in (a, b):
@@ -128,13 +130,11 @@ def _slot(index, buffer, length):
 
 @_closing
 def check_refusals(board, kernel, wire):
-    victim = _vm(kernel, "victim", [], "nic0")
-    secret = victim.vmm.base + 0x3f00               # in the victim's memory, not its region
-    board.memory.write(secret, net_guest.frame(b"\xff" * 6, SECRET), code=False)
+    secret = 0x3f00                                 # a guest address of m's: its memory, not its region
     b = _vm(kernel, "b", [("echo", 1)], "nic1")
     b_mac = b.vmm.net.port.mac
     frames = f"ebx + {net_ring.FRAMES:#x}"
-    bad = [("a pointer into VM victim's memory", secret, 60, "refused_pointer"),
+    bad = [("a pointer outside its region's frames", secret, 60, "refused_pointer"),
            (f"a length of {MAX_FRAME + 500} bytes (more than MAX_FRAME)", None, MAX_FRAME + 500,
             "refused_length"),
            ("a length of 4 bytes (less than a header)", None, 4, "refused_length")]
@@ -147,16 +147,18 @@ def check_refusals(board, kernel, wire):
         mov edx, {NET_PORT + REQUEST:#x}
         out dx, eax"""
     m = _vm(kernel, "m", [("asm", code), ("send", b_mac, [b"good"]), ("recv", 1)], "nic0")
+    board.memory.write(m.vmm.host(secret, 60), net_guest.frame(b"\xff" * 6, SECRET), code=False)
     _run(board, m, b)
     pm = m.vmm.net.port
     for _, who, f in wire.tap:
         if SECRET in f:
-            return (f"TX slot 0 of VM m pointed at {secret:#x}, in VM victim's memory, and the victim's "
-                    f"bytes went on the wire: check that buffer .. buffer + length lies in m's region's "
-                    f"frames (port.region + FRAMES .. + SLOTS * BUFFER) before reading a byte")
+            return (f"TX slot 0 of VM m pointed at {secret:#x}, in m's memory but outside its region's "
+                    f"frames, and those bytes went on the wire: check that buffer .. buffer + length "
+                    f"lies in m's region's frames (port.region + FRAMES .. + SLOTS * BUFFER) before "
+                    f"reading a byte")
     c = pm.counters()
     for i, (what, _, length, counter) in enumerate(bad):
-        flags = Slot.unpack(board.memory.read(pm.region + net_ring.tx_slot(i), Slot.SIZE)).flags
+        flags = Slot.unpack(pm.read(pm.region + net_ring.tx_slot(i), Slot.SIZE)).flags
         if flags != net_ring.DONE | net_ring.ERROR:
             return (f"TX slot {i} of VM m had {what}; its flags are {flags:#x}, not DONE | ERROR: "
                     f"port.refuse(i, {counter!r}, why) it")

@@ -471,10 +471,12 @@ class CPU(Delivery):
         return True
 
     def _reads(self, address, n):
-        """n bytes at `address`, or b"" past the end of memory."""
+        """n bytes at linear `address` as this CPU reads them (read_linear: a VM's
+        guest sees its memory from 0, not at its physical address), or b"" where
+        its MMU refuses them or past the end of memory."""
         try:
-            return self.memory.read(address, n)
-        except ValueError:
+            return self.read_linear(address, n)
+        except LinearFault:
             return b""
 
     def _io_denied(self, port, size):

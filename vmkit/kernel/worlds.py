@@ -166,10 +166,10 @@ class Worlds:
         if not isinstance(memory_bytes, int) or isinstance(memory_bytes, bool) or memory_bytes <= 0:
             raise VMError(f"a VM's memory is a positive number of bytes, not {memory_bytes!r}")
         size = -(-memory_bytes // layout.PAGE) * layout.PAGE
-        if size > self.kernel.base:
+        base = self.vm_base(memory_bytes)
+        if size > self.kernel.base:              # its linear 0..size would run into the kernel's block
             raise VMError(f"a VM's memory is seen from its address 0 and must end below the kernel "
                           f"at {self.kernel.base:#x}, not {memory_bytes:#x} bytes")
-        base = self.vm_base(memory_bytes)
         name = name or f"vm{len(self.all)}"
         if any(w.name == name for w in self.all):
             raise VMError(f"there is already a world named {name!r}: a schedule names worlds")

@@ -71,7 +71,7 @@ def counters_text(*worlds):
 
 # ---- the region, drawn from the live layout ---------------------------------------------------
 def region_parts(port):
-    """[(name, physical address, size, what)] of a port's shared region, from net_ring's names."""
+    """[(name, guest address, size, what)] of a port's shared region, from net_ring's names."""
     r = port.region
     slots = net_ring.SLOTS * Slot.SIZE
     return [("NetHeader", r + net_ring.HEADER, NetHeader.SIZE, "the pointers (ring indices), requests, MAC"),
@@ -101,8 +101,8 @@ def _view(port, ring, i):
     return {"header": {k: getattr(h, k) for k in ("tx_producer", "tx_consumer", "rx_producer",
                                                     "rx_consumer", "requests")},
             "slot": (i, slot.buffer, slot.length, slot.flags),
-            "pointed": port.memory.read(slot.buffer, 32) if slot.buffer else b"",
-            "portion": (at, port.memory.read(at, 32))}
+            "pointed": port.read(slot.buffer, 32) if slot.buffer else b"",
+            "portion": (at, port.read(at, 32))}
 
 
 # the trace events that end a step of the packet's life: (kind, what its data must hold, the step)
@@ -133,9 +133,9 @@ def packet_life(payload=b"one packet"):
                           trace.events[mark[0]:]))
         mark[0] = len(trace.events)
 
-    code = board.memory.read(a.vmm.base, net_guest.VARS)
-    out = a.vmm.base + code.rindex(bytes([0xBA]) + (NET_PORT + REQUEST).to_bytes(4, "little") + b"\xef") + 5
-    hook = board.cpu.on_execute(out, lambda c: not steps and record(
+    code = board.memory.read(a.vmm.base, net_guest.VARS)       # its guest addresses start at 0
+    out = code.rindex(bytes([0xBA]) + (NET_PORT + REQUEST).to_bytes(4, "little") + b"\xef") + 5
+    hook = board.cpu.on_execute(out, lambda c: not steps and c["cr3"] == a.cr3 and record(
         "a's driver wrote the frame, pointed TX slot 0 at it, moved tx_producer; next: its one "
         "`out` (the request for transmission)"))
     emit, todo = trace.emit, list(MOMENTS)
