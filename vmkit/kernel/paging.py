@@ -12,6 +12,8 @@ everything the kernel controls stays where it is (identity-mapped):
                               identity: linear = physical)
   its CPU's mapping window    present, supervisor only    (kernel/mapcache.py: that CPU's
                               page table, shared into every address space on the CPU)
+  its VMM region              present, supervisor only    (vmm/region.py: at VMM_BASE, just
+                              below the kernel, and at its host address; `also`)
   everything else             not present                 (the COS, other VMs, the tables)
 
 `build` takes the address space as a list of mappings (linear, host, size[, flags]):

@@ -7,7 +7,8 @@ read/write from linear 0, the kernel supervisor-only, the rest not present,
 so a guest write outside its memory is a #PF that crashes that VM only) and a control thread, its saved CPU state. The COS is world 0; each
 VM installed through a VMM is another. Each world owns a 256-byte block of
 kernel memory (layout.WORLDS): its save area (switch.py: 128 bytes, with its
-switch and tick counters) and, for a VM, its virtual CPU at +0x80.
+switch and tick counters). A VM's virtual CPU, GDT, IDT and entry code are in
+its VMM region (vmm/region.py), and its saved GDTR/IDTR name that GDT and IDT.
 
 Scheduling: each CPU separately (claim 16; a Processor per CPU, smp.py), among
 the worlds placed on it: the COS on CPU 0, each VM where install_vm places it,
@@ -21,7 +22,7 @@ own interrupts stay queued while a VM runs and are delivered when it runs
 again (claim 10). Accounting: ticks run and switches into each world, in
 the world's block.
 
-VM memory (and just above it the VM's page tables) comes from the top of RAM,
+VM memory (and just above it the VM's page tables, above them its VMM region) comes from the top of RAM,
 down to the end of the kernel's block: all of it past the COS's segment limit
 and its allocator's RAM top (the loader set both to the kernel's base), so the
 COS can neither hand those pages out nor store into them.

@@ -19,6 +19,7 @@ Offsets from the region's start (kernel/layout.py):
             type and DPL as the kernel IDT's gate (an `int n` the kernel refuses
             the guest is still a #GP)
   VMM_VCPU  the virtual CPU (vmm.py)
+  VMM_ENTRIES  how often the VMM was entered: its x86 counts, through its DS
   VMM_CODE  x86 assembled at VMM_BASE + VMM_CODE: per vector `[push 0]; push v;
             jmp vmm_common`; vmm_common pushes the frame kernel/frame.py describes,
             loads VMM_DATA_SEL into DS and ES, and reaches `vmm_entry`, where the
@@ -49,8 +50,9 @@ _LABELS = ("vmm_common", "vmm_entry")
 _MARK = 0x4D4D5621              # "!VMM": where the label table starts
 
 
-def source(dispatch, dispatched):
-    """The VMM's x86; `dispatch`, `dispatched`: the kernel's labels (linear addresses)."""
+def source(dispatch, dispatched, vmm_base=0):
+    """The VMM's x86, for its region at linear `vmm_base`; `dispatch`, `dispatched`:
+    the kernel's labels (linear addresses)."""
     stubs = "\n".join(f".align {STUB_SIZE}\nvmm_stub_{v}:\n{'' if v in ERROR_CODE_VECTORS else 'push 0'}\n"
                       f"push {v:#x}\njmp vmm_common" for v in range(256))
     vector = Frame.OFFSET["vector"]
@@ -65,6 +67,7 @@ vmm_common:
         mov ax, {layout.VMM_DATA_SEL:#x}  ; and the VMM's own data segment
         mov ds, ax
         mov es, ax
+        inc dword ptr [{vmm_base + layout.VMM_ENTRIES:#x}]   ; its data, at VMM_BASE through DS
 vmm_entry:                      ; the Python VMM runs here (region.entered)
         nop
         test dword ptr [esp + {vector}], {layout.VMM_DECIDED:#x}
@@ -77,7 +80,7 @@ vmm_to_kernel:
 
 
 def _labels():
-    code = assemble(source(0x10000, 0x10000) + f"\n.long {_MARK:#x}\n.long {', '.join(_LABELS)}\n", 0)
+    code = assemble(source(0x10000, 0x10000, 0x10000) + f"\n.long {_MARK:#x}\n.long {', '.join(_LABELS)}\n", 0)
     at = code.rfind(struct.pack("<I", _MARK)) + 4
     return dict(zip(_LABELS, struct.unpack_from(f"<{len(_LABELS)}I", code, at)))
 
@@ -134,8 +137,9 @@ def idt(kernel):
 def code(kernel):
     """The VMM's x86, assembled where it runs (VMM_BASE + VMM_CODE)."""
     k = kernel.base
-    return assemble(source(k + kernel.image.dispatch, k + kernel.image.dispatched),
-                    layout.vmm_base(k) + layout.VMM_CODE)
+    vmm_base = layout.vmm_base(k)
+    return assemble(source(k + kernel.image.dispatch, k + kernel.image.dispatched, vmm_base),
+                    vmm_base + layout.VMM_CODE)
 
 
 def build(kernel, host, guest_start, size):
@@ -171,8 +175,25 @@ def entered(kernel, cpu):
     frame = Frame(kernel.memory, cpu["esp"])
     vector = frame.vector
     p = kernel.worlds.cpus[cpu.index]
+    if not p.switching and p.current.kind == "vm" and kernel.memory.read_u32(
+            p.current.vmm_region + layout.VMM_ENTRIES) == 1:
+        _first_entry(kernel, cpu, p.current, vector)
     if vector >= EXCEPTIONS or frame.cs & 3 != 3 or p.switching or p.current.kind != "vm":
         return
     frame.vector = layout.GO_BACK
     kernel.worlds.vm_trap(frame, vector, p)
     frame.vector |= layout.VMM_DECIDED
+
+
+def segments(cpu):
+    """{register: (selector, base, limit)} of CS, DS and SS as the CPU holds them now
+    (the hidden part read from the CPU, CPU.segment)."""
+    return {name: cpu.segment(name)[:3] for name in ("cs", "ds", "ss")}
+
+
+def _first_entry(kernel, cpu, world, vector):
+    """A VM's VMM entered for the first time: the segments it runs on, read from the CPU."""
+    seg = segments(cpu)
+    kernel.trace.emit("vmm.entered", cpu.index, vm=world.name, vector=vector,
+                      **{f"{n}{k}": v for n, (sel, base, limit) in seg.items()
+                         for k, v in (("", sel), ("_base", base), ("_limit", limit))})

@@ -24,8 +24,9 @@ the kernel, whose dispatcher hands the VM world's faults here:
                         stops its VM only, CR2 and the error code in the why
   anything else         a fault of the guest's own making stops its VM only.
 
-The virtual CPU (virtual IF, virtual IDTR, pending lines) lives in kernel
-memory, in the VM world's block; timer ticks are injected through the
+The virtual CPU (virtual IF, virtual IDTR, pending lines) lives in kernel-
+controlled memory, in the VM's VMM region (region.py, which also holds the
+GDT, IDT and x86 its guest's faults enter through); timer ticks are injected through the
 guest's own IDT exactly as Kernel.inject does for the COS.
 """
 from capstone.x86 import X86_OP_IMM
