@@ -19,14 +19,14 @@ def test_the_runs_are_the_page_tables_entries(prober):
     for run in space.runs:                      # every page of a run: the entry the MMU would read
         for linear in range(run.first, run.end, layout.PAGE):
             pte = paging.mapping(kernel.memory, space.cr3, linear)
-            assert pte & paging.PRESENT and pte & ~0xFFF == run.physical + linear - run.first
+            assert pte & paging.PRESENT and pte & ~0xFFF == run.host + linear - run.first
     guest = space.of("guest memory")
     assert [(r.first, r.end) for r in guest] == [(0, lesson.PROBE_MEMORY)]   # from 0, whatever the host
-    assert guest[0].physical == vm.region[0]
-    assert space.of("kernel")[0].first == kernel.base and space.of("kernel")[0].flags & paging.USER == 0
+    assert guest[0].host == vm.region[0]
+    assert space.of("kernel")[0].first == kernel.base and not space.of("kernel")[0].user
     vmm = space.of("VMM region")                                             # claim 21: beside the kernel
     assert vmm[0].first == layout.vmm_base(kernel.base) and vmm[-1].end == kernel.base
-    assert vmm[0].physical == vm.vmm_region and not vmm[0].flags & paging.USER
+    assert vmm[0].host == vm.vmm_region and not vmm[0].user
     gap = space.of("guest memory")[-1].end                                   # the page past: not present
     assert paging.mapping(kernel.memory, space.cr3, gap) & paging.PRESENT == 0
 
@@ -35,7 +35,6 @@ def test_the_segments_are_the_gdts_bytes(prober):
     space = lesson.address_space(prober.kernel, prober.vm)
     for s in space.segments:
         assert prober.kernel.memory.read(space.gdtr[0] + s.selector, 8) == s.raw
-    assert space.segment("COS data").limit == prober.kernel.base - 1       # the COS ends below the kernel
     assert space.segment("guest data").limit == lesson.PROBE_MEMORY - 1      # truncated at its memory
     assert space.segment("VMM code").limit == prober.kernel.base + layout.STACK_TOP - 1   # to the kernel's end
 

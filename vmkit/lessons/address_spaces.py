@@ -2,9 +2,10 @@
 41-42), read from its live page directory and GDT, and probes that make the
 CPU touch an address from the guest and from the displaced COS.
 
-Nothing here is a model of the address space: `address_space` walks the page
-directory the VM world's CR3 names (in memory, entry by entry, as the MMU
-does) and decodes the descriptors of the GDT its GDTR names; a probe is x86
+Nothing here is a model of the address space: `address_space` is the machine's
+own reading (kernel/address_space.py: the page directory the VM world's CR3
+names, walked entry by entry as the MMU does, and the descriptors of the GDT
+its GDTR names) with the descriptors' bytes added; a probe is x86
 run on the machine (a guest installed in a VM, a module insmod'ed into the
 COS), and what it says is what the trace recorded: the fault the CPU took,
 or the line the guest printed after its access went through.
@@ -12,28 +13,12 @@ or the line the guest printed after its access went through.
 from typing import NamedTuple
 
 from vmkit.hw.x86 import decode_segment, EXCEPTION_NAMES
-from vmkit.kernel import layout, mapcache, paging, switch
+from vmkit.kernel import address_space as machine_space, layout, mapcache, paging, switch
 from vmkit.lessons import takeover
 from vmkit.vmm import guests
 
 PROBE_MEMORY = 0x10000          # the probing guest's memory: 64 KiB
 RUN_LIMIT = 3_000_000           # instructions a probe may take to end
-
-
-class Run(NamedTuple):
-    """Consecutive pages of one address space mapped alike: linear [first, end),
-    to physical `physical` onward, with the page-table entry's flags; `who` says
-    whose they are (from where they lie and their flags)."""
-    first: int
-    end: int
-    physical: int
-    flags: int
-    who: str
-
-    @property
-    def access(self):
-        rw = "rw" if self.flags & paging.WRITABLE else "ro"
-        return ("user " if self.flags & paging.USER else "supervisor ") + rw
 
 
 class SegmentRow(NamedTuple):
@@ -48,11 +33,13 @@ class SegmentRow(NamedTuple):
 
 
 class Space(NamedTuple):
-    """One world's linear address space, read from memory now."""
+    """One world's linear address space, read from memory now: spans of its page
+    directory and the segments of its GDT (kernel/address_space.py), with the
+    descriptors' bytes and the CPU's mapping window."""
     world: str
     cr3: int
     gdtr: tuple         # (base, limit) the world loads
-    runs: list          # [Run], lowest first
+    runs: list          # [address_space.Span], lowest first
     segments: list      # [SegmentRow]
     window: tuple       # (its page table, pages mapped in it now), or None: the CPU's mapping window
 
@@ -62,85 +49,39 @@ class Space(NamedTuple):
     def segment(self, name):
         return next((s for s in self.segments if s.name == name), None)
 
-    def of(self, who):
-        """The runs that are `who`'s (e.g. "guest memory")."""
-        return [r for r in self.runs if r.who == who]
+    def of(self, name):
+        """The spans called `name` (e.g. "guest memory")."""
+        return [r for r in self.runs if r.name == name]
 
 
-def page_runs(memory, cr3):
-    """[(first, end, physical, flags)] of every present page under directory `cr3`,
-    consecutive pages with the same flags and consecutive frames merged."""
-    runs = []
-    for slot in range(1024):
-        pde = memory.read_u32(cr3 + 4 * slot)
-        if not pde & paging.PRESENT:
-            continue
-        table = memory.read(pde & ~0xFFF, layout.PAGE)
-        for i in range(1024):
-            pte = int.from_bytes(table[4 * i:4 * i + 4], "little")
-            if not pte & paging.PRESENT:
-                continue
-            linear, frame, flags = (slot << 22) | (i << 12), pte & ~0xFFF, pte & 7 & pde
-            last = runs[-1] if runs else None
-            if last and last[1] == linear and last[3] == flags and last[2] + (linear - last[0]) == frame:
-                runs[-1] = (last[0], linear + layout.PAGE, last[2], flags)
-            else:
-                runs.append((linear, linear + layout.PAGE, frame, flags))
-    return runs
-
-
-VMM_SELECTORS = (layout.VMM_CODE_SEL, layout.VMM_DATA_SEL)   # the VMM's code and data (claim 22)
-
-
-def _who(kernel, first, physical, flags):
-    vmm_base = layout.vmm_base(kernel.base)
-    if flags & paging.USER:
-        return "guest memory" if flags & paging.WRITABLE else "last page (no RAM)"
-    if first >= mapcache.WINDOW and first < mapcache.WINDOW + paging.SPAN:
-        return "mapping window"
-    if vmm_base is not None and vmm_base <= first < vmm_base + layout.VMM_SIZE:
-        return "VMM region"
-    if kernel.base <= first < kernel.base + layout.STACK_TOP:
-        return "kernel"
-    return "kernel-controlled pages"
+def access(span):
+    return ("user " if span.user else "supervisor ") + ("rw" if span.writable else "ro")
 
 
 def address_space(kernel, world):
-    """`world`'s address space as its CR3 and GDTR name them (its save area, or the
-    CPU's registers if it runs now: the save area is written at each switch)."""
+    """`world`'s address space as its CR3 and GDTR name them (its saved GDTR: the
+    save area is written at each switch, and the VM's GDT does not move)."""
     area = switch.read_area(kernel.memory, world.area)
-    cr3 = world.cr3 or area["cr3"]
     gdt, limit = area["gdtr.base"], area["gdtr.limit"]
-    runs = [Run(a, b, p, f, _who(kernel, a, p, f)) for a, b, p, f in page_runs(kernel.memory, cr3)] if cr3 else []
-    host = getattr(world, "vmm_region", None)          # a VM's VMM region, also at its host address
-    runs = [r._replace(who="VMM region (at its host address)") if r.first == host and r.physical == host
-            else r for r in runs]
-    names = [("guest code", layout.USER_CODE_SEL), ("guest data", layout.USER_DATA_SEL),
-             ("VMM code", VMM_SELECTORS[0]), ("VMM data", VMM_SELECTORS[1]),
-             ("kernel code", layout.KERNEL_CODE_SEL), ("kernel data", layout.KERNEL_DATA_SEL),
-             ("COS code", layout.COS_CODE_SEL), ("COS data", layout.COS_DATA_SEL)]
+    runs = machine_space.spans(kernel, world) if world.cr3 else []
     segments = []
-    for name, sel in names:
-        if sel + 7 > limit:
-            continue                        # past the GDT's limit: no segment load can name it
-        raw = kernel.memory.read(gdt + sel, 8)
-        d = decode_segment(raw)
-        if d.present and d.s:
-            segments.append(SegmentRow(name, sel, d.base, d.limit, d.dpl, d.g, raw))
+    for s in machine_space.segments(kernel, world):
+        raw = kernel.memory.read(gdt + s.selector, 8)
+        segments.append(SegmentRow(s.name, s.selector, s.base, s.limit, s.dpl, decode_segment(raw).g, raw))
     window = None
-    if cr3:
-        pde = kernel.memory.read_u32(cr3 + 4 * (mapcache.WINDOW >> 22))
+    if world.cr3:
+        pde = kernel.memory.read_u32(world.cr3 + 4 * (mapcache.WINDOW >> 22))
         if pde & paging.PRESENT:
-            window = (pde & ~0xFFF, sum(r.end - r.first for r in runs if r.who == "mapping window") >> 12)
-    return Space(world.name, cr3, (gdt, limit), runs, segments, window)
+            window = (pde & ~0xFFF, sum(r.end - r.first for r in runs if r.name == "mapping window") >> 12)
+    return Space(world.name, world.cr3, (gdt, limit), runs, segments, window)
 
 
 def space_text(space):
     lines = [f"{space.world}: CR3 {space.cr3:#x}, GDT at {space.gdtr[0]:#x} (limit {space.gdtr[1]:#x})",
              "linear                      physical      pages  access          whose"]
     for r in space.runs:
-        lines.append(f"{r.first:#010x}..{r.end - 1:#010x}   {r.physical:#010x}  {(r.end - r.first) >> 12:5}  "
-                     f"{r.access:15} {r.who}")
+        lines.append(f"{r.first:#010x}..{r.end - 1:#010x}   {r.host:#010x}  {(r.end - r.first) >> 12:5}  "
+                     f"{access(r):15} {r.name}")
     if space.window and not space.of("mapping window"):
         lines.append(f"{mapcache.WINDOW:#010x}..{mapcache.WINDOW + paging.SPAN - 1:#010x}   (the CPU's mapping window: "
                      f"its page table at {space.window[0]:#x}, {space.window[1]} page(s) mapped now)")

@@ -11,24 +11,24 @@ from vmkit.kernel import mapcache, paging
 from vmkit.lessons import address_spaces as lesson
 from .render import show
 
-COLOURS = {"guest memory": "#d5f5e3", "VMM region": "#fcf3cf", "kernel": "#fdebd0",
-           "mapping window": "#e8daef", "kernel-controlled pages": "#f2f3f4",
-           "VMM region (at its host address)": "#fcf3cf",
-           "last page (no RAM)": "#f2f3f4", "not present": "#ffffff"}
+COLOURS = {"guest memory": "#d5f5e3", "VMM region": "#fcf3cf", "VMM region (host)": "#fcf3cf",
+           "kernel": "#fdebd0", "mapping window": "#e8daef", "page tables": "#f2f3f4",
+           "last page": "#f2f3f4", "not present": "#ffffff"}
 
 
 def _rows(space):
     """(first, end, who, access) from the top of the address space down, gaps included."""
     rows, at = [], 0
     runs = list(space.runs)
-    if space.window and not any(r.who == "mapping window" for r in runs):
-        runs.append(lesson.Run(mapcache.WINDOW, mapcache.WINDOW + paging.SPAN, space.window[0], 0,
-                               "mapping window"))
-    for r in sorted(runs):
-        if r.first > at:
-            rows.append((at, r.first, "not present", ""))
-        rows.append((r.first, r.end, r.who, r.access if r.flags else f"supervisor, {space.window[1]} page(s) now"))
-        at = r.end
+    if space.window and not space.of("mapping window"):       # its table is there, no slot mapped now
+        rows_window = [(mapcache.WINDOW, mapcache.WINDOW + paging.SPAN, "mapping window", "supervisor, no page now")]
+    else:
+        rows_window = []
+    for first, end, name, what in sorted([(r.first, r.end, r.name, lesson.access(r)) for r in runs] + rows_window):
+        if first > at:
+            rows.append((at, first, "not present", ""))
+        rows.append((first, end, name, what))
+        at = end
     if at < 1 << 32:
         rows.append((at, 1 << 32, "not present", ""))
     return rows[::-1]
