@@ -255,9 +255,9 @@ def check_vmm(module):
         return (f"{yours}. The VMM reached the kernel's code at EIP {kernel.eip:#x} with CS limit "
                 f"{kernel.cs[2]:#x} and DS limit {kernel.ds[2]:#x} (their hidden parts, read from the CPU "
                 f"there): the kernel (to {s.kernel_end - 1:#x}) lies past them, so a real CPU raises #GP "
-                "at the VMM's jmp (this platform does not check an instruction fetch against CS's limit, "
-                "nor, under paging, an access that does not page-fault: hw/limits.py). Claim 22: the "
-                "VMM's segment is longer than the VMM needs, to the kernel's end")
+                "at the VMM's jmp (this machine ran on: hw/limits.py says which fetches and accesses it "
+                "checks under paging). Claim 22: the VMM's segment is longer than the VMM needs, to the "
+                "kernel's end")
     if not r.console.startswith("ab"):
         return (f"{yours}. The VMM reached the kernel with the same CS and DS, but the guest's console "
                 f"reads {r.console!r}: {r.stopped or 'its trapped out was not emulated'}")
