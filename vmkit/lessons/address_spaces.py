@@ -12,6 +12,7 @@ or the line the guest printed after its access went through.
 """
 from typing import NamedTuple
 
+from vmkit.hw.asm import assemble
 from vmkit.hw.x86 import decode_segment, EXCEPTION_NAMES
 from vmkit.kernel import address_space as machine_space, layout, mapcache, paging, switch
 from vmkit.lessons import takeover
@@ -94,7 +95,7 @@ def space_text(space):
 
 # ---- probes: the CPU touches an address --------------------------------------------
 class Probe(NamedTuple):
-    who: str            # "guest" or "COS"
+    who: str            # "guest", "VMM" or "COS"
     address: int
     outcome: str        # "ok", "#GP (limit)", "#PF", ...
     detail: str         # what the machine recorded
@@ -181,6 +182,15 @@ class Prober:
         detail = f["why"] if "limit" in str(f["why"]) else (world.fault or f["why"])
         return Probe("guest", address, _fault_outcome(f), f"error {f['error']}: {detail}")
 
+    def vmm(self, address):
+        """What the CPU did when x86 read a byte at `address` as the VMM: at CPL 0, with
+        the VMM's CS and DS (its own segments), in the VM's address space. A VM's guest
+        traps into its VMM; at `vmm_entry`, once the VMM has handled the trap, the CPU is
+        sent to a probe routine put in the VMM region's free space (VMM_PROBE). The probe
+        runs on a machine of its own, thrown away after: a fault the VMM takes at CPL 0
+        is the kernel's panic."""
+        return vmm_probe(address)
+
     def cos(self, address):
         """What the CPU and the kernel did when the displaced COS (CPL 1, its own
         segments, paging off) read a byte at `address`."""
@@ -198,6 +208,49 @@ class Prober:
         return Probe("COS", address, "ok", "the read went through (the module's init returned)")
 
 
+VMM_PROBE = 0x3F00              # in a VMM region, past its x86 (vmm/region.py): the VMM probe's routine
+PROBE_DONE = VMM_PROBE + 0xF0   # the probe routine writes 1 here when its read went through
+
+
+def vmm_probe(address):
+    """Prober.vmm, on a machine of its own (see there)."""
+    from vmkit.vmm import region
+    board, cos, loader = takeover.takeover()
+    try:
+        kernel = loader.kernel
+        world = kernel.install_vm(probe_guest_source, PROBE_MEMORY, "vm1")
+        kernel.memory.write(world.region[0] + POINTER, (address & 0xFFFFFFFF).to_bytes(4, "little"))
+        vmm_base = layout.vmm_base(kernel.base)
+        at, done = vmm_base + VMM_PROBE, vmm_base + PROBE_DONE
+        kernel.memory.write(world.vmm_region + VMM_PROBE, assemble(f"""
+        mov al, byte ptr [{address:#x}]
+        mov byte ptr [{done:#x}], 1
+spin:   jmp spin""", at))
+        sent = []
+
+        def send(cpu):
+            if not sent and cpu["cs"] == layout.VMM_CODE_SEL:
+                sent.append((cpu.segment("cs"), cpu.segment("ds"), cpu.cpl))
+                cpu["eip"] = at
+        board.cpu.on_execute(vmm_base + region.ENTRY, send)
+        board.run_until(lambda: sent, RUN_LIMIT, "the guest's trap into its VMM")
+        mark = board.trace.mark()
+        try:
+            board.run(2_000)
+        except Exception:
+            pass                                # a kernel that panics at a CPL 0 fault: said below
+        cs, ds, cpl = sent[0]
+        how = f"(CPL {cpl}, CS {cs[0]:#x} limit {cs[2]:#x}, DS {ds[0]:#x} limit {ds[2]:#x})"
+        if kernel.memory.read(world.vmm_region + PROBE_DONE, 1) == b"\x01":
+            return Probe("VMM", address, "ok", f"the read went through {how}")
+        f = next((e for e in board.trace.since(mark, "cpu.fault")), None)
+        if f is None:
+            return Probe("VMM", address, "?", f"the probe neither finished nor faulted {how}")
+        return Probe("VMM", address, _fault_outcome(f), f"error {f['error']}: {f['why']} {how}")
+    finally:
+        board.close()
+
+
 def presets(space, kernel):
     """[(what, address)]: the addresses worth probing in `space`, read from it."""
     guest = space.of("guest memory")
@@ -211,11 +264,12 @@ def presets(space, kernel):
 
 
 def probe_table(prober, at):
-    """Each address read from the guest and from the COS: text, one address a paragraph."""
+    """Each address read from the guest, the VMM and the COS: text, one address a paragraph."""
     lines = []
     for what, address in at:
         lines.append(f"{address:#010x}  {what}")
         lines.append(f"    {prober.guest(address)}")
+        lines.append(f"    {prober.vmm(address)}")
         lines.append(f"    {prober.cos(address)}")
     return "\n".join(lines)
 
