@@ -13,6 +13,7 @@ or the line the guest printed after its access went through.
 from typing import NamedTuple
 
 from vmkit.hw.asm import assemble
+from vmkit.hw.board import MachineStopped
 from vmkit.hw.x86 import decode_segment, EXCEPTION_NAMES
 from vmkit.kernel import address_space as machine_space, layout, mapcache, paging, switch
 from vmkit.lessons import takeover
@@ -230,23 +231,26 @@ spin:   jmp spin""", at))
 
         def send(cpu):
             if not sent and cpu["cs"] == layout.VMM_CODE_SEL:
-                sent.append((cpu.segment("cs"), cpu.segment("ds"), cpu.cpl))
+                sent.append((cpu.segment("cs"), cpu.segment("ds"), cpu.cpl, board.trace.mark()))
                 cpu["eip"] = at
         board.cpu.on_execute(vmm_base + region.ENTRY, send)
-        board.run_until(lambda: sent, RUN_LIMIT, "the guest's trap into its VMM")
-        mark = board.trace.mark()
         try:
+            board.run_until(lambda: sent, RUN_LIMIT, "the guest's trap into its VMM")
             board.run(2_000)
-        except Exception:
-            pass                                # a kernel that panics at a CPL 0 fault: said below
-        cs, ds, cpl = sent[0]
+        except MachineStopped:
+            pass                                # the kernel's panic at the VMM's CPL 0 fault: said below
+        if not sent:
+            return Probe("VMM", address, "?", "the guest never trapped into its VMM")
+        cs, ds, cpl, mark = sent[0]
         how = f"(CPL {cpl}, CS {cs[0]:#x} limit {cs[2]:#x}, DS {ds[0]:#x} limit {ds[2]:#x})"
         if kernel.memory.read(world.vmm_region + PROBE_DONE, 1) == b"\x01":
             return Probe("VMM", address, "ok", f"the read went through {how}")
         f = next((e for e in board.trace.since(mark, "cpu.fault")), None)
         if f is None:
             return Probe("VMM", address, "?", f"the probe neither finished nor faulted {how}")
-        return Probe("VMM", address, _fault_outcome(f), f"error {f['error']}: {f['why']} {how}")
+        stop = board.stopped()
+        return Probe("VMM", address, _fault_outcome(f), f"error {f['error']}: {f['why']} {how}"
+                     + (f"; {stop}" if stop else ""))
     finally:
         board.close()
 
