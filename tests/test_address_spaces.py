@@ -48,6 +48,16 @@ def test_a_guest_probe_reads_its_own_memory_and_faults_past_it(prober):
     assert kernel.outcome == "#GP (limit)"                    # past its segment, before the page tables
 
 
+def test_a_vmm_probe_reaches_the_kernel_with_its_own_segments_and_stops_at_their_end(prober):
+    base, end = prober.kernel.base, prober.kernel.base + layout.STACK_TOP
+    kernel = prober.vmm(base + layout.IDT)
+    assert kernel.outcome == "ok" and "CPL 0, CS 0x60 limit 0x43ffff, DS 0x68" in kernel.detail
+    assert prober.vmm(end - 1).outcome == "ok"                        # the kernel's last byte
+    past = prober.vmm(end)
+    assert past.outcome == "#GP (limit)" and f"past the limit {end - 1:#x} of DS" in past.detail
+    assert prober.vmm(lesson.PROBE_MEMORY).outcome == "#PF"           # inside the limit, no page
+
+
 def test_a_cos_probe_into_the_kernel_is_a_limit_fault_the_kernel_skips(prober):
     idt = prober.kernel.base + layout.IDT
     before = prober.board.memory.read(idt, 8)

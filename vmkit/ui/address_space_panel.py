@@ -1,6 +1,6 @@
 """Notebook 09's pictures: one VM's linear address space as a diagram drawn
 from its live page directory and GDT (lessons.address_spaces.address_space),
-and a widget that makes the CPU read an address from the guest or the COS
+and a widget that makes the CPU read an address from the guest, the VMM or the COS
 (lessons.address_spaces.Prober) and shows what the machine did."""
 import html
 
@@ -66,17 +66,21 @@ def space_diagram(space):
     return show(g)
 
 
+WHO = ("guest", "VMM", "COS")
+
+
 class ProbeWidget(widgets.VBox):
-    """Pick an address (or type one), read it from the guest or the COS: each click
-    runs x86 on the prober's machine; the results pile up below, newest last."""
+    """Pick an address (or type one), read it from the guest, the VMM or the COS: each
+    click runs x86 on a machine (lessons.address_spaces.Prober); the results pile up
+    below, newest last."""
 
     def __init__(self, prober, presets):
         self.prober = prober
         self.choice = widgets.Dropdown(options=[(f"{what} ({a:#x})", a) for what, a in presets],
                                        description="address")
         self.typed = widgets.Text(placeholder="or type one: 0x...", layout=widgets.Layout(width="14em"))
-        self.buttons = [widgets.Button(description=f"read it from the {who}") for who in ("guest", "COS")]
-        for b, who in zip(self.buttons, ("guest", "COS")):
+        self.buttons = [widgets.Button(description=f"read it from the {who}") for who in WHO]
+        for b, who in zip(self.buttons, WHO):
             b.on_click(lambda _, who=who: self.probe(who, self.address()))
         self.view = widgets.HTML()
         self.results = []
@@ -93,11 +97,13 @@ class ProbeWidget(widgets.VBox):
         return value if 0 <= value <= 0xFFFFFFFF else None
 
     def probe(self, who, address):
-        """Read `address` from `who` ("guest" or "COS"); returns the result line."""
+        """Read `address` from `who` ("guest", "VMM" or "COS"); returns the result line."""
         if address is None:
             line = f"not an address: {self.typed.value!r} (a number from 0 to 0xffffffff, e.g. 0x40a000)"
+        elif who not in WHO:
+            line = f"no {who!r} to read from: one of {', '.join(WHO)}"
         else:
-            line = str(self.prober.guest(address) if who == "guest" else self.prober.cos(address))
+            line = str(getattr(self.prober, who.lower())(address))
         self.results.append(line)
         self.view.value = "<pre>" + html.escape("\n".join(self.results[-12:])) + "</pre>"
         return line
