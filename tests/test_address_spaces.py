@@ -3,12 +3,12 @@ directory and the GDT in memory say, and each probe is what the CPU did."""
 import pytest
 
 from vmkit.kernel import layout, paging
-from vmkit.lessons import address_spaces as lesson
+from vmkit.lessons import address_spaces as lesson, cos_escapes, probes
 
 
 @pytest.fixture(scope="module")
 def prober():
-    p = lesson.Prober()
+    p = probes.Prober()
     yield p
     p.board.close()
 
@@ -21,7 +21,7 @@ def test_the_runs_are_the_page_tables_entries(prober):
             pte = paging.mapping(kernel.memory, space.cr3, linear)
             assert pte & paging.PRESENT and pte & ~0xFFF == run.host + linear - run.first
     guest = space.of("guest memory")
-    assert [(r.first, r.end) for r in guest] == [(0, lesson.PROBE_MEMORY)]   # from 0, whatever the host
+    assert [(r.first, r.end) for r in guest] == [(0, probes.PROBE_MEMORY)]   # from 0, whatever the host
     assert guest[0].host == vm.region[0]
     assert space.of("kernel")[0].first == kernel.base and not space.of("kernel")[0].user
     vmm = space.of("VMM region")                                             # claim 21: beside the kernel
@@ -35,12 +35,12 @@ def test_the_segments_are_the_gdts_bytes(prober):
     space = lesson.address_space(prober.kernel, prober.vm)
     for s in space.segments:
         assert prober.kernel.memory.read(space.gdtr[0] + s.selector, 8) == s.raw
-    assert space.segment("guest data").limit == lesson.PROBE_MEMORY - 1      # truncated at its memory
+    assert space.segment("guest data").limit == probes.PROBE_MEMORY - 1      # truncated at its memory
     assert space.segment("VMM code").limit == prober.kernel.base + layout.STACK_TOP - 1   # to the kernel's end
 
 
 def test_a_guest_probe_reads_its_own_memory_and_faults_past_it(prober):
-    end = lesson.PROBE_MEMORY
+    end = probes.PROBE_MEMORY
     assert prober.guest(end - 1).outcome == "ok"
     past = prober.guest(end)
     assert past.outcome == "#GP (limit)" and past.detail.startswith("error 0")   # the limit first
@@ -55,7 +55,7 @@ def test_a_vmm_probe_reaches_the_kernel_with_its_own_segments_and_stops_at_their
     assert prober.vmm(end - 1).outcome == "ok"                        # the kernel's last byte
     past = prober.vmm(end)
     assert past.outcome == "#GP (limit)" and f"past the limit {end - 1:#x} of DS" in past.detail
-    assert prober.vmm(lesson.PROBE_MEMORY).outcome == "#PF"           # inside the limit, no page
+    assert prober.vmm(probes.PROBE_MEMORY).outcome == "#PF"           # inside the limit, no page
 
 
 def test_a_cos_probe_into_the_kernel_is_a_limit_fault_the_kernel_skips(prober):
@@ -82,5 +82,5 @@ def test_the_vmm_reaches_the_kernel_with_cs_and_ds_unchanged(prober):
 
 
 def test_every_escape_is_refused_by_the_machine():
-    attempts = lesson.escapes()
+    attempts = cos_escapes.escapes()
     assert len(attempts) == 4 and all(a.refused for a in attempts), "\n".join(map(str, attempts))

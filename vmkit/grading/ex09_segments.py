@@ -18,8 +18,8 @@ from vmkit.hw.board import MachineStopped
 from vmkit.hw.x86 import CODE_RX, DATA_RW, decode_segment, encode_segment
 from vmkit.kernel import layout
 from vmkit.lessons import takeover
-from vmkit.lessons.address_spaces import (SegmentLayout, address_space, crash_fault, segment_layout,
-                                          vmm_to_kernel)
+from vmkit.lessons.address_spaces import SegmentLayout, address_space, segment_layout, vmm_to_kernel
+from vmkit.lessons.probes import crash_fault
 
 GUEST_MEMORY = 0x200000         # 2 MiB: a byte-granular limit cannot reach its end
 POINTERS = 0x1000               # the guest's two addresses to read, written by the grader

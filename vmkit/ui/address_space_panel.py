@@ -1,7 +1,7 @@
 """Notebook 09's pictures: one VM's linear address space as a diagram drawn
 from its live page directory and GDT (lessons.address_spaces.address_space),
 and a widget that makes the CPU read an address from the guest, the VMM or the COS
-(lessons.address_spaces.Prober) and shows what the machine did."""
+(lessons.probes.Prober) and shows what the machine did."""
 import html
 
 import graphviz
@@ -71,7 +71,7 @@ WHO = ("guest", "VMM", "COS")
 
 class ProbeWidget(widgets.VBox):
     """Pick an address (or type one), read it from the guest, the VMM or the COS: each
-    click runs x86 on a machine (lessons.address_spaces.Prober); the results pile up
+    click runs x86 on a machine (lessons.probes.Prober); the results pile up
     below, newest last."""
 
     def __init__(self, prober, presets):
