@@ -377,3 +377,29 @@ def test_the_same_exchange_twice_gives_the_same_trace():
         return events, wire.tap
     first, second = once(), once()
     assert first == second and len(first[1]) == 4
+
+
+def test_a_transmit_step_that_forgets_the_check_cannot_read_past_the_vms_memory(machine):
+    """The port's read takes guest addresses through the VMM's checked translation: a pointer
+    past the VM's memory, handed to a transmit step that does not check it, stops that VM
+    (its fault), and reads nothing of anyone's memory."""
+    from vmkit.kernel.vm_net import VmNet
+
+    def unchecked(p, consumer, producer):            # exercise 08's known wrong answer
+        for i in range(consumer, producer):
+            slot = Slot.unpack(p.read(p.region + net_ring.tx_slot(i), Slot.SIZE))
+            copy = p.region + net_ring.PHYS_TX + i * net_ring.BUFFER
+            p.write(copy, p.read(slot.buffer, slot.length))
+            p.hand_to_nic(i, copy, slot.length)
+    board, kernel, wire = machine
+    VmNet.of(kernel).transmit = unchecked
+    b = vm(kernel, "b", [("recv", 1)], "nic1")
+    past = net_guest.MEMORY                           # the first guest address past a's memory
+    a = vm(kernel, "a", [("asm", send_slot(past, 0x3c))], "nic0")
+    run_until(board, a)
+    assert a.state == "crashed" and wire.tap == []
+    assert a.fault == (f"a network buffer at guest address {past:#x} (+60) is outside the VM's "
+                       f"memory (0..{net_guest.MEMORY - 1:#x})")
+    wire.inject(board.nics[1], net_guest.frame(mac_of(kernel, "nic1", 0), b"for b"))
+    run_until(board, b)
+    assert lines(b) == ["b got for b", "b done"] and board.cpu.shutdown is None

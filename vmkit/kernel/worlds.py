@@ -118,20 +118,16 @@ class Worlds:
         return self.memory.read_u32(world.area + switch.SWITCHES)
 
     # ---- installing a VM -------------------------------------------------------
-    def _vmm_mappings(self, host):
-        """The VMM region's two supervisor mappings (for paging.build): at
-        VMM_BASE, and at its host address."""
-        return [(layout.vmm_base(self.kernel.base), host, layout.VMM_SIZE, paging.WRITABLE),
-                (host, host, layout.VMM_SIZE, paging.WRITABLE)]
-
     def vm_base(self, memory_bytes):
         """Where in host memory the next VM of this size would be placed (its guest
         sees those pages from its address 0: paging.py). From the top down: its VMM
         region, its page tables, its memory."""
         size = -(-memory_bytes // layout.PAGE) * layout.PAGE
         top, floor = self.vm_top - layout.VMM_SIZE, self.kernel.base + layout.STACK_TOP
-        tables = (paging.table_pages(self._kernel_block(), [(0, 0, size)] + self._vmm_mappings(top))
-                  * layout.PAGE if size > 0 else 0)
+        tables = 0
+        for _ in range(2):                     # the tables' count may depend on where the region lands
+            tables = max(tables, paging.table_pages(self._kernel_block(), self.vm_mappings(
+                top - tables - size, size, top)) * layout.PAGE if size > 0 else 0)
         if size <= 0 or top - tables - size < floor:
             left = max(0, top - floor)
             raise VMError(f"a VM of {memory_bytes} bytes does not fit: {left} bytes of memory are left "
@@ -140,6 +136,13 @@ class Worlds:
             raise VMError(f"a VM of {memory_bytes} bytes does not fit below its VMM at "
                           f"{layout.vmm_base(self.kernel.base):#x} in its address space")
         return top - tables - size             # its page tables go above it (paging.py)
+
+    def vm_mappings(self, base, size, region):
+        """A VM's address space besides the kernel's block (paging.build's mappings): its
+        memory, host [base, base + size), at linear 0 .. size, user read/write; its VMM
+        region (host `region`), supervisor only, twice: at VMM_BASE and at its host address."""
+        return [(0, base, size), (layout.vmm_base(self.kernel.base), region, layout.VMM_SIZE, paging.WRITABLE),
+                (region, region, layout.VMM_SIZE, paging.WRITABLE)]
 
     def place(self, cpu=None):
         """The CPU a new VM goes to: `cpu`, or the one with the fewest worlds
@@ -182,8 +185,7 @@ class Worlds:
         region = self.vm_top - layout.VMM_SIZE                  # its VMM region: above its tables
         self.vm_top = base                                      # the next VM goes below it
         self.memory.write(base, bytes(size), code=False)
-        cr3 = paging.build(self.memory, base + size, self._kernel_block(),
-                           [(0, base, size)] + self._vmm_mappings(region),
+        cr3 = paging.build(self.memory, base + size, self._kernel_block(), self.vm_mappings(base, size, region),
                            window=smp.window(self.kernel, cpu))
         self.memory.write(base, code)
         self._prepare_vm_support()

@@ -5,9 +5,14 @@ unmodified program linked at 0 runs as a guest: its globals and string
 literals sit at the addresses the linker gave them. `build` compiles C
 source with
 
-    gcc -m32 -ffreestanding -nostdlib -fno-pic -static   (no libc, no PIC)
-        -Wl,-T,c/guest.ld  -Wl,--build-id=none          (linked at 0, _start first)
-    objcopy -O binary                                   (the bytes from address 0)
+    gcc -m32 -ffreestanding -nostdlib -fno-pic -no-pie -static   (no libc; absolute
+                                        addresses, no GOT: nothing relocates it)
+        -fno-stack-protector             (its canary is read at %gs:0x14: no TLS here)
+        -fno-asynchronous-unwind-tables  (no .eh_frame in the image)
+        -Wl,-T,c/guest.ld  -Wl,--build-id=none   (linked at 0, _start first, no note
+                                        section ahead of the code)
+    objcopy -O binary                   (the bytes from address 0; .bss is left out:
+                                        install_vm zeroes the VM's memory)
 
 and returns the image for install_vm (entry 0: guest.ld puts _start, in
 section .text.start, first). c/hello.c (HELLO) is a sample: it prints on its
@@ -25,7 +30,7 @@ import tempfile
 HERE = pathlib.Path(__file__).parent / "c"
 LINKER_SCRIPT = HERE / "guest.ld"
 HELLO = HERE / "hello.c"
-FLAGS = ("-m32", "-ffreestanding", "-nostdlib", "-fno-pic", "-static", "-fno-stack-protector",
+FLAGS = ("-m32", "-ffreestanding", "-nostdlib", "-fno-pic", "-no-pie", "-static", "-fno-stack-protector",
          "-fno-asynchronous-unwind-tables", "-fno-builtin", "-Os")
 
 

@@ -46,16 +46,16 @@ class VirtualNet:
                 self.vmm.raise_line(NET_LINE)          # frames already there interrupt at once
 
 
-def install_vm_with_net(kernel, guest, memory_bytes, name, nic="nic0", region=0x8000, cpu=None):
+def install_vm_with_net(kernel, guest, memory_bytes, name, nic="nic0", region=0x8000, cpu=None, entry=0):
     """A VM with a network port on the shared NIC `nic`, its shared region at
-    `region` bytes into its memory (page-aligned, wholly inside it)."""
+    `region` bytes into its memory (page-aligned, wholly inside it): guest address `region`."""
     if not isinstance(region, int) or region % net_ring.PAGE or region < 0 \
             or region + net_ring.SIZE > memory_bytes:
         raise VMError(f"a shared region of {net_ring.SIZE:#x} bytes at {region!r} does not fit "
                       f"page-aligned in {memory_bytes:#x} bytes of VM memory")
     if nic not in kernel.shared or not hasattr(kernel.shared[nic], "send_from"):
         raise VMError(f"{nic!r} is not a NIC the kernel shares (shared: {sorted(kernel.shared)})")
-    world = kernel.install_vm(guest, memory_bytes, name, cpu)
+    world = kernel.install_vm(guest, memory_bytes, name, cpu, entry)
     port = VmNet.of(kernel).attach(world.vmm, nic, region)       # a guest address
     world.vmm.net = VirtualNet(world.vmm, port)
     return world

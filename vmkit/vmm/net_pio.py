@@ -64,11 +64,11 @@ class PioNet:
             self.status, self.offset = ST_DONE | (0 if ok else ST_ERROR), 0
 
 
-def install_vm_with_pio_net(kernel, guest, memory_bytes, name, nic="nic0", region=0x8000, cpu=None):
+def install_vm_with_pio_net(kernel, guest, memory_bytes, name, nic="nic0", region=0x8000, cpu=None, entry=0):
     """A VM whose network card is the trap-per-register one (its card memory in a region
     at `region`, as install_vm_with_net places the shared one)."""
     from .net_device import install_vm_with_net
-    world = install_vm_with_net(kernel, guest, memory_bytes, name, nic, region, cpu)
+    world = install_vm_with_net(kernel, guest, memory_bytes, name, nic, region, cpu, entry)
     world.vmm.net = PioNet(world.vmm, world.vmm.net.port)
     return world
 

@@ -172,7 +172,7 @@ class VirtualDisk:
             self.vmm.raise_line(VDISK_LINE)
 
 
-def install_vm_with_vdisk(kernel, guest, memory_bytes, name, vdisk, vdisk_bytes=None, cpu=None):
+def install_vm_with_vdisk(kernel, guest, memory_bytes, name, vdisk, vdisk_bytes=None, cpu=None, entry=0):
     """A VM whose VMM has a virtual disk adapter in front of the VDISK file `vdisk` (created
     with `vdisk_bytes` if missing). The VDISK is opened first, because opening it reads its
     metadata through the shared controller and so runs the machine: the VM must not run
@@ -181,7 +181,7 @@ def install_vm_with_vdisk(kernel, guest, memory_bytes, name, vdisk, vdisk_bytes=
     store = Vdisks.of(kernel)
     disk = store.attach(vdisk, vdisk_bytes, owner=name)
     try:
-        world = kernel.install_vm(guest, memory_bytes, name, cpu)
+        world = kernel.install_vm(guest, memory_bytes, name, cpu, entry)
     except Exception:
         store.detach(disk)
         raise
