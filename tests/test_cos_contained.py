@@ -112,8 +112,11 @@ init:   mov eax, 0x1234
 
 
 def test_the_limit_hooks_follow_the_world_the_cpu_runs():
-    """A VM's world (CPL 3, flat segments) cannot load the COS's DPL 1 segments: no hook,
-    so its accesses cost nothing; the COS's world gets them back."""
+    """A VM's world (CPL 3) cannot load the COS's DPL 1 segments: its only hook is past its
+    guest's own segments, which end at its memory's end (its VMM's GDT), so its accesses
+    inside its memory cost nothing; the COS's world gets the COS's hooks back."""
+    from vmkit.hw.limits import STRADDLE
+    from vmkit.hw.x86 import decode_segment
     # vm_tick=None: turns of PIT ticks, so 200,000 instructions sampled every 100 catch
     # the COS at CPL 1 between the VM's turns (at 100 Hz the VM's one turn is 2M; the COS
     # mostly idles, so a coarser sampling may meet it at CPL 1 once or never)
@@ -127,6 +130,7 @@ def test_the_limit_hooks_follow_the_world_the_cpu_runs():
         world = kernel.worlds.current.kind
         if board.cpu.cpl != 0:
             ranges.setdefault(world, set()).add(board.cpu.limits.ranges)
-    assert ranges["vm"] == {()}
+    guest = decode_segment(board.memory.read(vm.vmm_region + layout.VMM_GDT + layout.USER_DATA_SEL, 8))
+    assert ranges["vm"] == {((guest.limit + 1 - STRADDLE, 0xFFFFFFFF),)}
     assert len(ranges["cos"]) == 1 and () not in ranges["cos"]
     assert kernel.worlds.switches_of(vm) > 0

@@ -55,6 +55,9 @@ _REG_READ = ctypes.cast(_uc.uclib.uc_reg_read, ctypes.c_void_p)
 # implicit stack accesses: the instruction has no memory operand for them
 _STACK = {"push", "pop", "pushal", "popal", "pushad", "popad", "pushfd", "popfd", "pushf", "popf",
           "call", "ret", "enter", "leave", "iretd", "iret"}
+# instructions that read a descriptor from the GDT/LDT without a memory operand of theirs there
+_DESCRIPTOR_LOADS = {"iretd", "iret", "retf", "ljmp", "lcall", "lds", "les", "lfs", "lgs", "lss",
+                     "ltr", "lldt", "lar", "lsl", "verr", "verw", "int", "int3", "into"}
 _disasm = Cs(CS_ARCH_X86, CS_MODE_32)
 _disasm.detail = True
 _SEG_NAMES = {getattr(cx, f"X86_REG_{r.upper()}"): r for r in SEGMENT_REGS}
@@ -181,15 +184,27 @@ class SegmentLimits:
             return self.cpu.read_linear(address, min(size, 0x1000 - (address & 0xFFF)))
 
     def _system_access(self, address, size):
-        """An access inside a descriptor table or TSS the CPU has loaded: the CPU's own
-        (iretd or a segment load reading a descriptor and setting its accessed bit),
-        made through GDTR/LDTR/IDTR/TR, not a segment register: no limit applies. (A
-        VM's GDT lies in its VMM region, past its guest's limit; the pages are
-        supervisor-only, so a guest's own store there is a #PF all the same.)"""
-        for _, base, limit, _ in self.cpu.read_with_tables((), ("gdtr", "ldtr", "idtr", "tr"))[1]:
-            if limit and base <= address and address + size - 1 <= base + limit:
-                return True
-        return False
+        """The CPU's own access to a descriptor table it has loaded: an instruction that
+        loads a segment register (iretd, a far transfer, mov/pop/lds.. of a selector)
+        reads the descriptor, and sets its accessed bit, through GDTR/LDTR, not through a
+        segment register, so no limit applies. (A VM's GDT lies in its VMM region, past
+        its guest's limit.) Only such an instruction, and only where none of its own
+        memory operands points: a store into a loaded table is checked as any store."""
+        cpu = self.cpu
+        tables = cpu.read_with_tables((), ("gdtr", "ldtr"))[1]
+        if not any(limit and base <= address and address + size - 1 <= base + limit
+                   for _, base, limit, _ in tables):
+            return False
+        try:
+            eip = cpu["eip"]
+            insn = next(_disasm.disasm(cpu.read_linear(eip, 16), eip), None)
+        except ValueError:
+            return False
+        if insn is None:
+            return False
+        loads = insn.mnemonic in _DESCRIPTOR_LOADS or any(
+            op.type == cx.X86_OP_REG and op.reg in _SEG_NAMES for op in insn.operands[:1])
+        return loads and not any(op.type == cx.X86_OP_MEM for op in insn.operands[:1])
 
     def _segment_of(self, eip, address):
         cpu = self.cpu
