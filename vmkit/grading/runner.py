@@ -15,7 +15,7 @@ import traceback
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 EXERCISES = ["ex00_idt_gate", "ex02a_kernel_idt", "ex02b_virtual_if", "ex03_classify",
              "ex04_irq_forwarding", "ex05_scheduler", "ex06_world_switch", "ex07_mapping_cache",
-             "ex08_net", "ex10_vmfs", "ex11_unload"]
+             "ex08_net", "ex09_segments", "ex10_vmfs", "ex11_unload"]
 TIME_LIMIT = 60          # seconds per exercise
 
 
