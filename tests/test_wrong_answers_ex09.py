@@ -85,8 +85,9 @@ def vmm_bytes_with_g1(space):
 
 
 WRONG_VMM = [
-    (vmm_alone, "the kernel (to 0x43ffff) lies past them, so a real CPU raises #GP at the VMM's jmp"),
-    (vmm_alone, "CS limit 0x3fffff and DS limit 0x3fffff (their hidden parts, read from the CPU"),
+    (vmm_alone, "The VMM's near jmp into the kernel's code ended in #GP"),
+    (vmm_alone, "past the limit 0x3fffff of CS (the CPU checks every instruction it fetches"),
+    (vmm_alone, "The kernel (to 0x43ffff) lies past your segment"),
     (vmm_based_at_its_region, "The VMM's segment starts at 0"),
     (vmm_based_at_its_region, "triple fault"),
     (vmm_byte_granular, "gate 0xd's offset 0x3fe0d0 is past the limit 0xfffff of its code segment 0x60"),

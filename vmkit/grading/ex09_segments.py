@@ -251,13 +251,20 @@ def check_vmm(module):
     entry, kernel = r.seen
     if entry.cs[:3] != kernel.cs[:3] or entry.ds[:3] != kernel.ds[:3]:
         return f"{yours}. CS or DS changed between the VMM's entry and the kernel: {entry} / {kernel}"
+    fetch = next((f for f in r.faults if f["vector"] == 13 and "of CS" in f["why"]), None)
+    if fetch is not None:
+        return (f"{yours}. The VMM's near jmp into the kernel's code ended in #GP at EIP "
+                f"{fetch['eip']:#x}: {fetch['why']} (the CPU checks every instruction it fetches "
+                f"against CS's limit); the machine stopped: {r.stopped or 'no'}. The kernel (to "
+                f"{s.kernel_end - 1:#x}) lies past your segment. Claim 22: the VMM's segment is longer "
+                "than the VMM needs, to the kernel's end, so no segment register is loaded on the way")
     if kernel.cs[2] < s.kernel_end - 1 or kernel.ds[2] < s.kernel_end - 1:
         return (f"{yours}. The VMM reached the kernel's code at EIP {kernel.eip:#x} with CS limit "
                 f"{kernel.cs[2]:#x} and DS limit {kernel.ds[2]:#x} (their hidden parts, read from the CPU "
                 f"there): the kernel (to {s.kernel_end - 1:#x}) lies past them, so a real CPU raises #GP "
-                "at the VMM's jmp (this machine ran on: hw/limits.py says which fetches and accesses it "
-                "checks under paging). Claim 22: the VMM's segment is longer than the VMM needs, to the "
-                "kernel's end")
+                "on its first access there (this machine checks a CPL 0 access under paging only where "
+                "it page-faults: hw/limits.py). Claim 22: the VMM's segment is longer than the VMM "
+                "needs, to the kernel's end")
     if not r.console.startswith("ab"):
         return (f"{yours}. The VMM reached the kernel with the same CS and DS, but the guest's console "
                 f"reads {r.console!r}: {r.stopped or 'its trapped out was not emulated'}")
