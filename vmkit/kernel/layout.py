@@ -7,6 +7,7 @@ to and controlled by the kernel" (claim 4).
 """
 PAGE = 0x1000
 KERNEL_PAGES = 64                 # 256 KiB asked of the COS
+KERNEL_SIZE = KERNEL_PAGES * PAGE # the kernel's block: [base, kernel_end(base)) (below)
 CODE = 0x0000                     # the image (header + x86 code)
 DATA = 0x8000                     # kernel variables (below)
 GDT = 0x9000
@@ -24,7 +25,7 @@ SYSTEM_WORLD = 0x0300             #   its system world's block (save area, as a 
 CPU_STACK_TOP = 0x2000            #   its kernel stack (CPU 1; CPU 0's is under STACK_TOP)
 SYSTEM_PAGEDIR = 0x2000           #   its system world's page directory and tables (<= 4 pages)
 WINDOW_TABLE = 0x7000             #   the page table of its mapping-cache window
-STACK_TOP = 0x40000               # CPU 0's kernel stack grows down from the end of the block
+STACK_TOP = KERNEL_SIZE           # CPU 0's kernel stack grows down from the end of the block
 
 # kernel variables at DATA
 # where the stub goes after the dispatcher (written into the frame's vector slot, per CPU):
@@ -72,6 +73,12 @@ VMM_CODE = 0x2000                 # the VMM's x86: 256 entry stubs, 16 bytes apa
 VMM_CODE_SEL, VMM_DATA_SEL = 0x60, 0x68   # DPL 0, base 0, limit the kernel block's end (claim 22)
 VMM_GDT_LIMIT = VMM_DATA_SEL + 7  # a VM's GDT: the kernel's entries, then the VMM's two
 VMM_DECIDED = 0x80000000          # in the frame's vector slot: the VMM handled it; the rest: where to go
+
+
+def kernel_end(kernel_base):
+    """The first byte past the kernel's block: the one name for where the kernel ends
+    (Kernel.end; the VMM's segment limit, the VMs' floor, every VM's kernel mapping)."""
+    return kernel_base + KERNEL_SIZE
 
 
 def vmm_base(kernel_base):

@@ -99,7 +99,7 @@ class Worlds:
 
     def _kernel_block(self):
         """The kernel's memory, mapped supervisor-only into every VM's address space."""
-        return (self.kernel.base, self.kernel.base + layout.STACK_TOP)
+        return (self.kernel.base, self.kernel.end)
 
     def _block(self, index):
         if index >= layout.MAX_WORLDS:
@@ -128,7 +128,7 @@ class Worlds:
         sees those pages from its address 0: paging.py). From the top down: its VMM
         region, its page tables, its memory."""
         size = -(-memory_bytes // layout.PAGE) * layout.PAGE
-        top, floor = self.vm_top - layout.VMM_SIZE, self.kernel.base + layout.STACK_TOP
+        top, floor = self.vm_top - layout.VMM_SIZE, self.kernel.end
         tables = 0
         for _ in range(2):                     # the tables' count may depend on where the region lands
             tables = max(tables, paging.table_pages(self._kernel_block(), self.vm_mappings(

@@ -101,7 +101,7 @@ def guest_segment(start, size):
 
 def vmm_segment(kernel):
     """(base, limit) of the VMM's code and data segments: up to the kernel block's end."""
-    return 0, kernel.base + layout.STACK_TOP - 1
+    return 0, kernel.end - 1
 
 
 def gdt(kernel, guest_start, size):
