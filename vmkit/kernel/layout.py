@@ -39,7 +39,7 @@ WORK_DONE = DATA + 0x08           # iterations done, ever: the kernel's progress
 TAKEOVER_GDTR = DATA + 0x10       # lgdt's operand at the takeover (u16 limit, u32 base; loader.py)
 TAKEOVER_IDTR = DATA + 0x18       # lidt's operand at the takeover
 KERNEL_IDTR = TAKEOVER_IDTR       # (the kernel's own IDT: the world switch loads it too, switch.py)
-UNLOAD = DATA + 0x40              # what the unload's x86 loads into the CPU (unload.py): 0x40 bytes
+UNLOAD = DATA + 0x40              # what the unload's x86 loads into the CPU (unload.py's UnloadRecord)
 DEVICES = DATA + 0x100            # the device list as the COS handed it over
 SCSI_COS_RB = DATA + 0x400        # the kernel's copy of the COS's SCSI request block (scsi_share.py)
 
