@@ -68,6 +68,7 @@ VMM_SIZE = 0x4000
 VMM_GDT = 0x0000                  # the VM's GDT: the kernel's entries, its own guest and VMM segments
 VMM_IDT = 0x0800                  # 256 gates to the VMM's stubs, 2 KiB
 VMM_VCPU = 0x1000                 # the VM's virtual CPU (cos_vcpu.py's layout)
+VMM_PATCHES = 0x1100              # the guest's iretd patched to int3 (patches.py's table), to VMM_ENTRIES
 VMM_ENTRIES = 0x1800              # u32: entries into this VMM, counted by its own x86 through DS
 VMM_CODE = 0x2000                 # the VMM's x86: 256 entry stubs, 16 bytes apart, then vmm_common
 VMM_CODE_SEL, VMM_DATA_SEL = 0x60, 0x68   # DPL 0, base 0, limit the kernel block's end (claim 22)

@@ -186,6 +186,10 @@ class Worlds:
         if not isinstance(entry, int) or isinstance(entry, bool) or not 0 <= entry < len(code):
             raise VMError(f"{name}'s entry {entry!r} is not an address inside its image "
                           f"(guest addresses 0..{len(code) - 1:#x})")
+        try:
+            self.kernel.monitor.check_guest(code, entry)        # e.g. its patch table would overflow
+        except GuestFault as e:
+            raise VMError(f"{name} cannot run under its VMM: {e}") from None
         area = self._block(len(self.all))
         region = self.vm_top - layout.VMM_SIZE                  # its VMM region: above its tables
         self.vm_top = base                                      # the next VM goes below it
@@ -196,7 +200,7 @@ class Worlds:
         self._prepare_vm_support()
         self.kernel.monitor.build_region(self.kernel, region, 0, size)   # GDT, IDT, x86: its guest from 0
         self.kernel.enter_vmms()
-        vmm = self.kernel.monitor(self.kernel, name, base, size, region + layout.VMM_VCPU, cpu)
+        vmm = self.kernel.monitor(self.kernel, name, base, size, region, cpu)
         vmm.patch(entry)                                        # from its entry point
         world = World(name, "vm", area, (base, size), vmm, cpu)
         world.vmm_region = region                               # host address (vmm/region.py)
