@@ -172,3 +172,23 @@ def test_a_lidt_naming_more_handlers_than_the_table_holds_stops_that_vm_only():
     assert INT3 not in board.memory.read(vm.region[0] + 0x2000, PATCH_CAPACITY + 8)   # no byte patched
     assert other.state != "crashed" and bytes(other.vmm.console).count(b"other") > 3
     assert board.cpu.shutdown is None
+
+
+def test_a_tick_through_a_gate_that_is_not_present_stops_that_vm_only():
+    """Its IDT (loaded by lidt) has no gate 0x20: a CPU would fault delivering
+    the tick; the VMM stops the VM rather than jump to the empty gate's offset 0."""
+    source = f"""
+        mov word ptr [{guests.VARS + 8:#x}], 0x10f
+        mov dword ptr [{guests.VARS + 10:#x}], {guests.IDT:#x}
+        lidt [{guests.VARS + 8:#x}]
+        sti
+idle:   hlt
+        jmp idle
+"""
+    board, cos, kernel = displaced()
+    other = kernel.install_vm(lambda base: guests.console(base, "other"), VM_MEMORY, "other")
+    vm = kernel.install_vm(source, VM_MEMORY, "nogate")
+    board.run(400_000)
+    assert vm.state == "crashed" and "gate 0x20" in vm.fault and "not a present" in vm.fault
+    assert vm.vmm.vcpu.injected == 0
+    assert other.state != "crashed" and bytes(other.vmm.console).count(b"other") > 3

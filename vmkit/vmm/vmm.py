@@ -272,6 +272,9 @@ class VMM:
         if not self.owns(frame.esp - 12, 12):
             raise GuestFault(f"interrupt with the stack outside the VM's memory ({frame.esp:#x})")
         gate = decode_gate(self.cache.read(self.host(v.idt_base + vector * 8, 8), 8))
+        if not gate.present or gate.type not in (GATE_INT32, GATE_TRAP32):
+            raise GuestFault(f"gate {vector:#x} in the guest's IDT is not a present interrupt or "
+                             f"trap gate (a CPU would raise #NP or #GP delivering through it)")
         self._push(frame, (frame.eflags & ~EFLAGS_IF) | (EFLAGS_IF if v.vif else 0))
         self._push(frame, frame.cs)
         self._push(frame, frame.eip)
