@@ -94,6 +94,11 @@ class Kernel:
         """The first byte past the kernel's block (layout.kernel_end)."""
         return layout.kernel_end(self.base)
 
+    @property
+    def block(self):
+        """(base, end): the kernel's memory, mapped supervisor-only into every address space."""
+        return self.base, self.end
+
     def contains(self, address):
         return self.base <= address < self.end
 

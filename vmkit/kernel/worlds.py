@@ -97,10 +97,6 @@ class Worlds:
         """The world CPU 0 runs now."""
         return self.cpus[0].current
 
-    def _kernel_block(self):
-        """The kernel's memory, mapped supervisor-only into every VM's address space."""
-        return (self.kernel.base, self.kernel.end)
-
     def _block(self, index):
         if index >= layout.MAX_WORLDS:
             raise VMError(f"no room for another world: the kernel keeps {layout.MAX_WORLDS}")
@@ -131,7 +127,7 @@ class Worlds:
         top, floor = self.vm_top - layout.VMM_SIZE, self.kernel.end
         tables = 0
         for _ in range(2):                     # the tables' count may depend on where the region lands
-            tables = max(tables, paging.table_pages(self._kernel_block(), self.vm_mappings(
+            tables = max(tables, paging.table_pages(self.kernel.block, self.vm_mappings(
                 top - tables - size, size, top)) * layout.PAGE if size > 0 else 0)
         if size <= 0 or top - tables - size < floor:
             left = max(0, top - floor)
@@ -194,7 +190,7 @@ class Worlds:
         region = self.vm_top - layout.VMM_SIZE                  # its VMM region: above its tables
         self.vm_top = base                                      # the next VM goes below it
         self.memory.write(base, bytes(size), code=False)
-        cr3 = paging.build(self.memory, base + size, self._kernel_block(), self.vm_mappings(base, size, region),
+        cr3 = paging.build(self.memory, base + size, self.kernel.block, self.vm_mappings(base, size, region),
                            window=smp.window(self.kernel, cpu))
         self.memory.write(base, code)
         self._prepare_vm_support()
