@@ -36,7 +36,7 @@ def test_the_segments_are_the_gdts_bytes(prober):
     for s in space.segments:
         assert prober.kernel.memory.read(space.gdtr[0] + s.selector, 8) == s.raw
     assert space.segment("guest data").limit == probes.PROBE_MEMORY - 1      # truncated at its memory
-    assert space.segment("VMM code").limit == prober.kernel.base + layout.STACK_TOP - 1   # to the kernel's end
+    assert space.segment("VMM code").limit == prober.kernel.end - 1   # to the kernel's end
 
 
 def test_a_guest_probe_reads_its_own_memory_and_faults_past_it(prober):
@@ -49,7 +49,7 @@ def test_a_guest_probe_reads_its_own_memory_and_faults_past_it(prober):
 
 
 def test_a_vmm_probe_reaches_the_kernel_with_its_own_segments_and_stops_at_their_end(prober):
-    base, end = prober.kernel.base, prober.kernel.base + layout.STACK_TOP
+    base, end = prober.kernel.base, prober.kernel.end
     kernel = prober.vmm(base + layout.IDT)
     assert kernel.outcome == "ok" and "CPL 0, CS 0x60 limit 0x43ffff, DS 0x68" in kernel.detail
     assert prober.vmm(end - 1).outcome == "ok"                        # the kernel's last byte

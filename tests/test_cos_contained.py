@@ -61,7 +61,7 @@ def test_the_cos_segments_end_below_the_kernel(displaced):
 def test_a_vm_goes_above_the_kernel_past_the_cos_limit(displaced):
     board, cos, loader = displaced
     vm = loader.kernel.install_vm("l: jmp l", 0x4000)
-    assert vm.region[0] >= loader.kernel.base + layout.STACK_TOP
+    assert vm.region[0] >= loader.kernel.end
     mark = run_module(board, cos, f"""
 init:   mov dword ptr [{vm.region[0]:#x}], 0xdeadbeef
         xor eax, eax

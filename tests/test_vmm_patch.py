@@ -39,7 +39,7 @@ def test_a_guests_data_keeps_its_0xcf_bytes_and_its_iretd_still_traps():
     assert vm.state != "crashed", vm.fault
     assert bytes(vm.vmm.console) == DATA + b"\nticked\n"        # read back intact, by the guest
     data = board.memory.read(vm.region[0], 0x1000).rindex(DATA)
-    assert data and not vm.vmm.patches & set(range(data, data + 4))    # patches: guest addresses
+    assert data and not set(vm.vmm.patches) & set(range(data, data + 4))    # patches: guest addresses
     # its one iretd (the timer handler's, reached through its IDT) is patched and traps:
     # without that, the virtual IF would stay clear after the first tick and "ticked" never come
     (iretd,) = vm.vmm.patches

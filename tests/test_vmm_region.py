@@ -52,7 +52,7 @@ def test_a_vm_runs_on_its_own_gdt_and_idt_in_its_vmm_region():
     gdtr, idtr, cr3 = seen[0]
     assert gdtr[1:3] == (host + layout.VMM_GDT, layout.VMM_GDT_LIMIT)     # identity addresses
     assert idtr[1:3] == (host + layout.VMM_IDT, 256 * 8 - 1)
-    assert host >= kernel.base + layout.STACK_TOP                         # taken from the top of RAM
+    assert host >= kernel.end                         # taken from the top of RAM
     # mapped supervisor-only at VMM_BASE (to the region's pages) and at the host address
     for linear, physical in ((vmm_base, host), (host, host), (vmm_base + layout.VMM_CODE, host + layout.VMM_CODE)):
         pte = paging.mapping(board.memory, cr3, linear)
@@ -64,7 +64,7 @@ def test_a_vm_runs_on_its_own_gdt_and_idt_in_its_vmm_region():
         assert (mine.type, mine.dpl, mine.present) == (kernels.type, kernels.dpl, kernels.present)
     for sel in (layout.VMM_CODE_SEL, layout.VMM_DATA_SEL):
         d = decode_segment(board.memory.read(gdtr[1] + sel, 8))
-        assert (d.base, d.limit, d.dpl, d.g) == (0, kernel.base + layout.STACK_TOP - 1, 0, 1)
+        assert (d.base, d.limit, d.dpl, d.g) == (0, kernel.end - 1, 0, 1)
     for sel in (layout.KERNEL_CODE_SEL, layout.KERNEL_DATA_SEL):          # the kernel's, unchanged
         assert board.memory.read(gdtr[1] + sel, 8) == board.memory.read(kernel.base + layout.GDT + sel, 8)
 
@@ -89,7 +89,7 @@ def test_the_vmm_reaches_the_kernel_on_the_same_cs_and_ds_read_from_the_cpu():
     board.run(400_000)
     irqs = [i for i, e in enumerate(entries) if e[0] == "vmm" and e[2] == 0x20 and e[3] == 3]
     assert len(irqs) > 5 and in_guest
-    end = kernel.base + layout.STACK_TOP - 1
+    end = kernel.end - 1
     for i in irqs:                                     # the kernel's dispatcher, next, for the same frame
         _, esp, _, _, vmm_segs = entries[i]
         assert entries[i + 1][:3] == ("kernel", esp, 0x20)
@@ -125,7 +125,7 @@ def test_a_guest_fault_is_decided_by_its_vmm_and_never_reaches_the_dispatcher():
     assert entries == len(through_its_idt) > len(emulated)
     (first,) = board.trace.of("vmm.entered")
     assert (first["cs"], first["ds"]) == (layout.VMM_CODE_SEL, layout.VMM_DATA_SEL)
-    assert first["cs_limit"] == first["ds_limit"] == kernel.base + layout.STACK_TOP - 1
+    assert first["cs_limit"] == first["ds_limit"] == kernel.end - 1
     assert board.cpu.shutdown is None
 
 
@@ -143,7 +143,7 @@ def test_the_address_space_read_from_the_page_directory_and_gdt():
     assert (vmm.first, vmm.end, vmm.host, vmm.user) == (layout.vmm_base(kernel.base), kernel.base,
                                                         vm.vmm_region, False)
     (k,) = by["kernel"]
-    assert (k.first, k.end, k.host) == (kernel.base, kernel.base + layout.STACK_TOP, kernel.base)
+    assert (k.first, k.end, k.host) == (kernel.base, kernel.end, kernel.base)
     assert by["VMM region (host)"][0].first == vm.vmm_region
     assert [s for s in spans if s.user and s.writable] == [guest]      # nothing else the guest may touch
     segs = {s.name: s for s in address_space.segments(kernel, vm)}

@@ -262,9 +262,9 @@ class Loader:
 
     def _check(self, base, pages):
         image = self._check_image()
-        if base % layout.PAGE or pages * layout.PAGE < layout.STACK_TOP:
+        if base % layout.PAGE or pages * layout.PAGE < layout.KERNEL_SIZE:
             raise LoadError(f"the COS's block {base:#x} x {pages} pages is not a page-aligned "
-                            f"{layout.STACK_TOP:#x} bytes")
+                            f"{layout.KERNEL_SIZE:#x} bytes")
         self.board.memory.check(base, pages * layout.PAGE)
         return image
 

@@ -57,7 +57,7 @@ def _observe(board, order):
     cos.run_command("insmod", LIMIT)
     board.run(100_000)
     kernel = loader.kernel
-    block = (kernel.base, kernel.base + layout.STACK_TOP)
+    block = kernel.block
     patches = {a: m for a, _, m in kernel.patches.entries()}
     kernel.unload_order = order
     cos.insmod(COS.make_module(MASK_KEYBOARD), LIMIT)            # displaced: its virtual PIC

@@ -379,7 +379,10 @@ class CPU(Delivery):
                 # (whether it sees the next instruction depends on where a translation block ends)
                 executed = self._io_fault[3]
             self.done += executed
-            hit = self.counter.hit if error is None and violation is None else None
+            # A denied in/out stops the run only after it (emu_stop inside its hook): the counter
+            # may already stand at a breakpoint on the next instruction. The #GP comes first, or
+            # the instruction would be skipped with neither its port access nor its fault.
+            hit = self.counter.hit if error is None and violation is None and not self._io_fault else None
             if hit is not None:
                 self._resume_at = hit
                 for handler in list(self._stubs.get(hit, ())):

@@ -51,7 +51,7 @@ def _name(kernel, world, first, user, writable):
         return "mapping window"
     if vmm_base <= first < vmm_base + layout.VMM_SIZE:
         return "VMM region"
-    if kernel.base <= first < kernel.base + layout.STACK_TOP:
+    if kernel.contains(first):
         return "kernel"
     region = getattr(world, "vmm_region", None)
     if region is not None and region <= first < region + layout.VMM_SIZE:

@@ -18,8 +18,22 @@ FIELDS = ("vif", "idt_base", "idt_limit", "gdt_base", "gdt_limit", "pending", "t
 
 
 class CosVcpu(Words):
-    """(A VM's virtual CPU has the same layout: vmm.py.)"""
+    """(A VM's virtual CPU has the same layout and bitmaps: vmm.py.)"""
     FIELDS = FIELDS
+
+    def delivered(self, line):
+        """Line `line` was injected: in service (its virtual ISR) until an EOI."""
+        self.in_service |= 1 << line
+
+    def eoi(self):
+        """An EOI to its virtual master PIC: the lowest line in service is done.
+        Returns that line, or None when none was in service."""
+        isr = self.in_service
+        if not isr:
+            return None
+        line = (isr & -isr).bit_length() - 1
+        self.in_service = isr & ~(1 << line)
+        return line
 
 
 def emulate_if(mnemonic, vcpu, frame):

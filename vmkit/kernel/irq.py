@@ -124,16 +124,14 @@ class IrqRouter:
         return True
 
     def delivered(self, line):
-        self.kernel.vcpu.in_service |= 1 << line
+        self.kernel.vcpu.delivered(line)
 
     def cos_eoi(self):
         """The COS sent EOI to its (virtual) master PIC: its handler is done with
         the line it was given last. (Its slave EOIs come first and add nothing.)"""
-        v = self.kernel.vcpu
-        if not v.in_service:
+        line = self.kernel.vcpu.eoi()
+        if line is None:
             return
-        line = (v.in_service & -v.in_service).bit_length() - 1
-        v.in_service &= ~(1 << line)
         self.unacknowledged[line] = 0
         self.kernel.trace.emit("irq.cos_eoi", line=line)
         if line not in self.storms:

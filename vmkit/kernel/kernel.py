@@ -89,8 +89,18 @@ class Kernel:
     def _vmm_entered(self, cpu):
         self.monitor.entered(self, cpu)
 
+    @property
+    def end(self):
+        """The first byte past the kernel's block (layout.kernel_end)."""
+        return layout.kernel_end(self.base)
+
+    @property
+    def block(self):
+        """(base, end): the kernel's memory, mapped supervisor-only into every address space."""
+        return self.base, self.end
+
     def contains(self, address):
-        return self.base <= address < self.base + layout.STACK_TOP
+        return self.base <= address < self.end
 
     # ---- the one way in ----------------------------------------------------
     def dispatch(self, cpu):

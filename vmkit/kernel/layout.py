@@ -7,6 +7,7 @@ to and controlled by the kernel" (claim 4).
 """
 PAGE = 0x1000
 KERNEL_PAGES = 64                 # 256 KiB asked of the COS
+KERNEL_SIZE = KERNEL_PAGES * PAGE # the kernel's block: [base, kernel_end(base)) (below)
 CODE = 0x0000                     # the image (header + x86 code)
 DATA = 0x8000                     # kernel variables (below)
 GDT = 0x9000
@@ -24,7 +25,7 @@ SYSTEM_WORLD = 0x0300             #   its system world's block (save area, as a 
 CPU_STACK_TOP = 0x2000            #   its kernel stack (CPU 1; CPU 0's is under STACK_TOP)
 SYSTEM_PAGEDIR = 0x2000           #   its system world's page directory and tables (<= 4 pages)
 WINDOW_TABLE = 0x7000             #   the page table of its mapping-cache window
-STACK_TOP = 0x40000               # CPU 0's kernel stack grows down from the end of the block
+STACK_TOP = KERNEL_SIZE           # CPU 0's kernel stack grows down from the end of the block
 
 # kernel variables at DATA
 # where the stub goes after the dispatcher (written into the frame's vector slot, per CPU):
@@ -38,7 +39,7 @@ WORK_DONE = DATA + 0x08           # iterations done, ever: the kernel's progress
 TAKEOVER_GDTR = DATA + 0x10       # lgdt's operand at the takeover (u16 limit, u32 base; loader.py)
 TAKEOVER_IDTR = DATA + 0x18       # lidt's operand at the takeover
 KERNEL_IDTR = TAKEOVER_IDTR       # (the kernel's own IDT: the world switch loads it too, switch.py)
-UNLOAD = DATA + 0x40              # what the unload's x86 loads into the CPU (unload.py): 0x40 bytes
+UNLOAD = DATA + 0x40              # what the unload's x86 loads into the CPU (unload.py's UnloadRecord)
 DEVICES = DATA + 0x100            # the device list as the COS handed it over
 SCSI_COS_RB = DATA + 0x400        # the kernel's copy of the COS's SCSI request block (scsi_share.py)
 
@@ -67,11 +68,18 @@ VMM_SIZE = 0x4000
 VMM_GDT = 0x0000                  # the VM's GDT: the kernel's entries, its own guest and VMM segments
 VMM_IDT = 0x0800                  # 256 gates to the VMM's stubs, 2 KiB
 VMM_VCPU = 0x1000                 # the VM's virtual CPU (cos_vcpu.py's layout)
+VMM_PATCHES = 0x1100              # the guest's iretd patched to int3 (patches.py's table), to VMM_ENTRIES
 VMM_ENTRIES = 0x1800              # u32: entries into this VMM, counted by its own x86 through DS
 VMM_CODE = 0x2000                 # the VMM's x86: 256 entry stubs, 16 bytes apart, then vmm_common
 VMM_CODE_SEL, VMM_DATA_SEL = 0x60, 0x68   # DPL 0, base 0, limit the kernel block's end (claim 22)
 VMM_GDT_LIMIT = VMM_DATA_SEL + 7  # a VM's GDT: the kernel's entries, then the VMM's two
 VMM_DECIDED = 0x80000000          # in the frame's vector slot: the VMM handled it; the rest: where to go
+
+
+def kernel_end(kernel_base):
+    """The first byte past the kernel's block: the one name for where the kernel ends
+    (Kernel.end; the VMM's segment limit, the VMs' floor, every VM's kernel mapping)."""
+    return kernel_base + KERNEL_SIZE
 
 
 def vmm_base(kernel_base):

@@ -1,11 +1,14 @@
-"""The COS instructions the kernel replaced by int3, kept in kernel memory (layout.PATCHES).
+"""Instructions replaced by int3, kept in kernel-controlled memory: one table layout, two users.
 
-pushfd, popfd and iretd do not trap at CPL 1, so the kernel patches each to
-int3 and emulates the original (kernel.py, traps.py). The list is the
-machine's state, like a debugger's breakpoint table: one record in the
-kernel's block, read where it lives, holding the byte each patch replaced,
-so the unload (unload.py) can put every byte back and a widget can show the
-table. Layout (little-endian):
+pushfd, popfd and iretd do not trap at CPL 1, so the kernel patches each of the
+COS's to int3 and emulates the original (kernel.py, traps.py): its table is at
+layout.PATCHES in the kernel's block. A VM's guest runs at CPL 3, where iretd
+does not trap either: its VMM patches the guest's to int3 (vmm/vmm.py), and its
+table is at VMM_PATCHES in that VM's VMM region (guest addresses). Either list
+is the machine's state, like a debugger's breakpoint table: a record read
+where it lives, holding the byte each patch replaced, so the unload (unload.py)
+can put every byte back, the monitor acts on what the bytes say, and a widget
+can show the table. Layout (little-endian):
 
     0x00  u32 count
     0x04  count entries of 8 bytes:
@@ -21,7 +24,14 @@ from . import layout
 MNEMONICS = ("pushfd", "popfd", "iretd")
 ENTRY = struct.Struct("<IBBxx")
 HEADER = 4
-CAPACITY = (layout.HEAP - layout.PATCHES - HEADER) // ENTRY.size      # 511
+
+
+def capacity(size):
+    """Entries a table of `size` bytes holds (its count word, then the entries)."""
+    return (size - HEADER) // ENTRY.size
+
+
+CAPACITY = capacity(layout.HEAP - layout.PATCHES)                     # the COS's: 511
 
 
 class PatchTableFull(RuntimeError):
@@ -29,10 +39,11 @@ class PatchTableFull(RuntimeError):
 
 
 class PatchTable:
-    """address -> mnemonic, as a read-only mapping over the record in memory."""
+    """address -> mnemonic, as a read-only mapping over the record in memory.
+    `capacity`: how many entries its area holds (the COS's CAPACITY by default)."""
 
-    def __init__(self, memory, address):
-        self.memory, self.address = memory, address
+    def __init__(self, memory, address, capacity=CAPACITY):
+        self.memory, self.address, self.capacity = memory, address, capacity
 
     def __len__(self):
         return self.memory.read_u32(self.address)
@@ -41,6 +52,10 @@ class PatchTable:
         """[(address, original byte, mnemonic)] in the order they were patched."""
         raw = self.memory.read(self.address + HEADER, len(self) * ENTRY.size)
         return [(a, b, MNEMONICS[m]) for a, b, m in ENTRY.iter_unpack(raw)]
+
+    def __iter__(self):
+        """The patched addresses, as a mapping's keys."""
+        return iter([a for a, _, _ in self.entries()])
 
     def items(self):
         return [(a, m) for a, _, m in self.entries()]
@@ -62,8 +77,8 @@ class PatchTable:
 
     def add(self, address, original, mnemonic):
         count = len(self)
-        if count >= CAPACITY:
-            raise PatchTableFull(f"the patch table holds {CAPACITY} entries")
+        if count >= self.capacity:
+            raise PatchTableFull(f"the patch table at {self.address:#x} holds {self.capacity} entries")
         self.memory.write(self.address + HEADER + count * ENTRY.size,
                           ENTRY.pack(address, original, MNEMONICS.index(mnemonic)), code=False)
         self.memory.write_u32(self.address, count + 1, code=False)

@@ -131,7 +131,7 @@ def processor(kernel, cpu):
                    cpu=index)
     kernel.memory.write(system.area, bytes(layout.WORLD_SIZE), code=False)
     system.cr3 = paging.build(kernel.memory, block + layout.SYSTEM_PAGEDIR,
-                              (kernel.base, kernel.base + layout.STACK_TOP), [],
+                              kernel.block, [],
                               window=window(kernel, index))
     state = dict.fromkeys(switch.ITEMS, 0)
     state.update(kernel_tables(kernel))

@@ -48,24 +48,17 @@ cannot be done where it is placed is not done (unload.skipped says why):
 COS has left it) and "free" before "tables" (the kernel would clear the
 code it runs and the IDT it takes interrupts through).
 
-The record (layout.UNLOAD in kernel memory), as the x86 reads it:
-
-  0x00 gdtr: u16 limit, u32 base      lgdt's operand: the COS's GDT
-  0x08 idtr: u16 limit, u32 base      lidt's operand: the COS's IDT
-  0x10 u32 linear address of the COS's TSS descriptor (made available for ltr)
-  0x14 u32 TR selector                0x18 u32 CS    0x1C u32 ESP (the x86 writes it)
-  0x20 u32 DS, ES, FS, GS, SS
-  0x34 park_gdtr: u16 limit, u32 base  lgdt's operand when a CPU parks: the firmware's GDT
-  0x3C park_idtr: u16 limit, u32 base  no IDT (base 0, limit 0)
+The record (layout.UNLOAD in kernel memory) the x86 reads is `UnloadRecord`
+below: lgdt's and lidt's operands (u16 limit, u32 base) for the COS's tables and
+for a parking CPU's, the COS's TR, CS and data segments, and its ESP.
 """
-import struct
-
 from vmkit.hw.board import FIRMWARE_GDT
 from vmkit.hw.lapic import EOI, LVT_TIMER, MASKED, TIMER_INITIAL
 from vmkit.hw.x86 import EFLAGS_IF, EFLAGS_IOPL
 from vmkit.cos import layout as cos_layout
 from . import layout
 from .frame import Frame
+from .record import Record
 
 CALL = 4                        # int 0x90, EAX = 4: unload
 OK, REFUSED = 0, 1
@@ -74,11 +67,34 @@ PARK_VECTOR = 0xF2              # the IPI that parks another CPU (its local APIC
 WHY_SIZE = 160
 FIRMWARE_GDT_LIMIT = 5 * 8 - 1       # the firmware's five descriptors (hw/board.py)
 
-RECORD = struct.Struct("<HIxx HIxx I I I I IIIII HIxx HIxx")
-_U = layout.UNLOAD
-GDTR, IDTR, TSS_DESC, TR, CS, ESP, SEGS, PARK_GDTR, PARK_IDTR = (
-    _U, _U + 0x08, _U + 0x10, _U + 0x14, _U + 0x18, _U + 0x1C, _U + 0x20, _U + 0x34, _U + 0x3C)
-assert RECORD.size == 0x44
+
+class UnloadRecord(Record):
+    """What the unload's x86 loads into the CPU, at layout.UNLOAD (the x86 names its offsets)."""
+    FIELDS = (("gdt_limit", "H", "lgdt's operand: the COS's GDT"),             # 0x00
+              ("gdt_base", "I"),
+              ("gap0", "2s"),
+              ("idt_limit", "H", "lidt's operand: the COS's IDT"),             # 0x08
+              ("idt_base", "I"),
+              ("gap1", "2s"),
+              ("tss_desc", "I", "linear address of the COS's TSS descriptor (made available for ltr)"),
+              ("tr", "I", "TR selector"),                                      # 0x14
+              ("cs", "I"),                                                     # 0x18
+              ("esp", "I", "the COS's ESP for the iretd (the x86 writes it)"), # 0x1C
+              ("ds", "I"), ("es", "I"), ("fs", "I"), ("gs", "I"), ("ss", "I"),  # 0x20
+              ("park_gdt_limit", "H", "lgdt's operand when a CPU parks: the firmware's GDT"),  # 0x34
+              ("park_gdt_base", "I"),
+              ("gap2", "2s"),
+              ("park_idt_limit", "H", "no IDT (base 0, limit 0)"),            # 0x3C
+              ("park_idt_base", "I"),
+              ("gap3", "2s"))                                                  # 0x44
+
+
+_AT = {name: layout.UNLOAD + offset for name, offset in UnloadRecord.OFFSET.items()}
+GDTR, IDTR, TSS_DESC, TR, CS, ESP, PARK_GDTR, PARK_IDTR = (_AT[n] for n in (
+    "gdt_limit", "idt_limit", "tss_desc", "tr", "cs", "esp", "park_gdt_limit", "park_idt_limit"))
+SEGS = {name: _AT[name] for name in ("ds", "es", "fs", "gs", "ss")}
+if layout.UNLOAD + UnloadRecord.SIZE > layout.DEVICES:
+    raise AssertionError("the unload record runs into the device list (layout.DEVICES)")
 
 _F = Frame.OFFSET["eip"]        # the frame's eip cs eflags esp ss
 X86_DISPATCH = f"""\
@@ -102,15 +118,15 @@ unload:                         ; the COS's own tables again, then a return to i
         mov eax, [esp + {_F + 8}]
         mov [esi + 8], eax
         mov [{ESP:#x} + base], esi
-        mov ax, [{SEGS:#x} + base]
+        mov ax, [{SEGS['ds']:#x} + base]
         mov ds, ax
-        mov ax, [{SEGS + 4:#x} + base]
+        mov ax, [{SEGS['es']:#x} + base]
         mov es, ax
-        mov ax, [{SEGS + 8:#x} + base]
+        mov ax, [{SEGS['fs']:#x} + base]
         mov fs, ax
-        mov ax, [{SEGS + 12:#x} + base]
+        mov ax, [{SEGS['gs']:#x} + base]
         mov gs, ax
-        mov ax, [{SEGS + 16:#x} + base]
+        mov ax, [{SEGS['ss']:#x} + base]
         mov ss, ax
         popad                           ; the COS's registers, from the frame
         mov esp, [{ESP:#x} + base]
@@ -273,8 +289,10 @@ def park(kernel, frame, cpu):
     lapic.write(EOI, 0)
     lapic.write(LVT_TIMER, MASKED | (lapic.read(LVT_TIMER) & 0xFF))
     lapic.write(TIMER_INITIAL, 0)
-    memory, record = kernel.memory, kernel.base + PARK_GDTR
-    memory.write(record, struct.pack("<HIxxHIxx", FIRMWARE_GDT_LIMIT, FIRMWARE_GDT, 0, 0), code=False)
+    memory, at = kernel.memory, kernel.base + layout.UNLOAD
+    record = UnloadRecord.unpack(memory.read(at, UnloadRecord.SIZE))
+    memory.write(at, record.replace(park_gdt_limit=FIRMWARE_GDT_LIMIT, park_gdt_base=FIRMWARE_GDT,
+                                    park_idt_limit=0, park_idt_base=0).pack(), code=False)
     frame.vector = layout.GO_PARK
     kernel.trace.emit("unload.parking", cpu.index, timer="stopped", gdtr=FIRMWARE_GDT, cr3=0)
 
@@ -322,10 +340,11 @@ def _tables(kernel, frame, cpu):
     """The record the x86 reads, the frame it returns from, and GO_UNLOAD."""
     v, cos = kernel.vcpu, kernel.cos_state
     tr = cos["tr"][0]
-    segs = [cos[s] for s in ("ds", "es", "fs", "gs", "ss")]
-    raw = RECORD.pack(v.gdt_limit, v.gdt_base, v.idt_limit, v.idt_base, v.gdt_base + (tr & ~7), tr,
-                      cos["cs"], 0, *segs, FIRMWARE_GDT_LIMIT, FIRMWARE_GDT, 0, 0)
-    kernel.memory.write(kernel.base + layout.UNLOAD, raw, code=False)
+    record = UnloadRecord(gdt_limit=v.gdt_limit, gdt_base=v.gdt_base, idt_limit=v.idt_limit,
+                          idt_base=v.idt_base, tss_desc=v.gdt_base + (tr & ~7), tr=tr, cs=cos["cs"],
+                          park_gdt_limit=FIRMWARE_GDT_LIMIT, park_gdt_base=FIRMWARE_GDT,
+                          **{s: cos[s] for s in SEGS})
+    kernel.memory.write(kernel.base + layout.UNLOAD, record.pack(), code=False)
     flags = frame.eflags & ~(EFLAGS_IF | EFLAGS_IOPL)
     frame.eflags = flags | (EFLAGS_IF if v.vif else 0) | (cos["eflags"] & EFLAGS_IOPL)
     frame.eax = OK

@@ -49,7 +49,7 @@ def take_pages(kernel, count, what):
     segment limit), so the COS can never reach them and no VM's page directory
     maps them."""
     worlds, memory = kernel.worlds, kernel.memory
-    top, floor = worlds.vm_top, kernel.base + layout.STACK_TOP
+    top, floor = worlds.vm_top, kernel.end
     base = top - count * layout.PAGE
     if count <= 0 or base < floor:
         raise ScsiError("kernel memory", f"no room for {what} ({count} pages): "

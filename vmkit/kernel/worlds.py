@@ -97,10 +97,6 @@ class Worlds:
         """The world CPU 0 runs now."""
         return self.cpus[0].current
 
-    def _kernel_block(self):
-        """The kernel's memory, mapped supervisor-only into every VM's address space."""
-        return (self.kernel.base, self.kernel.base + layout.STACK_TOP)
-
     def _block(self, index):
         if index >= layout.MAX_WORLDS:
             raise VMError(f"no room for another world: the kernel keeps {layout.MAX_WORLDS}")
@@ -128,10 +124,10 @@ class Worlds:
         sees those pages from its address 0: paging.py). From the top down: its VMM
         region, its page tables, its memory."""
         size = -(-memory_bytes // layout.PAGE) * layout.PAGE
-        top, floor = self.vm_top - layout.VMM_SIZE, self.kernel.base + layout.STACK_TOP
+        top, floor = self.vm_top - layout.VMM_SIZE, self.kernel.end
         tables = 0
         for _ in range(2):                     # the tables' count may depend on where the region lands
-            tables = max(tables, paging.table_pages(self._kernel_block(), self.vm_mappings(
+            tables = max(tables, paging.table_pages(self.kernel.block, self.vm_mappings(
                 top - tables - size, size, top)) * layout.PAGE if size > 0 else 0)
         if size <= 0 or top - tables - size < floor:
             left = max(0, top - floor)
@@ -186,17 +182,21 @@ class Worlds:
         if not isinstance(entry, int) or isinstance(entry, bool) or not 0 <= entry < len(code):
             raise VMError(f"{name}'s entry {entry!r} is not an address inside its image "
                           f"(guest addresses 0..{len(code) - 1:#x})")
+        try:
+            self.kernel.monitor.check_guest(code, entry)        # e.g. its patch table would overflow
+        except GuestFault as e:
+            raise VMError(f"{name} cannot run under its VMM: {e}") from None
         area = self._block(len(self.all))
         region = self.vm_top - layout.VMM_SIZE                  # its VMM region: above its tables
         self.vm_top = base                                      # the next VM goes below it
         self.memory.write(base, bytes(size), code=False)
-        cr3 = paging.build(self.memory, base + size, self._kernel_block(), self.vm_mappings(base, size, region),
+        cr3 = paging.build(self.memory, base + size, self.kernel.block, self.vm_mappings(base, size, region),
                            window=smp.window(self.kernel, cpu))
         self.memory.write(base, code)
         self._prepare_vm_support()
         self.kernel.monitor.build_region(self.kernel, region, 0, size)   # GDT, IDT, x86: its guest from 0
         self.kernel.enter_vmms()
-        vmm = self.kernel.monitor(self.kernel, name, base, size, region + layout.VMM_VCPU, cpu)
+        vmm = self.kernel.monitor(self.kernel, name, base, size, region, cpu)
         vmm.patch(entry)                                        # from its entry point
         world = World(name, "vm", area, (base, size), vmm, cpu)
         world.vmm_region = region                               # host address (vmm/region.py)

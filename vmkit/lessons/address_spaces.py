@@ -142,7 +142,7 @@ def vmm_to_kernel(board, kernel, world, limit=RUN_LIMIT):
 
 def segments_text(seen, kernel):
     """Claim 22, as the CPU held the segments: one line per register per place."""
-    end = kernel.base + layout.STACK_TOP - 1
+    end = kernel.end - 1
     lines = []
     for s in seen:
         for name in ("cs", "ds"):

@@ -118,7 +118,7 @@ def unload_steps(board, cos, loader):
     ltr of the kernel's `unload` and before its iretd, and where the COS is back (the loading module's second entry);
     the trace events between. Breakpoints only read the CPU; they are removed after."""
     kernel = loader.kernel
-    block = (kernel.base, kernel.base + _klayout.STACK_TOP)
+    block = kernel.block
     cpu, memory, trace = board.cpu, board.memory, board.trace
     module = loader.module
     exit_ = int.from_bytes(module[12:16], "little") + 16

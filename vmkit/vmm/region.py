@@ -18,7 +18,10 @@ Offsets from the region's start (kernel/layout.py):
   VMM_IDT   256 gates: selector VMM_CODE_SEL, offset VMM_BASE + the vector's stub,
             type and DPL as the kernel IDT's gate (an `int n` the kernel refuses
             the guest is still a #GP)
-  VMM_VCPU  the virtual CPU (vmm.py)
+  VMM_VCPU  the virtual CPU (vmm.py): virtual IF and IDTR, its virtual PIC's
+            pending and in-service bitmaps (cos_vcpu.py's layout, as the COS's)
+  VMM_PATCHES  the guest's iretd the VMM patched to int3: patches.py's table (as
+            the COS's), guest addresses; the VMM reads it on every trap
   VMM_ENTRIES  how often the VMM was entered: its x86 counts, through its DS
   VMM_CODE  x86 assembled at VMM_BASE + VMM_CODE: per vector `[push 0]; push v;
             jmp vmm_common`; vmm_common pushes the frame kernel/frame.py describes,
@@ -101,7 +104,7 @@ def guest_segment(start, size):
 
 def vmm_segment(kernel):
     """(base, limit) of the VMM's code and data segments: up to the kernel block's end."""
-    return 0, kernel.base + layout.STACK_TOP - 1
+    return 0, kernel.end - 1
 
 
 def gdt(kernel, guest_start, size):

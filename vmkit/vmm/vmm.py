@@ -24,16 +24,19 @@ the kernel, whose dispatcher hands the VM world's faults here:
                         stops its VM only, CR2 and the error code in the why
   anything else         a fault of the guest's own making stops its VM only.
 
-The virtual CPU (virtual IF, virtual IDTR, pending lines) lives in kernel-
-controlled memory, in the VM's VMM region (region.py, which also holds the
-GDT, IDT and x86 its guest's faults enter through); timer ticks are injected through the
-guest's own IDT exactly as Kernel.inject does for the COS.
+The VMM's state lives in kernel-controlled memory, in the VM's VMM region
+(region.py, which also holds the GDT, IDT and x86 its guest's faults enter
+through), read and written where it lives: the virtual CPU (virtual IF,
+virtual IDTR, its virtual PIC's pending and in-service bitmaps, as the COS's:
+cos_vcpu.py) and the patch list (the COS's table layout, patches.py), which
+the VMM consults on every trap. Timer ticks are injected through the guest's
+own IDT exactly as Kernel.inject does for the COS.
 """
 from capstone.x86 import X86_OP_IMM
 
 from vmkit.hw.x86 import EFLAGS_IF, GATE_INT32, GATE_TRAP32, decode_gate
 from vmkit.kernel.cos_vcpu import CosVcpu
-from vmkit.kernel import decoder, layout
+from vmkit.kernel import decoder, layout, patches
 from vmkit.kernel.errors import GuestFault
 from . import reach, region
 
@@ -41,6 +44,7 @@ SERIAL, SERIAL_LSR = 0x3F8, 0x3FD
 PAGE_FAULT = 14                 # a guest access outside its memory (its page directory, paging.py)
 VM_TIMER_VECTOR = 0x20          # the guest's IDT entry for its virtual timer (IRQ 0)
 INT3, IRETD = 0xCC, "iretd"
+PATCH_CAPACITY = patches.capacity(layout.VMM_ENTRIES - layout.VMM_PATCHES)   # its region's table: 223
 GUEST_FLAGS = 0x0CD5            # CF PF AF ZF SF DF OF: what a guest's iretd may set for real
 
 
@@ -52,18 +56,27 @@ class VMM:
     disk = None                 # its virtual disk adapter (vdisk_device.py), once one is attached
     net = None                  # its network port (net_device.py), once one is attached
 
-    def __init__(self, kernel, name, base, size, vcpu_address, cpu=0):
+    def __init__(self, kernel, name, base, size, region, cpu=0):
+        """region: the host address of its VMM region (region.build wrote it, zeroed)."""
         self.kernel, self.name, self.base, self.size = kernel, name, base, size
         self.cpu = kernel.board.cpus[cpu]                   # the CPU its world is placed on
         self.memory, self.trace = kernel.memory, kernel.trace
-        self.vcpu = CosVcpu(self.memory, vcpu_address)     # same layout as the COS's virtual CPU
-        for f in ("vif", "idt_base", "idt_limit", "gdt_base", "gdt_limit", "pending", "traps",
-                  "injected", "in_service"):
-            setattr(self.vcpu, f, 0)
+        self.region = region
+        self.vcpu = CosVcpu(self.memory, region + layout.VMM_VCPU)    # same layout as the COS's
+        self.patches = patches.PatchTable(self.memory, region + layout.VMM_PATCHES, PATCH_CAPACITY)
         self.console = bytearray()
         self._line = bytearray()
-        self.patches = set()
-        self._code = set()          # addresses of guest instructions decoded so far (reach.py)
+        self._code = set()          # a decoder's cache: guest addresses decoded so far (reach.py)
+
+    @staticmethod
+    def check_guest(code, entry):
+        """Refuse, before the VM exists, a guest whose code reachable from `entry` holds
+        more iretd than its patch table holds (else its install would stop it at once)."""
+        found = reach.reachable(code, 0, [entry], set())
+        count = sum(1 for mnemonic in found.values() if mnemonic == IRETD)
+        if count > PATCH_CAPACITY:
+            raise GuestFault(f"its code holds {count} iretd its VMM must patch; its patch table "
+                             f"(VMM_PATCHES in its VMM region) holds {PATCH_CAPACITY}")
 
     @property
     def cache(self):
@@ -99,18 +112,25 @@ class VMM:
         """iretd -> int3 in the guest code control can reach from `starts` (its
         entry point at install; the handlers its IDT names at each lidt):
         recursive descent (reach.py), so a 0xCF in its data is left alone.
-        `starts` and the patch list (`patches`) are guest addresses; the
-        bytes are read and patched in host memory (`host`)."""
+        `starts` and the patch list (`patches`, in its VMM region) are guest
+        addresses; the bytes are read and patched in host memory (`host`)."""
         self.trace.emit("vmm.patch", vm=self.name, count=self._patch(starts))
 
     def _patch(self, starts):
-        """Returns how many iretd were patched now."""
+        """Returns how many iretd were patched now. More than its table holds: the
+        VM's fault, before any byte changes (an iretd left unpatched would run as
+        the CPU's own, dropping the guest's IF silently)."""
         code = self.memory.read(self.base, self.size)
         found = reach.reachable(code, 0, starts, self._code)        # linked at guest address 0
         new = [address for address, mnemonic in found.items() if mnemonic == IRETD]
+        table = self.patches
+        if len(table) + len(new) > table.capacity:
+            raise GuestFault(f"{len(table) + len(new)} iretd to patch: its patch table (VMM_PATCHES "
+                             f"in its VMM region) holds {table.capacity}")
         for address in new:
-            self.patches.add(address)
-            self.memory.write(self.host(address), bytes([INT3]))
+            at = self.host(address)
+            table.add(address, self.memory.read(at, 1)[0], IRETD)
+            self.memory.write(at, bytes([INT3]))
         return len(new)
 
     def patch_handlers(self):
@@ -130,7 +150,7 @@ class VMM:
         v = self.vcpu
         v.traps += 1
         eip = frame.eip
-        if vector == 3 and eip - 1 in self.patches:
+        if vector == 3 and self.patches.get(eip - 1) == IRETD:      # its table, read where it lives
             frame.eip = eip - 1
             return self._iretd(frame)
         if vector == PAGE_FAULT:                 # outside its memory: its page directory (paging.py)
@@ -141,7 +161,7 @@ class VMM:
         if vector != 13 or not self.owns(eip):
             raise GuestFault(f"vector {vector:#x} at {eip:#x}")
         at = self.host(eip)                      # its bytes in host memory (the decoder reads physical)
-        if eip in self.patches and self.memory.read(at, 1) == bytes([INT3]):
+        if self.patches.get(eip) == IRETD and self.memory.read(at, 1) == bytes([INT3]):
             return self._iretd(frame)            # its patched iretd, known without decoding
         insn = decoder.decode(self.memory, at)
         name = insn.mnemonic if insn else "?"
@@ -190,7 +210,7 @@ class VMM:
             if port == SERIAL:
                 self._serial(value)
             elif port == 0x20 and value & 0x38 == 0x20:
-                self.vcpu.in_service = 0                   # virtual PIC: EOI (recorded only)
+                self.vcpu.eoi()                            # virtual PIC: EOI (recorded only)
             return
         value = 0x60 if port == SERIAL_LSR else 0xFF       # LSR: transmitter empty
         frame.eax = (frame.eax & ~0xFF) | value
@@ -233,6 +253,7 @@ class VMM:
             line = (v.pending & -v.pending).bit_length() - 1
             v.pending &= ~(1 << line)
             self.inject(frame, VM_TIMER_VECTOR + line)
+            v.delivered(line)                            # its virtual ISR, as the COS's (irq.py)
 
     def raise_line(self, line):
         """The kernel's instruction to raise an interrupt (claim 18's input path): line
@@ -251,12 +272,14 @@ class VMM:
         if not self.owns(frame.esp - 12, 12):
             raise GuestFault(f"interrupt with the stack outside the VM's memory ({frame.esp:#x})")
         gate = decode_gate(self.cache.read(self.host(v.idt_base + vector * 8, 8), 8))
+        if not gate.present or gate.type not in (GATE_INT32, GATE_TRAP32):
+            raise GuestFault(f"gate {vector:#x} in the guest's IDT is not a present interrupt or "
+                             f"trap gate (a CPU would raise #NP or #GP delivering through it)")
         self._push(frame, (frame.eflags & ~EFLAGS_IF) | (EFLAGS_IF if v.vif else 0))
         self._push(frame, frame.cs)
         self._push(frame, frame.eip)
         frame.eip = gate.offset
         if gate.type == GATE_INT32:              # an interrupt gate clears IF; a trap gate does not
             v.vif = 0
-        v.in_service = 1
         v.injected += 1
         self.trace.emit("vmm.inject", vm=self.name, vector=vector, handler=gate.offset)
