@@ -6,7 +6,8 @@ and `cos_acknowledged` when the COS's own handler sends EOI to its
 (virtual) PIC.
 
     pic.mask(line) / pic.unmask(line)   mask or unmask the line at the real 8259A
-    pic.eoi(line)                       end of interrupt at the real 8259A
+    pic.eoi(line)                       specific end of interrupt for `line` at the real
+                                        8259A (OCW2 0x60 | line: only that line leaves service)
     pic.is_masked(line)                 whether the kernel has it masked
     cos.queue(line)                     pending for the COS: delivered through its
                                         own IDT when it next runs and wants interrupts

@@ -86,6 +86,9 @@ WRONG = {
         ("no unmask", "        pic.unmask(line)\n", "        pass\n", "still masked at the real PIC"),
         ("unmasks the wrong line", "        pic.unmask(line)\n", "        pic.unmask(line + 1)\n",
          "still masked at the real PIC"),
+        ("EOI to line 0", "    pic.eoi(line)\n", "    pic.eoi(0)\n", "a specific EOI for IRQ 0, not IRQ 4"),
+        ("EOI to the next line", "    pic.eoi(line)\n", "    pic.eoi(line + 1)\n",
+         "a specific EOI for IRQ 5, not IRQ 4"),
     ],
     "ex05_scheduler": [
         ("round-robin in reverse", "worlds[(at + i) % n]", "worlds[(at - i) % n]", "The turns go round in reverse"),

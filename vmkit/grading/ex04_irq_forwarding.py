@@ -5,7 +5,9 @@ jammed level-triggered device must not storm the kernel while masking is on
 
 A wrong answer is diagnosed from the real 8259A, read through its ports as a
 driver reads it (IMR at 0x21; ISR at 0x20 after OCW3 0x0B): at the moment
-the COS's own handler starts, and after the run."""
+the COS's own handler starts, and after the run. pic.eoi(line) is a specific
+EOI (OCW2 0x60 | line), so an EOI for the wrong line leaves the right one in
+service; the PIC's own record of the EOIs it took (`pic.eoi`) names which."""
 from vmkit.hw.x86 import decode_gate
 from vmkit.kernel.kernel import IRQ_BASE
 from vmkit.lessons import interrupts
@@ -17,7 +19,15 @@ OCW3_READ_ISR, OCW3_READ_IRR = 0x0B, 0x0A
 
 def _machine(module):
     board, cos, kernel = interrupts.displaced()
-    kernel.irqs.kernel_sees_irq = module.kernel_sees_irq
+    board.eois = []                              # the lines the PIC took EOI for inside kernel_sees_irq
+
+    def kernel_sees_irq(line, *args, **kwargs):
+        mark = board.trace.mark()
+        try:
+            return module.kernel_sees_irq(line, *args, **kwargs)
+        finally:
+            board.eois += [e["line"] for e in board.trace.since(mark, "pic.eoi")]
+    kernel.irqs.kernel_sees_irq = kernel_sees_irq
     kernel.irqs.cos_acknowledged = module.cos_acknowledged
     return board, cos, kernel
 
@@ -30,6 +40,17 @@ def read_pic(board):
     isr = ports.read(0x20, 1)
     ports.write(0x20, 1, OCW3_READ_IRR)          # back to the power-on choice
     return imr, isr
+
+
+def _no_eoi(board, line, isr, then):
+    """Why `line` is still in service (ISR `isr`): the EOIs the PIC took inside the learner's
+    kernel_sees_irq name other lines (None if they name none)."""
+    others = sorted(set(board.eois) - {line})
+    if others:
+        return (f"{then} the real PIC still had IRQ {line} in service (ISR {isr:#04x}): the kernel sent "
+                f"a specific EOI for IRQ {others[0]}, not IRQ {line}, and that leaves IRQ {line} in service. "
+                f"Acknowledge the line that interrupted: pic.eoi(line)")
+    return None
 
 
 def _at_cos_handler(board, kernel, line, seen):
@@ -56,7 +77,8 @@ def check_order(module):
         return "a key typed on the serial console was queued for the COS, but its handler never ran"
     imr, isr = seen[0]
     if isr & bit:
-        return (f"when the COS's handler for IRQ 4 started, the real PIC still had IRQ 4 in service "
+        return _no_eoi(board, SERIAL, isr, "when the COS's handler for IRQ 4 started,") or (
+                f"when the COS's handler for IRQ 4 started, the real PIC still had IRQ 4 in service "
                 f"(ISR {isr:#04x}): the kernel never sent it EOI, so the PIC delivers nothing of lower "
                 f"priority again. Acknowledge the PIC (pic.eoi) in kernel_sees_irq")
     if not imr & bit:
@@ -95,7 +117,8 @@ def check_storm(module):
         if not masking and not storms:
             imr, isr = read_pic(board)
             if isr & bit:
-                return (f"with masking switched off there was no storm: the real PIC still has IRQ {line} "
+                return _no_eoi(board, line, isr, "with masking switched off there was no storm:") or (
+                        f"with masking switched off there was no storm: the real PIC still has IRQ {line} "
                         f"in service (ISR {isr:#04x}), so it cannot interrupt again. The kernel never sent "
                         f"it EOI: acknowledge the PIC (pic.eoi) whether or not you mask")
             masked = [imr for imr, _ in at_handler if imr & bit] or ([imr] if imr & bit else [])

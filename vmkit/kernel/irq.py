@@ -36,6 +36,7 @@ class PicControl:
         self.router._pic_mask(line, False)
 
     def eoi(self, line):
+        """A specific end of interrupt for `line` at the real 8259A (OCW2 0x60 | level)."""
         self.router._pic_eoi(line)
 
     def is_masked(self, line):
@@ -91,10 +92,17 @@ class IrqRouter:
         ports.write(port, 1, imr | bit if masked else imr & ~bit)
 
     def _pic_eoi(self, line):
+        """A specific EOI (OCW2 0x60 | level) for `line`: it clears that line's in-service bit
+        and no other, so an EOI for the wrong line leaves the right one in service, as on a
+        real 8259A (a non-specific 0x20 would clear whichever is highest, hiding the mistake).
+        A slave line also ends the master's cascade line 2."""
         ports = self.kernel.board.ports
+        if not isinstance(line, int) or not 0 <= line < 16:
+            raise ValueError(f"IRQ line {line!r} is not one of the two 8259As' 0..15")
         if line >= 8:
-            ports.write(0xA0, 1, 0x20)
-        ports.write(0x20, 1, 0x20)
+            ports.write(0xA0, 1, 0x60 | (line - 8))
+            line = 2
+        ports.write(0x20, 1, 0x60 | line)
 
     def irq(self, line):
         """An IRQ entered the kernel. True if it is now pending for the COS."""
