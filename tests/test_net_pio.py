@@ -2,6 +2,8 @@
 (vmm/net_pio.py) and through the shared region (vm_net.py). What is counted is what the machine
 did: the vectors the sender's CPU delivered (CPU.delivered: every kernel entry, the guest's
 #GP on `out` included) and the frames on the wire."""
+import re
+
 from vmkit.hw.nic import Wire
 from vmkit.lessons import takeover
 from vmkit.vmm import net_guest, net_pio
@@ -61,3 +63,24 @@ def test_a_full_size_frame_costs_the_card_a_trap_per_dword_and_the_region_nothin
     assert len(sent) == FRAMES and all(len(f) == 1512 for f in sent) and requests == FRAMES // 7
     assert pio >= 100 * shared, (pio, shared)
 
+
+
+def test_the_cards_frame_with_a_source_mac_not_the_vms_is_dropped_and_counted():
+    board, cos, loader = takeover.takeover(nics=2)
+    kernel, wire = loader.kernel, Wire(board.nics[0], board.nics[1])
+    guest = net_pio.program("src", b"\x02\x00\x00\x00\x10\x09", 3)
+
+    def spoofing(base):                             # the card's address (in eax, dx) never stored: source 0
+        lines = guest(base).splitlines()
+        stores = [k for k, line in enumerate(lines) if re.fullmatch(r"\s*mov \[0x[0-9a-f]+\], e?ax", line)]
+        assert len(stores) == 2, stores
+        return "\n".join("        nop" if k in stores else line for k, line in enumerate(lines))
+    src = install_vm_with_pio_net(kernel, spoofing, net_guest.MEMORY, "src", "nic0")
+    for _ in range(40):
+        if b"src done" in src.vmm.console:
+            break
+        board.run(20_000)
+    c = src.vmm.net.port.counters()
+    board.close()
+    assert b"src done" in src.vmm.console and wire.tap == []       # nothing reached the wire
+    assert (c.refused_source, c.frames_sent) == (3, 0)

@@ -11,7 +11,7 @@ import pytest
 
 from vmkit.hw.nic import CTRL, CTRL_RESET, Wire
 from vmkit.kernel import net_ring
-from vmkit.kernel.net_ring import NetHeader, Slot
+from vmkit.kernel.net_ring import NetHeader, PortState, Slot
 from vmkit.kernel.vm_net import FLOOD_LIMIT, NET_LINE, NetCounters, vm_mac
 from vmkit.lessons import takeover
 from vmkit.vmm import net_guest
@@ -403,3 +403,43 @@ def test_a_transmit_step_that_forgets_the_check_cannot_read_past_the_vms_memory(
     wire.inject(board.nics[1], net_guest.frame(mac_of(kernel, "nic1", 0), b"for b"))
     run_until(board, b)
     assert lines(b) == ["b got for b", "b done"] and board.cpu.shutdown is None
+
+
+def stores(offset, data):
+    """x86: `data` stored at [ebx + offset], a dword at a time."""
+    data = bytes(data).ljust(-(-len(data) // 4) * 4, b"\0")
+    return "\n".join(f"mov dword ptr [ebx + {offset + k:#x}], {int.from_bytes(data[k:k + 4], 'little'):#x}"
+                     for k in range(0, len(data), 4))
+
+
+def test_a_frame_with_a_source_mac_not_the_vms_is_dropped_and_counted(machine):
+    board, kernel, wire = machine
+    b = vm(kernel, "b", [("recv", 1)], "nic1")
+    b_mac = mac_of(kernel, "nic1", 0)
+    c_mac = mac_of(kernel, "nic0", 2)                       # c: another VM on a's own NIC
+    cos_mac = kernel.shared["nic0"].mac
+    spoofed = [net_guest.frame(b_mac, b"as the COS", cos_mac), net_guest.frame(b_mac, b"as c", c_mac)]
+    code = "\n".join(stores(net_ring.FRAMES + k * net_ring.BUFFER, f) + "\n" +
+                     f"mov word ptr [ebx + {net_ring.tx_slot(k) + Slot.OFFSET['length']:#x}], 60" +
+                     f"\nlea edi, [ebx + {net_ring.FRAMES + k * net_ring.BUFFER:#x}]"
+                     f"\nmov [ebx + {net_ring.tx_slot(k):#x}], edi" for k, f in enumerate(spoofed))
+    code += f"\nmov dword ptr [ebx + {H['tx_producer']:#x}], 2\nmov edx, {NET_PORT + REQUEST:#x}\nout dx, eax"
+    a = vm(kernel, "a", [("asm", code), ("send", b_mac, [b"good"])], "nic0")
+    vm(kernel, "c", [], "nic0")
+    mark = board.trace.mark()
+    run_until(board, a, b)
+    good = net_guest.frame(b_mac, b"good", mac_of(kernel, "nic0", 1))
+    assert [(who, f) for _, who, f in wire.tap] == [("nic0", good)]      # nothing spoofed on the wire
+    assert lines(b) == ["b got good", "b done"]
+    pb = port(b)                                           # b's ring: one frame, the good one
+    header = NetHeader.unpack(board.memory.read(pb.host(pb.region), NetHeader.SIZE))
+    slot = Slot.unpack(board.memory.read(pb.host(pb.region + net_ring.rx_slot(0)), Slot.SIZE))
+    assert header.rx_producer == 1 and board.memory.read(pb.host(slot.buffer), 60) == good
+    pa = port(a)                                           # a's counters, in kernel memory
+    state = board.memory.read(pa.state, PortState.SIZE)
+    assert PortState.unpack(state).refused_source == 2 and PortState.unpack(state).frames_sent == 1
+    flags = [Slot.unpack(board.memory.read(pa.host(pa.region + net_ring.tx_slot(k)), Slot.SIZE)).flags
+             for k in range(3)]
+    assert flags == [net_ring.DONE | net_ring.ERROR] * 2 + [net_ring.DONE]
+    assert refused(board, mark, "a") == ["refused_source"] * 2
+    assert [e["frames"] for e in board.trace.since(mark, "net.request") if e["vm"] == "a"] == [0, 1]

@@ -147,7 +147,9 @@ def check_refusals(board, kernel, wire):
         mov edx, {NET_PORT + REQUEST:#x}
         out dx, eax"""
     m = _vm(kernel, "m", [("asm", code), ("send", b_mac, [b"good"]), ("recv", 1)], "nic0")
-    board.memory.write(m.vmm.host(secret, 60), net_guest.frame(b"\xff" * 6, SECRET), code=False)
+    # m's own source MAC in it: the kernel's source check (Port.hand_to_nic) must not be what stops it
+    board.memory.write(m.vmm.host(secret, 60), net_guest.frame(b"\xff" * 6, SECRET, m.vmm.net.port.mac),
+                       code=False)
     _run(board, m, b)
     pm = m.vmm.net.port
     for _, who, f in wire.tap:

@@ -71,6 +71,7 @@ class PortState(Record):    # one per VM port, after NetCounters
               ("frames_received", "I", "frames copied into the receive portion"),
               ("refused_pointer", "I", "TX slots pointing outside the driver's frames"),
               ("refused_length", "I", "TX slots with a length outside 14..1514"),
+              ("refused_source", "I", "TX frames whose source MAC is not the VM's"),
               ("empty_requests", "I", "requests with nothing queued"),
               ("bad_index", "I", "ring indices >= SLOTS found in the region"),
               ("flooded", "I", "requests refused after FLOOD_LIMIT empty ones in a tick"),

@@ -29,7 +29,9 @@ heap holds every port's); every pointer is checked to lie in the VM's region
 before a byte is read, so no other world's memory is ever read or written.
 Refusals (each a counter and a `net.refused` trace event): a pointer outside
 the driver's frames, a length outside 14..1514 (a frame larger than the
-buffer), a request with nothing queued, a ring index >= SLOTS, any request
+buffer), a frame whose source MAC is not the VM's own (checked in
+hand_to_nic, on the copy the NIC reads, whatever transmit step made it), a
+request with nothing queued, a ring index >= SLOTS, any request
 once FLOOD_LIMIT of them came with nothing queued in one kernel tick (a
 sender with frames never floods: each of its requests does work). A
 received frame for no one's MAC is counted in NetCounters.unknown_mac, one
@@ -219,10 +221,31 @@ class Port:
         self._refuse(counter, f"TX slot {i}: {why}")
         self._flags(i, net_ring.DONE | net_ring.ERROR)
 
+    def source_ok(self, physical, what):
+        """Is the source MAC of the frame at guest address `physical` the port's own?
+        If not, counted (`refused_source`) and traced: the frame must not be sent."""
+        source = self.read(physical + 6, 6)
+        if source == self.mac:
+            return True
+        self._refuse("refused_source", f"{what}: source MAC {mac_str(source)} "
+                                       f"is not the VM's {mac_str(self.mac)}")
+        return False
+
     def hand_to_nic(self, i, physical, length):
         """A descriptor of the real NIC names the `length` bytes at guest address `physical`
         (the NIC's DMA reads them at their host address, Port.host, now); TX slot i gets
-        DONE, or DONE | ERROR if the NIC refused. True if sent."""
+        DONE, or DONE | ERROR if the NIC refused. True if sent.
+
+        The kernel's own check first, whatever transmit step made the copy: the copy's
+        source MAC must be the port's, as a virtual switch's port admits only its own
+        address. A VM sending as another VM, the COS or the kernel would steer their
+        replies to itself and confuse whoever sorts by source; such a frame is dropped
+        (slot DONE | ERROR, `refused_source`, a `net.refused` event). The copy checked
+        is the one the NIC reads: it is in the VM's memory, but the VM's only vCPU does
+        not run while its kernel entry checks and sends (the NIC sends within the doorbell)."""
+        if not self.source_ok(physical, f"TX slot {i}"):
+            self._flags(i, net_ring.DONE | net_ring.ERROR)
+            return False
         pointer = Slot.unpack(self.read(self.region + net_ring.tx_slot(i), Slot.SIZE)).buffer
         self.trace.emit("net.tx", vm=self.vmm.name, slot=i, pointer=pointer, copy=physical,
                         length=length)

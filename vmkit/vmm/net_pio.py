@@ -53,14 +53,20 @@ class PioNet:
         elif reg == LENGTH:
             self.length = frame.eax & 0xFFFF
         elif reg == COMMAND and frame.eax == CMD_TX:
-            ok = MIN_FRAME <= self.length <= min(MAX_FRAME, self.offset) and \
-                self.port.front.send_from(self.port.host(self.buffer, self.length), self.length,
-                                          self.vmm.name)
-            if ok:
-                self.port._count("frames_sent")
-            else:
+            ok = MIN_FRAME <= self.length <= min(MAX_FRAME, self.offset)
+            if not ok:
                 self.port._refuse("refused_length", f"a frame of {self.length} bytes "
                                                     f"({self.offset} written)")
+            elif not self.port.source_ok(self.buffer, "the card's frame"):   # the kernel's check, as for the ring
+                ok = False
+            else:
+                ok = self.port.front.send_from(self.port.host(self.buffer, self.length), self.length,
+                                               self.vmm.name)
+                if ok:
+                    self.port._count("frames_sent")
+                else:
+                    self.port._refuse("refused_length", f"a frame of {self.length} bytes "
+                                                        f"({self.offset} written)")
             self.status, self.offset = ST_DONE | (0 if ok else ST_ERROR), 0
 
 
