@@ -74,7 +74,11 @@ nl:     mov ebp, [ebx + {H['rx_consumer']:#x}]
         mov [edi*4 + {base + V_LENGTHS:#x}], ecx
         shl edi, {SHIFT:#x}
         add edi, {base + INBOX:#x}
-        rep movsb
+        add ecx, 3                      ; by dwords, as a driver copies: a 60-byte frame in 15
+        shr ecx, 2                      ; (both buffers are 2 KiB: the last dword stays inside;
+                                        ; the clock counts every rep iteration: by bytes the
+                                        ; handler took 77 instructions a frame, now 34, docs/net.md)
+        rep movsd
         inc dword ptr [{base + V_RECEIVED:#x}]
         inc ebp
         and ebp, {SLOTS - 1:#x}
