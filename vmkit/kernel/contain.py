@@ -54,6 +54,32 @@ def what_is_at(kernel, address):
 _PRIVILEGED = {0xFA, 0xFB, 0xF4, 0xE4, 0xE5, 0xE6, 0xE7, 0xEC, 0xED, 0xEE, 0xEF}
 
 
+def cos_code_limit(kernel):
+    """The last offset the COS's code segment reaches, read from the kernel's GDT."""
+    raw = kernel.memory.read(kernel.base + layout.GDT + layout.COS_CODE_SEL, 8)
+    return decode_segment(raw).limit
+
+
+def fetched_past_limit(kernel, frame):
+    """A #GP(0) from the COS at an instruction that lies (in part) past its code segment's
+    limit: the CPU refused to fetch it (a jump into the kernel or a VM's pages), so the
+    bytes at EIP are not the COS's instruction, and neither past_limit nor the privileged
+    instructions' emulation may decode and skip them. True (reported): the #GP is the
+    COS's own, for its handler, as a real CPU would deliver it."""
+    if frame.error != 0:
+        return False
+    limit = cos_code_limit(kernel)
+    if frame.eip <= limit - 15:                 # (an instruction is at most 15 bytes long:
+        return False                            # the hot path, cli/sti/hlt/in/out, decodes nothing)
+    if frame.eip <= limit:
+        insn = traps.decode(kernel, frame.eip)   # one that starts inside and ends past it
+        if insn is None or frame.eip + insn.size - 1 <= limit:
+            return False
+    kernel.trace.emit("kernel.cos_limit", address=frame.eip, size=1, eip=frame.eip, insn="fetch",
+                      what=what_is_at(kernel, max(frame.eip, limit + 1)), limit=limit)
+    return True
+
+
 def past_limit(kernel, frame):
     """A #GP from the COS: True (reported and skipped) if the instruction reaches past
     the COS's segment limit, False if the #GP is something else (traps.privileged's)."""
