@@ -135,3 +135,25 @@ def test_the_limit_hooks_follow_the_world_the_cpu_runs():
     assert guest.limit == 0x4000 - 1 and ranges["vm"] == {()}
     assert len(ranges["cos"]) == 1 and () not in ranges["cos"]
     assert kernel.worlds.switches_of(vm) > 0
+
+
+def test_a_cos_store_into_a_vms_vmm_region_or_page_tables_lands_nowhere_and_is_named(displaced):
+    """The VM's GDT (its guest's and VMM's segments), its VMM's x86 and its page directory
+    lie above the kernel: past the COS's limit, each store refused and reported by name."""
+    board, cos, loader = displaced
+    kernel = loader.kernel
+    vm = kernel.install_vm("l: jmp l", 0x4000, "vm")
+    gdt, stubs = vm.vmm_region + layout.VMM_GDT + layout.VMM_CODE_SEL, vm.vmm_region + layout.VMM_CODE
+    before = {a: board.memory.read_u32(a) for a in (gdt, stubs, vm.cr3)}
+    mark = run_module(board, cos, f"""
+init:   mov dword ptr [{gdt:#x}], 0xffff            ; the VMM's code segment
+        mov dword ptr [{stubs:#x}], 0xdeadbeef      ; its first entry stub
+        mov dword ptr [{vm.cr3:#x}], 0x87           ; its page directory's first entry
+        xor eax, eax
+        ret""")
+    m = board.memory                                 # (the CPU sets accessed bits as the VM runs)
+    assert m.read_u32(gdt) == before[gdt] != 0xFFFF and m.read_u32(stubs) == before[stubs]
+    assert m.read_u32(vm.cr3) & ~0x60 == before[vm.cr3] & ~0x60 != 0x87
+    assert [e["what"] for e in board.trace.since(mark, "kernel.cos_limit")] == [
+        "vm's VMM region", "vm's VMM region", "vm's page tables"]
+    assert cos.var("MODULE_RESULT") == 0 and board.cpu.shutdown is None

@@ -42,8 +42,15 @@ def what_is_at(kernel, address):
         offset = address - kernel.base
         return next((name for a, b, name in PLACES if a <= offset < b), "the kernel's memory")
     for w in kernel.worlds.all:
-        if w.kind == "vm" and w.region[0] <= address < w.region[0] + w.region[1]:
+        if w.kind != "vm":
+            continue
+        base, size = w.region                   # its memory, its page tables, its VMM region
+        if base <= address < base + size:
             return f"{w.name}'s memory"
+        if base + size <= address < w.vmm_region:
+            return f"{w.name}'s page tables"
+        if w.vmm_region <= address < w.vmm_region + layout.VMM_SIZE:
+            return f"{w.name}'s VMM region"
     return "memory past the COS's limit"
 
 
