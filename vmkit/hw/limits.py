@@ -240,6 +240,8 @@ class SegmentLimits:
         cs = loaded["cs"]
         if cs is not None and not _inside(cs, eip, 1):
             return Violation(GP, eip, (cs.base + eip) & FLAT, 1, "cs", cs.limit, None, cpu.counter.count)
+        if cs is not None and self._fetch_crossed(cs, eip, cr2):
+            return Violation(GP, eip, cr2, 1, "cs", cs.limit, None, cpu.counter.count)
         access = self._access(eip, cr2)
         if access is None:
             return None
@@ -248,6 +250,22 @@ class SegmentLimits:
             return None
         return Violation(SS_FAULT if segment == "ss" else GP, eip, (d.base + offset) & FLAT, size,
                          segment, d.limit, None, cpu.counter.count)
+
+    def _fetch_crossed(self, cs, eip, cr2):
+        """Did the fetch of the instruction at EIP fault at CR2, past CS's limit (an
+        instruction whose first bytes are inside it and the rest on a page not present)?
+        Its bytes before CR2 are read (they are on a present page): if they hold no whole
+        instruction, the fetch needed CR2's byte, and a real CPU refused it at the limit."""
+        at = (cs.base + eip) & FLAT
+        offset = (cr2 - cs.base) & FLAT
+        if not 0 < (cr2 - at) & FLAT < 15 or _inside(cs, offset, 1):
+            return False
+        try:
+            head = self.cpu.read_linear(at, (cr2 - at) & FLAT)
+        except ValueError:
+            return False
+        insn = next(_disasm.disasm(head, eip), None)
+        return insn is None or insn.size > len(head)
 
     def _access(self, eip, address):
         """(segment, its descriptor, offset, size) of the access of the instruction at
