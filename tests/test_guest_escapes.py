@@ -73,8 +73,8 @@ def test_a_guest_iretd_into_virtual_8086_mode_stops_that_vm_not_the_machine(cs):
     """Unicorn enters virtual-8086 mode on an iretd at CPL 3 whose popped EFLAGS has VM (a real
     CPU ignores the bit there). An iretd the VMM never saw (written at run time) does it; the
     platform then delivers the guest's next fault as a CPU does from that mode (hw/delivery.py),
-    and its monitor stops the VM, whatever its real-mode CS (0x100: RPL bits 0, which the kernel
-    took for its own CPL 0 and panicked; before, the platform's delivery triple-faulted)."""
+    and its monitor stops the VM, whatever its real-mode CS (0x100: low bits 0, which must not
+    be taken for CPL 0)."""
     board, kernel, bad = attempt(f"""
         mov byte ptr [0x6000], 0xcf     ; iretd, at an address the VMM never scanned
         push 0
