@@ -205,11 +205,11 @@ class CPU(Delivery):
         s["cpl"] = self.cpl
         return s
 
-    def descriptors_changed(self, cpl=None):
+    def descriptors_changed(self, cpl=None, paging=None):
         """The GDT this CPU's GDTR names was loaded or edited (or, with `cpl`, software
-        is about to run at that CPL): the platform reads its descriptors again for the
-        segment-limit checks (limits.py)."""
-        self.limits.refresh(cpl)
+        is about to run at that CPL; with `paging`, about to turn paging on or off): the
+        platform reads its descriptors again for the segment-limit checks (limits.py)."""
+        self.limits.refresh(cpl, paging)
 
     def invalidate_code(self, begin, end):
         """Drop translated code for a physical range written from outside the CPU.

@@ -144,13 +144,14 @@ class SegmentLimits:
         cpu.counter.state.limits = ctypes.addressof(s)    # the fetch check reads CS's limit here
 
     # ---- which ranges ------------------------------------------------------------
-    def refresh(self, cpl=None):
+    def refresh(self, cpl=None, paging=None):
         """Read the GDT the CPU's GDTR names and hook the ranges past the limits of the
         segments that can be loaded: with `cpl`, those a program at that CPL may load
         (DPL >= cpl: a CPL 3 world cannot load the COS's DPL 1 segments) and the DPL 0
         ones the CPL 0 software it enters loads for itself; without, all. With paging on,
-        none: a hook sees physical addresses then (the module's docstring). Nothing to do
-        if nothing changed."""
+        none: a hook sees physical addresses then (the module's docstring); `paging`: as
+        the software will have it (the hooks' filter passes any access made while paging
+        is still on). Nothing to do if nothing changed."""
         if self.lib is None:
             return
         _, base, limit, _ = self.cpu["gdtr"]
@@ -161,7 +162,7 @@ class SegmentLimits:
                 break                       # longer GDTR over the same table finds its selectors
             except ValueError:
                 continue
-        paging = bool(self.cpu["cr0"] & CR0_PG)
+        paging = bool(self.cpu["cr0"] & CR0_PG) if paging is None else paging
         seen = (base, limit, table, cpl or 0, paging)
         if seen == self._seen:
             return
