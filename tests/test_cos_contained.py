@@ -157,3 +157,18 @@ init:   mov dword ptr [{gdt:#x}], 0xffff            ; the VMM's code segment
     assert [e["what"] for e in board.trace.since(mark, "kernel.cos_limit")] == [
         "vm's VMM region", "vm's VMM region", "vm's page tables"]
     assert cos.var("MODULE_RESULT") == 0 and board.cpu.shutdown is None
+
+
+def test_a_cos_load_past_its_limit_from_memory_the_machine_lacks_is_the_limits_gp(displaced):
+    """0xff800000 is past the COS's limit and past the end of RAM: a CPU checks the limit
+    first, so the #GP is the limit's (the platform's own #GP for memory it lacks comes after)."""
+    board, cos, loader = displaced
+    mark = run_module(board, cos, """
+init:   mov eax, [0xff800000]
+        xor eax, eax
+        ret""")
+    faults = [e["why"] for e in board.trace.since(mark, "cpu.fault")
+              if e["vector"] == 13 and e["eip"] >= cos_layout.MODULE_AREA]
+    assert faults == ["4-byte access at 0xff800000 past the limit 0x3fffff of DS"], faults
+    assert [e["address"] for e in board.trace.since(mark, "kernel.cos_limit")] == [0xFF800000]
+    assert cos.var("MODULE_RESULT") == 0 and board.cpu.shutdown is None

@@ -252,6 +252,22 @@ class SegmentLimits:
         return Violation(SS_FAULT if segment == "ss" else GP, eip, (d.base + offset) & FLAT, size,
                          segment, d.limit, None, cpu.counter.count)
 
+    def unmapped(self, address):
+        """An access at `address` (paging off: linear = physical) to memory the machine does
+        not have stopped the run (Unicorn fires no read/write hook for it): a real CPU checks
+        the limit of the segment the access goes through first. The Violation if it is past
+        that limit, else None (with paging on the address Unicorn gives is physical, and
+        no access of the instruction's matches it: None)."""
+        eip = self.cpu["eip"]
+        access = self._access(eip, address)
+        if access is None:
+            return None
+        segment, d, offset, size = access
+        if _inside(d, offset, size):
+            return None
+        return Violation(SS_FAULT if segment == "ss" else GP, eip, address, size, segment, d.limit,
+                         None, self.cpu.counter.count)
+
     def _fetch_crossed(self, cs, eip, cr2):
         """Did the fetch of the instruction at EIP fault at CR2, past CS's limit (an
         instruction whose first bytes are inside it and the rest on a page not present)?
