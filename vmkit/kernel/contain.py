@@ -11,7 +11,10 @@ The kernel reports it (a `kernel.cos_limit` event naming the address and
 what lies there) and skips the instruction: the COS goes on, its store
 undone, a load leaving its register as it was — as a write to ROM goes
 nowhere. (Reflecting the #GP to the COS's own handler would stop the COS for
-good: its fault handler halts.)
+good: its fault handler halts.) A jump past its limit is different: the CPU
+refused to fetch the instruction there (the kernel's or a VM's bytes, not the
+COS's), so there is nothing of the COS's to skip; that #GP(0) is reflected to
+the COS, as a real CPU would deliver it (`fetched_past_limit`).
 
 Devices the COS programs through the kernel (the shared SCSI controller and
 NIC) are held to the same limit: every address and length the COS gives
