@@ -83,4 +83,4 @@ def test_the_vmm_reaches_the_kernel_with_cs_and_ds_unchanged(prober):
 
 def test_every_escape_is_refused_by_the_machine():
     attempts = cos_escapes.escapes()
-    assert len(attempts) == 4 and all(a.refused for a in attempts), "\n".join(map(str, attempts))
+    assert len(attempts) == 5 and all(a.refused for a in attempts), "\n".join(map(str, attempts))

@@ -89,8 +89,10 @@ init:   mov ax, {user_data:#x}
         ret""")
     assert board.memory.read(gate, 8) == before
     faults = [(e["vector"], e["error"]) for e in board.trace.since(mark, "cpu.fault")]
-    assert (13, layout.USER_DATA_SEL) in faults                    # the selector load itself
-    assert [e["address"] for e in board.trace.since(mark, "kernel.cos_limit")] == [gate]
+    assert (13, layout.USER_DATA_SEL) in faults                    # the selector load itself,
+    m = board.memory                                               # for the COS's own handler
+    assert (m.read_u32(cos_layout.FAULT_VECTOR), m.read_u32(cos_layout.FAULT_ERROR)) == (13, layout.USER_DATA_SEL)
+    assert not board.trace.since(mark, "kernel.cos_limit")         # (the store after it never ran)
     cos_world = kernel.worlds.all[0]                                # the VM runs once the COS idles:
     limit = (board.cpu["gdtr"][2] if kernel.worlds.current is cos_world  # then its sgdt, saved
              else switch.read_area(board.memory, cos_world.area)["gdtr.limit"])   # at the switch
@@ -135,3 +137,40 @@ def test_the_limit_hooks_follow_the_world_the_cpu_runs():
     assert guest.limit == 0x4000 - 1 and ranges["vm"] == {()}
     assert len(ranges["cos"]) == 1 and () not in ranges["cos"]
     assert kernel.worlds.switches_of(vm) > 0
+
+
+def test_a_cos_store_into_a_vms_vmm_region_or_page_tables_lands_nowhere_and_is_named(displaced):
+    """The VM's GDT (its guest's and VMM's segments), its VMM's x86 and its page directory
+    lie above the kernel: past the COS's limit, each store refused and reported by name."""
+    board, cos, loader = displaced
+    kernel = loader.kernel
+    vm = kernel.install_vm("l: jmp l", 0x4000, "vm")
+    gdt, stubs = vm.vmm_region + layout.VMM_GDT + layout.VMM_CODE_SEL, vm.vmm_region + layout.VMM_CODE
+    before = {a: board.memory.read_u32(a) for a in (gdt, stubs, vm.cr3)}
+    mark = run_module(board, cos, f"""
+init:   mov dword ptr [{gdt:#x}], 0xffff            ; the VMM's code segment
+        mov dword ptr [{stubs:#x}], 0xdeadbeef      ; its first entry stub
+        mov dword ptr [{vm.cr3:#x}], 0x87           ; its page directory's first entry
+        xor eax, eax
+        ret""")
+    m = board.memory                                 # (the CPU sets accessed bits as the VM runs)
+    assert m.read_u32(gdt) == before[gdt] != 0xFFFF and m.read_u32(stubs) == before[stubs]
+    assert m.read_u32(vm.cr3) & ~0x60 == before[vm.cr3] & ~0x60 != 0x87
+    assert [e["what"] for e in board.trace.since(mark, "kernel.cos_limit")] == [
+        "vm's VMM region", "vm's VMM region", "vm's page tables"]
+    assert cos.var("MODULE_RESULT") == 0 and board.cpu.shutdown is None
+
+
+def test_a_cos_load_past_its_limit_from_memory_the_machine_lacks_is_the_limits_gp(displaced):
+    """0xff800000 is past the COS's limit and past the end of RAM: a CPU checks the limit
+    first, so the #GP is the limit's (the platform's own #GP for memory it lacks comes after)."""
+    board, cos, loader = displaced
+    mark = run_module(board, cos, """
+init:   mov eax, [0xff800000]
+        xor eax, eax
+        ret""")
+    faults = [e["why"] for e in board.trace.since(mark, "cpu.fault")
+              if e["vector"] == 13 and e["eip"] >= cos_layout.MODULE_AREA]
+    assert faults == ["4-byte access at 0xff800000 past the limit 0x3fffff of DS"], faults
+    assert [e["address"] for e in board.trace.since(mark, "kernel.cos_limit")] == [0xFF800000]
+    assert cos.var("MODULE_RESULT") == 0 and board.cpu.shutdown is None

@@ -197,17 +197,27 @@ init:   lidt [{operand:#x}]                 ; past its limit: skipped, as a load
     assert cos.ticks() > ticks
 
 
-def test_a_cos_load_of_the_kernels_data_selector_is_its_own_gp_not_a_kernel_panic(displaced):
+@pytest.mark.parametrize("selector", [layout.KERNEL_DATA_SEL, layout.VMM_DATA_SEL, layout.USER_DATA_SEL | 3])
+def test_a_cos_load_of_a_selector_it_may_not_use_is_its_own_gp_not_a_kernel_panic(displaced, selector):
+    """DPL 0 data at CPL 1 (the kernel's), or past its GDTR's limit (a VMM's, a VM's): the CPU's
+    #GP(selector), which its own handler gets, as on a real CPU (the kernel neither panics nor
+    skips the load as if it were a privileged instruction it emulates)."""
     board, cos, loader = displaced
-    mark = run_module(board, cos, f"""
-init:   mov ax, {layout.KERNEL_DATA_SEL:#x}
-        mov ds, ax                      ; DPL 0 data at CPL 1: #GP(0x28), the CPU's own
-        mov ax, ds
-        mov [{OUT:#x}], eax             ; DS as it is after: its own, the load refused
+    board.memory.write_u32(OUT, 0)
+    cos.put_module(cos.make_module(f"""
+init:   mov ax, {selector:#x}
+        mov ds, ax                      ; #GP(selector), the CPU's own
+        mov dword ptr [{OUT:#x}], 1     ; not reached: its #GP handler stops the COS
         xor eax, eax
-        ret""")
+        ret"""))
+    mark = board.trace.mark()
+    cos.type("insmod\n")
+    board.run(1_000_000)
     assert board.cpu.shutdown is None                                  # the kernel goes on
-    assert board.memory.read_u32(OUT) & 0xFFFC == layout.COS_DATA_SEL
     faults = board.trace.since(mark, "cpu.fault")
-    assert (GP, layout.KERNEL_DATA_SEL) in [(e["vector"], e["error"]) for e in faults]
+    assert (GP, selector & ~3) in [(e["vector"], e["error"]) for e in faults]
     assert not [e for e in faults if "past the limit" in e["why"]]    # the GDT read is the CPU's own
+    assert not board.trace.since(mark, "kernel.refused")
+    m = board.memory
+    assert (m.read_u32(cos_layout.FAULT_VECTOR), m.read_u32(cos_layout.FAULT_ERROR)) == (GP, selector & ~3)
+    assert m.read_u32(OUT) == 0

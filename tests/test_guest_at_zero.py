@@ -136,3 +136,24 @@ def test_a_c_guest_that_does_not_compile_is_a_clear_error():
         pytest.skip(f"gcc cannot build a 32-bit freestanding guest here: {cguest.unavailable()}")
     with pytest.raises(cguest.CGuestError, match=r"gcc failed \(exit 1\).*undeclared"):
         cguest.build("void _start(void) { nowhere = 1; }\n")
+
+
+def test_an_instruction_straddling_the_end_of_its_memory_is_its_gp_told_without_host_bytes():
+    """A 5-byte `mov eax, imm32` at its last byte: the fetch crosses its code segment's limit
+    onto a page not present (#GP(0), not the #PF, hw/limits.py); the VMM's report names
+    the instruction's address and does not decode the host bytes past its memory (its page
+    tables) as if they were the guest's."""
+    board, cos, kernel = displaced()
+    bad = kernel.install_vm(storer(0x100).replace("mov dword ptr [0x100], 0xdeadbeef",
+                                                  f"mov byte ptr [{VM - 1:#x}], 0xb8\n"
+                                                  f"        mov eax, {VM - 1:#x}\n        jmp eax"), VM, "bad")
+    other = kernel.install_vm(lambda base: guests.console(base, "other"), VM, "other")
+    board.run(300_000)
+    assert lines(bad) == ["before"] and bad.state == "crashed"
+    fault = [e for e in board.trace.of("cpu.fault") if e["eip"] == VM - 1]
+    assert [(e["vector"], e["error"]) for e in fault] == [(13, 0)] and "of CS" in fault[0]["why"]
+    assert bad.fault == (f"#GP at {VM - 1:#x}: an instruction that runs past the end of its memory "
+                         f"({VM:#x}), refused by its code segment's limit")
+    seen = len(lines(other))
+    board.run(300_000)
+    assert len(lines(other)) > seen and board.cpu.shutdown is None

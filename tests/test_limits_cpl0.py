@@ -109,3 +109,20 @@ def test_a_cs_loaded_from_another_gdt_keeps_its_own_limit(board):
     board.run(200)
     assert record(board) == (0, 0, 0)
     assert (u32(board, 0x96000), u32(board, 0x96004)) == (4, 5)
+
+
+def test_a_lidt_whose_operand_runs_past_the_limit_is_gp0_and_loads_nothing(board):
+    """lidt reads 6 bytes through DS: its limit word inside the segment, its base dword past
+    it: the CPU's #GP(0) at the lidt, and IDTR as it was."""
+    cpl0_board(board)
+    idtr = board.cpu["idtr"]
+    board.memory.write(SHORT - 1, b"\xff\x07\x00\x00\x01\x00")   # limit 0x7ff, base 0x10000
+    board.load(0x1000, f"""
+        mov ax, {SHORT_DATA:#x}
+        mov ds, ax
+        lidt [{SHORT - 1:#x}]
+        hlt""")
+    board.run(200)
+    assert record(board) == (13, 0, 0x1000 + 4 + 2)
+    assert "past the limit 0x7ffff of DS" in board.trace.of("cpu.fault")[0]["why"]
+    assert board.cpu["idtr"][1:3] == idtr[1:3]

@@ -141,3 +141,23 @@ def test_a_jump_past_the_code_limit_onto_a_not_present_page_is_gp(board):
     machine(board)
     run_guest(board, f"mov eax, {GUEST:#x}\njmp eax")
     assert record(board)[:3] == (13, 0, GUEST)
+
+
+def test_an_instruction_straddling_the_code_limit_onto_a_not_present_page_is_gp(board):
+    """Its first bytes inside CS's limit, the rest past it on a page not present: the fetch
+    crosses the limit before paging is asked, so #GP(0) at the instruction, not the #PF
+    of its second half (CR2 as it was: the platform's first check)."""
+    machine(board)
+    board.memory.write(GUEST_AT + GUEST - 1, b"\xB8")          # mov eax, imm32: 4 bytes past it
+    run_guest(board, f"mov eax, {GUEST - 1:#x}\njmp eax")
+    assert record(board)[:3] == (13, 0, GUEST - 1)
+
+
+def test_a_data_access_past_the_limit_from_an_instruction_at_its_end_is_still_the_datas_gp(board):
+    """An instruction whose last byte is the limit's (it fetched whole) and whose operand is
+    past the limit: the #GP of its data access, at the instruction (not taken for a fetch)."""
+    machine(board)
+    code = board_code(f"mov eax, [{GUEST:#x}]", GUEST - 5)     # 5 bytes: ends at the limit
+    board.memory.write(GUEST_AT + GUEST - 5, code)
+    run_guest(board, f"mov eax, {GUEST - 5:#x}\njmp eax")
+    assert record(board)[:3] == (13, 0, GUEST - 5)

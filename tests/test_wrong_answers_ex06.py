@@ -40,6 +40,10 @@ WRONG = {
                            "DS is not the save area's"),    # loaded last: the kernel's own
                                                                 # DS comes back, verify names it
     "sti in the load": ("\n".join(RIGHT + ["sti"]), "your code must not (no sti)"),
+    # the IDT's operand read through DS after DS became the world's: past its limit (the platform
+    # checks the load's accesses: it runs with paging off)
+    "lidt through the world's DS": ("\n".join(RIGHT).replace("lidt ss:[edi + AREA_IDTR]", "lidt [edi + AREA_IDTR]"),
+                                    "read the save area through SS, the kernel's"),
 }
 
 

@@ -45,7 +45,37 @@ def g_is_a_size(space):
     return 0, 0x1FF, 4096
 
 
+def the_vmms_answer(space):                # swapped: the VMM's segment, to the kernel's end
+    return 0, (space.kernel_end - 1) >> 12, 1
+
+
+def up_to_the_vmm(space):                  # everything below the VMM region: the guest's?
+    return 0, (space.vmm_base - 1) >> 12, 1
+
+
+def limit_base_g(space):                   # the fields in the wrong order
+    return (space.guest_end - 1) >> 12, 0, 1
+
+
+def true_division(space):                  # / gives a float
+    return 0, (space.guest_end - 1) / 4096, 1
+
+
+def bytes_with_g0(space):                  # the last offset in bytes, G=0: does not fit 20 bits
+    return 0, space.guest_end - 1, 0
+
+
+def one_byte(space):                       # limit 0, G=0: its own first instruction is past it
+    return 0, 0, 0
+
+
 WRONG = [
+    (the_vmms_answer, "the VMM's segment may, the guest's stops at its own memory's end"),
+    (up_to_the_vmm, "yours ends 0x1fc000 bytes further"),
+    (limit_base_g, "the order is (base, limit, g)"),
+    (true_division, "// or >> divides without a fraction"),
+    (bytes_with_g0, "(G=1 makes it count 4 KiB pages)"),
+    (one_byte, "#GP by the limit of its code segment at the instruction at guest address 0x0"),
     (size_not_last, "the limit field names the last offset"),
     (flat, "the page tables stopped it"),
     (byte_granular, "a 2 MiB guest needs G=1"),
@@ -84,7 +114,17 @@ def vmm_bytes_with_g1(space):
     return 0, space.kernel_end - 1, 1
 
 
+def vmm_a_page_short(space):               # one page short of the kernel's end: its stack's top
+    return 0, ((space.kernel_end - 1) >> 12) - 1, 1
+
+
+def vmm_the_guests_answer(space):          # swapped: the guest's segment
+    return 0, (space.guest_end - 1) >> 12, 1
+
+
 WRONG_VMM = [
+    (vmm_a_page_short, "the kernel's bytes 0x43f000..0x43ffff lie past them"),
+    (vmm_the_guests_answer, "gate 0xd's offset 0x3fe0d0 is past the limit 0x1fffff of its code segment 0x60"),
     (vmm_alone, "The VMM's near jmp into the kernel's code ended in #GP"),
     (vmm_alone, "past the limit 0x3fffff of CS (the CPU checks every instruction it fetches"),
     (vmm_alone, "The kernel (to 0x43ffff) lies past your segment"),
@@ -122,6 +162,7 @@ def test_the_right_guest_segment_faults_at_the_first_byte_past_and_passes():
     assert run.fault["vector"] == 13 and run.fault["error"] == 0 and run.fault["eip"] == 0x13
     assert run.ds[1:3] == (0, run.space.guest_end - 1)          # DS as the CPU held it
     assert grader.check_guest(types.SimpleNamespace(guest_segment=right)) is None
+    assert grader.check_guest(types.SimpleNamespace(guest_segment=lambda s: [0, 0x1FF, True])) is None  # G: True is 1
 
 
 def test_a_learner_that_raises_or_loops_gets_a_clear_message(tmp_path):

@@ -10,7 +10,7 @@ machine did is turned into a hint: the registers the kernel read back after
 the learner's code (switch.verify), or the fault the CPU took inside it."""
 import re
 
-from vmkit.hw.asm import AsmError, assemble
+from vmkit.hw.asm import AsmError, assemble, disassemble
 from vmkit.hw.x86 import DATA_RW, LDT, TSS_AVAILABLE, TSS_BUSY, decode_segment, encode_segment
 from vmkit.kernel import image, layout, switch
 from vmkit.lessons import worlds as lesson
@@ -66,6 +66,20 @@ def _hint(why):
                 f"such descriptor in the GDT loaded then (is GDTR loaded first? is the operand "
                 f"[edi + AREA_...]?)")
     return why
+
+
+def _limit_hint(board, kernel):
+    """A fault by a segment's limit inside the kernel's code (the load), from the trace: the
+    likely cause of a refused world or a stop. None if there was none."""
+    f = next((e for e in board.trace.of("cpu.fault") if "past the limit" in str(e["why"])
+              and kernel.contains(e["eip"])), None)
+    if f is None:
+        return None
+    insn = next(iter(disassemble(board.memory.read(f["eip"], 15), f["eip"])), (0, "?"))[1]
+    return (f"the CPU faulted at `{insn}` in your load: {f['why']} (#GP). By then the segment it went "
+            "through was the world's (a guest's ends at its memory's end, the COS's below the kernel; "
+            "the save area is in the kernel): read the save area through SS, the kernel's "
+            "(ss:[edi + ...]), or before that segment register is loaded")
 
 
 def _crashed(kernel):
@@ -132,9 +146,14 @@ def check_consoles(load_sequence):
         return machine
     board, cos, kernel, vms = machine
     ticks = cos.ticks()
-    problem = _run(board, kernel, 1_500_000) or _crashed(kernel)
+    problem = None
+    for _ in range(15):                         # 1,500,000 instructions; a limit fault in the load ends it
+        problem = _run(board, kernel, 100_000)
+        if problem or _limit_hint(board, kernel):
+            break
+    problem = problem or _crashed(kernel)
     if problem:
-        return problem
+        return _limit_hint(board, kernel) or problem
     for vm in vms:
         got = bytes(vm.vmm.console).decode().splitlines()
         if len(got) < 20:
@@ -165,7 +184,7 @@ def check_checksum(load_sequence):
             break
     problem = problem or _crashed(kernel)
     if problem:
-        return problem
+        return _limit_hint(board, kernel) or problem
     got, want = bytes(vm.vmm.console).decode(), guests.checksum_expected(n)
     if got != want:
         return f"the checksum guest printed {got!r}, expected {want!r} (its registers did not survive a switch?)"

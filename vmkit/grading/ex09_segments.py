@@ -51,16 +51,21 @@ class Refused(ValueError):
 def fields(function, space, what):
     """The learner's (base, limit, g), checked to be descriptor fields."""
     got = function(space)
+    if isinstance(got, (tuple, list)) and len(got) == 3 and any(isinstance(x, float) for x in got):
+        raise Refused(f"{what} returned {tuple(got)!r:.60}: a descriptor's fields are integers "
+                      "(// or >> divides without a fraction, / does not)")
     if not (isinstance(got, (tuple, list)) and len(got) == 3
-            and all(isinstance(x, int) and not isinstance(x, bool) for x in got)):
+            and all(isinstance(x, int) and not isinstance(x, bool) for x in got[:2])
+            and isinstance(got[2], int)):
         raise Refused(f"{what} returned {got!r:.60}: return (base, limit, g), three integers")
-    base, limit, g = got
+    base, limit, g = got[0], got[1], int(got[2])         # (g: True is 1)
     if g not in (0, 1):
         raise Refused(f"{what}: g is the granularity bit, 0 or 1, not {g}")
     if not 0 <= base <= 0xFFFFFFFF:
         raise Refused(f"{what}: base {base:#x} is not a 32-bit linear address")
     if not 0 <= limit <= 0xFFFFF:
-        pages = " (with G=1 the limit counts 4 KiB pages, not bytes)" if g and limit > 0xFFFFF else ""
+        pages = (" (with G=1 the limit counts 4 KiB pages, not bytes)" if g else
+                 " (G=1 makes it count 4 KiB pages)") if limit > 0xFFFFF else ""
         raise Refused(f"{what}: the limit field is 20 bits (0..0xfffff); {limit:#x} does not fit{pages}")
     return base, limit, g
 
@@ -142,9 +147,11 @@ def check_guest(module):
     read = reads(end).get(fault["eip"]) if fault is not None else None
     if base:
         what = f"the CPU took {_said(fault)}: {crash}" if fault else f"the guest printed {console!r}"
+        order = (f" (your base is a limit's value, your limit {limit:#x}: the order is (base, limit, g))"
+                 if base in ((end - 1) >> 12, end - 1) and limit != base else "")
         return (f"{yours}. The CPU adds the base to every guest address, so the guest's code and "
                 f"data were looked for {base:#x} bytes away from where they are: {what}. "
-                "A guest's addresses start at 0: base 0")
+                f"A guest's addresses start at 0: base 0{order}")
     if console.startswith("ab"):
         return (f"{yours}. The guest read the first byte past its memory ({end:#x}) and went on: "
                 "nothing stopped it")
@@ -155,10 +162,16 @@ def check_guest(module):
         if fault is not None and fault["vector"] == 13 and read and read[0] == end:
             return None
         if fault is not None and fault["vector"] == 14:
+            if last >= r.space.vmm_base:
+                why = (f"it reaches over the VMM region ({r.space.vmm_base:#x}..) and the kernel: the "
+                       "VMM's segment may, the guest's stops at its own memory's end (claim 22: truncated)")
+            elif last == end + 0xFFF or last == end:
+                why = "the limit field names the last offset (in pages with G=1), not the size"
+            else:
+                why = f"yours ends {last - (end - 1):#x} bytes further"
             return (f"{yours}. The guest's read of the first byte past its memory ({end:#x}) got past "
                     f"the limit: the page tables stopped it ({_said(fault)}: {crash}). The segment must "
-                    f"end at the guest's last byte, {end - 1:#x}: the limit field names the last "
-                    "offset (in pages with G=1), not the size")
+                    f"end at the guest's last byte, {end - 1:#x}: {why}")
         return f"{yours}. After its last byte the guest's next read did: {fault and _said(fault)} {crash}"
     if fault is not None:
         return f"{yours}. The guest never read its last byte: the CPU took {_said(fault)}: {crash}"
@@ -181,6 +194,10 @@ def _too_short(r, yours, read):
                 f"{ds_limit:#x} (its hidden part, read from the CPU): the guest's bytes {ds_limit + 1:#x}.."
                 f"{end - 1:#x} are past it, inside its own memory: a real CPU raises #GP at guest address "
                 f"{ds_limit + 1:#x}.{went} {why}")
+    if fault is not None and fault["vector"] == 13 and "of CS" in str(fault["why"]) and fault["eip"] < end:
+        return (f"{yours}. The guest faulted inside its own memory: #GP by the limit of its code segment "
+                f"at the instruction at guest address {fault['eip']:#x} (the CPU checks every instruction "
+                f"it fetches against CS's limit; its memory ends at {end - 1:#x}). {why}")
     if fault is not None and fault["vector"] in (12, 13) and "limit" in str(fault["why"]) and read \
             and read[0] + read[1] - 1 < end:
         at, size, what = read
@@ -261,8 +278,8 @@ def check_vmm(module):
     if kernel.cs[2] < s.kernel_end - 1 or kernel.ds[2] < s.kernel_end - 1:
         return (f"{yours}. The VMM reached the kernel's code at EIP {kernel.eip:#x} with CS limit "
                 f"{kernel.cs[2]:#x} and DS limit {kernel.ds[2]:#x} (their hidden parts, read from the CPU "
-                f"there): the kernel (to {s.kernel_end - 1:#x}) lies past them, so a real CPU raises #GP "
-                "on its first access there (this machine checks a CPL 0 access under paging only where "
+                f"there): the kernel's bytes {min(kernel.cs[2], kernel.ds[2]) + 1:#x}..{s.kernel_end - 1:#x} "
+                "lie past them, so a real CPU raises #GP on the first access there (this machine checks a CPL 0 access under paging only where "
                 "it page-faults: hw/limits.py). Claim 22: the VMM's segment is longer than the VMM "
                 "needs, to the kernel's end")
     if not r.console.startswith("ab"):

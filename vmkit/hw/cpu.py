@@ -95,7 +95,8 @@ class CPU(Delivery):
         self.limits = SegmentLimits(self, library() if self.counter.exact else None)
         uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
-        uc.hook_add(UC_HOOK_MEM_UNMAPPED, lambda *a: False)   # becomes #GP in run()
+        self._unmapped = None               # the address of the last access to memory the machine lacks
+        uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped)   # becomes #GP in run()
         uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
 
@@ -205,11 +206,11 @@ class CPU(Delivery):
         s["cpl"] = self.cpl
         return s
 
-    def descriptors_changed(self, cpl=None):
+    def descriptors_changed(self, cpl=None, paging=None):
         """The GDT this CPU's GDTR names was loaded or edited (or, with `cpl`, software
-        is about to run at that CPL): the platform reads its descriptors again for the
-        segment-limit checks (limits.py)."""
-        self.limits.refresh(cpl)
+        is about to run at that CPL; with `paging`, about to turn paging on or off): the
+        platform reads its descriptors again for the segment-limit checks (limits.py)."""
+        self.limits.refresh(cpl, paging)
 
     def invalidate_code(self, begin, end):
         """Drop translated code for a physical range written from outside the CPU.
@@ -432,9 +433,18 @@ class CPU(Delivery):
         self._stop_requested = True
         self.uc.emu_stop()
 
+    def _on_unmapped(self, uc, access, address, size, value, data):
+        self._unmapped = address
+        return False
+
     def _on_stop_error(self, err):
         eip = self["eip"]
         if err.errno in MEMORY_ERRORS:
+            at, self._unmapped = self._unmapped, None
+            past = self.limits.unmapped(at) if at is not None else None   # the limit comes first
+            if past is not None:
+                self.raise_fault(past.vector, 0, past.eip, past.why)
+                return
             self.raise_fault(GP, 0, eip, f"access to memory the machine does not have ({err})")
         else:
             self.stop(f"emulator stopped: {err} at eip={eip:#x}")

@@ -11,6 +11,13 @@ interrupt gate, and jumps. A failure while
 delivering becomes the fault the hardware would raise; a failure to deliver
 that becomes a double fault; a failing double fault shuts the CPU down.
 
+From virtual-8086 mode (EFLAGS.VM), as a real CPU: the gate must lead to CPL 0, the
+frame also holds ES, DS, FS and GS (above SS), which are then loaded null; an `int n`
+below IOPL 3 is a #GP(0). Nothing in the kit enters that mode, but Unicorn 2.1.4 (QEMU)
+enters it on an iretd at *any* CPL whose popped EFLAGS has VM (measured: a guest's
+iretd at CPL 3; Intel enters it only from CPL 0 and ignores VM otherwise), so a guest
+can, and its next fault must still reach its monitor, not shut the machine down.
+
 A mixin of CPU: it uses the CPU's registers (read, write, read_with_tables,
 _batch), its memory, trace and `gate_decoder` (exercise 00 plugs a learner's in).
 """
@@ -19,8 +26,8 @@ import struct
 from unicorn import UcError
 from unicorn.unicorn_py3 import unicorn as _uc
 
-from .x86 import (decode_segment, GATE_INT32, GATE_TRAP32, EFLAGS_IF, EFLAGS_TF, EFLAGS_NT,
-                  EFLAGS_RF, EFLAGS_VM, TSS_ESP0, TSS_SS0, DF, GP, NP, TS, SS_FAULT)
+from .x86 import (decode_segment, GATE_INT32, GATE_TRAP32, EFLAGS_IF, EFLAGS_IOPL, EFLAGS_TF,
+                  EFLAGS_NT, EFLAGS_RF, EFLAGS_VM, TSS_ESP0, TSS_SS0, DF, GP, NP, TS, SS_FAULT)
 
 
 class DeliveryFault(Exception):
@@ -88,6 +95,9 @@ class Delivery:
         ext = 1 if kind == "irq" else 0
         (old_cs, old_eflags, old_ss, old_esp, cr0), (idtr, gdtr, tr) = self.read_with_tables(
             ("cs", "eflags", "ss", "esp", "cr0"), ("idtr", "gdtr", "tr"))   # GDTR once: both descriptors
+        v86 = bool(old_eflags & EFLAGS_VM)
+        if v86 and kind == "int" and old_eflags & EFLAGS_IOPL != EFLAGS_IOPL:
+            raise DeliveryFault(GP, 0, f"int {vector:#x} in virtual-8086 mode below IOPL 3")
         _, idt_base, idt_limit, _ = idtr
         if vector * 8 + 7 > idt_limit:
             raise DeliveryFault(GP, vector * 8 + 2 + ext, f"vector {vector:#x} beyond IDT limit {idt_limit:#x}")
@@ -101,7 +111,9 @@ class Delivery:
         target = self._descriptor(gate.selector, GP, gdtr)
         if not (target.s and target.type & 8 and target.present):
             raise DeliveryFault(GP, gate.selector & ~3, f"gate selector {gate.selector:#x} is not a present code segment")
-        old_cpl, new_cpl = old_cs & 3, target.dpl
+        old_cpl, new_cpl = (3 if v86 else old_cs & 3), target.dpl
+        if v86 and new_cpl != 0:
+            raise DeliveryFault(GP, gate.selector & ~3, "a gate from virtual-8086 mode must lead to CPL 0")
         if new_cpl > old_cpl:
             raise DeliveryFault(GP, gate.selector & ~3, "gate leads to a less privileged segment")
         if gate.offset > target.limit:               # the new EIP, against the new CS's limit
@@ -115,6 +127,8 @@ class Delivery:
             esp = self.memory.read_u32(tss + TSS_ESP0)
             ss = self.memory.read_u16(tss + TSS_SS0)
             frame += [old_esp, old_ss]
+            if v86:                                  # and the real-mode data segments, then nulled
+                frame += list(self.read("es", "ds", "fs", "gs"))
         else:
             esp, ss = old_esp, old_ss
         if error_code is not None:
@@ -125,7 +139,11 @@ class Delivery:
         flags = old_eflags & ~(EFLAGS_TF | EFLAGS_NT | EFLAGS_RF | EFLAGS_VM)
         if gate.type == GATE_INT32:
             flags &= ~EFLAGS_IF
-        if new_cpl < old_cpl:
+        if v86:                                      # out of virtual-8086 mode before any load:
+            self.write(eflags=flags)                 # with VM set a selector is a paragraph
+            self._load_privileged(gate.selector, ss, cr0, esp, flags, gate.offset)
+            self.write(ds=0, es=0, fs=0, gs=0)
+        elif new_cpl < old_cpl:
             self._load_privileged(gate.selector, ss, cr0, esp, flags, gate.offset)
         elif gate.selector != old_cs:
             self.write(cs=gate.selector, esp=esp, eflags=flags, eip=gate.offset)

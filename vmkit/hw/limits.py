@@ -144,13 +144,14 @@ class SegmentLimits:
         cpu.counter.state.limits = ctypes.addressof(s)    # the fetch check reads CS's limit here
 
     # ---- which ranges ------------------------------------------------------------
-    def refresh(self, cpl=None):
+    def refresh(self, cpl=None, paging=None):
         """Read the GDT the CPU's GDTR names and hook the ranges past the limits of the
         segments that can be loaded: with `cpl`, those a program at that CPL may load
         (DPL >= cpl: a CPL 3 world cannot load the COS's DPL 1 segments) and the DPL 0
         ones the CPL 0 software it enters loads for itself; without, all. With paging on,
-        none: a hook sees physical addresses then (the module's docstring). Nothing to do
-        if nothing changed."""
+        none: a hook sees physical addresses then (the module's docstring); `paging`: as
+        the software will have it (the hooks' filter passes any access made while paging
+        is still on). Nothing to do if nothing changed."""
         if self.lib is None:
             return
         _, base, limit, _ = self.cpu["gdtr"]
@@ -161,7 +162,7 @@ class SegmentLimits:
                 break                       # longer GDTR over the same table finds its selectors
             except ValueError:
                 continue
-        paging = bool(self.cpu["cr0"] & CR0_PG)
+        paging = bool(self.cpu["cr0"] & CR0_PG) if paging is None else paging
         seen = (base, limit, table, cpl or 0, paging)
         if seen == self._seen:
             return
@@ -240,6 +241,8 @@ class SegmentLimits:
         cs = loaded["cs"]
         if cs is not None and not _inside(cs, eip, 1):
             return Violation(GP, eip, (cs.base + eip) & FLAT, 1, "cs", cs.limit, None, cpu.counter.count)
+        if cs is not None and self._fetch_crossed(cs, eip, cr2):
+            return Violation(GP, eip, cr2, 1, "cs", cs.limit, None, cpu.counter.count)
         access = self._access(eip, cr2)
         if access is None:
             return None
@@ -248,6 +251,38 @@ class SegmentLimits:
             return None
         return Violation(SS_FAULT if segment == "ss" else GP, eip, (d.base + offset) & FLAT, size,
                          segment, d.limit, None, cpu.counter.count)
+
+    def unmapped(self, address):
+        """An access at `address` (paging off: linear = physical) to memory the machine does
+        not have stopped the run (Unicorn fires no read/write hook for it): a real CPU checks
+        the limit of the segment the access goes through first. The Violation if it is past
+        that limit, else None (with paging on the address Unicorn gives is physical, and
+        no access of the instruction's matches it: None)."""
+        eip = self.cpu["eip"]
+        access = self._access(eip, address)
+        if access is None:
+            return None
+        segment, d, offset, size = access
+        if _inside(d, offset, size):
+            return None
+        return Violation(SS_FAULT if segment == "ss" else GP, eip, address, size, segment, d.limit,
+                         None, self.cpu.counter.count)
+
+    def _fetch_crossed(self, cs, eip, cr2):
+        """Did the fetch of the instruction at EIP fault at CR2, past CS's limit (an
+        instruction whose first bytes are inside it and the rest on a page not present)?
+        Its bytes before CR2 are read (they are on a present page): if they hold no whole
+        instruction, the fetch needed CR2's byte, and a real CPU refused it at the limit."""
+        at = (cs.base + eip) & FLAT
+        offset = (cr2 - cs.base) & FLAT
+        if not 0 < (cr2 - at) & FLAT < 15 or _inside(cs, offset, 1):
+            return False
+        try:
+            head = self.cpu.read_linear(at, (cr2 - at) & FLAT)
+        except ValueError:
+            return False
+        insn = next(_disasm.disasm(head, eip), None)
+        return insn is None or insn.size > len(head)
 
     def _access(self, eip, address):
         """(segment, its descriptor, offset, size) of the access of the instruction at

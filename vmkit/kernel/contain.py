@@ -11,7 +11,10 @@ The kernel reports it (a `kernel.cos_limit` event naming the address and
 what lies there) and skips the instruction: the COS goes on, its store
 undone, a load leaving its register as it was — as a write to ROM goes
 nowhere. (Reflecting the #GP to the COS's own handler would stop the COS for
-good: its fault handler halts.)
+good: its fault handler halts.) A jump past its limit is different: the CPU
+refused to fetch the instruction there (the kernel's or a VM's bytes, not the
+COS's), so there is nothing of the COS's to skip; that #GP(0) is reflected to
+the COS, as a real CPU would deliver it (`fetched_past_limit`).
 
 Devices the COS programs through the kernel (the shared SCSI controller and
 NIC) are held to the same limit: every address and length the COS gives
@@ -42,8 +45,15 @@ def what_is_at(kernel, address):
         offset = address - kernel.base
         return next((name for a, b, name in PLACES if a <= offset < b), "the kernel's memory")
     for w in kernel.worlds.all:
-        if w.kind == "vm" and w.region[0] <= address < w.region[0] + w.region[1]:
+        if w.kind != "vm":
+            continue
+        base, size = w.region                   # its memory, its page tables, its VMM region
+        if base <= address < base + size:
             return f"{w.name}'s memory"
+        if base + size <= address < w.vmm_region:
+            return f"{w.name}'s page tables"
+        if w.vmm_region <= address < w.vmm_region + layout.VMM_SIZE:
+            return f"{w.name}'s VMM region"
     return "memory past the COS's limit"
 
 
@@ -52,6 +62,32 @@ def what_is_at(kernel, address):
 # decoded: their #GP at CPL 1 comes before the CPU reads the operand, so the limit check
 # the CPU would make on it at CPL 0 is the kernel's to make before it emulates them
 _PRIVILEGED = {0xFA, 0xFB, 0xF4, 0xE4, 0xE5, 0xE6, 0xE7, 0xEC, 0xED, 0xEE, 0xEF}
+
+
+def cos_code_limit(kernel):
+    """The last offset the COS's code segment reaches, read from the kernel's GDT."""
+    raw = kernel.memory.read(kernel.base + layout.GDT + layout.COS_CODE_SEL, 8)
+    return decode_segment(raw).limit
+
+
+def fetched_past_limit(kernel, frame):
+    """A #GP(0) from the COS at an instruction that lies (in part) past its code segment's
+    limit: the CPU refused to fetch it (a jump into the kernel or a VM's pages), so the
+    bytes at EIP are not the COS's instruction, and neither past_limit nor the privileged
+    instructions' emulation may decode and skip them. True (reported): the #GP is the
+    COS's own, for its handler, as a real CPU would deliver it."""
+    if frame.error != 0:
+        return False
+    limit = cos_code_limit(kernel)
+    if frame.eip <= limit - 15:                 # (an instruction is at most 15 bytes long:
+        return False                            # the hot path, cli/sti/hlt/in/out, decodes nothing)
+    if frame.eip <= limit:
+        insn = traps.decode(kernel, frame.eip)   # one that starts inside and ends past it
+        if insn is None or frame.eip + insn.size - 1 <= limit:
+            return False
+    kernel.trace.emit("kernel.cos_limit", address=frame.eip, size=1, eip=frame.eip, insn="fetch",
+                      what=what_is_at(kernel, max(frame.eip, limit + 1)), limit=limit)
+    return True
 
 
 def past_limit(kernel, frame):

@@ -135,7 +135,9 @@ class Kernel:
         else:
             self.vcpu.traps += 1
             self._patch_module()
-            if vector == 13 and (contain.past_limit(self, frame) or traps.privileged(self, frame)):
+            if vector == 13 and contain.fetched_past_limit(self, frame):
+                self.reflect(frame, vector)          # no instruction of its own to skip
+            elif vector == 13 and (contain.past_limit(self, frame) or traps.privileged(self, frame)):
                 pass
             elif vector == 3 and (mnemonic := self.patches.get(frame.eip - 1)):
                 try:

@@ -58,6 +58,8 @@ def privileged(kernel, frame):
         trace.emit("kernel.emulate", insn=name, virtual_base=base, virtual_limit=limit)
     elif name in ("in", "out"):
         unmasked = _port_io(kernel, frame, insn)
+    elif name == "mov" and not any(r in insn.op_str for r in ("cr", "dr")):
+        return False                                # a segment load the CPU refused: the COS's own #GP
     elif name in ("ltr", "lldt", "mov", "invlpg", "wbinvd", "clts"):
         trace.emit("kernel.refused", insn=f"{name} {insn.op_str}", eip=frame.eip)
     else:

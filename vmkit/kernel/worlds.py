@@ -366,7 +366,9 @@ class Worlds:
                 p.switching = None
                 self.crash(s.to, f"world switch refused: {e}")
                 self._after_refusal(frame, p, s)
-            return
+                return
+            cpu.descriptors_changed(0, paging=False)   # the load runs at CPL 0 with paging off:
+            return                              # its accesses through a world's short DS are checked
         try:
             if vector != switch.LOADED:
                 raise SwitchError(f"{target.name}: {switch.refused_by_cpu(k, frame, vector)}")

@@ -76,11 +76,12 @@ def escapes():
     mark = takeover.run_module(board, cos, "init:\n" + scsi_driver(0x28, 1, 1, idt))
     board.run(100_000)
     refused = board.trace.since(mark, "kernel.cos_dma")
+    requests, unchanged = len(board.trace.since(mark, "scsi.request")), m.read(idt, 256 * 8) == before
     out.append(Escape("a SCSI read (DMA) of a disk block into the kernel's IDT, through the shared controller",
-                      m.read(idt, 256 * 8) == before and bool(refused) and not board.trace.since(mark, "scsi.request"),
+                      unchanged and bool(refused) and not requests,
                       (f"the kernel checked the buffer against the COS's limit ({refused[0]['limit']:#x}) and refused it "
-                       f"(into {refused[0]['into']}); the controller never saw it; the IDT's bytes are unchanged")
-                      if refused else "no refusal was recorded"))
+                       f"(into {refused[0]['into']}); requests the controller saw: {requests}; the IDT's bytes "
+                       f"are unchanged: {unchanged}") if refused else "no refusal was recorded"))
     board.close()
     board, cos, loader = takeover.takeover()
     mark = takeover.run_module(board, cos, _iretd_to(layout.KERNEL_CODE_SEL))
@@ -89,6 +90,30 @@ def escapes():
     out.append(Escape(f"iretd to the kernel's code selector {layout.KERNEL_CODE_SEL:#x}",
                       bool(refused) and m.read_u32(NOTE) == 0,
                       (f"the kernel refused `{refused[0]['insn']}` and reflected #GP({m.read_u32(cos_layout.FAULT_ERROR):#x}) "
-                       f"to the COS's own handler; `escaped` never ran") if refused else "no refusal was recorded"))
+                       f"to the COS's own handler; `escaped` ran: {'no' if m.read_u32(NOTE) == 0 else 'yes'}")
+                      if refused else "no refusal was recorded"))
     board.close()
+    out.append(_jump_into_the_kernel())
     return out
+
+
+def _jump_into_the_kernel():
+    """A near jmp to the kernel's code (where a VMM's jmp lands): the CPU refuses the fetch
+    past the COS's code segment's limit; the #GP is the COS's own (its handler stops it)."""
+    board, cos, loader = takeover.takeover()
+    kernel, m = loader.kernel, board.memory
+    target = kernel.base + kernel.image.dispatched
+    cos.put_module(cos.make_module(f"init:\n        mov eax, {target:#x}\n        jmp eax"))
+    mark = board.trace.mark()
+    cos.type("insmod\n")
+    board.run(1_000_000)                    # its init never returns: its #GP handler halts it
+    fetch = [e for e in board.trace.since(mark, "cpu.fault") if e["eip"] == target]
+    seen = board.trace.since(mark, "kernel.cos_limit")
+    vector, error, eip = (m.read_u32(a) for a in (cos_layout.FAULT_VECTOR, cos_layout.FAULT_ERROR,
+                                                   cos_layout.FAULT_EIP))
+    board.close()
+    return Escape(f"a jmp into the kernel's code at {target:#x}",
+                  len(fetch) == 1 and (vector, eip) == (13, target),
+                  (f"#GP({fetch[0]['error']}) at the target, before its first instruction ran: {fetch[0]['why']}; "
+                   f"the kernel reported it ({seen[0]['what'] if seen else 'not reported'}) and the COS's own "
+                   f"handler got vector {vector} error {error} at {eip:#x}") if fetch else "no fault at the target")

@@ -42,9 +42,10 @@ the tables and pushes frames at physical addresses, without a page walk.
 import struct
 
 from vmkit.hw.asm import assemble
-from vmkit.hw.x86 import (ERROR_CODE_VECTORS, TSS_AVAILABLE, TSS_BUSY, CODE_RX, DATA_RW,
+from vmkit.hw.x86 import (ERROR_CODE_VECTORS, EFLAGS_VM, TSS_AVAILABLE, TSS_BUSY, CODE_RX, DATA_RW,
                           decode_gate, decode_segment, encode_gate, encode_segment)
 from vmkit.kernel import layout, smp
+from vmkit.kernel.errors import GuestFault
 from vmkit.kernel.frame import Frame
 
 STUB_SIZE = 16
@@ -181,11 +182,24 @@ def entered(kernel, cpu):
     if not p.switching and p.current.kind == "vm" and kernel.memory.read_u32(
             p.current.vmm_region + layout.VMM_ENTRIES) == 1:
         _first_entry(kernel, cpu, p.current, vector)
-    if vector >= EXCEPTIONS or frame.cs & 3 != 3 or p.switching or p.current.kind != "vm":
+    v86 = bool(frame.eflags & EFLAGS_VM)         # its CS then is a paragraph: any low bits
+    if vector >= EXCEPTIONS or (frame.cs & 3 != 3 and not v86) or p.switching or p.current.kind != "vm":
         return
     frame.vector = layout.GO_BACK
-    kernel.worlds.vm_trap(frame, vector, p)
+    if v86:
+        kernel.worlds.guard(frame, lambda: _virtual_8086(frame), p)
+    else:
+        kernel.worlds.vm_trap(frame, vector, p)
     frame.vector |= layout.VMM_DECIDED
+
+
+def _virtual_8086(frame):
+    """The guest is in virtual-8086 mode (hw/delivery.py: Unicorn enters it on an iretd at
+    CPL 3 whose popped EFLAGS has VM; Intel would have ignored the bit). Its monitor runs
+    protected-mode guests only: the VM stops, rather than the kernel taking its real-mode
+    CS for a selector."""
+    raise GuestFault(f"virtual-8086 mode at {frame.cs:#x}:{frame.eip:#x} (VM set by an iretd at CPL 3, "
+                     f"which a real CPU ignores): this monitor runs protected-mode guests only")
 
 
 def segments(cpu):

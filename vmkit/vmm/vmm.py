@@ -164,6 +164,9 @@ class VMM:
         if self.patches.get(eip) == IRETD and self.memory.read(at, 1) == bytes([INT3]):
             return self._iretd(frame)            # its patched iretd, known without decoding
         insn = decoder.decode(self.memory, at)
+        if insn is not None and not self.owns(eip, insn.size):   # decoded from host bytes past it
+            raise GuestFault(f"#GP at {eip:#x}: an instruction that runs past the end of its "
+                             f"memory ({self.size:#x}), refused by its code segment's limit")
         name = insn.mnemonic if insn else "?"
         if name in ("cli", "sti"):
             v.vif = 1 if name == "sti" else 0
