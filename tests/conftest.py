@@ -1,3 +1,4 @@
+import gc
 import struct
 
 import pytest
@@ -69,3 +70,12 @@ def pytest_collection_modifyitems(config, items):
         count[item.nodeid.split("::")[0]] = count.get(item.nodeid.split("::")[0], 0) + 1
     weight = {f: SECONDS.get(f, 0.1 * n) for f, n in count.items()}
     items.sort(key=lambda item: -weight[item.nodeid.split("::")[0]])   # stable: in-file order kept
+
+
+def pytest_collection_finish(session):
+    """What is alive once the tests are collected (pytest, Jupyter's and the kit's modules) lives
+    to the end: frozen, the collector's full passes skip it. Each test leaves a machine (Unicorn's
+    hooks make cycles) for those passes to find, and they walked everything: ~9% of the tests' CPU
+    time (measured on three of the slowest files, 25.7 -> 23.5 s)."""
+    gc.collect()
+    gc.freeze()
