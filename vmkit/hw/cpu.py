@@ -346,11 +346,13 @@ class CPU(Delivery):
         to stop early because a device scheduled an event inside the slice."""
         self.done = 0
         self._stop_requested = False
+        known = None                         # EIP as read after a handler ran: not read twice
         while self.done < budget:
             if self.shutdown or self.halted:
                 return budget
             self._io_fault = None
-            eip = self["eip"]
+            eip = self["eip"] if known is None else known
+            known = None
             stopped_at, self._hook_stopped_at = self._hook_stopped_at, None
             self._hook_ran_at = stopped_at if stopped_at is not None and stopped_at == eip else None
             skip, self._resume_at = self._resume_at, None
@@ -366,16 +368,17 @@ class CPU(Delivery):
             self.done += executed
             hit = self.counter.hit if error is None and violation is None else None
             if hit is not None:
-                self._resume_at = hit
+                self._resume_at = known = hit
                 for handler in list(self._stubs.get(hit, ())):
                     self._call_handler(handler, hit)
-                    if self.shutdown or self["eip"] != hit:
+                    known = self["eip"]
+                    if self.shutdown or known != hit:
                         break                  # the software there moved on (or stopped)
-                if self._stop_requested or self["eip"] == hit:
+                if self._stop_requested or known == hit:
                     self.done -= 1             # counted at the hit; it runs (and counts) on resume
                 if self.shutdown or self._stop_requested:
                     return self.done if self._stop_requested else budget
-                continue
+                continue                       # (at `known`, read once above)
             if violation is not None:
                 self.raise_fault(violation.vector, 0, violation.eip, violation.why)
             elif error is not None:
