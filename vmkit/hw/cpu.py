@@ -48,6 +48,7 @@ REG = {name: getattr(X, "UC_X86_REG_" + name.upper()) for name in
        GENERAL + SEGMENTS + ("eip", "eflags", "cr0", "cr2", "cr3", "cr4",
                              "gdtr", "idtr", "ldtr", "tr")}
 TABLES = ("gdtr", "idtr", "ldtr", "tr")
+_PLAIN_REG = {name: reg for name, reg in REG.items() if name not in TABLES}
 MEMORY_ERRORS = {getattr(unicorn, "UC_ERR_" + n) for n in (
     "READ_UNMAPPED", "WRITE_UNMAPPED", "FETCH_UNMAPPED", "READ_PROT", "WRITE_PROT", "FETCH_PROT")}
 NO_ADDRESS = 0xFFFFFFFF          # `until` for emu_start: never reached
@@ -59,6 +60,7 @@ _lib.uc_vmem_read.argtypes = _lib.uc_vmem_write.argtypes = [
     ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
 _lib.uc_vmem_translate.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int,
                                    ctypes.POINTER(ctypes.c_uint64)]
+_reg_read = _lib.uc_reg_read      # (CPU.__getitem__: looked up once, not per register read)
 
 
 class LinearFault(ValueError):
@@ -90,6 +92,7 @@ class CPU(Delivery):
         uc = self.uc
         self.counter = Counter(uc)
         self._uch, self._scratch, self._mmr = uc._uch, ctypes.c_uint64(), UcRegMMR()
+        self._scratch_ref = ctypes.byref(self._scratch)
         self._batches = {}
         self.limits = SegmentLimits(self, library() if self.counter.exact else None)
         uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
@@ -103,14 +106,16 @@ class CPU(Delivery):
         """Plain registers go straight to Unicorn's C API: through the Python
         binding a read costs ~10x more and a write of ESP or EFLAGS ~30-50 µs
         (measured), and one delivery reads a dozen and writes five."""
-        if name in TABLES:
-            mmr = self._mmr
-            mmr.selector = mmr.base = mmr.limit = mmr.flags = 0   # Unicorn fills only some fields
-            _uc.uclib.uc_reg_read(self._uch, REG[name], ctypes.byref(mmr))
-            return (mmr.selector, mmr.base, mmr.limit, mmr.flags)
-        self._scratch.value = 0
-        _uc.uclib.uc_reg_read(self._uch, REG[name], ctypes.byref(self._scratch))
-        return self._scratch.value
+        reg = _PLAIN_REG.get(name)
+        if reg is not None:                  # (the C function and the pointer looked up once)
+            scratch = self._scratch
+            scratch.value = 0
+            _reg_read(self._uch, reg, self._scratch_ref)
+            return scratch.value
+        mmr = self._mmr                      # a table register, or a KeyError naming no register
+        mmr.selector = mmr.base = mmr.limit = mmr.flags = 0   # Unicorn fills only some fields
+        _reg_read(self._uch, REG[name], ctypes.byref(mmr))
+        return (mmr.selector, mmr.base, mmr.limit, mmr.flags)
 
     def __setitem__(self, name, value):
         if name in TABLES:                   # (selector, base, limit, flags), as __getitem__ gives
