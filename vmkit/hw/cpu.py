@@ -60,7 +60,8 @@ _lib.uc_vmem_read.argtypes = _lib.uc_vmem_write.argtypes = [
     ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
 _lib.uc_vmem_translate.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int,
                                    ctypes.POINTER(ctypes.c_uint64)]
-_reg_read = _lib.uc_reg_read      # (CPU.__getitem__: looked up once, not per register read)
+_reg_read = _lib.uc_reg_read      # (looked up once, not per register read)
+_reg_read_batch = _lib.uc_reg_read_batch
 
 
 class LinearFault(ValueError):
@@ -143,11 +144,11 @@ class CPU(Delivery):
 
     def read(self, *names):
         """Several plain registers in one call into Unicorn (uc_reg_read_batch)."""
-        ids, vals, ptrs, n = self._batch(names)
+        ids, vals, ptrs, n = self._batches.get(names) or self._batch(names)
         for i in range(n):
             vals[i] = 0
-        _uc.uclib.uc_reg_read_batch(self._uch, ids, ptrs, n)
-        return list(vals)
+        _reg_read_batch(self._uch, ids, ptrs, n)
+        return vals[:]
 
     def read_with_tables(self, plain, tables):
         """Plain registers and table registers (GDTR IDTR LDTR TR, as (selector, base,
@@ -167,8 +168,8 @@ class CPU(Delivery):
             vals[i] = 0
         for m in mmrs:
             m.selector = m.base = m.limit = m.flags = 0     # Unicorn fills only some fields
-        _uc.uclib.uc_reg_read_batch(self._uch, ids, ptrs, n)
-        return list(vals), [(m.selector, m.base, m.limit, m.flags) for m in mmrs]
+        _reg_read_batch(self._uch, ids, ptrs, n)
+        return vals[:], [(m.selector, m.base, m.limit, m.flags) for m in mmrs]
 
     def write(self, **values):
         """Several plain registers in one call into Unicorn (uc_reg_write_batch)."""
