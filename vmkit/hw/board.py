@@ -218,7 +218,7 @@ class Board:
 
     def _deliver_interrupts(self):
         for cpu in self.cpus:
-            if cpu.shutdown is None and cpu.interrupts_enabled and self.interrupt_pending(cpu):
+            if cpu.shutdown is None and self.interrupt_pending(cpu) and cpu.interrupts_enabled:
                 if not cpu.halted and self._after_sti(cpu):
                     # sti's shadow: no interrupt before the instruction after sti, or an
                     # idle loop's `sti; hlt` would take it and then halt with it handled
@@ -250,8 +250,9 @@ class Board:
             step = min(self.slice if len(self.cpus) > 1 else end - self.clock, end - self.clock)
             if self._events:
                 step = min(step, self._events[0][0] - self.clock)
-            self._polling = any((self._shadow or not c.interrupts_enabled) and not c.halted
-                                and c.shutdown is None and self.interrupt_pending(c) for c in self.cpus)
+            # (the controllers first: asking them is Python, EFLAGS a call into Unicorn)
+            self._polling = any(not c.halted and c.shutdown is None and self.interrupt_pending(c)
+                                and (self._shadow or not c.interrupts_enabled) for c in self.cpus)
             self._shadow = False
             if self._polling:
                 step = min(step, INTR_POLL)    # INTR is up but IF is clear: look again soon

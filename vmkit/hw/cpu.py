@@ -49,6 +49,7 @@ REG = {name: getattr(X, "UC_X86_REG_" + name.upper()) for name in
        GENERAL + SEGMENTS + ("eip", "eflags", "cr0", "cr2", "cr3", "cr4",
                              "gdtr", "idtr", "ldtr", "tr")}
 TABLES = ("gdtr", "idtr", "ldtr", "tr")
+_PLAIN_REG = {name: reg for name, reg in REG.items() if name not in TABLES}
 MEMORY_ERRORS = {getattr(unicorn, "UC_ERR_" + n) for n in (
     "READ_UNMAPPED", "WRITE_UNMAPPED", "FETCH_UNMAPPED", "READ_PROT", "WRITE_PROT", "FETCH_PROT")}
 NO_ADDRESS = 0xFFFFFFFF          # `until` for emu_start: never reached
@@ -60,6 +61,8 @@ _lib.uc_vmem_read.argtypes = _lib.uc_vmem_write.argtypes = [
     ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
 _lib.uc_vmem_translate.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int,
                                    ctypes.POINTER(ctypes.c_uint64)]
+_reg_read = _lib.uc_reg_read      # (looked up once, not per register read)
+_reg_read_batch = _lib.uc_reg_read_batch
 
 
 class LinearFault(ValueError):
@@ -91,6 +94,7 @@ class CPU(Delivery):
         uc = self.uc
         self.counter = Counter(uc)
         self._uch, self._scratch, self._mmr = uc._uch, ctypes.c_uint64(), UcRegMMR()
+        self._scratch_ref = ctypes.byref(self._scratch)
         self._batches = {}
         self.limits = SegmentLimits(self, library() if self.counter.exact else None)
         uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
@@ -105,14 +109,16 @@ class CPU(Delivery):
         """Plain registers go straight to Unicorn's C API: through the Python
         binding a read costs ~10x more and a write of ESP or EFLAGS ~30-50 µs
         (measured), and one delivery reads a dozen and writes five."""
-        if name in TABLES:
-            mmr = self._mmr
-            mmr.selector = mmr.base = mmr.limit = mmr.flags = 0   # Unicorn fills only some fields
-            _uc.uclib.uc_reg_read(self._uch, REG[name], ctypes.byref(mmr))
-            return (mmr.selector, mmr.base, mmr.limit, mmr.flags)
-        self._scratch.value = 0
-        _uc.uclib.uc_reg_read(self._uch, REG[name], ctypes.byref(self._scratch))
-        return self._scratch.value
+        reg = _PLAIN_REG.get(name)
+        if reg is not None:                  # (the C function and the pointer looked up once)
+            scratch = self._scratch
+            scratch.value = 0
+            _reg_read(self._uch, reg, self._scratch_ref)
+            return scratch.value
+        mmr = self._mmr                      # a table register, or a KeyError naming no register
+        mmr.selector = mmr.base = mmr.limit = mmr.flags = 0   # Unicorn fills only some fields
+        _reg_read(self._uch, REG[name], ctypes.byref(mmr))
+        return (mmr.selector, mmr.base, mmr.limit, mmr.flags)
 
     def __setitem__(self, name, value):
         if name in TABLES:                   # (selector, base, limit, flags), as __getitem__ gives
@@ -140,11 +146,11 @@ class CPU(Delivery):
 
     def read(self, *names):
         """Several plain registers in one call into Unicorn (uc_reg_read_batch)."""
-        ids, vals, ptrs, n = self._batch(names)
+        ids, vals, ptrs, n = self._batches.get(names) or self._batch(names)
         for i in range(n):
             vals[i] = 0
-        _uc.uclib.uc_reg_read_batch(self._uch, ids, ptrs, n)
-        return list(vals)
+        _reg_read_batch(self._uch, ids, ptrs, n)
+        return vals[:]
 
     def read_with_tables(self, plain, tables):
         """Plain registers and table registers (GDTR IDTR LDTR TR, as (selector, base,
@@ -164,8 +170,8 @@ class CPU(Delivery):
             vals[i] = 0
         for m in mmrs:
             m.selector = m.base = m.limit = m.flags = 0     # Unicorn fills only some fields
-        _uc.uclib.uc_reg_read_batch(self._uch, ids, ptrs, n)
-        return list(vals), [(m.selector, m.base, m.limit, m.flags) for m in mmrs]
+        _reg_read_batch(self._uch, ids, ptrs, n)
+        return vals[:], [(m.selector, m.base, m.limit, m.flags) for m in mmrs]
 
     def write(self, **values):
         """Several plain registers in one call into Unicorn (uc_reg_write_batch)."""
@@ -362,11 +368,13 @@ class CPU(Delivery):
         to stop early because a device scheduled an event inside the slice."""
         self.done = 0
         self._stop_requested = False
+        known = None                         # EIP as read after a handler ran: not read twice
         while self.done < budget:
             if self.shutdown or self.halted:
                 return budget
             self._io_fault = None
-            eip = self["eip"]
+            eip = self["eip"] if known is None else known
+            known = None
             stopped_at, self._hook_stopped_at = self._hook_stopped_at, None
             self._hook_ran_at = stopped_at if stopped_at is not None and stopped_at == eip else None
             skip, self._resume_at = self._resume_at, None
@@ -385,16 +393,17 @@ class CPU(Delivery):
             # the instruction would be skipped with neither its port access nor its fault.
             hit = self.counter.hit if error is None and violation is None and not self._io_fault else None
             if hit is not None:
-                self._resume_at = hit
+                self._resume_at = known = hit
                 for handler in list(self._stubs.get(hit, ())):
                     self._call_handler(handler, hit)
-                    if self.shutdown or self["eip"] != hit:
+                    known = self["eip"]
+                    if self.shutdown or known != hit:
                         break                  # the software there moved on (or stopped)
-                if self._stop_requested or self["eip"] == hit:
+                if self._stop_requested or known == hit:
                     self.done -= 1             # counted at the hit; it runs (and counts) on resume
                 if self.shutdown or self._stop_requested:
                     return self.done if self._stop_requested else budget
-                continue
+                continue                       # (at `known`, read once above)
             if violation is not None:
                 self.raise_fault(violation.vector, 0, violation.eip, violation.why)
             elif error is not None:

@@ -31,6 +31,8 @@ class PIC8259:
 
     def highest_request(self, cascade_request=False):
         irr = self.irr | (4 if cascade_request else 0)
+        if not irr & ~self.imr:
+            return None                       # nothing unmasked requested (asked every slice)
         for i in range(8):
             if self.isr & (1 << i):
                 return None                   # a line of higher or equal priority is in service

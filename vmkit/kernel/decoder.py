@@ -18,6 +18,24 @@ _cs.detail = True
 _decoded = {}
 
 
+class Decoded:
+    """A capstone instruction with what a trap reads of it taken out once: capstone's
+    CsInsn converts `mnemonic`, `op_str`, `size` and `operands` from its C record on every
+    access (~0.1 µs each, and the kernel's #GP path asks for the mnemonic five times).
+    Anything else is capstone's own attribute."""
+    __slots__ = ("insn", "mnemonic", "op_str", "size", "address", "operands")
+
+    def __init__(self, insn):
+        self.insn, self.mnemonic, self.op_str = insn, insn.mnemonic, insn.op_str
+        self.size, self.address, self.operands = insn.size, insn.address, insn.operands
+
+    def __getattr__(self, name):
+        return getattr(self.insn, name)
+
+    def __repr__(self):
+        return f"<{self.mnemonic} {self.op_str} at {self.address:#x}>"
+
+
 def decode(memory, eip):
     """The instruction at physical `eip` as capstone decodes it (with operands), or None."""
     code = memory.read(eip, min(LONGEST + 1, memory.size - eip))
@@ -25,6 +43,8 @@ def decode(memory, eip):
     insn = _decoded.get(key)
     if insn is None:
         insn = next(_cs.disasm(code, eip, 1), None)
+        if insn is not None:
+            insn = Decoded(insn)
         if len(_decoded) >= CACHED:
             _decoded.clear()
         _decoded[key] = insn

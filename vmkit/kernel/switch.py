@@ -139,7 +139,7 @@ def write_area(memory, address, state):
 def seal(memory, address):
     """The CRC-32 of what the x86 stored."""
     raw = memory.read(address, STATE_SIZE)
-    memory.write(address + CRC, struct.pack("<I", zlib.crc32(raw)), code=False)
+    memory.write_u32(address + CRC, zlib.crc32(raw), code=False)
 
 
 def area_intact(memory, address):
@@ -149,8 +149,7 @@ def area_intact(memory, address):
 
 def bump(memory, address, amount):
     """Add to a u32 counter in kernel memory (data: no translated-code flush)."""
-    value = (memory.read_u32(address) + amount) & 0xFFFFFFFF
-    memory.write(address, struct.pack("<I", value), code=False)
+    memory.write_u32(address, memory.read_u32(address) + amount, code=False)   # (mod 2**32)
 
 
 # ---- the x86 ------------------------------------------------------------------

@@ -5,6 +5,9 @@ both such records: the kernel's Python changes them where they live, so what
 it changes is what the stub's popad/iretd load into the CPU, and what a widget
 reading memory shows. A subclass names its FIELDS; word i is at +4*i.
 """
+import struct
+
+_unpack, _pack = struct.Struct("<I").unpack_from, struct.Struct("<I").pack_into
 
 
 class Words:
@@ -21,14 +24,24 @@ class Words:
     def __init__(self, memory, address):
         object.__setattr__(self, "memory", memory)
         object.__setattr__(self, "address", address)
+        # The machine's memory buffer itself when the whole record lies in it (checked once
+        # here): each word is then one unpack or pack where it lives, not a bounds-checked call
+        # (the kernel reads and writes ~20 words per entry). Otherwise memory's own checks.
+        view = getattr(memory, "_view", None)
+        inside = view is not None and 0 <= address and address + self.SIZE <= len(view)
+        object.__setattr__(self, "_view", view if inside else None)
 
     def __getattr__(self, name):                    # only names that are not words get here
         raise AttributeError(f"{type(self).__name__} has no word {name!r}")
 
     def __setattr__(self, name, value):
-        if name not in self.OFFSET:
+        offset = self.OFFSET.get(name)
+        if offset is None:
             raise AttributeError(f"{type(self).__name__} has no word {name!r}")
-        self.memory.write_u32(self.address + self.OFFSET[name], int(value), code=False)
+        if self._view is None:
+            self.memory.write_u32(self.address + offset, int(value), code=False)
+        else:
+            _pack(self._view, self.address + offset, int(value) & 0xFFFFFFFF)
 
     def as_dict(self):
         return {name: getattr(self, name) for name in self.FIELDS}
@@ -40,5 +53,8 @@ class _Word(property):
 
 def _reader(offset):
     def read(self):
-        return self.memory.read_u32(self.address + offset)
+        view = self._view
+        if view is None:
+            return self.memory.read_u32(self.address + offset)
+        return _unpack(view, self.address + offset)[0]
     return read
