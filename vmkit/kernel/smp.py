@@ -33,7 +33,7 @@ from vmkit.hw.lapic import EOI, LVT_TIMER, PERIODIC, TIMER_INITIAL
 from vmkit.hw.x86 import encode_segment, encode_tss, CODE_RX, DATA_RW, TSS_AVAILABLE, EFLAGS_IF
 from . import layout, paging, switch
 from .frame import Frame
-from .mapcache import MappingCache, WINDOW
+from .mapcache import MappingCache, SHOOTDOWN_VECTOR, WINDOW
 
 TIMER_VECTOR = 0xF0             # each CPU's local APIC timer
 RESCHEDULE_VECTOR = 0xF3        # "a world of yours can run": the IPI that ends a CPU's idling (worlds.wake)
@@ -169,10 +169,12 @@ def start_processors(kernel):
                           cr3=state["cr3"], timer=period)
 
 
+LOCAL_VECTORS = frozenset((TIMER_VECTOR, SHOOTDOWN_VECTOR, RESCHEDULE_VECTOR))
+
+
 def local_interrupt(kernel, frame, cpu, vector):
     """A CPU's local APIC vector entered the kernel: True if it was one (handled)."""
-    from .mapcache import SHOOTDOWN_VECTOR
-    if vector not in (TIMER_VECTOR, SHOOTDOWN_VECTOR, RESCHEDULE_VECTOR):
+    if vector not in LOCAL_VECTORS:
         return False
     cpu.lapic.write(EOI, 0)
     worlds = kernel.worlds
