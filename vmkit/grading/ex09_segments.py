@@ -99,21 +99,40 @@ class Run(NamedTuple):
     ds: tuple           # DS as the CPU held it while the guest ran (CPU.segment), or None
 
 
-def run_guest(guest_segment):
-    """The machine with the learner's guest segments: a Run."""
+def space_end(space):
+    return space.guest_end
+
+
+def _machine(function, name, selectors, dpl, second):
+    """A displaced COS and one VM whose GDT holds the learner's fields at `selectors`
+    (code, data) with `dpl`; its guest reads the byte at its last offset, then at
+    second(space). (board, kernel, world, space, fields); the board is closed on a refusal."""
     board, cos, loader = takeover.takeover()
     try:
         kernel = loader.kernel
         world = kernel.install_vm(guest_source, GUEST_MEMORY, "vm1")
         space = segment_layout(address_space(kernel, world))
-        got = fields(guest_segment, space, "guest_segment")
+        got = fields(function, space, name)
         gdt = address_space(kernel, world).gdtr[0]
-        kernel.memory.write(gdt + layout.USER_CODE_SEL, descriptor(*got, CODE_RX, 3), code=False)
-        kernel.memory.write(gdt + layout.USER_DATA_SEL, descriptor(*got, DATA_RW, 3), code=False)
+        code, data = selectors
+        kernel.memory.write(gdt + code, descriptor(*got, CODE_RX, dpl), code=False)
+        kernel.memory.write(gdt + data, descriptor(*got, DATA_RW, dpl), code=False)
         for cpu in board.cpus:
             cpu.descriptors_changed()           # as the kernel does when it edits a GDT
         kernel.memory.write(world.region[0] + POINTERS, (space.guest_end - 1).to_bytes(4, "little")
-                            + space.guest_end.to_bytes(4, "little"))
+                            + second(space).to_bytes(4, "little"))
+    except BaseException:
+        board.close()
+        raise
+    return board, kernel, world, space, got
+
+
+def run_guest(guest_segment):
+    """The machine with the learner's guest segments: a Run."""
+    board, kernel, world, space, got = _machine(guest_segment, "guest_segment",
+                                                (layout.USER_CODE_SEL, layout.USER_DATA_SEL), 3,
+                                                second=space_end)
+    try:
         held = []
         board.cpu.on_execute(AFTER_FIRST_READ, lambda cpu: cpu.cpl == 3 and held.append(cpu.segment("ds")))
         mark = board.trace.mark()
@@ -219,18 +238,10 @@ class VmmRun(NamedTuple):
 def run_vmm(vmm_segment):
     """A VM whose VMM segments (VMM_CODE_SEL, VMM_DATA_SEL in its GDT) are the learner's;
     its guest prints through a trapped `out`, so the VMM is entered and calls the kernel."""
-    board, cos, loader = takeover.takeover()
+    board, kernel, world, space, got = _machine(vmm_segment, "vmm_segment",
+                                                (layout.VMM_CODE_SEL, layout.VMM_DATA_SEL), 0,
+                                                second=lambda space: space.guest_end - 1)
     try:
-        kernel = loader.kernel
-        world = kernel.install_vm(guest_source, GUEST_MEMORY, "vm1")
-        space = segment_layout(address_space(kernel, world))
-        got = fields(vmm_segment, space, "vmm_segment")
-        gdt = address_space(kernel, world).gdtr[0]
-        kernel.memory.write(gdt + layout.VMM_CODE_SEL, descriptor(*got, CODE_RX, 0), code=False)
-        kernel.memory.write(gdt + layout.VMM_DATA_SEL, descriptor(*got, DATA_RW, 0), code=False)
-        for cpu in board.cpus:
-            cpu.descriptors_changed()
-        kernel.memory.write(world.region[0] + POINTERS, (space.guest_end - 1).to_bytes(4, "little") * 2)
         mark = board.trace.mark()
         stopped, seen = "", []
         try:
