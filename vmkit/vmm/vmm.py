@@ -274,14 +274,16 @@ class VMM:
             raise GuestFault(f"no gate for vector {vector:#x} in the guest's IDT")
         if not self.owns(frame.esp - 12, 12):
             raise GuestFault(f"interrupt with the stack outside the VM's memory ({frame.esp:#x})")
-        gate = decode_gate(self.cache.read(self.host(v.idt_base + vector * 8, 8), 8))
+        cache = self.cache
+        gate = decode_gate(cache.read(self.host(v.idt_base + vector * 8, 8), 8))
         if not gate.present or gate.type not in (GATE_INT32, GATE_TRAP32):
             raise GuestFault(f"gate {vector:#x} in the guest's IDT is not a present interrupt or "
                              f"trap gate (a CPU would raise #NP or #GP delivering through it)")
-        self._push(frame, (frame.eflags & ~EFLAGS_IF) | (EFLAGS_IF if v.vif else 0))
-        self._push(frame, frame.cs)
-        self._push(frame, frame.eip)
-        frame.eip = gate.offset
+        esp, top = frame.esp, self.host(frame.esp - 12, 12, "a push")   # checked above: one check
+        cache.write_u32(top + 8, (frame.eflags & ~EFLAGS_IF) | (EFLAGS_IF if v.vif else 0))
+        cache.write_u32(top + 4, frame.cs)      # three pushes, each word through the window as
+        cache.write_u32(top, frame.eip)         # the CPU stores it, in the CPU's order
+        frame.esp, frame.eip = esp - 12, gate.offset
         if gate.type == GATE_INT32:              # an interrupt gate clears IF; a trap gate does not
             v.vif = 0
         v.injected += 1
