@@ -158,11 +158,20 @@ class MappingCache:
 
     def map(self, address):
         """The window address through which physical `address` is reached now."""
+        self._reachable()
+        return self._lookup(address)
+
+    def _reachable(self):
+        """The window is reachable now: CPL 0 with paging on (checked before any PTE or
+        counter changes)."""
         cs, cr0 = self.cpu.read("cs", "cr0")
-        if cs & 3 or not cr0 & PAGING:             # before any PTE or counter changes
+        if cs & 3 or not cr0 & PAGING:
             raise MappingCacheError(
                 f"the mapping window is out of reach: CPU {self.cpu.index} runs at CPL {cs & 3} "
                 f"with paging {'on' if cr0 & PAGING else 'off'}; the kernel maps pages at CPL 0 with paging on")
+
+    def _lookup(self, address):
+        """map's lookup (and remap on a miss), the window's reach already checked."""
         page, s = address & ~0xFFF, self.state
         s.clock += 1
         slots = self.slots
@@ -264,6 +273,35 @@ class MappingCache:
             except LinearFault as e:
                 raise MappingCacheError(f"the mapping window is out of reach: {e}") from None
         return _U32.unpack(self.read(address, 4))[0]
+
+    def load_words(self, *addresses):
+        """The u32 at each physical address, in this order: one lookup and one load
+        through the window per word, as the CPU's pops make them (the window's reach
+        checked once: nothing runs between them)."""
+        self._reachable()
+        words = []
+        for address in addresses:
+            if address & 0xFFF > 0xFFC:          # across a page: two lookups (read_u32)
+                words.append(self.read_u32(address))
+                continue
+            try:
+                words.append(_U32.unpack(self.cpu.read_linear(self._lookup(address), 4))[0])
+            except LinearFault as e:
+                raise MappingCacheError(f"the mapping window is out of reach: {e}") from None
+        return words
+
+    def store_words(self, *pairs):
+        """Store each (physical address, u32) in this order: one lookup and one store
+        through the window per word, as the CPU's pushes make them (reach checked once)."""
+        self._reachable()
+        for address, value in pairs:
+            if address & 0xFFF > 0xFFC:
+                self.write_u32(address, value)
+                continue
+            try:
+                self.cpu.write_linear(self._lookup(address), _U32.pack(value & 0xFFFFFFFF))
+            except LinearFault as e:
+                raise MappingCacheError(f"the mapping window is out of reach: {e}") from None
 
     def write_u32(self, address, value):
         data = _U32.pack(value & 0xFFFFFFFF)

@@ -85,15 +85,6 @@ class VMM:
         its CPU makes at the window address, translated by that CPU's MMU."""
         return self.kernel.worlds.cpus[self.cpu.index].cache
 
-    def _push(self, frame, value):
-        frame.esp -= 4
-        self.cache.write_u32(self.host(frame.esp, 4, "a push"), value)
-
-    def _pop(self, frame):
-        value = self.cache.read_u32(self.host(frame.esp, 4, "a pop"))
-        frame.esp += 4
-        return value
-
     def owns(self, address, length=1):
         """Guest addresses address .. address + length - 1 all lie in its memory (0 .. size)."""
         return 0 <= address and 0 <= length and address + length <= self.size
@@ -235,9 +226,12 @@ class VMM:
 
     def _iretd(self, frame):
         """The guest's patched iretd: pop EIP, CS, EFLAGS; its IF goes to the virtual IF."""
-        if not self.owns(frame.esp, 12):
-            raise GuestFault(f"iretd with the stack outside the VM's memory ({frame.esp:#x})")
-        eip, _, eflags = self._pop(frame), self._pop(frame), self._pop(frame)
+        esp = frame.esp
+        if not self.owns(esp, 12):
+            raise GuestFault(f"iretd with the stack outside the VM's memory ({esp:#x})")
+        cache, at = self.cache, self.host(esp, 12, "a pop")       # one check for the three pops,
+        eip, _, eflags = cache.load_words(at, at + 4, at + 8)     # each word through the window
+        frame.esp = esp + 12
         frame.eip, frame.cs = eip, layout.USER_CODE_SEL | layout.USER_RPL   # never a ring below 3
         self.vcpu.vif = 1 if eflags & EFLAGS_IF else 0
         frame.eflags = (eflags & GUEST_FLAGS) | EFLAGS_IF | 2      # never IOPL, VM, NT from a guest
@@ -280,9 +274,8 @@ class VMM:
             raise GuestFault(f"gate {vector:#x} in the guest's IDT is not a present interrupt or "
                              f"trap gate (a CPU would raise #NP or #GP delivering through it)")
         esp, top = frame.esp, self.host(frame.esp - 12, 12, "a push")   # checked above: one check
-        cache.write_u32(top + 8, (frame.eflags & ~EFLAGS_IF) | (EFLAGS_IF if v.vif else 0))
-        cache.write_u32(top + 4, frame.cs)      # three pushes, each word through the window as
-        cache.write_u32(top, frame.eip)         # the CPU stores it, in the CPU's order
+        cache.store_words((top + 8, (frame.eflags & ~EFLAGS_IF) | (EFLAGS_IF if v.vif else 0)),
+                          (top + 4, frame.cs), (top, frame.eip))  # three pushes, in the CPU's order
         frame.esp, frame.eip = esp - 12, gate.offset
         if gate.type == GATE_INT32:              # an interrupt gate clears IF; a trap gate does not
             v.vif = 0
