@@ -263,17 +263,18 @@ class VMM:
 
     def inject(self, frame, vector):
         """Through the guest's own IDT, onto the guest's own stack (flat: SS base 0)."""
-        v = self.vcpu
-        if vector * 8 + 7 > v.idt_limit or not self.owns(v.idt_base + vector * 8, 8):
+        v, esp = self.vcpu, frame.esp
+        gate_at = v.idt_base + vector * 8
+        if vector * 8 + 7 > v.idt_limit or not self.owns(gate_at, 8):
             raise GuestFault(f"no gate for vector {vector:#x} in the guest's IDT")
-        if not self.owns(frame.esp - 12, 12):
-            raise GuestFault(f"interrupt with the stack outside the VM's memory ({frame.esp:#x})")
+        if not self.owns(esp - 12, 12):
+            raise GuestFault(f"interrupt with the stack outside the VM's memory ({esp:#x})")
         cache = self.cache
-        gate = decode_gate(cache.read(self.host(v.idt_base + vector * 8, 8), 8))
+        gate = decode_gate(cache.read(self.host(gate_at, 8), 8))
         if not gate.present or gate.type not in (GATE_INT32, GATE_TRAP32):
             raise GuestFault(f"gate {vector:#x} in the guest's IDT is not a present interrupt or "
                              f"trap gate (a CPU would raise #NP or #GP delivering through it)")
-        esp, top = frame.esp, self.host(frame.esp - 12, 12, "a push")   # checked above: one check
+        top = self.host(esp - 12, 12, "a push")
         cache.store_words((top + 8, (frame.eflags & ~EFLAGS_IF) | (EFLAGS_IF if v.vif else 0)),
                           (top + 4, frame.cs), (top, frame.eip))  # three pushes, in the CPU's order
         frame.esp, frame.eip = esp - 12, gate.offset
