@@ -252,6 +252,31 @@ def test_the_window_is_reached_through_the_cpu_and_only_from_the_kernel(running)
     assert (cache.slots, [cache.count(n) for n in mapcache.COUNTERS]) == before
 
 
+def test_a_vmms_pushes_and_pops_are_one_lookup_and_one_cpu_access_per_word(running):
+    """What inject and a patched iretd use: each word looked up (a hit counted) and stored or
+    loaded by the CPU at the window address, in the order given; out of reach, nothing."""
+    board, cos, kernel, vms = running
+    cpu1, cache = board.cpus[1], kernel.worlds.cpus[1].cache
+    lesson.in_kernel(board, 1)
+    page = cache.slots[0]
+    hits = cache.count("hits")
+    cache.store_words((page + 0x28, 0x11111111), (page + 0x24, 0x22222222), (page + 0x20, 0x33333333))
+    assert board.memory.read(page + 0x20, 12) == bytes.fromhex("333333332222222211111111")
+    assert cpu1.read_linear(mapcache.WINDOW + 0x20, 12) == board.memory.read(page + 0x20, 12)
+    assert cache.count("hits") == hits + 3
+    board.memory.write(page + 0x30, bytes.fromhex("0100000002000000"), code=False)
+    assert cache.load_words(page + 0x30, page + 0x34) == [1, 2] and cache.count("hits") == hits + 5
+    while cpu1.cpl != 3:                               # a guest runs: the window is out of reach
+        board.run(7)
+    before = (cache.slots, [cache.count(n) for n in mapcache.COUNTERS], board.memory.read(page + 0x20, 12))
+    with pytest.raises(MappingCacheError, match="out of reach: CPU 1 runs at CPL 3"):
+        cache.store_words((page + 0x20, 0))
+    with pytest.raises(MappingCacheError, match="out of reach: CPU 1 runs at CPL 3"):
+        cache.load_words(page + 0x20)
+    assert (cache.slots, [cache.count(n) for n in mapcache.COUNTERS],
+            board.memory.read(page + 0x20, 12)) == before
+
+
 def test_a_miss_is_read_right_only_because_the_cpu_flushes_its_own_tlb(monkeypatch):
     """One slot on CPU 1 (idle in its system world): page A, then page B in the same slot.
     CPU 1 executes window_invlpg (kernel image) for each remap."""

@@ -67,6 +67,8 @@ and the kernel's) and no limit is judged from this one. Without a C compiler (no
 the checks made in Python remain: the #PF path and the gate's offset.
 """
 import ctypes
+import functools
+import struct
 
 import capstone.x86 as cx
 from capstone import Cs, CS_ARCH_X86, CS_MODE_32
@@ -130,7 +132,6 @@ class SegmentLimits:
         self.decoded = 0                    # accesses the C filter handed to Python (the slow path)
         self._hooks = []
         self._seen = None                   # (GDTR base, limit, table bytes, CPL, paging) last refreshed
-        self._known = {}                    # such a key -> its table for the filter and its ranges
         self.state = None                   # the C filter's (counter.c); `quiet` > 0 while the
         if library is None:                 # platform delivers: its register writes load CS and SS
             return
@@ -167,15 +168,13 @@ class SegmentLimits:
         if seen == self._seen:
             return
         self._seen = seen
-        known = self._known.get(seen)
-        if known is None:                   # a world switch goes between a few: decode each once
-            if len(self._known) > 64:
-                self._known.clear()
-            known = self._known[seen] = _decode(table, limit, cpl or 0)
         s = self.state
         s.nsel = len(table) // 8
-        bases, limits, code, ranges, fetch_from = known
-        s.base[:s.nsel], s.limit[:s.nsel], s.code[:s.nsel] = bases, limits, code
+        bases, limits, code, ranges, fetch_from = _decoded(table, limit, cpl or 0)
+        at = ctypes.addressof(s)            # the filter's three arrays, each one copy
+        ctypes.memmove(at + _State.base.offset, bases, len(bases))
+        ctypes.memmove(at + _State.limit.offset, limits, len(limits))
+        ctypes.memmove(at + _State.code.offset, code, len(code))
         self.cpu.counter.state.fetch_from = fetch_from   # a code hook sees linear addresses, paged too
         self._hook(() if paging else ranges)
 
@@ -366,6 +365,16 @@ class SegmentLimits:
         if v is not None and v.old is not None:          # physical: drops translated code too
             self.cpu.memory.write(self.cpu.translate_linear(v.address), v.old)
         return v
+
+
+@functools.lru_cache(maxsize=256)
+def _decoded(table, limit, least):
+    """_decode's arrays packed as the C filter holds them (u64 each), for a memmove: a world
+    switch goes between a few GDTs, and every machine of a run between the same few, so
+    each is decoded once (a pure function of its arguments)."""
+    bases, limits, code, ranges, fetch_from = _decode(table, limit, least)
+    pack = lambda values: struct.pack(f"<{len(values)}Q", *values)
+    return pack(bases), pack(limits), pack(code), tuple(ranges), fetch_from
 
 
 def _decode(table, limit, least):

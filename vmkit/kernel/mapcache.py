@@ -58,6 +58,7 @@ PRESENT, WRITABLE = 1, 2
 PAGING = 0x80000000             # CR0.PG
 _U32 = struct.Struct("<I")
 COUNTERS = ("hits", "misses", "evictions", "local_flushes", "ipis_sent", "shootdowns_taken")
+_COUNTER = {name: 4 * i for i, name in enumerate(COUNTERS)}
 SHOOTDOWN_VECTOR = 0xF1         # "flush your TLB": the IPI a shared window needs (smp.py)
 
 # ---- the mapping cache's x86, included in the kernel image (kernel/image.py) ------------
@@ -99,6 +100,9 @@ def _routine(kernel):
         image = kernel.memory.read(kernel.base, len(kernel.image.data))
         at = kernel._window_invlpg = kernel.base + image.index(_INVLPG_CODE)
     return at
+
+
+_PTES = {n: struct.Struct(f"<{n}I") for n in range(1, WINDOW_PAGES + 1)}   # a window's page-table entries
 
 
 class MappingCacheError(RuntimeError):
@@ -149,16 +153,25 @@ class MappingCache:
         return self.counters + 4 * COUNTERS.index(name)
 
     def _bump(self, name):
-        at = self.counters + 4 * COUNTERS.index(name)
-        self.memory.write_u32(at, self.memory.read_u32(at) + 1, code=False)
+        at, memory = self.counters + _COUNTER[name], self.memory
+        memory.write_u32(at, memory.read_u32(at) + 1, code=False)
 
     def map(self, address):
         """The window address through which physical `address` is reached now."""
+        self._reachable()
+        return self._lookup(address)
+
+    def _reachable(self):
+        """The window is reachable now: CPL 0 with paging on (checked before any PTE or
+        counter changes)."""
         cs, cr0 = self.cpu.read("cs", "cr0")
-        if cs & 3 or not cr0 & PAGING:             # before any PTE or counter changes
+        if cs & 3 or not cr0 & PAGING:
             raise MappingCacheError(
                 f"the mapping window is out of reach: CPU {self.cpu.index} runs at CPL {cs & 3} "
                 f"with paging {'on' if cr0 & PAGING else 'off'}; the kernel maps pages at CPL 0 with paging on")
+
+    def _lookup(self, address):
+        """map's lookup (and remap on a miss), the window's reach already checked."""
         page, s = address & ~0xFFF, self.state
         s.clock += 1
         slots = self.slots
@@ -177,9 +190,11 @@ class MappingCache:
 
     @property
     def slots(self):
-        """The page each slot maps (None: empty), read from the window's page table."""
-        ptes = struct.unpack_from(f"<{len(self.state.last_used)}I",
-                                  self.memory.read(self.table, 4 * len(self.state.last_used)))
+        """The page each slot maps (None: empty), read from the window's page table
+        (in place: the VMM looks its pages up several times per injected interrupt)."""
+        n = len(self.state.last_used)
+        self.memory.check(self.table, 4 * n)
+        ptes = _PTES[n].unpack_from(self.memory._view, self.table)
         return [pte & ~0xFFF if pte & PRESENT else None for pte in ptes]
 
     def _remap(self, slot, old, page):
@@ -236,6 +251,11 @@ class MappingCache:
     def read(self, address, length):
         """Read physical memory through the window: the CPU loads from the window
         address (one mapping per page touched)."""
+        if (address & 0xFFF) + length <= layout.PAGE:         # one page (a gate, a table pointer)
+            try:
+                return self.cpu.read_linear(self.map(address), length)
+            except LinearFault as e:
+                raise MappingCacheError(f"the mapping window is out of reach: {e}") from None
         return b"".join(self._cpu_access(self.cpu.read_linear, self.map(a), n)
                         for a, n in self._pieces(address, length))
 
@@ -248,12 +268,47 @@ class MappingCache:
 
     def read_u32(self, address):
         if address & 0xFFF <= 0xFFC:             # one page: one mapping, one load (the VMM's stack words)
-            return _U32.unpack(self._cpu_access(self.cpu.read_linear, self.map(address), 4))[0]
+            try:
+                return _U32.unpack(self.cpu.read_linear(self.map(address), 4))[0]
+            except LinearFault as e:
+                raise MappingCacheError(f"the mapping window is out of reach: {e}") from None
         return _U32.unpack(self.read(address, 4))[0]
+
+    def load_words(self, *addresses):
+        """The u32 at each physical address, in this order: one lookup and one load
+        through the window per word, as the CPU's pops make them (the window's reach
+        checked once: nothing runs between them)."""
+        self._reachable()
+        words = []
+        for address in addresses:
+            if address & 0xFFF > 0xFFC:          # across a page: two lookups (read_u32)
+                words.append(self.read_u32(address))
+                continue
+            try:
+                words.append(_U32.unpack(self.cpu.read_linear(self._lookup(address), 4))[0])
+            except LinearFault as e:
+                raise MappingCacheError(f"the mapping window is out of reach: {e}") from None
+        return words
+
+    def store_words(self, *pairs):
+        """Store each (physical address, u32) in this order: one lookup and one store
+        through the window per word, as the CPU's pushes make them (reach checked once)."""
+        self._reachable()
+        for address, value in pairs:
+            if address & 0xFFF > 0xFFC:
+                self.write_u32(address, value)
+                continue
+            try:
+                self.cpu.write_linear(self._lookup(address), _U32.pack(value & 0xFFFFFFFF))
+            except LinearFault as e:
+                raise MappingCacheError(f"the mapping window is out of reach: {e}") from None
 
     def write_u32(self, address, value):
         data = _U32.pack(value & 0xFFFFFFFF)
         if address & 0xFFF <= 0xFFC:
-            self._cpu_access(self.cpu.write_linear, self.map(address), data)
+            try:
+                self.cpu.write_linear(self.map(address), data)
+            except LinearFault as e:
+                raise MappingCacheError(f"the mapping window is out of reach: {e}") from None
             return
         self.write(address, data)

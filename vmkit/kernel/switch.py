@@ -58,6 +58,7 @@ spells them out):
   0x5C CRC-32 of 0x00..0x5B
   0x78 switches into the world  0x7C ticks run                      (128 bytes)
 """
+import functools
 import struct
 import zlib
 from typing import NamedTuple
@@ -79,6 +80,7 @@ LAYOUT = (("edi", "I"), ("esi", "I"), ("ebp", "I"), ("esp", "I"),
 _AREA = struct.Struct("<" + "".join(f for _, f in LAYOUT))
 ITEMS = tuple(n for n, _ in LAYOUT if n)
 _FRAME = struct.Struct(f"<{len(Frame.FIELDS)}I")
+_U32 = struct.Struct("<I")
 OFFSET = {n: struct.calcsize("<" + "".join(f for _, f in LAYOUT[:i]))
           for i, (n, _) in enumerate(LAYOUT) if n}
 WIDTH = {n: struct.calcsize("<" + f) for n, f in LAYOUT if n}
@@ -137,9 +139,10 @@ def write_area(memory, address, state):
 
 
 def seal(memory, address):
-    """The CRC-32 of what the x86 stored."""
+    """The CRC-32 of what the x86 stored (one read, one CRC over it); returns what it sealed."""
     raw = memory.read(address, STATE_SIZE)
     memory.write_u32(address + CRC, zlib.crc32(raw), code=False)
+    return raw
 
 
 def area_intact(memory, address):
@@ -347,9 +350,9 @@ def saved(kernel, frame, cpu, current, nxt):
     """Back from the x86's save: seal, trace, check the next world's area;
     enter the load. Raises SwitchError (nothing loaded) if the check fails."""
     trace, memory = kernel.trace, kernel.memory
-    seal(memory, current.area)
+    raw = seal(memory, current.area)
     trace.emit("switch.save", cpu.index, world=current.name, area=current.area,
-               eip=memory.read_u32(current.area + OFFSET["eip"]))
+               eip=_U32.unpack_from(raw, OFFSET["eip"])[0])
     trace.emit("switch.cli", cpu.index, IF=1 if cpu["eflags"] & EFLAGS_IF else 0)
     if not area_intact(memory, nxt.area):
         trace.emit("switch.check", cpu.index, world=nxt.name, ok=False, why="save area CRC mismatch")
@@ -361,7 +364,7 @@ def saved(kernel, frame, cpu, current, nxt):
 def loaded(kernel, frame, cpu, nxt):
     """Back from the x86's load: what the CPU loaded, compared with the save area.
     Raises SwitchError naming the items that differ."""
-    wrong = verify(kernel.memory, frame, cpu, read_area(kernel.memory, nxt.area))
+    wrong = verify(kernel.memory, frame, cpu, _AREA.unpack(kernel.memory.read(nxt.area, STATE_SIZE)))
     if wrong:
         kernel.trace.emit("switch.load", cpu.index, world=nxt.name, ok=False, wrong=" ".join(wrong))
         raise SwitchError(f"{nxt.name}: loaded state differs from its save area in {', '.join(wrong)}")
@@ -390,7 +393,14 @@ def descriptor(memory, gdt_base, gdt_limit, sel):
     index = sel & ~7
     if not index or index + 7 > gdt_limit:
         return None
-    return decode_segment(memory.read(gdt_base + index, 8))
+    return _segment(memory.read(gdt_base + index, 8))
+
+
+@functools.lru_cache(maxsize=256)
+def _segment(raw):
+    """A descriptor's 8 bytes, decoded (a switch goes between a few worlds' TSS and LDT
+    descriptors: each decoded once)."""
+    return decode_segment(raw)
 
 
 def tss_base(memory, state):
@@ -404,30 +414,24 @@ _PLAIN = ("ss", "cr3", "cr0", "eflags")
 _TABLES = ("gdtr", "idtr", "ldtr", "tr")
 
 
-def observe(memory, frame, cpu, regs=None, tables=None):
+def observe(memory, frame, cpu):
     """The claim-15 state the world on `frame` resumes with, as the frame and
-    the CPU hold it now, in save-area items. (`regs`, `tables`: registers
-    verify has already read from the CPU, not read twice.)"""
-    words = dict(zip(Frame.FIELDS, _FRAME.unpack(memory.read(frame.address, _FRAME.size))))
-    now = {n: words[n] for n in GENERAL if n != "esp"}
-    now.update(eip=words["eip"], cs=words["cs"], eflags=words["eflags"])
-    if regs is None:
-        regs, tables = _registers(cpu)
-    if words["cs"] & 3:
-        now.update(esp=words["esp"], ss=words["ss"])
-    else:
-        now.update(esp=frame.address + _CPL0_FRAME, ss=regs["ss"])
-    now.update((n, words[n]) for n in SEGMENTS)     # what the stub's pops load
-    _, now["gdtr.base"], now["gdtr.limit"], _ = tables["gdtr"]
-    _, now["idtr.base"], now["idtr.limit"], _ = tables["idtr"]
-    now["ldtr.sel"], now["tr.sel"], now["cr3"] = tables["ldtr"][0], tables["tr"][0], regs["cr3"]
-    return now
+    the CPU hold it now, in save-area items."""
+    (ss, cr3, _, _), tables = cpu.read_with_tables(_PLAIN, _TABLES)
+    return dict(zip(ITEMS, _observed(memory, frame, ss, cr3, *tables)))
 
 
-def _registers(cpu):
-    """The registers a verify reads, in one call into Unicorn: ({plain}, {table})."""
-    plain, tables = cpu.read_with_tables(_PLAIN, _TABLES)
-    return dict(zip(_PLAIN, plain)), dict(zip(_TABLES, tables))
+def _observed(memory, frame, ss, cr3, gdtr, idtr, ldtr, tr):
+    """observe's values in ITEMS' order (the save area's), from the frame's words and
+    registers already read: a tuple to compare with the save area's in one go."""
+    (edi, esi, ebp, _, ebx, edx, ecx, eax, gs, fs, es, ds, _, _, eip, cs, eflags, esp,
+     frame_ss) = _FRAME.unpack(memory.read(frame.address, _FRAME.size))
+    if cs & 3:
+        ss = frame_ss
+    else:                                   # a CPL 0 frame: its stack ends where the frame does
+        esp = frame.address + _CPL0_FRAME
+    return (edi, esi, ebp, esp, ebx, edx, ecx, eax, eip, cs, eflags, ss, ds, es, fs, gs,  # the
+            gdtr[2], gdtr[1], idtr[2], idtr[1], ldtr[0], tr[0], cr3)     # stub's pops load DS..GS
 
 
 def verify(memory, frame, cpu, state):
@@ -435,20 +439,23 @@ def verify(memory, frame, cpu, state):
     differ. The tables' hidden parts are checked against the descriptors the
     selectors name (TR's base must be its TSS descriptor's, and that
     descriptor busy), IF must be clear (the load ran with exceptions
-    disabled), and CR0.PG must follow CR3."""
-    regs, tables = _registers(cpu)
-    ldtr, tr = tables["ldtr"], tables["tr"]
-    now = observe(memory, frame, cpu, regs, tables)
-    wrong = [n for n in ITEMS if now[n] != state[n]]
-    gdt = (memory, now["gdtr.base"], now["gdtr.limit"])
+    disabled), and CR0.PG must follow CR3. `state`: the save area's items, as
+    a dict or in ITEMS' order. (Its registers in one call into Unicorn, the
+    frame in one read, compared as one tuple.)"""
+    (ss, cr3, cr0, eflags), tables = cpu.read_with_tables(_PLAIN, _TABLES)
+    gdtr, _, ldtr, tr = tables
+    now = _observed(memory, frame, ss, cr3, *tables)
+    want = state if isinstance(state, tuple) else tuple(state[n] for n in ITEMS)
+    wrong = [] if now == want else [n for n, got, was in zip(ITEMS, now, want) if got != was]
+    gdt = (memory, gdtr[1], gdtr[2])
     tss = descriptor(*gdt, tr[0])
     if tss is None or (tss.base, tss.limit) != tr[1:3] or tss.type != TSS_BUSY or tss.s:
         wrong.append("tr.descriptor")
     ldt = descriptor(*gdt, ldtr[0])
     if ldtr[0] & ~3 and (ldt is None or (ldt.base, ldt.limit) != ldtr[1:3]):
         wrong.append("ldtr.descriptor")
-    if bool(regs["cr0"] & CR0_PG) != bool(state["cr3"]):
+    if bool(cr0 & CR0_PG) != bool(want[-1]):          # (the last item: CR3)
         wrong.append("cr0.pg")
-    if regs["eflags"] & EFLAGS_IF:
+    if eflags & EFLAGS_IF:
         wrong.append("IF")
     return wrong

@@ -85,15 +85,6 @@ class VMM:
         its CPU makes at the window address, translated by that CPU's MMU."""
         return self.kernel.worlds.cpus[self.cpu.index].cache
 
-    def _push(self, frame, value):
-        frame.esp -= 4
-        self.cache.write_u32(self.host(frame.esp, 4, "a push"), value)
-
-    def _pop(self, frame):
-        value = self.cache.read_u32(self.host(frame.esp, 4, "a pop"))
-        frame.esp += 4
-        return value
-
     def owns(self, address, length=1):
         """Guest addresses address .. address + length - 1 all lie in its memory (0 .. size)."""
         return 0 <= address and 0 <= length and address + length <= self.size
@@ -235,9 +226,12 @@ class VMM:
 
     def _iretd(self, frame):
         """The guest's patched iretd: pop EIP, CS, EFLAGS; its IF goes to the virtual IF."""
-        if not self.owns(frame.esp, 12):
-            raise GuestFault(f"iretd with the stack outside the VM's memory ({frame.esp:#x})")
-        eip, _, eflags = self._pop(frame), self._pop(frame), self._pop(frame)
+        esp = frame.esp
+        if not self.owns(esp, 12):
+            raise GuestFault(f"iretd with the stack outside the VM's memory ({esp:#x})")
+        cache, at = self.cache, self.host(esp, 12, "a pop")       # one check for the three pops,
+        eip, _, eflags = cache.load_words(at, at + 4, at + 8)     # each word through the window
+        frame.esp = esp + 12
         frame.eip, frame.cs = eip, layout.USER_CODE_SEL | layout.USER_RPL   # never a ring below 3
         self.vcpu.vif = 1 if eflags & EFLAGS_IF else 0
         frame.eflags = (eflags & GUEST_FLAGS) | EFLAGS_IF | 2      # never IOPL, VM, NT from a guest
@@ -269,19 +263,21 @@ class VMM:
 
     def inject(self, frame, vector):
         """Through the guest's own IDT, onto the guest's own stack (flat: SS base 0)."""
-        v = self.vcpu
-        if vector * 8 + 7 > v.idt_limit or not self.owns(v.idt_base + vector * 8, 8):
+        v, esp = self.vcpu, frame.esp
+        gate_at = v.idt_base + vector * 8
+        if vector * 8 + 7 > v.idt_limit or not self.owns(gate_at, 8):
             raise GuestFault(f"no gate for vector {vector:#x} in the guest's IDT")
-        if not self.owns(frame.esp - 12, 12):
-            raise GuestFault(f"interrupt with the stack outside the VM's memory ({frame.esp:#x})")
-        gate = decode_gate(self.cache.read(self.host(v.idt_base + vector * 8, 8), 8))
+        if not self.owns(esp - 12, 12):
+            raise GuestFault(f"interrupt with the stack outside the VM's memory ({esp:#x})")
+        cache = self.cache
+        gate = decode_gate(cache.read(self.host(gate_at, 8), 8))
         if not gate.present or gate.type not in (GATE_INT32, GATE_TRAP32):
             raise GuestFault(f"gate {vector:#x} in the guest's IDT is not a present interrupt or "
                              f"trap gate (a CPU would raise #NP or #GP delivering through it)")
-        self._push(frame, (frame.eflags & ~EFLAGS_IF) | (EFLAGS_IF if v.vif else 0))
-        self._push(frame, frame.cs)
-        self._push(frame, frame.eip)
-        frame.eip = gate.offset
+        top = self.host(esp - 12, 12, "a push")
+        cache.store_words((top + 8, (frame.eflags & ~EFLAGS_IF) | (EFLAGS_IF if v.vif else 0)),
+                          (top + 4, frame.cs), (top, frame.eip))  # three pushes, in the CPU's order
+        frame.esp, frame.eip = esp - 12, gate.offset
         if gate.type == GATE_INT32:              # an interrupt gate clears IF; a trap gate does not
             v.vif = 0
         v.injected += 1
