@@ -217,6 +217,22 @@ def test_a_python_stub_that_ends_the_slice_runs_once(board):
     assert board.trace.of("cpu.halt")[0].time == 5      # nop nop inc nop hlt: 5 instructions
 
 
+def test_stub_breakpoints_below_and_above_each_other_all_fire(board):
+    """The counter checks breakpoints only at or above the lowest one (counter.c: `low`,
+    kept by counter.py as stubs come and go): a loop below every stub runs uncounted by
+    the walk, and each stub, the lowest included, still ends a run exactly before it."""
+    board.load(0x1000, "mov ecx, 50\nl: loop l\nnop\ninc dword ptr [0x5000]\nnop\nhlt")
+    seen = []
+    high = board.cpu.on_execute(0x1008, lambda cpu: seen.append(("high", cpu.board.now())))
+    board.cpu.on_execute(0x1007, lambda cpu: seen.append(("low", cpu.board.now())))
+    board.boot(0x1000)
+    board.run(1000)
+    assert seen == [("low", 52), ("high", 53)] and u32(board, 0x5000) == 1
+    assert board.cpu.counter.state.low == 0x1007
+    board.cpu.remove(high)
+    assert board.cpu.counter.state.low == 0x1007
+
+
 def test_int_8_is_a_software_interrupt_not_a_double_fault(board):
     """From CPL 0 through a DPL 0 gate: the vector-8 handler runs with no error
     code pushed (the EIP after the `int` is on top); the CPU keeps running."""

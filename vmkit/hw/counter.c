@@ -42,6 +42,12 @@ struct vmkit_counter {
     uint64_t fetch_from;
     struct vmkit_limits *limits;
     uint64_t fetch_fault, fetch_count;
+    /* The lowest address either check above can fire at (the lowest breakpoint, fetch_from;
+     * counter.py keeps it): below it an instruction is only counted. Guest code lies below
+     * the kernel's stubs and its own limit, so a VM's instructions pay one compare, not a
+     * walk of breaks[] and a second compare (measured: a VM alone ran ~5-10% slower with
+     * the walk once the VMM's breakpoint and the fetch check were added). */
+    uint64_t low;
 };
 
 struct vmkit_limits;
@@ -50,26 +56,29 @@ static int fetch_past_limit(void *uc, struct vmkit_limits *l, uint64_t address, 
 void vmkit_count(void *uc, uint64_t address, uint32_t size, struct vmkit_counter *c)
 {
     (void)size;
-    if (c->nbreaks) {
-        int resumed = c->first && address == c->skip;
-        c->first = 0;
-        if (!resumed) {
-            for (uint64_t i = 0; i < c->nbreaks; i++) {
-                if (c->breaks[i] == address) {
-                    c->hit = address;
-                    c->count++;
-                    c->stop(uc);
-                    return;
+    if (address >= c->low) {
+        if (c->nbreaks) {
+            int resumed = c->first && address == c->skip;
+            c->first = 0;
+            if (!resumed) {
+                for (uint64_t i = 0; i < c->nbreaks; i++) {
+                    if (c->breaks[i] == address) {
+                        c->hit = address;
+                        c->count++;
+                        c->stop(uc);
+                        return;
+                    }
                 }
             }
         }
+        if (address >= c->fetch_from && c->limits && fetch_past_limit(uc, c->limits, address, size)) {
+            c->fetch_fault = address + 1;
+            c->fetch_count = c->count;
+            c->stop(uc);
+            return;
+        }
     }
-    if (address >= c->fetch_from && c->limits && fetch_past_limit(uc, c->limits, address, size)) {
-        c->fetch_fault = address + 1;
-        c->fetch_count = c->count;
-        c->stop(uc);
-        return;
-    }
+    c->first = 0;
     if (c->count >= c->budget) {
         c->spent = 1;
         c->stop(uc);

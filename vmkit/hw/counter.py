@@ -29,7 +29,8 @@ class _State(ctypes.Structure):
                 ("skip", ctypes.c_uint64), ("first", ctypes.c_uint64),
                 ("breaks", ctypes.c_uint64 * MAX_BREAKS),
                 ("fetch_from", ctypes.c_uint64), ("limits", ctypes.c_void_p),   # limits.py's
-                ("fetch_fault", ctypes.c_uint64), ("fetch_count", ctypes.c_uint64)]
+                ("fetch_fault", ctypes.c_uint64), ("fetch_count", ctypes.c_uint64),
+                ("low", ctypes.c_uint64)]          # min(breaks, fetch_from): below it, only a count
 
 
 def _build():
@@ -73,7 +74,7 @@ class Counter:
         self.exact = lib is not None
         if self.exact:
             self.state = _State(0, 0, ctypes.cast(_uc.uclib.uc_emu_stop, ctypes.c_void_p), 0, 0, NO_HIT)
-            self.state.fetch_from = NO_HIT          # no fetch checked until limits.py says
+            self.state.fetch_from = self.state.low = NO_HIT   # no fetch checked until limits.py says
             self._handle = ctypes.c_size_t()
             err = _uc.uclib.uc_hook_add(uc._uch, ctypes.byref(self._handle), ctypes.c_int(UC_HOOK_CODE),
                                         ctypes.cast(lib.vmkit_count, ctypes.c_void_p),
@@ -107,6 +108,18 @@ class Counter:
         for i, a in enumerate(addresses):
             self.state.breaks[i] = a
         self.state.nbreaks = len(addresses)
+        self._lower()
+
+    def set_fetch_from(self, address):
+        """The lowest linear address an instruction may start at and still cross the limit
+        of a code segment that can be loaded (limits.py; NO_HIT: none)."""
+        if self.exact:
+            self.state.fetch_from = address
+            self._lower()
+
+    def _lower(self):
+        s = self.state
+        s.low = min([s.fetch_from] + [s.breaks[i] for i in range(s.nbreaks)])
 
     @property
     def hit(self):

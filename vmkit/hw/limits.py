@@ -175,7 +175,7 @@ class SegmentLimits:
         ctypes.memmove(at + _State.base.offset, bases, len(bases))
         ctypes.memmove(at + _State.limit.offset, limits, len(limits))
         ctypes.memmove(at + _State.code.offset, code, len(code))
-        self.cpu.counter.state.fetch_from = fetch_from   # a code hook sees linear addresses, paged too
+        self.cpu.counter.set_fetch_from(fetch_from)       # a code hook sees linear addresses, paged too
         self._hook(() if paging else ranges)
 
     def _hook(self, ranges):
