@@ -44,6 +44,7 @@ class Kernel:
         by whoever builds the system (the loader), so the kernel never imports it."""
         self.board, self.base, self.image = board, base, image
         self.monitor = monitor
+        self._routines = {}                     # routine(): a routine's bytes -> its address
         self.memory, self.trace = board.memory, board.trace
         self.cos_state = cos_state
         self.vcpu = CosVcpu(self.memory, base + layout.COS_STATE)
@@ -98,6 +99,15 @@ class Kernel:
     def block(self):
         """(base, end): the kernel's memory, mapped supervisor-only into every address space."""
         return self.base, self.end
+
+    def routine(self, code):
+        """Where a routine of the image (its x86 assembled at 0: position-independent
+        bytes) lies in the loaded kernel, found by its bytes once and remembered."""
+        at = self._routines.get(code)
+        if at is None:
+            image = self.memory.read(self.base, len(self.image.data))
+            at = self._routines[code] = self.base + image.index(code)
+        return at
 
     def contains(self, address):
         return self.base <= address < self.end

@@ -94,12 +94,8 @@ _INVLPG_CODE = assemble(INVLPG_SOURCE, 0)
 
 
 def _routine(kernel):
-    """Where window_invlpg sits in the loaded kernel (found once, by its bytes)."""
-    at = getattr(kernel, "_window_invlpg", None)
-    if at is None:
-        image = kernel.memory.read(kernel.base, len(kernel.image.data))
-        at = kernel._window_invlpg = kernel.base + image.index(_INVLPG_CODE)
-    return at
+    """Where window_invlpg sits in the loaded kernel."""
+    return kernel.routine(_INVLPG_CODE)
 
 
 _PTES = {n: struct.Struct(f"<{n}I") for n in range(1, WINDOW_PAGES + 1)}   # a window's page-table entries

@@ -59,12 +59,8 @@ _TIMER_CODE = assemble(TIMER_STORES, 0)
 
 
 def cpu_start(kernel):
-    """Where `cpu_start` sits in the loaded kernel (found once, by its bytes)."""
-    at = getattr(kernel, "_cpu_start", None)
-    if at is None:
-        image = kernel.memory.read(kernel.base, len(kernel.image.data))
-        at = kernel._cpu_start = kernel.base + image.index(_TIMER_CODE)
-    return at
+    """Where `cpu_start` sits in the loaded kernel."""
+    return kernel.routine(_TIMER_CODE)
 
 
 def percpu(kernel, index):
