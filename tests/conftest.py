@@ -56,6 +56,8 @@ SECONDS = {
     "tests/test_bad_input.py": 2.7, "notebooks/07_two_cpus.ipynb": 2.3, "notebooks/11_unload.ipynb": 1.9,
     "tests/test_vmfs_tool.py": 1.9, "tests/test_fair_share.py": 1.8, "tests/test_unload.py": 1.7,
     "notebooks/04_interrupts.ipynb": 1.4, "tests/test_vm_net.py": 1.4, "tests/test_wrong_answers_ex11.py": 1.4,
+    "tests/test_guest_escapes.py": 3.0, "tests/test_wrong_answers_ex09.py": 1.6,
+    "notebooks/09_address_spaces.ipynb": 1.3, "tests/test_guest_at_zero.py": 1.2,
 }
 
 
