@@ -34,6 +34,7 @@ from vmkit.hw.x86 import encode_segment, encode_tss, CODE_RX, DATA_RW, TSS_AVAIL
 from . import layout, paging, switch
 from .frame import Frame
 from .mapcache import MappingCache, SHOOTDOWN_VECTOR, WINDOW
+from .world import Processor, World
 
 TIMER_VECTOR = 0xF0             # each CPU's local APIC timer
 RESCHEDULE_VECTOR = 0xF3        # "a world of yours can run": the IPI that ends a CPU's idling (worlds.wake)
@@ -121,7 +122,6 @@ def write_gdt(kernel):
 
 def processor(kernel, cpu):
     """A CPU's system world, address space and mapping cache, written into its block."""
-    from .worlds import Processor, World          # worlds.py builds the processors at start
     index, block = cpu.index, percpu(kernel, cpu.index)
     system = World(f"system{index}", "system", block + layout.SYSTEM_WORLD, (block, layout.PERCPU_SIZE),
                    cpu=index)

@@ -34,6 +34,7 @@ from vmkit.hw.x86 import EFLAGS_IF
 from . import layout, paging, smp, switch
 from .errors import GuestFault
 from .switch import SwitchError
+from .world import World
 
 QUANTUM_TICKS = 2
 VM_TICK = clock.hz(100)         # a real kernel's tick, 100 Hz of the virtual clock: 1,000,000 instructions
@@ -42,28 +43,6 @@ INSTRUCTIONS = 0xC0             # u32: instructions of virtual time the world he
 
 class VMError(ValueError):
     """A VM cannot be installed (not enough memory, too many worlds)."""
-
-
-class World:
-    def __init__(self, name, kind, area, region, vmm=None, cpu=0):
-        self.name, self.kind, self.area, self.region, self.vmm = name, kind, area, region, vmm
-        self.cpu = cpu                  # the CPU it is placed on (the COS: 0)
-        self.state, self.fault = "ready", None
-        self.quantum = None             # ticks per turn; None: the scheduler's default (shares)
-        self.cr3 = 0
-
-    def __repr__(self):
-        return f"<world {self.name} {self.kind} {self.state}>"
-
-
-class Processor:
-    """One CPU as the scheduler sees it (claim 16): its system world, the world
-    it runs now, how much of that world's quantum is used, its own mapping
-    cache (claim 17), and the switch its x86 is in the middle of. Made by smp.py."""
-    def __init__(self, index, system, cache):
-        self.index, self.system, self.cache = index, system, cache
-        self.current, self.used, self.since = system, 0, 0
-        self.switching = None
 
 
 def round_robin(worlds, current, runnable):

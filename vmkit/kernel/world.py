@@ -1,0 +1,26 @@
+"""A world, what the kernel schedules (claims 13, 27, 34), and a Processor, one CPU as
+the scheduler sees it (claim 16). Their own module so that smp.py, which makes each
+CPU's Processor and system world, and worlds.py, which schedules them, both import
+them from below instead of from each other."""
+
+
+class World:
+    def __init__(self, name, kind, area, region, vmm=None, cpu=0):
+        self.name, self.kind, self.area, self.region, self.vmm = name, kind, area, region, vmm
+        self.cpu = cpu                  # the CPU it is placed on (the COS: 0)
+        self.state, self.fault = "ready", None
+        self.quantum = None             # ticks per turn; None: the scheduler's default (shares)
+        self.cr3 = 0
+
+    def __repr__(self):
+        return f"<world {self.name} {self.kind} {self.state}>"
+
+
+class Processor:
+    """One CPU as the scheduler sees it (claim 16): its system world, the world
+    it runs now, how much of that world's quantum is used, its own mapping
+    cache (claim 17), and the switch its x86 is in the middle of. Made by smp.py."""
+    def __init__(self, index, system, cache):
+        self.index, self.system, self.cache = index, system, cache
+        self.current, self.used, self.since = system, 0, 0
+        self.switching = None
