@@ -61,3 +61,18 @@ def test_the_solution_passes():
 def test_bad_assembly_is_a_clear_problem():
     problem = grader.check_consoles(lambda: "lgdt [edi + AREA_GDTR]\nmov cr3, [edi]")
     assert problem.startswith("your load sequence does not assemble: line 2")
+
+
+def test_a_refused_world_left_running_keeps_whole_runs():
+    """Left to run after the refusal, the kernel retries the COS with IF clear while the
+    timer's request waits: the CPU stops where IF is set (never, here), not after every
+    instruction (it ran one instruction per board.run iteration, ~100,000 runs here)."""
+    source = WRONG["lidt through the world's DS"][0]
+    board, cos, kernel, vms = grader._machine(lambda: source, quantum=1)
+    runs = []
+    counter_run = board.cpu.counter.run
+    board.cpu.counter.run = lambda *a: runs.append(a) or counter_run(*a)
+    board.run(100_000)
+    assert kernel.worlds.all[0].state == "crashed" and board.pic.has_request()
+    assert not board.cpu.interrupts_enabled
+    assert len(runs) < 5_000, len(runs)      # the kernel's own stubs, ~19 per retry of ~220

@@ -48,11 +48,15 @@ KERNEL_CS, KERNEL_DS, USER_CS, USER_DS = 0x08, 0x10, 0x1B, 0x23
 NIC_PORTS, NIC_IRQS = (0xC000, 0xC040), (10, 9)
 SCSI_PORT, SCSI_IRQ = 0xC100, 11
 # Unicorn cannot tell us when the CPU sets IF, so while a request waits on a
-# CPU with IF clear (a kernel trap handler, a short cli section) the board
-# steps it INTR_POLL instructions at a time: the interrupt is taken at the
-# first instruction boundary with IF set, as on the INTR pin. (Measured: a
-# 16-instruction poll resonated with a 16-instruction trap loop, landing in
-# the kernel every time, and an IRQ waited forever.)
+# CPU with IF clear (a kernel trap handler, a cli section) the C counter reads
+# EFLAGS before each instruction and stops the run at the first boundary with
+# IF set (CPU.run's `wake`): the interrupt is taken there, as on the INTR pin,
+# and a long cli section costs one run, not one per instruction. Without the
+# C counter, and in sti's one-instruction shadow, the board steps the CPU
+# INTR_POLL instructions at a time. (Measured: a 16-instruction poll resonated
+# with a 16-instruction trap loop, landing in the kernel every time, and an
+# IRQ waited forever; stepping by 1 made a kernel looping with IF clear cost
+# one emu_start per instruction, ~30 times slower.)
 INTR_POLL = 1
 MAX_MEMORY = 1 << 30          # the host allocates (and zeroes) all of it at once
 KBD_PORT, KBD_PORTS, KBD_IRQ = 0x60, 5, 1
@@ -251,18 +255,21 @@ class Board:
             if self._events:
                 step = min(step, self._events[0][0] - self.clock)
             # (the controllers first: asking them is Python, EFLAGS a call into Unicorn)
-            self._polling = any(not c.halted and c.shutdown is None and self.interrupt_pending(c)
-                                and (self._shadow or not c.interrupts_enabled) for c in self.cpus)
+            waiting = [c for c in self.cpus if not c.halted and c.shutdown is None
+                       and self.interrupt_pending(c) and (self._shadow or not c.interrupts_enabled)]
+            # INTR is up but IF is clear: the C counter stops the CPU where IF becomes set, and
+            # the slice runs on to its end; without it (or in sti's shadow) look again soon
+            self._polling = self._shadow or any(not c.counter.exact for c in waiting)
             self._shadow = False
-            if self._polling:
-                step = min(step, INTR_POLL)    # INTR is up but IF is clear: look again soon
+            if self._polling and waiting:
+                step = min(step, INTR_POLL)
             self._round_end = self.clock + step
             for cpu in self.cpus:
                 budget = self._round_end - self.clock - cpu.lead
                 if budget > 0:
                     self.running_cpu = cpu
                     try:
-                        cpu.lead += cpu.run(budget)
+                        cpu.lead += cpu.run(budget, cpu in waiting)
                     finally:
                         self.running_cpu = None
                 self._round_end = min(self._round_end, self.clock + cpu.lead)

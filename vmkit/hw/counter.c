@@ -22,6 +22,8 @@
 #include <stdint.h>
 
 typedef int (*stop_fn)(void *uc);
+typedef int (*reg_read_fn)(void *uc, int regid, void *value);
+#define EFLAGS_IF 0x200
 
 #define MAX_BREAKS 8
 
@@ -48,6 +50,15 @@ struct vmkit_counter {
      * walk of breaks[] and a second compare (measured: a VM alone ran ~5-10% slower with
      * the walk once the VMM's breakpoint and the fetch check were added). */
     uint64_t low;
+    /* Waking on IF (board.py): while an interrupt controller asks this CPU for an interrupt
+     * and its IF is clear, the run stops before the first instruction (after the run's
+     * first) at which IF is set, woke = 1: the board delivers there, at the instruction
+     * boundary the INTR pin would. Unicorn has no hook for IF changing (sti, popf, iretd
+     * all set it), so EFLAGS is read before each instruction, only in such a run. */
+    uint64_t wait_if;
+    uint64_t woke;
+    reg_read_fn reg_read;
+    int64_t eflags_id;
 };
 
 struct vmkit_limits;
@@ -56,6 +67,15 @@ static int fetch_past_limit(void *uc, struct vmkit_limits *l, uint64_t address, 
 void vmkit_count(void *uc, uint64_t address, uint32_t size, struct vmkit_counter *c)
 {
     (void)size;
+    if (c->wait_if && !c->first) {
+        uint64_t eflags = 0;
+        c->reg_read(uc, (int)c->eflags_id, &eflags);
+        if (eflags & EFLAGS_IF) {
+            c->woke = 1;
+            c->stop(uc);
+            return;
+        }
+    }
     if (address >= c->low) {
         if (c->nbreaks) {
             int resumed = c->first && address == c->skip;

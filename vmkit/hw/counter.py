@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 
 from unicorn import UC_HOOK_CODE, UcError
+from unicorn.x86_const import UC_X86_REG_EFLAGS
 from unicorn.unicorn_py3 import unicorn as _uc
 
 SOURCE = pathlib.Path(__file__).with_name("counter.c")
@@ -30,7 +31,9 @@ class _State(ctypes.Structure):
                 ("breaks", ctypes.c_uint64 * MAX_BREAKS),
                 ("fetch_from", ctypes.c_uint64), ("limits", ctypes.c_void_p),   # limits.py's
                 ("fetch_fault", ctypes.c_uint64), ("fetch_count", ctypes.c_uint64),
-                ("low", ctypes.c_uint64)]          # min(breaks, fetch_from): below it, only a count
+                ("low", ctypes.c_uint64),          # min(breaks, fetch_from): below it, only a count
+                ("wait_if", ctypes.c_uint64), ("woke", ctypes.c_uint64),          # run(wake=True)
+                ("reg_read", ctypes.c_void_p), ("eflags_id", ctypes.c_int64)]
 
 
 def _build():
@@ -75,6 +78,8 @@ class Counter:
         if self.exact:
             self.state = _State(0, 0, ctypes.cast(_uc.uclib.uc_emu_stop, ctypes.c_void_p), 0, 0, NO_HIT)
             self.state.fetch_from = self.state.low = NO_HIT   # no fetch checked until limits.py says
+            self.state.reg_read = ctypes.cast(_uc.uclib.uc_reg_read, ctypes.c_void_p)
+            self.state.eflags_id = UC_X86_REG_EFLAGS
             self._handle = ctypes.c_size_t()
             err = _uc.uclib.uc_hook_add(uc._uch, ctypes.byref(self._handle), ctypes.c_int(UC_HOOK_CODE),
                                         ctypes.cast(lib.vmkit_count, ctypes.c_void_p),
@@ -126,12 +131,20 @@ class Counter:
         """The stub address that ended the last run, or None."""
         return None if not self.exact or self.state.hit == NO_HIT else self.state.hit
 
-    def run(self, begin, budget, until, skip=None):
+    @property
+    def woke(self):
+        """Did the last run stop because IF became set (run(wake=True))?"""
+        return self.exact and bool(self.state.woke)
+
+    def run(self, begin, budget, until, skip=None, wake=False):
         """Run; returns (instructions executed, the UcError that stopped it or None).
-        skip: a stub address the run starts at whose handler already ran."""
+        skip: a stub address the run starts at whose handler already ran.
+        wake: stop before the first instruction after the first at which EFLAGS.IF is
+        set (an interrupt waits for it: counter.c); exact counter only."""
         if self.exact:
             s = self.state
             s.count, s.budget, s.spent, s.hit, s.first = 0, budget, 0, NO_HIT, 1
+            s.wait_if, s.woke = int(wake), 0
             s.skip = NO_HIT if skip is None else skip
         try:
             self.uc.emu_start(begin, until, count=0 if self.exact else budget)
