@@ -30,7 +30,8 @@ WRONG = {
     "no mov cr3": (without("mov cr3"), "CR3 is not the save area's"),
     "lldt before lgdt": (swapped("lgdt", "lldt"), "at `lldt word ptr [edi + 0x50]`"),
     "ltr before lgdt": ("\n".join([RIGHT[2]] + RIGHT[:2] + RIGHT[3:]), "is GDTR loaded first?"),
-    "IDTR from the GDTR's field": (without("lidt") + "\nlidt [edi + AREA_GDTR]",
+    "IDTR from the GDTR's field": (without("lidt") + "\nlidt ss:[edi + AREA_GDTR]",   # (through DS, the
+                                                                                # next world's: #GP)
                                    "IDTR is not the save area's"),
     "GDTR through ESI": (without("lgdt").replace("lldt", "lgdt [esi + AREA_GDTR]\nlldt", 1),
                          "GDTR or IDTR loaded from the wrong place"),
@@ -61,3 +62,21 @@ def test_the_solution_passes():
 def test_bad_assembly_is_a_clear_problem():
     problem = grader.check_consoles(lambda: "lgdt [edi + AREA_GDTR]\nmov cr3, [edi]")
     assert problem.startswith("your load sequence does not assemble: line 2")
+
+
+def test_a_load_through_the_next_worlds_ds_is_refused_entering_a_vm_from_the_cos():
+    """The first switch is the COS -> vm1: a read of the save area through DS after
+    `mov ds` goes through vm1's DS (its memory only), and the CPU refuses it there, as it
+    does going the other way: the limit is the one of the descriptor the load just
+    loaded, in the GDT its lgdt loaded, not the COS's GDT the switch started with."""
+    source = "\n".join(RIGHT).replace("lidt ss:[edi + AREA_IDTR]", "lidt [edi + AREA_IDTR]")
+    board, cos, kernel, vms = grader._machine(lambda: source, quantum=1)
+    board.run(100_000)
+    events = board.trace.of("switch.begin", "cpu.fault")
+    fault = next(i for i, e in enumerate(events) if e.kind == "cpu.fault" and "past the limit" in e["why"])
+    switch_at = [e for e in events[:fault] if e.kind == "switch.begin"]
+    assert [(e["frm"], e["to"]) for e in switch_at] == [(kernel.worlds.all[0].name, "vm1")]
+    assert events[fault]["vector"] == 13 and "of DS" in events[fault]["why"]
+    assert board.memory.read(events[fault]["eip"], 3) == bytes.fromhex("0f015f")     # lidt [edi + disp8]
+    problem = grader.check_consoles(lambda: source)
+    assert "read the save area through SS, the kernel's" in problem, problem
