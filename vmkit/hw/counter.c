@@ -180,7 +180,8 @@ static int cs_described(struct vmkit_limits *l, uint64_t cs)
 }
 
 /* The segment registers (R_* bits) the instruction at CS:EIP (CS's base: cs_base) may access data through. */
-static uint64_t segments_used(struct vmkit_limits *l, uint64_t cs_base, uint64_t eip)
+static uint64_t segments_used(struct vmkit_limits *l, uint64_t cs_base, uint64_t eip,
+                              uint64_t address, int size, const struct vmkit_mmr *gdtr)
 {
     uint64_t at = (cs_base + (eip & 0xFFFFFFFFu)) & 0xFFFFFFFFu;
     if (at + 16 > l->ram_size)
@@ -207,6 +208,11 @@ static uint64_t segments_used(struct vmkit_limits *l, uint64_t cs_base, uint64_t
         if (op2 == 0xA0 || op2 == 0xA1 || op2 == 0xA8 || op2 == 0xA9)   /* push/pop fs, gs */
             return R_SS;
         if (op2 == 0x00 && (m >> 6) == 3)                 /* sldt str lldt ltr verr verw r */
+            return 0;
+        /* lldt/ltr m16: the operand is 2 bytes; the CPU's reads (and ltr's busy-bit write)
+         * of the descriptor in the GDT are 4 each (measured): not through a segment */
+        if (op2 == 0x00 && (((m >> 3) & 7) == 2 || ((m >> 3) & 7) == 3) && size != 2
+            && address >= gdtr->base && address + size - 1 <= gdtr->base + gdtr->limit)
             return 0;
         return data;
     }
@@ -282,7 +288,7 @@ void vmkit_limit(void *uc, int type, uint64_t address, int size, int64_t value, 
     if (!outside)
         return;
     l->looked++;
-    if (outside & segments_used(l, cs_base, sels[7]))
+    if (outside & segments_used(l, cs_base, sels[7], address, size, &gdtr))
         l->slow(type, address, size);
 }
 
