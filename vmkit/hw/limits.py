@@ -60,7 +60,17 @@ did not happen.
 The descriptors are read when the software that owns the GDT says it changed
 (`CPU.descriptors_changed`), as a real CPU reads a descriptor only when a
 segment register is loaded. Unicorn does not expose the hidden part of a
-segment register, so limits are judged from the GDT that GDTR names; where CS
+segment register to a hook (CPU.segment reads it from a saved context: far too
+slow per access), so limits are judged from the GDT that GDTR names: the
+filter's copy while GDTR still names the table it was read from, else (an
+`lgdt` since, as in a world switch's load, between the kernel's refresh at its
+start, `loading`, and the one at its end) that GDT's entries read from memory
+in C (counter.c: `gdt_now`), so a segment the load loads is judged by the
+descriptor it was loaded from, not by the entry of the same selector in the
+GDT the switch left. A register loaded before that lgdt is judged by its
+selector's entry in the new GDT (the kernel's CS, SS and DS are the same in
+every world's GDT; a world's FS and GS left from before are not used by the
+load, and the filter looks only at the registers an instruction can use). Where CS
 cannot hold that GDT's entry at its CPL (a non-conforming code segment's DPL
 is the CPL), CS was loaded from another table (a CPU between the firmware's GDT
 and the kernel's) and no limit is judged from this one. Without a C compiler (no C counter, counter.py) only
