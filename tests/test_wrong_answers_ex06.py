@@ -80,3 +80,24 @@ def test_a_load_through_the_next_worlds_ds_is_refused_entering_a_vm_from_the_cos
     assert board.memory.read(events[fault]["eip"], 3) == bytes.fromhex("0f015f")     # lidt [edi + disp8]
     problem = grader.check_consoles(lambda: source)
     assert "read the save area through SS, the kernel's" in problem, problem
+
+
+def test_a_load_through_the_next_worlds_ds_is_refused_entering_the_cos_from_a_vm():
+    """The other way: a read through DS after `mov ds` only when the next world is the COS
+    (CR3 0) faults in the first switch into the COS, judged by the COS's DS (it ends below
+    the kernel), while CS is still the VMM's, which the COS's GDT does not have."""
+    source = "\n".join(RIGHT) + """
+        mov eax, ss:[edi + AREA_CR3]
+        test eax, eax
+        jnz into_a_vm
+        mov eax, [edi + AREA_CR3]
+into_a_vm:"""
+    board, cos, kernel, vms = grader._machine(lambda: source, quantum=1)
+    board.run(100_000)
+    events = board.trace.of("switch.begin", "cpu.fault")
+    fault = next(i for i, e in enumerate(events) if e.kind == "cpu.fault" and "past the limit" in e["why"])
+    into_cos = [e for e in events[:fault] if e.kind == "switch.begin" and e["to"] == kernel.worlds.all[0].name]
+    assert len(into_cos) == 1 and into_cos[0] is [e for e in events[:fault] if e.kind == "switch.begin"][-1]
+    assert events[fault]["vector"] == 13 and "of DS" in events[fault]["why"]
+    problem = grader.check_consoles(lambda: source)
+    assert "read the save area through SS, the kernel's" in problem, problem

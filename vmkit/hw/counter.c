@@ -255,14 +255,13 @@ void vmkit_limit(void *uc, int type, uint64_t address, int size, int64_t value, 
      * since (a world switch's lgdt, until the kernel says the new GDT is in) is read here. */
     int now = gdtr.base != l->gdt_base || gdtr.limit != l->gdt_limit;
     uint64_t cs = sels[0] & 0xFFFF, cs_base = 0, cs_limit, cs_code;
-    if (now) {
-        if (!gdt_now(l, &gdtr, cs, &cs_base, &cs_limit, &cs_code) || cs_code == NOT_CODE
-            || ((cs_code & CONFORMING) ? (cs_code & 3) > (cs & 3) : (cs_code & 3) != (cs & 3)))
-            return;                       /* CS from another table: nothing judged (cs_described) */
-    } else {
-        if (!cs_described(l, cs))
-            return;
-        cs_base = l->base[cs >> 3];
+    if (cs_described(l, cs)) {
+        cs_base = l->base[cs >> 3];       /* (after an lgdt: CS was loaded before it, from the table:
+                                           * a VMM's CS, which the COS's GDT has not, until the
+                                           * switch's retf loads the kernel's) */
+    } else if (!now || !gdt_now(l, &gdtr, cs, &cs_base, &cs_limit, &cs_code) || cs_code == NOT_CODE
+               || ((cs_code & CONFORMING) ? (cs_code & 3) > (cs & 3) : (cs_code & 3) != (cs & 3))) {
+        return;                           /* CS from another table: nothing judged (cs_described) */
     }
     for (int i = 0; i < 6; i++) {
         uint64_t sel = sels[i] & 0xFFFF;

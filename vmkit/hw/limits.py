@@ -67,8 +67,10 @@ filter's copy while GDTR still names the table it was read from, else (an
 start, `loading`, and the one at its end) that GDT's entries read from memory
 in C (counter.c: `gdt_now`), so a segment the load loads is judged by the
 descriptor it was loaded from, not by the entry of the same selector in the
-GDT the switch left. A register loaded before that lgdt is judged by its
-selector's entry in the new GDT (the kernel's CS, SS and DS are the same in
+GDT the switch left. CS, which the load does not change until its retf, is
+judged from the table it was loaded from while that table has it (a VMM's
+CS, which the COS's GDT lacks); a data register loaded before that lgdt, by
+its selector's entry in the new GDT (the kernel's SS and DS are the same in
 every world's GDT; a world's FS and GS left from before are not used by the
 load, and the filter looks only at the registers an instruction can use). Where CS
 cannot hold that GDT's entry at its CPL (a non-conforming code segment's DPL
