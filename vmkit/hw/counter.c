@@ -265,10 +265,12 @@ void vmkit_limit(void *uc, int type, uint64_t address, int size, int64_t value, 
     }
     for (int i = 0; i < 6; i++) {
         uint64_t sel = sels[i] & 0xFFFF;
+        /* After an lgdt, a selector past the new GDT's limit was loaded before it, from the
+         * table (a VMM's DS, which the COS's GDT lacks, until the load's mov ds): from there. */
         uint64_t index = sel >> 3, base, limit, code;
         if (index == 0 && !(sel & 4))
             continue;                     /* a null selector: no access goes through it */
-        if (now) {
+        if (now && !(!(sel & 4) && 8 * index + 7 > gdtr.limit && index < l->nsel)) {
             if (!gdt_now(l, &gdtr, sel, &base, &limit, &code)) {
                 outside |= 1u << i;       /* not judged here: Python looks */
                 continue;

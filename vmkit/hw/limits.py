@@ -370,8 +370,11 @@ class SegmentLimits:
             return None
         _, table, limit, _ = cpu["ldtr"] if sel & 4 else cpu["gdtr"]
         index = sel & ~7
-        if index + 7 > limit:
-            return None
+        if index + 7 > limit:               # after an lgdt, loaded before it: from the table
+            seen = self._seen               # the filter holds (as counter.c does)
+            if sel & 4 or seen is None or seen[:2] == (table, limit) or index + 8 > len(seen[2]):
+                return None
+            return decode_segment(seen[2][index:index + 8])
         try:
             return decode_segment(cpu.memory.read(table + index, 8))
         except ValueError:
