@@ -144,3 +144,16 @@ def test_an_instruction_straddling_the_code_limit_is_gp0(board):
     run_user(board, f"mov eax, {LIMIT - 3:#x}\njmp eax")
     assert (u32(board, RECORD), u32(board, RECORD + 8)) == (13, LIMIT - 3)
     assert u32(board, 0x8F000) == 0
+
+
+def test_a_world_switchs_ltr_reads_its_descriptor_without_the_decoder():
+    """ltr/lldt m16 read their descriptor in the GDT (the CPU's own 4-byte reads; the operand
+    is 2 bytes): the C filter lets them through, so a switch into a VM, whose GDT lies past
+    the kernel's DS limit, costs no Python decode; and no world was refused."""
+    from vmkit.lessons import worlds as lesson
+    board, cos, kernel, vms = lesson.two_vms(quantum=1)
+    board.run(300_000)
+    assert len(board.trace.of("switch.begin")) > 50
+    assert board.cpu.limits.decoded == 0
+    assert not [f for f in board.trace.of("cpu.fault") if "past the limit" in str(f["why"])]
+    assert all(w.state != "crashed" for w in kernel.worlds.all)

@@ -30,7 +30,8 @@ WRONG = {
     "no mov cr3": (without("mov cr3"), "CR3 is not the save area's"),
     "lldt before lgdt": (swapped("lgdt", "lldt"), "at `lldt word ptr [edi + 0x50]`"),
     "ltr before lgdt": ("\n".join([RIGHT[2]] + RIGHT[:2] + RIGHT[3:]), "is GDTR loaded first?"),
-    "IDTR from the GDTR's field": (without("lidt") + "\nlidt [edi + AREA_GDTR]",
+    "IDTR from the GDTR's field": (without("lidt") + "\nlidt ss:[edi + AREA_GDTR]",   # (through DS, the
+                                                                                # next world's: #GP)
                                    "IDTR is not the save area's"),
     "GDTR through ESI": (without("lgdt").replace("lldt", "lgdt [esi + AREA_GDTR]\nlldt", 1),
                          "GDTR or IDTR loaded from the wrong place"),
@@ -64,15 +65,55 @@ def test_bad_assembly_is_a_clear_problem():
 
 
 def test_a_refused_world_left_running_keeps_whole_runs():
-    """Left to run after the refusal, the kernel retries the COS with IF clear while the
-    timer's request waits: the CPU stops where IF is set (never, here), not after every
-    instruction (it ran one instruction per board.run iteration, ~100,000 runs here)."""
+    """Left to run after the refusal, the machine keeps whole runs: the CPU stops where IF
+    is set, not after every instruction while the timer's request waits (it once ran one
+    instruction per board.run iteration, ~100,000 runs here; tests/test_intr_wait.py has the
+    mechanism). The load faults in the first switch into each VM now (the limit follows the
+    switch's lgdt), so the VMs are refused and the COS runs on."""
     source = WRONG["lidt through the world's DS"][0]
     board, cos, kernel, vms = grader._machine(lambda: source, quantum=1)
     runs = []
     counter_run = board.cpu.counter.run
     board.cpu.counter.run = lambda *a: runs.append(a) or counter_run(*a)
     board.run(100_000)
-    assert kernel.worlds.all[0].state == "crashed" and board.pic.has_request()
-    assert not board.cpu.interrupts_enabled
+    assert [w.state for w in kernel.worlds.all] == ["ready", "crashed", "crashed"]
     assert len(runs) < 5_000, len(runs)      # the kernel's own stubs, ~19 per retry of ~220
+
+
+def test_a_load_through_the_next_worlds_ds_is_refused_entering_a_vm_from_the_cos():
+    """The first switch is the COS -> vm1: a read of the save area through DS after
+    `mov ds` goes through vm1's DS (its memory only), and the CPU refuses it there, as it
+    does going the other way: the limit is the one of the descriptor the load just
+    loaded, in the GDT its lgdt loaded, not the COS's GDT the switch started with."""
+    source = "\n".join(RIGHT).replace("lidt ss:[edi + AREA_IDTR]", "lidt [edi + AREA_IDTR]")
+    board, cos, kernel, vms = grader._machine(lambda: source, quantum=1)
+    board.run(100_000)
+    events = board.trace.of("switch.begin", "cpu.fault")
+    fault = next(i for i, e in enumerate(events) if e.kind == "cpu.fault" and "past the limit" in e["why"])
+    switch_at = [e for e in events[:fault] if e.kind == "switch.begin"]
+    assert [(e["frm"], e["to"]) for e in switch_at] == [(kernel.worlds.all[0].name, "vm1")]
+    assert events[fault]["vector"] == 13 and "of DS" in events[fault]["why"]
+    assert board.memory.read(events[fault]["eip"], 3) == bytes.fromhex("0f015f")     # lidt [edi + disp8]
+    problem = grader.check_consoles(lambda: source)
+    assert "read the save area through SS, the kernel's" in problem, problem
+
+
+def test_a_load_through_the_next_worlds_ds_is_refused_entering_the_cos_from_a_vm():
+    """The other way: a read through DS after `mov ds` only when the next world is the COS
+    (CR3 0) faults in the first switch into the COS, judged by the COS's DS (it ends below
+    the kernel), while CS is still the VMM's, which the COS's GDT does not have."""
+    source = "\n".join(RIGHT) + """
+        mov eax, ss:[edi + AREA_CR3]
+        test eax, eax
+        jnz into_a_vm
+        mov eax, [edi + AREA_CR3]
+into_a_vm:"""
+    board, cos, kernel, vms = grader._machine(lambda: source, quantum=1)
+    board.run(100_000)
+    events = board.trace.of("switch.begin", "cpu.fault")
+    fault = next(i for i, e in enumerate(events) if e.kind == "cpu.fault" and "past the limit" in e["why"])
+    into_cos = [e for e in events[:fault] if e.kind == "switch.begin" and e["to"] == kernel.worlds.all[0].name]
+    assert len(into_cos) == 1 and into_cos[0] is [e for e in events[:fault] if e.kind == "switch.begin"][-1]
+    assert events[fault]["vector"] == 13 and "of DS" in events[fault]["why"]
+    problem = grader.check_consoles(lambda: source)
+    assert "read the save area through SS, the kernel's" in problem, problem

@@ -149,7 +149,41 @@ struct vmkit_limits {
     uint64_t quiet;                       /* 1 while the platform delivers (delivery.py) */
     reg_read_batch_fn reg_read_batch;     /* the selectors, CR0 and EIP in one call */
     uint64_t calls, looked;               /* accesses filtered; of those, instructions read */
+    uint64_t gdt_base, gdt_limit;         /* the GDTR the table above was read under */
+    int64_t gdtr_id;
 };
+
+/* GDTR as Unicorn's reg_read gives it (uc_x86_mmr). */
+struct vmkit_mmr { uint16_t selector; uint64_t base; uint32_t limit; uint32_t flags; };
+
+/* A selector's descriptor as the GDT loaded *now* holds it, read from memory (paging off:
+ * the caller has checked): used once GDTR no longer names the table above, between a
+ * world switch's lgdt and the platform's next read of the new GDT, so that a segment the
+ * load then loads is judged by its own descriptor, not by the entry of the same selector
+ * in the GDT the switch left. 0: not judged here (null, LDT, past GDTR's limit, not a
+ * present code/data segment, expand-down): Python looks. */
+static int gdt_now(struct vmkit_limits *l, const struct vmkit_mmr *g, uint64_t sel,
+                   uint64_t *base, uint64_t *limit, uint64_t *code)
+{
+    uint64_t index = (sel & 0xFFFF) >> 3;
+    if ((sel & 4) || index == 0 || 8 * index + 7 > g->limit)
+        return 0;
+    uint64_t at = (g->base + 8 * index) & 0xFFFFFFFFu;
+    if (at + 8 > l->ram_size)
+        return 0;
+    const unsigned char *d = l->ram + at;
+    uint32_t lo = d[0] | d[1] << 8 | d[2] << 16 | (uint32_t)d[3] << 24;
+    uint32_t hi = d[4] | d[5] << 8 | d[6] << 16 | (uint32_t)d[7] << 24;
+    unsigned type = (hi >> 8) & 15;
+    if (!(hi & (1u << 12)) || !(hi & (1u << 15)) || (type & 12) == 4)
+        return 0;                         /* a system descriptor, not present, or expand-down */
+    *base = (lo >> 16) | (hi & 0xFFu) << 16 | (hi & 0xFF000000u);
+    *limit = (lo & 0xFFFF) | (hi & 0xF0000u);
+    if (hi & (1u << 23))
+        *limit = *limit << 12 | 0xFFF;
+    *code = (type & 8) ? (((hi >> 13) & 3) | ((type & 4) ? CONFORMING : 0)) : NOT_CODE;
+    return 1;
+}
 
 /* Is the table's entry for CS one that CS can hold at its CPL (a non-conforming code
  * segment's DPL is the CPL; a conforming one's at most)? If not, CS was loaded from another
@@ -165,13 +199,11 @@ static int cs_described(struct vmkit_limits *l, uint64_t cs)
     return (l->code[index] & CONFORMING) ? dpl <= cpl : dpl == cpl;
 }
 
-/* The segment registers (R_* bits) the instruction at CS:EIP may access data through. */
-static uint64_t segments_used(struct vmkit_limits *l, uint64_t cs, uint64_t eip)
+/* The segment registers (R_* bits) the instruction at CS:EIP (CS's base: cs_base) may access data through. */
+static uint64_t segments_used(struct vmkit_limits *l, uint64_t cs_base, uint64_t eip,
+                              uint64_t address, int size, const struct vmkit_mmr *gdtr)
 {
-    uint64_t index = (cs & 0xFFFF) >> 3;
-    if ((cs & 4) || index >= l->nsel)
-        return R_ALL;
-    uint64_t at = (l->base[index] + (eip & 0xFFFFFFFFu)) & 0xFFFFFFFFu;
+    uint64_t at = (cs_base + (eip & 0xFFFFFFFFu)) & 0xFFFFFFFFu;
     if (at + 16 > l->ram_size)
         return R_ALL;
     const unsigned char *b = l->ram + at;
@@ -197,6 +229,11 @@ static uint64_t segments_used(struct vmkit_limits *l, uint64_t cs, uint64_t eip)
             return R_SS;
         if (op2 == 0x00 && (m >> 6) == 3)                 /* sldt str lldt ltr verr verw r */
             return 0;
+        /* lldt/ltr m16: the operand is 2 bytes; the CPU's reads (and ltr's busy-bit write)
+         * of the descriptor in the GDT are 4 each (measured): not through a segment */
+        if (op2 == 0x00 && (((m >> 3) & 7) == 2 || ((m >> 3) & 7) == 3) && size != 2
+            && address >= gdtr->base && address + size - 1 <= gdtr->base + gdtr->limit)
+            return 0;
         return data;
     }
     if ((op >= 0x50 && op <= 0x61) || op == 0x06 || op == 0x07 || op == 0x0E || op == 0x16
@@ -219,38 +256,60 @@ void vmkit_limit(void *uc, int type, uint64_t address, int size, int64_t value, 
     l->calls++;
     if (l->quiet)
         return;
-    uint64_t sels[8] = {0}, outside = 0;  /* CS SS DS ES FS GS, CR0, EIP: one call */
-    int ids[8];
-    void *values[8];
+    uint64_t sels[8] = {0}, outside = 0;  /* CS SS DS ES FS GS, CR0, EIP, GDTR: one call */
+    struct vmkit_mmr gdtr = {0};
+    int ids[9];
+    void *values[9];
     for (int i = 0; i < 6; i++)
         ids[i] = (int)l->regs[i];
     ids[6] = (int)l->cr0_id;
     ids[7] = (int)l->eip_id;
+    ids[8] = (int)l->gdtr_id;
     for (int i = 0; i < 8; i++)
         values[i] = &sels[i];
-    l->reg_read_batch(uc, ids, values, 8);
-    if (!cs_described(l, sels[0] & 0xFFFF))
-        return;
+    values[8] = &gdtr;
+    l->reg_read_batch(uc, ids, values, 9);
+    if (sels[6] & CR0_PG)
+        return;                           /* physical addresses: limits.py checks at the #PF */
+    /* The table describes the GDT GDTR named when the platform last read it; a GDTR loaded
+     * since (a world switch's lgdt, until the kernel says the new GDT is in) is read here. */
+    int now = gdtr.base != l->gdt_base || gdtr.limit != l->gdt_limit;
+    uint64_t cs = sels[0] & 0xFFFF, cs_base = 0, cs_limit, cs_code;
+    if (cs_described(l, cs)) {
+        cs_base = l->base[cs >> 3];       /* (after an lgdt: CS was loaded before it, from the table:
+                                           * a VMM's CS, which the COS's GDT has not, until the
+                                           * switch's retf loads the kernel's) */
+    } else if (!now || !gdt_now(l, &gdtr, cs, &cs_base, &cs_limit, &cs_code) || cs_code == NOT_CODE
+               || ((cs_code & CONFORMING) ? (cs_code & 3) > (cs & 3) : (cs_code & 3) != (cs & 3))) {
+        return;                           /* CS from another table: nothing judged (cs_described) */
+    }
     for (int i = 0; i < 6; i++) {
         uint64_t sel = sels[i] & 0xFFFF;
-        sels[i] = sel;
-        uint64_t index = sel >> 3;
+        /* After an lgdt, a selector past the new GDT's limit was loaded before it, from the
+         * table (a VMM's DS, which the COS's GDT lacks, until the load's mov ds): from there. */
+        uint64_t index = sel >> 3, base, limit, code;
         if (index == 0 && !(sel & 4))
             continue;                     /* a null selector: no access goes through it */
-        if ((sel & 4) || index >= l->nsel) {
+        if (now && !(!(sel & 4) && 8 * index + 7 > gdtr.limit && index < l->nsel)) {
+            if (!gdt_now(l, &gdtr, sel, &base, &limit, &code)) {
+                outside |= 1u << i;       /* not judged here: Python looks */
+                continue;
+            }
+        } else if ((sel & 4) || index >= l->nsel) {
             outside |= 1u << i;           /* not described here: Python looks */
             continue;
+        } else {
+            base = l->base[index];
+            limit = l->limit[index];
         }
-        uint64_t offset = (address - l->base[index]) & 0xFFFFFFFFu;
-        if (offset + (uint64_t)size - 1 > l->limit[index])
+        uint64_t offset = (address - base) & 0xFFFFFFFFu;
+        if (offset + (uint64_t)size - 1 > limit)
             outside |= 1u << i;
     }
     if (!outside)
         return;
-    if (sels[6] & CR0_PG)
-        return;
     l->looked++;
-    if (outside & segments_used(l, sels[0], sels[7]))
+    if (outside & segments_used(l, cs_base, sels[7], address, size, &gdtr))
         l->slow(type, address, size);
 }
 

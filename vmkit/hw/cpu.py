@@ -212,11 +212,12 @@ class CPU(Delivery):
         s["cpl"] = self.cpl
         return s
 
-    def descriptors_changed(self, cpl=None, paging=None):
+    def descriptors_changed(self, cpl=None, paging=None, loading=None):
         """The GDT this CPU's GDTR names was loaded or edited (or, with `cpl`, software
-        is about to run at that CPL; with `paging`, about to turn paging on or off): the
-        platform reads its descriptors again for the segment-limit checks (limits.py)."""
-        self.limits.refresh(cpl, paging)
+        is about to run at that CPL; with `paging`, about to turn paging on or off; with
+        `loading`, (base, limit), about to lgdt that GDT): the platform reads its
+        descriptors again for the segment-limit checks (limits.py)."""
+        self.limits.refresh(cpl, paging, loading)
 
     def invalidate_code(self, begin, end):
         """Drop translated code for a physical range written from outside the CPU.

@@ -60,7 +60,19 @@ did not happen.
 The descriptors are read when the software that owns the GDT says it changed
 (`CPU.descriptors_changed`), as a real CPU reads a descriptor only when a
 segment register is loaded. Unicorn does not expose the hidden part of a
-segment register, so limits are judged from the GDT that GDTR names; where CS
+segment register to a hook (CPU.segment reads it from a saved context: far too
+slow per access), so limits are judged from the GDT that GDTR names: the
+filter's copy while GDTR still names the table it was read from, else (an
+`lgdt` since, as in a world switch's load, between the kernel's refresh at its
+start, `loading`, and the one at its end) that GDT's entries read from memory
+in C (counter.c: `gdt_now`), so a segment the load loads is judged by the
+descriptor it was loaded from, not by the entry of the same selector in the
+GDT the switch left. CS, which the load does not change until its retf, is
+judged from the table it was loaded from while that table has it (a VMM's
+CS, which the COS's GDT lacks); a data register loaded before that lgdt, by
+its selector's entry in the new GDT (the kernel's SS and DS are the same in
+every world's GDT; a world's FS and GS left from before are not used by the
+load, and the filter looks only at the registers an instruction can use). Where CS
 cannot hold that GDT's entry at its CPL (a non-conforming code segment's DPL
 is the CPL), CS was loaded from another table (a CPU between the firmware's GDT
 and the kernel's) and no limit is judged from this one. Without a C compiler (no C counter, counter.py) only
@@ -106,7 +118,8 @@ class _State(ctypes.Structure):
                 ("code", ctypes.c_uint64 * SELECTORS),
                 ("ram", ctypes.c_void_p), ("ram_size", ctypes.c_uint64), ("eip_id", ctypes.c_int64), ("cr0_id", ctypes.c_int64),
                 ("quiet", ctypes.c_uint64), ("reg_read_batch", ctypes.c_void_p),
-                ("calls", ctypes.c_uint64), ("looked", ctypes.c_uint64)]
+                ("calls", ctypes.c_uint64), ("looked", ctypes.c_uint64),
+                ("gdt_base", ctypes.c_uint64), ("gdt_limit", ctypes.c_uint64), ("gdtr_id", ctypes.c_int64)]
 
 
 class Violation:
@@ -142,41 +155,57 @@ class SegmentLimits:
         s = self.state
         s.ram, s.ram_size = cpu.memory.address, cpu.memory.size
         s.eip_id, s.cr0_id, s.reg_read_batch = X.UC_X86_REG_EIP, X.UC_X86_REG_CR0, _REG_READ_BATCH.value
+        s.gdtr_id = X.UC_X86_REG_GDTR
         cpu.counter.state.limits = ctypes.addressof(s)    # the fetch check reads CS's limit here
 
     # ---- which ranges ------------------------------------------------------------
-    def refresh(self, cpl=None, paging=None):
+    def refresh(self, cpl=None, paging=None, loading=None):
         """Read the GDT the CPU's GDTR names and hook the ranges past the limits of the
         segments that can be loaded: with `cpl`, those a program at that CPL may load
         (DPL >= cpl: a CPL 3 world cannot load the COS's DPL 1 segments) and the DPL 0
         ones the CPL 0 software it enters loads for itself; without, all. With paging on,
         none: a hook sees physical addresses then (the module's docstring); `paging`: as
         the software will have it (the hooks' filter passes any access made while paging
-        is still on). Nothing to do if nothing changed."""
+        is still on). `loading`: (base, limit) of a GDT the software's x86 is about to load
+        with lgdt before it tells the platform again (a world switch's next world's): the
+        ranges past its segments' limits are hooked too, and the filter judges an access
+        made after that lgdt from the GDT GDTR then names (counter.c: `gdt_now`), so a
+        segment the load loads is judged by its own descriptor. Nothing to do if nothing
+        changed."""
         if self.lib is None:
             return
         _, base, limit, _ = self.cpu["gdtr"]
-        table = b""
-        for length in (SELECTORS * 8, min(limit + 1, SELECTORS * 8)):
-            try:                            # the filter's table goes past the limit when it can:
-                table = self.cpu.memory.read(base, length) if limit else b""   # a world with a
-                break                       # longer GDTR over the same table finds its selectors
-            except ValueError:
-                continue
+        table = self._table(base, limit)
         paging = bool(self.cpu["cr0"] & CR0_PG) if paging is None else paging
-        seen = (base, limit, table, cpl or 0, paging)
+        other = self._table(*loading) if loading and tuple(loading) != (base, limit) else None
+        seen = (base, limit, table, cpl or 0, paging, other and (loading, other))
         if seen == self._seen:
             return
         self._seen = seen
         s = self.state
         s.nsel = len(table) // 8
+        s.gdt_base, s.gdt_limit = base, limit
         bases, limits, code, ranges, fetch_from = _decoded(table, limit, cpl or 0)
+        if other is not None:
+            ranges = _union(ranges, _decoded(other, loading[1], cpl or 0)[3])
+            if _covers(self.ranges, ranges):    # hooked already: more hooked ranges only filter
+                ranges = self.ranges            # more accesses (a rehook costs more, measured)
         at = ctypes.addressof(s)            # the filter's three arrays, each one copy
         ctypes.memmove(at + _State.base.offset, bases, len(bases))
         ctypes.memmove(at + _State.limit.offset, limits, len(limits))
         ctypes.memmove(at + _State.code.offset, code, len(code))
         self.cpu.counter.set_fetch_from(fetch_from)       # a code hook sees linear addresses, paged too
         self._hook(() if paging else ranges)
+
+    def _table(self, base, limit):
+        """The filter's copy of a GDT: past its limit when it can (a world with a longer
+        GDTR over the same table finds its selectors)."""
+        for length in (SELECTORS * 8, min(limit + 1, SELECTORS * 8)):
+            try:
+                return self.cpu.memory.read(base, length) if limit else b""
+            except ValueError:
+                continue
+        return b""
 
     def _hook(self, ranges):
         if tuple(ranges) == self.ranges:
@@ -341,8 +370,11 @@ class SegmentLimits:
             return None
         _, table, limit, _ = cpu["ldtr"] if sel & 4 else cpu["gdtr"]
         index = sel & ~7
-        if index + 7 > limit:
-            return None
+        if index + 7 > limit:               # after an lgdt, loaded before it: from the table
+            seen = self._seen               # the filter holds (as counter.c does)
+            if sel & 4 or seen is None or seen[:2] == (table, limit) or index + 8 > len(seen[2]):
+                return None
+            return decode_segment(seen[2][index:index + 8])
         try:
             return decode_segment(cpu.memory.read(table + index, 8))
         except ValueError:
@@ -375,6 +407,17 @@ def _decoded(table, limit, least):
     bases, limits, code, ranges, fetch_from = _decode(table, limit, least)
     pack = lambda values: struct.pack(f"<{len(values)}Q", *values)
     return pack(bases), pack(limits), pack(code), tuple(ranges), fetch_from
+
+
+@functools.lru_cache(maxsize=256)
+def _union(ranges, more):
+    return tuple(_merge(ranges + more))
+
+
+@functools.lru_cache(maxsize=256)
+def _covers(hooked, ranges):
+    """Does every range of `ranges` lie inside one of `hooked` (both merged)?"""
+    return all(any(a <= first and last <= b for a, b in hooked) for first, last in ranges)
 
 
 def _decode(table, limit, least):

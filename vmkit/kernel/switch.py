@@ -81,6 +81,7 @@ _AREA = struct.Struct("<" + "".join(f for _, f in LAYOUT))
 ITEMS = tuple(n for n, _ in LAYOUT if n)
 _FRAME = struct.Struct(f"<{len(Frame.FIELDS)}I")
 _U32 = struct.Struct("<I")
+_GDTR = struct.Struct("<HI")                     # lgdt's operand: limit, then base
 OFFSET = {n: struct.calcsize("<" + "".join(f for _, f in LAYOUT[:i]))
           for i, (n, _) in enumerate(LAYOUT) if n}
 WIDTH = {n: struct.calcsize("<" + f) for n, f in LAYOUT if n}
@@ -401,6 +402,12 @@ def _segment(raw):
     """A descriptor's 8 bytes, decoded (a switch goes between a few worlds' TSS and LDT
     descriptors: each decoded once)."""
     return decode_segment(raw)
+
+
+def gdtr_of(memory, address):
+    """(base, limit) of the GDTR the save area at `address` holds: what its load's lgdt loads."""
+    limit, base = _GDTR.unpack(memory.read(address + OFFSET["gdtr.limit"], _GDTR.size))
+    return base, limit
 
 
 def tss_base(memory, state):

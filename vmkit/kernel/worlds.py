@@ -346,8 +346,9 @@ class Worlds:
                 self.crash(s.to, f"world switch refused: {e}")
                 self._after_refusal(frame, p, s)
                 return
-            cpu.descriptors_changed(0, paging=False)   # the load runs at CPL 0 with paging off:
-            return                              # its accesses through a world's short DS are checked
+            cpu.descriptors_changed(0, paging=False, loading=switch.gdtr_of(k.memory, s.to.area))
+            return      # the load runs at CPL 0 with paging off: its accesses through a world's
+                        # short DS are checked, after its lgdt by the next world's descriptors
         try:
             if vector != switch.LOADED:
                 raise SwitchError(f"{target.name}: {switch.refused_by_cpu(k, frame, vector)}")
