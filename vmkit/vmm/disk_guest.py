@@ -28,7 +28,7 @@ import struct
 from vmkit.hw.scsi import CONTROL, DOORBELL, RB_ADDR, READ_10, STATUS, ST_DONE, WRITE_10
 from vmkit.kernel.vdisk import MAX_TRANSFER
 from . import guests
-from .guests import _print
+from .guests import _print, timer_handler
 from .vdisk_device import VDISK_LINE, VDISK_PORT
 
 VARS, RB, IDT, BUFFER = 0x3000, 0x3100, 0x3800, 0x4000
@@ -62,12 +62,7 @@ def _say(text):
 def _driver(base):
     v, rb, port = base + VARS, base + RB, VDISK_PORT
     return f"""
-timer:  push eax                        ; its timer: count, EOI
-        inc dword ptr [{v:#x}]
-        mov al, 0x20
-        out 0x20, al
-        pop eax
-        iretd
+{timer_handler(base)}
 dirq:   push eax                        ; its disk: clear DONE, note it, EOI
         push edx
         mov edx, {port + STATUS:#x}

@@ -20,16 +20,22 @@ VARS, IDT = 0x3000, 0x3800
 MIN_MEMORY = 0x4000 + 0x1000
 
 
-def _prologue(base, eoi=True):
-    v, idt = base + VARS, base + IDT
+def timer_handler(base, eoi=True):
+    """x86: the guest's own timer handler, label `timer`: counts the tick in its
+    variables (VARS) and, with `eoi`, acknowledges it at its (virtual) PIC."""
     eoi_code = "mov al, 0x20\n        out 0x20, al" if eoi else ""
-    return f"""
-start:  jmp setup
-timer:  push eax                        ; the guest's own timer handler
-        inc dword ptr [{v:#x}]
+    return f"""timer:  push eax                        ; the guest's own timer handler
+        inc dword ptr [{base + VARS:#x}]
         {eoi_code}
         pop eax
-        iretd
+        iretd"""
+
+
+def _prologue(base, eoi=True):
+    v, idt = base + VARS, base + IDT
+    return f"""
+start:  jmp setup
+{timer_handler(base, eoi)}
 setup:  lea eax, [timer]                 ; gate 0x20 -> timer (interrupt gate)
         mov word ptr [{idt + 0x100:#x}], ax
         mov word ptr [{idt + 0x102:#x}], 0x3b

@@ -55,12 +55,7 @@ def frame(dst, payload, src=b"\0" * 6):
 def _driver(base):
     v = base + VARS
     return f"""
-timer:  push eax                        ; its timer: count, EOI
-        inc dword ptr [{v:#x}]
-        mov al, 0x20
-        out 0x20, al
-        pop eax
-        iretd
+{guests.timer_handler(base)}
 nirq:   pushad                          ; its network interrupt: take every filled RX slot
         mov ebx, [{base + V_REGION:#x}]
 nl:     mov ebp, [ebx + {H['rx_consumer']:#x}]

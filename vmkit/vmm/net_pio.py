@@ -86,6 +86,7 @@ def program(name, dst, times, size=60):
     if not 60 <= size <= 1512 or size % 4:
         raise ValueError(f"a frame here is 60..1512 bytes, a multiple of 4, not {size!r}")
     from .disk_guest import _gate, _say
+    from .guests import timer_handler
     from .net_guest import GATES, IDT, VARS, frame
     data = frame(dst, b"frame".ljust(size - 14, b"\0"))
 
@@ -98,12 +99,7 @@ def program(name, dst, times, size=60):
                           for k in range(len(data) // 4))
         return f"""
 start:  jmp setup
-timer:  push eax
-        inc dword ptr [{v:#x}]
-        mov al, 0x20
-        out 0x20, al
-        pop eax
-        iretd
+{timer_handler(base)}
 setup:  {_gate(base + IDT, 0x20, "timer")}
         mov word ptr [{v + 8:#x}], {GATES * 8 - 1:#x}
         mov dword ptr [{v + 10:#x}], {base + IDT:#x}
