@@ -84,3 +84,13 @@ def test_the_vmm_reaches_the_kernel_with_cs_and_ds_unchanged(prober):
 def test_every_escape_is_refused_by_the_machine():
     attempts = cos_escapes.escapes()
     assert len(attempts) == 5 and all(a.refused for a in attempts), "\n".join(map(str, attempts))
+
+
+@pytest.mark.parametrize("address", [-1, 1 << 32, "0x1000", None, 1.5, True])
+def test_the_probe_widget_refuses_what_is_not_an_address_and_runs_nothing(prober, address):
+    from vmkit.ui.address_space_panel import ProbeWidget
+    widget = ProbeWidget(prober, [("the guest's first byte", 0)])
+    before = prober.board.clock, len(prober.kernel.worlds.all)
+    line = widget.probe("guest", address)
+    assert line.startswith("not an address:") and "0xffffffff" in line, line
+    assert (prober.board.clock, len(prober.kernel.worlds.all)) == before

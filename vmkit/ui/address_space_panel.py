@@ -97,9 +97,12 @@ class ProbeWidget(widgets.VBox):
         return value if 0 <= value <= 0xFFFFFFFF else None
 
     def probe(self, who, address):
-        """Read `address` from `who` ("guest", "VMM" or "COS"); returns the result line."""
-        if address is None:
-            line = f"not an address: {self.typed.value!r} (a number from 0 to 0xffffffff, e.g. 0x40a000)"
+        """Read `address` from `who` ("guest", "VMM" or "COS"); returns the result line.
+        Anything but a 32-bit linear address gets a line saying so, and no machine runs."""
+        if address is None or isinstance(address, bool) or not isinstance(address, int) \
+                or not 0 <= address <= 0xFFFFFFFF:
+            shown = self.typed.value if address is None else address
+            line = f"not an address: {shown!r} (a number from 0 to 0xffffffff, e.g. 0x40a000)"
         elif who not in WHO:
             line = f"no {who!r} to read from: one of {', '.join(WHO)}"
         else:
