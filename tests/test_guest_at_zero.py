@@ -157,3 +157,12 @@ def test_an_instruction_straddling_the_end_of_its_memory_is_its_gp_told_without_
     seen = len(lines(other))
     board.run(300_000)
     assert len(lines(other)) > seen and board.cpu.shutdown is None
+
+
+@pytest.mark.parametrize("source, why", [("", "source is empty"), (" \n", "source is empty"),
+                                         ("int main(void) { return 0; }\n", "defines no `_start`")])
+def test_a_c_guest_with_nothing_to_start_at_is_a_clear_error(source, why):
+    if cguest.unavailable():
+        pytest.skip(f"gcc cannot build a 32-bit freestanding guest here: {cguest.unavailable()}")
+    with pytest.raises(cguest.CGuestError, match=why):
+        cguest.build(source)

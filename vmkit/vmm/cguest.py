@@ -54,12 +54,17 @@ def build(source, extra_flags=()):
         text = source
     else:
         raise CGuestError(f"a C guest's source is a path or C text, not {type(source).__name__}")
+    if not text.strip():
+        raise CGuestError("a C guest's source is empty: it needs a `void _start(void)`")
     with tempfile.TemporaryDirectory(prefix="cguest") as tmp:
         tmp = pathlib.Path(tmp)
         (tmp / "guest.c").write_text(text)
         elf, image = tmp / "guest.elf", tmp / "guest.bin"
-        _run([gcc, *FLAGS, *extra_flags, f"-Wl,-T,{LINKER_SCRIPT}", "-Wl,--build-id=none",
-              "-o", str(elf), str(tmp / "guest.c")], "gcc")
+        said = _run([gcc, *FLAGS, *extra_flags, f"-Wl,-T,{LINKER_SCRIPT}", "-Wl,--build-id=none",
+                     "-o", str(elf), str(tmp / "guest.c")], "gcc")
+        if "entry symbol _start" in said:           # ld only warns: the image would start elsewhere
+            raise CGuestError("the C guest defines no `_start`: its first instruction, at guest "
+                              "address 0, is `_start` (vmm/c/guest.ld)")
         _run([objcopy, "-O", "binary", str(elf), str(image)], "objcopy")
         code = image.read_bytes()
     if not code:
@@ -75,6 +80,7 @@ def _run(argv, what):
     if done.returncode:
         lines = [ln for ln in (done.stderr or done.stdout).splitlines() if ln.strip()]
         raise CGuestError(f"{what} failed (exit {done.returncode}): " + " | ".join(lines[-4:]))
+    return done.stderr or ""
 
 
 def unavailable():
