@@ -1,7 +1,8 @@
 """Exact retired-instruction counting for a Unicorn CPU (see counter.c).
 
 The C hook is compiled once with the system C compiler into the package's
-folder (or a temporary one if that is read-only). Without a compiler the
+folder (or a temporary one if that is read-only), in one library with the
+platform's interrupt delivery (delivery.c), named by a hash of both texts. Without a compiler the
 CPU falls back to Unicorn's `count=`: full slices are still exact, but a
 slice that stops early is charged whole (`Counter.exact` is False).
 """
@@ -16,7 +17,7 @@ from unicorn import UC_HOOK_CODE, UcError
 from unicorn.x86_const import UC_X86_REG_EFLAGS
 from unicorn.unicorn_py3 import unicorn as _uc
 
-SOURCE = pathlib.Path(__file__).with_name("counter.c")
+SOURCES = [pathlib.Path(__file__).with_name(name) for name in ("counter.c", "delivery.c")]
 
 
 MAX_BREAKS = 8                  # as in counter.c
@@ -37,9 +38,9 @@ class _State(ctypes.Structure):
 
 
 def _build():
-    text = SOURCE.read_bytes()
+    text = b"".join(source.read_bytes() for source in SOURCES)
     name = f"_counter_{hashlib.sha1(text).hexdigest()[:12]}.so"
-    for folder in (SOURCE.parent, pathlib.Path(tempfile.gettempdir())):
+    for folder in (SOURCES[0].parent, pathlib.Path(tempfile.gettempdir())):
         lib = folder / name
         if lib.exists():
             return ctypes.CDLL(str(lib))
@@ -48,7 +49,7 @@ def _build():
             return None
         try:
             tmp = folder / f"{name}.{id(text)}.tmp"
-            subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(tmp), str(SOURCE)],
+            subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(tmp), *map(str, SOURCES)],
                            check=True, capture_output=True)
             tmp.replace(lib)
             return ctypes.CDLL(str(lib))
@@ -61,7 +62,8 @@ _LIB = None
 
 
 def library():
-    """The compiled counter.c (its hooks: the counter, the limit filter), or None."""
+    """The compiled counter.c and delivery.c (the counter, the limit filter, the
+    delivery), or None."""
     global _LIB
     if _LIB is None:
         _LIB = _build() or False

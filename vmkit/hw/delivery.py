@@ -21,12 +21,15 @@ can, and its next fault must still reach its monitor, not shut the machine down.
 A mixin of CPU: it uses the CPU's registers (read, write, read_with_tables,
 _batch), its memory, trace and `gate_decoder` (exercise 00 plugs a learner's in).
 """
+import ctypes
 import struct
 
 from unicorn import UcError
 from unicorn.unicorn_py3 import unicorn as _uc
+from unicorn import x86_const as X
 
-from .x86 import (decode_segment, GATE_INT32, GATE_TRAP32, EFLAGS_IF, EFLAGS_IOPL, EFLAGS_TF,
+from .counter import library
+from .x86 import (decode_gate, decode_segment, GATE_INT32, GATE_TRAP32, EFLAGS_IF, EFLAGS_IOPL, EFLAGS_TF,
                   EFLAGS_NT, EFLAGS_RF, EFLAGS_VM, TSS_ESP0, TSS_SS0, DF, GP, NP, TS, SS_FAULT)
 
 
@@ -37,7 +40,46 @@ class DeliveryFault(Exception):
         self.vector, self.error_code, self.why = vector, error_code, why
 
 
+class _CDelivery(ctypes.Structure):
+    """struct vmkit_delivery in delivery.c, field for field."""
+    _fields_ = [("reg_read_batch", ctypes.c_void_p), ("reg_write_batch", ctypes.c_void_p),
+                ("ram", ctypes.c_void_p), ("ram_size", ctypes.c_uint64), ("ids", ctypes.c_int64 * 9),
+                ("idt_base", ctypes.c_uint64), ("handler", ctypes.c_uint64),
+                ("old_cpl", ctypes.c_uint64), ("new_cpl", ctypes.c_uint64), ("error", ctypes.c_int64),
+                ("delivered", ctypes.c_uint64), ("declined", ctypes.c_uint64)]
+
+
+C_IDS = tuple(getattr(X, "UC_X86_REG_" + name) for name in
+              ("CS", "EFLAGS", "SS", "ESP", "CR0", "IDTR", "GDTR", "TR", "EIP"))   # delivery.c's order
+KIND_INT = {"int": 1}
+NO_ERROR_CODE = 1 << 32                      # delivery.c's: past any error code the frame can hold
+
+
+def _c_delivery(memory):
+    """delivery.c's state for one CPU on `memory`, and its function; (None, None) without
+    the compiled library (no C compiler: every delivery is the Python's)."""
+    lib = library()
+    if lib is None:
+        return None, None
+    fn = lib.vmkit_deliver
+    fn.restype = ctypes.c_int64
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 4
+    state = _CDelivery(ctypes.cast(_uc.uclib.uc_reg_read_batch, ctypes.c_void_p),
+                       ctypes.cast(_uc.uclib.uc_reg_write_batch, ctypes.c_void_p),
+                       memory.address, memory.size, (ctypes.c_int64 * 9)(*C_IDS))
+    return state, fn
+
+
 class Delivery:
+    _c_state = None                          # delivery.c's, made at the first delivery
+
+    @property
+    def c_deliveries(self):
+        """(delivered in C, declined by C: delivered by the Python) so far on this CPU;
+        (0, 0) before the first delivery or without the compiled library."""
+        state = self._c_state
+        return (state.delivered, state.declined) if state else (0, 0)
+
     def raise_fault(self, vector, error_code, eip, why=""):
         self.trace.emit("cpu.fault", self.index, vector=vector, eip=eip,
                         error=error_code if error_code is not None else "-", why=why)
@@ -92,6 +134,27 @@ class Delivery:
         return 2 if code == bytes([0xCD, vector]) else 1
 
     def _deliver(self, vector, kind, error_code, eip):
+        state = self._c_state
+        if state is None:
+            state, self._c_fn = _c_delivery(self.memory)
+            self._c_state, self._c_ref = state or False, state and ctypes.byref(state)
+        if state and self.gate_decoder is decode_gate:
+            try:
+                done = self._c_fn(self._uch, self._c_ref, vector, KIND_INT.get(kind, 0),
+                                  NO_ERROR_CODE if error_code is None else error_code, eip)
+            except ctypes.ArgumentError:             # not a 64-bit integer: the Python says what
+                done = 0
+            if done:
+                if done < 0:                         # the register load failed, frame pushed
+                    raise UcError(state.error)
+                self.halted = False
+                self.delivered += 1
+                self.trace.emit("cpu.deliver", self.index, vector=vector, kind=kind, idt=state.idt_base,
+                                handler=state.handler, cpl=f"{state.old_cpl}->{state.new_cpl}")
+                return
+        self._deliver_python(vector, kind, error_code, eip)
+
+    def _deliver_python(self, vector, kind, error_code, eip):
         ext = 1 if kind == "irq" else 0
         (old_cs, old_eflags, old_ss, old_esp, cr0), (idtr, gdtr, tr) = self.read_with_tables(
             ("cs", "eflags", "ss", "esp", "cr0"), ("idtr", "gdtr", "tr"))   # GDTR once: both descriptors

@@ -1,0 +1,203 @@
+/* Interrupt and exception delivery, the common case, in C (delivery.py says what and why).
+ *
+ * vmkit_deliver does what Delivery._deliver does in Python, step for step and in the same
+ * order: read the registers (one uc_reg_read_batch), the gate from the IDT that IDTR names,
+ * its checks, the target code segment's descriptor from the GDT, the gate's offset against
+ * that segment's limit, the TSS's ring-0 stack when the privilege changes, the frame pushed
+ * into RAM, then the registers loaded (one uc_reg_write_batch: the CR0.PE toggle of
+ * Delivery.PRIVILEGED_LOAD, or the plain writes).
+ *
+ * It delivers only what it can deliver *exactly* as the Python does, and declines (returns
+ * 0) before it has written a register or a byte when anything else is the case: a check
+ * that fails (the Python then raises the DeliveryFault with its message, and the cascade to
+ * #DF and the triple fault stays there), virtual-8086 mode, an LDT selector, a table, TSS
+ * or stack outside RAM, a value Python's struct.pack would refuse. So a declined delivery
+ * is the Python's, byte for byte.
+ *
+ * Memory is the machine's one RAM buffer, physical = linear, as delivery.py reads it (the
+ * IDT, GDT and TSS bases are used as physical addresses there too). The frame is data:
+ * PhysicalMemory.write(code=False) flushes no translated code, so a plain copy is the same. */
+#include <stdint.h>
+#include <string.h>
+
+typedef int (*reg_batch_fn)(void *uc, int *regs, void **values, int count);
+
+/* Unicorn's ids, in this order (delivery.py fills them). */
+enum { I_CS, I_EFLAGS, I_SS, I_ESP, I_CR0, I_IDTR, I_GDTR, I_TR, I_EIP, I_COUNT };
+
+#define EFLAGS_TF 0x100u
+#define EFLAGS_IF 0x200u
+#define EFLAGS_NT 0x4000u
+#define EFLAGS_RF 0x10000u
+#define EFLAGS_VM 0x20000u
+#define GATE_INT32 0xE
+#define GATE_TRAP32 0xF
+#define TSS_ESP0 4
+#define TSS_SS0 8
+#define NO_ERROR_CODE (1ll << 32)   /* delivery.py's */
+
+struct vmkit_delivery {
+    reg_batch_fn reg_read_batch;
+    reg_batch_fn reg_write_batch;
+    unsigned char *ram;
+    uint64_t ram_size;
+    int64_t ids[I_COUNT];
+    /* What Python needs for its trace event, after a delivery done here. */
+    uint64_t idt_base, handler, old_cpl, new_cpl;
+    int64_t error;                        /* the uc_err of a failed register load */
+    uint64_t delivered, declined;         /* counts: done here; left to Python */
+};
+
+/* GDTR, IDTR and TR as Unicorn's reg_read gives them (uc_x86_mmr). */
+struct vmkit_mmr { uint16_t selector; uint64_t base; uint32_t limit; uint32_t flags; };
+
+static uint32_t u32(const unsigned char *p) { return p[0] | p[1] << 8 | p[2] << 16 | (uint32_t)p[3] << 24; }
+
+/* Are [addr, addr + n) bytes of RAM? (PhysicalMemory.check; no wrap: bases are 32-bit) */
+static int in_ram(const struct vmkit_delivery *d, uint64_t addr, uint64_t n)
+{
+    return addr <= d->ram_size && n <= d->ram_size - addr;
+}
+
+/* Delivery._descriptor for a GDT selector: 0 where the Python would raise (null, past the
+ * limit, outside RAM) or read another table (an LDT selector). */
+static int descriptor(const struct vmkit_delivery *d, const struct vmkit_mmr *gdtr, uint64_t sel,
+                      uint32_t *lo, uint32_t *hi)
+{
+    uint64_t index = sel & ~7ull;
+    if ((sel & 4) || (sel & ~3ull) == 0 || index + 7 > gdtr->limit)
+        return 0;
+    uint64_t at = gdtr->base + index;
+    if (!in_ram(d, at, 8))
+        return 0;
+    *lo = u32(d->ram + at);
+    *hi = u32(d->ram + at + 4);
+    return 1;
+}
+
+static uint64_t seg_base(uint32_t lo, uint32_t hi) { return (lo >> 16) | (hi & 0xFFu) << 16 | (hi & 0xFF000000u); }
+
+static uint64_t seg_limit(uint32_t lo, uint32_t hi)
+{
+    uint64_t limit = (lo & 0xFFFF) | (hi & 0xF0000u);
+    return (hi >> 23) & 1 ? limit << 12 | 0xFFF : limit;
+}
+
+/* 1: delivered; 0: declined, nothing written; -1: the register load failed (d->error), after
+ * the frame was pushed, as the Python's would (it raises UcError there). error_code NO_ERROR_CODE:
+ * none (an exception without one, an `int`, an IRQ). */
+int64_t vmkit_deliver(void *uc, struct vmkit_delivery *d, int64_t vector, int64_t is_int,
+                      int64_t error_code, int64_t eip)
+{
+    uint64_t plain[5] = {0};              /* CS EFLAGS SS ESP CR0, zeroed as Python's read */
+    struct vmkit_mmr tables[3];           /* IDTR GDTR TR */
+    memset(tables, 0, sizeof tables);
+    int ids[I_COUNT];
+    void *values[8];
+    for (int i = 0; i < I_COUNT; i++)
+        ids[i] = (int)d->ids[i];
+    for (int i = 0; i < 5; i++)
+        values[i] = &plain[i];
+    for (int i = 0; i < 3; i++)
+        values[5 + i] = &tables[i];
+    if (vector < 0 || vector > 0xFFFF || eip < 0 || eip > 0xFFFFFFFFll || error_code < 0
+        || error_code > NO_ERROR_CODE)
+        goto decline;
+    d->reg_read_batch(uc, ids, values, 8);
+    uint64_t old_cs = plain[0], old_eflags = plain[1], old_ss = plain[2], old_esp = plain[3], cr0 = plain[4];
+    const struct vmkit_mmr *idtr = &tables[0], *gdtr = &tables[1], *tr = &tables[2];
+    if (old_eflags & EFLAGS_VM)
+        goto decline;                     /* virtual-8086 mode: the Python's */
+    if ((uint64_t)vector * 8 + 7 > idtr->limit)
+        goto decline;
+    uint64_t at = idtr->base + (uint64_t)vector * 8;
+    if (!in_ram(d, at, 8))
+        goto decline;
+    const unsigned char *g = d->ram + at;  /* x86.decode_gate */
+    uint64_t offset = (g[0] | g[1] << 8) | (uint64_t)(g[6] | g[7] << 8) << 16;
+    uint64_t gsel = g[2] | g[3] << 8;
+    unsigned attr = g[5], gtype = attr & 0xF, gdpl = (attr >> 5) & 3, present = attr & 0x80;
+    if (gtype != GATE_INT32 && gtype != GATE_TRAP32)
+        goto decline;
+    if (is_int && gdpl < (old_cs & 3))
+        goto decline;
+    if (!present)
+        goto decline;
+    uint32_t lo, hi;
+    if (!descriptor(d, gdtr, gsel, &lo, &hi))
+        goto decline;
+    if (!((hi >> 12) & 1 && (hi >> 8) & 8 && hi & 0x8000))
+        goto decline;                     /* not a present code segment */
+    uint64_t old_cpl = old_cs & 3, new_cpl = (hi >> 13) & 3;
+    if (new_cpl > old_cpl || offset > seg_limit(lo, hi))
+        goto decline;
+    uint32_t frame[6];
+    int n = 0;
+    if (error_code != NO_ERROR_CODE)
+        frame[n++] = (uint32_t)error_code;
+    frame[n++] = (uint32_t)eip;
+    frame[n++] = (uint32_t)old_cs;
+    frame[n++] = (uint32_t)old_eflags;
+    uint64_t esp, ss;
+    if (new_cpl < old_cpl) {              /* stack switch through the TSS */
+        if (tr->limit < TSS_SS0 + 3 || !in_ram(d, tr->base + TSS_ESP0, 4) || !in_ram(d, tr->base + TSS_SS0, 2))
+            goto decline;
+        esp = u32(d->ram + tr->base + TSS_ESP0);
+        ss = d->ram[tr->base + TSS_SS0] | d->ram[tr->base + TSS_SS0 + 1] << 8;
+        if (old_esp > 0xFFFFFFFFu || old_ss > 0xFFFFFFFFu)
+            goto decline;
+        frame[n++] = (uint32_t)old_esp;
+        frame[n++] = (uint32_t)old_ss;
+    } else {
+        esp = old_esp, ss = old_ss;
+    }
+    if (!descriptor(d, gdtr, ss, &lo, &hi))
+        goto decline;
+    esp = (esp - 4 * (uint64_t)n) & 0xFFFFFFFFu;
+    uint64_t push = seg_base(lo, hi) + esp;
+    if (!in_ram(d, push, 4 * (uint64_t)n))
+        goto decline;
+    /* Everything checked: from here on the machine changes. */
+    for (int i = 0; i < n; i++) {         /* little-endian, as struct.pack("<I") */
+        unsigned char *p = d->ram + push + 4 * i;
+        p[0] = frame[i], p[1] = frame[i] >> 8, p[2] = frame[i] >> 16, p[3] = frame[i] >> 24;
+    }
+    uint64_t flags = old_eflags & ~(uint64_t)(EFLAGS_TF | EFLAGS_NT | EFLAGS_RF | EFLAGS_VM);
+    if (gtype == GATE_INT32)
+        flags &= ~(uint64_t)EFLAGS_IF;
+    uint64_t vals[9];
+    int wids[9], count;
+    if (new_cpl < old_cpl) {              /* Delivery.PRIVILEGED_LOAD, in its order */
+        int order[9] = {I_CR0, I_CS, I_SS, I_CR0, I_CS, I_SS, I_ESP, I_EFLAGS, I_EIP};
+        uint64_t v[9] = {cr0 & ~1ull, gsel, ss, cr0, gsel, ss, esp, flags, offset};
+        for (int i = 0; i < 9; i++)
+            wids[i] = (int)d->ids[order[i]], vals[i] = v[i] & 0xFFFFFFFFu;
+        count = 9;
+    } else if (gsel != old_cs) {
+        int order[4] = {I_CS, I_ESP, I_EFLAGS, I_EIP};
+        uint64_t v[4] = {gsel, esp, flags, offset};
+        for (int i = 0; i < 4; i++)
+            wids[i] = (int)d->ids[order[i]], vals[i] = v[i];
+        count = 4;
+    } else {
+        int order[3] = {I_ESP, I_EFLAGS, I_EIP};
+        uint64_t v[3] = {esp, flags, offset};
+        for (int i = 0; i < 3; i++)
+            wids[i] = (int)d->ids[order[i]], vals[i] = v[i];
+        count = 3;
+    }
+    void *wvals[9];
+    for (int i = 0; i < count; i++)
+        wvals[i] = &vals[i];
+    d->idt_base = idtr->base, d->handler = offset, d->old_cpl = old_cpl, d->new_cpl = new_cpl;
+    int err = d->reg_write_batch(uc, wids, wvals, count);
+    if (err) {
+        d->error = err;
+        return -1;
+    }
+    d->delivered++;
+    return 1;
+decline:
+    d->declined++;
+    return 0;
+}
