@@ -34,7 +34,6 @@ enum { I_CS, I_EFLAGS, I_SS, I_ESP, I_CR0, I_IDTR, I_GDTR, I_TR, I_EIP, I_COUNT 
 #define GATE_TRAP32 0xF
 #define TSS_ESP0 4
 #define TSS_SS0 8
-#define NO_ERROR_CODE (1ll << 32)   /* delivery.py's */
 
 struct vmkit_delivery {
     reg_batch_fn reg_read_batch;
@@ -84,10 +83,10 @@ static uint64_t seg_limit(uint32_t lo, uint32_t hi)
 }
 
 /* 1: delivered; 0: declined, nothing written; -1: the register load failed (d->error), after
- * the frame was pushed, as the Python's would (it raises UcError there). error_code NO_ERROR_CODE:
- * none (an exception without one, an `int`, an IRQ). */
+ * the frame was pushed, as the Python's would (it raises UcError there). has_error 0: no error
+ * code (an exception without one, an `int`, an IRQ). */
 int64_t vmkit_deliver(void *uc, struct vmkit_delivery *d, int64_t vector, int64_t is_int,
-                      int64_t error_code, int64_t eip)
+                      int64_t has_error, int64_t error_code, int64_t eip)
 {
     uint64_t plain[5] = {0};              /* CS EFLAGS SS ESP CR0, zeroed as Python's read */
     struct vmkit_mmr tables[3];           /* IDTR GDTR TR */
@@ -100,8 +99,8 @@ int64_t vmkit_deliver(void *uc, struct vmkit_delivery *d, int64_t vector, int64_
         values[i] = &plain[i];
     for (int i = 0; i < 3; i++)
         values[5 + i] = &tables[i];
-    if (vector < 0 || vector > 0xFFFF || eip < 0 || eip > 0xFFFFFFFFll || error_code < 0
-        || error_code > NO_ERROR_CODE)
+    if (vector < 0 || vector > 0xFFFF || eip < 0 || eip > 0xFFFFFFFFll
+        || (has_error && (error_code < 0 || error_code > 0xFFFFFFFFll)))
         goto decline;
     d->reg_read_batch(uc, ids, values, 8);
     uint64_t old_cs = plain[0], old_eflags = plain[1], old_ss = plain[2], old_esp = plain[3], cr0 = plain[4];
@@ -133,7 +132,7 @@ int64_t vmkit_deliver(void *uc, struct vmkit_delivery *d, int64_t vector, int64_
         goto decline;
     uint32_t frame[6];
     int n = 0;
-    if (error_code != NO_ERROR_CODE)
+    if (has_error)
         frame[n++] = (uint32_t)error_code;
     frame[n++] = (uint32_t)eip;
     frame[n++] = (uint32_t)old_cs;

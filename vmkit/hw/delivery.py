@@ -52,7 +52,6 @@ class _CDelivery(ctypes.Structure):
 C_IDS = tuple(getattr(X, "UC_X86_REG_" + name) for name in
               ("CS", "EFLAGS", "SS", "ESP", "CR0", "IDTR", "GDTR", "TR", "EIP"))   # delivery.c's order
 KIND_INT = {"int": 1}
-NO_ERROR_CODE = 1 << 32                      # delivery.c's: past any error code the frame can hold
 
 
 def _c_delivery(memory):
@@ -63,7 +62,7 @@ def _c_delivery(memory):
         return None, None
     fn = lib.vmkit_deliver
     fn.restype = ctypes.c_int64
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 4
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 5
     state = _CDelivery(ctypes.cast(_uc.uclib.uc_reg_read_batch, ctypes.c_void_p),
                        ctypes.cast(_uc.uclib.uc_reg_write_batch, ctypes.c_void_p),
                        memory.address, memory.size, (ctypes.c_int64 * 9)(*C_IDS))
@@ -139,10 +138,12 @@ class Delivery:
             state, self._c_fn = _c_delivery(self.memory)
             self._c_state, self._c_ref = state or False, state and ctypes.byref(state)
         if state and self.gate_decoder is decode_gate:
-            try:
-                done = self._c_fn(self._uch, self._c_ref, vector, KIND_INT.get(kind, 0),
-                                  NO_ERROR_CODE if error_code is None else error_code, eip)
-            except ctypes.ArgumentError:             # not a 64-bit integer: the Python says what
+            try:                                     # (ctypes would cut a wider integer silently)
+                done = (0 <= vector <= 0xFFFF and 0 <= eip <= 0xFFFFFFFF
+                        and (error_code is None or 0 <= error_code <= 0xFFFFFFFF)
+                        and self._c_fn(self._uch, self._c_ref, vector, KIND_INT.get(kind, 0),
+                                       error_code is not None, error_code or 0, eip))
+            except (TypeError, ctypes.ArgumentError):   # not an integer: the Python says what
                 done = 0
             if done:
                 if done < 0:                         # the register load failed, frame pushed

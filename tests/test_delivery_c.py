@@ -1,0 +1,213 @@
+"""The platform's delivery in C (delivery.c) is the Python's (delivery.py), byte for byte.
+
+Each case builds the same machine twice, puts its CPU in the same interrupted context
+(by running x86: an iretd into it), delivers the same vector once through the C path and
+once with it switched off, and compares what the machine then holds: every register
+(the hidden segment state included), every byte of RAM, the trace, the CPU's counters,
+and the machine after its handler has run a few instructions. Cases C does not handle
+(a failing check and its fault cascade, virtual-8086 mode, an LDT selector, a table out
+of RAM, bad arguments) must be declined before anything changes, so they are the
+Python's too."""
+import pytest
+from unicorn import UcError
+
+from vmkit.hw.board import Board
+from vmkit.hw.cpu import GENERAL, SEGMENTS
+from vmkit.hw.x86 import encode_gate, encode_segment, encode_tss, decode_gate, CODE_RX, DATA_RW, TSS_AVAILABLE
+
+IDT, GDT, TSS = 0x2000, 0x3000, 0x3100
+STACK0, STACK1, STACK3 = 0x8F000, 0x7F000, 0x6F000
+HANDLER, HANDLER_LOW = 0x6000, 0x5800
+CONTEXT = 0x7000                       # the interrupted code: `jmp $`
+FLAT = 0xFFFFFFFF
+INTERRUPTED_FLAGS = 0x4243             # NT IF ZF CF: cleared (NT) and kept as each gate says
+
+GDT_ENTRIES = [bytes(8),
+               encode_segment(0, FLAT, CODE_RX, 0), encode_segment(0, FLAT, DATA_RW, 0),       # 08 10
+               encode_segment(0, FLAT, CODE_RX, 3), encode_segment(0, FLAT, DATA_RW, 3),       # 18 20
+               encode_segment(TSS, 103, TSS_AVAILABLE, 0, s=0, db=0, g=0),                     # 28
+               encode_segment(0, FLAT, CODE_RX, 1), encode_segment(0, FLAT, DATA_RW, 1),       # 30 38
+               encode_segment(0, FLAT, CODE_RX, 0),                                            # 40 another CS
+               encode_segment(0, 0x5FFF, CODE_RX, 0),                                          # 48 limited CS
+               encode_segment(0x40000, FLAT - 0x40000, DATA_RW, 0),                            # 50 SS, base
+               encode_segment(0, FLAT, CODE_RX, 0, present=False)]                             # 58 absent CS
+
+# vector: (offset, selector, type, dpl, present)
+GATES = {0x80: (HANDLER, 0x08, 0xE, 3, True), 0x81: (HANDLER, 0x08, 0xF, 3, True),
+         0x82: (HANDLER, 0x08, 0xE, 0, True), 0x83: (HANDLER, 0x40, 0xE, 3, True),
+         0x84: (HANDLER_LOW, 0x48, 0xE, 3, True), 0x85: (HANDLER, 0x48, 0xE, 3, True),
+         0x86: (HANDLER, 0x08, 0xE, 3, False), 0x87: (HANDLER, 0x08, 0x5, 3, True),
+         0x88: (HANDLER, 0x00, 0xE, 3, True), 0x89: (HANDLER, 0x0C, 0xE, 3, True),
+         0x8A: (HANDLER, 0xF8, 0xE, 3, True), 0x8B: (HANDLER, 0x10, 0xE, 3, True),
+         0x8C: (HANDLER, 0x58, 0xE, 3, True), 0x8D: (HANDLER, 0x18, 0xE, 3, True),
+         0x8E: (HANDLER, 0x30, 0xE, 3, True), 0x8F: (HANDLER, 0x08, 0x6, 3, True),
+         6: (HANDLER, 0x08, 0xE, 0, True), 8: (HANDLER, 0x08, 0xE, 0, True),
+         13: (HANDLER, 0x08, 0xE, 0, True), 14: (HANDLER, 0x08, 0xF, 0, True),
+         0x20: (HANDLER, 0x08, 0xE, 0, True)}
+IDT_LIMIT = 0x90 * 8 - 1               # vector 0x90 and above: past the IDT's limit
+
+CONTEXTS = {0: (0x08, 0x10, STACK0), 1: (0x31, 0x39, STACK1), 3: (0x1B, 0x23, STACK3)}
+
+
+def machine(cpl, tss=None, tr=None, idtr=None, gdtr=None):
+    """A board whose CPU runs `jmp $` at CPL `cpl` (or in virtual-8086 mode: "v86"),
+    under the tables above (tss: (esp0, ss0); tr, idtr, gdtr: the table registers)."""
+    board = Board(memory=1 << 20)
+    mem = board.memory
+    gdt = b"".join(GDT_ENTRIES)
+    mem.write(GDT, gdt)
+    esp0, ss0 = tss or (STACK0, 0x10)
+    mem.write(TSS, encode_tss(esp0, ss0))
+    for vector, (offset, sel, type, dpl, present) in GATES.items():
+        mem.write(IDT + 8 * vector, encode_gate(offset, sel, type, dpl, present))
+    mem.write(HANDLER_LOW, b"\x90" * 8 + b"\xeb\xfe")     # nop x 8, jmp $
+    mem.write(HANDLER, b"\x90" * 8 + b"\xeb\xfe")
+    mem.write(CONTEXT, b"\xeb\xfe")
+    if cpl == "v86":                  # ES DS FS GS SS:ESP EFLAGS(VM, IOPL 3) CS:EIP, popped by iretd
+        entry = f"push 0x11\npush 0x22\npush 0x33\npush 0x44\npush 0x600\npush 0xF00\n" \
+                f"push {0x23000 | INTERRUPTED_FLAGS:#x}\npush 0x700\npush 0\niretd"
+    else:
+        cs, ss, esp = CONTEXTS[cpl]
+        entry = (f"push {ss:#x}\npush {esp:#x}\n" if cpl else "") + \
+                f"push {INTERRUPTED_FLAGS:#x}\npush {cs:#x}\npush {CONTEXT:#x}\niretd"
+        if not cpl:
+            entry = f"mov esp, {esp:#x}\n" + entry
+    board.load(0x1000, entry)
+    board.boot(0x1000)
+    cpu = board.cpu
+    cpu["gdtr"] = (0, GDT, len(gdt) - 1, 0)
+    cpu["tr"] = (0x28, TSS, 103, 0x8B)
+    cpu["idtr"] = (0, IDT, IDT_LIMIT, 0)
+    cpu.write(eax=0x11111111, ebx=0x22222222, ecx=0x33333333, edx=0x44444444, esi=0x55, edi=0x66, ebp=0x77)
+    board.run(20)
+    for name, value in (("tr", tr), ("idtr", idtr), ("gdtr", gdtr)):
+        if value is not None:
+            cpu[name] = value
+    return board
+
+
+def state(board):
+    cpu = board.cpu
+    return {"registers": {n: cpu[n] for n in GENERAL + SEGMENTS + ("eip", "eflags", "cr0", "cr2", "cr3",
+                                                                     "gdtr", "idtr", "ldtr", "tr")},
+            "hidden": {n: cpu.segment(n) for n in SEGMENTS},
+            "ram": bytes(board.memory.buffer),
+            "trace": [str(e) for e in board.trace.events],
+            "cpu": (cpu.delivered, cpu.halted, cpu.shutdown, cpu.cpl)}
+
+
+def deliver(c_path, setup, vector, kind, error_code=None, eip=None, decoder=None):
+    board = machine(**setup)
+    cpu = board.cpu
+    if not c_path:
+        cpu._c_state = False                 # delivery.py: no C state, every delivery the Python's
+    if decoder:
+        cpu.gate_decoder = decoder
+    cpu.halted = True
+    before = cpu.c_deliveries
+    try:
+        outcome = cpu.deliver(vector, kind, error_code, eip)
+    except (UcError, ValueError, Exception) as e:     # the same exception, both ways
+        outcome = (type(e).__name__, str(e))
+    after = state(board)
+    board.run(12)                            # the handler runs on the same machine both ways
+    later = state(board)
+    counts = cpu.c_deliveries
+    board.close()
+    return outcome, after, later, (counts[0] - before[0], counts[1] - before[1])
+
+
+# (name, setup, vector, kind, error code, eip, handled by C at the first attempt: True, declined:
+# False, neither counted: None (bad arguments, which never reach C; a register load that fails))
+CASES = [
+    ("int from CPL 3, interrupt gate", {"cpl": 3}, 0x80, "int", None, None, True),
+    ("int from CPL 3, trap gate keeps IF", {"cpl": 3}, 0x81, "int", None, None, True),
+    ("int from CPL 1", {"cpl": 1}, 0x80, "int", None, None, True),
+    ("int from CPL 0, same CS", {"cpl": 0}, 0x80, "int", None, None, True),
+    ("int from CPL 0 to another CS", {"cpl": 0}, 0x83, "int", None, None, True),
+    ("int from CPL 3 to another CS", {"cpl": 3}, 0x83, "int", None, None, True),
+    ("gate inside a limited CS", {"cpl": 3}, 0x84, "int", None, None, True),
+    ("int from CPL 3 to a CPL 3 handler", {"cpl": 3}, 0x8D, "int", None, None, True),
+    ("int from CPL 3 to a CPL 1 handler", {"cpl": 3}, 0x8E, "int", None, None, True),
+    ("irq from CPL 3", {"cpl": 3}, 0x20, "irq", None, None, True),
+    ("irq from CPL 1", {"cpl": 1}, 0x20, "irq", None, 0x7000, True),
+    ("irq from CPL 0", {"cpl": 0}, 0x20, "irq", None, None, True),
+    ("#GP with its error code from CPL 3", {"cpl": 3}, 13, "fault", 0x1234, 0x7000, True),
+    ("#PF with its error code from CPL 1 (trap gate)", {"cpl": 1}, 14, "fault", 6, 0x7000, True),
+    ("#GP with an error code at CPL 0", {"cpl": 0}, 13, "fault", 0xFFFFFFFF, None, True),
+    ("#UD without one from CPL 0", {"cpl": 0}, 6, "fault", None, 0x7000, True),
+    ("a nested fault", {"cpl": 3}, 13, "nested", 0x402, 0x7000, True),
+    ("ring-0 stack with a base", {"cpl": 3, "tss": (STACK0 - 0x40000, 0x50)}, 0x80, "int", None, None, True),
+    ("int from CPL 3 through a DPL 0 gate", {"cpl": 3}, 0x82, "int", None, None, False),
+    ("int from CPL 1 through a DPL 0 gate", {"cpl": 1}, 0x82, "int", None, None, False),
+    ("vector past the IDT's limit", {"cpl": 3}, 0x90, "int", None, None, False),
+    ("irq past the IDT's limit", {"cpl": 0}, 0x91, "irq", None, None, False),
+    ("gate not present", {"cpl": 3}, 0x86, "int", None, None, False),
+    ("a task gate", {"cpl": 3}, 0x87, "int", None, None, False),
+    ("a 16-bit gate", {"cpl": 0}, 0x8F, "irq", None, None, False),
+    ("null gate selector", {"cpl": 3}, 0x88, "int", None, None, False),
+    ("LDT gate selector", {"cpl": 3}, 0x89, "int", None, None, False),
+    ("gate selector past the GDT", {"cpl": 3}, 0x8A, "int", None, None, False),
+    ("gate selector of a data segment", {"cpl": 3}, 0x8B, "int", None, None, False),
+    ("gate selector of an absent code segment", {"cpl": 1}, 0x8C, "int", None, None, False),
+    ("gate to a less privileged segment", {"cpl": 0}, 0x8D, "int", None, None, False),
+    ("gate offset past its CS's limit", {"cpl": 3}, 0x85, "int", None, None, False),
+    ("TSS too short to switch stacks", {"cpl": 3, "tr": (0x28, TSS, 10, 0x8B)}, 0x80, "int", None, None, False),
+    ("TSS outside RAM", {"cpl": 3, "tr": (0x28, 0xFFFFF000, 103, 0x8B)}, 0x80, "int", None, None, False),
+    ("ring-0 stack outside RAM: #SS, #DF, triple fault", {"cpl": 3, "tss": (0, 0x10)}, 0x80, "int",
+     None, None, False),
+    ("ring-0 SS in the LDT", {"cpl": 3, "tss": (STACK0, 0x14)}, 0x80, "int", None, None, False),
+    ("ring-0 SS null", {"cpl": 3, "tss": (STACK0, 0)}, 0x80, "int", None, None, False),
+    ("ring-0 SS a code segment: the load fails after the push", {"cpl": 3, "tss": (STACK0, 0x08)},
+     0x80, "int", None, None, None),
+    ("IDT outside RAM", {"cpl": 0, "idtr": (0, 0xFFFF0000, 0xFFF, 0)}, 0x20, "irq", None, None, False),
+    ("GDT outside RAM", {"cpl": 0, "gdtr": (0, 0xFFFF0000, 0xFFF, 0)}, 0x20, "irq", None, None, False),
+    ("virtual-8086 mode, IOPL 3", {"cpl": "v86"}, 0x80, "int", None, None, False),
+    ("virtual-8086 mode, an IRQ", {"cpl": "v86"}, 0x20, "irq", None, None, False),
+    ("EIP past 32 bits", {"cpl": 3}, 0x80, "int", None, 1 << 32, None),
+    ("a negative error code", {"cpl": 3}, 13, "fault", -1, None, None),
+    ("an error code past 32 bits", {"cpl": 3}, 13, "fault", 1 << 32, None, None),
+    ("an error code past 64 bits", {"cpl": 3}, 13, "fault", 1 << 70, None, None),
+]
+
+
+@pytest.mark.parametrize("name, setup, vector, kind, error_code, eip, in_c", CASES, ids=[c[0] for c in CASES])
+def test_c_and_python_deliver_the_same(name, setup, vector, kind, error_code, eip, in_c):
+    c = deliver(True, setup, vector, kind, error_code, eip)
+    py = deliver(False, setup, vector, kind, error_code, eip)
+    assert c[0] == py[0], "the outcome (delivered, or the exception raised)"
+    for label, got, expected in (("after delivery", c[1], py[1]), ("after the handler", c[2], py[2])):
+        for key in expected:
+            assert got[key] == expected[key], f"{key} {label}"
+    assert py[3] == (0, 0)                   # (the Python path really was the Python's)
+    delivered_in_c, declined = c[3]
+    if in_c:
+        assert delivered_in_c >= 1 and declined == 0
+    elif in_c is False:
+        assert declined >= 1                 # declined first; a cascade's fault may then be C's
+
+
+def test_a_learners_gate_decoder_is_used_not_bypassed():
+    """Exercise 00 plugs in a decoder: every delivery then reads the gate through it."""
+    seen = []
+
+    def decoder(raw):
+        seen.append(bytes(raw))
+        return decode_gate(raw)
+    outcome, after, _, counts = deliver(True, {"cpl": 3}, 0x80, "int", decoder=decoder)
+    assert seen == [encode_gate(HANDLER, 0x08, 0xE, 3)] and counts == (0, 0)
+    assert after["registers"]["eip"] == HANDLER and after["registers"]["cs"] == 0x08
+
+
+def test_the_c_path_delivers_the_common_case():
+    """The C path is the one used (it counts what it delivers): an `int` from CPL 3 reaches
+    its handler at CPL 0 on the TSS's stack with the frame the CPU pushes."""
+    board = machine(3)
+    cpu = board.cpu
+    cpu.deliver(0x80, "int")
+    regs = cpu.read("cs", "ss", "esp", "eip", "eflags")
+    frame = [board.memory.read_u32(STACK0 - 20 + 4 * i) for i in range(5)]
+    assert cpu.c_deliveries == (1, 0)
+    assert regs == [0x08, 0x10, STACK0 - 20, HANDLER, (INTERRUPTED_FLAGS & ~0x4200) | 0x2]
+    assert frame == [CONTEXT, 0x1B, INTERRUPTED_FLAGS | 0x2, STACK3, 0x23]
+    board.close()
