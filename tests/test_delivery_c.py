@@ -114,11 +114,12 @@ def deliver(c_path, setup, vector, kind, error_code=None, eip=None, decoder=None
     later = state(board)
     counts = cpu.c_deliveries
     board.close()
-    return outcome, after, later, (counts[0] - before[0], counts[1] - before[1])
+    return outcome, after, later, tuple(a - b for a, b in zip(counts, before))
 
 
 # (name, setup, vector, kind, error code, eip, handled by C at the first attempt: True, declined:
-# False, neither counted: None (bad arguments, which never reach C; a register load that fails))
+# False, refused (the #GP of an `int` below its gate's DPL): "refused", neither counted: None (bad
+# arguments, which never reach C; a register load that fails))
 CASES = [
     ("int from CPL 3, interrupt gate", {"cpl": 3}, 0x80, "int", None, None, True),
     ("int from CPL 3, trap gate keeps IF", {"cpl": 3}, 0x81, "int", None, None, True),
@@ -138,8 +139,8 @@ CASES = [
     ("#UD without one from CPL 0", {"cpl": 0}, 6, "fault", None, 0x7000, True),
     ("a nested fault", {"cpl": 3}, 13, "nested", 0x402, 0x7000, True),
     ("ring-0 stack with a base", {"cpl": 3, "tss": (STACK0 - 0x40000, 0x50)}, 0x80, "int", None, None, True),
-    ("int from CPL 3 through a DPL 0 gate", {"cpl": 3}, 0x82, "int", None, None, False),
-    ("int from CPL 1 through a DPL 0 gate", {"cpl": 1}, 0x82, "int", None, None, False),
+    ("int from CPL 3 through a DPL 0 gate", {"cpl": 3}, 0x82, "int", None, None, "refused"),
+    ("int from CPL 1 through a DPL 0 gate", {"cpl": 1}, 0x82, "int", None, None, "refused"),
     ("vector past the IDT's limit", {"cpl": 3}, 0x90, "int", None, None, False),
     ("irq past the IDT's limit", {"cpl": 0}, 0x91, "irq", None, None, False),
     ("gate not present", {"cpl": 3}, 0x86, "int", None, None, False),
@@ -179,10 +180,12 @@ def test_c_and_python_deliver_the_same(name, setup, vector, kind, error_code, ei
     for label, got, expected in (("after delivery", c[1], py[1]), ("after the handler", c[2], py[2])):
         for key in expected:
             assert got[key] == expected[key], f"{key} {label}"
-    assert py[3] == (0, 0)                   # (the Python path really was the Python's)
-    delivered_in_c, declined = c[3]
-    if in_c:
-        assert delivered_in_c >= 1 and declined == 0
+    assert py[3] == (0, 0, 0)                   # (the Python path really was the Python's)
+    delivered_in_c, refused, declined = c[3]
+    if in_c == "refused":
+        assert (delivered_in_c, refused, declined) == (1, 1, 0)     # the #GP delivered in C too
+    elif in_c:
+        assert delivered_in_c >= 1 and refused == declined == 0
     elif in_c is False:
         assert declined >= 1                 # declined first; a cascade's fault may then be C's
 
@@ -195,7 +198,7 @@ def test_a_learners_gate_decoder_is_used_not_bypassed():
         seen.append(bytes(raw))
         return decode_gate(raw)
     outcome, after, _, counts = deliver(True, {"cpl": 3}, 0x80, "int", decoder=decoder)
-    assert seen == [encode_gate(HANDLER, 0x08, 0xE, 3)] and counts == (0, 0)
+    assert seen == [encode_gate(HANDLER, 0x08, 0xE, 3)] and counts == (0, 0, 0)
     assert after["registers"]["eip"] == HANDLER and after["registers"]["cs"] == 0x08
 
 
@@ -207,7 +210,7 @@ def test_the_c_path_delivers_the_common_case():
     cpu.deliver(0x80, "int")
     regs = cpu.read("cs", "ss", "esp", "eip", "eflags")
     frame = [board.memory.read_u32(STACK0 - 20 + 4 * i) for i in range(5)]
-    assert cpu.c_deliveries == (1, 0)
+    assert cpu.c_deliveries == (1, 0, 0)
     assert regs == [0x08, 0x10, STACK0 - 20, HANDLER, (INTERRUPTED_FLAGS & ~0x4200) | 0x2]
     assert frame == [CONTEXT, 0x1B, INTERRUPTED_FLAGS | 0x2, STACK3, 0x23]
     board.close()

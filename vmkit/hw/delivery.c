@@ -34,6 +34,7 @@ enum { I_CS, I_EFLAGS, I_SS, I_ESP, I_CR0, I_IDTR, I_GDTR, I_TR, I_EIP, I_COUNT 
 #define GATE_TRAP32 0xF
 #define TSS_ESP0 4
 #define TSS_SS0 8
+#define REFUSED 2                         /* a software `int` through a gate of lower DPL */
 
 struct vmkit_delivery {
     reg_batch_fn reg_read_batch;
@@ -43,8 +44,9 @@ struct vmkit_delivery {
     int64_t ids[I_COUNT];
     /* What Python needs for its trace event, after a delivery done here. */
     uint64_t idt_base, handler, old_cpl, new_cpl;
+    uint64_t gate_dpl;                    /* after REFUSED: the DPL of the gate that refused */
     int64_t error;                        /* the uc_err of a failed register load */
-    uint64_t delivered, declined;         /* counts: done here; left to Python */
+    uint64_t delivered, refused, declined;   /* counts: done here; REFUSED; left to Python */
 };
 
 /* GDTR, IDTR and TR as Unicorn's reg_read gives them (uc_x86_mmr). */
@@ -82,7 +84,10 @@ static uint64_t seg_limit(uint32_t lo, uint32_t hi)
     return (hi >> 23) & 1 ? limit << 12 | 0xFFF : limit;
 }
 
-/* 1: delivered; 0: declined, nothing written; -1: the register load failed (d->error), after
+/* 1: delivered; 0: declined, nothing written; REFUSED: an `int` from a CPL above the gate's
+ * DPL (every check before it passed, nothing written: the #GP a VM's int3 through its monitor's
+ * DPL 1 gate takes each time, so it is told here, not found again by the Python); -1: the
+ * register load failed (d->error), after
  * the frame was pushed, as the Python's would (it raises UcError there). has_error 0: no error
  * code (an exception without one, an `int`, an IRQ). */
 int64_t vmkit_deliver(void *uc, struct vmkit_delivery *d, int64_t vector, int64_t is_int,
@@ -118,8 +123,11 @@ int64_t vmkit_deliver(void *uc, struct vmkit_delivery *d, int64_t vector, int64_
     unsigned attr = g[5], gtype = attr & 0xF, gdpl = (attr >> 5) & 3, present = attr & 0x80;
     if (gtype != GATE_INT32 && gtype != GATE_TRAP32)
         goto decline;
-    if (is_int && gdpl < (old_cs & 3))
-        goto decline;
+    if (is_int && gdpl < (old_cs & 3)) {  /* refused: the Python raises its #GP (REFUSED) */
+        d->old_cpl = old_cs & 3, d->gate_dpl = gdpl;
+        d->refused++;
+        return REFUSED;
+    }
     if (!present)
         goto decline;
     uint32_t lo, hi;

@@ -40,18 +40,24 @@ class DeliveryFault(Exception):
         self.vector, self.error_code, self.why = vector, error_code, why
 
 
+def _int_below_dpl(vector, cpl, dpl):
+    return DeliveryFault(GP, vector * 8 + 2, f"int {vector:#x} from CPL {cpl} through a DPL {dpl} gate")
+
+
 class _CDelivery(ctypes.Structure):
     """struct vmkit_delivery in delivery.c, field for field."""
     _fields_ = [("reg_read_batch", ctypes.c_void_p), ("reg_write_batch", ctypes.c_void_p),
                 ("ram", ctypes.c_void_p), ("ram_size", ctypes.c_uint64), ("ids", ctypes.c_int64 * 9),
                 ("idt_base", ctypes.c_uint64), ("handler", ctypes.c_uint64),
-                ("old_cpl", ctypes.c_uint64), ("new_cpl", ctypes.c_uint64), ("error", ctypes.c_int64),
-                ("delivered", ctypes.c_uint64), ("declined", ctypes.c_uint64)]
+                ("old_cpl", ctypes.c_uint64), ("new_cpl", ctypes.c_uint64), ("gate_dpl", ctypes.c_uint64),
+                ("error", ctypes.c_int64),
+                ("delivered", ctypes.c_uint64), ("refused", ctypes.c_uint64), ("declined", ctypes.c_uint64)]
 
 
 C_IDS = tuple(getattr(X, "UC_X86_REG_" + name) for name in
               ("CS", "EFLAGS", "SS", "ESP", "CR0", "IDTR", "GDTR", "TR", "EIP"))   # delivery.c's order
 KIND_INT = {"int": 1}
+REFUSED = 2                                  # delivery.c's: an `int` through a gate of lower DPL
 
 
 def _c_delivery(memory):
@@ -74,10 +80,11 @@ class Delivery:
 
     @property
     def c_deliveries(self):
-        """(delivered in C, declined by C: delivered by the Python) so far on this CPU;
-        (0, 0) before the first delivery or without the compiled library."""
+        """(delivered in C, refused in C (an `int` below its gate's DPL), declined by C: left
+        to the Python) so far on this CPU; zeros before the first delivery or without the
+        compiled library."""
         state = self._c_state
-        return (state.delivered, state.declined) if state else (0, 0)
+        return (state.delivered, state.refused, state.declined) if state else (0, 0, 0)
 
     def raise_fault(self, vector, error_code, eip, why=""):
         self.trace.emit("cpu.fault", self.index, vector=vector, eip=eip,
@@ -145,6 +152,8 @@ class Delivery:
                                        error_code is not None, error_code or 0, eip))
             except (TypeError, ctypes.ArgumentError):   # not an integer: the Python says what
                 done = 0
+            if done == REFUSED:
+                raise _int_below_dpl(vector, state.old_cpl, state.gate_dpl)
             if done:
                 if done < 0:                         # the register load failed, frame pushed
                     raise UcError(state.error)
@@ -169,7 +178,7 @@ class Delivery:
         if gate.type not in (GATE_INT32, GATE_TRAP32):
             raise DeliveryFault(GP, vector * 8 + 2 + ext, f"IDT entry {vector:#x} has type {gate.type:#x}, not a 32-bit interrupt or trap gate")
         if kind == "int" and gate.dpl < old_cs & 3:
-            raise DeliveryFault(GP, vector * 8 + 2, f"int {vector:#x} from CPL {old_cs & 3} through a DPL {gate.dpl} gate")
+            raise _int_below_dpl(vector, old_cs & 3, gate.dpl)
         if not gate.present:
             raise DeliveryFault(NP, vector * 8 + 2 + ext, f"IDT entry {vector:#x} not present")
         target = self._descriptor(gate.selector, GP, gdtr)
