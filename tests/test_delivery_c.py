@@ -214,3 +214,13 @@ def test_the_c_path_delivers_the_common_case():
     assert regs == [0x08, 0x10, STACK0 - 20, HANDLER, (INTERRUPTED_FLAGS & ~0x4200) | 0x2]
     assert frame == [CONTEXT, 0x1B, INTERRUPTED_FLAGS | 0x2, STACK3, 0x23]
     board.close()
+
+
+def test_without_the_compiled_library_the_python_delivers(monkeypatch):
+    """No C compiler (counter.library() is None): every delivery is the Python's, the same."""
+    from vmkit.hw import delivery
+    monkeypatch.setattr(delivery, "library", lambda: None)
+    outcome, after, later, counts = deliver(True, {"cpl": 3}, 0x80, "int")
+    reference = deliver(False, {"cpl": 3}, 0x80, "int")
+    assert counts == (0, 0, 0) and outcome is True
+    assert (after, later) == (reference[1], reference[2])
