@@ -19,6 +19,7 @@ IDT, GDT, TSS = 0x2000, 0x3000, 0x3100
 STACK0, STACK1, STACK3 = 0x8F000, 0x7F000, 0x6F000
 HANDLER, HANDLER_LOW = 0x6000, 0x5800
 CONTEXT = 0x7000                       # the interrupted code: `jmp $`
+INT_82 = 0x7100                        # `int 0x82`
 FLAT = 0xFFFFFFFF
 INTERRUPTED_FLAGS = 0x4243             # NT IF ZF CF: cleared (NT) and kept as each gate says
 
@@ -63,6 +64,7 @@ def machine(cpl, tss=None, tr=None, idtr=None, gdtr=None):
     mem.write(HANDLER_LOW, b"\x90" * 8 + b"\xeb\xfe")     # nop x 8, jmp $
     mem.write(HANDLER, b"\x90" * 8 + b"\xeb\xfe")
     mem.write(CONTEXT, b"\xeb\xfe")
+    mem.write(INT_82, b"\xcd\x82\xeb\xfe")           # int 0x82: a refused `int` is 2 bytes back
     if cpl == "v86":                  # ES DS FS GS SS:ESP EFLAGS(VM, IOPL 3) CS:EIP, popped by iretd
         entry = f"push 0x11\npush 0x22\npush 0x33\npush 0x44\npush 0x600\npush 0xF00\n" \
                 f"push {0x23000 | INTERRUPTED_FLAGS:#x}\npush 0x700\npush 0\niretd"
@@ -141,6 +143,10 @@ CASES = [
     ("ring-0 stack with a base", {"cpl": 3, "tss": (STACK0 - 0x40000, 0x50)}, 0x80, "int", None, None, True),
     ("int from CPL 3 through a DPL 0 gate", {"cpl": 3}, 0x82, "int", None, None, "refused"),
     ("int from CPL 1 through a DPL 0 gate", {"cpl": 1}, 0x82, "int", None, None, "refused"),
+    ("refused past its `int 0x82`", {"cpl": 3}, 0x82, "int", None, INT_82 + 2, "refused"),
+    ("refused past an `int 0x82` as vector 0x86", {"cpl": 3}, 0x86, "int", None, INT_82 + 2, False),
+    ("refused at EIP 1", {"cpl": 3}, 0x82, "int", None, 1, "refused"),
+    ("refused at EIP 0: the #GP's EIP is -1", {"cpl": 1}, 0x82, "int", None, 0, None),
     ("vector past the IDT's limit", {"cpl": 3}, 0x90, "int", None, None, False),
     ("irq past the IDT's limit", {"cpl": 0}, 0x91, "irq", None, None, False),
     ("gate not present", {"cpl": 3}, 0x86, "int", None, None, False),

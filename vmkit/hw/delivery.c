@@ -18,9 +18,11 @@
  * IDT, GDT and TSS bases are used as physical addresses there too). The frame is data:
  * PhysicalMemory.write(code=False) flushes no translated code, so a plain copy is the same. */
 #include <stdint.h>
+#include <stddef.h>
 #include <string.h>
 
 typedef int (*reg_batch_fn)(void *uc, int *regs, void **values, int count);
+typedef int (*vmem_read_fn)(void *uc, uint64_t address, int prot, void *bytes, size_t size);
 
 /* Unicorn's ids, in this order (delivery.py fills them). */
 enum { I_CS, I_EFLAGS, I_SS, I_ESP, I_CR0, I_IDTR, I_GDTR, I_TR, I_EIP, I_COUNT };
@@ -39,12 +41,14 @@ enum { I_CS, I_EFLAGS, I_SS, I_ESP, I_CR0, I_IDTR, I_GDTR, I_TR, I_EIP, I_COUNT 
 struct vmkit_delivery {
     reg_batch_fn reg_read_batch;
     reg_batch_fn reg_write_batch;
+    vmem_read_fn vmem_read;               /* uc_vmem_read: EIP's bytes through this CPU's MMU */
     unsigned char *ram;
     uint64_t ram_size;
     int64_t ids[I_COUNT];
     /* What Python needs for its trace event, after a delivery done here. */
     uint64_t idt_base, handler, old_cpl, new_cpl;
-    uint64_t gate_dpl;                    /* after REFUSED: the DPL of the gate that refused */
+    uint64_t gate_dpl;                    /* after REFUSED: the DPL of the gate that refused, */
+    uint64_t int_length;                  /* and the length of the `int` (Delivery._int_length) */
     int64_t error;                        /* the uc_err of a failed register load */
     uint64_t delivered, refused, declined;   /* counts: done here; REFUSED; left to Python */
 };
@@ -86,7 +90,8 @@ static uint64_t seg_limit(uint32_t lo, uint32_t hi)
 
 /* 1: delivered; 0: declined, nothing written; REFUSED: an `int` from a CPL above the gate's
  * DPL (every check before it passed, nothing written: the #GP a VM's int3 through its monitor's
- * DPL 1 gate takes each time, so it is told here, not found again by the Python); -1: the
+ * DPL 1 gate takes each time, so it is told here, with the `int`'s length, not found again by
+ * the Python); -1: the
  * register load failed (d->error), after
  * the frame was pushed, as the Python's would (it raises UcError there). has_error 0: no error
  * code (an exception without one, an `int`, an IRQ). */
@@ -124,6 +129,12 @@ int64_t vmkit_deliver(void *uc, struct vmkit_delivery *d, int64_t vector, int64_
     if (gtype != GATE_INT32 && gtype != GATE_TRAP32)
         goto decline;
     if (is_int && gdpl < (old_cs & 3)) {  /* refused: the Python raises its #GP (REFUSED) */
+        /* The fault is the `int` instruction's own: its EIP is the `int`'s, 2 bytes back for
+         * `CD n`, else 1 (int3, into, int1), as Delivery._int_length reads them: the linear
+         * bytes before EIP through this CPU's MMU, 1 if it cannot read them. */
+        unsigned char code[2];
+        int unread = d->vmem_read(uc, (uint64_t)eip - 2, 1 /* UC_PROT_READ */, code, 2);
+        d->int_length = !unread && code[0] == 0xCD && code[1] == vector ? 2 : 1;
         d->old_cpl = old_cs & 3, d->gate_dpl = gdpl;
         d->refused++;
         return REFUSED;

@@ -49,21 +49,24 @@ from .x86 import (decode_gate, decode_segment, GATE_INT32, GATE_TRAP32, EFLAGS_I
 
 class DeliveryFault(Exception):
     """Delivering a vector failed; the CPU must deliver this fault instead."""
-    def __init__(self, vector, error_code, why):
+    def __init__(self, vector, error_code, why, int_length=None):
         super().__init__(why)
         self.vector, self.error_code, self.why = vector, error_code, why
+        self.int_length = int_length         # the failing `int`'s, when already read (delivery.c)
 
 
-def _int_below_dpl(vector, cpl, dpl):
-    return DeliveryFault(GP, vector * 8 + 2, f"int {vector:#x} from CPL {cpl} through a DPL {dpl} gate")
+def _int_below_dpl(vector, cpl, dpl, int_length=None):
+    return DeliveryFault(GP, vector * 8 + 2, f"int {vector:#x} from CPL {cpl} through a DPL {dpl} gate",
+                         int_length)
 
 
 class _CDelivery(ctypes.Structure):
     """struct vmkit_delivery in delivery.c, field for field."""
     _fields_ = [("reg_read_batch", ctypes.c_void_p), ("reg_write_batch", ctypes.c_void_p),
-                ("ram", ctypes.c_void_p), ("ram_size", ctypes.c_uint64), ("ids", ctypes.c_int64 * 9),
+                ("vmem_read", ctypes.c_void_p), ("ram", ctypes.c_void_p), ("ram_size", ctypes.c_uint64), ("ids", ctypes.c_int64 * 9),
                 ("idt_base", ctypes.c_uint64), ("handler", ctypes.c_uint64),
                 ("old_cpl", ctypes.c_uint64), ("new_cpl", ctypes.c_uint64), ("gate_dpl", ctypes.c_uint64),
+                ("int_length", ctypes.c_uint64),
                 ("error", ctypes.c_int64),
                 ("delivered", ctypes.c_uint64), ("refused", ctypes.c_uint64), ("declined", ctypes.c_uint64)]
 
@@ -85,6 +88,7 @@ def _c_delivery(memory):
     fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 5
     state = _CDelivery(ctypes.cast(_uc.uclib.uc_reg_read_batch, ctypes.c_void_p),
                        ctypes.cast(_uc.uclib.uc_reg_write_batch, ctypes.c_void_p),
+                       ctypes.cast(_uc.uclib.uc_vmem_read, ctypes.c_void_p),
                        memory.address, memory.size, (ctypes.c_int64 * 9)(*C_IDS))
     return state, fn
 
@@ -135,7 +139,7 @@ class Delivery:
                 if vector == DF and kind != "int":
                     break
                 if kind == "int":                  # a fault of the `int` instruction itself
-                    eip -= self._int_length(eip, vector)
+                    eip -= f.int_length or self._int_length(eip, vector)
                 vector, kind, error_code = (DF, "fault", 0) if kind == "nested" else (f.vector, "nested", f.error_code)
                 self.trace.emit("cpu.fault", self.index, vector=vector, eip=eip,
                                 error=error_code, why=f.why)
@@ -167,7 +171,7 @@ class Delivery:
             except (TypeError, ctypes.ArgumentError):   # not an integer: the Python says what
                 done = 0
             if done == REFUSED:
-                raise _int_below_dpl(vector, state.old_cpl, state.gate_dpl)
+                raise _int_below_dpl(vector, state.old_cpl, state.gate_dpl, state.int_length)
             if done:
                 if done < 0:                         # the register load failed, frame pushed
                     raise UcError(state.error)
