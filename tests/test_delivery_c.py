@@ -120,8 +120,8 @@ def deliver(c_path, setup, vector, kind, error_code=None, eip=None, decoder=None
 
 
 # (name, setup, vector, kind, error code, eip, handled by C at the first attempt: True, declined:
-# False, refused (the #GP of an `int` below its gate's DPL): "refused", neither counted: None (bad
-# arguments, which never reach C; a register load that fails))
+# False, refused (an `int` below its gate's DPL) and its #GP delivered in the same call: "refused",
+# neither counted: None (bad arguments, which never reach C; a register load that fails))
 CASES = [
     ("int from CPL 3, interrupt gate", {"cpl": 3}, 0x80, "int", None, None, True),
     ("int from CPL 3, trap gate keeps IF", {"cpl": 3}, 0x81, "int", None, None, True),
@@ -146,6 +146,12 @@ CASES = [
     ("refused past its `int 0x82`", {"cpl": 3}, 0x82, "int", None, INT_82 + 2, "refused"),
     ("refused past an `int 0x82` as vector 0x86", {"cpl": 3}, 0x86, "int", None, INT_82 + 2, False),
     ("refused at EIP 1", {"cpl": 3}, 0x82, "int", None, 1, "refused"),
+    ("refused, its #GP through too short a TSS", {"cpl": 3, "tr": (0x28, TSS, 10, 0x8B)}, 0x82, "int",
+     None, None, "refused, then Python"),
+    ("refused, its #GP's stack outside RAM", {"cpl": 1, "tss": (0, 0x10)}, 0x82, "int", None, INT_82 + 2,
+     "refused, then Python"),
+    ("refused, its #GP's load fails after the push", {"cpl": 3, "tss": (STACK0, 0x08)}, 0x82, "int",
+     None, None, "refused, load failed"),
     ("refused at EIP 0: the #GP's EIP is -1", {"cpl": 1}, 0x82, "int", None, 0, None),
     ("vector past the IDT's limit", {"cpl": 3}, 0x90, "int", None, None, False),
     ("irq past the IDT's limit", {"cpl": 0}, 0x91, "irq", None, None, False),
@@ -190,6 +196,10 @@ def test_c_and_python_deliver_the_same(name, setup, vector, kind, error_code, ei
     delivered_in_c, refused, declined = c[3]
     if in_c == "refused":
         assert (delivered_in_c, refused, declined) == (1, 1, 0)     # the #GP delivered in C too
+    elif in_c == "refused, then Python":
+        assert refused == 1 and declined >= 1 and c[0] == py[0]
+    elif in_c == "refused, load failed":
+        assert (delivered_in_c, refused, declined) == (0, 1, 0) and c[0][0] == "UcError"
     elif in_c:
         assert delivered_in_c >= 1 and refused == declined == 0
     elif in_c is False:

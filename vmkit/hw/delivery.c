@@ -37,6 +37,9 @@ enum { I_CS, I_EFLAGS, I_SS, I_ESP, I_CR0, I_IDTR, I_GDTR, I_TR, I_EIP, I_COUNT 
 #define TSS_ESP0 4
 #define TSS_SS0 8
 #define REFUSED 2                         /* a software `int` through a gate of lower DPL */
+#define REFUSED_THEN_DELIVERED 3          /* ... and its #GP delivered */
+#define REFUSED_THEN_FAILED (-2)          /* ... and its #GP's register load failed */
+#define GP 13
 
 struct vmkit_delivery {
     reg_batch_fn reg_read_batch;
@@ -47,7 +50,7 @@ struct vmkit_delivery {
     int64_t ids[I_COUNT];
     /* What Python needs for its trace event, after a delivery done here. */
     uint64_t idt_base, handler, old_cpl, new_cpl;
-    uint64_t gate_dpl;                    /* after REFUSED: the DPL of the gate that refused, */
+    uint64_t refused_cpl, gate_dpl;       /* after REFUSED: the CPL and the refusing gate's DPL, */
     uint64_t int_length;                  /* and the length of the `int` (Delivery._int_length) */
     int64_t error;                        /* the uc_err of a failed register load */
     uint64_t delivered, refused, declined;   /* counts: done here; REFUSED; left to Python */
@@ -88,15 +91,12 @@ static uint64_t seg_limit(uint32_t lo, uint32_t hi)
     return (hi >> 23) & 1 ? limit << 12 | 0xFFF : limit;
 }
 
-/* 1: delivered; 0: declined, nothing written; REFUSED: an `int` from a CPL above the gate's
- * DPL (every check before it passed, nothing written: the #GP a VM's int3 through its monitor's
- * DPL 1 gate takes each time, so it is told here, with the `int`'s length, not found again by
- * the Python); -1: the
- * register load failed (d->error), after
- * the frame was pushed, as the Python's would (it raises UcError there). has_error 0: no error
- * code (an exception without one, an `int`, an IRQ). */
-int64_t vmkit_deliver(void *uc, struct vmkit_delivery *d, int64_t vector, int64_t is_int,
-                      int64_t has_error, int64_t error_code, int64_t eip)
+/* One delivery: 1: delivered; 0: declined, nothing written; REFUSED: an `int` from a CPL
+ * above the gate's DPL (every check before it passed, nothing written); -1: the register load
+ * failed (d->error), after the frame was pushed, as the Python's would (it raises UcError
+ * there). has_error 0: no error code (an exception without one, an `int`, an IRQ). */
+static int64_t deliver(void *uc, struct vmkit_delivery *d, int64_t vector, int64_t is_int,
+                       int64_t has_error, int64_t error_code, int64_t eip)
 {
     uint64_t plain[5] = {0};              /* CS EFLAGS SS ESP CR0, zeroed as Python's read */
     struct vmkit_mmr tables[3];           /* IDTR GDTR TR */
@@ -135,7 +135,7 @@ int64_t vmkit_deliver(void *uc, struct vmkit_delivery *d, int64_t vector, int64_
         unsigned char code[2];
         int unread = d->vmem_read(uc, (uint64_t)eip - 2, 1 /* UC_PROT_READ */, code, 2);
         d->int_length = !unread && code[0] == 0xCD && code[1] == vector ? 2 : 1;
-        d->old_cpl = old_cs & 3, d->gate_dpl = gdpl;
+        d->refused_cpl = old_cs & 3, d->gate_dpl = gdpl;
         d->refused++;
         return REFUSED;
     }
@@ -218,4 +218,28 @@ int64_t vmkit_deliver(void *uc, struct vmkit_delivery *d, int64_t vector, int64_
 decline:
     d->declined++;
     return 0;
+}
+
+/* A delivery as Delivery._deliver_or_fail asks for one; its return value as deliver()'s, and
+ * for an `int` refused by its gate's DPL (a VM's int3 through its monitor's DPL 1 gate: the
+ * commonest refusal, at every patched instruction) the next step of the cascade too, in the
+ * same call: the #GP(vector*8+2) of the `int` instruction, at the `int`'s own EIP, through the
+ * same IDT. REFUSED_THEN_DELIVERED: delivered (d's fields are the #GP's; the refusal's stay in
+ * refused_cpl, gate_dpl, int_length); REFUSED_THEN_FAILED: its register load failed after the
+ * push; REFUSED: that #GP declined, nothing of it written (the Python goes on from the
+ * refusal, as it does with every fault). */
+int64_t vmkit_deliver(void *uc, struct vmkit_delivery *d, int64_t vector, int64_t is_int,
+                      int64_t has_error, int64_t error_code, int64_t eip)
+{
+    int64_t done = deliver(uc, d, vector, is_int, has_error, error_code, eip);
+    if (done != REFUSED || eip < (int64_t)d->int_length)
+        return done;
+    switch (deliver(uc, d, GP, 0, 1, vector * 8 + 2, eip - (int64_t)d->int_length)) {
+    case 1:
+        return REFUSED_THEN_DELIVERED;
+    case -1:
+        return REFUSED_THEN_FAILED;
+    default:
+        return REFUSED;
+    }
 }

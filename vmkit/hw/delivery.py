@@ -50,15 +50,17 @@ from .x86 import (decode_gate, decode_segment, GATE_INT32, GATE_TRAP32, EFLAGS_I
 
 class DeliveryFault(Exception):
     """Delivering a vector failed; the CPU must deliver this fault instead."""
-    def __init__(self, vector, error_code, why, int_length=None):
+    def __init__(self, vector, error_code, why, int_length=None, then=None):
         super().__init__(why)
         self.vector, self.error_code, self.why = vector, error_code, why
         self.int_length = int_length         # the failing `int`'s, when already read (delivery.c)
+        self.then = then                     # delivery.c went on and delivered this fault:
+                                             # (idt, handler, cpl) for its event, or the UcError
 
 
-def _int_below_dpl(vector, cpl, dpl, int_length=None):
+def _int_below_dpl(vector, cpl, dpl, int_length=None, then=None):
     return DeliveryFault(GP, vector * 8 + 2, f"int {vector:#x} from CPL {cpl} through a DPL {dpl} gate",
-                         int_length)
+                         int_length, then)
 
 
 class _CDelivery(ctypes.Structure):
@@ -66,7 +68,7 @@ class _CDelivery(ctypes.Structure):
     _fields_ = [("reg_read_batch", ctypes.c_void_p), ("reg_write_batch", ctypes.c_void_p),
                 ("vmem_read", ctypes.c_void_p), ("ram", ctypes.c_void_p), ("ram_size", ctypes.c_uint64), ("ids", ctypes.c_int64 * 9),
                 ("idt_base", ctypes.c_uint64), ("handler", ctypes.c_uint64),
-                ("old_cpl", ctypes.c_uint64), ("new_cpl", ctypes.c_uint64), ("gate_dpl", ctypes.c_uint64),
+                ("old_cpl", ctypes.c_uint64), ("new_cpl", ctypes.c_uint64), ("refused_cpl", ctypes.c_uint64), ("gate_dpl", ctypes.c_uint64),
                 ("int_length", ctypes.c_uint64),
                 ("error", ctypes.c_int64),
                 ("delivered", ctypes.c_uint64), ("refused", ctypes.c_uint64), ("declined", ctypes.c_uint64)]
@@ -75,7 +77,8 @@ class _CDelivery(ctypes.Structure):
 C_IDS = tuple(getattr(X, "UC_X86_REG_" + name) for name in
               ("CS", "EFLAGS", "SS", "ESP", "CR0", "IDTR", "GDTR", "TR", "EIP"))   # delivery.c's order
 KIND_INT = {"int": 1}
-REFUSED = 2                                  # delivery.c's: an `int` through a gate of lower DPL
+REFUSED, REFUSED_THEN_DELIVERED, REFUSED_THEN_FAILED = 2, 3, -2   # delivery.c's: an `int` through a
+                                             # gate of lower DPL; and its #GP delivered; its load failed
 
 
 def _c_delivery(memory):
@@ -144,6 +147,11 @@ class Delivery:
                 vector, kind, error_code = (DF, "fault", 0) if kind == "nested" else (f.vector, "nested", f.error_code)
                 self.trace.emit("cpu.fault", self.index, vector=vector, eip=eip,
                                 error=error_code, why=f.why)
+                if f.then is not None:             # delivery.c delivered this fault in the same call
+                    if isinstance(f.then, UcError):
+                        raise f.then
+                    self._delivered(vector, kind, *f.then)
+                    return True
         self.stop(f"triple fault: cannot deliver a double fault (IDTR base={self['idtr'][1]:#x})")
         return False
 
@@ -171,17 +179,22 @@ class Delivery:
                                        error_code is not None, error_code or 0, eip))
             except (TypeError, ctypes.ArgumentError):   # not an integer: the Python says what
                 done = 0
-            if done == REFUSED:
-                raise _int_below_dpl(vector, state.old_cpl, state.gate_dpl, state.int_length)
-            if done:
-                if done < 0:                         # the register load failed, frame pushed
-                    raise UcError(state.error)
-                self.halted = False
-                self.delivered += 1
-                self.trace.emit("cpu.deliver", self.index, vector=vector, kind=kind, idt=state.idt_base,
-                                handler=state.handler, cpl=f"{state.old_cpl}->{state.new_cpl}")
+            if done == 1:
+                self._delivered(vector, kind, state.idt_base, state.handler, f"{state.old_cpl}->{state.new_cpl}")
                 return
+            if done == -1:                           # the register load failed, frame pushed
+                raise UcError(state.error)
+            if done:                                 # refused (and maybe its #GP delivered)
+                then = (UcError(state.error) if done == REFUSED_THEN_FAILED else
+                        (state.idt_base, state.handler, f"{state.old_cpl}->{state.new_cpl}")
+                        if done == REFUSED_THEN_DELIVERED else None)
+                raise _int_below_dpl(vector, state.refused_cpl, state.gate_dpl, state.int_length, then)
         self._deliver_python(vector, kind, error_code, eip)
+
+    def _delivered(self, vector, kind, idt, handler, cpl):
+        self.halted = False
+        self.delivered += 1
+        self.trace.emit("cpu.deliver", self.index, vector=vector, kind=kind, idt=idt, handler=handler, cpl=cpl)
 
     def _deliver_python(self, vector, kind, error_code, eip):
         ext = 1 if kind == "irq" else 0
@@ -241,10 +254,7 @@ class Delivery:
             self.write(cs=gate.selector, esp=esp, eflags=flags, eip=gate.offset)
         else:
             self.write(esp=esp, eflags=flags, eip=gate.offset)
-        self.halted = False
-        self.delivered += 1
-        self.trace.emit("cpu.deliver", self.index, vector=vector, kind=kind, idt=idt_base,
-                        handler=gate.offset, cpl=f"{old_cpl}->{new_cpl}")
+        self._delivered(vector, kind, idt_base, gate.offset, f"{old_cpl}->{new_cpl}")
 
     PRIVILEGED_LOAD = ("cr0", "cs", "ss", "cr0", "cs", "ss", "esp", "eflags", "eip")
 
