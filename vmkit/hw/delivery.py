@@ -28,8 +28,10 @@ virtual-8086 mode, an LDT selector, a table, TSS or stack outside RAM, an argume
 32 bits, a learner's `gate_decoder`), and the Python delivers it, so every fault, its
 message, the #DF and the triple fault are the Python's. One failure is told by C instead of
 declined, the commonest: an `int` from a CPL above its gate's DPL (a VM's int3, every time,
-through its monitor's DPL 1 gate); C also reads the `int`'s length (the fault's EIP) through
-the CPU's MMU as `_int_length` does, and the Python raises the same #GP with the same message.
+through its monitor's DPL 1 gate): C reads the `int`'s length (the fault's EIP) through the
+CPU's MMU as `_int_length` does, and delivers that #GP in the same call if it can (else it
+writes nothing of it); the Python raises the same DeliveryFault with the same message, and
+`_deliver_or_fail` emits the fault and, if C delivered it, the delivery, as for any other.
 The trace event and the CPU's counters are written by the Python on both paths;
 `c_deliveries` counts what C did. Without a C compiler every delivery is the Python's.
 
