@@ -2,9 +2,10 @@
 
 The C hook is compiled once with the system C compiler into the package's
 folder (or a temporary one if that is read-only), in one library with the
-platform's interrupt delivery (delivery.c), named by a hash of both texts. Without a compiler the
-CPU falls back to Unicorn's `count=`: full slices are still exact, but a
-slice that stops early is charged whole (`Counter.exact` is False).
+platform's interrupt delivery (delivery.c), named by a hash of both texts.
+Without a compiler the CPU falls back to Unicorn's `count=`: full slices are
+still exact, but a slice that stops early is charged whole (`Counter.exact` is
+False), and every delivery is delivery.py's Python.
 """
 import ctypes
 import hashlib
