@@ -44,7 +44,8 @@ GATES = {0x80: (HANDLER, 0x08, 0xE, 3, True), 0x81: (HANDLER, 0x08, 0xF, 3, True
          0x8E: (HANDLER, 0x30, 0xE, 3, True), 0x8F: (HANDLER, 0x08, 0x6, 3, True),
          6: (HANDLER, 0x08, 0xE, 0, True), 8: (HANDLER, 0x08, 0xE, 0, True),
          13: (HANDLER, 0x08, 0xE, 0, True), 14: (HANDLER, 0x08, 0xF, 0, True),
-         0x20: (HANDLER, 0x08, 0xE, 0, True)}
+         0x20: (HANDLER, 0x08, 0xE, 0, True), 0x100: (HANDLER, 0x08, 0xE, 0, True),
+         0x101: (HANDLER, 0x08, 0xE, 3, True)}
 IDT_LIMIT = 0x90 * 8 - 1               # vector 0x90 and above: past the IDT's limit
 
 CONTEXTS = {0: (0x08, 0x10, STACK0), 1: (0x31, 0x39, STACK1), 3: (0x1B, 0x23, STACK3)}
@@ -177,6 +178,8 @@ CASES = [
     ("GDT outside RAM", {"cpl": 0, "gdtr": (0, 0xFFFF0000, 0xFFF, 0)}, 0x20, "irq", None, None, False),
     ("virtual-8086 mode, IOPL 3", {"cpl": "v86"}, 0x80, "int", None, None, False),
     ("virtual-8086 mode, an IRQ", {"cpl": "v86"}, 0x20, "irq", None, None, False),
+    ("int 0x101 through a 64 KiB IDT", {"cpl": 0, "idtr": (0, IDT, 0xFFFF, 0)}, 0x101, "int", None, None, None),
+    ("int 0x100 refused", {"cpl": 3, "idtr": (0, IDT, 0xFFFF, 0)}, 0x100, "int", None, INT_82 + 2, None),
     ("EIP past 32 bits", {"cpl": 3}, 0x80, "int", None, 1 << 32, None),
     ("a negative error code", {"cpl": 3}, 13, "fault", -1, None, None),
     ("an error code past 32 bits", {"cpl": 3}, 13, "fault", 1 << 32, None, None),

@@ -11,7 +11,8 @@
  * 0) before it has written a register or a byte when anything else is the case: a check
  * that fails (the Python then raises the DeliveryFault with its message, and the cascade to
  * #DF and the triple fault stays there), virtual-8086 mode, an LDT selector, a table, TSS
- * or stack outside RAM, a value Python's struct.pack would refuse. So a declined delivery
+ * or stack outside RAM, a value Python's struct.pack would refuse, a vector past a byte (the
+ * Python's `int` length check takes only a byte). So a declined delivery
  * is the Python's, byte for byte.
  *
  * Memory is the machine's one RAM buffer, physical = linear, as delivery.py reads it (the
@@ -109,7 +110,7 @@ static int64_t deliver(void *uc, struct vmkit_delivery *d, int64_t vector, int64
         values[i] = &plain[i];
     for (int i = 0; i < 3; i++)
         values[5 + i] = &tables[i];
-    if (vector < 0 || vector > 0xFFFF || eip < 0 || eip > 0xFFFFFFFFll
+    if (vector < 0 || vector > 0xFF || eip < 0 || eip > 0xFFFFFFFFll
         || (has_error && (error_code < 0 || error_code > 0xFFFFFFFFll)))
         goto decline;
     d->reg_read_batch(uc, ids, values, 8);

@@ -175,7 +175,7 @@ class Delivery:
             self._c_state, self._c_ref = state or False, state and ctypes.byref(state)
         if state and self.gate_decoder is decode_gate:
             try:                                     # (ctypes would cut a wider integer silently)
-                done = (0 <= vector <= 0xFFFF and 0 <= eip <= 0xFFFFFFFF
+                done = (0 <= vector <= 0xFF and 0 <= eip <= 0xFFFFFFFF
                         and (error_code is None or 0 <= error_code <= 0xFFFFFFFF)
                         and self._c_fn(self._uch, self._c_ref, vector, KIND_INT.get(kind, 0),
                                        error_code is not None, error_code or 0, eip))
