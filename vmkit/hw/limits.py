@@ -49,6 +49,33 @@ are looked at. What is checked, and how:
   - An interrupt or exception: the gate's offset against the limit of the code
     segment it names (delivery.py: #GP, before anything is pushed).
 
+A flat stretch: the hooks cost every access in their ranges (Unicorn's hook path and the
+filter: ~60 ns each, measured), and in the COS's world the range past the COS's limit is
+all of the kernel's memory: its stack, its data, its work loop's counter. While CS, SS, DS
+and ES are flat (base 0, limit 4 GiB, in the table the filter judges from) at CPL 0, paging
+off, no access an instruction makes through them can be past a limit, so the platform takes
+the hooks off. It does not trust the code to stay so: the C counter, which runs before every
+instruction anyway, reads each instruction's prefixes and opcode from memory while the hooks
+are off and stops the run before any it has not listed as harmless (counter.c: `flat_allows`):
+a segment register load (`mov`/`pop` to one, `lds` & co., a far `jmp`/`call`/`ret`, `iretd`),
+an FS or GS prefix while that register is not flat, `int`, an instruction that can fault
+(`div`, `bound`, an invalid encoding, x87), `popfd` (TF), I/O, and anything that changes
+CR0, GDTR or the debug registers; so no delivery happens with the hooks off, and the hooks
+are back (`after_run`, from CPU.run) after every such run, whatever ended it, before any
+handler or delivery runs. When a stretch begins: the filter counts the accesses in a row it
+saw in that state, and at STRETCH_AFTER it asks the counter to stop before the next
+instruction (not a run's first: it may be a breakpoint the run resumes past), which reads
+the registers again there (also EFLAGS.TF and VM, DR7's enables, GDTR against the table) and
+stops if all hold; the platform then removes the hooks and the run goes on. Both stops
+count the instruction as a breakpoint's hit does, and CPU.run takes it back: the same
+instructions retire in the same virtual time (a port's stop request in the same run keeps
+it, as the counter would have). Measured (Unicorn 2.1.4): a memory hook added after code was
+translated fires for that code, and one deleted stops firing at once, with no
+retranslation; `uc_hook_del` ~3 µs, `uc_hook_add` ~5-7.5 µs; a stretch costs ~15 µs, so
+only a long one pays: the kernel's work loop (3,000 iterations, two accesses each) does,
+a kernel entry's few pushes (made while DS and ES still hold the COS's segments) do not
+begin one.
+
 A data violation found in a hook stops the run. Measured (Unicorn 2.1.4, a
 Python `UC_HOOK_MEM_*` hook calling `emu_stop`): a load is abandoned before its
 destination register is written; a store has landed in memory but no register
