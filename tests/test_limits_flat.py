@@ -186,3 +186,41 @@ more:   inc dword ptr [{SHORT - 3:#x}]
     board.run(20_000)
     assert u32(board, SHORT - 3) == LOOP
     assert board.cpu.limits.stretches == 0 and board.cpu.limits.decoded == 0
+
+
+def test_a_hooks_exception_inside_a_flat_stretch_still_brings_the_hooks_back(board):
+    """The local APIC's store handler fails in the middle of a stretch: the run raises, the
+    hooks are back; DS, made short between runs, is checked at the very next store (the
+    APIC store, run again: past DS's limit now)."""
+    cpl0_board(board)
+    lapic = board.cpu.lapic
+
+    def broken(reg, value):
+        raise RuntimeError("a broken device")
+    lapic.write = broken
+    board.load(0x1000, f"""
+        {FLAT_LOOP}
+        mov dword ptr [0xFEE000B0], 0
+        mov dword ptr [{SHORT + 1:#x}], 6
+        hlt""")
+    with pytest.raises(RuntimeError, match="broken device"):
+        board.run(20_000)
+    assert board.cpu.limits.stretches == 1 and not board.cpu.limits.suspended
+    del lapic.write
+    board.cpu.shutdown = None
+    board.cpu["ds"] = SHORT_DATA
+    board.run(100)
+    assert u32(board, SHORT + 1) == 0 and record(board)[0] == 13
+
+
+def test_a_store_past_a_limit_into_the_local_apic_is_gp(board):
+    """A device register has no old bytes to put back: the check still delivers its #GP
+    (it once failed, reading them, and stopped the CPU)."""
+    cpl0_board(board)
+    board.load(0x1000, f"""
+        mov ax, {SHORT_DATA:#x}
+        mov ds, ax
+        mov dword ptr [0xFEE000B0], 0
+        hlt""")
+    board.run(100)
+    assert board.cpu.shutdown is None and record(board) == (13, 0, 0x1000 + 4 + 2)

@@ -382,8 +382,12 @@ class CPU(Delivery):
             stopped_at, self._hook_stopped_at = self._hook_stopped_at, None
             self._hook_ran_at = stopped_at if stopped_at is not None and stopped_at == eip else None
             skip, self._resume_at = self._resume_at, None
-            executed, error = self.counter.run(eip, budget - self.done, NO_ADDRESS,
-                                               skip if skip == eip else None, wake)
+            try:
+                executed, error = self.counter.run(eip, budget - self.done, NO_ADDRESS,
+                                                   skip if skip == eip else None, wake)
+            except BaseException:              # a hook's own exception: the limit hooks
+                self.limits.after_run(True)    # come back all the same (limits.py)
+                raise
             violation = self.limits.take()
             if self.counter.exact and self.counter.state.flat and self.limits.after_run(
                     violation is not None or error is not None or self._io_fault or self._stop_requested):

@@ -281,6 +281,8 @@ class SegmentLimits:
         fault, a violation, a port's stop request). True: the counter stopped before an
         instruction it counted (as a breakpoint's hit), only to begin or end a stretch: the
         run goes on there, and the instruction counts when it runs."""
+        if self.lib is None:
+            return False
         c = self._counter
         flat = c.flat
         if flat & FLAT_ON:
@@ -321,7 +323,12 @@ class SegmentLimits:
             offset = (address - d.base) & FLAT
             if _inside(d, offset, size):
                 return
-            old = cpu.read_linear(address, size) if kind == UC_MEM_WRITE else None
+            old = None
+            if kind == UC_MEM_WRITE:
+                try:
+                    old = cpu.read_linear(address, size)
+                except ValueError:          # not memory (a device's register, the local APIC's):
+                    pass                    # nothing to put back
             self.violation = Violation(SS_FAULT if segment == "ss" else GP, eip, address, size,
                                        segment, d.limit, old, cpu.counter.count)
             cpu.uc.emu_stop()
