@@ -388,11 +388,12 @@ class CPU(Delivery):
             except BaseException:              # a hook's own exception: the limit hooks
                 self.limits.after_run(True)    # come back all the same (limits.py)
                 raise
-            violation = self.limits.take()
             if self.counter.exact and self.counter.state.flat and self.limits.after_run(
-                    violation is not None or error is not None or self._io_fault or self._stop_requested):
+                    self.limits.violation is not None or error is not None or self._io_fault
+                    or self._stop_requested):
                 self.done += executed - 1      # a flat stretch began or ended before an instruction
                 continue                       # counted there: it runs (and counts) now (limits.py)
+            violation = self.limits.take()
             if violation is not None:
                 executed = violation.count     # the access counts; it did not happen (limits.py)
             elif self._io_fault and self.counter.exact:
