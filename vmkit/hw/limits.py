@@ -71,7 +71,7 @@ count the instruction as a breakpoint's hit does, and CPU.run takes it back: the
 instructions retire in the same virtual time (a port's stop request in the same run keeps
 it, as the counter would have). Measured (Unicorn 2.1.4): a memory hook added after code was
 translated fires for that code, and one deleted stops firing at once, with no
-retranslation; `uc_hook_del` ~3 µs, `uc_hook_add` ~5-7.5 µs; a stretch costs ~15 µs, so
+retranslation; `uc_hook_del` ~3 µs, `uc_hook_add` ~3-8 µs; a stretch costs 10-15 µs, so
 only a long one pays: the kernel's work loop (3,000 iterations, two accesses each) does,
 a kernel entry's few pushes (made while DS and ES still hold the COS's segments) do not
 begin one.
