@@ -121,7 +121,7 @@ from .x86 import decode_segment, CR0_PG, GP, SS_FAULT
 SELECTORS = 64                              # as LIMIT_SELECTORS in counter.c
 FLAT_WANT, FLAT_ON, FLAT_STOP, FLAT_END = 1, 2, 4, 8   # as in counter.c
 # Filtered accesses in a row at CPL 0 with CS, SS, DS, ES flat after which the hooks are
-# suspended (a flat stretch): a suspension and the hooks' return cost ~15 µs, the filter
+# suspended (a flat stretch): a suspension and the hooks' return cost 10-15 µs, the filter
 # ~60 ns an access (measured: the module's docstring).
 STRETCH_AFTER = 256
 NO_FETCH_CHECK = 0xFFFFFFFFFFFFFFFF
