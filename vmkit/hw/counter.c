@@ -18,7 +18,9 @@
  *
  * It runs before each instruction: at the budget, stop before executing it. The same
  * hook checks an instruction fetched past CS's limit (limits.py), for one compare per
- * instruction below the lowest such limit (none where every code segment is flat). */
+ * instruction below the lowest such limit (none where every code segment is flat), and
+ * guards a flat stretch (limits.py: the limit hooks suspended while no access can be
+ * past a limit), for one more test per instruction outside one. */
 #include <stdint.h>
 
 typedef int (*stop_fn)(void *uc);
@@ -59,15 +61,30 @@ struct vmkit_counter {
     uint64_t woke;
     reg_read_fn reg_read;
     int64_t eflags_id;
+    /* A flat stretch (limits.py). stretch_after: how many filtered accesses in a row, made
+     * while every segment register an instruction can use is flat, make the counter stop
+     * (before the next instruction, counted as a breakpoint is) so the platform can suspend
+     * the limit hooks; 0: never. flat: FLAT_WANT (the filter saw that many), FLAT_ON (the
+     * hooks are suspended: each instruction is checked before it runs), FLAT_STOP (the run
+     * stopped to begin a stretch), FLAT_END (the check stopped the run before an
+     * instruction a stretch may not run). */
+    uint64_t stretch_after;
+    uint64_t flat;
 };
+#define FLAT_WANT 1
+#define FLAT_ON 2
+#define FLAT_STOP 4
+#define FLAT_END 8
 
 struct vmkit_limits;
 static int fetch_past_limit(void *uc, struct vmkit_limits *l, uint64_t address, uint32_t size);
+static int flat_stop(void *uc, struct vmkit_counter *c, uint64_t address, int first);
 
 void vmkit_count(void *uc, uint64_t address, uint32_t size, struct vmkit_counter *c)
 {
     (void)size;
-    if (c->wait_if && !c->first) {
+    int first = (int)c->first;
+    if (c->wait_if && !first) {
         uint64_t eflags = 0;
         c->reg_read(uc, (int)c->eflags_id, &eflags);
         if (eflags & EFLAGS_IF) {
@@ -105,6 +122,10 @@ void vmkit_count(void *uc, uint64_t address, uint32_t size, struct vmkit_counter
         return;
     }
     c->count++;
+    if (c->flat && flat_stop(uc, c, address, first)) {
+        c->stop(uc);                      /* counted, as a breakpoint's hit: limits.py */
+        return;
+    }
 }
 
 /* Segment limits (limits.py): Unicorn checks none, so the platform hooks the linear
@@ -151,6 +172,12 @@ struct vmkit_limits {
     uint64_t calls, looked;               /* accesses filtered; of those, instructions read */
     uint64_t gdt_base, gdt_limit;         /* the GDTR the table above was read under */
     int64_t gdtr_id;
+    /* A flat stretch: flat_run counts filtered accesses in a row made at CPL 0 while CS, SS,
+     * DS and ES are flat (base 0, limit 4 GiB); at the counter's stretch_after it asks the
+     * counter to stop (FLAT_WANT). fsgs_flat: which of FS, GS were flat when it began. */
+    struct vmkit_counter *counter;
+    uint64_t flat_run, fsgs_flat;
+    int64_t eflags_id, dr7_id;
 };
 
 /* GDTR as Unicorn's reg_read gives it (uc_x86_mmr). */
@@ -269,8 +296,10 @@ void vmkit_limit(void *uc, int type, uint64_t address, int size, int64_t value, 
         values[i] = &sels[i];
     values[8] = &gdtr;
     l->reg_read_batch(uc, ids, values, 9);
-    if (sels[6] & CR0_PG)
+    if (sels[6] & CR0_PG) {
+        l->flat_run = 0;
         return;                           /* physical addresses: limits.py checks at the #PF */
+    }
     /* The table describes the GDT GDTR named when the platform last read it; a GDTR loaded
      * since (a world switch's lgdt, until the kernel says the new GDT is in) is read here. */
     int now = gdtr.base != l->gdt_base || gdtr.limit != l->gdt_limit;
@@ -281,15 +310,19 @@ void vmkit_limit(void *uc, int type, uint64_t address, int size, int64_t value, 
                                            * switch's retf loads the kernel's) */
     } else if (!now || !gdt_now(l, &gdtr, cs, &cs_base, &cs_limit, &cs_code) || cs_code == NOT_CODE
                || ((cs_code & CONFORMING) ? (cs_code & 3) > (cs & 3) : (cs_code & 3) != (cs & 3))) {
+        l->flat_run = 0;
         return;                           /* CS from another table: nothing judged (cs_described) */
     }
+    uint64_t flat = 0;                    /* the registers flat in the table (a null DS or ES too) */
     for (int i = 0; i < 6; i++) {
         uint64_t sel = sels[i] & 0xFFFF;
         /* After an lgdt, a selector past the new GDT's limit was loaded before it, from the
          * table (a VMM's DS, which the COS's GDT lacks, until the load's mov ds): from there. */
         uint64_t index = sel >> 3, base, limit, code;
-        if (index == 0 && !(sel & 4))
+        if (index == 0 && !(sel & 4)) {
+            flat |= 1u << i;
             continue;                     /* a null selector: no access goes through it */
+        }
         if (now && !(!(sel & 4) && 8 * index + 7 > gdtr.limit && index < l->nsel)) {
             if (!gdt_now(l, &gdtr, sel, &base, &limit, &code)) {
                 outside |= 1u << i;       /* not judged here: Python looks */
@@ -301,10 +334,19 @@ void vmkit_limit(void *uc, int type, uint64_t address, int size, int64_t value, 
         } else {
             base = l->base[index];
             limit = l->limit[index];
+            if (base == 0 && limit == 0xFFFFFFFFu)
+                flat |= 1u << i;
         }
         uint64_t offset = (address - base) & 0xFFFFFFFFu;
         if (offset + (uint64_t)size - 1 > limit)
             outside |= 1u << i;
+    }
+    /* (only the table's own entries count: after an lgdt, `now`, no stretch begins) */
+    if (!now && (cs & 3) == 0 && (flat & 15) == 15 && l->counter && l->counter->stretch_after) {
+        if (++l->flat_run >= l->counter->stretch_after)
+            l->counter->flat |= FLAT_WANT;
+    } else {
+        l->flat_run = 0;
     }
     if (!outside)
         return;
@@ -329,4 +371,157 @@ static int fetch_past_limit(void *uc, struct vmkit_limits *l, uint64_t address, 
         size = 1;
     uint64_t offset = (address - l->base[index]) & 0xFFFFFFFFu;
     return offset + size - 1 > l->limit[index];
+}
+
+/* A flat stretch (limits.py). While CS, SS, DS and ES are flat (base 0, limit 4 GiB, from
+ * the table above), no access an instruction makes through them can be past a limit, so the
+ * platform may remove the limit hooks and save Unicorn's hook path and this filter on every
+ * access (the kernel's work loop: every store). What could end that is an instruction: a
+ * segment register load (mov/pop sreg, lds & co., a far jump, call or return, iretd), an
+ * FS or GS prefix while that register is not flat, an `int` or an instruction that can
+ * fault (the platform's delivery would then run with the hooks off), a change of CR0, GDTR,
+ * EFLAGS.TF or the debug registers. So while the hooks are off the counter reads each
+ * instruction's prefixes and opcode (paging off and CS flat: at its linear address, in the
+ * RAM buffer) before it runs, and stops the run before any instruction not in the tables
+ * below, which hold only instructions that do none of those things; the platform puts the
+ * hooks back after every run that had them off, whatever ended it. */
+enum { STOP = 0, RUN, MEMORY_OPERAND, REG_0, NOT_DIV, REG_0_1, FF_NEAR, NOT_6, REG_4_UP };
+static unsigned char one_byte[256], two_byte[256], tables_ready;
+
+static void opcode_tables(void)
+{
+    static const unsigned char one[][3] = {
+        {0x00, 0x05, RUN}, {0x08, 0x0D, RUN}, {0x10, 0x15, RUN}, {0x18, 0x1D, RUN},
+        {0x20, 0x25, RUN}, {0x27, 0x27, RUN}, {0x28, 0x2D, RUN}, {0x2F, 0x2F, RUN},
+        {0x30, 0x35, RUN}, {0x37, 0x37, RUN}, {0x38, 0x3D, RUN}, {0x3F, 0x3F, RUN},
+        {0x40, 0x61, RUN},                                  /* inc/dec/push/pop r, pushad/popad */
+        {0x68, 0x6B, RUN}, {0x70, 0x7F, RUN},               /* push imm, imul, jcc */
+        {0x80, 0x81, RUN}, {0x83, 0x8B, RUN},               /* group 1 (not 82), test, xchg, mov */
+        {0x8D, 0x8D, MEMORY_OPERAND}, {0x8F, 0x8F, REG_0},   /* lea m; pop m */
+        {0x90, 0x99, RUN}, {0x9C, 0x9C, RUN}, {0x9E, 0xBF, RUN},   /* pushfd (not popfd), string, mov */
+        {0xC0, 0xC1, NOT_6}, {0xC2, 0xC3, RUN}, {0xC6, 0xC7, REG_0}, {0xC8, 0xC9, RUN},
+        {0xD0, 0xD3, NOT_6}, {0xD7, 0xD7, RUN}, {0xE0, 0xE3, RUN}, {0xE8, 0xE9, RUN},
+        {0xEB, 0xEB, RUN}, {0xF4, 0xF5, RUN}, {0xF6, 0xF7, NOT_DIV}, {0xF8, 0xFD, RUN},
+        {0xFE, 0xFE, REG_0_1}, {0xFF, 0xFF, FF_NEAR},
+    };
+    static const unsigned char two[][3] = {                 /* after 0F */
+        {0x1F, 0x1F, RUN}, {0x40, 0x4F, RUN}, {0x80, 0x9F, RUN},   /* nop m, cmovcc, jcc, setcc */
+        {0xA3, 0xA5, RUN}, {0xAB, 0xAD, RUN}, {0xAF, 0xB1, RUN}, {0xB3, 0xB3, RUN},
+        {0xB6, 0xB7, RUN}, {0xBA, 0xBA, REG_4_UP}, {0xBB, 0xBF, RUN}, {0xC0, 0xC1, RUN},
+        {0xC8, 0xCF, RUN},
+    };
+    for (unsigned i = 0; i < sizeof one / sizeof one[0]; i++)
+        for (unsigned op = one[i][0]; op <= one[i][1]; op++)
+            one_byte[op] = one[i][2];
+    for (unsigned i = 0; i < sizeof two / sizeof two[0]; i++)
+        for (unsigned op = two[i][0]; op <= two[i][1]; op++)
+            two_byte[op] = two[i][2];
+    tables_ready = 1;
+}
+
+/* May the instruction at `address` (linear = physical: paging off, CS's base 0) run while
+ * the hooks are off? */
+static int flat_allows(struct vmkit_limits *l, uint64_t address)
+{
+    if (address + 16 > l->ram_size)
+        return 0;
+    const unsigned char *b = l->ram + address;
+    unsigned i = 0;
+    for (;; i++) {                        /* at most 4 prefixes: 15 bytes at most in all */
+        if (i == 4)
+            return 0;
+        unsigned p = b[i];
+        if (p == 0x26 || p == 0x2E || p == 0x36 || p == 0x3E || p == 0x66 || p == 0x67
+            || p == 0xF2 || p == 0xF3 || (p == 0x64 && (l->fsgs_flat & R_FS))
+            || (p == 0x65 && (l->fsgs_flat & R_GS)))
+            continue;
+        break;                            /* (an FS/GS prefix of a segment not flat: STOP) */
+    }
+    unsigned kind, modrm;
+    if (b[i] == 0x0F) {
+        kind = two_byte[b[i + 1]];
+        modrm = b[i + 2];
+    } else {
+        kind = one_byte[b[i]];
+        modrm = b[i + 1];
+    }
+    unsigned reg = (modrm >> 3) & 7;
+    switch (kind) {
+    case RUN: return 1;
+    case MEMORY_OPERAND: return (modrm >> 6) != 3;          /* lea r, r: #UD */
+    case REG_0: return reg == 0;
+    case NOT_DIV: return reg < 6;                           /* div, idiv: #DE */
+    case REG_0_1: return reg < 2;
+    case FF_NEAR: return reg == 0 || reg == 1 || reg == 2 || reg == 4 || reg == 6;
+    case NOT_6: return reg != 6;
+    case REG_4_UP: return reg >= 4;
+    default: return 0;
+    }
+}
+
+/* Is this selector's entry in the table flat (null: `null_ok`)? */
+static int flat_selector(struct vmkit_limits *l, uint64_t sel, int null_ok)
+{
+    sel &= 0xFFFF;
+    uint64_t index = sel >> 3;
+    if (index == 0 && !(sel & 4))
+        return null_ok;
+    if ((sel & 4) || index >= l->nsel)
+        return 0;
+    return l->base[index] == 0 && l->limit[index] == 0xFFFFFFFFu;
+}
+
+#define EFLAGS_TF 0x100
+#define EFLAGS_VM 0x20000
+
+/* Read now, at an instruction boundary: CPL 0, paging off, GDTR the table's, CS and SS flat,
+ * DS and ES flat or null, no single-step, no hardware breakpoint enabled. */
+static int flat_now(void *uc, struct vmkit_limits *l)
+{
+    uint64_t v[9] = {0};                  /* CS SS DS ES FS GS, CR0, EFLAGS, DR7 */
+    struct vmkit_mmr gdtr = {0};
+    int ids[10];
+    void *values[10];
+    for (int i = 0; i < 6; i++)
+        ids[i] = (int)l->regs[i];
+    ids[6] = (int)l->cr0_id;
+    ids[7] = (int)l->eflags_id;
+    ids[8] = (int)l->dr7_id;
+    ids[9] = (int)l->gdtr_id;
+    for (int i = 0; i < 9; i++)
+        values[i] = &v[i];
+    values[9] = &gdtr;
+    l->reg_read_batch(uc, ids, values, 10);
+    if ((v[6] & CR0_PG) || (v[7] & (EFLAGS_TF | EFLAGS_VM)) || (v[8] & 0xFF)
+        || gdtr.base != l->gdt_base || gdtr.limit != l->gdt_limit)
+        return 0;
+    uint64_t cs = v[0] & 0xFFFF;
+    if ((cs & 3) || !cs_described(l, cs) || !flat_selector(l, cs, 0) || !flat_selector(l, v[1], 0)
+        || !flat_selector(l, v[2], 1) || !flat_selector(l, v[3], 1))
+        return 0;
+    l->fsgs_flat = (flat_selector(l, v[4], 0) ? R_FS : 0) | (flat_selector(l, v[5], 0) ? R_GS : 0);
+    return 1;
+}
+
+/* The counter, before an instruction it has counted, while c->flat is set: stop here? */
+static int flat_stop(void *uc, struct vmkit_counter *c, uint64_t address, int first)
+{
+    struct vmkit_limits *l = c->limits;
+    if (!tables_ready)
+        opcode_tables();
+    if (c->flat & FLAT_ON) {
+        if (flat_allows(l, address))
+            return 0;
+        c->flat |= FLAT_END;
+        return 1;
+    }
+    /* FLAT_WANT. Not at a run's first instruction: it may be a breakpoint the run resumes past. */
+    if (!(c->flat & FLAT_WANT) || first || !l)
+        return 0;
+    c->flat &= ~(uint64_t)FLAT_WANT;
+    l->flat_run = 0;
+    if (!c->stretch_after || !flat_now(uc, l) || !flat_allows(l, address))
+        return 0;
+    c->flat |= FLAT_STOP;
+    return 1;
 }

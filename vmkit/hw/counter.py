@@ -35,7 +35,8 @@ class _State(ctypes.Structure):
                 ("fetch_fault", ctypes.c_uint64), ("fetch_count", ctypes.c_uint64),
                 ("low", ctypes.c_uint64),          # min(breaks, fetch_from): below it, only a count
                 ("wait_if", ctypes.c_uint64), ("woke", ctypes.c_uint64),          # run(wake=True)
-                ("reg_read", ctypes.c_void_p), ("eflags_id", ctypes.c_int64)]
+                ("reg_read", ctypes.c_void_p), ("eflags_id", ctypes.c_int64),
+                ("stretch_after", ctypes.c_uint64), ("flat", ctypes.c_uint64)]   # limits.py's flat stretch
 
 
 def _build():

@@ -347,14 +347,15 @@ class CPU(Delivery):
         saved = dict(zip(names, self.read(*names)))
         state = self.counter.state if self.counter.exact else None
         if state is not None:
-            kept = state.count, state.budget, state.spent, state.nbreaks, state.hit, state.wait_if
-            state.count, state.budget, state.nbreaks, state.wait_if = 0, 1 << 62, 0, 0
+            kept = state.count, state.budget, state.spent, state.nbreaks, state.hit, state.wait_if, state.stretch_after
+            state.count, state.budget, state.nbreaks, state.wait_if, state.stretch_after = 0, 1 << 62, 0, 0, 0
         try:
             self.write(**registers)
             self.uc.emu_start(begin, end)
         finally:
             if state is not None:
-                state.count, state.budget, state.spent, state.nbreaks, state.hit, state.wait_if = kept
+                (state.count, state.budget, state.spent, state.nbreaks, state.hit, state.wait_if,
+                 state.stretch_after) = kept
             self.write(**saved)
             if nested:
                 self._executed = True
@@ -381,8 +382,17 @@ class CPU(Delivery):
             stopped_at, self._hook_stopped_at = self._hook_stopped_at, None
             self._hook_ran_at = stopped_at if stopped_at is not None and stopped_at == eip else None
             skip, self._resume_at = self._resume_at, None
-            executed, error = self.counter.run(eip, budget - self.done, NO_ADDRESS,
-                                               skip if skip == eip else None, wake)
+            try:
+                executed, error = self.counter.run(eip, budget - self.done, NO_ADDRESS,
+                                                   skip if skip == eip else None, wake)
+            except BaseException:              # a hook's own exception: the limit hooks
+                self.limits.after_run(True)    # come back all the same (limits.py)
+                raise
+            if self.counter.exact and self.counter.state.flat and self.limits.after_run(
+                    self.limits.violation is not None or error is not None or self._io_fault
+                    or self._stop_requested):
+                self.done += executed - 1      # a flat stretch began or ended before an instruction
+                continue                       # counted there: it runs (and counts) now (limits.py)
             violation = self.limits.take()
             if violation is not None:
                 executed = violation.count     # the access counts; it did not happen (limits.py)

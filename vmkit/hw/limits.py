@@ -49,6 +49,33 @@ are looked at. What is checked, and how:
   - An interrupt or exception: the gate's offset against the limit of the code
     segment it names (delivery.py: #GP, before anything is pushed).
 
+A flat stretch: the hooks cost every access in their ranges (Unicorn's hook path and the
+filter: ~60 ns each, measured), and in the COS's world the range past the COS's limit is
+all of the kernel's memory: its stack, its data, its work loop's counter. While CS, SS, DS
+and ES are flat (base 0, limit 4 GiB, in the table the filter judges from) at CPL 0, paging
+off, no access an instruction makes through them can be past a limit, so the platform takes
+the hooks off. It does not trust the code to stay so: the C counter, which runs before every
+instruction anyway, reads each instruction's prefixes and opcode from memory while the hooks
+are off and stops the run before any it has not listed as harmless (counter.c: `flat_allows`):
+a segment register load (`mov`/`pop` to one, `lds` & co., a far `jmp`/`call`/`ret`, `iretd`),
+an FS or GS prefix while that register is not flat, `int`, an instruction that can fault
+(`div`, `bound`, an invalid encoding, x87), `popfd` (TF), I/O, and anything that changes
+CR0, GDTR or the debug registers; so no delivery happens with the hooks off, and the hooks
+are back (`after_run`, from CPU.run) after every such run, whatever ended it, before any
+handler or delivery runs. When a stretch begins: the filter counts the accesses in a row it
+saw in that state, and at STRETCH_AFTER it asks the counter to stop before the next
+instruction (not a run's first: it may be a breakpoint the run resumes past), which reads
+the registers again there (also EFLAGS.TF and VM, DR7's enables, GDTR against the table) and
+stops if all hold; the platform then removes the hooks and the run goes on. Both stops
+count the instruction as a breakpoint's hit does, and CPU.run takes it back: the same
+instructions retire in the same virtual time (a port's stop request in the same run keeps
+it, as the counter would have). Measured (Unicorn 2.1.4): a memory hook added after code was
+translated fires for that code, and one deleted stops firing at once, with no
+retranslation; `uc_hook_del` ~3 µs, `uc_hook_add` ~3-8 µs; a stretch costs 10-15 µs, so
+only a long one pays: the kernel's work loop (3,000 iterations, two accesses each) does,
+a kernel entry's few pushes (made while DS and ES still hold the COS's segments) do not
+begin one.
+
 A data violation found in a hook stops the run. Measured (Unicorn 2.1.4, a
 Python `UC_HOOK_MEM_*` hook calling `emu_stop`): a load is abandoned before its
 destination register is written; a store has landed in memory but no register
@@ -92,6 +119,11 @@ from . import unicorn_quirks
 from .x86 import decode_segment, CR0_PG, GP, SS_FAULT
 
 SELECTORS = 64                              # as LIMIT_SELECTORS in counter.c
+FLAT_WANT, FLAT_ON, FLAT_STOP, FLAT_END = 1, 2, 4, 8   # as in counter.c
+# Filtered accesses in a row at CPL 0 with CS, SS, DS, ES flat after which the hooks are
+# suspended (a flat stretch): a suspension and the hooks' return cost 10-15 µs, the filter
+# ~60 ns an access (measured: the module's docstring).
+STRETCH_AFTER = 256
 NO_FETCH_CHECK = 0xFFFFFFFFFFFFFFFF
 CONFORMING, NOT_CODE = 0x10, 0xFF                # as in counter.c
 FLAT = 0xFFFFFFFF
@@ -119,7 +151,9 @@ class _State(ctypes.Structure):
                 ("ram", ctypes.c_void_p), ("ram_size", ctypes.c_uint64), ("eip_id", ctypes.c_int64), ("cr0_id", ctypes.c_int64),
                 ("quiet", ctypes.c_uint64), ("reg_read_batch", ctypes.c_void_p),
                 ("calls", ctypes.c_uint64), ("looked", ctypes.c_uint64),
-                ("gdt_base", ctypes.c_uint64), ("gdt_limit", ctypes.c_uint64), ("gdtr_id", ctypes.c_int64)]
+                ("gdt_base", ctypes.c_uint64), ("gdt_limit", ctypes.c_uint64), ("gdtr_id", ctypes.c_int64),
+                ("counter", ctypes.c_void_p), ("flat_run", ctypes.c_uint64), ("fsgs_flat", ctypes.c_uint64),
+                ("eflags_id", ctypes.c_int64), ("dr7_id", ctypes.c_int64)]
 
 
 class Violation:
@@ -144,6 +178,8 @@ class SegmentLimits:
         self.violation = None
         self.decoded = 0                    # accesses the C filter handed to Python (the slow path)
         self._hooks = []
+        self.suspended = False              # a flat stretch: the hooks off, `ranges` still wanted
+        self.stretches = 0                  # flat stretches begun (tests, figures)
         self._seen = None                   # (GDTR base, limit, table bytes, CPL, paging) last refreshed
         self.state = None                   # the C filter's (counter.c); `quiet` > 0 while the
         if library is None:                 # platform delivers: its register writes load CS and SS
@@ -156,7 +192,11 @@ class SegmentLimits:
         s.ram, s.ram_size = cpu.memory.address, cpu.memory.size
         s.eip_id, s.cr0_id, s.reg_read_batch = X.UC_X86_REG_EIP, X.UC_X86_REG_CR0, _REG_READ_BATCH.value
         s.gdtr_id = X.UC_X86_REG_GDTR
-        cpu.counter.state.limits = ctypes.addressof(s)    # the fetch check reads CS's limit here
+        s.eflags_id, s.dr7_id = X.UC_X86_REG_EFLAGS, X.UC_X86_REG_DR7
+        c = self._counter = cpu.counter.state
+        c.limits = ctypes.addressof(s)      # the fetch check reads CS's limit here
+        s.counter = ctypes.addressof(c)     # the filter asks the counter for a flat stretch
+        c.stretch_after = STRETCH_AFTER
 
     # ---- which ranges ------------------------------------------------------------
     def refresh(self, cpl=None, paging=None, loading=None):
@@ -174,6 +214,7 @@ class SegmentLimits:
         changed."""
         if self.lib is None:
             return
+        self._resume()
         _, base, limit, _ = self.cpu["gdtr"]
         table = self._table(base, limit)
         paging = bool(self.cpu["cr0"] & CR0_PG) if paging is None else paging
@@ -216,6 +257,11 @@ class SegmentLimits:
         if self._hooks:
             unicorn_quirks.clear_exception_record(uc)   # as CPU.remove: hook_del under paging
         self._hooks = []
+        self._add(ranges)
+        self.ranges = tuple(ranges)         # (no trace event: they change at every world switch)
+
+    def _add(self, ranges):
+        uc = self.cpu.uc
         for first, last in ranges:
             handle = ctypes.c_size_t()
             err = _uc.uclib.uc_hook_add(uc._uch, ctypes.byref(handle),
@@ -226,7 +272,43 @@ class SegmentLimits:
             if err:
                 raise RuntimeError(f"cannot hook {first:#x}-{last:#x} for segment limits (unicorn error {err})")
             self._hooks.append(handle.value)
-        self.ranges = tuple(ranges)         # (no trace event: they change at every world switch)
+
+    # ---- a flat stretch: the hooks off while no access can be past a limit -------------
+    def after_run(self, other_stop):
+        """After every run whose counter has its `flat` set (CPU.run): a stretch that had the
+        hooks off ends (they are back before anything else runs); one the counter stopped to
+        begin starts, unless the run also stopped for something else (`other_stop`: a
+        fault, a violation, a port's stop request). True: the counter stopped before an
+        instruction it counted (as a breakpoint's hit), only to begin or end a stretch: the
+        run goes on there, and the instruction counts when it runs."""
+        if self.lib is None:
+            return False
+        c = self._counter
+        flat = c.flat
+        if flat & FLAT_ON:
+            self._resume()
+            return bool(flat & FLAT_END) and not other_stop
+        if not flat & FLAT_STOP:
+            return False                    # (FLAT_WANT: the counter looks at its next instruction)
+        c.flat = 0
+        if other_stop:
+            return False
+        uc = self.cpu.uc                    # paging is off (the counter checked): no
+        for h in self._hooks:               # clear_exception_record needed (docs/machine.md)
+            _uc.uclib.uc_hook_del(uc._uch, ctypes.c_size_t(h))
+        self._hooks = []
+        self.suspended = True
+        self.stretches += 1
+        c.flat = FLAT_ON
+        return True
+
+    def _resume(self):
+        """The hooks back, as `ranges` wants them (a stretch over)."""
+        if not self.suspended:
+            return
+        self._counter.flat = 0
+        self.suspended = False
+        self._add(self.ranges)
 
     # ---- the slow path: which segment, and is it past the limit -----------------------
     def _on_slow(self, kind, address, size):
@@ -241,7 +323,12 @@ class SegmentLimits:
             offset = (address - d.base) & FLAT
             if _inside(d, offset, size):
                 return
-            old = cpu.read_linear(address, size) if kind == UC_MEM_WRITE else None
+            old = None
+            if kind == UC_MEM_WRITE:
+                try:
+                    old = cpu.read_linear(address, size)
+                except ValueError:          # not memory (a device's register, the local APIC's):
+                    pass                    # nothing to put back
             self.violation = Violation(SS_FAULT if segment == "ss" else GP, eip, address, size,
                                        segment, d.limit, old, cpu.counter.count)
             cpu.uc.emu_stop()
