@@ -96,6 +96,11 @@ class CPU(Delivery):
         self._uch, self._scratch, self._mmr = uc._uch, ctypes.c_uint64(), UcRegMMR()
         self._scratch_ref = ctypes.byref(self._scratch)
         self._batches = {}
+        names = ("cs", "eflags", "eip", "tr")           # an in/out's privilege check (_io_denied)
+        vals, tr = (ctypes.c_uint64 * 3)(), UcRegMMR()
+        self._io_regs = ((ctypes.c_int * 4)(*(REG[x] for x in names)), vals, tr,
+                         (ctypes.c_void_p * 4)(*[ctypes.addressof(vals) + 8 * i for i in range(3)],
+                                               ctypes.addressof(tr)))
         self.limits = SegmentLimits(self, library() if self.counter.exact else None)
         uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
@@ -515,31 +520,42 @@ class CPU(Delivery):
     def _io_denied(self, port, size):
         """IOPL, then the TSS's I/O permission bitmap, as the CPU checks them
         (Unicorn checks neither). A clear bit for every byte of the access
-        lets a less privileged program use the port; past the TSS limit, no."""
-        cs, eflags = self.read("cs", "eflags")
+        lets a less privileged program use the port; past the TSS limit, no.
+        Returns None (allowed) or the EIP of the refused in/out: CS, EFLAGS, EIP
+        and TR in one call into Unicorn (the COS's every EOI comes this way)."""
+        ids, vals, tr, ptrs = self._io_regs
+        vals[0] = vals[1] = vals[2] = 0
+        tr.selector = tr.base = tr.limit = tr.flags = 0     # Unicorn fills only some fields
+        _reg_read_batch(self._uch, ids, ptrs, 4)
+        cs, eflags, eip = vals
         cpl = cs & 3
         if cpl == 0 or cpl <= (eflags >> EFLAGS_IOPL_SHIFT) & 3:
-            return False
-        _, tss, limit, _ = self["tr"]
+            return None
+        tss, limit = tr.base, tr.limit
         if limit < 103:
-            return True
-        bitmap = tss + self.memory.read_u16(tss + 102)
-        first, last = bitmap + port // 8, bitmap + (port + size - 1) // 8
-        if last > tss + limit:
-            return True
-        bits = int.from_bytes(self.memory.read(first, last - first + 1), "little") >> (port % 8)
-        return bool(bits & ((1 << size) - 1))
+            return eip
+        memory = self.memory
+        bitmap = tss + memory.read_u16(tss + 102)
+        first = bitmap + port // 8
+        if bitmap + (port + size - 1) // 8 > tss + limit:
+            return eip
+        # the bits for up to 4 ports lie in the two bytes from `first` (a byte past the
+        # access's last is read only where memory has it, and masked off)
+        pair = memory.read_u16(first) if first + 2 <= memory.size else memory.read(first, 1)[0]
+        return eip if (pair >> (port % 8)) & ((1 << size) - 1) else None
 
     def _on_in(self, uc, port, size, _):
-        if self._io_denied(port, size):
-            self._io_fault = (GP, 0, self["eip"], self.counter.count)
+        eip = self._io_denied(port, size)
+        if eip is not None:
+            self._io_fault = (GP, 0, eip, self.counter.count)
             uc.emu_stop()
             return self["eax"] & ((1 << (8 * size)) - 1)   # the register keeps its value
         return self.board.ports.read(port, size)
 
     def _on_out(self, uc, port, size, value, _):
-        if self._io_denied(port, size):
-            self._io_fault = (GP, 0, self["eip"], self.counter.count)
+        eip = self._io_denied(port, size)
+        if eip is not None:
+            self._io_fault = (GP, 0, eip, self.counter.count)
             uc.emu_stop()
             return
         self.board.ports.write(port, size, value)
