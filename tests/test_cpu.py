@@ -297,3 +297,22 @@ def test_segment_reads_the_hidden_base_and_limit_the_cpu_loaded(board):
     assert board.cpu.segment("cs")[0] == board.cpu["cs"] == 0x08
     with pytest.raises(ValueError, match="no segment register 'eax'"):
         board.cpu.segment("eax")
+
+
+class _FailingDevice:
+    def io_write(self, offset, size, value):
+        raise RuntimeError("the device failed on out")
+
+    def io_read(self, offset, size):
+        raise RuntimeError("the device failed on in")
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize("insn, why", [("in al, dx", "on in"), ("out dx, al", "on out")])
+def test_a_device_failing_inside_in_or_out_is_raised_to_whoever_runs_the_board(insn, why):
+    b = Board()
+    b.ports.attach(_FailingDevice(), 0x700, 2)
+    b.load(0x7000, f"mov dx, 0x700\n{insn}\nhlt")
+    b.boot(0x7000)
+    with pytest.raises(RuntimeError, match=why):
+        b.run(100)

@@ -123,6 +123,7 @@ class CPU(Delivery):
                 if uc._hook_exception is None:
                     uc._hook_exception = e
                 uc.emu_stop()
+                return 0                                # (an `in` must give C a number)
         fptr, handle = cfunc(entry), uc_hook_h()
         err = _lib.uc_hook_add(self._uch, ctypes.byref(handle), UC_HOOK_INSN, fptr, None,
                                ctypes.c_uint64(1), ctypes.c_uint64(0), ctypes.c_int(instruction))
