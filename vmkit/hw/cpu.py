@@ -398,6 +398,7 @@ class CPU(Delivery):
         boundary with IF set: where the INTR pin would take it (counter.c)."""
         self.done = 0
         self._stop_requested = False
+        counter, limits, exact = self.counter, self.limits, self.counter.exact
         known = None                         # EIP as read after a handler ran: not read twice
         while self.done < budget:
             if self.shutdown or self.halted:
@@ -405,23 +406,25 @@ class CPU(Delivery):
             self._io_fault = None
             eip = self["eip"] if known is None else known
             known = None
-            stopped_at, self._hook_stopped_at = self._hook_stopped_at, None
-            self._hook_ran_at = stopped_at if stopped_at is not None and stopped_at == eip else None
+            if not exact:                    # (the code hooks' bookkeeping: on_execute)
+                stopped_at, self._hook_stopped_at = self._hook_stopped_at, None
+                self._hook_ran_at = stopped_at if stopped_at is not None and stopped_at == eip else None
             skip, self._resume_at = self._resume_at, None
-            executed, error = self.counter.run(eip, budget - self.done, NO_ADDRESS,
-                                               skip if skip == eip else None, wake)
-            violation = self.limits.take()
+            executed, error = counter.run(eip, budget - self.done, NO_ADDRESS,
+                                          skip if skip == eip else None, wake)
+            violation = limits.take()
+            io_fault = self._io_fault
             if violation is not None:
                 executed = violation.count     # the access counts; it did not happen (limits.py)
-            elif self._io_fault and self.counter.exact:
+            elif io_fault and exact:
                 # the denied in/out counts; what the counter saw after its emu_stop does not
                 # (whether it sees the next instruction depends on where a translation block ends)
-                executed = self._io_fault[3]
+                executed = io_fault[3]
             self.done += executed
             # A denied in/out stops the run only after it (emu_stop inside its hook): the counter
             # may already stand at a breakpoint on the next instruction. The #GP comes first, or
             # the instruction would be skipped with neither its port access nor its fault.
-            hit = self.counter.hit if error is None and violation is None and not self._io_fault else None
+            hit = counter.hit if error is None and violation is None and not io_fault else None
             if hit is not None:
                 self._resume_at = known = hit
                 for handler in list(self._stubs.get(hit, ())):
@@ -438,8 +441,8 @@ class CPU(Delivery):
                 self.raise_fault(violation.vector, 0, violation.eip, violation.why)
             elif error is not None:
                 self._on_stop_error(error)
-            elif self._io_fault:
-                vector, code, eip, _ = self._io_fault
+            elif io_fault:
+                vector, code, eip, _ = io_fault
                 self.raise_fault(vector, code, eip, "I/O port access above IOPL")
             elif self._stop_requested or self.counter.woke:
                 return self.done
