@@ -31,7 +31,7 @@ import ctypes
 import unicorn
 from unicorn.unicorn_py3 import unicorn as _uc
 from unicorn.unicorn_py3.arch.intel import UcRegMMR, HOOK_INSN_IN_CFUNC, HOOK_INSN_OUT_CFUNC
-from unicorn.unicorn_py3.unicorn import uc_hook_h
+from unicorn.unicorn_py3.unicorn import uc_hook_h, HOOK_INTR_CFUNC, HOOK_INSN_INVALID_CFUNC
 from unicorn import (Uc, UcError, UC_ARCH_X86, UC_MODE_32, UC_PROT_ALL, UC_HOOK_INTR,
                      UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_MEM_UNMAPPED, UC_HOOK_CODE,
                      UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
@@ -103,17 +103,18 @@ class CPU(Delivery):
                          (ctypes.c_void_p * 4)(*[ctypes.addressof(vals) + 8 * i for i in range(3)],
                                                ctypes.addressof(tr)))
         self.limits = SegmentLimits(self, library() if self.counter.exact else None)
-        uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
-        uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
+        self._hooks = [self._hook(UC_HOOK_INTR, HOOK_INTR_CFUNC, self._on_interrupt),
+                       self._hook(UC_HOOK_INSN_INVALID, HOOK_INSN_INVALID_CFUNC, self._on_invalid)]
         self._unmapped = None               # the address of the last access to memory the machine lacks
         uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped)   # becomes #GP in run()
-        self._port_hooks = [self._hook_port(HOOK_INSN_IN_CFUNC, self._on_in, X.UC_X86_INS_IN),
-                            self._hook_port(HOOK_INSN_OUT_CFUNC, self._on_out, X.UC_X86_INS_OUT)]
+        self._hooks += [self._hook(UC_HOOK_INSN, HOOK_INSN_IN_CFUNC, self._on_in, X.UC_X86_INS_IN),
+                        self._hook(UC_HOOK_INSN, HOOK_INSN_OUT_CFUNC, self._on_out, X.UC_X86_INS_OUT)]
 
-    def _hook_port(self, cfunc, method, instruction):
-        """An in/out hook from Unicorn's C straight into `method`: the binding's hook_add
-        puts two Python frames between them, on every in/out (each COS EOI is an out). A
-        failure is kept for emu_start to raise and stops the run, as the binding does."""
+    def _hook(self, kind, cfunc, method, *instruction):
+        """A hook from Unicorn's C straight into `method`: the binding's hook_add puts two
+        Python frames between them, on every call (each COS EOI is an out, each VM's
+        patched iretd an int3). A failure is kept for emu_start to raise and stops the
+        run, as the binding does."""
         uc = self.uc
 
         def entry(_uch, *args):
@@ -125,8 +126,8 @@ class CPU(Delivery):
                 uc.emu_stop()
                 return 0                                # (an `in` must give C a number)
         fptr, handle = cfunc(entry), uc_hook_h()
-        err = _lib.uc_hook_add(self._uch, ctypes.byref(handle), UC_HOOK_INSN, fptr, None,
-                               ctypes.c_uint64(1), ctypes.c_uint64(0), ctypes.c_int(instruction))
+        err = _lib.uc_hook_add(self._uch, ctypes.byref(handle), kind, fptr, None, ctypes.c_uint64(1),
+                               ctypes.c_uint64(0), *(ctypes.c_int(i) for i in instruction))
         if err:
             raise UcError(err)
         return fptr                                     # (kept: Unicorn calls it)
