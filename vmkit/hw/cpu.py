@@ -94,6 +94,7 @@ class CPU(Delivery):
         self.done = 0
         uc = self.uc
         self.counter = Counter(uc)
+        self._count_state = self.counter.state if self.counter.exact else None   # (progress)
         self._uch, self._scratch, self._mmr = uc._uch, ctypes.c_uint64(), UcRegMMR()
         self._scratch_ref = ctypes.byref(self._scratch)
         self._batches = {}
@@ -468,8 +469,10 @@ class CPU(Delivery):
         return self.cpl == 0 and 0 < eip <= self.memory.size and self.memory.read(eip - 1, 1) == b"\xf4"
 
     def progress(self):
-        """Instructions retired so far in the current `run` (exact counter only)."""
-        return self.done + self.counter.count
+        """Instructions retired so far in the current `run` (exact counter only).
+        (Every trace event asks, through Board.now: the C counter's field read directly.)"""
+        state = self._count_state
+        return self.done if state is None else self.done + state.count
 
     def request_stop(self):
         """End the current slice after this instruction (the board must re-plan).
