@@ -17,6 +17,7 @@ from unicorn.x86_const import UC_X86_REG_EFLAGS
 from unicorn.unicorn_py3 import unicorn as _uc
 
 SOURCE = pathlib.Path(__file__).with_name("counter.c")
+SOURCES = (SOURCE, SOURCE.with_name("io.c"))    # one library: the counter, the I/O check (io.c)
 _emu_start = _uc.uclib.uc_emu_start
 
 
@@ -38,7 +39,7 @@ class _State(ctypes.Structure):
 
 
 def _build():
-    text = SOURCE.read_bytes()
+    text = b"".join(source.read_bytes() for source in SOURCES)
     name = f"_counter_{hashlib.sha1(text).hexdigest()[:12]}.so"
     for folder in (SOURCE.parent, pathlib.Path(tempfile.gettempdir())):
         lib = folder / name
@@ -49,7 +50,7 @@ def _build():
             return None
         try:
             tmp = folder / f"{name}.{id(text)}.tmp"
-            subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(tmp), str(SOURCE)],
+            subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(tmp), *map(str, SOURCES)],
                            check=True, capture_output=True)
             tmp.replace(lib)
             return ctypes.CDLL(str(lib))
@@ -62,7 +63,8 @@ _LIB = None
 
 
 def library():
-    """The compiled counter.c (its hooks: the counter, the limit filter), or None."""
+    """The compiled counter.c and io.c (their hooks: the counter, the limit filter,
+    the I/O check), or None."""
     global _LIB
     if _LIB is None:
         _LIB = _build() or False

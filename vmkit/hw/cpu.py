@@ -14,7 +14,7 @@ unicorn_quirks.py):
     the selector load (real-mode loads are unchecked and make CPL 0), set
     PE again, and load the selectors once more so their descriptors are
     read from the GDT;
-  - `in`/`out` never check IOPL or the TSS I/O bitmap: we do, and raise #GP(0);
+  - `in`/`out` never check IOPL or the TSS I/O bitmap: we do (io.c), and raise #GP(0);
   - `int 6` reaches the invalid-opcode hook, not the interrupt hook: we tell
     it from #UD by its bytes;
   - a register write inside an I/O hook is not honoured until the
@@ -37,7 +37,7 @@ from unicorn import (Uc, UcError, UC_ARCH_X86, UC_MODE_32, UC_PROT_ALL, UC_HOOK_
                      UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
 from unicorn import x86_const as X
 
-from . import unicorn_quirks
+from . import io, unicorn_quirks
 from .counter import Counter, library
 from .delivery import Delivery
 from .limits import SegmentLimits
@@ -103,19 +103,34 @@ class CPU(Delivery):
         self._io_regs = ((ctypes.c_int * 4)(*(REG[x] for x in names)), vals, tr,
                          (ctypes.c_void_p * 4)(*[ctypes.addressof(vals) + 8 * i for i in range(3)],
                                                ctypes.addressof(tr)))
-        self.limits = SegmentLimits(self, library() if self.counter.exact else None)
+        lib = library() if self.counter.exact else None
+        self.limits = SegmentLimits(self, lib)
         self._hooks = [self._hook(UC_HOOK_INTR, HOOK_INTR_CFUNC, self._on_interrupt),
                        self._hook(UC_HOOK_INSN_INVALID, HOOK_INSN_INVALID_CFUNC, self._on_invalid)]
         self._unmapped = None               # the address of the last access to memory the machine lacks
         uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped)   # becomes #GP in run()
-        self._hooks += [self._hook(UC_HOOK_INSN, HOOK_INSN_IN_CFUNC, self._on_in, X.UC_X86_INS_IN),
-                        self._hook(UC_HOOK_INSN, HOOK_INSN_OUT_CFUNC, self._on_out, X.UC_X86_INS_OUT)]
+        self._io = None                     # io.c's check (a refused in/out), with the C library
+        if lib is not None:
+            self._hooks += [self._callback(cfunc, method)
+                            for cfunc, method in zip(io.DEVICE_HOOKS, (self._device_in, self._device_out))]
+            self._io = io.install(self, lib, *self._hooks[-2:])
+        else:
+            self._hooks += [self._hook(UC_HOOK_INSN, HOOK_INSN_IN_CFUNC, self._on_in, X.UC_X86_INS_IN),
+                            self._hook(UC_HOOK_INSN, HOOK_INSN_OUT_CFUNC, self._on_out, X.UC_X86_INS_OUT)]
 
     def _hook(self, kind, cfunc, method, *instruction):
         """A hook from Unicorn's C straight into `method`: the binding's hook_add puts two
-        Python frames between them, on every call (each COS EOI is an out, each VM's
-        patched iretd an int3). A failure is kept for emu_start to raise and stops the
-        run, as the binding does."""
+        Python frames between them, on every call (each VM's patched iretd is an int3).
+        A failure is kept for emu_start to raise and stops the run, as the binding does."""
+        fptr, handle = self._callback(cfunc, method), uc_hook_h()
+        err = _lib.uc_hook_add(self._uch, ctypes.byref(handle), kind, fptr, None, ctypes.c_uint64(1),
+                               ctypes.c_uint64(0), *(ctypes.c_int(i) for i in instruction))
+        if err:
+            raise UcError(err)
+        return fptr                                     # (kept: Unicorn calls it)
+
+    def _callback(self, cfunc, method):
+        """`method` as a C function of type `cfunc` for Unicorn (or io.c) to call."""
         uc = self.uc
 
         def entry(_uch, *args):
@@ -126,12 +141,7 @@ class CPU(Delivery):
                     uc._hook_exception = e
                 uc.emu_stop()
                 return 0                                # (an `in` must give C a number)
-        fptr, handle = cfunc(entry), uc_hook_h()
-        err = _lib.uc_hook_add(self._uch, ctypes.byref(handle), kind, fptr, None, ctypes.c_uint64(1),
-                               ctypes.c_uint64(0), *(ctypes.c_int(i) for i in instruction))
-        if err:
-            raise UcError(err)
-        return fptr                                     # (kept: Unicorn calls it)
+        return cfunc(entry)
 
     # ---- registers -------------------------------------------------------
     def __getitem__(self, name):
@@ -400,7 +410,7 @@ class CPU(Delivery):
         boundary with IF set: where the INTR pin would take it (counter.c)."""
         self.done = 0
         self._stop_requested = False
-        counter, limits, exact = self.counter, self.limits, self.counter.exact
+        counter, limits, exact, refusals = self.counter, self.limits, self.counter.exact, self._io
         known = None                         # EIP as read after a handler ran: not read twice
         while self.done < budget:
             if self.shutdown or self.halted:
@@ -412,9 +422,13 @@ class CPU(Delivery):
                 stopped_at, self._hook_stopped_at = self._hook_stopped_at, None
                 self._hook_ran_at = stopped_at if stopped_at is not None and stopped_at == eip else None
             skip, self._resume_at = self._resume_at, None
+            if refusals is not None:
+                refusals.refused = 0
             executed, error = counter.run(eip, budget - self.done, NO_ADDRESS,
                                           skip if skip == eip else None, wake)
             violation = limits.take()
+            if refusals is not None and refusals.refused:     # io.c stopped the run
+                self._io_fault = (GP, 0, refusals.eip, refusals.at_count)
             io_fault = self._io_fault
             if violation is not None:
                 executed = violation.count     # the access counts; it did not happen (limits.py)
@@ -551,7 +565,8 @@ class CPU(Delivery):
         (Unicorn checks neither). A clear bit for every byte of the access
         lets a less privileged program use the port; past the TSS limit, no.
         Returns None (allowed) or the EIP of the refused in/out: CS, EFLAGS, EIP
-        and TR in one call into Unicorn (the COS's every EOI comes this way)."""
+        and TR in one call into Unicorn. (With the C library io.c makes this
+        check in Unicorn's hook, and this is not called.)"""
         ids, vals, tr, ptrs = self._io_regs
         vals[0] = vals[1] = vals[2] = 0
         tr.selector = tr.base = tr.limit = tr.flags = 0     # Unicorn fills only some fields
@@ -563,15 +578,27 @@ class CPU(Delivery):
         tss, limit = tr.base, tr.limit
         if limit < 103:
             return eip
-        memory = self.memory
-        bitmap = tss + memory.read_u16(tss + 102)
+        bitmap = tss + self._two_bytes(tss + 102)
         first = bitmap + port // 8
         if bitmap + (port + size - 1) // 8 > tss + limit:
             return eip
-        # the bits for up to 4 ports lie in the two bytes from `first` (a byte past the
-        # access's last is read only where memory has it, and masked off)
-        pair = memory.read_u16(first) if first + 2 <= memory.size else memory.read(first, 1)[0]
-        return eip if (pair >> (port % 8)) & ((1 << size) - 1) else None
+        # the bits for up to 4 ports lie in the two bytes from `first` (the second masked
+        # off when the access does not reach it)
+        return eip if (self._two_bytes(first) >> (port % 8)) & ((1 << size) - 1) else None
+
+    def _two_bytes(self, at):
+        """The little-endian word at physical `at`, memory the machine lacks reading as
+        all ones (as io.c reads it: the bus gives nothing there)."""
+        memory = self.memory
+        if 0 <= at and at + 2 <= memory.size:
+            return memory.read_u16(at)
+        return (memory.read(at, 1)[0] if 0 <= at < memory.size else 0xFF) | 0xFF00
+
+    def _device_in(self, uc, port, size, _):
+        return self.board.ports.read(port, size)           # (io.c allowed it)
+
+    def _device_out(self, uc, port, size, value, _):
+        self.board.ports.write(port, size, value)
 
     def _on_in(self, uc, port, size, _):
         eip = self._io_denied(port, size)
