@@ -30,18 +30,19 @@ import ctypes
 
 import unicorn
 from unicorn.unicorn_py3 import unicorn as _uc
-from unicorn.unicorn_py3.arch.intel import UcRegMMR, HOOK_INSN_IN_CFUNC, HOOK_INSN_OUT_CFUNC
+from unicorn.unicorn_py3.arch.intel import UcRegMMR
 from unicorn.unicorn_py3.unicorn import uc_hook_h, HOOK_INTR_CFUNC, HOOK_INSN_INVALID_CFUNC
 from unicorn import (Uc, UcError, UC_ARCH_X86, UC_MODE_32, UC_PROT_ALL, UC_HOOK_INTR,
-                     UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_MEM_UNMAPPED, UC_HOOK_CODE,
+                     UC_HOOK_INSN_INVALID, UC_HOOK_MEM_UNMAPPED, UC_HOOK_CODE,
                      UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
 from unicorn import x86_const as X
 
-from . import io, unicorn_quirks
+from . import unicorn_quirks
 from .counter import Counter, library
 from .delivery import Delivery
+from .io import PortAccess
 from .limits import SegmentLimits
-from .x86 import decode_gate, ERROR_CODE_VECTORS, EFLAGS_IF, EFLAGS_IOPL_SHIFT, GP, PF, UD, EXCEPTION_NAMES
+from .x86 import decode_gate, ERROR_CODE_VECTORS, EFLAGS_IF, GP, PF, UD, EXCEPTION_NAMES
 
 GENERAL = ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp", "esp")
 SEGMENTS = ("cs", "ds", "es", "fs", "gs", "ss")
@@ -75,7 +76,7 @@ class LinearFault(ValueError):
     supervisor-only while the CPU runs at CPL 3, or paging off and no such RAM)."""
 
 
-class CPU(Delivery):
+class CPU(Delivery, PortAccess):
     def __init__(self, index, board):
         self.lead = 0                        # instructions ahead of the board's clock (board.run)
         self.index = index
@@ -102,25 +103,13 @@ class CPU(Delivery):
         self._uch, self._scratch, self._mmr = uc._uch, ctypes.c_uint64(), UcRegMMR()
         self._scratch_ref = ctypes.byref(self._scratch)
         self._batches = {}
-        names = ("cs", "eflags", "eip", "tr")           # an in/out's privilege check (_io_denied)
-        vals, tr = (ctypes.c_uint64 * 3)(), UcRegMMR()
-        self._io_regs = ((ctypes.c_int * 4)(*(REG[x] for x in names)), vals, tr,
-                         (ctypes.c_void_p * 4)(*[ctypes.addressof(vals) + 8 * i for i in range(3)],
-                                               ctypes.addressof(tr)))
         lib = library() if self.counter.exact else None
         self.limits = SegmentLimits(self, lib)
         self._hooks = [self._hook(UC_HOOK_INTR, HOOK_INTR_CFUNC, self._on_interrupt),
                        self._hook(UC_HOOK_INSN_INVALID, HOOK_INSN_INVALID_CFUNC, self._on_invalid)]
         self._unmapped = None               # the address of the last access to memory the machine lacks
         uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped)   # becomes #GP in run()
-        self._io = None                     # io.c's check (a refused in/out), with the C library
-        if lib is not None:
-            self._hooks += [self._callback(cfunc, method)
-                            for cfunc, method in zip(io.DEVICE_HOOKS, (self._device_in, self._device_out))]
-            self._io = io.install(self, lib, *self._hooks[-2:])
-        else:
-            self._hooks += [self._hook(UC_HOOK_INSN, HOOK_INSN_IN_CFUNC, self._on_in, X.UC_X86_INS_IN),
-                            self._hook(UC_HOOK_INSN, HOOK_INSN_OUT_CFUNC, self._on_out, X.UC_X86_INS_OUT)]
+        self._io = self._hook_ports(lib)      # in/out: io.py (with the C library, io.c's check)
 
     def _hook(self, kind, cfunc, method, *instruction):
         """A hook from Unicorn's C straight into `method`: the binding's hook_add puts two
@@ -563,59 +552,3 @@ class CPU(Delivery):
             return self.read_linear(address, n)
         except LinearFault:
             return b""
-
-    def _io_denied(self, port, size):
-        """IOPL, then the TSS's I/O permission bitmap, as the CPU checks them
-        (Unicorn checks neither). A clear bit for every byte of the access
-        lets a less privileged program use the port; past the TSS limit, no.
-        Returns None (allowed) or the EIP of the refused in/out: CS, EFLAGS, EIP
-        and TR in one call into Unicorn. (With the C library io.c makes this
-        check in Unicorn's hook, and this is not called.)"""
-        ids, vals, tr, ptrs = self._io_regs
-        vals[0] = vals[1] = vals[2] = 0
-        tr.selector = tr.base = tr.limit = tr.flags = 0     # Unicorn fills only some fields
-        _reg_read_batch(self._uch, ids, ptrs, 4)
-        cs, eflags, eip = vals
-        cpl = cs & 3
-        if cpl == 0 or cpl <= (eflags >> EFLAGS_IOPL_SHIFT) & 3:
-            return None
-        tss, limit = tr.base, tr.limit
-        if limit < 103:
-            return eip
-        bitmap = tss + self._two_bytes(tss + 102)
-        first = bitmap + port // 8
-        if bitmap + (port + size - 1) // 8 > tss + limit:
-            return eip
-        # the bits for up to 4 ports lie in the two bytes from `first` (the second masked
-        # off when the access does not reach it)
-        return eip if (self._two_bytes(first) >> (port % 8)) & ((1 << size) - 1) else None
-
-    def _two_bytes(self, at):
-        """The little-endian word at physical `at`, memory the machine lacks reading as
-        all ones (as io.c reads it: the bus gives nothing there)."""
-        memory = self.memory
-        if 0 <= at and at + 2 <= memory.size:
-            return memory.read_u16(at)
-        return (memory.read(at, 1)[0] if 0 <= at < memory.size else 0xFF) | 0xFF00
-
-    def _device_in(self, uc, port, size, _):
-        return self.board.ports.read(port, size)           # (io.c allowed it)
-
-    def _device_out(self, uc, port, size, value, _):
-        self.board.ports.write(port, size, value)
-
-    def _on_in(self, uc, port, size, _):
-        eip = self._io_denied(port, size)
-        if eip is not None:
-            self._io_fault = (GP, 0, eip, self.counter.count)
-            uc.emu_stop()
-            return self["eax"] & ((1 << (8 * size)) - 1)   # the register keeps its value
-        return self.board.ports.read(port, size)
-
-    def _on_out(self, uc, port, size, value, _):
-        eip = self._io_denied(port, size)
-        if eip is not None:
-            self._io_fault = (GP, 0, eip, self.counter.count)
-            uc.emu_stop()
-            return
-        self.board.ports.write(port, size, value)
