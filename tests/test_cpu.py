@@ -297,3 +297,85 @@ def test_segment_reads_the_hidden_base_and_limit_the_cpu_loaded(board):
     assert board.cpu.segment("cs")[0] == board.cpu["cs"] == 0x08
     with pytest.raises(ValueError, match="no segment register 'eax'"):
         board.cpu.segment("eax")
+
+
+class _FailingDevice:
+    def io_write(self, offset, size, value):
+        raise RuntimeError("the device failed on out")
+
+    def io_read(self, offset, size):
+        raise RuntimeError("the device failed on in")
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize("insn, why", [("in al, dx", "on in"), ("out dx, al", "on out")])
+def test_a_device_failing_inside_in_or_out_is_raised_to_whoever_runs_the_board(insn, why):
+    b = Board()
+    b.ports.attach(_FailingDevice(), 0x700, 2)
+    b.load(0x7000, f"mov dx, 0x700\n{insn}\nhlt")
+    b.boot(0x7000)
+    with pytest.raises(RuntimeError, match=why):
+        b.run(100)
+
+
+def test_the_io_check_in_c_and_in_python_agree_port_by_port(board):
+    """io.c refuses in/out in Unicorn's hook; CPU._io_denied is the same check in Python
+    (a machine without a C compiler): at CPL 3, IOPL 0, under a TSS whose bitmap allows
+    0x3F8-0x3FF, each port and size gets the same answer from both, and from the CPU."""
+    from vmkit.hw.x86 import encode_tss, encode_segment, TSS_AVAILABLE
+    from conftest import TSS, GDT
+    board.boot(0x1000)
+    install_tss(board)
+    tss = encode_tss(RING0_STACK, 0x10, allowed_ports=range(0x3F8, 0x400))
+    board.memory.write(TSS, tss)
+    board.memory.write(GDT + 0x28, encode_segment(TSS, len(tss) - 1, TSS_AVAILABLE, 0, s=0, db=0, g=0))
+    board.cpu["tr"] = (0x28, TSS, len(tss) - 1, 0x8B)
+    board.cpu["idtr"] = write_idt(board, IDT_A, {13: 0x6000})
+    board.load(0x6000, "inc dword ptr [0x5000]\nadd esp, 4\nadd dword ptr [esp], 1\niretd")
+    board.load(0x7000, "mov dx, [0x7100]\nin al, dx\nj: jmp j")
+    board.load(0x1000, "push 0x23\npush 0x70000\npush 0x202\npush 0x1b\npush 0x7000\niretd")
+    board.run(200)
+    assert board.cpu.cpl == 3 and u32(board, 0x5000) == 0
+    c = board.cpu
+    for port, size, refused in ((0x3F8, 1, False), (0x3FF, 1, False), (0x3FE, 2, False),
+                                (0x3FC, 4, False), (0x3FF, 2, True), (0x3F7, 1, True),
+                                (0x21, 1, True), (0x400, 1, True)):
+        assert (c._io_denied(port, size) is not None) == refused, (port, size)
+        b = Board()
+        b.boot(0x1000)
+        install_tss(b)
+        b.memory.write(0, board.memory.read(0, 0x80000))
+        b.cpu["tr"], b.cpu["idtr"] = board.cpu["tr"], board.cpu["idtr"]
+        b.memory.write(0x7100, port.to_bytes(2, "little"))
+        b.load(0x6000, "inc dword ptr [0x5000]\nadd esp, 4\nmov dword ptr [esp], 0x7080\niretd")
+        b.load(0x7080, "k: jmp k")                           # the #GP handler returns here
+        b.load(0x7000, "mov dx, [0x7100]\n" + {1: "in al, dx", 2: "in ax, dx", 4: "in eax, dx"}[size]
+               + "\nj: jmp j")
+        b.run(300)
+        assert u32(b, 0x5000) == refused, (port, size)         # io.c's answer: a #GP or none
+
+
+def test_an_io_bitmap_past_the_machines_memory_reads_as_all_ones(board):
+    """A TSS at the end of memory whose bitmap lies past it: every port refused, by io.c
+    and by CPU._io_denied alike (the bus gives nothing there: all ones)."""
+    from vmkit.hw.x86 import encode_tss, encode_segment, TSS_AVAILABLE
+    from conftest import GDT
+    board.boot(0x1000)
+    install_tss(board)
+    tss_at = board.memory.size - 0x80
+    tss = bytearray(encode_tss(RING0_STACK, 0x10))
+    tss[102:104] = (0x70).to_bytes(2, "little")             # the bitmap from size - 0x10 on
+    limit = 0x2000                                           # (its limit reaches past memory too)
+    board.memory.write(tss_at, bytes(tss))
+    board.memory.write(GDT + 0x28, encode_segment(tss_at, limit, TSS_AVAILABLE, 0, s=0, db=0, g=0))
+    board.cpu["tr"] = (0x28, tss_at, limit, 0x8B)
+    board.cpu["idtr"] = write_idt(board, IDT_A, {13: 0x6000})
+    board.load(0x6000, "inc dword ptr [0x5000]\nadd esp, 4\nadd dword ptr [esp], 1\niretd")
+    board.load(0x7000, "mov al, 0x41\nmov dx, 0x3f8\nout dx, al\nj: jmp j")
+    board.load(0x1000, "push 0x23\npush 0x70000\npush 0x202\npush 0x1b\npush 0x7000\niretd")
+    board.run(300)
+    assert tss_at + 0x70 + 0x3F8 // 8 >= board.memory.size
+    assert u32(board, 0x5000) == 1 and board.uart.text == ""
+    assert board.cpu._io_denied(0x3F8, 1) is not None
+    assert board.cpu._io_denied(0x78, 1) is None              # the bitmap's last byte in memory (0)
+    assert board.cpu._io_denied(0x7F, 2) is not None          # 0x80's bit lies past it

@@ -18,7 +18,9 @@ from unicorn import UC_HOOK_CODE, UcError
 from unicorn.x86_const import UC_X86_REG_EFLAGS
 from unicorn.unicorn_py3 import unicorn as _uc
 
-SOURCES = [pathlib.Path(__file__).with_name(name) for name in ("counter.c", "delivery.c")]
+# one library: the counter and the limit filter, the delivery, the I/O check
+SOURCES = tuple(pathlib.Path(__file__).with_name(name) for name in ("counter.c", "delivery.c", "io.c"))
+_emu_start = _uc.uclib.uc_emu_start
 
 
 MAX_BREAKS = 8                  # as in counter.c
@@ -64,8 +66,8 @@ _LIB = None
 
 
 def library():
-    """The compiled counter.c and delivery.c (the counter, the limit filter, the
-    delivery), or None."""
+    """The compiled counter.c, delivery.c and io.c (the counter, the limit filter, the
+    delivery, the I/O check), or None."""
     global _LIB
     if _LIB is None:
         _LIB = _build() or False
@@ -144,18 +146,29 @@ class Counter:
         """Run; returns (instructions executed, the UcError that stopped it or None).
         skip: a stub address the run starts at whose handler already ran.
         wake: stop before the first instruction after the first at which EFLAGS.IF is
-        set (an interrupt waits for it: counter.c); exact counter only."""
-        if self.exact:
-            s = self.state
-            s.count, s.budget, s.spent, s.hit, s.first = 0, budget, 0, NO_HIT, 1
-            s.wait_if, s.woke = int(wake), 0
-            s.skip = NO_HIT if skip is None else skip
-        try:
-            self.uc.emu_start(begin, until, count=0 if self.exact else budget)
-            error = None
-        except UcError as e:
-            error = e
+        set (an interrupt waits for it: counter.c); exact counter only.
+        (uc_emu_start is called as the binding's emu_start calls it, without its Python
+        frame: a kernel entry makes two runs. A hook's failure is raised the same way.)"""
         if not self.exact:
-            return budget, error
-        executed, self.state.count = self.state.count, 0     # the caller adds it to its total
+            try:
+                self.uc.emu_start(begin, until, count=budget)
+                return budget, None
+            except UcError as e:
+                return budget, e
+        s, uc = self.state, self.uc
+        s.count = s.spent = s.woke = 0
+        s.budget, s.hit, s.first, s.wait_if = budget, NO_HIT, 1, int(wake)
+        s.skip = NO_HIT if skip is None else skip
+        uc._hook_exception = None
+        status = _emu_start(uc._uch, begin, until, 0, 0)
+        failed = uc._hook_exception
+        if status:
+            error = UcError(status)
+        elif failed is None:
+            error = None
+        elif isinstance(failed, UcError):
+            error = failed
+        else:
+            raise failed
+        executed, s.count = s.count, 0     # the caller adds it to its total
         return executed, error

@@ -14,7 +14,7 @@ unicorn_quirks.py):
     the selector load (real-mode loads are unchecked and make CPL 0), set
     PE again, and load the selectors once more so their descriptors are
     read from the GDT;
-  - `in`/`out` never check IOPL or the TSS I/O bitmap: we do, and raise #GP(0);
+  - `in`/`out` never check IOPL or the TSS I/O bitmap: we do (io.c), and raise #GP(0);
   - `int 6` reaches the invalid-opcode hook, not the interrupt hook: we tell
     it from #UD by its bytes;
   - a register write inside an I/O hook is not honoured until the
@@ -31,16 +31,18 @@ import ctypes
 import unicorn
 from unicorn.unicorn_py3 import unicorn as _uc
 from unicorn.unicorn_py3.arch.intel import UcRegMMR
+from unicorn.unicorn_py3.unicorn import uc_hook_h, HOOK_INTR_CFUNC, HOOK_INSN_INVALID_CFUNC
 from unicorn import (Uc, UcError, UC_ARCH_X86, UC_MODE_32, UC_PROT_ALL, UC_HOOK_INTR,
-                     UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_MEM_UNMAPPED, UC_HOOK_CODE,
+                     UC_HOOK_INSN_INVALID, UC_HOOK_MEM_UNMAPPED, UC_HOOK_CODE,
                      UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
 from unicorn import x86_const as X
 
 from . import unicorn_quirks
 from .counter import Counter, library
 from .delivery import Delivery
+from .io import PortAccess
 from .limits import SegmentLimits
-from .x86 import decode_gate, ERROR_CODE_VECTORS, EFLAGS_IF, EFLAGS_IOPL_SHIFT, GP, PF, UD, EXCEPTION_NAMES
+from .x86 import decode_gate, ERROR_CODE_VECTORS, EFLAGS_IF, GP, PF, UD, EXCEPTION_NAMES
 
 GENERAL = ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp", "esp")
 SEGMENTS = ("cs", "ds", "es", "fs", "gs", "ss")
@@ -54,6 +56,10 @@ MEMORY_ERRORS = {getattr(unicorn, "UC_ERR_" + n) for n in (
     "READ_UNMAPPED", "WRITE_UNMAPPED", "FETCH_UNMAPPED", "READ_PROT", "WRITE_PROT", "FETCH_PROT")}
 NO_ADDRESS = 0xFFFFFFFF          # `until` for emu_start: never reached
 SOFTWARE_INT_6 = bytes([0xCD, UD])  # `int 6`, which Unicorn reports as an invalid opcode
+# #BP and #OF come only from an instruction (int3, into, int n), which Unicorn reports as such
+# (measured: its exception record says "int" for all four): no need to read the record (a
+# context save, ~2 µs) on a patched iretd's or pushfd's every int3
+ONLY_SOFTWARE = frozenset((3, 4))
 # uc_vmem_read/uc_vmem_write/uc_vmem_translate are exported by libunicorn 2.1.4 but not wrapped
 # by its Python binding: declared here once (see CPU.read_linear).
 _lib = _uc.uclib
@@ -70,7 +76,7 @@ class LinearFault(ValueError):
     supervisor-only while the CPU runs at CPL 3, or paging off and no such RAM)."""
 
 
-class CPU(Delivery):
+class CPU(Delivery, PortAccess):
     def __init__(self, index, board):
         self.lead = 0                        # instructions ahead of the board's clock (board.run)
         self.index = index
@@ -93,16 +99,42 @@ class CPU(Delivery):
         self.done = 0
         uc = self.uc
         self.counter = Counter(uc)
+        self._count_state = self.counter.state if self.counter.exact else None   # (progress)
         self._uch, self._scratch, self._mmr = uc._uch, ctypes.c_uint64(), UcRegMMR()
         self._scratch_ref = ctypes.byref(self._scratch)
         self._batches = {}
-        self.limits = SegmentLimits(self, library() if self.counter.exact else None)
-        uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
-        uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
+        lib = library() if self.counter.exact else None
+        self.limits = SegmentLimits(self, lib)
+        self._hooks = [self._hook(UC_HOOK_INTR, HOOK_INTR_CFUNC, self._on_interrupt),
+                       self._hook(UC_HOOK_INSN_INVALID, HOOK_INSN_INVALID_CFUNC, self._on_invalid)]
         self._unmapped = None               # the address of the last access to memory the machine lacks
         uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped)   # becomes #GP in run()
-        uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
-        uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
+        self._io = self._hook_ports(lib)      # in/out: io.py (with the C library, io.c's check)
+
+    def _hook(self, kind, cfunc, method, *instruction):
+        """A hook from Unicorn's C straight into `method`: the binding's hook_add puts two
+        Python frames between them, on every call (each VM's patched iretd is an int3).
+        A failure is kept for emu_start to raise and stops the run, as the binding does."""
+        fptr, handle = self._callback(cfunc, method), uc_hook_h()
+        err = _lib.uc_hook_add(self._uch, ctypes.byref(handle), kind, fptr, None, ctypes.c_uint64(1),
+                               ctypes.c_uint64(0), *(ctypes.c_int(i) for i in instruction))
+        if err:
+            raise UcError(err)
+        return fptr                                     # (kept: Unicorn calls it)
+
+    def _callback(self, cfunc, method):
+        """`method` as a C function of type `cfunc` for Unicorn (or io.c) to call."""
+        uc = self.uc
+
+        def entry(_uch, *args):
+            try:
+                return method(uc, *args)
+            except BaseException as e:
+                if uc._hook_exception is None:
+                    uc._hook_exception = e
+                uc.emu_stop()
+                return 0                                # (an `in` must give C a number)
+        return cfunc(entry)
 
     # ---- registers -------------------------------------------------------
     def __getitem__(self, name):
@@ -372,6 +404,7 @@ class CPU(Delivery):
         boundary with IF set: where the INTR pin would take it (counter.c)."""
         self.done = 0
         self._stop_requested = False
+        counter, limits, exact, refusals = self.counter, self.limits, self.counter.exact, self._io
         known = None                         # EIP as read after a handler ran: not read twice
         while self.done < budget:
             if self.shutdown or self.halted:
@@ -379,32 +412,38 @@ class CPU(Delivery):
             self._io_fault = None
             eip = self["eip"] if known is None else known
             known = None
-            stopped_at, self._hook_stopped_at = self._hook_stopped_at, None
-            self._hook_ran_at = stopped_at if stopped_at is not None and stopped_at == eip else None
+            if not exact:                    # (the code hooks' bookkeeping: on_execute)
+                stopped_at, self._hook_stopped_at = self._hook_stopped_at, None
+                self._hook_ran_at = stopped_at if stopped_at is not None and stopped_at == eip else None
             skip, self._resume_at = self._resume_at, None
+            if refusals is not None:
+                refusals.refused = 0
             try:
-                executed, error = self.counter.run(eip, budget - self.done, NO_ADDRESS,
-                                                   skip if skip == eip else None, wake)
+                executed, error = counter.run(eip, budget - self.done, NO_ADDRESS,
+                                              skip if skip == eip else None, wake)
             except BaseException:              # a hook's own exception: the limit hooks
-                self.limits.after_run(True)    # come back all the same (limits.py)
+                limits.after_run(True)         # come back all the same (limits.py)
                 raise
-            if self.counter.exact and self.counter.state.flat and self.limits.after_run(
-                    self.limits.violation is not None or error is not None or self._io_fault
+            if refusals is not None and refusals.refused:     # io.c stopped the run
+                self._io_fault = (GP, 0, refusals.eip, refusals.at_count)
+            io_fault = self._io_fault
+            if exact and counter.state.flat and limits.after_run(
+                    limits.violation is not None or error is not None or io_fault
                     or self._stop_requested):
                 self.done += executed - 1      # a flat stretch began or ended before an instruction
                 continue                       # counted there: it runs (and counts) now (limits.py)
-            violation = self.limits.take()
+            violation = limits.take()
             if violation is not None:
                 executed = violation.count     # the access counts; it did not happen (limits.py)
-            elif self._io_fault and self.counter.exact:
+            elif io_fault and exact:
                 # the denied in/out counts; what the counter saw after its emu_stop does not
                 # (whether it sees the next instruction depends on where a translation block ends)
-                executed = self._io_fault[3]
+                executed = io_fault[3]
             self.done += executed
             # A denied in/out stops the run only after it (emu_stop inside its hook): the counter
             # may already stand at a breakpoint on the next instruction. The #GP comes first, or
             # the instruction would be skipped with neither its port access nor its fault.
-            hit = self.counter.hit if error is None and violation is None and not self._io_fault else None
+            hit = counter.hit if error is None and violation is None and not io_fault else None
             if hit is not None:
                 self._resume_at = known = hit
                 for handler in list(self._stubs.get(hit, ())):
@@ -421,8 +460,8 @@ class CPU(Delivery):
                 self.raise_fault(violation.vector, 0, violation.eip, violation.why)
             elif error is not None:
                 self._on_stop_error(error)
-            elif self._io_fault:
-                vector, code, eip, _ = self._io_fault
+            elif io_fault:
+                vector, code, eip, _ = io_fault
                 self.raise_fault(vector, code, eip, "I/O port access above IOPL")
             elif self._stop_requested or self.counter.woke:
                 return self.done
@@ -447,8 +486,10 @@ class CPU(Delivery):
         return self.cpl == 0 and 0 < eip <= self.memory.size and self.memory.read(eip - 1, 1) == b"\xf4"
 
     def progress(self):
-        """Instructions retired so far in the current `run` (exact counter only)."""
-        return self.done + self.counter.count
+        """Instructions retired so far in the current `run` (exact counter only).
+        (Every trace event asks, through Board.now: the C counter's field read directly.)"""
+        state = self._count_state
+        return self.done if state is None else self.done + state.count
 
     def request_stop(self):
         """End the current slice after this instruction (the board must re-plan).
@@ -482,8 +523,8 @@ class CPU(Delivery):
 
     # ---- hooks (called by Unicorn in the middle of a slice) --------------
     def _on_interrupt(self, uc, vector, _):
-        if vector >= 32:                     # the CPU raises only 0..31 itself
-            self.deliver(vector, "int", eip=self["eip"])
+        if vector >= 32 or vector in ONLY_SOFTWARE:   # the CPU raises only 0..31 itself, and
+            self.deliver(vector, "int", eip=self["eip"])   # #BP, #OF only for int3, into, int n
             return
         is_int, error = unicorn_quirks.read_exception(uc)
         if not is_int and self.limits.violation is not None:
@@ -521,35 +562,3 @@ class CPU(Delivery):
             return self.read_linear(address, n)
         except LinearFault:
             return b""
-
-    def _io_denied(self, port, size):
-        """IOPL, then the TSS's I/O permission bitmap, as the CPU checks them
-        (Unicorn checks neither). A clear bit for every byte of the access
-        lets a less privileged program use the port; past the TSS limit, no."""
-        cs, eflags = self.read("cs", "eflags")
-        cpl = cs & 3
-        if cpl == 0 or cpl <= (eflags >> EFLAGS_IOPL_SHIFT) & 3:
-            return False
-        _, tss, limit, _ = self["tr"]
-        if limit < 103:
-            return True
-        bitmap = tss + self.memory.read_u16(tss + 102)
-        first, last = bitmap + port // 8, bitmap + (port + size - 1) // 8
-        if last > tss + limit:
-            return True
-        bits = int.from_bytes(self.memory.read(first, last - first + 1), "little") >> (port % 8)
-        return bool(bits & ((1 << size) - 1))
-
-    def _on_in(self, uc, port, size, _):
-        if self._io_denied(port, size):
-            self._io_fault = (GP, 0, self["eip"], self.counter.count)
-            uc.emu_stop()
-            return self["eax"] & ((1 << (8 * size)) - 1)   # the register keeps its value
-        return self.board.ports.read(port, size)
-
-    def _on_out(self, uc, port, size, value, _):
-        if self._io_denied(port, size):
-            self._io_fault = (GP, 0, self["eip"], self.counter.count)
-            uc.emu_stop()
-            return
-        self.board.ports.write(port, size, value)

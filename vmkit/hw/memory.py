@@ -73,6 +73,8 @@ class PhysicalMemory:
         return _U16.unpack_from(self._view, addr)[0]
 
     def same(self, addr, data):
-        """Do the bytes at `addr` equal `data`? (Compared in place, without a copy.)"""
+        """Do the bytes at `addr` equal `data`? (Copied out and compared as bytes, by memcmp:
+        a memoryview's own == goes item by item, ~2 ns a byte, measured: 68 µs for 40 KB
+        against 1.8, and the kernel compares the COS's module area on every COS trap.)"""
         self.check(addr, len(data))
-        return self._view[addr:addr + len(data)] == data
+        return self._view[addr:addr + len(data)].tobytes() == data

@@ -85,11 +85,16 @@ def encode_segment(base, limit, type, dpl=0, s=1, db=1, g=None, present=True):
     return struct.pack("<II", lo, hi)
 
 
+def segment_limit(lo: int, hi: int) -> int:
+    """A segment descriptor's limit in bytes (its G bit applied), from its two dwords."""
+    lim = (lo & 0xFFFF) | (hi & 0xF0000)
+    return (lim << 12) | 0xFFF if hi & (1 << 23) else lim
+
+
 def decode_segment(raw: bytes) -> Segment:
     lo, hi = struct.unpack("<II", bytes(raw))
     g = (hi >> 23) & 1
-    lim = (lo & 0xFFFF) | (hi & 0xF0000)
-    limit = (lim << 12) | 0xFFF if g else lim
+    limit = segment_limit(lo, hi)
     base = (lo >> 16) | ((hi & 0xFF) << 16) | (hi & 0xFF000000)
     return Segment(base, limit, (hi >> 8) & 0xF, (hi >> 12) & 1, (hi >> 13) & 3,
                    bool(hi & 0x8000), (hi >> 22) & 1, g)

@@ -25,7 +25,7 @@ disk block over the kernel's IDT.
 """
 from capstone.x86 import X86_OP_MEM
 
-from vmkit.hw.x86 import decode_segment
+from vmkit.hw.x86 import segment_limit
 from . import layout, traps
 
 PLACES = ((layout.IDT, layout.IDT + 256 * 8, "the kernel's IDT"),
@@ -36,8 +36,14 @@ PLACES = ((layout.IDT, layout.IDT + 256 * 8, "the kernel's IDT"),
 
 def cos_limit(kernel):
     """The last offset the COS's data segment reaches, read from the kernel's GDT."""
-    raw = kernel.memory.read(kernel.base + layout.GDT + layout.COS_DATA_SEL, 8)
-    return decode_segment(raw).limit
+    return _limit(kernel, layout.COS_DATA_SEL)
+
+
+def _limit(kernel, selector):
+    """The limit of the kernel GDT's descriptor `selector`, read where it lies (every
+    COS trap asks: two words, not a decoded descriptor)."""
+    at, memory = kernel.base + layout.GDT + selector, kernel.memory
+    return segment_limit(memory.read_u32(at), memory.read_u32(at + 4))
 
 
 def what_is_at(kernel, address):
@@ -66,8 +72,7 @@ _PRIVILEGED = {0xFA, 0xFB, 0xF4, 0xE4, 0xE5, 0xE6, 0xE7, 0xEC, 0xED, 0xEE, 0xEF}
 
 def cos_code_limit(kernel):
     """The last offset the COS's code segment reaches, read from the kernel's GDT."""
-    raw = kernel.memory.read(kernel.base + layout.GDT + layout.COS_CODE_SEL, 8)
-    return decode_segment(raw).limit
+    return _limit(kernel, layout.COS_CODE_SEL)
 
 
 def fetched_past_limit(kernel, frame):
@@ -95,10 +100,11 @@ def past_limit(kernel, frame):
     the COS's segment limit, False if the #GP is something else (traps.privileged's)."""
     if frame.error != 0:
         return False
-    first, second = kernel.memory.read(frame.eip, 2)
-    if first in _PRIVILEGED or (first == 0x66 and second in _PRIVILEGED):
+    eip = frame.eip
+    two = kernel.memory.read_u16(eip)              # (the first byte, and the one after a 0x66)
+    if two & 0xFF in _PRIVILEGED or (two & 0xFF == 0x66 and two >> 8 in _PRIVILEGED):
         return False
-    insn = traps.decode(kernel, frame.eip)
+    insn = traps.decode(kernel, eip)
     if insn is None:
         return False
     limit = cos_limit(kernel)

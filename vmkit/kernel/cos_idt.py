@@ -34,9 +34,9 @@ the VMs go on. Pushes that would pass the COS's stack limit raise StackPastLimit
 before anything changes (frame.py); while a fault of the delivery is being
 delivered, that too is the end of the COS.
 """
-from vmkit.hw.x86 import DF, EFLAGS_IF, GATE_INT32, GATE_TRAP32, GP, NP, decode_gate, decode_segment
+from vmkit.hw.x86 import DF, EFLAGS_IF, GATE_INT32, GATE_TRAP32, GP, NP, decode_gate
 from . import layout
-from .contain import cos_limit, what_is_at
+from .contain import cos_code_limit, cos_limit, what_is_at
 from .frame import StackPastLimit
 
 ENTRY = 8
@@ -47,11 +47,6 @@ class GateFault(Exception):
     def __init__(self, vector, error, why):
         super().__init__(why)
         self.vector, self.error, self.why = vector, error, why
-
-
-def code_limit(kernel):
-    """The last offset of the COS's code segment (0x08, DPL 1), from the kernel's GDT."""
-    return decode_segment(kernel.memory.read(kernel.base + layout.GDT + layout.COS_CODE_SEL, 8)).limit
 
 
 def gate(kernel, vector, ext, eip=0):
@@ -75,7 +70,7 @@ def gate(kernel, vector, ext, eip=0):
     if g.selector & ~3 != layout.COS_CODE_SEL:
         raise GateFault(GP, (g.selector & 0xFFFC) | ext,
                         f"its gate {vector:#x} names selector {g.selector:#x}, not its code segment")
-    if g.offset > (end := code_limit(kernel)):
+    if g.offset > (end := cos_code_limit(kernel)):
         raise GateFault(GP, ext, f"its gate {vector:#x} leads to {g.offset:#x}, past its code "
                                  f"segment's limit {end:#x}")
     return g

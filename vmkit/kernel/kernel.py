@@ -35,6 +35,7 @@ WORK_LENGTH = 3000              # instructions (loop iterations) in one piece
 IRQ_BASE = 0x20                 # the COS programmed the PIC so before takeover; the kernel keeps it
 PATCHED = ("pushfd", "popfd", "iretd")
 INT3 = b"\xcc"
+HEADER = cos_layout.MODULE_HEADER
 _disassembler = Cs(CS_ARCH_X86, CS_MODE_32)
 
 
@@ -63,7 +64,7 @@ class Kernel:
         self.classify = devices.classify   # exercise 03 plugs in here
         self.ticks = 0
         self.work_due = False
-        self._module_seen = None      # the module code last patched
+        self._module_seen = None      # the module area (header, code) as last patched
         self.emulate_if = emulate_if  # exercise 02b plugs in here
         self.heap = base + layout.HEAP # pages the kernel hands out on request (syscalls.py)
         self.worlds = Worlds(self)    # the COS is world 0; VMs join with install_vm (worlds.py)
@@ -133,33 +134,38 @@ class Kernel:
             self._initialise(frame, cpu)
         elif vector == unload.PARK_VECTOR:          # the unload parks this CPU
             unload.park(self, frame, cpu)
-        elif smp.local_interrupt(self, frame, cpu, vector):   # a CPU's own timer, a shootdown
-            pass
+        elif vector in smp.LOCAL_VECTORS and smp.local_interrupt(self, frame, cpu, vector):
+            pass                                     # a CPU's own timer, a shootdown
         elif IRQ_BASE <= vector < IRQ_BASE + 16:
             self._irq(frame, vector - IRQ_BASE)
-        elif frame.cs & 3 == 3:                      # a VM's guest's fault: its VMM handled it
+        elif (ring := frame.cs & 3) == 3:            # a VM's guest's fault: its VMM handled it
             cpu.stop(f"vmkernel panic: vector {vector:#x} from a guest at {frame.eip:#x} "
                      f"reached the dispatcher: its VMM did not take it")
-        elif not frame.from_cos:
+        elif ring != 1:                              # (the COS runs at CPL 1: Frame.from_cos)
             cpu.stop(f"vmkernel panic: vector {vector:#x} at {frame.eip:#x} in the kernel")
         else:
-            self.vcpu.traps += 1
-            self._patch_module()
-            if vector == 13 and contain.fetched_past_limit(self, frame):
+            self._cos_trap(frame, cpu, vector)
+
+    def _cos_trap(self, frame, cpu, vector):
+        """A fault or `int n` of the COS's (at CPL 1): contained, emulated, served or reflected."""
+        self.vcpu.traps += 1
+        self._patch_module()
+        if vector == 13:
+            if contain.fetched_past_limit(self, frame):
                 self.reflect(frame, vector)          # no instruction of its own to skip
-            elif vector == 13 and (contain.past_limit(self, frame) or traps.privileged(self, frame)):
-                pass
-            elif vector == 3 and (mnemonic := self.patches.get(frame.eip - 1)):
-                try:
-                    traps.patched(self, frame, mnemonic)
-                except StackPastLimit as e:   # skipped (EIP is past its int3), as contain.py skips
-                    contain.stack_refused(self, frame, e, mnemonic)
-            elif vector == syscalls.VECTOR and frame.eax == unload.CALL:
-                unload.request(self, frame, cpu)
-            elif vector == syscalls.VECTOR:
-                syscalls.serve(self, frame)
-            else:
+            elif not (contain.past_limit(self, frame) or traps.privileged(self, frame)):
                 self.reflect(frame, vector)
+        elif vector == 3 and (mnemonic := self.patches.get(frame.eip - 1)):
+            try:
+                traps.patched(self, frame, mnemonic)
+            except StackPastLimit as e:   # skipped (EIP is past its int3), as contain.py skips
+                contain.stack_refused(self, frame, e, mnemonic)
+        elif vector == syscalls.VECTOR and frame.eax == unload.CALL:
+            unload.request(self, frame, cpu)
+        elif vector == syscalls.VECTOR:
+            syscalls.serve(self, frame)
+        else:
+            self.reflect(frame, vector)
 
     # ---- initialisation ------------------------------------------------------
     def _takeover_failed(self, frame, cpu, vector):
@@ -210,16 +216,21 @@ class Kernel:
     def _patch_module(self):
         """A driver the COS loads after the takeover is patched the first time the
         kernel sees the COS after it (every COS trap checks): as a binary translator
-        meets new code. The module area's header and contents tell what is new."""
-        size = self.memory.read_u32(cos_layout.MODULE_AREA + 4)
-        if not self.memory.same(cos_layout.MODULE_AREA, cos_layout.MODULE_MAGIC) or size > 0x10000:
+        meets new code. The module area's header and contents tell what is new: the
+        area as last patched (header and code) is compared where it lies, in one
+        comparison on the way through, no copy per trap."""
+        seen, memory = self._module_seen, self.memory
+        if seen is not None and memory.same(cos_layout.MODULE_AREA, seen):
             return
-        seen = self._module_seen
-        if seen is not None and len(seen) == size and self.memory.same(cos_layout.MODULE_CODE, seen):
-            return                                 # compared where it lies: no copy per trap
+        size = memory.read_u32(cos_layout.MODULE_AREA + 4)
+        if not memory.same(cos_layout.MODULE_AREA, cos_layout.MODULE_MAGIC) or size > 0x10000:
+            return
+        if seen is not None and len(seen) == HEADER + size and memory.same(cos_layout.MODULE_CODE, seen[HEADER:]):
+            self._module_seen = memory.read(cos_layout.MODULE_AREA, HEADER + size)   # the header alone moved
+            return
         self.patches.forget(cos_layout.MODULE_AREA, cos_layout.MODULE_AREA + 0x10000)
         count = self._patch(cos_layout.MODULE_CODE, cos_layout.MODULE_CODE + size)
-        self._module_seen = self.memory.read(cos_layout.MODULE_CODE, size)
+        self._module_seen = memory.read(cos_layout.MODULE_AREA, HEADER + size)
         if count:
             self.trace.emit("kernel.patch", what="COS module", count=count)
 

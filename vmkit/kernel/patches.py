@@ -23,6 +23,7 @@ from . import layout
 
 MNEMONICS = ("pushfd", "popfd", "iretd")
 ENTRY = struct.Struct("<IBBxx")
+ADDRESS, MNEMONIC = struct.Struct("<I"), 5          # an entry's address; its mnemonic's offset
 HEADER = 4
 
 
@@ -61,9 +62,16 @@ class PatchTable:
         return [(a, m) for a, _, m in self.entries()]
 
     def get(self, address, default=None):
-        for a, _, m in self.entries():
-            if a == address:
-                return m
+        """The mnemonic patched at `address` (the first entry for it). Searched in the
+        table's bytes, not in decoded entries: the kernel asks on every int3 it gets."""
+        if not 0 <= address <= 0xFFFFFFFF:
+            return default
+        raw, key = self.memory.read(self.address + HEADER, len(self) * ENTRY.size), ADDRESS.pack(address)
+        at = raw.find(key)
+        while at >= 0:
+            if at % ENTRY.size == 0:                 # an entry's address, not bytes across two
+                return MNEMONICS[raw[at + MNEMONIC]]
+            at = raw.find(key, at + 1)
         return default
 
     def __getitem__(self, address):

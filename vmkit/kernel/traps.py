@@ -38,17 +38,21 @@ def _effective_address(frame, op):
 
 def privileged(kernel, frame):
     """Emulate or refuse the instruction behind a #GP; False if it is not ours to handle."""
-    insn = decode(kernel, frame.eip)
+    eip = frame.eip
+    insn = decoder.decode(kernel.memory, eip)
     if insn is None:
         return False
-    name, trace, v = insn.mnemonic, kernel.trace, kernel.vcpu
+    name, trace = insn.mnemonic, kernel.trace
     unmasked = False
-    if name in ("cli", "sti"):
-        kernel.emulate_if(name, v, frame)
-        trace.emit("kernel.emulate", insn=name, cos_vif=v.vif)
+    if name == "out" or name == "in":               # (first: the COS's EOIs and masks are most)
+        unmasked = _port_io(kernel, frame, insn)
+    elif name == "cli" or name == "sti":
+        kernel.emulate_if(name, kernel.vcpu, frame)
+        trace.emit("kernel.emulate", insn=name, cos_vif=kernel.vcpu.vif)
     elif name == "hlt":
-        trace.emit("kernel.emulate", insn=name, cos_vif=v.vif)
+        trace.emit("kernel.emulate", insn=name, cos_vif=kernel.vcpu.vif)
     elif name in ("lidt", "lgdt"):
+        v = kernel.vcpu
         address = _effective_address(frame, insn.operands[0])
         limit = kernel.memory.read_u16(address)
         base = kernel.memory.read_u32(address + 2)
@@ -56,15 +60,13 @@ def privileged(kernel, frame):
         setattr(v, f"{which}_base", base)
         setattr(v, f"{which}_limit", limit)
         trace.emit("kernel.emulate", insn=name, virtual_base=base, virtual_limit=limit)
-    elif name in ("in", "out"):
-        unmasked = _port_io(kernel, frame, insn)
     elif name == "mov" and not any(r in insn.op_str for r in ("cr", "dr")):
         return False                                # a segment load the CPU refused: the COS's own #GP
     elif name in ("ltr", "lldt", "mov", "invlpg", "wbinvd", "clts"):
-        trace.emit("kernel.refused", insn=f"{name} {insn.op_str}", eip=frame.eip)
+        trace.emit("kernel.refused", insn=f"{name} {insn.op_str}", eip=eip)
     else:
         return False
-    frame.eip += insn.size
+    frame.eip = eip + insn.size
     if name == "hlt":
         if kernel.cos_wants_interrupt():
             kernel.deliver_pending(frame)
@@ -82,14 +84,14 @@ def privileged(kernel, frame):
 
 def _port_io(kernel, frame, insn):
     """True if the COS unmasked a line at its virtual PIC (something may be waiting)."""
+    out = insn.mnemonic == "out"
     ops = insn.operands
-    port_op = ops[1] if insn.mnemonic == "in" else ops[0]
+    port_op, data_op = (ops[0], ops[1]) if out else (ops[1], ops[0])
     port = port_op.imm if port_op.type == X86_OP_IMM else frame.edx & 0xFFFF
-    size = (ops[0] if insn.mnemonic == "in" else ops[1]).size
     if port in vpic.PORTS:
         # the PIC is the kernel's now; the COS's EOIs and masks go to its virtual PIC
         changed = False
-        if insn.mnemonic == "out":
+        if out:
             value = frame.eax & 0xFF
             changed = vpic.write(kernel, port, value)
         else:
@@ -98,18 +100,17 @@ def _port_io(kernel, frame, insn):
         kernel.trace.emit("kernel.emulate", insn=f"{insn.mnemonic} {port:#x}",
                           what="virtual PIC", value=value)
         return changed
+    mask = (1 << (8 * data_op.size)) - 1
     front, offset = kernel.shared_at(port)
     if front is not None:                           # a shared device: the kernel serves the COS
-        if insn.mnemonic == "out":
-            front.cos_write(offset, frame.eax & ((1 << (8 * size)) - 1))
+        if out:
+            front.cos_write(offset, frame.eax & mask)
         else:
-            mask = (1 << (8 * size)) - 1
             frame.eax = (frame.eax & ~mask) | (front.cos_read(offset) & mask)
         kernel.trace.emit("kernel.emulate", insn=f"{insn.mnemonic} {port:#x}", what="shared device")
         return False
     kernel.trace.emit("kernel.refused", insn=f"{insn.mnemonic} {port:#x}", eip=frame.eip)
-    if insn.mnemonic == "in":
-        mask = (1 << (8 * size)) - 1
+    if not out:
         frame.eax = (frame.eax & ~mask) | mask          # nothing there, as far as the COS can tell
     return False
 
