@@ -138,6 +138,7 @@ class MappingCache:
         self.shootdown = True           # False: skip the IPIs (to see what a shared window needs them for)
         self.state = CacheState(slots)
         self.choose = choose_slot
+        self.remaps = 0                 # slots remapped so far: a word read ahead is good while it stays
         self.memory.write(table, bytes(layout.PAGE), code=False)
         self.memory.write(counters, bytes(4 * len(COUNTERS)), code=False)
 
@@ -149,8 +150,9 @@ class MappingCache:
         return self.counters + 4 * COUNTERS.index(name)
 
     def _bump(self, name):
-        at, memory = self.counters + _COUNTER[name], self.memory
-        memory.write_u32(at, memory.read_u32(at) + 1, code=False)
+        """Count in place (the counters' bounds were checked when __init__ zeroed them)."""
+        view, at = self.memory._view, self.counters + _COUNTER[name]
+        _U32.pack_into(view, at, (_U32.unpack_from(view, at)[0] + 1) & 0xFFFFFFFF)
 
     def map(self, address):
         """The window address through which physical `address` is reached now."""
@@ -166,8 +168,10 @@ class MappingCache:
                 f"the mapping window is out of reach: CPU {self.cpu.index} runs at CPL {cs & 3} "
                 f"with paging {'on' if cr0 & PAGING else 'off'}; the kernel maps pages at CPL 0 with paging on")
 
-    def _lookup(self, address):
-        """map's lookup (and remap on a miss), the window's reach already checked."""
+    def _lookup(self, address, before_remap=None):
+        """map's lookup (and remap on a miss), the window's reach already checked.
+        before_remap: called just before a remap changes a slot (store_words' stores
+        not made yet go out first, through the mapping they were looked up in)."""
         page, s = address & ~0xFFF, self.state
         s.clock += 1
         slots = self.slots
@@ -180,6 +184,8 @@ class MappingCache:
             self._bump("misses")
             if slots[slot] is not None:
                 self._bump("evictions")
+            if before_remap is not None:
+                before_remap()
             self._remap(slot, slots[slot], page)
         s.last_used[slot] = s.clock
         return WINDOW + slot * layout.PAGE + (address & 0xFFF)
@@ -188,12 +194,11 @@ class MappingCache:
     def slots(self):
         """The page each slot maps (None: empty), read from the window's page table
         (in place: the VMM looks its pages up several times per injected interrupt)."""
-        n = len(self.state.last_used)
-        self.memory.check(self.table, 4 * n)
-        ptes = _PTES[n].unpack_from(self.memory._view, self.table)
-        return [pte & ~0xFFF if pte & PRESENT else None for pte in ptes]
+        ptes = _PTES[len(self.state.last_used)].unpack_from(self.memory._view, self.table)
+        return [pte & ~0xFFF if pte & PRESENT else None for pte in ptes]   # (bounds: as _bump's)
 
     def _remap(self, slot, old, page):
+        self.remaps += 1
         self.memory.write(self.table + 4 * slot, struct.pack("<I", page | PRESENT | WRITABLE), code=False)
         self._flush(WINDOW + slot * layout.PAGE)
         self.trace.emit("mapcache.remap", self.cpu.index, slot=slot, page=page,
@@ -273,31 +278,71 @@ class MappingCache:
     def load_words(self, *addresses):
         """The u32 at each physical address, in this order: one lookup and one load
         through the window per word, as the CPU's pops make them (the window's reach
-        checked once: nothing runs between them)."""
+        checked once: nothing runs between them). Words that follow each other in one
+        page are loaded in one access at the first one's lookup (uc_vmem_read, ~1 µs a
+        call): a later word's lookup that gives the next window address with no slot
+        remapped since reads the same bytes through the same translation (and the
+        first word's load would fault exactly where the longer one does)."""
         self._reachable()
-        words = []
-        for address in addresses:
+        words, ahead, at, remaps = [], (), None, -1     # words read ahead, from window address `at`
+        for i, address in enumerate(addresses):
             if address & 0xFFF > 0xFFC:          # across a page: two lookups (read_u32)
                 words.append(self.read_u32(address))
+                ahead = ()
                 continue
+            window = self._lookup(address)
+            if ahead and window == at and self.remaps == remaps:
+                words.append(ahead[0])
+                ahead, at = ahead[1:], at + 4
+                continue
+            n = 1                                # this word and those just after it, in its page
+            while (i + n < len(addresses) and addresses[i + n] == address + 4 * n
+                   and (address & 0xFFF) + 4 * n <= 0xFFC):
+                n += 1
             try:
-                words.append(_U32.unpack(self.cpu.read_linear(self._lookup(address), 4))[0])
+                raw = self.cpu.read_linear(window, 4 * n)
             except LinearFault as e:
                 raise MappingCacheError(f"the mapping window is out of reach: {e}") from None
+            ahead = struct.unpack(f"<{n}I", raw)
+            words.append(ahead[0])
+            ahead, at, remaps = ahead[1:], window + 4, self.remaps
         return words
 
     def store_words(self, *pairs):
         """Store each (physical address, u32) in this order: one lookup and one store
-        through the window per word, as the CPU's pushes make them (reach checked once)."""
+        through the window per word, as the CPU's pushes make them (reach checked once).
+        A word stored next to the last one made, in its window page with no slot
+        remapped since, goes out with the words after it in one access (uc_vmem_write):
+        the same translation, which cannot fault where the first store did not; before
+        a remap, a refused lookup or the end, whatever is held goes out."""
         self._reachable()
-        for address, value in pairs:
-            if address & 0xFFF > 0xFFC:
-                self.write_u32(address, value)
-                continue
-            try:
-                self.cpu.write_linear(self._lookup(address), _U32.pack(value & 0xFFFFFFFF))
-            except LinearFault as e:
-                raise MappingCacheError(f"the mapping window is out of reach: {e}") from None
+        held, window_page, remaps = {}, None, -1     # held: window address -> u32, not stored yet
+
+        def store_held():
+            if held:
+                first = min(held)
+                data = b"".join(_U32.pack(held[a]) for a in range(first, first + 4 * len(held), 4))
+                held.clear()
+                self._cpu_access(self.cpu.write_linear, first, data)
+
+        try:
+            for address, value in pairs:
+                value &= 0xFFFFFFFF
+                if address & 0xFFF > 0xFFC:
+                    store_held()
+                    window_page = None
+                    self.write_u32(address, value)
+                    continue
+                window = self._lookup(address, store_held)
+                if (window & ~0xFFF == window_page and self.remaps == remaps and window not in held
+                        and (not held or window in (min(held) - 4, max(held) + 4))):
+                    held[window] = value         # (one run of words: written as one access)
+                    continue
+                store_held()
+                self._cpu_access(self.cpu.write_linear, window, _U32.pack(value))
+                window_page, remaps = window & ~0xFFF, self.remaps
+        finally:
+            store_held()
 
     def write_u32(self, address, value):
         data = _U32.pack(value & 0xFFFFFFFF)

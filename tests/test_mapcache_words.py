@@ -1,0 +1,88 @@
+"""The VMM's pushes and pops through the mapping window (kernel/mapcache.py): each word
+one lookup, counted; the CPU's loads and stores of words that lie together in one window
+page made in one access each way, through the mapping each word was looked up in."""
+import pytest
+
+from vmkit.kernel import mapcache
+from vmkit.lessons import smp as lesson
+from vmkit.lessons.takeover import takeover
+
+
+@pytest.fixture(scope="module")
+def machine():
+    """CPU 1 idle in its system world, in the kernel (CPL 0, paging on): its window reachable."""
+    board, cos, loader = takeover(timer_period=2000, cpus=2)
+    lesson.in_kernel(board, 1)
+    return board, loader.kernel
+
+
+def _spied(monkeypatch, cpu):
+    """The CPU's accesses at linear addresses: [("r"|"w", address, length)]."""
+    seen, read, write = [], cpu.read_linear, cpu.write_linear
+    monkeypatch.setattr(cpu, "read_linear", lambda a, n: seen.append(("r", a, n)) or read(a, n))
+    monkeypatch.setattr(cpu, "write_linear", lambda a, d: seen.append(("w", a, len(d))) or write(a, d))
+    return seen
+
+
+def _cache(kernel, slots):
+    p = kernel.worlds.cpus[1]
+    return mapcache.MappingCache(kernel, kernel.board.cpus[1], p.cache.table, p.cache.counters, slots=slots)
+
+
+def test_three_pops_from_one_page_are_three_lookups_and_one_load(machine, monkeypatch):
+    board, kernel = machine
+    cache = _cache(kernel, 2)
+    page = kernel.base + 0x3000
+    board.memory.write(page + 0x20, bytes.fromhex("01000000 02000000 03000000".replace(" ", "")), code=False)
+    seen = _spied(monkeypatch, board.cpus[1])
+    assert cache.load_words(page + 0x20, page + 0x24, page + 0x28) == [1, 2, 3]
+    assert [cache.count(n) for n in ("hits", "misses")] == [2, 1]
+    assert seen == [("r", mapcache.WINDOW + 0x20, 12)]
+    # a word across a page, and words apart: each its own lookups and load
+    board.memory.write(page + 0xFFE, bytes.fromhex("aabbccdd"), code=False)
+    seen.clear()
+    assert cache.load_words(page + 0x20, page + 0xFFE, page + 0x28) == [1, 0xDDCCBBAA, 3]
+    assert cache.count("hits") + cache.count("misses") == 3 + 4
+    assert [n for _, _, n in seen] == [4, 2, 2, 4]
+
+
+def test_three_pushes_into_one_page_are_three_lookups_and_two_stores(machine, monkeypatch):
+    board, kernel = machine
+    cache = _cache(kernel, 2)
+    page = kernel.base + 0x3000
+    seen = _spied(monkeypatch, board.cpus[1])
+    cache.store_words((page + 0x48, 0x11111111), (page + 0x44, 0x22222222), (page + 0x40, -1))
+    assert board.memory.read(page + 0x40, 12) == bytes.fromhex("ffffffff" "22222222" "11111111")
+    assert [cache.count(n) for n in ("hits", "misses")] == [2, 1]
+    # the first store alone (where a refused one would fault), the two after it together
+    assert seen == [("w", mapcache.WINDOW + 0x48, 4), ("w", mapcache.WINDOW + 0x40, 8)]
+
+
+def test_a_store_held_goes_out_before_a_remap_takes_its_slot(machine, monkeypatch):
+    """One slot: the third push's page evicts the first two's. The second push, held to
+    go out with the first's neighbours, is stored through the old mapping first."""
+    board, kernel = machine
+    cache = _cache(kernel, 1)
+    a, b = kernel.base + 0x3000, kernel.base + 0x4000
+    board.memory.write(b + 0x40, bytes(16), code=False)
+    seen = _spied(monkeypatch, board.cpus[1])
+    cache.store_words((a + 0x68, 7), (a + 0x64, 8), (b + 0x40, 9))
+    assert [board.memory.read_u32(x) for x in (a + 0x68, a + 0x64, b + 0x40, b + 0x44)] == [7, 8, 9, 0]
+    assert [cache.count(n) for n in ("hits", "misses", "evictions")] == [1, 2, 1]
+    assert seen == [("w", mapcache.WINDOW + 0x68, 4), ("w", mapcache.WINDOW + 0x64, 4),
+                    ("w", mapcache.WINDOW + 0x40, 4)]
+
+
+def test_a_refused_lookup_leaves_the_words_before_it_stored(machine):
+    board, kernel = machine
+    cache = _cache(kernel, 2)
+    page = kernel.base + 0x3000
+    calls = []
+
+    def refuse_the_third(slots, last_used, page):
+        calls.append(page)
+        return (9, False) if len(calls) == 3 else mapcache.choose_slot(slots, last_used, page)
+    cache.choose = refuse_the_third
+    with pytest.raises(mapcache.MappingCacheError, match="slot 9"):
+        cache.store_words((page + 0x88, 5), (page + 0x84, 6), (page + 0x80, 7))
+    assert [board.memory.read_u32(page + x) for x in (0x88, 0x84)] == [5, 6]
