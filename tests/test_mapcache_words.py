@@ -86,3 +86,26 @@ def test_a_refused_lookup_leaves_the_words_before_it_stored(machine):
     with pytest.raises(mapcache.MappingCacheError, match="slot 9"):
         cache.store_words((page + 0x88, 5), (page + 0x84, 6), (page + 0x80, 7))
     assert [board.memory.read_u32(page + x) for x in (0x88, 0x84)] == [5, 6]
+
+
+def test_the_caches_own_policy_counts_a_page_looked_up_again_as_any_policy_would(machine):
+    """The same batches with choose_slot, and with a copy of it that is asked for every
+    word: the same counters, slots, recency and words, batch by batch."""
+    board, kernel = machine
+    pages = [kernel.base + 0x3000 + 0x1000 * i for i in range(3)]
+    for i, page in enumerate(pages):
+        board.memory.write(page + 0xF0, bytes(range(16 * i, 16 * i + 16)), code=False)
+    batches = [[pages[0] + 0xF0, pages[0] + 0xF4, pages[0] + 0xF8], [pages[1] + 0xF4, pages[0] + 0xFC],
+               [pages[2] + 0xF0, pages[2] + 0xF8, pages[1] + 0xF0, pages[1] + 0xF4], [pages[0] + 0xF0] * 3]
+    seen = []
+    for policy in (mapcache.choose_slot, lambda *a: mapcache.choose_slot(*a)):
+        cache = _cache(kernel, 2)
+        cache.choose, runs = policy, []
+        for batch in batches:
+            words = cache.load_words(*batch)
+            cache.store_words(*[(a, w) for a, w in zip(batch, words)])
+            runs.append((words, cache.slots, list(cache.state.last_used), cache.state.clock,
+                         [cache.count(n) for n in mapcache.COUNTERS]))
+        seen.append(runs)
+    assert seen[0] == seen[1]
+    assert seen[0][-1][-1][:3] == [19, 5, 3]         # hits, misses, evictions of 24 lookups

@@ -190,6 +190,23 @@ class MappingCache:
         s.last_used[slot] = s.clock
         return WINDOW + slot * layout.PAGE + (address & 0xFFF)
 
+    def _next_lookup(self, address, last, before_remap=None):
+        """_lookup for the next word of one load_words/store_words (nothing runs on the
+        CPU between their words), and what it found: (window address, (page, slot,
+        remaps)). `last`: what the batch's previous lookup found, or None. The cache's
+        own policy (choose_slot) finds a page it has just looked up in the slot it left
+        it in, no slot remapped since: a hit, counted and dated as _lookup does, without
+        reading the page table and asking again. Any other policy is asked every time."""
+        page = address & ~0xFFF
+        if last is not None and last[0] == page and last[2] == self.remaps and self.choose is choose_slot:
+            slot, s = last[1], self.state
+            s.clock += 1
+            self._bump("hits")
+            s.last_used[slot] = s.clock
+            return WINDOW + slot * layout.PAGE + (address & 0xFFF), last
+        window = self._lookup(address, before_remap)
+        return window, (page, (window - WINDOW) // layout.PAGE, self.remaps)
+
     @property
     def slots(self):
         """The page each slot maps (None: empty), read from the window's page table
@@ -285,12 +302,13 @@ class MappingCache:
         first word's load would fault exactly where the longer one does)."""
         self._reachable()
         words, ahead, at, remaps = [], (), None, -1     # words read ahead, from window address `at`
+        last = None
         for i, address in enumerate(addresses):
             if address & 0xFFF > 0xFFC:          # across a page: two lookups (read_u32)
                 words.append(self.read_u32(address))
-                ahead = ()
+                ahead, last = (), None
                 continue
-            window = self._lookup(address)
+            window, last = self._next_lookup(address, last)
             if ahead and window == at and self.remaps == remaps:
                 words.append(ahead[0])
                 ahead, at = ahead[1:], at + 4
@@ -308,15 +326,19 @@ class MappingCache:
             ahead, at, remaps = ahead[1:], window + 4, self.remaps
         return words
 
-    def store_words(self, *pairs):
+    def store_words(self, *pairs, reach_checked=False):
         """Store each (physical address, u32) in this order: one lookup and one store
-        through the window per word, as the CPU's pushes make them (reach checked once).
+        through the window per word, as the CPU's pushes make them (reach checked once;
+        `reach_checked`: by the caller's access through the window just before, with
+        nothing run on the CPU since).
         A word stored next to the last one made, in its window page with no slot
         remapped since, goes out with the words after it in one access (uc_vmem_write):
         the same translation, which cannot fault where the first store did not; before
         a remap, a refused lookup or the end, whatever is held goes out."""
-        self._reachable()
+        if not reach_checked:
+            self._reachable()
         held, window_page, remaps = {}, None, -1     # held: window address -> u32, not stored yet
+        last = None
 
         def store_held():
             if held:
@@ -330,10 +352,10 @@ class MappingCache:
                 value &= 0xFFFFFFFF
                 if address & 0xFFF > 0xFFC:
                     store_held()
-                    window_page = None
+                    window_page = last = None
                     self.write_u32(address, value)
                     continue
-                window = self._lookup(address, store_held)
+                window, last = self._next_lookup(address, last, store_held)
                 if (window & ~0xFFF == window_page and self.remaps == remaps and window not in held
                         and (not held or window in (min(held) - 4, max(held) + 4))):
                     held[window] = value         # (one run of words: written as one access)

@@ -61,9 +61,11 @@ class PatchTable:
         return [(a, m) for a, _, m in self.entries()]
 
     def get(self, address, default=None):
-        for a, _, m in self.entries():
+        """(A monitor asks on every trap: the entries unpacked until the one found.)"""
+        raw = self.memory.read(self.address + HEADER, len(self) * ENTRY.size)
+        for a, _, m in ENTRY.iter_unpack(raw):
             if a == address:
-                return m
+                return MNEMONICS[m]
         return default
 
     def __getitem__(self, address):
