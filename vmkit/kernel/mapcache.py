@@ -138,7 +138,6 @@ class MappingCache:
         self.shootdown = True           # False: skip the IPIs (to see what a shared window needs them for)
         self.state = CacheState(slots)
         self.choose = choose_slot
-        self.remaps = 0                 # slots remapped so far: a word read ahead is good while it stays
         self.memory.write(table, bytes(layout.PAGE), code=False)
         self.memory.write(counters, bytes(4 * len(COUNTERS)), code=False)
 
@@ -168,10 +167,8 @@ class MappingCache:
                 f"the mapping window is out of reach: CPU {self.cpu.index} runs at CPL {cs & 3} "
                 f"with paging {'on' if cr0 & PAGING else 'off'}; the kernel maps pages at CPL 0 with paging on")
 
-    def _lookup(self, address, before_remap=None):
-        """map's lookup (and remap on a miss), the window's reach already checked.
-        before_remap: called just before a remap changes a slot (store_words' stores
-        not made yet go out first, through the mapping they were looked up in)."""
+    def _lookup(self, address):
+        """map's lookup (and remap on a miss), the window's reach already checked."""
         page, s = address & ~0xFFF, self.state
         s.clock += 1
         slots = self.slots
@@ -184,28 +181,35 @@ class MappingCache:
             self._bump("misses")
             if slots[slot] is not None:
                 self._bump("evictions")
-            if before_remap is not None:
-                before_remap()
             self._remap(slot, slots[slot], page)
         s.last_used[slot] = s.clock
         return WINDOW + slot * layout.PAGE + (address & 0xFFF)
 
-    def _next_lookup(self, address, last, before_remap=None):
-        """_lookup for the next word of one load_words/store_words (nothing runs on the
-        CPU between their words), and what it found: (window address, (page, slot,
-        remaps)). `last`: what the batch's previous lookup found, or None. The cache's
-        own policy (choose_slot) finds a page it has just looked up in the slot it left
-        it in, no slot remapped since: a hit, counted and dated as _lookup does, without
-        reading the page table and asking again. Any other policy is asked every time."""
-        page = address & ~0xFFF
-        if last is not None and last[0] == page and last[2] == self.remaps and self.choose is choose_slot:
-            slot, s = last[1], self.state
-            s.clock += 1
-            self._bump("hits")
+    def _run(self, addresses, i):
+        """(n, step): how many of addresses[i:] one lookup maps, and 4 or -4, the way they
+        go. The cache's own policy (choose_slot) finds a page where it has just put it: the
+        words that follow addresses[i] one way, 4 bytes apart, in its page, are hits on its
+        slot, nothing remapped. Any other policy is asked for every word: (1, 4)."""
+        first, n, step = addresses[i], 1, 4
+        if self.choose is not choose_slot or i + 1 == len(addresses):
+            return n, step
+        step = addresses[i + 1] - first
+        if step not in (4, -4):
+            return 1, 4
+        while (i + n < len(addresses) and addresses[i + n] == first + n * step
+               and (first + n * step) & ~0xFFF == first & ~0xFFF and (first + n * step) & 0xFFF <= 0xFFC):
+            n += 1
+        return n, step
+
+    def _hits_again(self, window, n):
+        """n lookups more of the page choose_slot has just found at `window`: n hits on its
+        slot, counted and dated as _lookup counts and dates them."""
+        if n:
+            slot, s = (window - WINDOW) // layout.PAGE, self.state
+            s.clock += n
+            view, at = self.memory._view, self.counters + _COUNTER["hits"]
+            _U32.pack_into(view, at, (_U32.unpack_from(view, at)[0] + n) & 0xFFFFFFFF)
             s.last_used[slot] = s.clock
-            return WINDOW + slot * layout.PAGE + (address & 0xFFF), last
-        window = self._lookup(address, before_remap)
-        return window, (page, (window - WINDOW) // layout.PAGE, self.remaps)
 
     @property
     def slots(self):
@@ -215,7 +219,6 @@ class MappingCache:
         return [pte & ~0xFFF if pte & PRESENT else None for pte in ptes]   # (bounds: as _bump's)
 
     def _remap(self, slot, old, page):
-        self.remaps += 1
         self.memory.write(self.table + 4 * slot, struct.pack("<I", page | PRESENT | WRITABLE), code=False)
         self._flush(WINDOW + slot * layout.PAGE)
         self.trace.emit("mapcache.remap", self.cpu.index, slot=slot, page=page,
@@ -295,76 +298,52 @@ class MappingCache:
     def load_words(self, *addresses):
         """The u32 at each physical address, in this order: one lookup and one load
         through the window per word, as the CPU's pops make them (the window's reach
-        checked once: nothing runs between them). Words that follow each other in one
-        page are loaded in one access at the first one's lookup (uc_vmem_read, ~1 µs a
-        call): a later word's lookup that gives the next window address with no slot
-        remapped since reads the same bytes through the same translation (and the
-        first word's load would fault exactly where the longer one does)."""
+        checked once: nothing runs between them). Words the cache's own policy maps
+        with one lookup (`_run`) are loaded by the CPU in one access (uc_vmem_read: ~1-2
+        µs a call), their further lookups counted after it: what the first word's load
+        would fault on, the longer one faults on, before anything else is counted."""
         self._reachable()
-        words, ahead, at, remaps = [], (), None, -1     # words read ahead, from window address `at`
-        last = None
-        for i, address in enumerate(addresses):
+        words, i = [], 0
+        while i < len(addresses):
+            address = addresses[i]
             if address & 0xFFF > 0xFFC:          # across a page: two lookups (read_u32)
                 words.append(self.read_u32(address))
-                ahead, last = (), None
+                i += 1
                 continue
-            window, last = self._next_lookup(address, last)
-            if ahead and window == at and self.remaps == remaps:
-                words.append(ahead[0])
-                ahead, at = ahead[1:], at + 4
-                continue
-            n = 1                                # this word and those just after it, in its page
-            while (i + n < len(addresses) and addresses[i + n] == address + 4 * n
-                   and (address & 0xFFF) + 4 * n <= 0xFFC):
-                n += 1
-            try:
-                raw = self.cpu.read_linear(window, 4 * n)
-            except LinearFault as e:
-                raise MappingCacheError(f"the mapping window is out of reach: {e}") from None
-            ahead = struct.unpack(f"<{n}I", raw)
-            words.append(ahead[0])
-            ahead, at, remaps = ahead[1:], window + 4, self.remaps
+            n, step = self._run(addresses, i)
+            window = self._lookup(address)
+            low = window if step > 0 else window + (n - 1) * step
+            raw = self._cpu_access(self.cpu.read_linear, low, 4 * n)
+            got = struct.unpack(f"<{n}I", raw)
+            words.extend(got if step > 0 else reversed(got))
+            self._hits_again(window, n - 1)
+            i += n
         return words
 
     def store_words(self, *pairs, reach_checked=False):
         """Store each (physical address, u32) in this order: one lookup and one store
         through the window per word, as the CPU's pushes make them (reach checked once;
         `reach_checked`: by the caller's access through the window just before, with
-        nothing run on the CPU since).
-        A word stored next to the last one made, in its window page with no slot
-        remapped since, goes out with the words after it in one access (uc_vmem_write):
-        the same translation, which cannot fault where the first store did not; before
-        a remap, a refused lookup or the end, whatever is held goes out."""
+        nothing run on the CPU since). Words the cache's own policy maps with one lookup
+        (`_run`) are stored by the CPU in one access (uc_vmem_write), their further
+        lookups counted after it, as load_words does."""
         if not reach_checked:
             self._reachable()
-        held, window_page, remaps = {}, None, -1     # held: window address -> u32, not stored yet
-        last = None
-
-        def store_held():
-            if held:
-                first = min(held)
-                data = b"".join(_U32.pack(held[a]) for a in range(first, first + 4 * len(held), 4))
-                held.clear()
-                self._cpu_access(self.cpu.write_linear, first, data)
-
-        try:
-            for address, value in pairs:
-                value &= 0xFFFFFFFF
-                if address & 0xFFF > 0xFFC:
-                    store_held()
-                    window_page = last = None
-                    self.write_u32(address, value)
-                    continue
-                window, last = self._next_lookup(address, last, store_held)
-                if (window & ~0xFFF == window_page and self.remaps == remaps and window not in held
-                        and (not held or window in (min(held) - 4, max(held) + 4))):
-                    held[window] = value         # (one run of words: written as one access)
-                    continue
-                store_held()
-                self._cpu_access(self.cpu.write_linear, window, _U32.pack(value))
-                window_page, remaps = window & ~0xFFF, self.remaps
-        finally:
-            store_held()
+        addresses, i = [a for a, _ in pairs], 0
+        while i < len(pairs):
+            address, value = pairs[i]
+            if address & 0xFFF > 0xFFC:          # across a page: two lookups (write_u32)
+                self.write_u32(address, value)
+                i += 1
+                continue
+            n, step = self._run(addresses, i)
+            window = self._lookup(address)
+            values = [v & 0xFFFFFFFF for _, v in pairs[i:i + n]]
+            low = window if step > 0 else window + (n - 1) * step
+            self._cpu_access(self.cpu.write_linear, low,
+                             struct.pack(f"<{n}I", *(values if step > 0 else reversed(values))))
+            self._hits_again(window, n - 1)
+            i += n
 
     def write_u32(self, address, value):
         data = _U32.pack(value & 0xFFFFFFFF)
