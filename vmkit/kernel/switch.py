@@ -364,18 +364,21 @@ def saved(kernel, frame, cpu, current, nxt):
 
 def loaded(kernel, frame, cpu, nxt):
     """Back from the x86's load: what the CPU loaded, compared with the save area.
-    Raises SwitchError naming the items that differ."""
-    wrong = verify(kernel.memory, frame, cpu, _AREA.unpack(kernel.memory.read(nxt.area, STATE_SIZE)))
+    Raises SwitchError naming the items that differ; returns CR0 as the verify read it."""
+    wrong, cr0 = _verify(kernel.memory, frame, cpu, _AREA.unpack(kernel.memory.read(nxt.area, STATE_SIZE)))
     if wrong:
         kernel.trace.emit("switch.load", cpu.index, world=nxt.name, ok=False, wrong=" ".join(wrong))
         raise SwitchError(f"{nxt.name}: loaded state differs from its save area in {', '.join(wrong)}")
+    return cr0
 
 
-def started(kernel, frame, cpu, nxt):
-    """Steps 5-7 traced: loaded and checked, the stub's iretd goes next."""
+def started(kernel, frame, cpu, nxt, cr0=None):
+    """Steps 5-7 traced: loaded and checked, the stub's iretd goes next. cr0: as `loaded`
+    read it (nothing has changed it since), else read now."""
     trace = kernel.trace
+    cr0 = cpu["cr0"] if cr0 is None else cr0
     trace.emit("switch.load", cpu.index, world=nxt.name, ok=True, area=nxt.area,
-               paging="on" if cpu["cr0"] & CR0_PG else "off")
+               paging="on" if cr0 & CR0_PG else "off")
     bump(kernel.memory, nxt.area + SWITCHES, 1)
     trace.emit("switch.start", cpu.index, world=nxt.name, cs=frame.cs, eip=frame.eip)
     trace.emit("switch.sti", cpu.index, world=nxt.name, eflags=frame.eflags)
@@ -449,6 +452,11 @@ def verify(memory, frame, cpu, state):
     disabled), and CR0.PG must follow CR3. `state`: the save area's items, as
     a dict or in ITEMS' order. (Its registers in one call into Unicorn, the
     frame in one read, compared as one tuple.)"""
+    return _verify(memory, frame, cpu, state)[0]
+
+
+def _verify(memory, frame, cpu, state):
+    """verify's names, and CR0 as it read it."""
     (ss, cr3, cr0, eflags), tables = cpu.read_with_tables(_PLAIN, _TABLES)
     gdtr, _, ldtr, tr = tables
     now = _observed(memory, frame, ss, cr3, *tables)
@@ -465,4 +473,4 @@ def verify(memory, frame, cpu, state):
         wrong.append("cr0.pg")
     if eflags & EFLAGS_IF:
         wrong.append("IF")
-    return wrong
+    return wrong, cr0

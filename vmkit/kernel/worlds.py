@@ -352,7 +352,7 @@ class Worlds:
         try:
             if vector != switch.LOADED:
                 raise SwitchError(f"{target.name}: {switch.refused_by_cpu(k, frame, vector)}")
-            switch.loaded(k, frame, cpu, target)
+            cr0 = switch.loaded(k, frame, cpu, target)
         except SwitchError as e:
             if s.mode != "switch":
                 p.switching = None
@@ -367,7 +367,7 @@ class Worlds:
         if s.mode == "restore":
             self._after_refusal(frame, p, s)
         elif s.mode == "switch":
-            self._switched(frame, cpu, p, s.to)
+            self._switched(frame, cpu, p, s.to, cr0)
 
     def tick_vms_at(self, instructions=VM_TICK):
         """VM worlds tick every `instructions` (default a real kernel's 100 Hz), the COS
@@ -396,9 +396,10 @@ class Worlds:
             lapic.write(TIMER_INITIAL, 0)
             pic.unmask(0)
 
-    def _switched(self, frame, cpu, p, nxt):
-        """`nxt` is loaded: account, and hand it what is pending for it."""
-        switch.started(self.kernel, frame, cpu, nxt)
+    def _switched(self, frame, cpu, p, nxt, cr0=None):
+        """`nxt` is loaded (cr0: as the load's verify read it): account, and hand it
+        what is pending for it."""
+        switch.started(self.kernel, frame, cpu, nxt, cr0)
         if p.index == 0 and self.vm_tick:
             self._cpu0_timer(nxt)
         now = self.kernel.board.now()
