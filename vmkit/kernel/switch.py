@@ -147,8 +147,12 @@ def seal(memory, address):
 
 
 def area_intact(memory, address):
-    raw = memory.read(address, STATE_SIZE + 4)
-    return zlib.crc32(raw[:STATE_SIZE]) == struct.unpack_from("<I", raw, STATE_SIZE)[0]
+    return _intact(memory.read(address, STATE_SIZE + 4))
+
+
+def _intact(raw):
+    """A save area's bytes and CRC: does the CRC match?"""
+    return zlib.crc32(raw[:STATE_SIZE]) == _U32.unpack_from(raw, STATE_SIZE)[0]
 
 
 def bump(memory, address, amount):
@@ -349,17 +353,21 @@ def enter(frame, cpu, save, load):
 
 def saved(kernel, frame, cpu, current, nxt):
     """Back from the x86's save: seal, trace, check the next world's area;
-    enter the load. Raises SwitchError (nothing loaded) if the check fails."""
+    enter the load. Raises SwitchError (nothing loaded) if the check fails.
+    Returns (base, limit) of the GDT the load's lgdt will load (from the bytes checked)."""
     trace, memory = kernel.trace, kernel.memory
     raw = seal(memory, current.area)
     trace.emit("switch.save", cpu.index, world=current.name, area=current.area,
                eip=_U32.unpack_from(raw, OFFSET["eip"])[0])
     trace.emit("switch.cli", cpu.index, IF=1 if cpu["eflags"] & EFLAGS_IF else 0)
-    if not area_intact(memory, nxt.area):
+    area = memory.read(nxt.area, STATE_SIZE + 4)
+    if not _intact(area):
         trace.emit("switch.check", cpu.index, world=nxt.name, ok=False, why="save area CRC mismatch")
         raise SwitchError(f"the save area of {nxt.name} at {nxt.area:#x} changed since it was stored")
     trace.emit("switch.check", cpu.index, world=nxt.name, ok=True)
     enter(frame, cpu, 0, nxt.area)
+    limit, base = _GDTR.unpack_from(area, OFFSET["gdtr.limit"])
+    return base, limit
 
 
 def loaded(kernel, frame, cpu, nxt):
@@ -405,12 +413,6 @@ def _segment(raw):
     """A descriptor's 8 bytes, decoded (a switch goes between a few worlds' TSS and LDT
     descriptors: each decoded once)."""
     return decode_segment(raw)
-
-
-def gdtr_of(memory, address):
-    """(base, limit) of the GDTR the save area at `address` holds: what its load's lgdt loads."""
-    limit, base = _GDTR.unpack(memory.read(address + OFFSET["gdtr.limit"], _GDTR.size))
-    return base, limit
 
 
 def tss_base(memory, state):

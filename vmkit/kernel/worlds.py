@@ -340,13 +340,13 @@ class Worlds:
             return
         if vector == switch.SAVED:
             try:
-                switch.saved(k, frame, cpu, s.frm, s.to)
+                gdtr = switch.saved(k, frame, cpu, s.frm, s.to)   # (base, limit) the load's lgdt loads
             except SwitchError as e:            # nothing loaded: the running world goes on
                 p.switching = None
                 self.crash(s.to, f"world switch refused: {e}")
                 self._after_refusal(frame, p, s)
                 return
-            cpu.descriptors_changed(0, paging=False, loading=switch.gdtr_of(k.memory, s.to.area))
+            cpu.descriptors_changed(0, paging=False, loading=gdtr)
             return      # the load runs at CPL 0 with paging off: its accesses through a world's
                         # short DS are checked, after its lgdt by the next world's descriptors
         try:
