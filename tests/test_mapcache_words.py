@@ -110,3 +110,21 @@ def test_the_caches_own_policy_counts_a_page_looked_up_again_as_any_policy_would
         seen.append(runs)
     assert seen[0] == seen[1]
     assert seen[0][-1][-1][:3] == [19, 5, 3]         # hits, misses, evictions of 24 lookups
+
+
+def test_a_run_of_words_stops_at_its_page_end_either_way(machine, monkeypatch):
+    board, kernel = machine
+    cache = _cache(kernel, 2)
+    a = kernel.base + 0x3000
+    board.memory.write(a + 0xFF0, bytes(range(0x10, 0x30)), code=False)     # to a + 0x100F
+    word = lambda at: board.memory.read_u32(at)
+    seen = _spied(monkeypatch, board.cpus[1])
+    up = [a + 0xFF8, a + 0xFFC, a + 0x1000, a + 0x1004]
+    assert cache.load_words(*up) == [word(x) for x in up]
+    assert [(n, at & 0xFFF) for _, at, n in seen] == [(8, 0xFF8), (8, 0)]
+    seen.clear()
+    down = [a + 0x1008, a + 0x1004, a + 0x1000, a + 0xFFC]
+    cache.store_words(*[(x, i) for i, x in enumerate(down)])
+    assert [word(x) for x in down] == [0, 1, 2, 3]
+    assert [(n, at & 0xFFF) for _, at, n in seen] == [(12, 0), (4, 0xFFC)]
+    assert cache.count("hits") + cache.count("misses") == 8

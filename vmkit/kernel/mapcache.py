@@ -99,6 +99,15 @@ def _routine(kernel):
 
 
 _PTES = {n: struct.Struct(f"<{n}I") for n in range(1, WINDOW_PAGES + 1)}   # a window's page-table entries
+_RUNS = {}
+
+
+def _words(n):
+    """The struct of n u32s (a run of words the CPU loads or stores in one access), made once."""
+    run = _RUNS.get(n)
+    if run is None:
+        run = _RUNS[n] = struct.Struct(f"<{n}I")
+    return run
 
 
 class MappingCacheError(RuntimeError):
@@ -190,14 +199,18 @@ class MappingCache:
         go. The cache's own policy (choose_slot) finds a page where it has just put it: the
         words that follow addresses[i] one way, 4 bytes apart, in its page, are hits on its
         slot, nothing remapped. Any other policy is asked for every word: (1, 4)."""
-        first, n, step = addresses[i], 1, 4
+        first = addresses[i]
         if self.choose is not choose_slot or i + 1 == len(addresses):
-            return n, step
-        step = addresses[i + 1] - first
-        if step not in (4, -4):
             return 1, 4
-        while (i + n < len(addresses) and addresses[i + n] == first + n * step
-               and (first + n * step) & ~0xFFF == first & ~0xFFF and (first + n * step) & 0xFFF <= 0xFFC):
+        step = addresses[i + 1] - first
+        if step == 4:
+            most = ((first | 0xFFF) - 3 - first) // 4 + 1      # words from `first` to its page's last
+        elif step == -4:
+            most = (first & 0xFFF) // 4 + 1                    # ... down to its page's first
+        else:
+            return 1, 4
+        run, n = addresses[i:i + most], 1
+        while n < len(run) and run[n] == first + n * step:
             n += 1
         return n, step
 
@@ -313,8 +326,7 @@ class MappingCache:
             n, step = self._run(addresses, i)
             window = self._lookup(address)
             low = window if step > 0 else window + (n - 1) * step
-            raw = self._cpu_access(self.cpu.read_linear, low, 4 * n)
-            got = struct.unpack(f"<{n}I", raw)
+            got = _words(n).unpack(self._cpu_access(self.cpu.read_linear, low, 4 * n))
             words.extend(got if step > 0 else reversed(got))
             self._hits_again(window, n - 1)
             i += n
@@ -339,9 +351,10 @@ class MappingCache:
             n, step = self._run(addresses, i)
             window = self._lookup(address)
             values = [v & 0xFFFFFFFF for _, v in pairs[i:i + n]]
+            if step < 0:
+                values.reverse()
             low = window if step > 0 else window + (n - 1) * step
-            self._cpu_access(self.cpu.write_linear, low,
-                             struct.pack(f"<{n}I", *(values if step > 0 else reversed(values))))
+            self._cpu_access(self.cpu.write_linear, low, _words(n).pack(*values))
             self._hits_again(window, n - 1)
             i += n
 
