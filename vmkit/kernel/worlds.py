@@ -30,7 +30,7 @@ COS can neither hand those pages out nor store into them.
 from vmkit.hw import clock
 from vmkit.hw.asm import assemble
 from vmkit.hw.lapic import TIMER_INITIAL
-from vmkit.hw.x86 import EFLAGS_IF
+from vmkit.hw.x86 import CR0_PG, EFLAGS_IF
 from . import layout, paging, smp, switch
 from .errors import GuestFault
 from .switch import SwitchError
@@ -363,7 +363,8 @@ class Worlds:
             switch.enter(frame, cpu, switch.RELOAD, s.frm.area)
             return
         p.switching = None
-        cpu.descriptors_changed(frame.cs & 3)      # the platform's limit checks follow the world
+        cpu.descriptors_changed(frame.cs & 3, paging=bool(cr0 & CR0_PG))   # the platform's limit checks
+                                                   # follow the world (its CR0, as the verify read it)
         if s.mode == "restore":
             self._after_refusal(frame, p, s)
         elif s.mode == "switch":
