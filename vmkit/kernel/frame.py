@@ -47,7 +47,7 @@ class Frame(Words):
         (base 0). The kernel's pushes and pops there are Python writes, which no
         segment-limit check sees: they check it here, as the CPU's own would."""
         super().__init__(memory, address)
-        object.__setattr__(self, "stack_limit", stack_limit)
+        self.__dict__["stack_limit"] = stack_limit
 
     @property
     def from_cos(self):
