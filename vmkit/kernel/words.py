@@ -38,10 +38,15 @@ class Words:
         offset = self.OFFSET.get(name)
         if offset is None:
             raise AttributeError(f"{type(self).__name__} has no word {name!r}")
-        if self._view is None:
-            self.memory.write_u32(self.address + offset, int(value), code=False)
+        try:
+            value &= 0xFFFFFFFF             # (an int, as nearly always: no int() call)
+        except TypeError:
+            value = int(value) & 0xFFFFFFFF
+        view = self._view
+        if view is None:
+            self.memory.write_u32(self.address + offset, value, code=False)
         else:
-            _pack(self._view, self.address + offset, int(value) & 0xFFFFFFFF)
+            _pack(view, self.address + offset, value)
 
     def as_dict(self):
         return {name: getattr(self, name) for name in self.FIELDS}
