@@ -252,9 +252,10 @@ def test_the_window_is_reached_through_the_cpu_and_only_from_the_kernel(running)
     assert (cache.slots, [cache.count(n) for n in mapcache.COUNTERS]) == before
 
 
-def test_a_vmms_pushes_and_pops_are_one_lookup_and_one_cpu_access_per_word(running):
+def test_a_vmms_pushes_and_pops_are_one_lookup_per_word_and_cpu_accesses(running):
     """What inject and a patched iretd use: each word looked up (a hit counted) and stored or
-    loaded by the CPU at the window address, in the order given; out of reach, nothing."""
+    loaded by the CPU at the window address (a run of them in one access:
+    test_mapcache_words.py); out of reach, nothing."""
     board, cos, kernel, vms = running
     cpu1, cache = board.cpus[1], kernel.worlds.cpus[1].cache
     lesson.in_kernel(board, 1)

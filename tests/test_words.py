@@ -25,3 +25,25 @@ def test_a_frame_running_past_the_end_of_memory_is_a_bus_error_on_the_word_past_
         frame.cs
     with pytest.raises(BusError):
         frame.eip = 1
+
+
+def test_a_push_or_pop_past_the_stack_limit_is_refused_as_check_stack_refuses_it():
+    from vmkit.kernel.frame import StackPastLimit
+    memory = PhysicalMemory(0x3000)
+    frame = Frame(memory, 0x2000, stack_limit=0x0FFF)
+    frame.esp = 0x1000                                  # a push: 0xFFC..0xFFF, inside
+    frame.push(0x11223344)
+    assert (frame.esp, memory.read_u32(0xFFC)) == (0xFFC, 0x11223344)
+    assert frame.pop() == 0x11223344 and frame.esp == 0x1000
+    with pytest.raises(StackPastLimit) as popped:       # a pop at 0x1000: past the limit
+        frame.pop()
+    with pytest.raises(StackPastLimit) as checked:
+        frame.check_stack(above=4)
+    assert (popped.value.address, popped.value.size) == (checked.value.address, 4) == (0x1000, 4)
+    frame.esp = 0x1004                                  # a push would store at 0x1000..0x1003
+    with pytest.raises(StackPastLimit, match=r"4 bytes at 0x1000 on the COS's stack, past its limit 0xfff"):
+        frame.push(1)
+    frame.esp = 2                                       # below 0
+    with pytest.raises(StackPastLimit, match="at 0xfffffffe"):
+        frame.push(1)
+    assert frame.esp == 2 and memory.read_u32(0xFFC) == 0x11223344

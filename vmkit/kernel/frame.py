@@ -47,7 +47,7 @@ class Frame(Words):
         (base 0). The kernel's pushes and pops there are Python writes, which no
         segment-limit check sees: they check it here, as the CPU's own would."""
         super().__init__(memory, address)
-        object.__setattr__(self, "stack_limit", stack_limit)
+        self.__dict__["stack_limit"] = stack_limit
 
     @property
     def from_cos(self):
@@ -61,13 +61,21 @@ class Frame(Words):
             raise StackPastLimit(low & FLAT, below + above, self.stack_limit)
 
     def push(self, value):
-        """Push onto the interrupted (COS) stack: base 0, its limit checked."""
-        self.check_stack(below=4)
-        self.esp -= 4
-        self.memory.write_u32(self.esp, value, code=False)
+        """Push onto the interrupted (COS) stack: base 0, its limit checked (check_stack's
+        test for the 4 bytes below ESP, with ESP read once: the kernel pushes 3-4 words
+        per interrupt it gives the COS)."""
+        esp = self.esp
+        low = esp - 4
+        if low < 0 or esp - 1 > self.stack_limit:
+            raise StackPastLimit(low & FLAT, 4, self.stack_limit)
+        self.esp = low
+        self.memory.write_u32(low, value, code=False)
 
     def pop(self):
-        self.check_stack(above=4)
-        value = self.memory.read_u32(self.esp)
-        self.esp += 4
+        """Pop from it, likewise (check_stack's test for the 4 bytes from ESP up)."""
+        esp = self.esp
+        if esp < 0 or esp + 3 > self.stack_limit:
+            raise StackPastLimit(esp & FLAT, 4, self.stack_limit)
+        value = self.memory.read_u32(esp)
+        self.esp = esp + 4
         return value

@@ -99,6 +99,15 @@ def _routine(kernel):
 
 
 _PTES = {n: struct.Struct(f"<{n}I") for n in range(1, WINDOW_PAGES + 1)}   # a window's page-table entries
+_RUNS = {}
+
+
+def _words(n):
+    """The struct of n u32s (a run of words the CPU loads or stores in one access), made once."""
+    run = _RUNS.get(n)
+    if run is None:
+        run = _RUNS[n] = struct.Struct(f"<{n}I")
+    return run
 
 
 class MappingCacheError(RuntimeError):
@@ -149,8 +158,9 @@ class MappingCache:
         return self.counters + 4 * COUNTERS.index(name)
 
     def _bump(self, name):
-        at, memory = self.counters + _COUNTER[name], self.memory
-        memory.write_u32(at, memory.read_u32(at) + 1, code=False)
+        """Count in place (the counters' bounds were checked when __init__ zeroed them)."""
+        view, at = self.memory._view, self.counters + _COUNTER[name]
+        _U32.pack_into(view, at, (_U32.unpack_from(view, at)[0] + 1) & 0xFFFFFFFF)
 
     def map(self, address):
         """The window address through which physical `address` is reached now."""
@@ -184,14 +194,42 @@ class MappingCache:
         s.last_used[slot] = s.clock
         return WINDOW + slot * layout.PAGE + (address & 0xFFF)
 
+    def _run(self, addresses, i):
+        """(n, step): how many of addresses[i:] one lookup maps, and 4 or -4, the way they
+        go. The cache's own policy (choose_slot) finds a page where it has just put it: the
+        words that follow addresses[i] one way, 4 bytes apart, in its page, are hits on its
+        slot, nothing remapped. Any other policy is asked for every word: (1, 4)."""
+        first = addresses[i]
+        if self.choose is not choose_slot or i + 1 == len(addresses):
+            return 1, 4
+        step = addresses[i + 1] - first
+        if step == 4:
+            most = ((first | 0xFFF) - 3 - first) // 4 + 1      # words from `first` to its page's last
+        elif step == -4:
+            most = (first & 0xFFF) // 4 + 1                    # ... down to its page's first
+        else:
+            return 1, 4
+        run, n = addresses[i:i + most], 1
+        while n < len(run) and run[n] == first + n * step:
+            n += 1
+        return n, step
+
+    def _hits_again(self, window, n):
+        """n lookups more of the page choose_slot has just found at `window`: n hits on its
+        slot, counted and dated as _lookup counts and dates them."""
+        if n:
+            slot, s = (window - WINDOW) // layout.PAGE, self.state
+            s.clock += n
+            view, at = self.memory._view, self.counters + _COUNTER["hits"]
+            _U32.pack_into(view, at, (_U32.unpack_from(view, at)[0] + n) & 0xFFFFFFFF)
+            s.last_used[slot] = s.clock
+
     @property
     def slots(self):
         """The page each slot maps (None: empty), read from the window's page table
         (in place: the VMM looks its pages up several times per injected interrupt)."""
-        n = len(self.state.last_used)
-        self.memory.check(self.table, 4 * n)
-        ptes = _PTES[n].unpack_from(self.memory._view, self.table)
-        return [pte & ~0xFFF if pte & PRESENT else None for pte in ptes]
+        ptes = _PTES[len(self.state.last_used)].unpack_from(self.memory._view, self.table)
+        return [pte & ~0xFFF if pte & PRESENT else None for pte in ptes]   # (bounds: as _bump's)
 
     def _remap(self, slot, old, page):
         self.memory.write(self.table + 4 * slot, struct.pack("<I", page | PRESENT | WRITABLE), code=False)
@@ -273,31 +311,52 @@ class MappingCache:
     def load_words(self, *addresses):
         """The u32 at each physical address, in this order: one lookup and one load
         through the window per word, as the CPU's pops make them (the window's reach
-        checked once: nothing runs between them)."""
+        checked once: nothing runs between them). Words the cache's own policy maps
+        with one lookup (`_run`) are loaded by the CPU in one access (uc_vmem_read: ~1-2
+        µs a call), their further lookups counted after it: what the first word's load
+        would fault on, the longer one faults on, before anything else is counted."""
         self._reachable()
-        words = []
-        for address in addresses:
+        words, i = [], 0
+        while i < len(addresses):
+            address = addresses[i]
             if address & 0xFFF > 0xFFC:          # across a page: two lookups (read_u32)
                 words.append(self.read_u32(address))
+                i += 1
                 continue
-            try:
-                words.append(_U32.unpack(self.cpu.read_linear(self._lookup(address), 4))[0])
-            except LinearFault as e:
-                raise MappingCacheError(f"the mapping window is out of reach: {e}") from None
+            n, step = self._run(addresses, i)
+            window = self._lookup(address)
+            low = window if step > 0 else window + (n - 1) * step
+            got = _words(n).unpack(self._cpu_access(self.cpu.read_linear, low, 4 * n))
+            words.extend(got if step > 0 else reversed(got))
+            self._hits_again(window, n - 1)
+            i += n
         return words
 
-    def store_words(self, *pairs):
+    def store_words(self, *pairs, reach_checked=False):
         """Store each (physical address, u32) in this order: one lookup and one store
-        through the window per word, as the CPU's pushes make them (reach checked once)."""
-        self._reachable()
-        for address, value in pairs:
-            if address & 0xFFF > 0xFFC:
+        through the window per word, as the CPU's pushes make them (reach checked once;
+        `reach_checked`: by the caller's access through the window just before, with
+        nothing run on the CPU since). Words the cache's own policy maps with one lookup
+        (`_run`) are stored by the CPU in one access (uc_vmem_write), their further
+        lookups counted after it, as load_words does."""
+        if not reach_checked:
+            self._reachable()
+        addresses, i = [a for a, _ in pairs], 0
+        while i < len(pairs):
+            address, value = pairs[i]
+            if address & 0xFFF > 0xFFC:          # across a page: two lookups (write_u32)
                 self.write_u32(address, value)
+                i += 1
                 continue
-            try:
-                self.cpu.write_linear(self._lookup(address), _U32.pack(value & 0xFFFFFFFF))
-            except LinearFault as e:
-                raise MappingCacheError(f"the mapping window is out of reach: {e}") from None
+            n, step = self._run(addresses, i)
+            window = self._lookup(address)
+            values = [v & 0xFFFFFFFF for _, v in pairs[i:i + n]]
+            if step < 0:
+                values.reverse()
+            low = window if step > 0 else window + (n - 1) * step
+            self._cpu_access(self.cpu.write_linear, low, _words(n).pack(*values))
+            self._hits_again(window, n - 1)
+            i += n
 
     def write_u32(self, address, value):
         data = _U32.pack(value & 0xFFFFFFFF)

@@ -147,8 +147,12 @@ def seal(memory, address):
 
 
 def area_intact(memory, address):
-    raw = memory.read(address, STATE_SIZE + 4)
-    return zlib.crc32(raw[:STATE_SIZE]) == struct.unpack_from("<I", raw, STATE_SIZE)[0]
+    return _intact(memory.read(address, STATE_SIZE + 4))
+
+
+def _intact(raw):
+    """A save area's bytes and CRC: does the CRC match?"""
+    return zlib.crc32(raw[:STATE_SIZE]) == _U32.unpack_from(raw, STATE_SIZE)[0]
 
 
 def bump(memory, address, amount):
@@ -349,33 +353,40 @@ def enter(frame, cpu, save, load):
 
 def saved(kernel, frame, cpu, current, nxt):
     """Back from the x86's save: seal, trace, check the next world's area;
-    enter the load. Raises SwitchError (nothing loaded) if the check fails."""
+    enter the load. Raises SwitchError (nothing loaded) if the check fails.
+    Returns (base, limit) of the GDT the load's lgdt will load (from the bytes checked)."""
     trace, memory = kernel.trace, kernel.memory
     raw = seal(memory, current.area)
     trace.emit("switch.save", cpu.index, world=current.name, area=current.area,
                eip=_U32.unpack_from(raw, OFFSET["eip"])[0])
     trace.emit("switch.cli", cpu.index, IF=1 if cpu["eflags"] & EFLAGS_IF else 0)
-    if not area_intact(memory, nxt.area):
+    area = memory.read(nxt.area, STATE_SIZE + 4)
+    if not _intact(area):
         trace.emit("switch.check", cpu.index, world=nxt.name, ok=False, why="save area CRC mismatch")
         raise SwitchError(f"the save area of {nxt.name} at {nxt.area:#x} changed since it was stored")
     trace.emit("switch.check", cpu.index, world=nxt.name, ok=True)
     enter(frame, cpu, 0, nxt.area)
+    limit, base = _GDTR.unpack_from(area, OFFSET["gdtr.limit"])
+    return base, limit
 
 
 def loaded(kernel, frame, cpu, nxt):
     """Back from the x86's load: what the CPU loaded, compared with the save area.
-    Raises SwitchError naming the items that differ."""
-    wrong = verify(kernel.memory, frame, cpu, _AREA.unpack(kernel.memory.read(nxt.area, STATE_SIZE)))
+    Raises SwitchError naming the items that differ; returns CR0 as the verify read it."""
+    wrong, cr0 = _verify(kernel.memory, frame, cpu, _AREA.unpack(kernel.memory.read(nxt.area, STATE_SIZE)))
     if wrong:
         kernel.trace.emit("switch.load", cpu.index, world=nxt.name, ok=False, wrong=" ".join(wrong))
         raise SwitchError(f"{nxt.name}: loaded state differs from its save area in {', '.join(wrong)}")
+    return cr0
 
 
-def started(kernel, frame, cpu, nxt):
-    """Steps 5-7 traced: loaded and checked, the stub's iretd goes next."""
+def started(kernel, frame, cpu, nxt, cr0=None):
+    """Steps 5-7 traced: loaded and checked, the stub's iretd goes next. cr0: as `loaded`
+    read it (nothing has changed it since), else read now."""
     trace = kernel.trace
+    cr0 = cpu["cr0"] if cr0 is None else cr0
     trace.emit("switch.load", cpu.index, world=nxt.name, ok=True, area=nxt.area,
-               paging="on" if cpu["cr0"] & CR0_PG else "off")
+               paging="on" if cr0 & CR0_PG else "off")
     bump(kernel.memory, nxt.area + SWITCHES, 1)
     trace.emit("switch.start", cpu.index, world=nxt.name, cs=frame.cs, eip=frame.eip)
     trace.emit("switch.sti", cpu.index, world=nxt.name, eflags=frame.eflags)
@@ -402,12 +413,6 @@ def _segment(raw):
     """A descriptor's 8 bytes, decoded (a switch goes between a few worlds' TSS and LDT
     descriptors: each decoded once)."""
     return decode_segment(raw)
-
-
-def gdtr_of(memory, address):
-    """(base, limit) of the GDTR the save area at `address` holds: what its load's lgdt loads."""
-    limit, base = _GDTR.unpack(memory.read(address + OFFSET["gdtr.limit"], _GDTR.size))
-    return base, limit
 
 
 def tss_base(memory, state):
@@ -449,6 +454,11 @@ def verify(memory, frame, cpu, state):
     disabled), and CR0.PG must follow CR3. `state`: the save area's items, as
     a dict or in ITEMS' order. (Its registers in one call into Unicorn, the
     frame in one read, compared as one tuple.)"""
+    return _verify(memory, frame, cpu, state)[0]
+
+
+def _verify(memory, frame, cpu, state):
+    """verify's names, and CR0 as it read it."""
     (ss, cr3, cr0, eflags), tables = cpu.read_with_tables(_PLAIN, _TABLES)
     gdtr, _, ldtr, tr = tables
     now = _observed(memory, frame, ss, cr3, *tables)
@@ -465,4 +475,4 @@ def verify(memory, frame, cpu, state):
         wrong.append("cr0.pg")
     if eflags & EFLAGS_IF:
         wrong.append("IF")
-    return wrong
+    return wrong, cr0

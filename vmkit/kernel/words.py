@@ -22,14 +22,14 @@ class Words:
                 setattr(cls, name, _Word(_reader(offset)))   # (the kernel reads these on every entry)
 
     def __init__(self, memory, address):
-        object.__setattr__(self, "memory", memory)
-        object.__setattr__(self, "address", address)
+        attrs = self.__dict__           # (past __setattr__, which takes words only)
+        attrs["memory"], attrs["address"] = memory, address
         # The machine's memory buffer itself when the whole record lies in it (checked once
         # here): each word is then one unpack or pack where it lives, not a bounds-checked call
         # (the kernel reads and writes ~20 words per entry). Otherwise memory's own checks.
         view = getattr(memory, "_view", None)
         inside = view is not None and 0 <= address and address + self.SIZE <= len(view)
-        object.__setattr__(self, "_view", view if inside else None)
+        attrs["_view"] = view if inside else None
 
     def __getattr__(self, name):                    # only names that are not words get here
         raise AttributeError(f"{type(self).__name__} has no word {name!r}")
@@ -38,10 +38,15 @@ class Words:
         offset = self.OFFSET.get(name)
         if offset is None:
             raise AttributeError(f"{type(self).__name__} has no word {name!r}")
-        if self._view is None:
-            self.memory.write_u32(self.address + offset, int(value), code=False)
+        try:
+            value &= 0xFFFFFFFF             # (an int, as nearly always: no int() call)
+        except TypeError:
+            value = int(value) & 0xFFFFFFFF
+        view = self._view
+        if view is None:
+            self.memory.write_u32(self.address + offset, value, code=False)
         else:
-            _pack(self._view, self.address + offset, int(value) & 0xFFFFFFFF)
+            _pack(view, self.address + offset, value)
 
     def as_dict(self):
         return {name: getattr(self, name) for name in self.FIELDS}

@@ -30,7 +30,7 @@ COS can neither hand those pages out nor store into them.
 from vmkit.hw import clock
 from vmkit.hw.asm import assemble
 from vmkit.hw.lapic import TIMER_INITIAL
-from vmkit.hw.x86 import EFLAGS_IF
+from vmkit.hw.x86 import CR0_PG, EFLAGS_IF
 from . import layout, paging, smp, switch
 from .errors import GuestFault
 from .switch import SwitchError
@@ -340,19 +340,19 @@ class Worlds:
             return
         if vector == switch.SAVED:
             try:
-                switch.saved(k, frame, cpu, s.frm, s.to)
+                gdtr = switch.saved(k, frame, cpu, s.frm, s.to)   # (base, limit) the load's lgdt loads
             except SwitchError as e:            # nothing loaded: the running world goes on
                 p.switching = None
                 self.crash(s.to, f"world switch refused: {e}")
                 self._after_refusal(frame, p, s)
                 return
-            cpu.descriptors_changed(0, paging=False, loading=switch.gdtr_of(k.memory, s.to.area))
+            cpu.descriptors_changed(0, paging=False, loading=gdtr)
             return      # the load runs at CPL 0 with paging off: its accesses through a world's
                         # short DS are checked, after its lgdt by the next world's descriptors
         try:
             if vector != switch.LOADED:
                 raise SwitchError(f"{target.name}: {switch.refused_by_cpu(k, frame, vector)}")
-            switch.loaded(k, frame, cpu, target)
+            cr0 = switch.loaded(k, frame, cpu, target)
         except SwitchError as e:
             if s.mode != "switch":
                 p.switching = None
@@ -363,11 +363,12 @@ class Worlds:
             switch.enter(frame, cpu, switch.RELOAD, s.frm.area)
             return
         p.switching = None
-        cpu.descriptors_changed(frame.cs & 3)      # the platform's limit checks follow the world
+        cpu.descriptors_changed(frame.cs & 3, paging=bool(cr0 & CR0_PG))   # the platform's limit checks
+                                                   # follow the world (its CR0, as the verify read it)
         if s.mode == "restore":
             self._after_refusal(frame, p, s)
         elif s.mode == "switch":
-            self._switched(frame, cpu, p, s.to)
+            self._switched(frame, cpu, p, s.to, cr0)
 
     def tick_vms_at(self, instructions=VM_TICK):
         """VM worlds tick every `instructions` (default a real kernel's 100 Hz), the COS
@@ -396,9 +397,10 @@ class Worlds:
             lapic.write(TIMER_INITIAL, 0)
             pic.unmask(0)
 
-    def _switched(self, frame, cpu, p, nxt):
-        """`nxt` is loaded: account, and hand it what is pending for it."""
-        switch.started(self.kernel, frame, cpu, nxt)
+    def _switched(self, frame, cpu, p, nxt, cr0=None):
+        """`nxt` is loaded (cr0: as the load's verify read it): account, and hand it
+        what is pending for it."""
+        switch.started(self.kernel, frame, cpu, nxt, cr0)
         if p.index == 0 and self.vm_tick:
             self._cpu0_timer(nxt)
         now = self.kernel.board.now()

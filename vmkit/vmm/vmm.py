@@ -32,6 +32,8 @@ cos_vcpu.py) and the patch list (the COS's table layout, patches.py), which
 the VMM consults on every trap. Timer ticks are injected through the guest's
 own IDT exactly as Kernel.inject does for the COS.
 """
+import functools
+
 from capstone.x86 import X86_OP_IMM
 
 from vmkit.hw.x86 import EFLAGS_IF, GATE_INT32, GATE_TRAP32, decode_gate
@@ -46,6 +48,7 @@ VM_TIMER_VECTOR = 0x20          # the guest's IDT entry for its virtual timer (I
 INT3, IRETD = 0xCC, "iretd"
 PATCH_CAPACITY = patches.capacity(layout.VMM_ENTRIES - layout.VMM_PATCHES)   # its region's table: 223
 GUEST_FLAGS = 0x0CD5            # CF PF AF ZF SF DF OF: what a guest's iretd may set for real
+_gate = functools.lru_cache(maxsize=256)(decode_gate)    # a guest's few timer/disk gates, each decoded once
 
 
 class VMM:
@@ -270,13 +273,14 @@ class VMM:
         if not self.owns(esp - 12, 12):
             raise GuestFault(f"interrupt with the stack outside the VM's memory ({esp:#x})")
         cache = self.cache
-        gate = decode_gate(cache.read(self.host(gate_at, 8), 8))
+        gate = _gate(cache.read(self.host(gate_at, 8), 8))
         if not gate.present or gate.type not in (GATE_INT32, GATE_TRAP32):
             raise GuestFault(f"gate {vector:#x} in the guest's IDT is not a present interrupt or "
                              f"trap gate (a CPU would raise #NP or #GP delivering through it)")
         top = self.host(esp - 12, 12, "a push")
         cache.store_words((top + 8, (frame.eflags & ~EFLAGS_IF) | (EFLAGS_IF if v.vif else 0)),
-                          (top + 4, frame.cs), (top, frame.eip))  # three pushes, in the CPU's order
+                          (top + 4, frame.cs), (top, frame.eip),  # three pushes, in the CPU's order
+                          reach_checked=True)    # (by the gate's read: nothing has run since)
         frame.esp, frame.eip = esp - 12, gate.offset
         if gate.type == GATE_INT32:              # an interrupt gate clears IF; a trap gate does not
             v.vif = 0

@@ -1,0 +1,130 @@
+"""The VMM's pushes and pops through the mapping window (kernel/mapcache.py): each word
+one lookup, counted; words the cache's own policy maps with one lookup loaded or stored
+by the CPU in one access, through that mapping."""
+import pytest
+
+from vmkit.kernel import mapcache
+from vmkit.lessons import smp as lesson
+from vmkit.lessons.takeover import takeover
+
+
+@pytest.fixture(scope="module")
+def machine():
+    """CPU 1 idle in its system world, in the kernel (CPL 0, paging on): its window reachable."""
+    board, cos, loader = takeover(timer_period=2000, cpus=2)
+    lesson.in_kernel(board, 1)
+    return board, loader.kernel
+
+
+def _spied(monkeypatch, cpu):
+    """The CPU's accesses at linear addresses: [("r"|"w", address, length)]."""
+    seen, read, write = [], cpu.read_linear, cpu.write_linear
+    monkeypatch.setattr(cpu, "read_linear", lambda a, n: seen.append(("r", a, n)) or read(a, n))
+    monkeypatch.setattr(cpu, "write_linear", lambda a, d: seen.append(("w", a, len(d))) or write(a, d))
+    return seen
+
+
+def _cache(kernel, slots):
+    p = kernel.worlds.cpus[1]
+    return mapcache.MappingCache(kernel, kernel.board.cpus[1], p.cache.table, p.cache.counters, slots=slots)
+
+
+def test_three_pops_from_one_page_are_three_lookups_and_one_load(machine, monkeypatch):
+    board, kernel = machine
+    cache = _cache(kernel, 2)
+    page = kernel.base + 0x3000
+    board.memory.write(page + 0x20, bytes.fromhex("01000000 02000000 03000000".replace(" ", "")), code=False)
+    seen = _spied(monkeypatch, board.cpus[1])
+    assert cache.load_words(page + 0x20, page + 0x24, page + 0x28) == [1, 2, 3]
+    assert [cache.count(n) for n in ("hits", "misses")] == [2, 1]
+    assert seen == [("r", mapcache.WINDOW + 0x20, 12)]
+    # a word across a page, and words apart: each its own lookups and load
+    board.memory.write(page + 0xFFE, bytes.fromhex("aabbccdd"), code=False)
+    seen.clear()
+    assert cache.load_words(page + 0x20, page + 0xFFE, page + 0x28) == [1, 0xDDCCBBAA, 3]
+    assert cache.count("hits") + cache.count("misses") == 3 + 4
+    assert [n for _, _, n in seen] == [4, 2, 2, 4]
+
+
+def test_three_pushes_into_one_page_are_three_lookups_and_one_store(machine, monkeypatch):
+    board, kernel = machine
+    cache = _cache(kernel, 2)
+    page = kernel.base + 0x3000
+    seen = _spied(monkeypatch, board.cpus[1])
+    cache.store_words((page + 0x48, 0x11111111), (page + 0x44, 0x22222222), (page + 0x40, -1))
+    assert board.memory.read(page + 0x40, 12) == bytes.fromhex("ffffffff" "22222222" "11111111")
+    assert [cache.count(n) for n in ("hits", "misses")] == [2, 1]
+    assert seen == [("w", mapcache.WINDOW + 0x40, 12)]
+
+
+def test_pushes_stored_together_go_out_before_a_remap_takes_their_slot(machine, monkeypatch):
+    """One slot: the third push's page evicts the first two's, which are stored through
+    their own mapping first."""
+    board, kernel = machine
+    cache = _cache(kernel, 1)
+    a, b = kernel.base + 0x3000, kernel.base + 0x4000
+    board.memory.write(b + 0x40, bytes(16), code=False)
+    seen = _spied(monkeypatch, board.cpus[1])
+    cache.store_words((a + 0x68, 7), (a + 0x64, 8), (b + 0x40, 9))
+    assert [board.memory.read_u32(x) for x in (a + 0x68, a + 0x64, b + 0x40, b + 0x44)] == [7, 8, 9, 0]
+    assert [cache.count(n) for n in ("hits", "misses", "evictions")] == [1, 2, 1]
+    assert seen == [("w", mapcache.WINDOW + 0x64, 8), ("w", mapcache.WINDOW + 0x40, 4)]
+
+
+def test_another_policy_is_asked_for_every_word_and_a_refusal_leaves_the_words_before_it_stored(
+        machine, monkeypatch):
+    board, kernel = machine
+    cache = _cache(kernel, 2)
+    page = kernel.base + 0x3000
+    calls = []
+
+    def refuse_the_third(slots, last_used, page):
+        calls.append(page)
+        return (9, False) if len(calls) == 3 else mapcache.choose_slot(slots, last_used, page)
+    cache.choose = refuse_the_third
+    seen = _spied(monkeypatch, board.cpus[1])
+    with pytest.raises(mapcache.MappingCacheError, match="slot 9"):
+        cache.store_words((page + 0x88, 5), (page + 0x84, 6), (page + 0x80, 7))
+    assert [board.memory.read_u32(page + x) for x in (0x88, 0x84)] == [5, 6] and len(calls) == 3
+    assert seen == [("w", mapcache.WINDOW + 0x88, 4), ("w", mapcache.WINDOW + 0x84, 4)]
+
+
+def test_the_caches_own_policy_counts_a_page_looked_up_again_as_any_policy_would(machine):
+    """The same batches with choose_slot, and with a copy of it that is asked for every
+    word: the same counters, slots, recency and words, batch by batch."""
+    board, kernel = machine
+    pages = [kernel.base + 0x3000 + 0x1000 * i for i in range(3)]
+    for i, page in enumerate(pages):
+        board.memory.write(page + 0xF0, bytes(range(16 * i, 16 * i + 16)), code=False)
+    batches = [[pages[0] + 0xF0, pages[0] + 0xF4, pages[0] + 0xF8], [pages[1] + 0xF4, pages[0] + 0xFC],
+               [pages[2] + 0xF0, pages[2] + 0xF8, pages[1] + 0xF0, pages[1] + 0xF4], [pages[0] + 0xF0] * 3]
+    seen = []
+    for policy in (mapcache.choose_slot, lambda *a: mapcache.choose_slot(*a)):
+        cache = _cache(kernel, 2)
+        cache.choose, runs = policy, []
+        for batch in batches:
+            words = cache.load_words(*batch)
+            cache.store_words(*[(a, w) for a, w in zip(batch, words)])
+            runs.append((words, cache.slots, list(cache.state.last_used), cache.state.clock,
+                         [cache.count(n) for n in mapcache.COUNTERS]))
+        seen.append(runs)
+    assert seen[0] == seen[1]
+    assert seen[0][-1][-1][:3] == [19, 5, 3]         # hits, misses, evictions of 24 lookups
+
+
+def test_a_run_of_words_stops_at_its_page_end_either_way(machine, monkeypatch):
+    board, kernel = machine
+    cache = _cache(kernel, 2)
+    a = kernel.base + 0x3000
+    board.memory.write(a + 0xFF0, bytes(range(0x10, 0x30)), code=False)     # to a + 0x100F
+    word = lambda at: board.memory.read_u32(at)
+    seen = _spied(monkeypatch, board.cpus[1])
+    up = [a + 0xFF8, a + 0xFFC, a + 0x1000, a + 0x1004]
+    assert cache.load_words(*up) == [word(x) for x in up]
+    assert [(n, at & 0xFFF) for _, at, n in seen] == [(8, 0xFF8), (8, 0)]
+    seen.clear()
+    down = [a + 0x1008, a + 0x1004, a + 0x1000, a + 0xFFC]
+    cache.store_words(*[(x, i) for i, x in enumerate(down)])
+    assert [word(x) for x in down] == [0, 1, 2, 3]
+    assert [(n, at & 0xFFF) for _, at, n in seen] == [(12, 0), (4, 0xFFC)]
+    assert cache.count("hits") + cache.count("misses") == 8
