@@ -38,7 +38,7 @@ from unicorn import (Uc, UcError, UC_ARCH_X86, UC_MODE_32, UC_PROT_ALL, UC_HOOK_
 from unicorn import x86_const as X
 
 from . import unicorn_quirks
-from .counter import Counter, library
+from .counter import Counter, library, NO_HIT
 from .delivery import Delivery
 from .io import PortAccess
 from .limits import SegmentLimits
@@ -68,6 +68,7 @@ _lib.uc_vmem_read.argtypes = _lib.uc_vmem_write.argtypes = [
 _lib.uc_vmem_translate.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int,
                                    ctypes.POINTER(ctypes.c_uint64)]
 _reg_read = _lib.uc_reg_read      # (looked up once, not per register read)
+EIP = X.UC_X86_REG_EIP
 _reg_read_batch = _lib.uc_reg_read_batch
 
 
@@ -102,6 +103,8 @@ class CPU(Delivery, PortAccess):
         self._count_state = self.counter.state if self.counter.exact else None   # (progress)
         self._uch, self._scratch, self._mmr = uc._uch, ctypes.c_uint64(), UcRegMMR()
         self._scratch_ref = ctypes.byref(self._scratch)
+        self._eip = ctypes.c_uint64()             # run()'s own: only EIP is ever read into it
+        self._eip_ref = ctypes.byref(self._eip)
         self._batches = {}
         lib = library() if self.counter.exact else None
         self.limits = SegmentLimits(self, lib)
@@ -401,20 +404,29 @@ class CPU(Delivery, PortAccess):
         halted and idle for the rest of it), fewer when the board asked it
         to stop early because a device scheduled an event inside the slice,
         or, with `wake` (an interrupt waits on IF), at the first instruction
-        boundary with IF set: where the INTR pin would take it (counter.c)."""
+        boundary with IF set: where the INTR pin would take it (counter.c).
+
+        Each kernel entry is two runs and a world switch three (~7 per tick of the
+        teaching run), so the loop reads the C counter's fields itself rather than
+        through Counter's properties, reads EIP with one C call, and asks limits.py
+        only when the run left something for it (a violation, a fetch past CS's limit)."""
         self.done = 0
         self._stop_requested = False
-        counter, limits, exact, refusals = self.counter, self.limits, self.counter.exact, self._io
+        counter = self.counter
+        if not counter.exact:
+            return self._run_counted(budget)
+        limits, refusals, state, stubs = self.limits, self._io, counter.state, self._stubs
+        uch, eip_ref, eip_value = self._uch, self._eip_ref, self._eip
         known = None                         # EIP as read after a handler ran: not read twice
         while self.done < budget:
             if self.shutdown or self.halted:
                 return budget
             self._io_fault = None
-            eip = self["eip"] if known is None else known
-            known = None
-            if not exact:                    # (the code hooks' bookkeeping: on_execute)
-                stopped_at, self._hook_stopped_at = self._hook_stopped_at, None
-                self._hook_ran_at = stopped_at if stopped_at is not None and stopped_at == eip else None
+            if known is None:
+                _reg_read(uch, EIP, eip_ref)
+                eip = eip_value.value
+            else:
+                eip, known = known, None
             skip, self._resume_at = self._resume_at, None
             if refusals is not None:
                 refusals.refused = 0
@@ -427,15 +439,15 @@ class CPU(Delivery, PortAccess):
             if refusals is not None and refusals.refused:     # io.c stopped the run
                 self._io_fault = (GP, 0, refusals.eip, refusals.at_count)
             io_fault = self._io_fault
-            if exact and counter.state.flat and limits.after_run(
+            if state.flat and limits.after_run(
                     limits.violation is not None or error is not None or io_fault
                     or self._stop_requested):
                 self.done += executed - 1      # a flat stretch began or ended before an instruction
                 continue                       # counted there: it runs (and counts) now (limits.py)
-            violation = limits.take()
+            violation = limits.take() if limits.violation is not None or state.fetch_fault else None
             if violation is not None:
                 executed = violation.count     # the access counts; it did not happen (limits.py)
-            elif io_fault and exact:
+            elif io_fault:
                 # the denied in/out counts; what the counter saw after its emu_stop does not
                 # (whether it sees the next instruction depends on where a translation block ends)
                 executed = io_fault[3]
@@ -443,12 +455,13 @@ class CPU(Delivery, PortAccess):
             # A denied in/out stops the run only after it (emu_stop inside its hook): the counter
             # may already stand at a breakpoint on the next instruction. The #GP comes first, or
             # the instruction would be skipped with neither its port access nor its fault.
-            hit = counter.hit if error is None and violation is None and not io_fault else None
-            if hit is not None:
+            hit = state.hit
+            if hit != NO_HIT and error is None and violation is None and not io_fault:
                 self._resume_at = known = hit
-                for handler in list(self._stubs.get(hit, ())):
+                for handler in list(stubs.get(hit, ())):
                     self._call_handler(handler, hit)
-                    known = self["eip"]
+                    _reg_read(uch, EIP, eip_ref)
+                    known = eip_value.value
                     if self.shutdown or known != hit:
                         break                  # the software there moved on (or stopped)
                 if self._stop_requested or known == hit:
@@ -463,25 +476,48 @@ class CPU(Delivery, PortAccess):
             elif io_fault:
                 vector, code, eip, _ = io_fault
                 self.raise_fault(vector, code, eip, "I/O port access above IOPL")
-            elif self._stop_requested or self.counter.woke:
+            elif self._stop_requested or state.woke:
                 return self.done
-            elif self._ended_on_hlt():
-                self.halted = True
-                self.trace.emit("cpu.halt", self.index, eip=self["eip"] - 1,
-                                interrupts=self.interrupts_enabled)
-                if (self.counter.exact and self.interrupts_enabled
-                        and self.board.interrupt_pending(self)):
+            elif not state.spent:              # neither the budget nor a stop: a hlt
+                self._halt()
+                if self.interrupts_enabled and self.board.interrupt_pending(self):
                     return self.done           # INTR is asserted: hlt ends at once (board delivers)
-            if not self.counter.exact:
-                return budget                  # Unicorn's count= cannot say how far it got
         return self.done
 
+    def _halt(self):
+        self.halted = True
+        self.trace.emit("cpu.halt", self.index, eip=self["eip"] - 1, interrupts=self.interrupts_enabled)
+
+    def _run_counted(self, budget):
+        """run() without the C counter (no C compiler): Unicorn's count= runs the slice, a
+        Python code hook enters the stubs (on_execute), and a slice that stops early is
+        charged whole (Unicorn does not say how far it got)."""
+        counter = self.counter
+        if self.shutdown or self.halted:
+            return budget
+        self._io_fault = None
+        eip = self["eip"]
+        stopped_at, self._hook_stopped_at = self._hook_stopped_at, None
+        self._hook_ran_at = stopped_at if stopped_at is not None and stopped_at == eip else None
+        self._resume_at = None
+        executed, error = counter.run(eip, budget, NO_ADDRESS, None, False)
+        violation = self.limits.take()
+        self.done += executed
+        if violation is not None:
+            self.raise_fault(violation.vector, 0, violation.eip, violation.why)
+        elif error is not None:
+            self._on_stop_error(error)
+        elif self._io_fault:
+            vector, code, at, _ = self._io_fault
+            self.raise_fault(vector, code, at, "I/O port access above IOPL")
+        elif not self._stop_requested and self._ended_on_hlt():
+            self._halt()
+        return budget
+
     def _ended_on_hlt(self):
-        """The run ended without error, fault or stop request: was it a hlt?
-        The C counter says whether the budget ran out; without it, guess from
-        the byte before EIP (wrong when an iretd returns just past a hlt)."""
-        if self.counter.exact:
-            return not self.counter.budget_spent
+        """The run ended without error, fault or stop request: was it a hlt? Without the C
+        counter (which says whether the budget ran out) nobody knows: guess from the byte
+        before EIP (wrong when an iretd returns just past a hlt)."""
         eip = self["eip"]
         return self.cpl == 0 and 0 < eip <= self.memory.size and self.memory.read(eip - 1, 1) == b"\xf4"
 
