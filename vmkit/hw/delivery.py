@@ -131,17 +131,32 @@ class Delivery:
         if state is not None:
             state.quiet += 1
         try:
-            return self._deliver_or_fail(vector, kind, error_code, eip)
+            c = self._c_state
+            done = None
+            # the common case, straight to delivery.c (one delivery per IRQ and per trap: the
+            # Python frames of the general path cost about as much as the C call); anything
+            # it does not deliver at once goes on below with its answer, as _deliver would
+            if (c and self.gate_decoder is decode_gate and type(vector) is int and type(eip) is int
+                    and 0 <= vector <= 0xFF and 0 <= eip <= 0xFFFFFFFF
+                    and (error_code is None or type(error_code) is int and 0 <= error_code <= 0xFFFFFFFF)):
+                done = self._c_fn(self._uch, self._c_ref, vector, KIND_INT.get(kind, 0),
+                                  error_code is not None, error_code or 0, eip)
+                if done == 1:
+                    self._delivered(vector, kind, c.idt_base, c.handler, f"{c.old_cpl}->{c.new_cpl}")
+                    return True
+            return self._deliver_or_fail(vector, kind, error_code, eip, done)
         finally:
             if state is not None:
                 state.quiet -= 1
 
-    def _deliver_or_fail(self, vector, kind, error_code, eip):
+    def _deliver_or_fail(self, vector, kind, error_code, eip, done=None):
+        """done: delivery.c's answer for this delivery when deliver() already asked it."""
         for _ in range(3):
             try:
-                self._deliver(vector, kind, error_code, eip)
+                self._deliver(vector, kind, error_code, eip, done)
                 return True
             except DeliveryFault as f:
+                done = None
                 if vector == DF and kind != "int":
                     break
                 if kind == "int":                  # a fault of the `int` instruction itself
@@ -168,14 +183,14 @@ class Delivery:
             return 1
         return 2 if code == bytes([0xCD, vector]) else 1
 
-    def _deliver(self, vector, kind, error_code, eip):
+    def _deliver(self, vector, kind, error_code, eip, done=None):
         state = self._c_state
         if state is None:
             state, self._c_fn = _c_delivery(self.memory)
             self._c_state, self._c_ref = state or False, state and ctypes.byref(state)
         if state and self.gate_decoder is decode_gate:
             try:                                     # (ctypes would cut a wider integer silently)
-                done = (0 <= vector <= 0xFF and 0 <= eip <= 0xFFFFFFFF
+                done = done if done is not None else (0 <= vector <= 0xFF and 0 <= eip <= 0xFFFFFFFF
                         and (error_code is None or 0 <= error_code <= 0xFFFFFFFF)
                         and self._c_fn(self._uch, self._c_ref, vector, KIND_INT.get(kind, 0),
                                        error_code is not None, error_code or 0, eip))
