@@ -562,15 +562,13 @@ class CPU(Delivery, PortAccess):
         if vector >= 32 or vector in ONLY_SOFTWARE:   # the CPU raises only 0..31 itself, and
             self.deliver(vector, "int", eip=self["eip"])   # #BP, #OF only for int3, into, int n
             return
-        is_int, error = unicorn_quirks.read_exception(uc)
+        is_int, error = unicorn_quirks.take_exception(uc)   # (a fault's record cleared)
         if not is_int and self.limits.violation is not None:
-            unicorn_quirks.clear_exception_record(uc)   # the same access was past its segment's
-            uc.emu_stop()                    # limit, which a CPU checks first: run() delivers that
-            return
+            uc.emu_stop()                    # the same access was past its segment's limit, which
+            return                           # a CPU checks first: run() delivers that
         if is_int:                           # int n / int3 / into: EIP is already past it
             self.deliver(vector, "int", eip=self["eip"])
         else:
-            unicorn_quirks.clear_exception_record(uc)
             past = self.limits.page_fault() if vector == PF else None   # the limit comes first
             if past is not None:
                 self.raise_fault(past.vector, 0, past.eip, past.why)
