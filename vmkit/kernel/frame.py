@@ -10,6 +10,8 @@
 Reading and writing it is how the kernel changes what the interrupted code
 sees when the stub's popad/iretd return to it.
 """
+import struct
+
 from .words import Words
 
 FLAT = 0xFFFFFFFF
@@ -71,6 +73,19 @@ class Frame(Words):
         self.esp = low
         self.memory.write_u32(low, value, code=False)
 
+    def push_words(self, *values):
+        """Push `values` in this order (the first at the highest address), as that many
+        `push`es would, checked the same way (the first push's top, the last's bottom) before
+        anything changes: ESP written once, the words stored in one write (the kernel pushes
+        3-4 words per interrupt it gives the COS)."""
+        n = 4 * len(values)
+        esp = self.esp
+        low = esp - n
+        if low < 0 or esp - 1 > self.stack_limit:
+            raise StackPastLimit(low & FLAT, n, self.stack_limit)
+        self.esp = low
+        self.memory.write(low, _words(len(values)).pack(*(v & FLAT for v in reversed(values))), code=False)
+
     def pop(self):
         """Pop from it, likewise (check_stack's test for the 4 bytes from ESP up)."""
         esp = self.esp
@@ -79,3 +94,14 @@ class Frame(Words):
         value = self.memory.read_u32(esp)
         self.esp = esp + 4
         return value
+
+
+_WORDS = {}
+
+
+def _words(n):
+    """The struct of n u32s, made once."""
+    run = _WORDS.get(n)
+    if run is None:
+        run = _WORDS[n] = struct.Struct(f"<{n}I")
+    return run
