@@ -128,3 +128,33 @@ def test_a_run_of_words_stops_at_its_page_end_either_way(machine, monkeypatch):
     assert [word(x) for x in down] == [0, 1, 2, 3]
     assert [(n, at & 0xFFF) for _, at, n in seen] == [(12, 0), (4, 0xFFC)]
     assert cache.count("hits") + cache.count("misses") == 8
+
+
+def test_pushes_are_the_pairs_store_words_takes_counted_and_stored_alike(machine, monkeypatch):
+    """cache.push(top, a, b, c): a at top + 8, b at top + 4, c at top, as store_words of those
+    pairs: the same words, counters, slots, recency and CPU accesses, with the cache's own
+    policy (one page: one store), with another, and for pushes across a page end."""
+    board, kernel = machine
+    page = kernel.base + 0x3000
+    tops = [page + 0x40, page + 0xFFC, page + 0x1FF4, page + 0x2FF8]   # inside; across (twice); ending a page
+    seen = []
+    for use_push in (True, False):
+        for policy in (mapcache.choose_slot, lambda *a: mapcache.choose_slot(*a)):
+            cache = _cache(kernel, 2)
+            cache.choose, runs = policy, []
+            board.memory.write(page, bytes(0x3000), code=False)
+            accesses = _spied(monkeypatch, board.cpus[1])
+            for i, top in enumerate(tops):
+                values = (0x202 + i, 0x1B, -1 - i)
+                if use_push:
+                    cache.push(top, *values)
+                else:
+                    cache.store_words((top + 8, values[0]), (top + 4, values[1]), (top, values[2]))
+                runs.append((board.memory.read(top, 12), cache.slots, list(cache.state.last_used),
+                             cache.state.clock, [cache.count(n) for n in mapcache.COUNTERS]))
+            seen.append((runs, accesses if policy is mapcache.choose_slot else None))
+            monkeypatch.undo()
+    assert seen[0] == seen[2] and seen[1] == seen[3]
+    assert seen[0][0] == [(r[0], r[1], r[2], r[3], r[4]) for r in seen[1][0]]   # policies agree
+    assert seen[0][0][0][0] == bytes.fromhex("ffffffff" "1b000000" "02020000")
+    assert [n for _, _, n in seen[0][1]][:1] == [12]            # one page: one store

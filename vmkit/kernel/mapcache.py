@@ -181,9 +181,12 @@ class MappingCache:
         page, s = address & ~0xFFF, self.state
         s.clock += 1
         slots = self.slots
-        slot, hit = self.choose(slots, list(s.last_used), page)
-        if not isinstance(slot, int) or not 0 <= slot < len(slots):
-            raise MappingCacheError(f"the policy chose slot {slot!r}: the window has slots 0..{len(slots) - 1}")
+        if self.choose is choose_slot and page in slots:    # choose_slot's hit, without the call
+            slot, hit = slots.index(page), True
+        else:
+            slot, hit = self.choose(slots, list(s.last_used), page)
+            if not isinstance(slot, int) or not 0 <= slot < len(slots):
+                raise MappingCacheError(f"the policy chose slot {slot!r}: the window has slots 0..{len(slots) - 1}")
         if hit:
             self._bump("hits")
         else:
@@ -357,6 +360,24 @@ class MappingCache:
             self._cpu_access(self.cpu.write_linear, low, _words(n).pack(*values))
             self._hits_again(window, n - 1)
             i += n
+
+    def push(self, top, *values, reach_checked=False):
+        """The CPU's pushes of `values`, in this order, ending with ESP = `top`: values[0] at
+        top + 4·(n-1) down to values[-1] at `top`. What store_words((top + 4·(n-1),
+        values[0]), ..., (top, values[-1])) does, counted and stored the same way; when
+        the cache's own policy maps the run with one lookup (one page), without building
+        the pairs: one lookup (the first push's word), one store by the CPU, n-1 hits."""
+        n = len(values)
+        if self.choose is not choose_slot or (top & 0xFFF) > layout.PAGE - 4 * n:
+            return self.store_words(*((top + 4 * (n - 1 - i), v) for i, v in enumerate(values)),
+                                    reach_checked=reach_checked)
+        if not reach_checked:
+            self._reachable()
+        window = self._lookup(top + 4 * (n - 1))
+        words = [v & 0xFFFFFFFF for v in values]
+        words.reverse()
+        self._cpu_access(self.cpu.write_linear, window - 4 * (n - 1), _words(n).pack(*words))
+        self._hits_again(window, n - 1)
 
     def write_u32(self, address, value):
         data = _U32.pack(value & 0xFFFFFFFF)

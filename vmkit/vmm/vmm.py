@@ -272,15 +272,14 @@ class VMM:
             raise GuestFault(f"no gate for vector {vector:#x} in the guest's IDT")
         if not self.owns(esp - 12, 12):
             raise GuestFault(f"interrupt with the stack outside the VM's memory ({esp:#x})")
-        cache = self.cache
-        gate = _gate(cache.read(self.host(gate_at, 8), 8))
+        cache, base = self.cache, self.base     # (both ranges owned: checked above, as `host` checks)
+        gate = _gate(cache.read(base + gate_at, 8))
         if not gate.present or gate.type not in (GATE_INT32, GATE_TRAP32):
             raise GuestFault(f"gate {vector:#x} in the guest's IDT is not a present interrupt or "
                              f"trap gate (a CPU would raise #NP or #GP delivering through it)")
-        top = self.host(esp - 12, 12, "a push")
-        cache.store_words((top + 8, (frame.eflags & ~EFLAGS_IF) | (EFLAGS_IF if v.vif else 0)),
-                          (top + 4, frame.cs), (top, frame.eip),  # three pushes, in the CPU's order
-                          reach_checked=True)    # (by the gate's read: nothing has run since)
+        cache.push(base + esp - 12, (frame.eflags & ~EFLAGS_IF) | (EFLAGS_IF if v.vif else 0),
+                   frame.cs, frame.eip,         # three pushes, in the CPU's order
+                   reach_checked=True)          # (by the gate's read: nothing has run since)
         frame.esp, frame.eip = esp - 12, gate.offset
         if gate.type == GATE_INT32:              # an interrupt gate clears IF; a trap gate does not
             v.vif = 0
