@@ -83,8 +83,14 @@ class Frame(Words):
         low = esp - n
         if low < 0 or esp - 1 > self.stack_limit:
             raise StackPastLimit(low & FLAT, n, self.stack_limit)
+        memory, words = self.memory, [v & FLAT for v in values]
+        words.reverse()
+        view = getattr(memory, "_view", None)
+        if view is None or low + n > len(view):          # (memory's own checks: a bus error)
+            memory.write(low, _words(len(values)).pack(*words), code=False)
+        else:
+            _words(len(values)).pack_into(view, low, *words)
         self.esp = low
-        self.memory.write(low, _words(len(values)).pack(*(v & FLAT for v in reversed(values))), code=False)
 
     def pop(self):
         """Pop from it, likewise (check_stack's test for the 4 bytes from ESP up)."""
