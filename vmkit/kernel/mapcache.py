@@ -285,12 +285,15 @@ class MappingCache:
         except LinearFault as e:
             raise MappingCacheError(f"the mapping window is out of reach: {e}") from None
 
-    def read(self, address, length):
+    def read(self, address, length, reach_checked=False):
         """Read physical memory through the window: the CPU loads from the window
-        address (one mapping per page touched)."""
+        address (one mapping per page touched). `reach_checked`: the caller saw the
+        window reachable (CPL 0, paging on) with nothing run on the CPU since."""
         if (address & 0xFFF) + length <= layout.PAGE:         # one page (a gate, a table pointer)
+            if not reach_checked:
+                self._reachable()
             try:
-                return self.cpu.read_linear(self.map(address), length)
+                return self.cpu.read_linear(self._lookup(address), length)
             except LinearFault as e:
                 raise MappingCacheError(f"the mapping window is out of reach: {e}") from None
         return b"".join(self._cpu_access(self.cpu.read_linear, self.map(a), n)

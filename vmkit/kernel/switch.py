@@ -372,12 +372,13 @@ def saved(kernel, frame, cpu, current, nxt):
 
 def loaded(kernel, frame, cpu, nxt):
     """Back from the x86's load: what the CPU loaded, compared with the save area.
-    Raises SwitchError naming the items that differ; returns CR0 as the verify read it."""
-    wrong, cr0 = _verify(kernel.memory, frame, cpu, _AREA.unpack(kernel.memory.read(nxt.area, STATE_SIZE)))
+    Raises SwitchError naming the items that differ; returns (CR0, CS) as the verify
+    read them (the CPU's own: the kernel's CS, which the load's retf loaded)."""
+    wrong, cr0, cs = _verify(kernel.memory, frame, cpu, _AREA.unpack(kernel.memory.read(nxt.area, STATE_SIZE)))
     if wrong:
         kernel.trace.emit("switch.load", cpu.index, world=nxt.name, ok=False, wrong=" ".join(wrong))
         raise SwitchError(f"{nxt.name}: loaded state differs from its save area in {', '.join(wrong)}")
-    return cr0
+    return cr0, cs
 
 
 def started(kernel, frame, cpu, nxt, cr0=None):
@@ -422,14 +423,14 @@ def tss_base(memory, state):
 
 
 # the plain registers a verify reads, in one call into Unicorn
-_PLAIN = ("ss", "cr3", "cr0", "eflags")
+_PLAIN = ("ss", "cr3", "cr0", "eflags", "cs")
 _TABLES = ("gdtr", "idtr", "ldtr", "tr")
 
 
 def observe(memory, frame, cpu):
     """The claim-15 state the world on `frame` resumes with, as the frame and
     the CPU hold it now, in save-area items."""
-    (ss, cr3, _, _), tables = cpu.read_with_tables(_PLAIN, _TABLES)
+    (ss, cr3, _, _, _), tables = cpu.read_with_tables(_PLAIN, _TABLES)
     return dict(zip(ITEMS, _observed(memory, frame, ss, cr3, *tables)))
 
 
@@ -458,8 +459,8 @@ def verify(memory, frame, cpu, state):
 
 
 def _verify(memory, frame, cpu, state):
-    """verify's names, and CR0 as it read it."""
-    (ss, cr3, cr0, eflags), tables = cpu.read_with_tables(_PLAIN, _TABLES)
+    """verify's names, and CR0 and CS as it read them."""
+    (ss, cr3, cr0, eflags, cs), tables = cpu.read_with_tables(_PLAIN, _TABLES)
     gdtr, _, ldtr, tr = tables
     now = _observed(memory, frame, ss, cr3, *tables)
     want = state if isinstance(state, tuple) else tuple(state[n] for n in ITEMS)
@@ -475,4 +476,4 @@ def _verify(memory, frame, cpu, state):
         wrong.append("cr0.pg")
     if eflags & EFLAGS_IF:
         wrong.append("IF")
-    return wrong, cr0
+    return wrong, cr0, cs
