@@ -140,14 +140,24 @@ def write_area(memory, address, state):
 
 
 def seal(memory, address):
-    """The CRC-32 of what the x86 stored (one read, one CRC over it); returns what it sealed."""
-    raw = memory.read(address, STATE_SIZE)
-    memory.write_u32(address + CRC, zlib.crc32(raw), code=False)
-    return raw
+    """The CRC-32 of what the x86 stored, stored after it; returns the CRC."""
+    crc = zlib.crc32(_span(memory, address, STATE_SIZE))
+    memory.write_u32(address + CRC, crc, code=False)
+    return crc
 
 
 def area_intact(memory, address):
-    return _intact(memory.read(address, STATE_SIZE + 4))
+    return _intact(_span(memory, address, STATE_SIZE + 4))
+
+
+def _span(memory, address, length):
+    """The bytes at address .. address + length - 1, as a view of the machine's memory
+    buffer (no copy: read it at once) when they lie in it; else memory.read's (its
+    check: a bus error). The switch reads its save areas, the frame and descriptors so."""
+    view = getattr(memory, "_view", None)
+    if view is None or address < 0 or address + length > len(view):
+        return memory.read(address, length)
+    return view[address:address + length]
 
 
 def _intact(raw):
@@ -356,11 +366,11 @@ def saved(kernel, frame, cpu, current, nxt):
     enter the load. Raises SwitchError (nothing loaded) if the check fails.
     Returns (base, limit) of the GDT the load's lgdt will load (from the bytes checked)."""
     trace, memory = kernel.trace, kernel.memory
-    raw = seal(memory, current.area)
+    seal(memory, current.area)
     trace.emit("switch.save", cpu.index, world=current.name, area=current.area,
-               eip=_U32.unpack_from(raw, OFFSET["eip"])[0])
+               eip=memory.read_u32(current.area + OFFSET["eip"]))
     trace.emit("switch.cli", cpu.index, IF=1 if cpu["eflags"] & EFLAGS_IF else 0)
-    area = memory.read(nxt.area, STATE_SIZE + 4)
+    area = _span(memory, nxt.area, STATE_SIZE + 4)
     if not _intact(area):
         trace.emit("switch.check", cpu.index, world=nxt.name, ok=False, why="save area CRC mismatch")
         raise SwitchError(f"the save area of {nxt.name} at {nxt.area:#x} changed since it was stored")
@@ -374,7 +384,7 @@ def loaded(kernel, frame, cpu, nxt):
     """Back from the x86's load: what the CPU loaded, compared with the save area.
     Raises SwitchError naming the items that differ; returns (CR0, CS) as the verify
     read them (the CPU's own: the kernel's CS, which the load's retf loaded)."""
-    wrong, cr0, cs = _verify(kernel.memory, frame, cpu, _AREA.unpack(kernel.memory.read(nxt.area, STATE_SIZE)))
+    wrong, cr0, cs = _verify(kernel.memory, frame, cpu, _AREA.unpack(_span(kernel.memory, nxt.area, STATE_SIZE)))
     if wrong:
         kernel.trace.emit("switch.load", cpu.index, world=nxt.name, ok=False, wrong=" ".join(wrong))
         raise SwitchError(f"{nxt.name}: loaded state differs from its save area in {', '.join(wrong)}")
@@ -406,7 +416,7 @@ def descriptor(memory, gdt_base, gdt_limit, sel):
     index = sel & ~7
     if not index or index + 7 > gdt_limit:
         return None
-    return _segment(memory.read(gdt_base + index, 8))
+    return _segment(bytes(_span(memory, gdt_base + index, 8)))
 
 
 @functools.lru_cache(maxsize=256)
@@ -438,7 +448,7 @@ def _observed(memory, frame, ss, cr3, gdtr, idtr, ldtr, tr):
     """observe's values in ITEMS' order (the save area's), from the frame's words and
     registers already read: a tuple to compare with the save area's in one go."""
     (edi, esi, ebp, _, ebx, edx, ecx, eax, gs, fs, es, ds, _, _, eip, cs, eflags, esp,
-     frame_ss) = _FRAME.unpack(memory.read(frame.address, _FRAME.size))
+     frame_ss) = _FRAME.unpack(_span(memory, frame.address, _FRAME.size))
     if cs & 3:
         ss = frame_ss
     else:                                   # a CPL 0 frame: its stack ends where the frame does
