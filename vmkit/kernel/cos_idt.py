@@ -62,8 +62,8 @@ def gate(kernel, vector, ext, eip=0):
     v, bad, memory = kernel.vcpu, vector * 8 + 2 + ext, kernel.memory
     if vector * 8 + ENTRY - 1 > (idt_limit := v.idt_limit):
         raise GateFault(GP, bad, f"vector {vector:#x} beyond its IDT limit {idt_limit:#x}")
-    code_lo, code_hi, data_lo, data_hi = _COS_SEGMENTS.unpack(
-        memory.read(kernel.base + layout.GDT + layout.COS_CODE_SEL, _COS_SEGMENTS.size))
+    code_lo, code_hi, data_lo, data_hi = _COS_SEGMENTS.unpack_from(   # (the kernel's GDT: in memory)
+        memory._view, kernel.base + layout.GDT + layout.COS_CODE_SEL)
     entry, limit = v.idt_base + vector * 8, segment_limit(data_lo, data_hi)
     if entry + ENTRY - 1 > limit:
         what = what_is_at(kernel, entry) if entry < memory.size else "no memory"

@@ -82,6 +82,7 @@ ITEMS = tuple(n for n, _ in LAYOUT if n)
 _FRAME = struct.Struct(f"<{len(Frame.FIELDS)}I")
 _U32 = struct.Struct("<I")
 _GDTR = struct.Struct("<HI")                     # lgdt's operand: limit, then base
+_IRET = struct.Struct("<3I")                     # the frame's eip, cs, eflags: what iretd pops
 OFFSET = {n: struct.calcsize("<" + "".join(f for _, f in LAYOUT[:i]))
           for i, (n, _) in enumerate(LAYOUT) if n}
 WIDTH = {n: struct.calcsize("<" + f) for n, f in LAYOUT if n}
@@ -403,8 +404,9 @@ def started(kernel, frame, cpu, nxt, cr0=None):
     trace.emit("switch.load", cpu.index, world=nxt.name, ok=True, area=nxt.area,
                paging="on" if cr0 & CR0_PG else "off")
     bump(kernel.memory, nxt.area + SWITCHES, 1)
-    trace.emit("switch.start", cpu.index, world=nxt.name, cs=frame.cs, eip=frame.eip)
-    trace.emit("switch.sti", cpu.index, world=nxt.name, eflags=frame.eflags)
+    eip, cs, eflags = _IRET.unpack_from(_span(kernel.memory, frame.address + _F["eip"], _IRET.size))
+    trace.emit("switch.start", cpu.index, world=nxt.name, cs=cs, eip=eip)
+    trace.emit("switch.sti", cpu.index, world=nxt.name, eflags=eflags)
 
 
 def refused_by_cpu(kernel, frame, vector):

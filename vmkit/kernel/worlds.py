@@ -410,7 +410,7 @@ class Worlds:
         if nxt.kind == "vm":
             if nxt.state == "halted":
                 nxt.state = "ready"
-            reached = cs is not None and not cs & 3 and cr0 & CR0_PG   # its VMM's window (mapcache.py):
+            reached = cs is not None and not cs & 3 and cr0 & CR0_PG   # its VMM's window (mapcache.py),
             self.guard(frame, lambda: nxt.vmm.deliver_pending(frame, reached), p)   # nothing ran since
         elif nxt.kind == "cos" and k.away is None:
             k.deliver_pending(frame)
