@@ -68,17 +68,3 @@ def test_pushing_words_at_once_stores_what_as_many_pushes_store_and_refuses_the_
     with pytest.raises(StackPastLimit):
         many.push_words(1, 2, 3)
     assert many.esp == 8 and memory.read(0, 16) == before   # nothing changed
-
-
-def test_a_run_of_words_is_read_as_each_word_is():
-    memory = PhysicalMemory(0x2000)
-    frame = Frame(memory, 0x1000)
-    frame.eip, frame.cs, frame.eflags, frame.esp, frame.ss = 0x1234, 0x1B, 0x202, 0xFFC, 0x23
-    assert frame.run("eip", 4) == (0x1234, 0x1B, 0x202, 0xFFC)
-    assert frame.run("ss", 1) == (0x23,)
-    with pytest.raises(AttributeError, match="no 2 words from 'ss'"):
-        frame.run("ss", 2)                              # past the record's last word
-    edge = Frame(PhysicalMemory(0x1000), 0x1000 - 8)     # in part past memory: memory's own checks
-    assert edge.run("edi", 2) == (0, 0)
-    with pytest.raises(BusError):
-        edge.run("edi", 3)

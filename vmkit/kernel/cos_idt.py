@@ -59,13 +59,12 @@ class GateFault(Exception):
 
 def gate(kernel, vector, ext, eip=0):
     """The COS's gate for `vector`, checked (GateFault if the CPU would refuse it)."""
-    bad, memory = vector * 8 + 2 + ext, kernel.memory
-    _, idt_base, idt_limit = kernel.vcpu.run("vif", 3)       # its virtual IF and IDTR, one read
-    if vector * 8 + ENTRY - 1 > idt_limit:
+    v, bad, memory = kernel.vcpu, vector * 8 + 2 + ext, kernel.memory
+    if vector * 8 + ENTRY - 1 > (idt_limit := v.idt_limit):
         raise GateFault(GP, bad, f"vector {vector:#x} beyond its IDT limit {idt_limit:#x}")
     code_lo, code_hi, data_lo, data_hi = _COS_SEGMENTS.unpack_from(   # (the kernel's GDT: in memory)
         memory._view, kernel.base + layout.GDT + layout.COS_CODE_SEL)
-    entry, limit = idt_base + vector * 8, segment_limit(data_lo, data_hi)
+    entry, limit = v.idt_base + vector * 8, segment_limit(data_lo, data_hi)
     if entry + ENTRY - 1 > limit:
         what = what_is_at(kernel, entry) if entry < memory.size else "no memory"
         kernel.trace.emit("kernel.cos_limit", address=entry, size=ENTRY, eip=eip,
@@ -114,12 +113,11 @@ def deliver(kernel, frame, vector, error=None, external=False):
             return None
         raise
     v = kernel.vcpu
-    eip, cs, eflags = frame.run("eip", 3)
-    flags = (eflags & ~EFLAGS_IF) | (EFLAGS_IF if v.vif else 0)
+    flags = (frame.eflags & ~EFLAGS_IF) | (EFLAGS_IF if v.vif else 0)
     if error is None:                            # EFLAGS, CS, EIP (and the error code): the
-        frame.push_words(flags, cs, eip)         # CPU's pushes, in its order
+        frame.push_words(flags, frame.cs, frame.eip)          # CPU's pushes, in its order
     else:
-        frame.push_words(flags, cs, eip, error)
+        frame.push_words(flags, frame.cs, frame.eip, error)
     frame.eip = g.offset
     if g.type == GATE_INT32:                     # an interrupt gate clears IF; a trap gate does not
         v.vif = 0

@@ -8,7 +8,6 @@ reading memory shows. A subclass names its FIELDS; word i is at +4*i.
 import struct
 
 _unpack, _pack = struct.Struct("<I").unpack_from, struct.Struct("<I").pack_into
-_runs = {n: struct.Struct(f"<{n}I") for n in range(1, 20)}
 
 
 class Words:
@@ -48,17 +47,6 @@ class Words:
             self.memory.write_u32(self.address + offset, value, code=False)
         else:
             _pack(view, self.address + offset, value)
-
-    def run(self, first, n):
-        """The n words from `first` on, in FIELDS' order, in one read (the kernel reads a
-        frame's eip, cs, eflags, esp together, and a virtual CPU's IF and IDTR)."""
-        offset, view = self.OFFSET[first], self._view
-        if offset + 4 * n > self.SIZE:
-            raise AttributeError(f"{type(self).__name__} has no {n} words from {first!r}")
-        at = self.address + offset
-        if view is None:
-            return tuple(self.memory.read_u32(at + 4 * i) for i in range(n))
-        return _runs[n].unpack_from(view, at)
 
     def as_dict(self):
         return {name: getattr(self, name) for name in self.FIELDS}
