@@ -58,8 +58,9 @@ class Frame(Words):
     def check_stack(self, below=0, above=0):
         """Raise StackPastLimit, before anything changes, unless the `below` bytes
         under ESP and the `above` bytes from ESP up lie inside the stack's segment."""
-        low, high = self.esp - below, self.esp + above - 1
-        if low < 0 or max(high, self.esp - 1) > self.stack_limit:
+        esp = self.esp
+        low, high = esp - below, esp + above - 1
+        if low < 0 or max(high, esp - 1) > self.stack_limit:
             raise StackPastLimit(low & FLAT, below + above, self.stack_limit)
 
     def push(self, value):

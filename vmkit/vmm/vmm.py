@@ -250,9 +250,10 @@ class VMM:
         """The lowest pending line of its virtual PIC (0: the timer; a virtual disk's line).
         reached: as `inject`'s."""
         v = self.vcpu
-        if v.pending and v.vif:
-            line = (v.pending & -v.pending).bit_length() - 1
-            v.pending &= ~(1 << line)
+        pending = v.pending
+        if pending and v.vif:
+            line = (pending & -pending).bit_length() - 1
+            v.pending = pending & ~(1 << line)
             self.inject(frame, VM_TIMER_VECTOR + line, reached)
             v.delivered(line)                            # its virtual ISR, as the COS's (irq.py)
 
