@@ -55,6 +55,7 @@ WINDOW = 0xFF800000             # the window's virtual address (directory slot 0
 SLOTS = 4                       # per CPU: two VMs' worth (a VM's IDT page and stack page)
 WINDOW_PAGES = 2 * SLOTS        # the most slots a window may have (a shared one: both CPUs')
 PRESENT, WRITABLE = 1, 2
+_FRAME_PRESENT = ~0xFFF & 0xFFFFFFFF | PRESENT     # a page-table entry's frame and present bit
 PAGING = 0x80000000             # CR0.PG
 _U32 = struct.Struct("<I")
 COUNTERS = ("hits", "misses", "evictions", "local_flushes", "ipis_sent", "shootdowns_taken")
@@ -180,13 +181,18 @@ class MappingCache:
         """map's lookup (and remap on a miss), the window's reach already checked."""
         page, s = address & ~0xFFF, self.state
         s.clock += 1
+        if self.choose is choose_slot:          # its hit, found in the entries as it finds it (the
+            view, want = self.memory._view, page | PRESENT      # first slot mapping the page)
+            for slot, pte in enumerate(_PTES[len(s.last_used)].unpack_from(view, self.table)):
+                if pte & _FRAME_PRESENT == want:
+                    at = self.counters + _COUNTER["hits"]
+                    _U32.pack_into(view, at, (_U32.unpack_from(view, at)[0] + 1) & 0xFFFFFFFF)
+                    s.last_used[slot] = s.clock
+                    return WINDOW + slot * layout.PAGE + (address & 0xFFF)
         slots = self.slots
-        if self.choose is choose_slot and page in slots:    # choose_slot's hit, without the call
-            slot, hit = slots.index(page), True
-        else:
-            slot, hit = self.choose(slots, list(s.last_used), page)
-            if not isinstance(slot, int) or not 0 <= slot < len(slots):
-                raise MappingCacheError(f"the policy chose slot {slot!r}: the window has slots 0..{len(slots) - 1}")
+        slot, hit = self.choose(slots, list(s.last_used), page)
+        if not isinstance(slot, int) or not 0 <= slot < len(slots):
+            raise MappingCacheError(f"the policy chose slot {slot!r}: the window has slots 0..{len(slots) - 1}")
         if hit:
             self._bump("hits")
         else:
