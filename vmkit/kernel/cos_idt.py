@@ -71,7 +71,8 @@ def gate(kernel, vector, ext, eip=0):
                           insn=f"gate {vector:#x}", what=what, limit=limit)
         raise GateFault(GP, bad, f"its gate {vector:#x} at {entry:#x} lies past its memory "
                                  f"(limit {limit:#x}): {what}")
-    g = _gate(memory.read(entry, ENTRY))
+    view = memory._view                          # (the entry lies below the COS's limit: in memory)
+    g = _gate(bytes(view[entry:entry + ENTRY]) if entry + ENTRY <= len(view) else memory.read(entry, ENTRY))
     if g.type not in (GATE_INT32, GATE_TRAP32):
         raise GateFault(GP, bad, f"its IDT entry {vector:#x} has type {g.type:#x}, "
                                  f"not a 32-bit interrupt or trap gate")
