@@ -3,7 +3,7 @@ one lookup, counted; words the cache's own policy maps with one lookup loaded or
 by the CPU in one access, through that mapping."""
 import pytest
 
-from vmkit.kernel import mapcache
+from vmkit.kernel import layout, mapcache, switch
 from vmkit.lessons import smp as lesson
 from vmkit.lessons.takeover import takeover
 
@@ -128,3 +128,72 @@ def test_a_run_of_words_stops_at_its_page_end_either_way(machine, monkeypatch):
     assert [word(x) for x in down] == [0, 1, 2, 3]
     assert [(n, at & 0xFFF) for _, at, n in seen] == [(12, 0), (4, 0xFFC)]
     assert cache.count("hits") + cache.count("misses") == 8
+
+
+def test_pushes_are_the_pairs_store_words_takes_counted_and_stored_alike(machine, monkeypatch):
+    """cache.push(top, a, b, c): a at top + 8, b at top + 4, c at top, as store_words of those
+    pairs: the same words, counters, slots, recency and CPU accesses, with the cache's own
+    policy (one page: one store), with another, and for pushes across a page end."""
+    board, kernel = machine
+    page = kernel.base + 0x3000
+    tops = [page + 0x40, page + 0xFFC, page + 0x1FF4, page + 0x2FF8]   # inside; across (twice); ending a page
+    seen = []
+    for use_push in (True, False):
+        for policy in (mapcache.choose_slot, lambda *a: mapcache.choose_slot(*a)):
+            cache = _cache(kernel, 2)
+            cache.choose, runs = policy, []
+            board.memory.write(page, bytes(0x3000), code=False)
+            accesses = _spied(monkeypatch, board.cpus[1])
+            for i, top in enumerate(tops):
+                values = (0x202 + i, 0x1B, -1 - i)
+                if use_push:
+                    cache.push(top, *values)
+                else:
+                    cache.store_words((top + 8, values[0]), (top + 4, values[1]), (top, values[2]))
+                runs.append((board.memory.read(top, 12), cache.slots, list(cache.state.last_used),
+                             cache.state.clock, [cache.count(n) for n in mapcache.COUNTERS]))
+            seen.append((runs, accesses if policy is mapcache.choose_slot else None))
+            monkeypatch.undo()
+    assert seen[0] == seen[2] and seen[1] == seen[3]
+    assert seen[0][0] == [(r[0], r[1], r[2], r[3], r[4]) for r in seen[1][0]]   # policies agree
+    assert seen[0][0][0][0] == bytes.fromhex("ffffffff" "1b000000" "02020000")
+    assert [n for _, _, n in seen[0][1]][:1] == [12]            # one page: one store
+
+
+def test_a_read_whose_reach_the_caller_saw_reads_no_register_and_counts_as_any(machine, monkeypatch):
+    """The VMM's gate read after its pops (or after a switch's verify, which read CS and
+    CR0): the window's reach is not read from the CPU again; the lookup, its count and
+    the CPU's load through the window are the same."""
+    board, kernel = machine
+    page = kernel.base + 0x3000
+    board.memory.write(page + 0x100, bytes(range(8)), code=False)
+    counts = []
+    for checked in (False, True):
+        cache, cpu = _cache(kernel, 2), board.cpus[1]
+        registers, read = [], cpu.read
+        monkeypatch.setattr(cpu, "read", lambda *names: registers.append(names) or read(*names))
+        seen = _spied(monkeypatch, cpu)
+        assert cache.read(page + 0x100, 8, reach_checked=checked) == bytes(range(8))
+        counts.append(([cache.count(n) for n in ("hits", "misses")], seen, cache.slots))
+        assert [r for r in registers if "cs" in r] == ([] if checked else [("cs", "cr0")])
+        monkeypatch.undo()
+    assert counts[0] == counts[1]
+
+
+def test_a_switchs_verify_gives_the_cpus_own_cs_and_cr0(monkeypatch):
+    """What the injection after a switch relies on: CPL 0 (the kernel's CS, which the load's
+    retf loaded) and paging on for a VM's world, as the CPU holds them."""
+    board, cos, loader = takeover(timer_period=2000, vm_tick=None)     # every world on the PIT's tick
+    kernel = loader.kernel
+    kernel.install_vm(lambda base: "l: jmp l", 4096, "vm")
+    got, real = [], switch.loaded
+    def loaded(k, frame, cpu, nxt):
+        cr0, cs = real(k, frame, cpu, nxt)
+        got.append((nxt.name, cr0, cs, cpu["cr0"], cpu["cs"]))
+        return cr0, cs
+    monkeypatch.setattr(switch, "loaded", loaded)
+    board.run(60_000)
+    assert {name for name, *_ in got} == {"vm", "cos"}
+    for name, cr0, cs, cpu_cr0, cpu_cs in got:
+        assert (cr0, cs) == (cpu_cr0, cpu_cs) and cs == layout.KERNEL_CODE_SEL
+        assert bool(cr0 & 0x80000000) == (name == "vm")

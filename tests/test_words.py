@@ -47,3 +47,24 @@ def test_a_push_or_pop_past_the_stack_limit_is_refused_as_check_stack_refuses_it
     with pytest.raises(StackPastLimit, match="at 0xfffffffe"):
         frame.push(1)
     assert frame.esp == 2 and memory.read_u32(0xFFC) == 0x11223344
+
+
+def test_pushing_words_at_once_stores_what_as_many_pushes_store_and_refuses_the_same():
+    from vmkit.kernel.frame import StackPastLimit
+    memory = PhysicalMemory(0x3000)
+    one, many = Frame(memory, 0x2000, stack_limit=0x0FFF), Frame(memory, 0x2100, stack_limit=0x0FFF)
+    one.esp, many.esp = 0x0800, 0x0400
+    for value in (0x202, 0x9, -1, 0xAB):                # EFLAGS, CS, EIP, an error code
+        one.push(value)
+    many.push_words(0x202, 0x9, -1, 0xAB)
+    assert one.esp == 0x07F0 and many.esp == 0x03F0
+    assert memory.read(0x07F0, 16) == memory.read(0x03F0, 16)
+    assert memory.read_u32(0x03F0) == 0xAB and memory.read_u32(0x03FC) == 0x202
+    many.esp = 0x1002                                   # its first push would end past the limit
+    with pytest.raises(StackPastLimit):
+        many.push_words(1, 2, 3)
+    many.esp = 8                                        # its last would go below 0
+    before = memory.read(0, 16)
+    with pytest.raises(StackPastLimit):
+        many.push_words(1, 2, 3)
+    assert many.esp == 8 and memory.read(0, 16) == before   # nothing changed

@@ -34,12 +34,20 @@ the VMs go on. Pushes that would pass the COS's stack limit raise StackPastLimit
 before anything changes (frame.py); while a fault of the delivery is being
 delivered, that too is the end of the COS.
 """
-from vmkit.hw.x86 import DF, EFLAGS_IF, GATE_INT32, GATE_TRAP32, GP, NP, decode_gate
+import functools
+import struct
+
+from vmkit.hw.x86 import DF, EFLAGS_IF, GATE_INT32, GATE_TRAP32, GP, NP, decode_gate, segment_limit
 from . import layout
-from .contain import cos_code_limit, cos_limit, what_is_at
+from .contain import what_is_at
 from .frame import StackPastLimit
 
 ENTRY = 8
+_gate = functools.lru_cache(maxsize=256)(decode_gate)   # the COS's few gates, each decoded once
+# the COS's code and data descriptors (COS_CODE_SEL, COS_DATA_SEL: adjacent in the kernel's
+# GDT), read together: the gate's checks need both limits (contain.cos_code_limit, cos_limit)
+_COS_SEGMENTS = struct.Struct("<4I")
+assert layout.COS_DATA_SEL == layout.COS_CODE_SEL + 8
 
 
 class GateFault(Exception):
@@ -51,17 +59,20 @@ class GateFault(Exception):
 
 def gate(kernel, vector, ext, eip=0):
     """The COS's gate for `vector`, checked (GateFault if the CPU would refuse it)."""
-    v, bad = kernel.vcpu, vector * 8 + 2 + ext
-    if vector * 8 + ENTRY - 1 > v.idt_limit:
-        raise GateFault(GP, bad, f"vector {vector:#x} beyond its IDT limit {v.idt_limit:#x}")
-    entry, limit = v.idt_base + vector * 8, cos_limit(kernel)
+    v, bad, memory = kernel.vcpu, vector * 8 + 2 + ext, kernel.memory
+    if vector * 8 + ENTRY - 1 > (idt_limit := v.idt_limit):
+        raise GateFault(GP, bad, f"vector {vector:#x} beyond its IDT limit {idt_limit:#x}")
+    code_lo, code_hi, data_lo, data_hi = _COS_SEGMENTS.unpack_from(   # (the kernel's GDT: in memory)
+        memory._view, kernel.base + layout.GDT + layout.COS_CODE_SEL)
+    entry, limit = v.idt_base + vector * 8, segment_limit(data_lo, data_hi)
     if entry + ENTRY - 1 > limit:
-        what = what_is_at(kernel, entry) if entry < kernel.memory.size else "no memory"
+        what = what_is_at(kernel, entry) if entry < memory.size else "no memory"
         kernel.trace.emit("kernel.cos_limit", address=entry, size=ENTRY, eip=eip,
                           insn=f"gate {vector:#x}", what=what, limit=limit)
         raise GateFault(GP, bad, f"its gate {vector:#x} at {entry:#x} lies past its memory "
                                  f"(limit {limit:#x}): {what}")
-    g = decode_gate(kernel.memory.read(entry, ENTRY))
+    view = memory._view                          # (the entry lies below the COS's limit: in memory)
+    g = _gate(bytes(view[entry:entry + ENTRY]) if entry + ENTRY <= len(view) else memory.read(entry, ENTRY))
     if g.type not in (GATE_INT32, GATE_TRAP32):
         raise GateFault(GP, bad, f"its IDT entry {vector:#x} has type {g.type:#x}, "
                                  f"not a 32-bit interrupt or trap gate")
@@ -70,7 +81,7 @@ def gate(kernel, vector, ext, eip=0):
     if g.selector & ~3 != layout.COS_CODE_SEL:
         raise GateFault(GP, (g.selector & 0xFFFC) | ext,
                         f"its gate {vector:#x} names selector {g.selector:#x}, not its code segment")
-    if g.offset > (end := cos_code_limit(kernel)):
+    if g.offset > (end := segment_limit(code_lo, code_hi)):
         raise GateFault(GP, ext, f"its gate {vector:#x} leads to {g.offset:#x}, past its code "
                                  f"segment's limit {end:#x}")
     return g
@@ -103,11 +114,11 @@ def deliver(kernel, frame, vector, error=None, external=False):
             return None
         raise
     v = kernel.vcpu
-    frame.push((frame.eflags & ~EFLAGS_IF) | (EFLAGS_IF if v.vif else 0))
-    frame.push(frame.cs)
-    frame.push(frame.eip)
-    if error is not None:
-        frame.push(error)
+    flags = (frame.eflags & ~EFLAGS_IF) | (EFLAGS_IF if v.vif else 0)
+    if error is None:                            # EFLAGS, CS, EIP (and the error code): the
+        frame.push_words(flags, frame.cs, frame.eip)          # CPU's pushes, in its order
+    else:
+        frame.push_words(flags, frame.cs, frame.eip, error)
     frame.eip = g.offset
     if g.type == GATE_INT32:                     # an interrupt gate clears IF; a trap gate does not
         v.vif = 0

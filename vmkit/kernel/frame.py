@@ -10,6 +10,8 @@
 Reading and writing it is how the kernel changes what the interrupted code
 sees when the stub's popad/iretd return to it.
 """
+import struct
+
 from .words import Words
 
 FLAT = 0xFFFFFFFF
@@ -56,8 +58,9 @@ class Frame(Words):
     def check_stack(self, below=0, above=0):
         """Raise StackPastLimit, before anything changes, unless the `below` bytes
         under ESP and the `above` bytes from ESP up lie inside the stack's segment."""
-        low, high = self.esp - below, self.esp + above - 1
-        if low < 0 or max(high, self.esp - 1) > self.stack_limit:
+        esp = self.esp
+        low, high = esp - below, esp + above - 1
+        if low < 0 or max(high, esp - 1) > self.stack_limit:
             raise StackPastLimit(low & FLAT, below + above, self.stack_limit)
 
     def push(self, value):
@@ -71,6 +74,25 @@ class Frame(Words):
         self.esp = low
         self.memory.write_u32(low, value, code=False)
 
+    def push_words(self, *values):
+        """Push `values` in this order (the first at the highest address), as that many
+        `push`es would, checked the same way (the first push's top, the last's bottom) before
+        anything changes: ESP written once, the words stored in one write (the kernel pushes
+        3-4 words per interrupt it gives the COS)."""
+        n = 4 * len(values)
+        esp = self.esp
+        low = esp - n
+        if low < 0 or esp - 1 > self.stack_limit:
+            raise StackPastLimit(low & FLAT, n, self.stack_limit)
+        memory, words = self.memory, [v & FLAT for v in values]
+        words.reverse()
+        view = getattr(memory, "_view", None)
+        if view is None or low + n > len(view):          # (memory's own checks: a bus error)
+            memory.write(low, _words(len(values)).pack(*words), code=False)
+        else:
+            _words(len(values)).pack_into(view, low, *words)
+        self.esp = low
+
     def pop(self):
         """Pop from it, likewise (check_stack's test for the 4 bytes from ESP up)."""
         esp = self.esp
@@ -79,3 +101,14 @@ class Frame(Words):
         value = self.memory.read_u32(esp)
         self.esp = esp + 4
         return value
+
+
+_WORDS = {}
+
+
+def _words(n):
+    """The struct of n u32s, made once."""
+    run = _WORDS.get(n)
+    if run is None:
+        run = _WORDS[n] = struct.Struct(f"<{n}I")
+    return run

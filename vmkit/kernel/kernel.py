@@ -270,15 +270,16 @@ class Kernel:
     def deliver_pending(self, frame):
         """Inject the lowest pending line the COS's virtual PIC does not mask, if
         its virtual IF allows. A masked line stays pending (vpic.py)."""
-        ready = vpic.ready(self.vcpu)
-        if ready and self.vcpu.vif:
+        v = self.vcpu
+        ready = vpic.ready(v)
+        if ready and v.vif:
             line = (ready & -ready).bit_length() - 1
             try:
                 frame.check_stack(below=12)            # EFLAGS, CS, EIP: the line stays pending
             except StackPastLimit as e:
                 contain.stack_refused(self, frame, e, f"IRQ {line}")
                 return
-            self.vcpu.pending &= ~(1 << line)
+            v.pending &= ~(1 << line)
             self.irqs.delivered(line)
             self.inject(frame, IRQ_BASE + line, external=True)
 

@@ -55,6 +55,7 @@ WINDOW = 0xFF800000             # the window's virtual address (directory slot 0
 SLOTS = 4                       # per CPU: two VMs' worth (a VM's IDT page and stack page)
 WINDOW_PAGES = 2 * SLOTS        # the most slots a window may have (a shared one: both CPUs')
 PRESENT, WRITABLE = 1, 2
+_FRAME_PRESENT = ~0xFFF & 0xFFFFFFFF | PRESENT     # a page-table entry's frame and present bit
 PAGING = 0x80000000             # CR0.PG
 _U32 = struct.Struct("<I")
 COUNTERS = ("hits", "misses", "evictions", "local_flushes", "ipis_sent", "shootdowns_taken")
@@ -180,6 +181,14 @@ class MappingCache:
         """map's lookup (and remap on a miss), the window's reach already checked."""
         page, s = address & ~0xFFF, self.state
         s.clock += 1
+        if self.choose is choose_slot:          # its hit, found in the entries as it finds it (the
+            view, want = self.memory._view, page | PRESENT      # first slot mapping the page)
+            for slot, pte in enumerate(_PTES[len(s.last_used)].unpack_from(view, self.table)):
+                if pte & _FRAME_PRESENT == want:
+                    at = self.counters + _COUNTER["hits"]
+                    _U32.pack_into(view, at, (_U32.unpack_from(view, at)[0] + 1) & 0xFFFFFFFF)
+                    s.last_used[slot] = s.clock
+                    return WINDOW + slot * layout.PAGE + (address & 0xFFF)
         slots = self.slots
         slot, hit = self.choose(slots, list(s.last_used), page)
         if not isinstance(slot, int) or not 0 <= slot < len(slots):
@@ -282,12 +291,15 @@ class MappingCache:
         except LinearFault as e:
             raise MappingCacheError(f"the mapping window is out of reach: {e}") from None
 
-    def read(self, address, length):
+    def read(self, address, length, reach_checked=False):
         """Read physical memory through the window: the CPU loads from the window
-        address (one mapping per page touched)."""
+        address (one mapping per page touched). `reach_checked`: the caller saw the
+        window reachable (CPL 0, paging on) with nothing run on the CPU since."""
         if (address & 0xFFF) + length <= layout.PAGE:         # one page (a gate, a table pointer)
+            if not reach_checked:
+                self._reachable()
             try:
-                return self.cpu.read_linear(self.map(address), length)
+                return self.cpu.read_linear(self._lookup(address), length)
             except LinearFault as e:
                 raise MappingCacheError(f"the mapping window is out of reach: {e}") from None
         return b"".join(self._cpu_access(self.cpu.read_linear, self.map(a), n)
@@ -357,6 +369,24 @@ class MappingCache:
             self._cpu_access(self.cpu.write_linear, low, _words(n).pack(*values))
             self._hits_again(window, n - 1)
             i += n
+
+    def push(self, top, *values, reach_checked=False):
+        """The CPU's pushes of `values`, in this order, ending with ESP = `top`: values[0] at
+        top + 4·(n-1) down to values[-1] at `top`. What store_words((top + 4·(n-1),
+        values[0]), ..., (top, values[-1])) does, counted and stored the same way; when
+        the cache's own policy maps the run with one lookup (one page), without building
+        the pairs: one lookup (the first push's word), one store by the CPU, n-1 hits."""
+        n = len(values)
+        if self.choose is not choose_slot or (top & 0xFFF) > layout.PAGE - 4 * n:
+            return self.store_words(*((top + 4 * (n - 1 - i), v) for i, v in enumerate(values)),
+                                    reach_checked=reach_checked)
+        if not reach_checked:
+            self._reachable()
+        window = self._lookup(top + 4 * (n - 1))
+        words = [v & 0xFFFFFFFF for v in values]
+        words.reverse()
+        self._cpu_access(self.cpu.write_linear, window - 4 * (n - 1), _words(n).pack(*words))
+        self._hits_again(window, n - 1)
 
     def write_u32(self, address, value):
         data = _U32.pack(value & 0xFFFFFFFF)

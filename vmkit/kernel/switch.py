@@ -82,6 +82,7 @@ ITEMS = tuple(n for n, _ in LAYOUT if n)
 _FRAME = struct.Struct(f"<{len(Frame.FIELDS)}I")
 _U32 = struct.Struct("<I")
 _GDTR = struct.Struct("<HI")                     # lgdt's operand: limit, then base
+_IRET = struct.Struct("<3I")                     # the frame's eip, cs, eflags: what iretd pops
 OFFSET = {n: struct.calcsize("<" + "".join(f for _, f in LAYOUT[:i]))
           for i, (n, _) in enumerate(LAYOUT) if n}
 WIDTH = {n: struct.calcsize("<" + f) for n, f in LAYOUT if n}
@@ -140,14 +141,24 @@ def write_area(memory, address, state):
 
 
 def seal(memory, address):
-    """The CRC-32 of what the x86 stored (one read, one CRC over it); returns what it sealed."""
-    raw = memory.read(address, STATE_SIZE)
-    memory.write_u32(address + CRC, zlib.crc32(raw), code=False)
-    return raw
+    """The CRC-32 of what the x86 stored, stored after it; returns the CRC."""
+    crc = zlib.crc32(_span(memory, address, STATE_SIZE))
+    memory.write_u32(address + CRC, crc, code=False)
+    return crc
 
 
 def area_intact(memory, address):
-    return _intact(memory.read(address, STATE_SIZE + 4))
+    return _intact(_span(memory, address, STATE_SIZE + 4))
+
+
+def _span(memory, address, length):
+    """The bytes at address .. address + length - 1, as a view of the machine's memory
+    buffer (no copy: read it at once) when they lie in it; else memory.read's (its
+    check: a bus error). The switch reads its save areas, the frame and descriptors so."""
+    view = getattr(memory, "_view", None)
+    if view is None or address < 0 or address + length > len(view):
+        return memory.read(address, length)
+    return view[address:address + length]
 
 
 def _intact(raw):
@@ -344,11 +355,15 @@ def begin(kernel, frame, cpu, current, nxt):
     enter(frame, cpu, current.area, nxt.area)
 
 
-def enter(frame, cpu, save, load):
+def enter(frame, cpu, save, load=None):
     """The stub goes to `world_switch` next: save into `save` (0: none;
-    RELOAD: none, and load with the kernel's own LOAD), load `load`."""
+    RELOAD: none, and load with the kernel's own LOAD), load `load` (None: the
+    area EDI already names; the save's x86 leaves EDI as `begin` set it)."""
     frame.vector = layout.GO_SWITCH
-    cpu.write(esi=save, edi=load)
+    if load is None:
+        cpu["esi"] = save                   # (one register: half a batch write's cost)
+    else:
+        cpu.write(esi=save, edi=load)
 
 
 def saved(kernel, frame, cpu, current, nxt):
@@ -356,28 +371,29 @@ def saved(kernel, frame, cpu, current, nxt):
     enter the load. Raises SwitchError (nothing loaded) if the check fails.
     Returns (base, limit) of the GDT the load's lgdt will load (from the bytes checked)."""
     trace, memory = kernel.trace, kernel.memory
-    raw = seal(memory, current.area)
+    seal(memory, current.area)
     trace.emit("switch.save", cpu.index, world=current.name, area=current.area,
-               eip=_U32.unpack_from(raw, OFFSET["eip"])[0])
+               eip=memory.read_u32(current.area + OFFSET["eip"]))
     trace.emit("switch.cli", cpu.index, IF=1 if cpu["eflags"] & EFLAGS_IF else 0)
-    area = memory.read(nxt.area, STATE_SIZE + 4)
+    area = _span(memory, nxt.area, STATE_SIZE + 4)
     if not _intact(area):
         trace.emit("switch.check", cpu.index, world=nxt.name, ok=False, why="save area CRC mismatch")
         raise SwitchError(f"the save area of {nxt.name} at {nxt.area:#x} changed since it was stored")
     trace.emit("switch.check", cpu.index, world=nxt.name, ok=True)
-    enter(frame, cpu, 0, nxt.area)
+    enter(frame, cpu, 0)                    # EDI: nxt.area still (a wrong one fails the verify)
     limit, base = _GDTR.unpack_from(area, OFFSET["gdtr.limit"])
     return base, limit
 
 
 def loaded(kernel, frame, cpu, nxt):
     """Back from the x86's load: what the CPU loaded, compared with the save area.
-    Raises SwitchError naming the items that differ; returns CR0 as the verify read it."""
-    wrong, cr0 = _verify(kernel.memory, frame, cpu, _AREA.unpack(kernel.memory.read(nxt.area, STATE_SIZE)))
+    Raises SwitchError naming the items that differ; returns (CR0, CS) as the verify
+    read them (the CPU's own: the kernel's CS, which the load's retf loaded)."""
+    wrong, cr0, cs = _verify(kernel.memory, frame, cpu, _AREA.unpack(_span(kernel.memory, nxt.area, STATE_SIZE)))
     if wrong:
         kernel.trace.emit("switch.load", cpu.index, world=nxt.name, ok=False, wrong=" ".join(wrong))
         raise SwitchError(f"{nxt.name}: loaded state differs from its save area in {', '.join(wrong)}")
-    return cr0
+    return cr0, cs
 
 
 def started(kernel, frame, cpu, nxt, cr0=None):
@@ -388,8 +404,9 @@ def started(kernel, frame, cpu, nxt, cr0=None):
     trace.emit("switch.load", cpu.index, world=nxt.name, ok=True, area=nxt.area,
                paging="on" if cr0 & CR0_PG else "off")
     bump(kernel.memory, nxt.area + SWITCHES, 1)
-    trace.emit("switch.start", cpu.index, world=nxt.name, cs=frame.cs, eip=frame.eip)
-    trace.emit("switch.sti", cpu.index, world=nxt.name, eflags=frame.eflags)
+    eip, cs, eflags = _IRET.unpack_from(_span(kernel.memory, frame.address + _F["eip"], _IRET.size))
+    trace.emit("switch.start", cpu.index, world=nxt.name, cs=cs, eip=eip)
+    trace.emit("switch.sti", cpu.index, world=nxt.name, eflags=eflags)
 
 
 def refused_by_cpu(kernel, frame, vector):
@@ -405,7 +422,7 @@ def descriptor(memory, gdt_base, gdt_limit, sel):
     index = sel & ~7
     if not index or index + 7 > gdt_limit:
         return None
-    return _segment(memory.read(gdt_base + index, 8))
+    return _segment(bytes(_span(memory, gdt_base + index, 8)))
 
 
 @functools.lru_cache(maxsize=256)
@@ -422,14 +439,14 @@ def tss_base(memory, state):
 
 
 # the plain registers a verify reads, in one call into Unicorn
-_PLAIN = ("ss", "cr3", "cr0", "eflags")
+_PLAIN = ("ss", "cr3", "cr0", "eflags", "cs")
 _TABLES = ("gdtr", "idtr", "ldtr", "tr")
 
 
 def observe(memory, frame, cpu):
     """The claim-15 state the world on `frame` resumes with, as the frame and
     the CPU hold it now, in save-area items."""
-    (ss, cr3, _, _), tables = cpu.read_with_tables(_PLAIN, _TABLES)
+    (ss, cr3, _, _, _), tables = cpu.read_with_tables(_PLAIN, _TABLES)
     return dict(zip(ITEMS, _observed(memory, frame, ss, cr3, *tables)))
 
 
@@ -437,7 +454,7 @@ def _observed(memory, frame, ss, cr3, gdtr, idtr, ldtr, tr):
     """observe's values in ITEMS' order (the save area's), from the frame's words and
     registers already read: a tuple to compare with the save area's in one go."""
     (edi, esi, ebp, _, ebx, edx, ecx, eax, gs, fs, es, ds, _, _, eip, cs, eflags, esp,
-     frame_ss) = _FRAME.unpack(memory.read(frame.address, _FRAME.size))
+     frame_ss) = _FRAME.unpack(_span(memory, frame.address, _FRAME.size))
     if cs & 3:
         ss = frame_ss
     else:                                   # a CPL 0 frame: its stack ends where the frame does
@@ -458,8 +475,8 @@ def verify(memory, frame, cpu, state):
 
 
 def _verify(memory, frame, cpu, state):
-    """verify's names, and CR0 as it read it."""
-    (ss, cr3, cr0, eflags), tables = cpu.read_with_tables(_PLAIN, _TABLES)
+    """verify's names, and CR0 and CS as it read them."""
+    (ss, cr3, cr0, eflags, cs), tables = cpu.read_with_tables(_PLAIN, _TABLES)
     gdtr, _, ldtr, tr = tables
     now = _observed(memory, frame, ss, cr3, *tables)
     want = state if isinstance(state, tuple) else tuple(state[n] for n in ITEMS)
@@ -475,4 +492,4 @@ def _verify(memory, frame, cpu, state):
         wrong.append("cr0.pg")
     if eflags & EFLAGS_IF:
         wrong.append("IF")
-    return wrong, cr0
+    return wrong, cr0, cs

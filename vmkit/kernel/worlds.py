@@ -352,7 +352,7 @@ class Worlds:
         try:
             if vector != switch.LOADED:
                 raise SwitchError(f"{target.name}: {switch.refused_by_cpu(k, frame, vector)}")
-            cr0 = switch.loaded(k, frame, cpu, target)
+            cr0, cs = switch.loaded(k, frame, cpu, target)
         except SwitchError as e:
             if s.mode != "switch":
                 p.switching = None
@@ -368,7 +368,7 @@ class Worlds:
         if s.mode == "restore":
             self._after_refusal(frame, p, s)
         elif s.mode == "switch":
-            self._switched(frame, cpu, p, s.to, cr0)
+            self._switched(frame, cpu, p, s.to, cr0, cs)
 
     def tick_vms_at(self, instructions=VM_TICK):
         """VM worlds tick every `instructions` (default a real kernel's 100 Hz), the COS
@@ -397,9 +397,9 @@ class Worlds:
             lapic.write(TIMER_INITIAL, 0)
             pic.unmask(0)
 
-    def _switched(self, frame, cpu, p, nxt, cr0=None):
-        """`nxt` is loaded (cr0: as the load's verify read it): account, and hand it
-        what is pending for it."""
+    def _switched(self, frame, cpu, p, nxt, cr0=None, cs=None):
+        """`nxt` is loaded (cr0, cs: the CPU's, as the load's verify read them): account,
+        and hand it what is pending for it."""
         switch.started(self.kernel, frame, cpu, nxt, cr0)
         if p.index == 0 and self.vm_tick:
             self._cpu0_timer(nxt)
@@ -410,7 +410,8 @@ class Worlds:
         if nxt.kind == "vm":
             if nxt.state == "halted":
                 nxt.state = "ready"
-            self.guard(frame, lambda: nxt.vmm.deliver_pending(frame), p)
+            reached = cs is not None and not cs & 3 and cr0 & CR0_PG   # its VMM's window (mapcache.py),
+            self.guard(frame, lambda: nxt.vmm.deliver_pending(frame, reached), p)   # nothing ran since
         elif nxt.kind == "cos" and k.away is None:
             k.deliver_pending(frame)
             if k.work_due:                         # the kernel's work came due meanwhile

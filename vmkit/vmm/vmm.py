@@ -238,7 +238,7 @@ class VMM:
         frame.eip, frame.cs = eip, layout.USER_CODE_SEL | layout.USER_RPL   # never a ring below 3
         self.vcpu.vif = 1 if eflags & EFLAGS_IF else 0
         frame.eflags = (eflags & GUEST_FLAGS) | EFLAGS_IF | 2      # never IOPL, VM, NT from a guest
-        self.deliver_pending(frame)
+        self.deliver_pending(frame, reached=True)   # (the pops went through the window: reachable)
         return "run"
 
     # ---- interrupts ------------------------------------------------------------
@@ -246,13 +246,15 @@ class VMM:
         """A timer tick for this VM: pending until its virtual IF lets it in."""
         self.vcpu.pending |= 1
 
-    def deliver_pending(self, frame):
-        """The lowest pending line of its virtual PIC (0: the timer; a virtual disk's line)."""
+    def deliver_pending(self, frame, reached=False):
+        """The lowest pending line of its virtual PIC (0: the timer; a virtual disk's line).
+        reached: as `inject`'s."""
         v = self.vcpu
-        if v.pending and v.vif:
-            line = (v.pending & -v.pending).bit_length() - 1
-            v.pending &= ~(1 << line)
-            self.inject(frame, VM_TIMER_VECTOR + line)
+        pending = v.pending
+        if pending and v.vif:
+            line = (pending & -pending).bit_length() - 1
+            v.pending = pending & ~(1 << line)
+            self.inject(frame, VM_TIMER_VECTOR + line, reached)
             v.delivered(line)                            # its virtual ISR, as the COS's (irq.py)
 
     def raise_line(self, line):
@@ -264,23 +266,24 @@ class VMM:
         self.trace.emit("vmm.raise", vm=self.name, line=line)
         self.kernel.worlds.wake(self)           # halted on an idle CPU: it runs now, not at a tick
 
-    def inject(self, frame, vector):
-        """Through the guest's own IDT, onto the guest's own stack (flat: SS base 0)."""
+    def inject(self, frame, vector, reached=False):
+        """Through the guest's own IDT, onto the guest's own stack (flat: SS base 0).
+        reached: the caller saw its CPU at CPL 0 with paging on, nothing run since (its
+        mapping window reachable: the cache need not read CS and CR0 again)."""
         v, esp = self.vcpu, frame.esp
         gate_at = v.idt_base + vector * 8
         if vector * 8 + 7 > v.idt_limit or not self.owns(gate_at, 8):
             raise GuestFault(f"no gate for vector {vector:#x} in the guest's IDT")
         if not self.owns(esp - 12, 12):
             raise GuestFault(f"interrupt with the stack outside the VM's memory ({esp:#x})")
-        cache = self.cache
-        gate = _gate(cache.read(self.host(gate_at, 8), 8))
+        cache, base = self.cache, self.base     # (both ranges owned: checked above, as `host` checks)
+        gate = _gate(cache.read(base + gate_at, 8, reach_checked=reached))
         if not gate.present or gate.type not in (GATE_INT32, GATE_TRAP32):
             raise GuestFault(f"gate {vector:#x} in the guest's IDT is not a present interrupt or "
                              f"trap gate (a CPU would raise #NP or #GP delivering through it)")
-        top = self.host(esp - 12, 12, "a push")
-        cache.store_words((top + 8, (frame.eflags & ~EFLAGS_IF) | (EFLAGS_IF if v.vif else 0)),
-                          (top + 4, frame.cs), (top, frame.eip),  # three pushes, in the CPU's order
-                          reach_checked=True)    # (by the gate's read: nothing has run since)
+        cache.push(base + esp - 12, (frame.eflags & ~EFLAGS_IF) | (EFLAGS_IF if v.vif else 0),
+                   frame.cs, frame.eip,         # three pushes, in the CPU's order
+                   reach_checked=True)          # (by the gate's read: nothing has run since)
         frame.esp, frame.eip = esp - 12, gate.offset
         if gate.type == GATE_INT32:              # an interrupt gate clears IF; a trap gate does not
             v.vif = 0
