@@ -71,7 +71,8 @@ count the instruction as a breakpoint's hit does, and CPU.run takes it back: the
 instructions retire in the same virtual time (a port's stop request in the same run keeps
 it, as the counter would have). Measured (Unicorn 2.1.4): a memory hook added after code was
 translated fires for that code, and one deleted stops firing at once, with no
-retranslation; `uc_hook_del` ~3 µs, `uc_hook_add` ~3-8 µs; a stretch costs 10-15 µs, so
+retranslation; called from C (counter.c adds and deletes the hooks), `uc_hook_del` ~0.1 µs,
+`uc_hook_add` ~0.25 µs (through ctypes from Python, 3 and 3-8 µs); a stretch costs 10-15 µs, so
 only a long one pays: the kernel's work loop (3,000 iterations, two accesses each) does,
 a kernel entry's few pushes (made while DS and ES still hold the COS's segments) do not
 begin one.
@@ -102,7 +103,24 @@ every world's GDT; a world's FS and GS left from before are not used by the
 load, and the filter looks only at the registers an instruction can use). Where CS
 cannot hold that GDT's entry at its CPL (a non-conforming code segment's DPL
 is the CPL), CS was loaded from another table (a CPU between the firmware's GDT
-and the kernel's) and no limit is judged from this one. Without a C compiler (no C counter, counter.py) only
+and the kernel's) and no limit is judged from this one.
+
+A world switch tells the platform twice (at its load's start, `loading` the next world's
+GDT, and at its end), and goes between a few configurations: a world's own, and the load's
+from one world's GDT to the next's. So the C filter keeps each configuration it has been in
+(counter.c: `vmkit_limits_refresh`, PREPARED of them, the least recently used replaced): its
+key (GDTR, the GDT's bytes, the CPL and paging the software will run at, the loading GDT's
+GDTR and bytes) and what this module decoded from it once (the arrays, the lowest fetch
+checked, the ranges). A refresh reads GDTR, CR0 and the tables' bytes in C and installs the
+configuration they match byte for byte, or hands the new key to Python to decode: a GDT
+edited in place under the same GDTR (an accessed bit the CPU set, a descriptor the kernel
+rewrote) is a new key, never a stale one. Measured (a world switch between two VMs and the
+COS): a refresh ~2 µs, of which C ~0.7 (the hooks' add and delete 0.4); reading, comparing
+and installing it all from Python cost 13-19 µs. Deleting a memory hook while paging is on
+leaves nothing in Unicorn's exception record (uc_hook_del invalidates the translated code a
+hook instrumented, which only a code or block hook has: Unicorn 2.1.4's
+`hooked_regions_check`; tests/test_limits_prepared.py), so none is cleared.
+Without a C compiler (no C counter, counter.py) only
 the checks made in Python remain: the #PF path and the gate's offset.
 """
 import ctypes
