@@ -316,7 +316,7 @@ class SegmentLimits:
         if s is None or s.current < 0:
             return None
         p = s.prepared[s.current]
-        return p.gdt_base, p.gdt_limit, bytes(p.table[:p.table_len])
+        return p.gdt_base, p.gdt_limit, ctypes.string_at(ctypes.addressof(p) + _Prepared.table.offset, p.table_len)
 
     # ---- a flat stretch: the hooks off while no access can be past a limit -------------
     def after_run(self, other_stop):
