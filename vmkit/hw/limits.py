@@ -280,15 +280,9 @@ class SegmentLimits:
         p = self.state.pending
         at = ctypes.addressof(p)
         table = ctypes.string_at(at + _Prepared.table.offset, p.table_len)
-        bases, limits, code, ranges, fetch_from = _decoded(table, p.gdt_limit, p.cpl)
-        if p.loading:
-            other = ctypes.string_at(at + _Prepared.other.offset, p.other_len)
-            ranges = _union(ranges, _decoded(other, p.load_limit, p.cpl)[3])
-        for field, packed in ((_Prepared.base, bases), (_Prepared.limit, limits), (_Prepared.code, code)):
-            ctypes.memmove(at + field.offset, packed, len(packed))
-        p.nsel, p.fetch_from, p.nranges = len(table) // 8, fetch_from, len(ranges)
-        for i, (first, last) in enumerate(ranges):
-            p.first[i], p.last[i] = first, last
+        other = ctypes.string_at(at + _Prepared.other.offset, p.other_len) if p.loading else None
+        block = _prepared(table, p.gdt_limit, p.cpl, other, p.load_limit)
+        ctypes.memmove(at + _Prepared.nsel.offset, block, len(block))
         return self._install(self._uch, self._at)
 
     @property
@@ -524,6 +518,22 @@ class SegmentLimits:
         if v is not None and v.old is not None:          # physical: drops translated code too
             self.cpu.memory.write(self.cpu.translate_linear(v.address), v.old)
         return v
+
+
+@functools.lru_cache(maxsize=256)
+def _prepared(table, limit, least, other, other_limit):
+    """What the C filter holds of a configuration, decoded (struct vmkit_prepared from `nsel`
+    to `code`), packed for one memmove: every machine of a run (each CPU, each board) goes
+    between the same few GDTs, so each configuration is decoded once in a process (a pure
+    function of its arguments). `other`: the bytes of a GDT about to be loaded, or None."""
+    bases, limits, code, ranges, fetch_from = _decoded(table, limit, least)
+    if other is not None:
+        ranges = _union(ranges, _decoded(other, other_limit, least)[3])
+    firsts = [first for first, _ in ranges] + [0] * (RANGES - len(ranges))
+    lasts = [last for _, last in ranges] + [0] * (RANGES - len(ranges))
+    pad = bytes(8 * SELECTORS - len(bases))
+    return (struct.pack(f"<3Q{RANGES}Q{RANGES}Q", len(table) // 8, fetch_from, len(ranges), *firsts, *lasts)
+            + bases + pad + limits + pad + code + pad)
 
 
 @functools.lru_cache(maxsize=256)
