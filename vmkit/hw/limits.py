@@ -71,7 +71,8 @@ count the instruction as a breakpoint's hit does, and CPU.run takes it back: the
 instructions retire in the same virtual time (a port's stop request in the same run keeps
 it, as the counter would have). Measured (Unicorn 2.1.4): a memory hook added after code was
 translated fires for that code, and one deleted stops firing at once, with no
-retranslation; `uc_hook_del` ~3 µs, `uc_hook_add` ~3-8 µs; a stretch costs 10-15 µs, so
+retranslation; called from C (counter.c adds and deletes the hooks), `uc_hook_del` ~0.1 µs,
+`uc_hook_add` ~0.25 µs (through ctypes from Python, 3 and 3-8 µs); a stretch costs 10-15 µs, so
 only a long one pays: the kernel's work loop (3,000 iterations, two accesses each) does,
 a kernel entry's few pushes (made while DS and ES still hold the COS's segments) do not
 begin one.
@@ -102,7 +103,24 @@ every world's GDT; a world's FS and GS left from before are not used by the
 load, and the filter looks only at the registers an instruction can use). Where CS
 cannot hold that GDT's entry at its CPL (a non-conforming code segment's DPL
 is the CPL), CS was loaded from another table (a CPU between the firmware's GDT
-and the kernel's) and no limit is judged from this one. Without a C compiler (no C counter, counter.py) only
+and the kernel's) and no limit is judged from this one.
+
+A world switch tells the platform twice (at its load's start, `loading` the next world's
+GDT, and at its end), and goes between a few configurations: a world's own, and the load's
+from one world's GDT to the next's. So the C filter keeps each configuration it has been in
+(counter.c: `vmkit_limits_refresh`, PREPARED of them, the least recently used replaced): its
+key (GDTR, the GDT's bytes, the CPL and paging the software will run at, the loading GDT's
+GDTR and bytes) and what this module decoded from it once (the arrays, the lowest fetch
+checked, the ranges). A refresh reads GDTR, CR0 and the tables' bytes in C and installs the
+configuration they match byte for byte, or hands the new key to Python to decode: a GDT
+edited in place under the same GDTR (an accessed bit the CPU set, a descriptor the kernel
+rewrote) is a new key, never a stale one. Measured (a world switch between two VMs and the
+COS): a refresh ~2 µs, of which C ~0.7 (the hooks' add and delete 0.4); reading, comparing
+and installing it all from Python cost 13-19 µs. Deleting a memory hook while paging is on
+leaves nothing in Unicorn's exception record (uc_hook_del invalidates the translated code a
+hook instrumented, which only a code or block hook has: Unicorn 2.1.4's
+`hooked_regions_check`; tests/test_limits_prepared.py), so none is cleared.
+Without a C compiler (no C counter, counter.py) only
 the checks made in Python remain: the #PF path and the gate's offset.
 """
 import ctypes
@@ -115,10 +133,12 @@ from unicorn import UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE, UC_MEM_WRITE
 from unicorn import x86_const as X
 from unicorn.unicorn_py3 import unicorn as _uc
 
-from . import unicorn_quirks
 from .x86 import decode_segment, CR0_PG, GP, SS_FAULT
 
 SELECTORS = 64                              # as LIMIT_SELECTORS in counter.c
+RANGES = 4 * SELECTORS                      # as LIMIT_RANGES: two tables' ranges, two an entry at most
+PREPARED = 32                               # as LIMIT_PREPARED: configurations kept
+REFRESH_MISS, HOOK_FAILED = -1, -2          # as in counter.c
 FLAT_WANT, FLAT_ON, FLAT_STOP, FLAT_END = 1, 2, 4, 8   # as in counter.c
 # Filtered accesses in a row at CPL 0 with CS, SS, DS, ES flat after which the hooks are
 # suspended (a flat stretch): a suspension and the hooks' return cost 10-15 µs, the filter
@@ -142,6 +162,19 @@ _disasm.detail = True
 _SEG_NAMES = {getattr(cx, f"X86_REG_{r.upper()}"): r for r in SEGMENT_REGS}
 
 
+class _Prepared(ctypes.Structure):
+    """struct vmkit_prepared in counter.c, field for field: one configuration of the filter."""
+    _fields_ = [("stamp", ctypes.c_uint64), ("gdt_base", ctypes.c_uint64), ("gdt_limit", ctypes.c_uint64),
+                ("table_len", ctypes.c_uint64), ("cpl", ctypes.c_uint64), ("paging", ctypes.c_uint64),
+                ("loading", ctypes.c_uint64), ("load_base", ctypes.c_uint64), ("load_limit", ctypes.c_uint64),
+                ("other_len", ctypes.c_uint64), ("nsel", ctypes.c_uint64), ("fetch_from", ctypes.c_uint64),
+                ("nranges", ctypes.c_uint64),
+                ("first", ctypes.c_uint64 * RANGES), ("last", ctypes.c_uint64 * RANGES),
+                ("base", ctypes.c_uint64 * SELECTORS), ("limit", ctypes.c_uint64 * SELECTORS),
+                ("code", ctypes.c_uint64 * SELECTORS),
+                ("table", ctypes.c_ubyte * (8 * SELECTORS)), ("other", ctypes.c_ubyte * (8 * SELECTORS))]
+
+
 class _State(ctypes.Structure):
     """struct vmkit_limits in counter.c, field for field."""
     _fields_ = [("slow", ctypes.c_void_p),
@@ -153,7 +186,14 @@ class _State(ctypes.Structure):
                 ("calls", ctypes.c_uint64), ("looked", ctypes.c_uint64),
                 ("gdt_base", ctypes.c_uint64), ("gdt_limit", ctypes.c_uint64), ("gdtr_id", ctypes.c_int64),
                 ("counter", ctypes.c_void_p), ("flat_run", ctypes.c_uint64), ("fsgs_flat", ctypes.c_uint64),
-                ("eflags_id", ctypes.c_int64), ("dr7_id", ctypes.c_int64)]
+                ("eflags_id", ctypes.c_int64), ("dr7_id", ctypes.c_int64),
+                ("hook_add", ctypes.c_void_p), ("hook_del", ctypes.c_void_p), ("hook_type", ctypes.c_int64),
+                ("suspended", ctypes.c_uint64),
+                ("nranges", ctypes.c_uint64), ("first", ctypes.c_uint64 * RANGES), ("last", ctypes.c_uint64 * RANGES),
+                ("nhooks", ctypes.c_uint64), ("hooks", ctypes.c_uint64 * RANGES),
+                ("current", ctypes.c_int64), ("clock", ctypes.c_uint64),
+                ("reused", ctypes.c_uint64), ("misses", ctypes.c_uint64),
+                ("pending", _Prepared), ("prepared", _Prepared * PREPARED)]
 
 
 class Violation:
@@ -174,13 +214,9 @@ class SegmentLimits:
     def __init__(self, cpu, library):
         self.cpu = cpu
         self.lib = library
-        self.ranges = ()                    # the hooked linear ranges, (first, last)
         self.violation = None
         self.decoded = 0                    # accesses the C filter handed to Python (the slow path)
-        self._hooks = []
-        self.suspended = False              # a flat stretch: the hooks off, `ranges` still wanted
         self.stretches = 0                  # flat stretches begun (tests, figures)
-        self._seen = None                   # (GDTR base, limit, table bytes, CPL, paging) last refreshed
         self.state = None                   # the C filter's (counter.c); `quiet` > 0 while the
         if library is None:                 # platform delivers: its register writes load CS and SS
             return
@@ -193,6 +229,20 @@ class SegmentLimits:
         s.eip_id, s.cr0_id, s.reg_read_batch = X.UC_X86_REG_EIP, X.UC_X86_REG_CR0, _REG_READ_BATCH.value
         s.gdtr_id = X.UC_X86_REG_GDTR
         s.eflags_id, s.dr7_id = X.UC_X86_REG_EFLAGS, X.UC_X86_REG_DR7
+        s.hook_add = ctypes.cast(_uc.uclib.uc_hook_add, ctypes.c_void_p).value
+        s.hook_del = ctypes.cast(_uc.uclib.uc_hook_del, ctypes.c_void_p).value
+        s.hook_type, s.current = UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE, -1
+        self._at = ctypes.addressof(s)
+        self._uch = cpu.uc._uch
+        self._refresh, self._install = library.vmkit_limits_refresh, library.vmkit_limits_install
+        self._suspend, self._resume_c = library.vmkit_limits_suspend, library.vmkit_limits_resume
+        for f in (self._refresh, self._install, self._resume_c):
+            f.restype = ctypes.c_int64
+        self._suspend.restype = None
+        self._refresh.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                                  ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint64)
+        for f in (self._install, self._suspend, self._resume_c):
+            f.argtypes = (ctypes.c_void_p, ctypes.c_void_p)
         c = self._counter = cpu.counter.state
         c.limits = ctypes.addressof(s)      # the fetch check reads CS's limit here
         s.counter = ctypes.addressof(c)     # the filter asks the counter for a flat stretch
@@ -211,67 +261,56 @@ class SegmentLimits:
         ranges past its segments' limits are hooked too, and the filter judges an access
         made after that lgdt from the GDT GDTR then names (counter.c: `gdt_now`), so a
         segment the load loads is judged by its own descriptor. Nothing to do if nothing
-        changed."""
+        changed. GDTR, CR0 and the tables' bytes are read in C (counter.c:
+        `vmkit_limits_refresh`), which installs a configuration it has held before if they
+        match it byte for byte (a world switch goes between a few); only a new one is
+        decoded here."""
         if self.lib is None:
             return
-        self._resume()
-        _, base, limit, _ = self.cpu["gdtr"]
-        table = self._table(base, limit)
-        paging = bool(self.cpu["cr0"] & CR0_PG) if paging is None else paging
-        other = self._table(*loading) if loading and tuple(loading) != (base, limit) else None
-        seen = (base, limit, table, cpl or 0, paging, other and (loading, other))
-        if seen == self._seen:
-            return
-        self._seen = seen
+        got = self._refresh(self._uch, self._at, cpl or 0, -1 if paging is None else int(bool(paging)),
+                            1 if loading else 0, *(loading or (0, 0)))
+        if got == REFRESH_MISS:
+            got = self._prepare()
+        if got <= HOOK_FAILED:
+            raise RuntimeError(f"cannot hook the ranges past the segment limits (unicorn error {HOOK_FAILED - got})")
+
+    def _prepare(self):
+        """A configuration C has not held (its key left in `pending`): decode it, and let C
+        keep it and install it."""
+        p = self.state.pending
+        at = ctypes.addressof(p)
+        table = ctypes.string_at(at + _Prepared.table.offset, p.table_len)
+        other = ctypes.string_at(at + _Prepared.other.offset, p.other_len) if p.loading else None
+        block = _prepared(table, p.gdt_limit, p.cpl, other, p.load_limit)
+        ctypes.memmove(at + _Prepared.nsel.offset, block, len(block))
+        return self._install(self._uch, self._at)
+
+    @property
+    def ranges(self):
+        """The linear ranges hooked (wanted hooked: during a flat stretch they are off), (first, last)."""
         s = self.state
-        s.nsel = len(table) // 8
-        s.gdt_base, s.gdt_limit = base, limit
-        bases, limits, code, ranges, fetch_from = _decoded(table, limit, cpl or 0)
-        if other is not None:
-            ranges = _union(ranges, _decoded(other, loading[1], cpl or 0)[3])
-            if _covers(self.ranges, ranges):    # hooked already: more hooked ranges only filter
-                ranges = self.ranges            # more accesses (a rehook costs more, measured)
-        at = ctypes.addressof(s)            # the filter's three arrays, each one copy
-        ctypes.memmove(at + _State.base.offset, bases, len(bases))
-        ctypes.memmove(at + _State.limit.offset, limits, len(limits))
-        ctypes.memmove(at + _State.code.offset, code, len(code))
-        self.cpu.counter.set_fetch_from(fetch_from)       # a code hook sees linear addresses, paged too
-        self._hook(() if paging else ranges)
+        if s is None:
+            return ()
+        return tuple(zip(s.first[:s.nranges], s.last[:s.nranges]))
 
-    def _table(self, base, limit):
-        """The filter's copy of a GDT: past its limit when it can (a world with a longer
-        GDTR over the same table finds its selectors)."""
-        for length in (SELECTORS * 8, min(limit + 1, SELECTORS * 8)):
-            try:
-                return self.cpu.memory.read(base, length) if limit else b""
-            except ValueError:
-                continue
-        return b""
+    @property
+    def suspended(self):
+        """A flat stretch: the hooks off, `ranges` still wanted."""
+        return self.state is not None and bool(self.state.suspended)
 
-    def _hook(self, ranges):
-        if tuple(ranges) == self.ranges:
-            return
-        uc = self.cpu.uc
-        for h in self._hooks:
-            _uc.uclib.uc_hook_del(uc._uch, ctypes.c_size_t(h))
-        if self._hooks:
-            unicorn_quirks.clear_exception_record(uc)   # as CPU.remove: hook_del under paging
-        self._hooks = []
-        self._add(ranges)
-        self.ranges = tuple(ranges)         # (no trace event: they change at every world switch)
+    @property
+    def _hooks(self):
+        """Unicorn's handles of the hooks installed now."""
+        s = self.state
+        return [] if s is None else list(s.hooks[:s.nhooks])
 
-    def _add(self, ranges):
-        uc = self.cpu.uc
-        for first, last in ranges:
-            handle = ctypes.c_size_t()
-            err = _uc.uclib.uc_hook_add(uc._uch, ctypes.byref(handle),
-                                        ctypes.c_int(UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE),
-                                        ctypes.cast(self.lib.vmkit_limit, ctypes.c_void_p),
-                                        ctypes.byref(self.state), ctypes.c_uint64(first),
-                                        ctypes.c_uint64(last))
-            if err:
-                raise RuntimeError(f"cannot hook {first:#x}-{last:#x} for segment limits (unicorn error {err})")
-            self._hooks.append(handle.value)
+    def _held(self):
+        """(GDTR base, limit, the table's bytes) of the configuration installed, or None."""
+        s = self.state
+        if s is None or s.current < 0:
+            return None
+        p = s.prepared[s.current]
+        return p.gdt_base, p.gdt_limit, ctypes.string_at(ctypes.addressof(p) + _Prepared.table.offset, p.table_len)
 
     # ---- a flat stretch: the hooks off while no access can be past a limit -------------
     def after_run(self, other_stop):
@@ -293,22 +332,17 @@ class SegmentLimits:
         c.flat = 0
         if other_stop:
             return False
-        uc = self.cpu.uc                    # paging is off (the counter checked): no
-        for h in self._hooks:               # clear_exception_record needed (docs/machine.md)
-            _uc.uclib.uc_hook_del(uc._uch, ctypes.c_size_t(h))
-        self._hooks = []
-        self.suspended = True
+        self._suspend(self._uch, self._at)   # (paging is off: the counter checked)
         self.stretches += 1
         c.flat = FLAT_ON
         return True
 
     def _resume(self):
         """The hooks back, as `ranges` wants them (a stretch over)."""
-        if not self.suspended:
-            return
-        self._counter.flat = 0
-        self.suspended = False
-        self._add(self.ranges)
+        if self.state.suspended:
+            got = self._resume_c(self._uch, self._at)
+            if got:
+                raise RuntimeError(f"cannot hook the ranges past the segment limits (unicorn error {HOOK_FAILED - got})")
 
     # ---- the slow path: which segment, and is it past the limit -----------------------
     def _on_slow(self, kind, address, size):
@@ -458,10 +492,10 @@ class SegmentLimits:
         _, table, limit, _ = cpu["ldtr"] if sel & 4 else cpu["gdtr"]
         index = sel & ~7
         if index + 7 > limit:               # after an lgdt, loaded before it: from the table
-            seen = self._seen               # the filter holds (as counter.c does)
-            if sel & 4 or seen is None or seen[:2] == (table, limit) or index + 8 > len(seen[2]):
+            held = self._held()             # the filter holds (as counter.c does)
+            if sel & 4 or held is None or held[:2] == (table, limit) or index + 8 > len(held[2]):
                 return None
-            return decode_segment(seen[2][index:index + 8])
+            return decode_segment(held[2][index:index + 8])
         try:
             return decode_segment(cpu.memory.read(table + index, 8))
         except ValueError:
@@ -487,6 +521,22 @@ class SegmentLimits:
 
 
 @functools.lru_cache(maxsize=256)
+def _prepared(table, limit, least, other, other_limit):
+    """What the C filter holds of a configuration, decoded (struct vmkit_prepared from `nsel`
+    to `code`), packed for one memmove: every machine of a run (each CPU, each board) goes
+    between the same few GDTs, so each configuration is decoded once in a process (a pure
+    function of its arguments). `other`: the bytes of a GDT about to be loaded, or None."""
+    bases, limits, code, ranges, fetch_from = _decoded(table, limit, least)
+    if other is not None:
+        ranges = _union(ranges, _decoded(other, other_limit, least)[3])
+    firsts = [first for first, _ in ranges] + [0] * (RANGES - len(ranges))
+    lasts = [last for _, last in ranges] + [0] * (RANGES - len(ranges))
+    pad = bytes(8 * SELECTORS - len(bases))
+    return (struct.pack(f"<3Q{RANGES}Q{RANGES}Q", len(table) // 8, fetch_from, len(ranges), *firsts, *lasts)
+            + bases + pad + limits + pad + code + pad)
+
+
+@functools.lru_cache(maxsize=256)
 def _decoded(table, limit, least):
     """_decode's arrays packed as the C filter holds them (u64 each), for a memmove: a world
     switch goes between a few GDTs, and every machine of a run between the same few, so
@@ -499,12 +549,6 @@ def _decoded(table, limit, least):
 @functools.lru_cache(maxsize=256)
 def _union(ranges, more):
     return tuple(_merge(ranges + more))
-
-
-@functools.lru_cache(maxsize=256)
-def _covers(hooked, ranges):
-    """Does every range of `ranges` lie inside one of `hooked` (both merged)?"""
-    return all(any(a <= first and last <= b for a, b in hooked) for first, last in ranges)
 
 
 def _decode(table, limit, least):
