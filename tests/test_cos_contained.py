@@ -118,7 +118,7 @@ def test_the_limit_hooks_follow_the_world_the_cpu_runs():
     addresses: it has no limit hook (its guest's limit, at its memory's end, is checked
     where its access page-faults: hw/limits.py), so its accesses cost nothing; the COS's
     world (paging off) gets the COS's hooks back."""
-    from vmkit.hw.limits import STRADDLE
+    from vmkit.hw.limits_prepared import STRADDLE
     from vmkit.hw.x86 import decode_segment
     # vm_tick=None: turns of PIT ticks, so 200,000 instructions sampled every 100 catch
     # the COS at CPL 1 between the VM's turns (at 100 Hz the VM's one turn is 2M; the COS

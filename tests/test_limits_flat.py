@@ -1,4 +1,4 @@
-"""A flat stretch (limits.py): at CPL 0 with CS, SS, DS and ES flat the platform takes its
+"""A flat stretch (limits_flat.py): at CPL 0 with CS, SS, DS and ES flat the platform takes its
 limit hooks off, and the C counter stops the run before any instruction that could make an
 access past a limit possible again. Each test here runs a store loop long enough to be a
 stretch (its stores, past the short segment's limit, would each reach the hooks), then does
@@ -6,12 +6,12 @@ one thing a stretch may not do, then an access past a limit that the platform mu
 catch: the hooks are back, whatever ended the stretch."""
 import pytest
 
-from vmkit.hw import limits
+from vmkit.hw import limits_flat
 from vmkit.hw.x86 import encode_gate, encode_segment, CODE_RX, DATA_RW
 from conftest import u32, IDT_A
 from test_limits_cpl0 import cpl0_board, record, SHORT, SHORT_DATA, SHORT_CODE, RECORD
 
-LOOP = 2000                         # stores past SHORT: well over limits.STRETCH_AFTER
+LOOP = 2000                         # stores past SHORT: well over limits_flat.STRETCH_AFTER
 WORK = 0x95000                      # the loop's counter: past SHORT, in the hooked range
 FLAT_LOOP = f"""
         mov ecx, {LOOP}
@@ -28,14 +28,14 @@ def test_a_long_flat_loop_runs_with_the_hooks_off(board):
     assert u32(board, WORK) == LOOP and board.cpu["ecx"] == 0 and board.cpu.halted
     lim = board.cpu.limits
     assert lim.stretches == 1 and not lim.suspended and lim.ranges and lim._hooks
-    assert lim.state.calls <= limits.STRETCH_AFTER + 2      # of 3 * LOOP accesses past SHORT
+    assert lim.state.calls <= limits_flat.STRETCH_AFTER + 2      # of 3 * LOOP accesses past SHORT
 
 
 def test_a_flat_stretch_retires_the_same_instructions_in_the_same_virtual_time(board):
     """The counter's stops that begin and end a stretch are no instructions: the same
     program with stretches turned off halts at the same virtual time, same state."""
     seen = []
-    for after in (limits.STRETCH_AFTER, 0):
+    for after in (limits_flat.STRETCH_AFTER, 0):
         from vmkit.hw.board import Board
         b = Board()
         try:

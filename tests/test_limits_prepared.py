@@ -6,7 +6,7 @@ GDT in memory says is refused, one inside it lands, whatever configuration came 
 import ctypes
 import struct
 
-from vmkit.hw import limits, unicorn_quirks
+from vmkit.hw import limits_prepared, unicorn_quirks
 from vmkit.hw.x86 import encode_gate, encode_segment, DATA_RW
 from conftest import u32, GDT, TSS, IDT_A
 from test_limits import user_board, run_user, RECORD, LIMIT
@@ -61,7 +61,7 @@ def test_a_gdt_edited_in_place_under_the_same_gdtr_is_read_again(board):
     assert lim.state.reused == reused + 2
     board.memory.write(GDT + USER_DATA, encode_segment(0, 0x7FFFF, DATA_RW | ACCESSED, 3))
     cpu.descriptors_changed()                       # same GDTR, CPL, paging: other bytes
-    assert lim.state.reused == reused + 2 and lim.ranges[0][0] == 0x80000 - limits.STRADDLE
+    assert lim.state.reused == reused + 2 and lim.ranges[0][0] == 0x80000 - limits_prepared.STRADDLE
     user(board, "mov dword ptr [0x85000], 9")
     assert u32(board, 0x85000) == 7 and faulted(board) == 13    # past the new limit: #GP
     restart(board)
@@ -97,7 +97,7 @@ def test_more_configurations_than_are_held_each_still_its_own(board):
     user_board(board)
     cpu = board.cpu
     gdt = board.memory.read(GDT, 0x30)
-    count = limits.PREPARED + 4
+    count = limits_prepared.PREPARED + 4
     tables = [0x40000 + 0x100 * i for i in range(count)]
     for i, at in enumerate(tables):                 # limits 0x200FFF, 0x201FFF, ...
         board.memory.write(at, gdt[:USER_DATA] + encode_segment(0, 0x200FFF + 0x1000 * i, DATA_RW, 3)
