@@ -1,7 +1,7 @@
 """Segment limits at CPL 0 and at a gate (paging off, where the platform's memory hooks see
 linear addresses): a real CPU checks every access against its segment's limit whatever the
 CPL, and an interrupt's new EIP against the new CS's limit. The kernel's accesses through
-flat segments stay free of Python (the C filter, counter.c), even while the segment
+flat segments stay free of Python (the C filter, limits.c), even while the segment
 registers it does not use (FS, GS) still hold a shorter segment of the code it interrupted."""
 import struct
 

@@ -1,4 +1,4 @@
-"""The limit filter keeps the configurations it has been in (counter.c: `vmkit_limits_refresh`):
+"""The limit filter keeps the configurations it has been in (limits_prepared.c: `vmkit_limits_refresh`):
 a refresh that comes back to one installs it again without decoding, if the GDT's bytes, GDTR,
 the CPL and paging the software runs at (and the GDT a load is about to lgdt) are the ones it
 was prepared from. Each test checks what the machine then does: an access past the limit the

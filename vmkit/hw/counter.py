@@ -2,7 +2,8 @@
 
 The C hook is compiled once with the system C compiler into the package's
 folder (or a temporary one if that is read-only), in one library with the
-platform's interrupt delivery (delivery.c), named by a hash of both texts.
+segment-limit filter (limits*.c), the platform's interrupt delivery (delivery.c) and its
+I/O check (io.c), named by a hash of their texts and the header they share (vmkit.h).
 Without a compiler the CPU falls back to Unicorn's `count=`: full slices are
 still exact, but a slice that stops early is charged whole (`Counter.exact` is
 False), and every delivery is delivery.py's Python.
@@ -18,8 +19,12 @@ from unicorn import UC_HOOK_CODE, UcError
 from unicorn.x86_const import UC_X86_REG_EFLAGS
 from unicorn.unicorn_py3 import unicorn as _uc
 
-# one library: the counter and the limit filter, the delivery, the I/O check
-SOURCES = tuple(pathlib.Path(__file__).with_name(name) for name in ("counter.c", "delivery.c", "io.c"))
+# one library: the counter, the limit filter (its checks, its configurations, its flat
+# stretch), the delivery, the I/O check; and the header they share, hashed with them (an edit
+# to it builds the library again) but not compiled on its own
+SOURCES = tuple(pathlib.Path(__file__).with_name(name) for name in (
+    "counter.c", "limits.c", "limits_prepared.c", "limits_flat.c", "delivery.c", "io.c"))
+HEADERS = (pathlib.Path(__file__).with_name("vmkit.h"),)
 _emu_start = _uc.uclib.uc_emu_start
 
 
@@ -28,7 +33,7 @@ NO_HIT = 0xFFFFFFFFFFFFFFFF
 
 
 class _State(ctypes.Structure):
-    """struct vmkit_counter in counter.c, field for field."""
+    """struct vmkit_counter in vmkit.h, field for field."""
     _fields_ = [("count", ctypes.c_uint64), ("budget", ctypes.c_uint64), ("stop", ctypes.c_void_p),
                 ("spent", ctypes.c_uint64), ("nbreaks", ctypes.c_uint64), ("hit", ctypes.c_uint64),
                 ("skip", ctypes.c_uint64), ("first", ctypes.c_uint64),
@@ -42,7 +47,7 @@ class _State(ctypes.Structure):
 
 
 def _build():
-    text = b"".join(source.read_bytes() for source in SOURCES)
+    text = b"".join(source.read_bytes() for source in SOURCES + HEADERS)
     name = f"_counter_{hashlib.sha1(text).hexdigest()[:12]}.so"
     for folder in (SOURCES[0].parent, pathlib.Path(tempfile.gettempdir())):
         lib = folder / name
@@ -66,8 +71,8 @@ _LIB = None
 
 
 def library():
-    """The compiled counter.c, delivery.c and io.c (the counter, the limit filter, the
-    delivery, the I/O check), or None."""
+    """The compiled SOURCES (the counter, the limit filter, the delivery, the I/O check),
+    or None."""
     global _LIB
     if _LIB is None:
         _LIB = _build() or False
