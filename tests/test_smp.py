@@ -3,7 +3,7 @@ world, TSS, stack and timer; VMs placed on CPUs; a mapping cache per CPU."""
 import pytest
 
 from vmkit.hw.board import Board
-from vmkit.hw.cpu import LinearFault
+from vmkit.hw.mmu import LinearFault
 from vmkit.hw.lapic import EOI, ICR_LOW, LVT_TIMER, TIMER_CURRENT, TIMER_INITIAL, PERIODIC
 from vmkit.hw.x86 import TSS_ESP0, encode_gate
 from vmkit.kernel import mapcache, smp, switch

@@ -4,7 +4,7 @@ VM's own address space at VMM_BASE, by the CPU's MMU -- are what the VMM acts on
 import pytest
 
 from vmkit.hw.asm import assemble
-from vmkit.hw.cpu import LinearFault
+from vmkit.hw.mmu import LinearFault
 from vmkit.hw.x86 import encode_gate, GATE_INT32
 from vmkit.kernel import layout, patches
 from vmkit.kernel.cos_vcpu import CosVcpu

@@ -25,6 +25,12 @@ before an early stop (hlt, an I/O fault, a fault on missing memory), so
 the CPU counts retired instructions itself with a C code hook (counter.c):
 virtual time is exact, and a slice can be cut short when a device
 schedules an event inside it.
+
+The CPU is in parts, each a mixin in a file of its own: delivery.py (interrupts and
+exceptions), io.py (in/out and their check), mmu.py (memory as this CPU sees it: linear
+addresses, its TLB, its translated code), stubs.py (Python entered at a stub's address,
+and the CPU made to execute from inside a handler). Here: its registers, the run loop,
+and Unicorn's hooks.
 """
 import ctypes
 
@@ -33,8 +39,7 @@ from unicorn.unicorn_py3 import unicorn as _uc
 from unicorn.unicorn_py3.arch.intel import UcRegMMR
 from unicorn.unicorn_py3.unicorn import uc_hook_h, HOOK_INTR_CFUNC, HOOK_INSN_INVALID_CFUNC
 from unicorn import (Uc, UcError, UC_ARCH_X86, UC_MODE_32, UC_PROT_ALL, UC_HOOK_INTR,
-                     UC_HOOK_INSN_INVALID, UC_HOOK_MEM_UNMAPPED, UC_HOOK_CODE,
-                     UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+                     UC_HOOK_INSN_INVALID, UC_HOOK_MEM_UNMAPPED)
 from unicorn import x86_const as X
 
 from . import unicorn_quirks
@@ -42,6 +47,8 @@ from .counter import Counter, library, NO_HIT
 from .delivery import Delivery
 from .io import PortAccess
 from .limits import SegmentLimits
+from .mmu import MMU, LinearFault   # (LinearFault: also kernel/mapcache.py's, from here)
+from .stubs import Stubs
 from .x86 import decode_gate, ERROR_CODE_VECTORS, EFLAGS_IF, GP, PF, UD, EXCEPTION_NAMES
 
 GENERAL = ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp", "esp")
@@ -60,24 +67,13 @@ SOFTWARE_INT_6 = bytes([0xCD, UD])  # `int 6`, which Unicorn reports as an inval
 # (measured: its exception record says "int" for all four): no need to read the record (a
 # context save, ~2 µs) on a patched iretd's or pushfd's every int3
 ONLY_SOFTWARE = frozenset((3, 4))
-# uc_vmem_read/uc_vmem_write/uc_vmem_translate are exported by libunicorn 2.1.4 but not wrapped
-# by its Python binding: declared here once (see CPU.read_linear).
 _lib = _uc.uclib
-_lib.uc_vmem_read.argtypes = _lib.uc_vmem_write.argtypes = [
-    ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
-_lib.uc_vmem_translate.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int,
-                                   ctypes.POINTER(ctypes.c_uint64)]
 _reg_read = _lib.uc_reg_read      # (looked up once, not per register read)
 EIP = X.UC_X86_REG_EIP
 _reg_read_batch = _lib.uc_reg_read_batch
 
 
-class LinearFault(ValueError):
-    """A linear address this CPU's MMU does not let it reach now (not present, or
-    supervisor-only while the CPU runs at CPL 3, or paging off and no such RAM)."""
-
-
-class CPU(Delivery, PortAccess):
+class CPU(Delivery, PortAccess, MMU, Stubs):
     def __init__(self, index, board):
         self.lead = 0                        # instructions ahead of the board's clock (board.run)
         self.index = index
@@ -254,148 +250,6 @@ class CPU(Delivery, PortAccess):
         descriptors again for the segment-limit checks (limits.py)."""
         self.limits.refresh(cpl, paging, loading)
 
-    def invalidate_code(self, begin, end):
-        """Drop translated code for a physical range written from outside the CPU.
-        Unicorn 2.1.4 takes the range as *virtual* and translates it through the
-        page tables (measured): with paging on and the range not mapped, that
-        leaves a #PF in Unicorn's exception record (the CPU's next two faults
-        then become #DF and a silent stop). So with paging on, drop it all."""
-        if self["cr0"] & 0x80000000:
-            self.uc.ctl_flush_tb()
-        else:
-            self.uc.ctl_remove_cache(begin, end)
-
-    def flush_tlb(self):
-        """This CPU's TLB, as invlpg or a CR3 reload would drop it. Unicorn 2.1.4
-        (measured) keeps translating through a cached entry after the page-table
-        entry in memory changes, until this is done on *that* CPU: another CPU's
-        write to a page table does not reach this one's TLB."""
-        self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
-
-    # ---- memory as this CPU sees it --------------------------------------
-    def read_linear(self, address, length):
-        """Bytes at a linear address, translated by *this* CPU's MMU as its own next
-        load would be: the page tables at its CR3, its current privilege (the
-        user/supervisor check), and its TLB. Measured (Unicorn 2.1.4,
-        uc_vmem_read): a translation cached in the TLB, by an instruction or by
-        an earlier read_linear, is used even after the page-table entry changed,
-        until this CPU's TLB drops it (flush_tlb, or an `invlpg` it executes)."""
-        buf = ctypes.create_string_buffer(length)
-        err = _lib.uc_vmem_read(self._uch, address, unicorn.UC_PROT_READ, buf, length)
-        if err:
-            raise LinearFault(self._linear_why("read", address, length))
-        return buf.raw
-
-    def write_linear(self, address, data):
-        """Store at a linear address through this CPU's MMU (see read_linear). A
-        store's TLB entry is cached separately from a load's (QEMU sets the
-        dirty bit on the first store), so a page only read so far is walked again."""
-        data = bytes(data)
-        err = _lib.uc_vmem_write(self._uch, address, unicorn.UC_PROT_WRITE, data, len(data))
-        if err:
-            raise LinearFault(self._linear_why("write", address, len(data)))
-
-    def translate_linear(self, address):
-        """The physical address this CPU's MMU gives a read of `address` (its TLB first)."""
-        out = ctypes.c_uint64()
-        if _lib.uc_vmem_translate(self._uch, address, unicorn.UC_PROT_READ, ctypes.byref(out)):
-            raise LinearFault(self._linear_why("translate", address, 1))
-        return out.value
-
-    def _linear_why(self, what, address, length):
-        paging = "on" if self["cr0"] & 0x80000000 else "off"
-        return (f"CPU {self.index} cannot {what} {length} bytes at linear {address:#x}: its MMU "
-                f"refuses it (not present or not for CPL {self.cpl}; paging {paging}, CR3 {self['cr3']:#x})")
-
-    def on_execute(self, address, handler):
-        """Call handler(cpu) when EIP reaches `address`, before that instruction
-        runs: how a stub hands over to Python. Returns a handle for `remove`.
-
-        The address is one of the C counter's breakpoints (counter.c): the run
-        stops there before the instruction, the handler runs between runs (so the registers
-        it writes take effect at once), and the run resumes at EIP, past the
-        check if EIP is still `address`. No extra Unicorn code hook, which would
-        slow every instruction. Without the C counter (no compiler), a Python
-        code hook does the same from inside the run."""
-        handlers = self._stubs.setdefault(address, [])
-        handlers.append(handler)                  # several at one address: in this order (Qiling's hook_address)
-        handle = (address, handler)
-        if self.counter.exact:
-            self.counter.set_breaks(list(self._stubs))
-            return handle
-
-        def fire(uc, at, size, _):
-            if self._hook_ran_at == at:
-                self._hook_ran_at = None
-                return
-            self._hook_ran_at = None
-            stopping = self._stop_requested
-            self._handler_at, self._executed = at, False
-            try:
-                self._call_handler(handler, at)
-            finally:
-                self._handler_at = None
-            if self._stop_requested and (not stopping or self._executed):
-                self._hook_stopped_at = at
-                self.counter.uncount()
-        self._stub_hooks[handle] = self.uc.hook_add(UC_HOOK_CODE, fire, None, address, address)
-        return handle
-
-    def _call_handler(self, handler, at):
-        """The handler is the software at `at` (a kernel's dispatcher): its failure
-        stops this CPU, as a panic would, and is raised once to whoever runs the board."""
-        try:
-            handler(self)
-        except Exception as e:
-            self.stop(f"the handler at {at:#x} failed: {type(e).__name__}: {e}")
-            raise
-
-    def remove(self, handle):
-        """Stop entering the handler `on_execute` gave this handle for."""
-        address, handler = handle
-        self._stubs[address].remove(handler)
-        if not self._stubs[address]:
-            del self._stubs[address]
-        if self.counter.exact:
-            self.counter.set_breaks(list(self._stubs))
-        else:
-            self.uc.hook_del(self._stub_hooks.pop(handle))
-            unicorn_quirks.clear_exception_record(self.uc)   # hook_del under paging once left a #DF
-
-    def execute(self, begin, end, **registers):
-        """From inside an on_execute handler (or between slices): this CPU executes its code from
-        `begin` up to `end` (with `registers` loaded first), then the interrupted
-        EIP, EFLAGS and those registers are put back. How a kernel that is Python
-        makes the CPU itself run an instruction such as `invlpg` and go on.
-        A handler entered through the C counter's breakpoints runs between runs,
-        so this is a plain run (with the breakpoints off: the routine is not a stub).
-        Without the C counter the handler runs inside a code hook, and then:
-        measured (Unicorn 2.1.4): uc_emu_start nests inside a hook, and the outer
-        run resumes at the restored EIP; but writing EIP in a hook restarts the
-        hooked instruction (its hooks run again) and a nested run forgets a pending
-        emu_stop. So the slice is ended here, before the hooked instruction, as a
-        handler that stops the slice does, and the next slice starts there without
-        running the handler again. The nested instructions are not virtual time
-        (nor is the Python kernel's own work); the counter is kept as it was."""
-        nested = self._handler_at is not None          # else: between slices, the CPU stopped
-        names = ("eip", "eflags") + tuple(registers)
-        saved = dict(zip(names, self.read(*names)))
-        state = self.counter.state if self.counter.exact else None
-        if state is not None:
-            kept = state.count, state.budget, state.spent, state.nbreaks, state.hit, state.wait_if, state.stretch_after
-            state.count, state.budget, state.nbreaks, state.wait_if, state.stretch_after = 0, 1 << 62, 0, 0, 0
-        try:
-            self.write(**registers)
-            self.uc.emu_start(begin, end)
-        finally:
-            if state is not None:
-                (state.count, state.budget, state.spent, state.nbreaks, state.hit, state.wait_if,
-                 state.stretch_after) = kept
-            self.write(**saved)
-            if nested:
-                self._executed = True
-                self.request_stop()
-
     # ---- running ---------------------------------------------------------
     def run(self, budget, wake=False):
         """Execute up to `budget` instructions of virtual time.
@@ -434,7 +288,7 @@ class CPU(Delivery, PortAccess):
                 executed, error = counter.run(eip, budget - self.done, NO_ADDRESS,
                                               skip if skip == eip else None, wake)
             except BaseException:              # a hook's own exception: the limit hooks
-                limits.after_run(True)         # come back all the same (limits.py)
+                limits.after_run(True)         # come back all the same (limits_flat.py)
                 raise
             if refusals is not None and refusals.refused:     # io.c stopped the run
                 self._io_fault = (GP, 0, refusals.eip, refusals.at_count)
@@ -443,10 +297,10 @@ class CPU(Delivery, PortAccess):
                     limits.violation is not None or error is not None or io_fault
                     or self._stop_requested):
                 self.done += executed - 1      # a flat stretch began or ended before an instruction
-                continue                       # counted there: it runs (and counts) now (limits.py)
+                continue                       # counted there: it runs (and counts) now (limits_flat.py)
             violation = limits.take() if limits.violation is not None or state.fetch_fault else None
             if violation is not None:
-                executed = violation.count     # the access counts; it did not happen (limits.py)
+                executed = violation.count     # the access counts; it did not happen (limits_decode.py)
             elif io_fault:
                 # the denied in/out counts; what the counter saw after its emu_stop does not
                 # (whether it sees the next instruction depends on where a translation block ends)
@@ -587,12 +441,3 @@ class CPU(Delivery, PortAccess):
         else:
             self.raise_fault(UD, None, eip, "invalid opcode")
         return True
-
-    def _reads(self, address, n):
-        """n bytes at linear `address` as this CPU reads them (read_linear: a VM's
-        guest sees its memory from 0, not at its physical address), or b"" where
-        its MMU refuses them or past the end of memory."""
-        try:
-            return self.read_linear(address, n)
-        except LinearFault:
-            return b""
