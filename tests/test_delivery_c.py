@@ -12,7 +12,7 @@ import pytest
 from unicorn import UcError
 
 from vmkit.hw.board import Board
-from vmkit.hw.cpu import GENERAL, SEGMENTS
+from vmkit.hw.registers import GENERAL, SEGMENTS
 from vmkit.hw.x86 import encode_gate, encode_segment, encode_tss, decode_gate, CODE_RX, DATA_RW, TSS_AVAILABLE
 
 IDT, GDT, TSS = 0x2000, 0x3000, 0x3100

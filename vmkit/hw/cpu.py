@@ -26,11 +26,11 @@ the CPU counts retired instructions itself with a C code hook (counter.c):
 virtual time is exact, and a slice can be cut short when a device
 schedules an event inside it.
 
-The CPU is in parts, each a mixin in a file of its own: delivery.py (interrupts and
-exceptions), io.py (in/out and their check), mmu.py (memory as this CPU sees it: linear
-addresses, its TLB, its translated code), stubs.py (Python entered at a stub's address,
-and the CPU made to execute from inside a handler). Here: its registers, the run loop,
-and Unicorn's hooks.
+The CPU is in parts, each a mixin in a file of its own: registers.py (its registers by
+name, through Unicorn's C API), delivery.py (interrupts and exceptions), io.py (in/out and
+their check), mmu.py (memory as this CPU sees it: linear addresses, its TLB, its translated
+code), stubs.py (Python entered at a stub's address, and the CPU made to execute from
+inside a handler). Here: the CPU made, the run loop, and Unicorn's hooks.
 """
 import ctypes
 
@@ -48,17 +48,10 @@ from .delivery import Delivery
 from .io import PortAccess
 from .limits import SegmentLimits
 from .mmu import MMU, LinearFault   # (LinearFault: also kernel/mapcache.py's, from here)
+from .registers import Registers
 from .stubs import Stubs
-from .x86 import decode_gate, ERROR_CODE_VECTORS, EFLAGS_IF, GP, PF, UD, EXCEPTION_NAMES
+from .x86 import decode_gate, ERROR_CODE_VECTORS, GP, PF, UD, EXCEPTION_NAMES
 
-GENERAL = ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp", "esp")
-SEGMENTS = ("cs", "ds", "es", "fs", "gs", "ss")
-SEGMENT_ATTRIBUTES = 0x00F0FF00     # a descriptor's second dword without its base and limit bits
-REG = {name: getattr(X, "UC_X86_REG_" + name.upper()) for name in
-       GENERAL + SEGMENTS + ("eip", "eflags", "cr0", "cr2", "cr3", "cr4",
-                             "gdtr", "idtr", "ldtr", "tr")}
-TABLES = ("gdtr", "idtr", "ldtr", "tr")
-_PLAIN_REG = {name: reg for name, reg in REG.items() if name not in TABLES}
 MEMORY_ERRORS = {getattr(unicorn, "UC_ERR_" + n) for n in (
     "READ_UNMAPPED", "WRITE_UNMAPPED", "FETCH_UNMAPPED", "READ_PROT", "WRITE_PROT", "FETCH_PROT")}
 NO_ADDRESS = 0xFFFFFFFF          # `until` for emu_start: never reached
@@ -68,12 +61,11 @@ SOFTWARE_INT_6 = bytes([0xCD, UD])  # `int 6`, which Unicorn reports as an inval
 # context save, ~2 µs) on a patched iretd's or pushfd's every int3
 ONLY_SOFTWARE = frozenset((3, 4))
 _lib = _uc.uclib
-_reg_read = _lib.uc_reg_read      # (looked up once, not per register read)
+_reg_read = _lib.uc_reg_read      # run()'s EIP, one C call (looked up once)
 EIP = X.UC_X86_REG_EIP
-_reg_read_batch = _lib.uc_reg_read_batch
 
 
-class CPU(Delivery, PortAccess, MMU, Stubs):
+class CPU(Registers, Delivery, PortAccess, MMU, Stubs):
     def __init__(self, index, board):
         self.lead = 0                        # instructions ahead of the board's clock (board.run)
         self.index = index
@@ -134,114 +126,6 @@ class CPU(Delivery, PortAccess, MMU, Stubs):
                 uc.emu_stop()
                 return 0                                # (an `in` must give C a number)
         return cfunc(entry)
-
-    # ---- registers -------------------------------------------------------
-    def __getitem__(self, name):
-        """Plain registers go straight to Unicorn's C API: through the Python
-        binding a read costs ~10x more and a write of ESP or EFLAGS ~30-50 µs
-        (measured), and one delivery reads a dozen and writes five."""
-        reg = _PLAIN_REG.get(name)
-        if reg is not None:                  # (the C function and the pointer looked up once)
-            scratch = self._scratch
-            scratch.value = 0
-            _reg_read(self._uch, reg, self._scratch_ref)
-            return scratch.value
-        mmr = self._mmr                      # a table register, or a KeyError naming no register
-        mmr.selector = mmr.base = mmr.limit = mmr.flags = 0   # Unicorn fills only some fields
-        _reg_read(self._uch, REG[name], ctypes.byref(mmr))
-        return (mmr.selector, mmr.base, mmr.limit, mmr.flags)
-
-    def __setitem__(self, name, value):
-        if name in TABLES:                   # (selector, base, limit, flags), as __getitem__ gives
-            mmr = self._mmr
-            mmr.selector, mmr.base, mmr.limit, mmr.flags = value
-            err = _uc.uclib.uc_reg_write(self._uch, REG[name], ctypes.byref(mmr))
-            if err:
-                raise UcError(err)
-            return
-        self._scratch.value = value & 0xFFFFFFFFFFFFFFFF
-        err = _uc.uclib.uc_reg_write(self._uch, REG[name], ctypes.byref(self._scratch))
-        if err:
-            raise UcError(err)
-
-    def _batch(self, names):
-        """ctypes arrays for one set of register names, made once and reused."""
-        batch = self._batches.get(names)
-        if batch is None:
-            n = len(names)
-            vals = (ctypes.c_uint64 * n)()
-            batch = ((ctypes.c_int * n)(*(REG[x] for x in names)), vals,
-                     (ctypes.c_void_p * n)(*(ctypes.addressof(vals) + 8 * i for i in range(n))), n)
-            self._batches[names] = batch
-        return batch
-
-    def read(self, *names):
-        """Several plain registers in one call into Unicorn (uc_reg_read_batch)."""
-        ids, vals, ptrs, n = self._batches.get(names) or self._batch(names)
-        for i in range(n):
-            vals[i] = 0
-        _reg_read_batch(self._uch, ids, ptrs, n)
-        return vals[:]
-
-    def read_with_tables(self, plain, tables):
-        """Plain registers and table registers (GDTR IDTR LDTR TR, as (selector, base,
-        limit, flags)) in one uc_reg_read_batch call: a call into C costs about as
-        much as the read itself, and a delivery or a switch's verify reads eight or more."""
-        batch = self._batches.get((plain, tables))
-        if batch is None:
-            names = plain + tables
-            vals = (ctypes.c_uint64 * len(plain))()
-            mmrs = [UcRegMMR() for _ in tables]
-            ptrs = [ctypes.addressof(vals) + 8 * i for i in range(len(plain))] + [ctypes.addressof(m) for m in mmrs]
-            batch = ((ctypes.c_int * len(names))(*(REG[x] for x in names)), vals, mmrs,
-                     (ctypes.c_void_p * len(names))(*ptrs), len(names))
-            self._batches[(plain, tables)] = batch
-        ids, vals, mmrs, ptrs, n = batch
-        for i in range(len(plain)):
-            vals[i] = 0
-        for m in mmrs:
-            m.selector = m.base = m.limit = m.flags = 0     # Unicorn fills only some fields
-        _reg_read_batch(self._uch, ids, ptrs, n)
-        return vals[:], [(m.selector, m.base, m.limit, m.flags) for m in mmrs]
-
-    def write(self, **values):
-        """Several plain registers in one call into Unicorn (uc_reg_write_batch)."""
-        ids, vals, ptrs, n = self._batch(tuple(values))
-        for i, v in enumerate(values.values()):
-            vals[i] = v & 0xFFFFFFFFFFFFFFFF
-        err = _uc.uclib.uc_reg_write_batch(self._uch, ids, ptrs, n)
-        if err:
-            raise UcError(err)
-
-    def segment(self, name):
-        """(selector, base, limit, flags) of segment register `name` (cs ds es fs gs ss)
-        as the CPU holds it: the selector and the *hidden* part the CPU loaded from the
-        descriptor when the selector was loaded (a later edit of the GDT does not change
-        it). Unicorn's reg_read gives only the selector; the rest is read from QEMU's
-        CPUX86State in the saved context (unicorn_quirks.segment_cache: segs[] at context
-        offset 0xE0, 24 bytes each, ES CS SS DS FS GS; measured). `limit` is in bytes (G
-        applied); `flags` the descriptor's attribute bits as loaded (type, with the accessed
-        bit the CPU sets, in 8-11, S 12, DPL 13-14, P 15, AVL 20, D/B 22, G 23)."""
-        if name not in SEGMENTS:
-            raise ValueError(f"no segment register {name!r}: one of {', '.join(SEGMENTS)}")
-        selector, base, limit, flags = unicorn_quirks.segment_cache(self.uc, name)
-        return selector, base, limit, flags & SEGMENT_ATTRIBUTES
-
-    @property
-    def cpl(self):
-        return self["cs"] & 3
-
-    @property
-    def interrupts_enabled(self):
-        return bool(self["eflags"] & EFLAGS_IF)
-
-    def state(self):
-        """Every register a widget or test looks at, as plain ints / tuples."""
-        s = {name: self[name] for name in GENERAL + SEGMENTS + ("eip", "eflags", "cr0", "cr3")}
-        for t in TABLES:
-            s[t] = self[t]            # (selector, base, limit, flags)
-        s["cpl"] = self.cpl
-        return s
 
     def descriptors_changed(self, cpl=None, paging=None, loading=None):
         """The GDT this CPU's GDTR names was loaded or edited (or, with `cpl`, software
