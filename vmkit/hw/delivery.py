@@ -179,7 +179,7 @@ class Delivery:
         cannot read were not the `int` it just executed: 1."""
         try:
             code = self.read_linear(next_eip - 2, 2)
-        except ValueError:                     # the CPU's LinearFault (cpu.py)
+        except ValueError:                     # the CPU's LinearFault (mmu.py)
             return 1
         return 2 if code == bytes([0xCD, vector]) else 1
 
