@@ -114,8 +114,9 @@ struct vmkit_limits {
     struct vmkit_counter *counter;
     uint64_t flat_run, fsgs_flat;
     int64_t eflags_id, dr7_id;
-    /* The configurations the filter has been in (limits_prepared.c: vmkit_limits_refresh): the hooks, the
-     * ranges they want, and the prepared tables a refresh installs again without Python. */
+    /* The configurations the filter has been in (limits_prepared.c: vmkit_limits_refresh): the
+     * hooks, the ranges they want, and the prepared tables a refresh installs again without
+     * Python. */
     hook_add_fn hook_add;
     hook_del_fn hook_del;
     int64_t hook_type;                    /* UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE */
@@ -125,7 +126,7 @@ struct vmkit_limits {
     int64_t current;                      /* the prepared configuration installed, or -1 */
     uint64_t clock;                       /* stamps prepared[] with its last use */
     uint64_t reused, misses;              /* refreshes served from prepared[] / decoded by Python */
-    struct vmkit_prepared pending;        /* a refresh's key, read here; a miss: decoded by Python */
+    struct vmkit_prepared pending;        /* a refresh's key, read in C; a miss: decoded by Python */
     struct vmkit_prepared prepared[LIMIT_PREPARED];
 };
 
