@@ -18,11 +18,10 @@
  * Memory is the machine's one RAM buffer, physical = linear, as delivery.py reads it (the
  * IDT, GDT and TSS bases are used as physical addresses there too). The frame is data:
  * PhysicalMemory.write(code=False) flushes no translated code, so a plain copy is the same. */
-#include <stdint.h>
-#include <stddef.h>
 #include <string.h>
 
-typedef int (*reg_batch_fn)(void *uc, int *regs, void **values, int count);
+#include "vmkit.h"
+
 typedef int (*vmem_read_fn)(void *uc, uint64_t address, int prot, void *bytes, size_t size);
 
 /* Unicorn's ids, in this order (delivery.py fills them). */
@@ -43,8 +42,8 @@ enum { I_CS, I_EFLAGS, I_SS, I_ESP, I_CR0, I_IDTR, I_GDTR, I_TR, I_EIP, I_COUNT 
 #define GP 13
 
 struct vmkit_delivery {
-    reg_batch_fn reg_read_batch;
-    reg_batch_fn reg_write_batch;
+    reg_read_batch_fn reg_read_batch;
+    reg_read_batch_fn reg_write_batch;   /* (uc_reg_write_batch: the same signature) */
     vmem_read_fn vmem_read;               /* uc_vmem_read: EIP's bytes through this CPU's MMU */
     unsigned char *ram;
     uint64_t ram_size;
@@ -57,8 +56,6 @@ struct vmkit_delivery {
     uint64_t delivered, refused, declined;   /* counts: done here; REFUSED; left to Python */
 };
 
-/* GDTR, IDTR and TR as Unicorn's reg_read gives them (uc_x86_mmr). */
-struct vmkit_mmr { uint16_t selector; uint64_t base; uint32_t limit; uint32_t flags; };
 
 static uint32_t u32(const unsigned char *p) { return p[0] | p[1] << 8 | p[2] << 16 | (uint32_t)p[3] << 24; }
 

@@ -12,14 +12,11 @@
  *
  * Refused, the COS's every EOI (an `out 0x20` at CPL 1) costs this C and one stop,
  * not a call into Python and four more back into Unicorn for its registers. */
-#include <stdint.h>
+#include "vmkit.h"
 
-typedef int (*reg_read_fn)(void *uc, int regid, void *value);
-typedef int (*stop_fn)(void *uc);
 typedef uint32_t (*device_in_fn)(void *uc, uint32_t port, int size, void *user);
 typedef void (*device_out_fn)(void *uc, uint32_t port, int size, uint32_t value, void *user);
 
-struct uc_x86_mmr { uint16_t selector; uint64_t base; uint32_t limit; uint32_t flags; };
 
 #define IOPL_SHIFT 12
 #define TSS_IOMAP 102            /* the bitmap's offset, a word in the 104-byte TSS */
@@ -46,7 +43,7 @@ static unsigned byte_at(const struct vmkit_io *io, uint64_t at)
 static int refused(void *uc, const struct vmkit_io *io, uint32_t port, int size)
 {
     uint64_t cs = 0, eflags = 0;
-    struct uc_x86_mmr tr = {0, 0, 0, 0};
+    struct vmkit_mmr tr = {0, 0, 0, 0};
     io->reg_read(uc, (int)io->cs_id, &cs);
     unsigned cpl = cs & 3;
     if (cpl == 0)

@@ -130,7 +130,7 @@ struct vmkit_limits {
     struct vmkit_prepared prepared[LIMIT_PREPARED];
 };
 
-/* GDTR as Unicorn's reg_read gives it (uc_x86_mmr). */
+/* GDTR, IDTR, LDTR and TR as Unicorn's reg_read gives them (uc_x86_mmr). */
 struct vmkit_mmr { uint16_t selector; uint64_t base; uint32_t limit; uint32_t flags; };
 
 /* The functions below without the vmkit_ prefix are called only from another of these files:
