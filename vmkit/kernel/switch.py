@@ -103,6 +103,7 @@ RELOAD = 1                                      # ESI: load with the kernel's ow
 # the frame, as the x86 reaches it from ESP (frame.py)
 _F = {name: 4 * i for i, name in enumerate(Frame.FIELDS)}
 _CPL0_FRAME = _F["esp"]                         # a CPL 0 frame ends here: ESP before the trap
+_F_EIP, _EIP, _GDTR_AT = _F["eip"], OFFSET["eip"], OFFSET["gdtr.limit"]   # (looked up once)
 
 
 # every field of the 128-byte area by offset, for a labelled dump (the padding has none)
@@ -142,8 +143,13 @@ def write_area(memory, address, state):
 
 def seal(memory, address):
     """The CRC-32 of what the x86 stored, stored after it; returns the CRC."""
-    crc = zlib.crc32(_span(memory, address, STATE_SIZE))
-    memory.write_u32(address + CRC, crc, code=False)
+    view = getattr(memory, "_view", None)
+    if view is None or address < 0 or address + CRC + 4 > len(view):
+        crc = zlib.crc32(memory.read(address, STATE_SIZE))
+        memory.write_u32(address + CRC, crc, code=False)
+        return crc
+    crc = zlib.crc32(view[address:address + STATE_SIZE])
+    _U32.pack_into(view, address + CRC, crc)         # (in place: data, no code to flush)
     return crc
 
 
@@ -167,8 +173,13 @@ def _intact(raw):
 
 
 def bump(memory, address, amount):
-    """Add to a u32 counter in kernel memory (data: no translated-code flush)."""
-    memory.write_u32(address, memory.read_u32(address) + amount, code=False)   # (mod 2**32)
+    """Add to a u32 counter in kernel memory (data: no translated-code flush), in place
+    in the memory buffer when it lies there (a switch bumps two)."""
+    view = getattr(memory, "_view", None)
+    if view is None or address < 0 or address + 4 > len(view):
+        memory.write_u32(address, memory.read_u32(address) + amount, code=False)   # (mod 2**32)
+        return
+    _U32.pack_into(view, address, (_U32.unpack_from(view, address)[0] + amount) & 0xFFFFFFFF)
 
 
 # ---- the x86 ------------------------------------------------------------------
@@ -370,18 +381,18 @@ def saved(kernel, frame, cpu, current, nxt):
     """Back from the x86's save: seal, trace, check the next world's area;
     enter the load. Raises SwitchError (nothing loaded) if the check fails.
     Returns (base, limit) of the GDT the load's lgdt will load (from the bytes checked)."""
-    trace, memory = kernel.trace, kernel.memory
-    seal(memory, current.area)
-    trace.emit("switch.save", cpu.index, world=current.name, area=current.area,
-               eip=memory.read_u32(current.area + OFFSET["eip"]))
-    trace.emit("switch.cli", cpu.index, IF=1 if cpu["eflags"] & EFLAGS_IF else 0)
+    emit, memory, index, at = kernel.trace.emit, kernel.memory, cpu.index, current.area
+    seal(memory, at)
+    emit("switch.save", index, world=current.name, area=at, eip=memory.read_u32(at + _EIP))
+    emit("switch.cli", index, IF=1 if cpu["eflags"] & EFLAGS_IF else 0)
     area = _span(memory, nxt.area, STATE_SIZE + 4)
     if not _intact(area):
-        trace.emit("switch.check", cpu.index, world=nxt.name, ok=False, why="save area CRC mismatch")
+        emit("switch.check", index, world=nxt.name, ok=False, why="save area CRC mismatch")
         raise SwitchError(f"the save area of {nxt.name} at {nxt.area:#x} changed since it was stored")
-    trace.emit("switch.check", cpu.index, world=nxt.name, ok=True)
-    enter(frame, cpu, 0)                    # EDI: nxt.area still (a wrong one fails the verify)
-    limit, base = _GDTR.unpack_from(area, OFFSET["gdtr.limit"])
+    emit("switch.check", index, world=nxt.name, ok=True)
+    frame.vector = layout.GO_SWITCH         # enter(frame, cpu, 0): ESI 0, load only; EDI names
+    cpu["esi"] = 0                          # nxt.area still (a wrong one fails the verify)
+    limit, base = _GDTR.unpack_from(area, _GDTR_AT)
     return base, limit
 
 
@@ -399,14 +410,13 @@ def loaded(kernel, frame, cpu, nxt):
 def started(kernel, frame, cpu, nxt, cr0=None):
     """Steps 5-7 traced: loaded and checked, the stub's iretd goes next. cr0: as `loaded`
     read it (nothing has changed it since), else read now."""
-    trace = kernel.trace
+    emit, memory, index, name = kernel.trace.emit, kernel.memory, cpu.index, nxt.name
     cr0 = cpu["cr0"] if cr0 is None else cr0
-    trace.emit("switch.load", cpu.index, world=nxt.name, ok=True, area=nxt.area,
-               paging="on" if cr0 & CR0_PG else "off")
-    bump(kernel.memory, nxt.area + SWITCHES, 1)
-    eip, cs, eflags = _IRET.unpack_from(_span(kernel.memory, frame.address + _F["eip"], _IRET.size))
-    trace.emit("switch.start", cpu.index, world=nxt.name, cs=cs, eip=eip)
-    trace.emit("switch.sti", cpu.index, world=nxt.name, eflags=eflags)
+    emit("switch.load", index, world=name, ok=True, area=nxt.area, paging="on" if cr0 & CR0_PG else "off")
+    bump(memory, nxt.area + SWITCHES, 1)
+    eip, cs, eflags = _IRET.unpack_from(_span(memory, frame.address + _F_EIP, _IRET.size))
+    emit("switch.start", index, world=name, cs=cs, eip=eip)
+    emit("switch.sti", index, world=name, eflags=eflags)
 
 
 def refused_by_cpu(kernel, frame, vector):

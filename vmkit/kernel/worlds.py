@@ -27,6 +27,8 @@ down to the end of the kernel's block: all of it past the COS's segment limit
 and its allocator's RAM top (the loader set both to the kernel's base), so the
 COS can neither hand those pages out nor store into them.
 """
+import functools
+
 from vmkit.hw import clock
 from vmkit.hw.asm import assemble
 from vmkit.hw.lapic import TIMER_INITIAL
@@ -39,6 +41,9 @@ from .world import World
 QUANTUM_TICKS = 2
 VM_TICK = clock.hz(100)         # a real kernel's tick, 100 Hz of the virtual clock: 1,000,000 instructions
 INSTRUCTIONS = 0xC0             # u32: instructions of virtual time the world held the CPU
+
+
+_switch = functools.partial(tuple.__new__, switch.Switch)   # a Switch from its four fields, unparsed
 
 
 class VMError(ValueError):
@@ -323,10 +328,11 @@ class Worlds:
         no other world. `away`: the COS's away state (CPU 0), put back if `nxt`
         is refused."""
         p = p or self.cpus[0]
-        if nxt is None or nxt is p.current:
+        current = p.current
+        if nxt is None or nxt is current:
             return False
-        p.switching = switch.Switch(p.current, nxt, "switch", away)
-        switch.begin(self.kernel, frame, self.kernel.board.cpus[p.index], p.current, nxt)
+        p.switching = _switch((current, nxt, "switch", away))
+        switch.begin(self.kernel, frame, self.kernel.board.cpus[p.index], current, nxt)
         return True
 
     def switch_step(self, frame, cpu, vector):
@@ -400,19 +406,24 @@ class Worlds:
     def _switched(self, frame, cpu, p, nxt, cr0=None, cs=None):
         """`nxt` is loaded (cr0, cs: the CPU's, as the load's verify read them): account,
         and hand it what is pending for it."""
-        switch.started(self.kernel, frame, cpu, nxt, cr0)
+        k = self.kernel
+        switch.started(k, frame, cpu, nxt, cr0)
         if p.index == 0 and self.vm_tick:
             self._cpu0_timer(nxt)
-        now = self.kernel.board.now()
+        now = k.board.now()
         switch.bump(self.memory, p.current.area + INSTRUCTIONS, now - p.since)
         p.current, p.used, p.since = nxt, 0, now
-        k = self.kernel
-        if nxt.kind == "vm":
+        kind = nxt.kind
+        if kind == "vm":
             if nxt.state == "halted":
                 nxt.state = "ready"
             reached = cs is not None and not cs & 3 and cr0 & CR0_PG   # its VMM's window (mapcache.py),
-            self.guard(frame, lambda: nxt.vmm.deliver_pending(frame, reached), p)   # nothing ran since
-        elif nxt.kind == "cos" and k.away is None:
+            try:                                                        # nothing ran since
+                nxt.vmm.deliver_pending(frame, reached)
+            except GuestFault as e:                # (guard's: it stops this VM only)
+                self.crash(nxt, str(e))
+                self.leave(frame, p)
+        elif kind == "cos" and k.away is None:
             k.deliver_pending(frame)
             if k.work_due:                         # the kernel's work came due meanwhile
                 k.work_due = False

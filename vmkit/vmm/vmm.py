@@ -270,22 +270,23 @@ class VMM:
         """Through the guest's own IDT, onto the guest's own stack (flat: SS base 0).
         reached: the caller saw its CPU at CPL 0 with paging on, nothing run since (its
         mapping window reachable: the cache need not read CS and CR0 again)."""
-        v, esp = self.vcpu, frame.esp
+        v, esp, size = self.vcpu, frame.esp, self.size
         gate_at = v.idt_base + vector * 8
-        if vector * 8 + 7 > v.idt_limit or not self.owns(gate_at, 8):
+        if vector * 8 + 7 > v.idt_limit or not 0 <= gate_at <= size - 8:      # (owns(gate_at, 8))
             raise GuestFault(f"no gate for vector {vector:#x} in the guest's IDT")
-        if not self.owns(esp - 12, 12):
+        if not 12 <= esp <= size:                                             # (owns(esp - 12, 12))
             raise GuestFault(f"interrupt with the stack outside the VM's memory ({esp:#x})")
         cache, base = self.cache, self.base     # (both ranges owned: checked above, as `host` checks)
         gate = _gate(cache.read(base + gate_at, 8, reach_checked=reached))
         if not gate.present or gate.type not in (GATE_INT32, GATE_TRAP32):
             raise GuestFault(f"gate {vector:#x} in the guest's IDT is not a present interrupt or "
                              f"trap gate (a CPU would raise #NP or #GP delivering through it)")
-        cache.push(base + esp - 12, (frame.eflags & ~EFLAGS_IF) | (EFLAGS_IF if v.vif else 0),
+        vif = v.vif
+        cache.push(base + esp - 12, (frame.eflags & ~EFLAGS_IF) | (EFLAGS_IF if vif else 0),
                    frame.cs, frame.eip,         # three pushes, in the CPU's order
                    reach_checked=True)          # (by the gate's read: nothing has run since)
         frame.esp, frame.eip = esp - 12, gate.offset
-        if gate.type == GATE_INT32:              # an interrupt gate clears IF; a trap gate does not
+        if gate.type == GATE_INT32 and vif:      # an interrupt gate clears IF; a trap gate does not
             v.vif = 0
         v.injected += 1
         self.trace.emit("vmm.inject", vm=self.name, vector=vector, handler=gate.offset)
