@@ -302,14 +302,20 @@ class Worlds(Installing):
         self.trace.emit("vm.crashed", vm=world.name, why=why)
 
     # ---- a VM's faults -------------------------------------------------------------
-    def vm_trap(self, frame, vector, p=None):
+    def vm_trap(self, frame, vector, p=None, reached=False):
         """A fault from CPL 3 on CPU `p`: the running VM's VMM handles it; a halt
-        yields the CPU, a fault it cannot survive stops that VM only."""
+        yields the CPU, a fault it cannot survive stops that VM only. reached: the
+        VMM's entry saw the CPU at CPL 0 with paging on (VMM.trap's)."""
         p = p or self.cpus[0]
         world = p.current
         if world.kind != "vm":
             raise RuntimeError(f"a CPL 3 fault (vector {vector:#x}) while {world.name} runs")
-        result = self.guard(frame, lambda: world.vmm.trap(frame, vector), p)
+        try:
+            result = world.vmm.trap(frame, vector, reached)
+        except GuestFault as e:                    # (guard's: it stops this VM only)
+            self.crash(world, str(e))
+            self.leave(frame, p)
+            return
         if result == "halt":
             world.state = "halted"
             self.leave(frame, p)
