@@ -182,8 +182,10 @@ def entered(kernel, cpu):
     if not p.switching and p.current.kind == "vm" and kernel.memory.read_u32(
             p.current.vmm_region + layout.VMM_ENTRIES) == 1:
         _first_entry(kernel, cpu, p.current, vector)
+    if vector >= EXCEPTIONS or p.switching or p.current.kind != "vm":
+        return                                   # (an interrupt: the frame's other words unread)
     v86 = bool(frame.eflags & EFLAGS_VM)         # its CS then is a paragraph: any low bits
-    if vector >= EXCEPTIONS or (frame.cs & 3 != 3 and not v86) or p.switching or p.current.kind != "vm":
+    if frame.cs & 3 != 3 and not v86:
         return
     frame.vector = layout.GO_BACK
     if v86:
