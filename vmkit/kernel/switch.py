@@ -117,7 +117,8 @@ def loaded(kernel, frame, cpu, nxt):
     """Back from the x86's load: what the CPU loaded, compared with the save area.
     Raises SwitchError naming the items that differ; returns (CR0, CS) as the verify
     read them (the CPU's own: the kernel's CS, which the load's retf loaded)."""
-    wrong, cr0, cs = _verify(kernel.memory, frame, cpu, _AREA.unpack(span(kernel.memory, nxt.area, STATE_SIZE)))
+    memory = kernel.memory
+    wrong, cr0, cs = _verify(memory, frame, cpu, _AREA.unpack(span(memory, nxt.area, STATE_SIZE)))
     if wrong:
         kernel.trace.emit("switch.load", cpu.index, world=nxt.name, ok=False, wrong=" ".join(wrong))
         raise SwitchError(f"{nxt.name}: loaded state differs from its save area in {', '.join(wrong)}")
