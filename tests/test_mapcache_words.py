@@ -46,6 +46,38 @@ def test_three_pops_from_one_page_are_three_lookups_and_one_load(machine, monkey
     assert [n for _, _, n in seen] == [4, 2, 2, 4]
 
 
+def test_pops_load_what_load_words_loads_counted_the_same_in_one_load_per_page(machine, monkeypatch):
+    """The VMM's iretd pops three words: one lookup, one load by the CPU, two hits; across
+    a page end (or with another policy) word by word, as load_words."""
+    board, kernel = machine
+    page = kernel.base + 0x3000
+    board.memory.write(page + 0x20, bytes.fromhex("01000000 02000000 03000000".replace(" ", "")), code=False)
+    board.memory.write(page + 0xFF8, bytes(range(0x40, 0x50)), code=False)
+    counted = []
+    for pop in (True, False):
+        cache = _cache(kernel, 2)
+        seen = _spied(monkeypatch, board.cpus[1])
+        words = [cache.pop(page + 0x20, 3), cache.pop(page + 0xFF8, 3)] if pop else \
+            [cache.load_words(page + 0x20, page + 0x24, page + 0x28),
+             cache.load_words(page + 0xFF8, page + 0xFFC, page + 0x1000)]
+        counted.append((words, [cache.count(n) for n in mapcache.COUNTERS], list(cache.state.last_used),
+                        cache.slots, list(seen)))
+        monkeypatch.undo()
+    assert counted[0] == counted[1]
+    assert counted[0][0][0] == [1, 2, 3]
+    assert counted[0][-1][0] == ("r", mapcache.WINDOW + 0x20, 12)
+
+
+def test_a_pop_out_of_the_windows_reach_is_refused_before_anything_is_counted(machine):
+    board, kernel = machine
+    cache = mapcache.MappingCache(kernel, board.cpus[0], kernel.worlds.cpus[1].cache.table,
+                                  kernel.worlds.cpus[1].cache.counters, slots=2)   # CPU 0: the COS's,
+    before = [cache.count(n) for n in mapcache.COUNTERS]                         # paging off
+    with pytest.raises(mapcache.MappingCacheError, match="out of reach"):
+        cache.pop(kernel.base + 0x3020, 3)
+    assert [cache.count(n) for n in mapcache.COUNTERS] == before
+
+
 def test_three_pushes_into_one_page_are_three_lookups_and_one_store(machine, monkeypatch):
     board, kernel = machine
     cache = _cache(kernel, 2)

@@ -12,7 +12,7 @@ def test_a_frame_reads_and_writes_the_words_in_memory():
     assert frame.cs == 0x1B
     frame.eip = -4                                      # stored as the CPU would load it: mod 2**32
     assert memory.read_u32(0x1000 + Frame.OFFSET["eip"]) == 0xFFFFFFFC == frame.eip
-    with pytest.raises(AttributeError, match="no word 'foo'"):
+    with pytest.raises(AttributeError, match="no attribute 'foo'"):
         frame.foo = 1
 
 

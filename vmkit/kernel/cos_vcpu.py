@@ -20,6 +20,7 @@ FIELDS = ("vif", "idt_base", "idt_limit", "gdt_base", "gdt_limit", "pending", "t
 class CosVcpu(Words):
     """(A VM's virtual CPU has the same layout and bitmaps: vmm.py.)"""
     FIELDS = FIELDS
+    __slots__ = ()
 
     def delivered(self, line):
         """Line `line` was injected: in service (its virtual ISR) until an EOI."""

@@ -43,13 +43,16 @@ class StackPastLimit(Exception):
 
 class Frame(Words):
     FIELDS = FIELDS
+    __slots__ = ("stack_limit",)
 
     def __init__(self, memory, address, stack_limit=FLAT):
         """stack_limit: the last offset of the interrupted (COS) stack's segment
         (base 0). The kernel's pushes and pops there are Python writes, which no
-        segment-limit check sees: they check it here, as the CPU's own would."""
-        super().__init__(memory, address)
-        self.__dict__["stack_limit"] = stack_limit
+        segment-limit check sees: they check it here, as the CPU's own would.
+        (Words.__init__'s work done here: the kernel makes a frame per entry.)"""
+        self.memory, self.address, self.stack_limit = memory, address, stack_limit
+        view = getattr(memory, "_view", None)
+        self._view = view if view is not None and 0 <= address and address + _SIZE <= len(view) else None
 
     @property
     def from_cos(self):
@@ -103,6 +106,7 @@ class Frame(Words):
         return value
 
 
+_SIZE = Frame.SIZE
 _WORDS = {}
 
 

@@ -52,7 +52,7 @@ GDT_ENTRIES = 7
 # worlds and VMs (worlds.py, switch.py, vmm/): after the kernel TSS's I/O bitmap (ends ~0xD069)
 VM_TSS = 0xD100                   # one TSS for every VM world: ESP0 = the kernel stack, no I/O
                                   # bitmap (I/O map base past the limit), so CPL 3 gets no port
-WORLDS = 0xD200                   # one 256-byte block per world: save area (switch.py) + vCPU
+WORLDS = 0xD200                   # one 256-byte block per world: save area (save_area.py) + vCPU
 WORLD_SIZE = 0x100
 MAX_WORLDS = (COS_STATE - WORLDS) // WORLD_SIZE      # 14
 USER_CODE_SEL, USER_DATA_SEL, VM_TSS_SEL = 0x38, 0x40, 0x48   # DPL 3 flat code/data; the VM TSS

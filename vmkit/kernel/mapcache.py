@@ -328,6 +328,10 @@ class MappingCache:
         µs a call), their further lookups counted after it: what the first word's load
         would fault on, the longer one faults on, before anything else is counted."""
         self._reachable()
+        return self._load_words(addresses)
+
+    def _load_words(self, addresses):
+        """load_words', the window's reach checked."""
         words, i = [], 0
         while i < len(addresses):
             address = addresses[i]
@@ -387,6 +391,23 @@ class MappingCache:
         words.reverse()
         self._cpu_access(self.cpu.write_linear, window - 4 * (n - 1), _words(n).pack(*words))
         self._hits_again(window, n - 1)
+
+    def pop(self, top, n, reach_checked=False):
+        """The CPU's n pops from ESP = `top`: the words at top, top + 4, ... top + 4·(n-1), in
+        that order. What load_words(top, top + 4, ...) gives, counted and loaded the same
+        way; when the cache's own policy maps the run with one lookup (one page), without
+        building the addresses: one lookup (the first pop's word), one load by the CPU,
+        n-1 hits. `reach_checked`: as store_words'."""
+        if self.choose is not choose_slot or (top & 0xFFF) > layout.PAGE - 4 * n:
+            if reach_checked:
+                return self._load_words([top + 4 * i for i in range(n)])
+            return self.load_words(*(top + 4 * i for i in range(n)))
+        if not reach_checked:
+            self._reachable()
+        window = self._lookup(top)
+        words = _words(n).unpack(self._cpu_access(self.cpu.read_linear, window, 4 * n))
+        self._hits_again(window, n - 1)
+        return list(words)
 
     def write_u32(self, address, value):
         data = _U32.pack(value & 0xFFFFFFFF)

@@ -6,7 +6,7 @@ segments and its own page directory, kernel/paging.py: its memory user
 read/write from linear 0, the kernel supervisor-only, the rest not present,
 so a guest write outside its memory is a #PF that crashes that VM only) and a control thread, its saved CPU state. The COS is world 0; each
 VM installed through a VMM is another. Each world owns a 256-byte block of
-kernel memory (layout.WORLDS): its save area (switch.py: 128 bytes, with its
+kernel memory (layout.WORLDS): its save area (save_area.py: 128 bytes, with its
 switch and tick counters). A VM's virtual CPU, GDT, IDT and entry code are in
 its VMM region (vmm/region.py), and its saved GDTR/IDTR name that GDT and IDT.
 
@@ -22,18 +22,17 @@ own interrupts stay queued while a VM runs and are delivered when it runs
 again (claim 10). Accounting: ticks run and switches into each world, in
 the world's block.
 
-VM memory (and just above it the VM's page tables, above them its VMM region) comes from the top of RAM,
-down to the end of the kernel's block: all of it past the COS's segment limit
-and its allocator's RAM top (the loader set both to the kernel's base), so the
-COS can neither hand those pages out nor store into them.
+Installing a VM (its placement, memory, page tables and VMM): vm_install.py.
 """
+import functools
+
 from vmkit.hw import clock
-from vmkit.hw.asm import assemble
 from vmkit.hw.lapic import TIMER_INITIAL
-from vmkit.hw.x86 import CR0_PG, EFLAGS_IF
-from . import layout, paging, smp, switch
+from vmkit.hw.x86 import CR0_PG
+from . import layout, smp, switch
 from .errors import GuestFault
 from .switch import SwitchError
+from .vm_install import Installing, VMError  # noqa: F401 (VMError: worlds.VMError too)
 from .world import World
 
 QUANTUM_TICKS = 2
@@ -41,8 +40,7 @@ VM_TICK = clock.hz(100)         # a real kernel's tick, 100 Hz of the virtual cl
 INSTRUCTIONS = 0xC0             # u32: instructions of virtual time the world held the CPU
 
 
-class VMError(ValueError):
-    """A VM cannot be installed (not enough memory, too many worlds)."""
+_switch = functools.partial(tuple.__new__, switch.Switch)   # a Switch from its four fields, unparsed
 
 
 def round_robin(worlds, current, runnable):
@@ -57,7 +55,7 @@ def round_robin(worlds, current, runnable):
     return None
 
 
-class Worlds:
+class Worlds(Installing):
     def __init__(self, kernel):
         self.kernel, self.memory, self.trace = kernel, kernel.memory, kernel.trace
         self.quantum = QUANTUM_TICKS
@@ -91,141 +89,6 @@ class Worlds:
 
     def switches_of(self, world):
         return self.memory.read_u32(world.area + switch.SWITCHES)
-
-    # ---- installing a VM -------------------------------------------------------
-    def _vmm_mappings(self, host):
-        """The VMM region's two supervisor mappings: at
-        VMM_BASE, and at its host address."""
-        return [(layout.vmm_base(self.kernel.base), host, layout.VMM_SIZE), (host, host, layout.VMM_SIZE)]
-
-    def vm_base(self, memory_bytes):
-        """Where in host memory the next VM of this size would be placed (its guest
-        sees those pages from its address 0: paging.py). From the top down: its VMM
-        region, its page tables, its memory."""
-        size = -(-memory_bytes // layout.PAGE) * layout.PAGE
-        top, floor = self.vm_top - layout.VMM_SIZE, self.kernel.end
-        tables = 0
-        for _ in range(2):                     # the tables' count may depend on where the region lands
-            tables = max(tables, paging.table_pages(self.kernel.block, self.vm_mappings(
-                top - tables - size, size, top)) * layout.PAGE if size > 0 else 0)
-        if size <= 0 or top - tables - size < floor:
-            left = max(0, top - floor)
-            raise VMError(f"a VM of {memory_bytes} bytes does not fit: {left} bytes of memory are left "
-                          f"(between the kernel's end at {floor:#x} and the last VM's base {self.vm_top:#x})")
-        if size > layout.vmm_base(self.kernel.base):          # its guest sees it from 0 up to the VMM
-            raise VMError(f"a VM of {memory_bytes} bytes does not fit below its VMM at "
-                          f"{layout.vmm_base(self.kernel.base):#x} in its address space")
-        return top - tables - size             # its page tables go above it (paging.py)
-
-    def vm_mappings(self, base, size, region):
-        """A VM's address space besides the kernel's block (paging.build's mappings): its
-        memory, host [base, base + size), at linear 0 .. size, user read/write; its VMM
-        region (host `region`), supervisor-only, at VMM_BASE and at its host address."""
-        return [(0, base, size)] + [(linear, host, length, paging.WRITABLE)
-                                    for linear, host, length in self._vmm_mappings(region)]
-
-    def place(self, cpu=None):
-        """The CPU a new VM goes to: `cpu`, or the one with the fewest worlds
-        placed (the COS counts on CPU 0)."""
-        n = len(self.cpus)
-        if cpu is None:
-            load = [sum(1 for w in self.all if w.cpu == i) for i in range(n)]
-            cpu = load.index(min(load))
-        if not isinstance(cpu, int) or isinstance(cpu, bool) or not 0 <= cpu < n:
-            raise VMError(f"no CPU {cpu!r}: the board has CPUs 0..{n - 1}")
-        return cpu
-
-    def install_vm(self, guest, memory_bytes, name=None, cpu=None, entry=0):
-        """A VM of `memory_bytes` whose guest sees that memory from address 0 (its
-        pages come from the top of RAM, host [base, base + size): paging.py).
-        guest: x86 text, bytes (a flat binary linked at 0), or a function of the
-        address it is linked at (always 0) giving either; entry: the guest address
-        of its first instruction (inside its image). It starts with EIP = entry
-        and ESP = size, the top of its memory."""
-        if self.kernel.monitor is None:
-            raise VMError("this kernel was built without a VMM to run VMs (Kernel(monitor=...))")
-        cpu = self.place(cpu)
-        if not isinstance(name, (str, type(None))):
-            raise VMError(f"a VM's name is text, not {name!r}")
-        if not isinstance(memory_bytes, int) or isinstance(memory_bytes, bool) or memory_bytes <= 0:
-            raise VMError(f"a VM's memory is a positive number of bytes, not {memory_bytes!r}")
-        size = -(-memory_bytes // layout.PAGE) * layout.PAGE
-        base = self.vm_base(memory_bytes)
-        if size > self.kernel.base:              # its linear 0..size would run into the kernel's block
-            raise VMError(f"a VM's memory is seen from its address 0 and must end below the kernel "
-                          f"at {self.kernel.base:#x}, not {memory_bytes:#x} bytes")
-        name = name or f"vm{len(self.all)}"
-        if any(w.name == name for w in self.all):
-            raise VMError(f"there is already a world named {name!r}: a schedule names worlds")
-        code = self._guest_code(guest, size, name)              # all checked before anything changes
-        if not isinstance(entry, int) or isinstance(entry, bool) or not 0 <= entry < len(code):
-            raise VMError(f"{name}'s entry {entry!r} is not an address inside its image "
-                          f"(guest addresses 0..{len(code) - 1:#x})")
-        try:
-            self.kernel.monitor.check_guest(code, entry)        # e.g. its patch table would overflow
-        except GuestFault as e:
-            raise VMError(f"{name} cannot run under its VMM: {e}") from None
-        area = self._block(len(self.all))
-        region = self.vm_top - layout.VMM_SIZE                  # its VMM region: above its tables
-        self.vm_top = base                                      # the next VM goes below it
-        self.memory.write(base, bytes(size), code=False)
-        cr3 = paging.build(self.memory, base + size, self.kernel.block, self.vm_mappings(base, size, region),
-                           window=smp.window(self.kernel, cpu))
-        self.memory.write(base, code)
-        self._prepare_vm_support()
-        self.kernel.monitor.build_region(self.kernel, region, 0, size)   # GDT, IDT, x86: its guest from 0
-        self.kernel.enter_vmms()
-        vmm = self.kernel.monitor(self.kernel, name, base, size, region, cpu)
-        vmm.patch(entry)                                        # from its entry point
-        world = World(name, "vm", area, (base, size), vmm, cpu)
-        world.vmm_region = region                               # host address (vmm/region.py)
-        user_data = layout.USER_DATA_SEL | layout.USER_RPL
-        state = dict.fromkeys(switch.ITEMS, 0)
-        state.update(eip=entry, esp=size, eflags=EFLAGS_IF | 2,
-                     cs=layout.USER_CODE_SEL | layout.USER_RPL, ss=user_data,
-                     ds=user_data, es=user_data, fs=user_data, gs=user_data)
-        state.update(self.kernel.monitor.tables(region))     # its VMM's GDT and IDT (identity addresses)
-        state.update({"tr.sel": smp.vm_tss(self.kernel, cpu)[0],  # ESP0: its CPU's kernel stack
-                      "cr3": cr3})                              # its own address space
-        switch.write_area(self.memory, area, state)
-        self.all.append(world)
-        self.trace.emit("vm.installed", vm=name, base=base, size=size, code=len(code), area=area, cpu=cpu,
-                        entry=entry, vmm=region)
-        world.cr3 = cr3
-        self.wake(vmm)                                          # an idle CPU starts it now
-        return world
-
-    @staticmethod
-    def _guest_code(guest, size, name):
-        """The guest's bytes, linked at 0 (its memory's first byte): x86 text, bytes,
-        or a function of the address it is linked at (0) giving either. Anything
-        else, nothing, or too much is refused here, before the RAM top is lowered
-        or a world block taken."""
-        if callable(guest):
-            try:
-                guest = guest(0)
-            except Exception as e:
-                raise VMError(f"{name}'s guest function failed (linked at 0): "
-                              f"{type(e).__name__}: {e}") from e
-        if isinstance(guest, str):
-            code = assemble(guest, 0)
-        elif isinstance(guest, (bytes, bytearray, memoryview)):
-            code = bytes(guest)
-        else:
-            raise VMError(f"{name}'s guest must be x86 source (str), bytes (a flat binary linked at 0), "
-                          f"or a function of its link address giving either, not "
-                          f"{type(guest).__name__} {guest!r:.40}")
-        if not code:
-            raise VMError(f"{name}'s guest is empty: there is no instruction to start it at")
-        if len(code) > size:
-            raise VMError(f"{name}'s guest is {len(code)} bytes, its memory {size}")
-        return code
-
-    def _prepare_vm_support(self):
-        """Once: DPL 3 flat code/data and the TSSs in the kernel's GDT (smp.py)."""
-        if not self._vm_support:
-            smp.write_gdt(self.kernel)
-            self._vm_support = True
 
     # ---- scheduling --------------------------------------------------------------
     def runnable(self, world):
@@ -323,10 +186,11 @@ class Worlds:
         no other world. `away`: the COS's away state (CPU 0), put back if `nxt`
         is refused."""
         p = p or self.cpus[0]
-        if nxt is None or nxt is p.current:
+        current = p.current
+        if nxt is None or nxt is current:
             return False
-        p.switching = switch.Switch(p.current, nxt, "switch", away)
-        switch.begin(self.kernel, frame, self.kernel.board.cpus[p.index], p.current, nxt)
+        p.switching = _switch((current, nxt, "switch", away))
+        switch.begin(self.kernel, frame, self.kernel.board.cpus[p.index], current, nxt)
         return True
 
     def switch_step(self, frame, cpu, vector):
@@ -400,19 +264,24 @@ class Worlds:
     def _switched(self, frame, cpu, p, nxt, cr0=None, cs=None):
         """`nxt` is loaded (cr0, cs: the CPU's, as the load's verify read them): account,
         and hand it what is pending for it."""
-        switch.started(self.kernel, frame, cpu, nxt, cr0)
+        k = self.kernel
+        switch.started(k, frame, cpu, nxt, cr0)
         if p.index == 0 and self.vm_tick:
             self._cpu0_timer(nxt)
-        now = self.kernel.board.now()
+        now = k.board.now()
         switch.bump(self.memory, p.current.area + INSTRUCTIONS, now - p.since)
         p.current, p.used, p.since = nxt, 0, now
-        k = self.kernel
-        if nxt.kind == "vm":
+        kind = nxt.kind
+        if kind == "vm":
             if nxt.state == "halted":
                 nxt.state = "ready"
             reached = cs is not None and not cs & 3 and cr0 & CR0_PG   # its VMM's window (mapcache.py),
-            self.guard(frame, lambda: nxt.vmm.deliver_pending(frame, reached), p)   # nothing ran since
-        elif nxt.kind == "cos" and k.away is None:
+            try:                                                        # nothing ran since
+                nxt.vmm.deliver_pending(frame, reached)
+            except GuestFault as e:                # (guard's: it stops this VM only)
+                self.crash(nxt, str(e))
+                self.leave(frame, p)
+        elif kind == "cos" and k.away is None:
             k.deliver_pending(frame)
             if k.work_due:                         # the kernel's work came due meanwhile
                 k.work_due = False
@@ -433,14 +302,20 @@ class Worlds:
         self.trace.emit("vm.crashed", vm=world.name, why=why)
 
     # ---- a VM's faults -------------------------------------------------------------
-    def vm_trap(self, frame, vector, p=None):
+    def vm_trap(self, frame, vector, p=None, reached=False):
         """A fault from CPL 3 on CPU `p`: the running VM's VMM handles it; a halt
-        yields the CPU, a fault it cannot survive stops that VM only."""
+        yields the CPU, a fault it cannot survive stops that VM only. reached: the
+        VMM's entry saw the CPU at CPL 0 with paging on (VMM.trap's)."""
         p = p or self.cpus[0]
         world = p.current
         if world.kind != "vm":
             raise RuntimeError(f"a CPL 3 fault (vector {vector:#x}) while {world.name} runs")
-        result = self.guard(frame, lambda: world.vmm.trap(frame, vector), p)
+        try:
+            result = world.vmm.trap(frame, vector, reached)
+        except GuestFault as e:                    # (guard's: it stops this VM only)
+            self.crash(world, str(e))
+            self.leave(frame, p)
+            return
         if result == "halt":
             world.state = "halted"
             self.leave(frame, p)

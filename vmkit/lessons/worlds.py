@@ -2,7 +2,7 @@
 schedule read back from the trace, and one world switch recorded step by step.
 
 Everything here is read from the machine: world blocks and save areas in
-kernel memory (switch.py's layout), the `switch.*` trace events, the CPU's
+kernel memory (save_area.py's layout), the `switch.*` trace events, the CPU's
 registers and the trap frame on the kernel stack.
 """
 from typing import NamedTuple

@@ -42,7 +42,7 @@ the tables and pushes frames at physical addresses, without a page walk.
 import struct
 
 from vmkit.hw.asm import assemble
-from vmkit.hw.x86 import (ERROR_CODE_VECTORS, EFLAGS_VM, TSS_AVAILABLE, TSS_BUSY, CODE_RX, DATA_RW,
+from vmkit.hw.x86 import (CR0_PG, ERROR_CODE_VECTORS, EFLAGS_VM, TSS_AVAILABLE, TSS_BUSY, CODE_RX, DATA_RW,
                           decode_gate, decode_segment, encode_gate, encode_segment)
 from vmkit.kernel import layout, smp
 from vmkit.kernel.errors import GuestFault
@@ -182,14 +182,16 @@ def entered(kernel, cpu):
     if not p.switching and p.current.kind == "vm" and kernel.memory.read_u32(
             p.current.vmm_region + layout.VMM_ENTRIES) == 1:
         _first_entry(kernel, cpu, p.current, vector)
+    if vector >= EXCEPTIONS or p.switching or p.current.kind != "vm":
+        return                                   # (an interrupt: the frame's other words unread)
     v86 = bool(frame.eflags & EFLAGS_VM)         # its CS then is a paragraph: any low bits
-    if vector >= EXCEPTIONS or (frame.cs & 3 != 3 and not v86) or p.switching or p.current.kind != "vm":
+    if frame.cs & 3 != 3 and not v86:
         return
     frame.vector = layout.GO_BACK
     if v86:
         kernel.worlds.guard(frame, lambda: _virtual_8086(frame), p)
-    else:
-        kernel.worlds.vm_trap(frame, vector, p)
+    else:                                        # (CS is the VMM's: CPL 0; CR0 read for its window)
+        kernel.worlds.vm_trap(frame, vector, p, reached=bool(cpu["cr0"] & CR0_PG))
     frame.vector |= layout.VMM_DECIDED
 
 

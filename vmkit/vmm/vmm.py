@@ -138,15 +138,16 @@ class VMM:
             self.trace.emit("vmm.patch", vm=self.name, count=new, at="lidt")
 
     # ---- traps ---------------------------------------------------------------
-    def trap(self, frame, vector):
+    def trap(self, frame, vector, reached=False):
         """A fault of the guest. Returns "run" (go on), "halt" (nothing to do until
-        its next interrupt); raises GuestFault if the VM must stop."""
+        its next interrupt); raises GuestFault if the VM must stop. reached: as `inject`'s
+        (the VMM's entry saw its CPU at CPL 0 with paging on: its window reachable)."""
         v = self.vcpu
         v.traps += 1
         eip = frame.eip
         if vector == 3 and self.patches.get(eip - 1) == IRETD:      # its table, read where it lives
             frame.eip = eip - 1
-            return self._iretd(frame)
+            return self._iretd(frame, reached)
         if vector == PAGE_FAULT:                 # outside its memory: its page directory (paging.py)
             cr2 = self.cpu["cr2"]
             raise GuestFault(f"vector {vector:#x} at {eip:#x}: page fault, "
@@ -156,7 +157,7 @@ class VMM:
             raise GuestFault(f"vector {vector:#x} at {eip:#x}")
         at = self.host(eip)                      # its bytes in host memory (the decoder reads physical)
         if self.patches.get(eip) == IRETD and self.memory.read(at, 1) == bytes([INT3]):
-            return self._iretd(frame)            # its patched iretd, known without decoding
+            return self._iretd(frame, reached)   # its patched iretd, known without decoding
         insn = decoder.decode(self.memory, at)
         if insn is not None and not self.owns(eip, insn.size):   # decoded from host bytes past it
             raise GuestFault(f"#GP at {eip:#x}: an instruction that runs past the end of its "
@@ -227,13 +228,14 @@ class VMM:
         else:
             self._line.append(byte)
 
-    def _iretd(self, frame):
-        """The guest's patched iretd: pop EIP, CS, EFLAGS; its IF goes to the virtual IF."""
+    def _iretd(self, frame, reached=False):
+        """The guest's patched iretd: pop EIP, CS, EFLAGS; its IF goes to the virtual IF.
+        reached: as `inject`'s."""
         esp = frame.esp
         if not self.owns(esp, 12):
             raise GuestFault(f"iretd with the stack outside the VM's memory ({esp:#x})")
         cache, at = self.cache, self.host(esp, 12, "a pop")       # one check for the three pops,
-        eip, _, eflags = cache.load_words(at, at + 4, at + 8)     # each word through the window
+        eip, _, eflags = cache.pop(at, 3, reach_checked=reached)  # each word through the window
         frame.esp = esp + 12
         frame.eip, frame.cs = eip, layout.USER_CODE_SEL | layout.USER_RPL   # never a ring below 3
         self.vcpu.vif = 1 if eflags & EFLAGS_IF else 0
@@ -270,22 +272,23 @@ class VMM:
         """Through the guest's own IDT, onto the guest's own stack (flat: SS base 0).
         reached: the caller saw its CPU at CPL 0 with paging on, nothing run since (its
         mapping window reachable: the cache need not read CS and CR0 again)."""
-        v, esp = self.vcpu, frame.esp
+        v, esp, size = self.vcpu, frame.esp, self.size
         gate_at = v.idt_base + vector * 8
-        if vector * 8 + 7 > v.idt_limit or not self.owns(gate_at, 8):
+        if vector * 8 + 7 > v.idt_limit or not 0 <= gate_at <= size - 8:      # (owns(gate_at, 8))
             raise GuestFault(f"no gate for vector {vector:#x} in the guest's IDT")
-        if not self.owns(esp - 12, 12):
+        if not 12 <= esp <= size:                                             # (owns(esp - 12, 12))
             raise GuestFault(f"interrupt with the stack outside the VM's memory ({esp:#x})")
         cache, base = self.cache, self.base     # (both ranges owned: checked above, as `host` checks)
         gate = _gate(cache.read(base + gate_at, 8, reach_checked=reached))
         if not gate.present or gate.type not in (GATE_INT32, GATE_TRAP32):
             raise GuestFault(f"gate {vector:#x} in the guest's IDT is not a present interrupt or "
                              f"trap gate (a CPU would raise #NP or #GP delivering through it)")
-        cache.push(base + esp - 12, (frame.eflags & ~EFLAGS_IF) | (EFLAGS_IF if v.vif else 0),
+        vif = v.vif
+        cache.push(base + esp - 12, (frame.eflags & ~EFLAGS_IF) | (EFLAGS_IF if vif else 0),
                    frame.cs, frame.eip,         # three pushes, in the CPU's order
                    reach_checked=True)          # (by the gate's read: nothing has run since)
         frame.esp, frame.eip = esp - 12, gate.offset
-        if gate.type == GATE_INT32:              # an interrupt gate clears IF; a trap gate does not
+        if gate.type == GATE_INT32 and vif:      # an interrupt gate clears IF; a trap gate does not
             v.vif = 0
         v.injected += 1
         self.trace.emit("vmm.inject", vm=self.name, vector=vector, handler=gate.offset)
