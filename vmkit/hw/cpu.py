@@ -47,7 +47,7 @@ from .counter import Counter, library, NO_HIT
 from .delivery import Delivery
 from .io import PortAccess
 from .limits import SegmentLimits
-from .mmu import MMU, LinearFault   # (LinearFault: also kernel/mapcache.py's, from here)
+from .mmu import MMU
 from .registers import Registers
 from .stubs import Stubs
 from .x86 import decode_gate, ERROR_CODE_VECTORS, GP, PF, UD, EXCEPTION_NAMES

@@ -46,7 +46,7 @@ flushes and shootdowns taken (incremented by the x86 that executed the
 import struct
 
 from vmkit.hw.asm import assemble
-from vmkit.hw.cpu import LinearFault
+from vmkit.hw.mmu import LinearFault
 from vmkit.hw.lapic import ICR_HIGH, ICR_LOW
 from . import layout
 from .frame import EXIT, Frame
