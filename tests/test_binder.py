@@ -28,7 +28,7 @@ def test_requirements_install_the_package_with_the_extras_kit_lab_installs():
 def test_apt_txt_lists_what_kit_lab_installs_with_apt_get():
     kit = (ROOT / "kit").read_text()
     setup = re.search(r"^setup\(\) \{.*?^\}", kit, re.S | re.M).group(0)
-    assert set(lines("apt.txt")) == set(re.findall(r"apt_install \S+ (\S+)", setup)) == {"graphviz"}
+    assert set(lines("apt.txt")) == set(re.findall(r"apt_install \S+ (\S+)", setup)) == {"graphviz", "gcc"}
 
 
 def test_runtime_python_meets_requires_python():
