@@ -288,7 +288,7 @@ class Delivery:
         of env->hflags in a saved context, restore it, then load CS/SS at CPL 0: no flush)
         works, passes the suite and the trace-equality test, and costs 1.10 µs more for the
         save and restore: the same 3.1 µs per call, and the same entry cost within noise."""
-        ids, vals, ptrs, n = self._batch(self.PRIVILEGED_LOAD)
+        ids, vals, ptrs, n, _, _ = self._batch(self.PRIVILEGED_LOAD)
         for i, v in enumerate((cr0 & ~1, cs, ss, cr0, cs, ss, esp, eflags, eip)):
             vals[i] = v & 0xFFFFFFFF
         err = _uc.uclib.uc_reg_write_batch(self._uch, ids, ptrs, n)
