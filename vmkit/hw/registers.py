@@ -9,7 +9,7 @@ ctypes arrays made once per set of names, and the table registers (GDTR IDTR LDT
 not give, is read from a saved context (segment; unicorn_quirks.py).
 
 A mixin of CPU (cpu.py), as delivery.py and io.py are: it uses the scratch buffers
-CPU.__init__ makes (`_scratch`, `_scratch_ref`, `_mmr`, `_batches`) and its `_uch`.
+CPU.__init__ makes (`_scratch`, `_scratch_ref`, `_mmr`, `_batches`, `_readers`) and its `_uch`.
 """
 import ctypes
 import operator
@@ -63,17 +63,27 @@ class Registers:
     def __getitem__(self, name):
         """Plain registers go straight to Unicorn's C API: through the Python
         binding a read costs ~10x more and a write of ESP or EFLAGS ~30-50 µs
-        (measured), and one delivery reads a dozen and writes five."""
-        reg = _PLAIN_REG.get(name)
-        if reg is not None:                  # (the C function and the pointer looked up once)
-            scratch = self._scratch
-            scratch.value = 0
-            _reg_read(self._uch, reg, self._scratch_ref)
+        (measured), and one delivery reads a dozen and writes five. Each into a
+        scratch of the register's own width (`_readers`), which Unicorn fills whole:
+        nothing to clear first."""
+        reader = self._readers.get(name)
+        if reader is not None:               # (the C function and the pointer looked up once)
+            reg, scratch, ref = reader
+            _reg_read(self._uch, reg, ref)
             return scratch.value
         mmr = self._mmr                      # a table register, or a KeyError naming no register
         mmr.selector = mmr.base = mmr.limit = mmr.flags = 0   # Unicorn fills only some fields
         _reg_read(self._uch, REG[name], ctypes.byref(mmr))
         return (mmr.selector, mmr.base, mmr.limit, mmr.flags)
+
+    def _make_readers(self):
+        """__getitem__'s (register id, scratch, pointer to it) by name, the scratch as wide as
+        Unicorn 2.1.4 writes the register in 32-bit mode (measured: a segment register's 2
+        bytes, every other plain register's 4, the rest of a wider scratch left as it was)."""
+        wide, narrow = ctypes.c_uint32(), ctypes.c_uint16()
+        refs = {id(wide): ctypes.byref(wide), id(narrow): ctypes.byref(narrow)}
+        return {name: (reg, s, refs[id(s)]) for name, reg in _PLAIN_REG.items()
+                for s in (narrow if name in SEGMENTS else wide,)}
 
     def __setitem__(self, name, value):
         if name in TABLES:                   # (selector, base, limit, flags), as __getitem__ gives
