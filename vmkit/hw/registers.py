@@ -167,11 +167,15 @@ class Registers:
 
     @property
     def cpl(self):
-        return self["cs"] & 3
+        reg, scratch, ref = self._readers["cs"]        # (__getitem__'s, inlined: the board
+        _reg_read(self._uch, reg, ref)                  # asks these at every round)
+        return scratch.value & 3
 
     @property
     def interrupts_enabled(self):
-        return bool(self["eflags"] & EFLAGS_IF)
+        reg, scratch, ref = self._readers["eflags"]
+        _reg_read(self._uch, reg, ref)
+        return bool(scratch.value & EFLAGS_IF)
 
     def state(self):
         """Every register a widget or test looks at, as plain ints / tuples."""
