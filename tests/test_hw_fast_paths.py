@@ -116,3 +116,26 @@ def test_faults_one_after_another_each_read_as_itself_and_forgotten():
     mov_ds = bytes([0x66, 0xB8, 0x33, 0x00, 0x8E, 0xD8])       # mov ax, 0x33; mov ds, ax
     got = _faults_in_one_run(mov_ds, 3)
     assert got == [(13, (False, 0x30), 0xFFFFFFFF)] * 3
+
+
+def _highest_by_loop(irr, imr, isr, cascade):
+    """The 8259A's fixed priority, line by line: the lowest unmasked request, unless a line of
+    that or higher priority (lower number) is in service."""
+    irr |= 4 if cascade else 0
+    for i in range(8):
+        if isr & (1 << i):
+            return None
+        if irr & ~imr & (1 << i):
+            return i
+    return None
+
+
+def test_the_pic_picks_the_line_the_fixed_priority_picks():
+    from vmkit.hw.pic import PIC8259
+    chip = PIC8259.__new__(PIC8259)
+    for irr in range(256):
+        for imr in (0, 0x01, 0x04, 0x81, 0xF0, 0xFE, 0xFF):
+            for isr in (0, 0x01, 0x02, 0x08, 0x40, 0x80, 0x90):
+                for cascade in (False, True):
+                    chip.irr, chip.imr, chip.isr = irr, imr, isr
+                    assert chip.highest_request(cascade) == _highest_by_loop(irr, imr, isr, cascade)
