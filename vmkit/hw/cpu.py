@@ -93,7 +93,8 @@ class CPU(Registers, Delivery, PortAccess, MMU, Stubs):
         self._scratch_ref = ctypes.byref(self._scratch)
         self._eip = ctypes.c_uint64()             # run()'s own: only EIP is ever read into it
         self._eip_ref = ctypes.byref(self._eip)
-        self._batches = {}
+        self._batches, self._buffers = {}, {}      # (registers.py's, mmu.py's)
+        self._readers = self._make_readers()
         lib = library() if self.counter.exact else None
         self.limits = SegmentLimits(self, lib)
         self._hooks = [self._hook(UC_HOOK_INTR, HOOK_INTR_CFUNC, self._on_interrupt),

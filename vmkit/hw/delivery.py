@@ -79,6 +79,7 @@ class _CDelivery(ctypes.Structure):
 C_IDS = tuple(getattr(X, "UC_X86_REG_" + name) for name in
               ("CS", "EFLAGS", "SS", "ESP", "CR0", "IDTR", "GDTR", "TR", "EIP"))   # delivery.c's order
 KIND_INT = {"int": 1}
+_CPL_CHANGE = [f"{old}->{new}" for old in range(4) for new in range(4)]   # cpu.deliver's `cpl`
 REFUSED, REFUSED_THEN_DELIVERED, REFUSED_THEN_FAILED = 2, 3, -2   # delivery.c's: an `int` through a
                                              # gate of lower DPL; and its #GP delivered; its load failed
 
@@ -139,10 +140,13 @@ class Delivery:
             if (c and self.gate_decoder is decode_gate and type(vector) is int and type(eip) is int
                     and 0 <= vector <= 0xFF and 0 <= eip <= 0xFFFFFFFF
                     and (error_code is None or type(error_code) is int and 0 <= error_code <= 0xFFFFFFFF)):
-                done = self._c_fn(self._uch, self._c_ref, vector, KIND_INT.get(kind, 0),
+                done = self._c_fn(self._uch, self._c_ref, vector, kind == "int",
                                   error_code is not None, error_code or 0, eip)
-                if done == 1:
-                    self._delivered(vector, kind, c.idt_base, c.handler, f"{c.old_cpl}->{c.new_cpl}")
+                if done == 1:                # (_delivered, inlined: every IRQ and trap)
+                    self.halted = False
+                    self.delivered += 1
+                    self.trace.emit("cpu.deliver", self.index, vector=vector, kind=kind, idt=c.idt_base,
+                                    handler=c.handler, cpl=_CPL_CHANGE[c.old_cpl << 2 | c.new_cpl])
                     return True
             return self._deliver_or_fail(vector, kind, error_code, eip, done)
         finally:
@@ -288,7 +292,7 @@ class Delivery:
         of env->hflags in a saved context, restore it, then load CS/SS at CPL 0: no flush)
         works, passes the suite and the trace-equality test, and costs 1.10 µs more for the
         save and restore: the same 3.1 µs per call, and the same entry cost within noise."""
-        ids, vals, ptrs, n = self._batch(self.PRIVILEGED_LOAD)
+        ids, vals, ptrs, n, _, _ = self._batch(self.PRIVILEGED_LOAD)
         for i, v in enumerate((cr0 & ~1, cs, ss, cr0, cs, ss, esp, eflags, eip)):
             vals[i] = v & 0xFFFFFFFF
         err = _uc.uclib.uc_reg_write_batch(self._uch, ids, ptrs, n)

@@ -77,8 +77,12 @@ class Configurations:
         decoded here."""
         if self.lib is None:
             return
-        got = self._refresh(self._uch, self._at, cpl or 0, -1 if paging is None else int(bool(paging)),
-                            1 if loading else 0, *(loading or (0, 0)))
+        paging = -1 if paging is None else 1 if paging else 0
+        if loading:
+            base, limit = loading
+            got = self._refresh(self._uch, self._at, cpl or 0, paging, 1, base, limit)
+        else:
+            got = self._refresh(self._uch, self._at, cpl or 0, paging, 0, 0, 0)
         if got == REFRESH_MISS:
             got = self._prepare()
         if got <= HOOK_FAILED:

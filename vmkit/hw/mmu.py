@@ -9,7 +9,8 @@ the loader, another CPU) must drop what this one cached: its translated code
 (invalidate_code), its TLB (flush_tlb, as invlpg or a CR3 reload would).
 
 A mixin of CPU (cpu.py), as delivery.py and io.py are: it uses the CPU's `uc`, `_uch`,
-`index` and registers.
+`index` and registers, and `_buffers` (a dict it fills: read_linear's buffers, this
+CPU's own, as its bytes are copied out before the read returns).
 """
 import ctypes
 
@@ -26,6 +27,9 @@ _lib.uc_vmem_read.argtypes = _lib.uc_vmem_write.argtypes = [
     ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
 _lib.uc_vmem_translate.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int,
                                    ctypes.POINTER(ctypes.c_uint64)]
+_vmem_read, _vmem_write = _lib.uc_vmem_read, _lib.uc_vmem_write   # (looked up once, not per call)
+_READ, _WRITE = unicorn.UC_PROT_READ, unicorn.UC_PROT_WRITE
+_SMALL = 64          # read_linear keeps a buffer for each length up to this (its `_buffers`)
 
 
 class LinearFault(ValueError):
@@ -42,10 +46,14 @@ class MMU:
         user/supervisor check), and its TLB. Measured (Unicorn 2.1.4,
         uc_vmem_read): a translation cached in the TLB, by an instruction or by
         an earlier read_linear, is used even after the page-table entry changed,
-        until this CPU's TLB drops it (flush_tlb, or an `invlpg` it executes)."""
-        buf = ctypes.create_string_buffer(length)
-        err = _lib.uc_vmem_read(self._uch, address, unicorn.UC_PROT_READ, buf, length)
-        if err:
+        until this CPU's TLB drops it (flush_tlb, or an `invlpg` it executes). (A small
+        read goes into a buffer kept for its length: making one cost a third of the read.)"""
+        buf = self._buffers.get(length)
+        if buf is None:
+            buf = ctypes.create_string_buffer(length)
+            if 0 < length <= _SMALL:
+                self._buffers[length] = buf
+        if _vmem_read(self._uch, address, _READ, buf, length):
             raise LinearFault(self._linear_why("read", address, length))
         return buf.raw
 
@@ -53,8 +61,9 @@ class MMU:
         """Store at a linear address through this CPU's MMU (see read_linear). A
         store's TLB entry is cached separately from a load's (QEMU sets the
         dirty bit on the first store), so a page only read so far is walked again."""
-        data = bytes(data)
-        err = _lib.uc_vmem_write(self._uch, address, unicorn.UC_PROT_WRITE, data, len(data))
+        if type(data) is not bytes:
+            data = bytes(data)
+        err = _vmem_write(self._uch, address, _WRITE, data, len(data))
         if err:
             raise LinearFault(self._linear_why("write", address, len(data)))
 

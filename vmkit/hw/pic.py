@@ -30,15 +30,16 @@ class PIC8259:
             self.irr |= bit
 
     def highest_request(self, cascade_request=False):
-        irr = self.irr | (4 if cascade_request else 0)
-        if not irr & ~self.imr:
-            return None                       # nothing unmasked requested (asked every slice)
-        for i in range(8):
-            if self.isr & (1 << i):
-                return None                   # a line of higher or equal priority is in service
-            if irr & ~self.imr & (1 << i):
-                return i
-        return None
+        """The line to deliver: the lowest-numbered (highest priority) unmasked request, unless a
+        line of higher or equal priority is in service. (Asked every slice: by bit arithmetic,
+        the lowest request's bit and every bit below it, not a loop over the eight.)"""
+        pending = (self.irr | (4 if cascade_request else 0)) & ~self.imr
+        if not pending:
+            return None                       # nothing unmasked requested
+        lowest = pending & -pending
+        if self.isr & ((lowest << 1) - 1):
+            return None                       # a line of higher or equal priority is in service
+        return lowest.bit_length() - 1
 
     def acknowledge(self, i):
         self.isr |= 1 << i

@@ -22,6 +22,8 @@ import struct
 from unicorn import Uc, UcError, UC_ARCH_X86, UC_MODE_32, UC_HOOK_INTR
 from unicorn.unicorn_py3.unicorn import uclib as _uclib
 
+_context_save, _context_restore = _uclib.uc_context_save, _uclib.uc_context_restore
+
 
 class Offsets:
     def __init__(self, error_code, is_int, old_exception):
@@ -101,17 +103,31 @@ def clear_exception_record(uc):
 
 def take_exception(uc):
     """read_exception, and for an exception (not an `int`) clear_exception_record, with one
-    context save (each is a 5.6 KB copy; the interrupt hook needs both for every fault)."""
-    o = offsets()
-    ctx, at = _saved(uc)
-    is_int = _u32(at + o.is_int) == 1
-    error = _u32(at + o.error_code)
+    context save (each is a 5.6 KB copy; the interrupt hook needs both for every fault).
+    The three fields are read and written through ctypes views made once into the context
+    kept for this Unicorn instance (_saved's: saved into again, never moved)."""
+    views = uc.__dict__.get("_vmkit_take")
+    if views is None:
+        views = uc._vmkit_take = _take_views(uc)
+    uch, context, is_int_at, error_at, old_at = views
+    _context_save(uch, context)
+    is_int = is_int_at.value == 1
+    error = error_at.value
     if not is_int:
-        ctypes.memmove(at + o.old_exception, b"\xff" * 4, 4)
-        err = _uclib.uc_context_restore(uc._uch, ctx.context)
+        old_at.value = 0xFFFFFFFF
+        err = _context_restore(uch, context)
         if err:
             raise UcError(err)
     return is_int, error
+
+
+def _take_views(uc):
+    """take_exception's: the handle, the kept context, and views of is_int, error_code and
+    old_exception in it."""
+    o = offsets()
+    ctx, at = _saved(uc)
+    view = lambda offset: ctypes.c_uint32.from_address(at + offset)
+    return uc._uch, ctx.context, view(o.is_int), view(o.error_code), view(o.old_exception)
 
 
 # ---- sti's interrupt shadow ------------------------------------------------------
