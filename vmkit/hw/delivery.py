@@ -24,8 +24,8 @@ in the same order, in one call: ~0.8 µs for a delivery at the same CPL, ~1.6 µ
 CR0.PE toggle of a privilege change, against ~10-11 µs in Python (measured: the call alone,
 ctypes included, Unicorn 2.1.4). C delivers only what it can deliver exactly as the Python
 does; anything else it declines before writing a register or a byte (a check that fails,
-virtual-8086 mode, an LDT selector, a table, TSS or stack outside RAM, an argument outside
-32 bits, a learner's `gate_decoder`), and the Python delivers it, so every fault, its
+virtual-8086 mode, an LDT selector, a conforming target segment, a table, TSS or stack
+outside RAM, an argument outside 32 bits, a learner's `gate_decoder`), and the Python delivers it, so every fault, its
 message, the #DF and the triple fault are the Python's. One failure is told by C instead of
 declined, the commonest: an `int` from a CPL above its gate's DPL (a VM's int3, every time,
 through its monitor's DPL 1 gate): C reads the `int`'s length (the fault's EIP) through the
@@ -233,11 +233,15 @@ class Delivery:
         target = self._descriptor(gate.selector, GP, gdtr)
         if not (target.s and target.type & 8 and target.present):
             raise DeliveryFault(GP, gate.selector & ~3, f"gate selector {gate.selector:#x} is not a present code segment")
-        old_cpl, new_cpl = (3 if v86 else old_cs & 3), target.dpl
+        # a conforming segment runs the handler at the CPL it interrupted; CS's RPL is the new
+        # CPL whatever the gate's selector holds (a real CPU ignores that RPL)
+        old_cpl = 3 if v86 else old_cs & 3
+        new_cpl = old_cpl if target.type & 4 else target.dpl
         if v86 and new_cpl != 0:
             raise DeliveryFault(GP, gate.selector & ~3, "a gate from virtual-8086 mode must lead to CPL 0")
-        if new_cpl > old_cpl:
+        if target.dpl > old_cpl:
             raise DeliveryFault(GP, gate.selector & ~3, "gate leads to a less privileged segment")
+        new_cs = gate.selector & ~3 | new_cpl
         if gate.offset > target.limit:               # the new EIP, against the new CS's limit
             raise DeliveryFault(GP, ext, f"gate {vector:#x}'s offset {gate.offset:#x} is past the limit "
                                          f"{target.limit:#x} of its code segment {gate.selector:#x}")
@@ -263,12 +267,12 @@ class Delivery:
             flags &= ~EFLAGS_IF
         if v86:                                      # out of virtual-8086 mode before any load:
             self.write(eflags=flags)                 # with VM set a selector is a paragraph
-            self._load_privileged(gate.selector, ss, cr0, esp, flags, gate.offset)
+            self._load_privileged(new_cs, ss, cr0, esp, flags, gate.offset)
             self.write(ds=0, es=0, fs=0, gs=0)
         elif new_cpl < old_cpl:
-            self._load_privileged(gate.selector, ss, cr0, esp, flags, gate.offset)
-        elif gate.selector != old_cs:
-            self.write(cs=gate.selector, esp=esp, eflags=flags, eip=gate.offset)
+            self._load_privileged(new_cs, ss, cr0, esp, flags, gate.offset)
+        elif new_cs != old_cs:
+            self.write(cs=new_cs, esp=esp, eflags=flags, eip=gate.offset)
         else:
             self.write(esp=esp, eflags=flags, eip=gate.offset)
         self._delivered(vector, kind, idt_base, gate.offset, f"{old_cpl}->{new_cpl}")
