@@ -230,17 +230,20 @@ class Delivery:
             raise _int_below_dpl(vector, old_cs & 3, gate.dpl)
         if not gate.present:
             raise DeliveryFault(NP, vector * 8 + 2 + ext, f"IDT entry {vector:#x} not present")
-        target = self._descriptor(gate.selector, GP, gdtr)
-        if not (target.s and target.type & 8 and target.present):
-            raise DeliveryFault(GP, gate.selector & ~3, f"gate selector {gate.selector:#x} is not a present code segment")
+        # (Intel's INT: the target's faults name its selector, with EXT for an external event)
+        target = self._descriptor(gate.selector, GP, gdtr, ext)
+        if not (target.s and target.type & 8):
+            raise DeliveryFault(GP, (gate.selector & ~3) + ext, f"gate selector {gate.selector:#x} is not a code segment")
+        if not target.present:
+            raise DeliveryFault(NP, (gate.selector & ~3) + ext, f"gate selector {gate.selector:#x}: its code segment is not present")
         # a conforming segment runs the handler at the CPL it interrupted; CS's RPL is the new
         # CPL whatever the gate's selector holds (a real CPU ignores that RPL)
         old_cpl = 3 if v86 else old_cs & 3
         new_cpl = old_cpl if target.type & 4 else target.dpl
         if v86 and new_cpl != 0:
-            raise DeliveryFault(GP, gate.selector & ~3, "a gate from virtual-8086 mode must lead to CPL 0")
+            raise DeliveryFault(GP, (gate.selector & ~3) + ext, "a gate from virtual-8086 mode must lead to CPL 0")
         if target.dpl > old_cpl:
-            raise DeliveryFault(GP, gate.selector & ~3, "gate leads to a less privileged segment")
+            raise DeliveryFault(GP, (gate.selector & ~3) + ext, "gate leads to a less privileged segment")
         new_cs = gate.selector & ~3 | new_cpl
         if gate.offset > target.limit:               # the new EIP, against the new CS's limit
             raise DeliveryFault(GP, ext, f"gate {vector:#x}'s offset {gate.offset:#x} is past the limit "
@@ -299,14 +302,14 @@ class Delivery:
         if err:
             raise UcError(err)
 
-    def _descriptor(self, sel, fault, gdtr=None):
+    def _descriptor(self, sel, fault, gdtr=None, ext=0):
         _, table, limit, _ = self["gdtr"] if gdtr is None else gdtr
         if sel & 4:
             _, table, limit, _ = self["ldtr"]
         index = sel & ~7
         if (sel & ~3) == 0 or index + 7 > limit:
-            raise DeliveryFault(fault, sel & ~3, f"selector {sel:#x} outside its descriptor table")
-        return decode_segment(self._read(table + index, 8, fault, sel & ~3))
+            raise DeliveryFault(fault, (sel & ~3) + ext, f"selector {sel:#x} outside its descriptor table")
+        return decode_segment(self._read(table + index, 8, fault, (sel & ~3) + ext))
 
     def _read(self, addr, n, fault, error):
         try:
