@@ -153,8 +153,8 @@ CASES = [
      None, None, "refused, then Python"),
     ("refused, its #GP's stack outside RAM", {"cpl": 1, "tss": (0, 0x10)}, 0x82, "int", None, INT_82 + 2,
      "refused, then Python"),
-    ("refused, its #GP's load fails after the push", {"cpl": 3, "tss": (STACK0, 0x08)}, 0x82, "int",
-     None, None, "refused, load failed"),
+    ("refused, its #GP's ring-0 SS a code segment: #TS", {"cpl": 3, "tss": (STACK0, 0x08)}, 0x82, "int",
+     None, None, "refused, then Python"),
     ("refused at EIP 0: the #GP's EIP is -1", {"cpl": 1}, 0x82, "int", None, 0, None),
     ("a gate selector's RPL 3 ignored, from CPL 0", {"cpl": 0}, 0x40, "int", None, None, True),
     ("a gate selector's RPL 3 ignored, from CPL 3", {"cpl": 3}, 0x40, "int", None, None, True),
@@ -179,7 +179,7 @@ CASES = [
      None, None, False),
     ("ring-0 SS in the LDT", {"cpl": 3, "tss": (STACK0, 0x14)}, 0x80, "int", None, None, False),
     ("ring-0 SS null", {"cpl": 3, "tss": (STACK0, 0)}, 0x80, "int", None, None, False),
-    ("ring-0 SS a code segment: the load fails after the push", {"cpl": 3, "tss": (STACK0, 0x08)},
+    ("ring-0 SS a code segment: #TS", {"cpl": 3, "tss": (STACK0, 0x08)},
      0x80, "int", None, None, None),
     ("IDT outside RAM", {"cpl": 0, "idtr": (0, 0xFFFF0000, 0xFFF, 0)}, 0x20, "irq", None, None, False),
     ("GDT outside RAM", {"cpl": 0, "gdtr": (0, 0xFFFF0000, 0xFFF, 0)}, 0x20, "irq", None, None, False),
@@ -280,4 +280,26 @@ def test_a_gates_target_faults_as_intels_int_says_ext_for_an_external_event(vect
         board.cpu.deliver(vector, kind, eip=CONTEXT)
         first = board.trace.of("cpu.fault")[0]
         assert (first["vector"], first["error"]) == fault
+        board.close()
+
+
+@pytest.mark.parametrize("name, setup, vector, fault", [
+    ("the TSS's SS0 a code segment", {"cpl": 3, "tss": (STACK0, 0x08)}, 0x80, (10, 0x08)),
+    ("the TSS's SS0 of DPL 3", {"cpl": 3, "tss": (STACK0, 0x23)}, 0x80, (10, 0x20)),
+    ("the TSS's ESP0 under a stack segment's base", {"cpl": 3, "tss": (0x10, 0x50)}, 0x80, (12, 0x50)),
+    ("the frame past SS's limit at the same CPL", {"cpl": 0, "gdtr": None}, 0x80, None)])
+def test_the_tss_stack_is_checked_as_the_cpu_loads_it(name, setup, vector, fault):
+    """A stack switch loads SS from the TSS as a CPU does: not a writable data segment of the
+    new CPL, #TS(SS); a frame that does not fit below ESP inside SS's limit, #SS; the
+    fault delivered in turn (both paths)."""
+    for c_path in (True, False):
+        board = machine(**setup)
+        if not c_path:
+            board.cpu._c_state = False
+        if fault is None:                    # CPL 0's SS limited to 64 KiB, ESP just above it
+            board.memory.write(GDT + 0x10, encode_segment(0, 0xFFFF, DATA_RW, 0, g=0))
+            board.cpu.write(esp=0x10004)
+        board.cpu.deliver(vector, "int", eip=CONTEXT)
+        first = board.trace.of("cpu.fault")[0]
+        assert (first["vector"], first["error"]) == (fault or (12, 0)), name
         board.close()

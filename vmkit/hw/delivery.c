@@ -173,6 +173,14 @@ static int64_t deliver(void *uc, struct vmkit_delivery *d, int64_t vector, int64
     }
     if (!descriptor(d, gdtr, ss, &lo, &hi))
         goto decline;
+    unsigned stype = (hi >> 8) & 0xF;
+    if (!((hi >> 12) & 1) || (stype & 8) || !(stype & 2) || (stype & 4) || !(hi & 0x8000))
+        goto decline;                     /* not a present writable expand-up data segment */
+    if (new_cpl < old_cpl && ((ss & 3) || ((hi >> 13) & 3)))
+        goto decline;                     /* the TSS's SS0 not of DPL 0: #TS (delivery.py) */
+    for (int i = 1; i <= n; i++)          /* each word inside SS's limit, else #SS */
+        if (((esp - 4 * (uint64_t)i) & 0xFFFFFFFFu) + 3 > seg_limit(lo, hi))
+            goto decline;
     esp = (esp - 4 * (uint64_t)n) & 0xFFFFFFFFu;
     uint64_t push = seg_base(lo, hi) + esp;
     if (!in_ram(d, push, 4 * (uint64_t)n))

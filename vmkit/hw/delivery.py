@@ -46,6 +46,7 @@ from unicorn.unicorn_py3 import unicorn as _uc
 from unicorn import x86_const as X
 
 from .counter import library
+from .limits_decode import inside
 from .x86 import (decode_gate, decode_segment, GATE_INT32, GATE_TRAP32, EFLAGS_IF, EFLAGS_IOPL, EFLAGS_TF,
                   EFLAGS_NT, EFLAGS_RF, EFLAGS_VM, TSS_ESP0, TSS_SS0, DF, GP, NP, TS, SS_FAULT)
 
@@ -262,9 +263,23 @@ class Delivery:
             esp, ss = old_esp, old_ss
         if error_code is not None:
             frame.insert(0, error_code)
-        stack_base = self._descriptor(ss, TS, gdtr).base
-        esp = (esp - 4 * len(frame)) & 0xFFFFFFFF
-        self._write(stack_base + esp, struct.pack(f"<{len(frame)}I", *frame), SS_FAULT, ss & ~3)
+        stack = self._descriptor(ss, TS, gdtr, ext)
+        # The TSS's stack, checked as the CPU loads SS. (A real CPU switches to the new CPL's
+        # SS:ESP, SS1:ESP1 for CPL 1; the platform always to SS0:ESP0: its CR0.PE load cannot
+        # reach CPL 1 with a DPL 1 SS, measured: Unicorn 2.1.4 refuses the batch.)
+        if new_cpl < old_cpl:
+            if ss & 3 or stack.dpl or not stack.s or stack.type & 8 or not stack.type & 2:
+                raise DeliveryFault(TS, (ss & ~3) + ext, f"the TSS's stack segment {ss:#x} is not a "
+                                                         f"writable data segment of DPL 0")
+            if not stack.present:
+                raise DeliveryFault(SS_FAULT, (ss & ~3) + ext, f"the TSS's stack segment {ss:#x} is not present")
+        top, n = esp, len(frame)                     # each word's bytes inside SS's limit (#SS)
+        if not all(inside(stack, (top - 4 * i) & 0xFFFFFFFF, 4) for i in range(1, n + 1)):
+            raise DeliveryFault(SS_FAULT, ((ss & ~3) if new_cpl < old_cpl else 0) + ext,
+                                f"the frame's {4 * n} bytes below ESP {top:#x} are past the limit "
+                                f"{stack.limit:#x} of the stack segment {ss:#x}")
+        esp = (esp - 4 * n) & 0xFFFFFFFF
+        self._write(stack.base + esp, struct.pack(f"<{n}I", *frame), SS_FAULT, ss & ~3)
         flags = old_eflags & ~(EFLAGS_TF | EFLAGS_NT | EFLAGS_RF | EFLAGS_VM)
         if gate.type == GATE_INT32:
             flags &= ~EFLAGS_IF
