@@ -269,10 +269,12 @@ def test_cs_rpl_is_the_new_cpl_and_a_conforming_segment_keeps_the_cpl(cpl, vecto
 
 @pytest.mark.parametrize("vector, kind, fault", [
     (0x8C, "irq", (11, 0x58 | 1)), (0x8C, "int", (11, 0x58)), (0x8B, "irq", (13, 0x10 | 1)),
-    (0x88, "irq", (13, 1)), (0x8A, "irq", (13, 0xF8 | 1))])
+    (0x88, "irq", (13, 1)), (0x8A, "irq", (13, 0xF8 | 1)), (0x8C, "fault", (11, 0x58 | 1)),
+    (0x86, "fault", (11, 0x86 * 8 + 3)), (0x86, "int", (11, 0x86 * 8 + 2))])
 def test_a_gates_target_faults_as_intels_int_says_ext_for_an_external_event(vector, kind, fault):
     """The gate's code segment absent: #NP(selector + EXT); not a code segment, null, past the
-    GDT: #GP(selector + EXT); EXT set for an IRQ, not for an `int` (both paths: C declines)."""
+    GDT: #GP(selector + EXT); EXT set for an IRQ or an exception, not for an `int` (Intel SDM
+    6.13; both paths: C declines)."""
     for c_path in (True, False):
         board = machine(1)
         if not c_path:

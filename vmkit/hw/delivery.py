@@ -215,7 +215,9 @@ class Delivery:
         self.trace.emit("cpu.deliver", self.index, vector=vector, kind=kind, idt=idt, handler=handler, cpl=cpl)
 
     def _deliver_python(self, vector, kind, error_code, eip):
-        ext = 1 if kind == "irq" else 0
+        # EXT: the fault arose delivering an event external to the program (an IRQ, or an
+        # exception: "fault", "nested"); clear only for a software interrupt (Intel SDM 6.13)
+        ext = 0 if kind == "int" else 1
         (old_cs, old_eflags, old_ss, old_esp, cr0), (idtr, gdtr, tr) = self.read_with_tables(
             ("cs", "eflags", "ss", "esp", "cr0"), ("idtr", "gdtr", "tr"))   # GDTR once: both descriptors
         v86 = bool(old_eflags & EFLAGS_VM)
