@@ -31,7 +31,8 @@ GDT_ENTRIES = [bytes(8),
                encode_segment(0, FLAT, CODE_RX, 0),                                            # 40 another CS
                encode_segment(0, 0x5FFF, CODE_RX, 0),                                          # 48 limited CS
                encode_segment(0x40000, FLAT - 0x40000, DATA_RW, 0),                            # 50 SS, base
-               encode_segment(0, FLAT, CODE_RX, 0, present=False)]                             # 58 absent CS
+               encode_segment(0, FLAT, CODE_RX, 0, present=False),                             # 58 absent CS
+               encode_segment(0, FLAT, CODE_RX | 4, 0)]                                        # 60 conforming
 
 # vector: (offset, selector, type, dpl, present)
 GATES = {0x80: (HANDLER, 0x08, 0xE, 3, True), 0x81: (HANDLER, 0x08, 0xF, 3, True),
@@ -45,7 +46,8 @@ GATES = {0x80: (HANDLER, 0x08, 0xE, 3, True), 0x81: (HANDLER, 0x08, 0xF, 3, True
          6: (HANDLER, 0x08, 0xE, 0, True), 8: (HANDLER, 0x08, 0xE, 0, True),
          13: (HANDLER, 0x08, 0xE, 0, True), 14: (HANDLER, 0x08, 0xF, 0, True),
          0x20: (HANDLER, 0x08, 0xE, 0, True), 0x100: (HANDLER, 0x08, 0xE, 0, True),
-         0x101: (HANDLER, 0x08, 0xE, 3, True)}
+         0x101: (HANDLER, 0x08, 0xE, 3, True),
+         0x40: (HANDLER, 0x0B, 0xE, 3, True), 0x41: (HANDLER, 0x60, 0xE, 3, True)}
 IDT_LIMIT = 0x90 * 8 - 1               # vector 0x90 and above: past the IDT's limit
 
 CONTEXTS = {0: (0x08, 0x10, STACK0), 1: (0x31, 0x39, STACK1), 3: (0x1B, 0x23, STACK3)}
@@ -151,9 +153,14 @@ CASES = [
      None, None, "refused, then Python"),
     ("refused, its #GP's stack outside RAM", {"cpl": 1, "tss": (0, 0x10)}, 0x82, "int", None, INT_82 + 2,
      "refused, then Python"),
-    ("refused, its #GP's load fails after the push", {"cpl": 3, "tss": (STACK0, 0x08)}, 0x82, "int",
-     None, None, "refused, load failed"),
+    ("refused, its #GP's ring-0 SS a code segment: #TS", {"cpl": 3, "tss": (STACK0, 0x08)}, 0x82, "int",
+     None, None, "refused, then Python"),
     ("refused at EIP 0: the #GP's EIP is -1", {"cpl": 1}, 0x82, "int", None, 0, None),
+    ("a gate selector's RPL 3 ignored, from CPL 0", {"cpl": 0}, 0x40, "int", None, None, True),
+    ("a gate selector's RPL 3 ignored, from CPL 3", {"cpl": 3}, 0x40, "int", None, None, True),
+    ("a conforming CS: the CPL stays 3", {"cpl": 3}, 0x41, "int", None, None, False),
+    ("a conforming CS: the CPL stays 1", {"cpl": 1}, 0x41, "irq", None, None, False),
+    ("a conforming CS from CPL 0", {"cpl": 0}, 0x41, "int", None, None, False),
     ("vector past the IDT's limit", {"cpl": 3}, 0x90, "int", None, None, False),
     ("irq past the IDT's limit", {"cpl": 0}, 0x91, "irq", None, None, False),
     ("gate not present", {"cpl": 3}, 0x86, "int", None, None, False),
@@ -172,7 +179,7 @@ CASES = [
      None, None, False),
     ("ring-0 SS in the LDT", {"cpl": 3, "tss": (STACK0, 0x14)}, 0x80, "int", None, None, False),
     ("ring-0 SS null", {"cpl": 3, "tss": (STACK0, 0)}, 0x80, "int", None, None, False),
-    ("ring-0 SS a code segment: the load fails after the push", {"cpl": 3, "tss": (STACK0, 0x08)},
+    ("ring-0 SS a code segment: #TS", {"cpl": 3, "tss": (STACK0, 0x08)},
      0x80, "int", None, None, None),
     ("IDT outside RAM", {"cpl": 0, "idtr": (0, 0xFFFF0000, 0xFFF, 0)}, 0x20, "irq", None, None, False),
     ("GDT outside RAM", {"cpl": 0, "gdtr": (0, 0xFFFF0000, 0xFFF, 0)}, 0x20, "irq", None, None, False),
@@ -243,3 +250,58 @@ def test_without_the_compiled_library_the_python_delivers(monkeypatch):
     reference = deliver(False, {"cpl": 3}, 0x80, "int")
     assert counts == (0, 0, 0) and outcome is True
     assert (after, later) == (reference[1], reference[2])
+
+
+@pytest.mark.parametrize("cpl, vector, cs, ss, esp", [
+    (0, 0x40, 0x08, 0x10, STACK0 - 12), (3, 0x40, 0x08, 0x10, STACK0 - 20),
+    (3, 0x41, 0x63, 0x23, STACK3 - 12), (1, 0x41, 0x61, 0x39, STACK1 - 12)])
+def test_cs_rpl_is_the_new_cpl_and_a_conforming_segment_keeps_the_cpl(cpl, vector, cs, ss, esp):
+    """As a real CPU: the gate's selector's RPL is ignored (CS.RPL is the CPL the handler runs
+    at: the DPL of a non-conforming segment, which a Unicorn CS write with RPL 3 refused: the
+    machine stopped), and a conforming segment runs the handler at the CPL it interrupted, on
+    the same stack (no TSS switch)."""
+    for c_path in (True, False):
+        outcome, after, _, _ = deliver(c_path, {"cpl": cpl}, vector, "int")
+        regs = after["registers"]
+        assert outcome is True and (regs["cs"], regs["ss"], regs["esp"], regs["eip"]) == (cs, ss, esp, HANDLER)
+        assert after["cpu"][3] == cs & 3 and after["cpu"][2] is None
+
+
+@pytest.mark.parametrize("vector, kind, fault", [
+    (0x8C, "irq", (11, 0x58 | 1)), (0x8C, "int", (11, 0x58)), (0x8B, "irq", (13, 0x10 | 1)),
+    (0x88, "irq", (13, 1)), (0x8A, "irq", (13, 0xF8 | 1)), (0x8C, "fault", (11, 0x58 | 1)),
+    (0x86, "fault", (11, 0x86 * 8 + 3)), (0x86, "int", (11, 0x86 * 8 + 2))])
+def test_a_gates_target_faults_as_intels_int_says_ext_for_an_external_event(vector, kind, fault):
+    """The gate's code segment absent: #NP(selector + EXT); not a code segment, null, past the
+    GDT: #GP(selector + EXT); EXT set for an IRQ or an exception, not for an `int` (Intel SDM
+    6.13; both paths: C declines)."""
+    for c_path in (True, False):
+        board = machine(1)
+        if not c_path:
+            board.cpu._c_state = False
+        board.cpu.deliver(vector, kind, eip=CONTEXT)
+        first = board.trace.of("cpu.fault")[0]
+        assert (first["vector"], first["error"]) == fault
+        board.close()
+
+
+@pytest.mark.parametrize("name, setup, vector, fault", [
+    ("the TSS's SS0 a code segment", {"cpl": 3, "tss": (STACK0, 0x08)}, 0x80, (10, 0x08)),
+    ("the TSS's SS0 of DPL 3", {"cpl": 3, "tss": (STACK0, 0x23)}, 0x80, (10, 0x20)),
+    ("the TSS's ESP0 under a stack segment's base", {"cpl": 3, "tss": (0x10, 0x50)}, 0x80, (12, 0x50)),
+    ("the frame past SS's limit at the same CPL", {"cpl": 0, "gdtr": None}, 0x80, None)])
+def test_the_tss_stack_is_checked_as_the_cpu_loads_it(name, setup, vector, fault):
+    """A stack switch loads SS from the TSS as a CPU does: not a writable data segment of the
+    new CPL, #TS(SS); a frame that does not fit below ESP inside SS's limit, #SS; the
+    fault delivered in turn (both paths)."""
+    for c_path in (True, False):
+        board = machine(**setup)
+        if not c_path:
+            board.cpu._c_state = False
+        if fault is None:                    # CPL 0's SS limited to 64 KiB, ESP just above it
+            board.memory.write(GDT + 0x10, encode_segment(0, 0xFFFF, DATA_RW, 0, g=0))
+            board.cpu.write(esp=0x10004)
+        board.cpu.deliver(vector, "int", eip=CONTEXT)
+        first = board.trace.of("cpu.fault")[0]
+        assert (first["vector"], first["error"]) == (fault or (12, 0)), name
+        board.close()

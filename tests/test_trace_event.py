@@ -21,3 +21,11 @@ def test_an_event_cannot_be_changed():
         e.time = 2
     with pytest.raises(KeyError):
         e["IF "]
+
+
+def test_in_asks_an_events_data_as_indexing_does():
+    """`event[key]` is its data's; so is `key in event` (a named tuple's own `in` would look
+    among its four fields and answer False for every key, silently)."""
+    e = Trace(lambda: 1).emit("cpu.deliver", 0, vector=3, kind="int")
+    assert "vector" in e and e["vector"] == 3
+    assert "vm" not in e and 1 not in e

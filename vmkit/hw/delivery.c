@@ -10,7 +10,8 @@
  * It delivers only what it can deliver *exactly* as the Python does, and declines (returns
  * 0) before it has written a register or a byte when anything else is the case: a check
  * that fails (the Python then raises the DeliveryFault with its message, and the cascade to
- * #DF and the triple fault stays there), virtual-8086 mode, an LDT selector, a table, TSS
+ * #DF and the triple fault stays there), virtual-8086 mode, an LDT selector, a conforming
+ * target segment (the CPL stays: the Python's), a table, TSS
  * or stack outside RAM, a value Python's struct.pack would refuse, a vector past a byte (the
  * Python's `int` length check takes only a byte). So a declined delivery
  * is the Python's, byte for byte.
@@ -144,9 +145,12 @@ static int64_t deliver(void *uc, struct vmkit_delivery *d, int64_t vector, int64
         goto decline;
     if (!((hi >> 12) & 1 && (hi >> 8) & 8 && hi & 0x8000))
         goto decline;                     /* not a present code segment */
+    if ((hi >> 8) & 4)
+        goto decline;                     /* conforming: the CPL stays (the Python's) */
     uint64_t old_cpl = old_cs & 3, new_cpl = (hi >> 13) & 3;
     if (new_cpl > old_cpl || offset > seg_limit(lo, hi))
         goto decline;
+    uint64_t new_cs = (gsel & ~3ull) | new_cpl;   /* the gate's RPL ignored: CS.RPL is the CPL */
     uint32_t frame[6];
     int n = 0;
     if (has_error)
@@ -169,6 +173,14 @@ static int64_t deliver(void *uc, struct vmkit_delivery *d, int64_t vector, int64
     }
     if (!descriptor(d, gdtr, ss, &lo, &hi))
         goto decline;
+    unsigned stype = (hi >> 8) & 0xF;
+    if (!((hi >> 12) & 1) || (stype & 8) || !(stype & 2) || (stype & 4) || !(hi & 0x8000))
+        goto decline;                     /* not a present writable expand-up data segment */
+    if (new_cpl < old_cpl && ((ss & 3) || ((hi >> 13) & 3)))
+        goto decline;                     /* the TSS's SS0 not of DPL 0: #TS (delivery.py) */
+    for (int i = 1; i <= n; i++)          /* each word inside SS's limit, else #SS */
+        if (((esp - 4 * (uint64_t)i) & 0xFFFFFFFFu) + 3 > seg_limit(lo, hi))
+            goto decline;
     esp = (esp - 4 * (uint64_t)n) & 0xFFFFFFFFu;
     uint64_t push = seg_base(lo, hi) + esp;
     if (!in_ram(d, push, 4 * (uint64_t)n))
@@ -185,13 +197,13 @@ static int64_t deliver(void *uc, struct vmkit_delivery *d, int64_t vector, int64
     int wids[9], count;
     if (new_cpl < old_cpl) {              /* Delivery.PRIVILEGED_LOAD, in its order */
         int order[9] = {I_CR0, I_CS, I_SS, I_CR0, I_CS, I_SS, I_ESP, I_EFLAGS, I_EIP};
-        uint64_t v[9] = {cr0 & ~1ull, gsel, ss, cr0, gsel, ss, esp, flags, offset};
+        uint64_t v[9] = {cr0 & ~1ull, new_cs, ss, cr0, new_cs, ss, esp, flags, offset};
         for (int i = 0; i < 9; i++)
             wids[i] = (int)d->ids[order[i]], vals[i] = v[i] & 0xFFFFFFFFu;
         count = 9;
-    } else if (gsel != old_cs) {
+    } else if (new_cs != old_cs) {
         int order[4] = {I_CS, I_ESP, I_EFLAGS, I_EIP};
-        uint64_t v[4] = {gsel, esp, flags, offset};
+        uint64_t v[4] = {new_cs, esp, flags, offset};
         for (int i = 0; i < 4; i++)
             wids[i] = (int)d->ids[order[i]], vals[i] = v[i];
         count = 4;

@@ -24,8 +24,8 @@ in the same order, in one call: ~0.8 µs for a delivery at the same CPL, ~1.6 µ
 CR0.PE toggle of a privilege change, against ~10-11 µs in Python (measured: the call alone,
 ctypes included, Unicorn 2.1.4). C delivers only what it can deliver exactly as the Python
 does; anything else it declines before writing a register or a byte (a check that fails,
-virtual-8086 mode, an LDT selector, a table, TSS or stack outside RAM, an argument outside
-32 bits, a learner's `gate_decoder`), and the Python delivers it, so every fault, its
+virtual-8086 mode, an LDT selector, a conforming target segment, a table, TSS or stack
+outside RAM, an argument outside 32 bits, a learner's `gate_decoder`), and the Python delivers it, so every fault, its
 message, the #DF and the triple fault are the Python's. One failure is told by C instead of
 declined, the commonest: an `int` from a CPL above its gate's DPL (a VM's int3, every time,
 through its monitor's DPL 1 gate): C reads the `int`'s length (the fault's EIP) through the
@@ -46,6 +46,7 @@ from unicorn.unicorn_py3 import unicorn as _uc
 from unicorn import x86_const as X
 
 from .counter import library
+from .limits_decode import inside
 from .x86 import (decode_gate, decode_segment, GATE_INT32, GATE_TRAP32, EFLAGS_IF, EFLAGS_IOPL, EFLAGS_TF,
                   EFLAGS_NT, EFLAGS_RF, EFLAGS_VM, TSS_ESP0, TSS_SS0, DF, GP, NP, TS, SS_FAULT)
 
@@ -218,7 +219,9 @@ class Delivery:
         self.trace.emit("cpu.deliver", self.index, vector=vector, kind=kind, idt=idt, handler=handler, cpl=cpl)
 
     def _deliver_python(self, vector, kind, error_code, eip):
-        ext = 1 if kind == "irq" else 0
+        # EXT: the fault arose delivering an event external to the program (an IRQ, or an
+        # exception: "fault", "nested"); clear only for a software interrupt (Intel SDM 6.13)
+        ext = 0 if kind == "int" else 1
         (old_cs, old_eflags, old_ss, old_esp, cr0), (idtr, gdtr, tr) = self.read_with_tables(
             ("cs", "eflags", "ss", "esp", "cr0"), ("idtr", "gdtr", "tr"))   # GDTR once: both descriptors
         v86 = bool(old_eflags & EFLAGS_VM)
@@ -234,14 +237,21 @@ class Delivery:
             raise _int_below_dpl(vector, old_cs & 3, gate.dpl)
         if not gate.present:
             raise DeliveryFault(NP, vector * 8 + 2 + ext, f"IDT entry {vector:#x} not present")
-        target = self._descriptor(gate.selector, GP, gdtr)
-        if not (target.s and target.type & 8 and target.present):
-            raise DeliveryFault(GP, gate.selector & ~3, f"gate selector {gate.selector:#x} is not a present code segment")
-        old_cpl, new_cpl = (3 if v86 else old_cs & 3), target.dpl
+        # (Intel's INT: the target's faults name its selector, with EXT for an external event)
+        target = self._descriptor(gate.selector, GP, gdtr, ext)
+        if not (target.s and target.type & 8):
+            raise DeliveryFault(GP, (gate.selector & ~3) + ext, f"gate selector {gate.selector:#x} is not a code segment")
+        if not target.present:
+            raise DeliveryFault(NP, (gate.selector & ~3) + ext, f"gate selector {gate.selector:#x}: its code segment is not present")
+        # a conforming segment runs the handler at the CPL it interrupted; CS's RPL is the new
+        # CPL whatever the gate's selector holds (a real CPU ignores that RPL)
+        old_cpl = 3 if v86 else old_cs & 3
+        new_cpl = old_cpl if target.type & 4 else target.dpl
         if v86 and new_cpl != 0:
-            raise DeliveryFault(GP, gate.selector & ~3, "a gate from virtual-8086 mode must lead to CPL 0")
-        if new_cpl > old_cpl:
-            raise DeliveryFault(GP, gate.selector & ~3, "gate leads to a less privileged segment")
+            raise DeliveryFault(GP, (gate.selector & ~3) + ext, "a gate from virtual-8086 mode must lead to CPL 0")
+        if target.dpl > old_cpl:
+            raise DeliveryFault(GP, (gate.selector & ~3) + ext, "gate leads to a less privileged segment")
+        new_cs = gate.selector & ~3 | new_cpl
         if gate.offset > target.limit:               # the new EIP, against the new CS's limit
             raise DeliveryFault(GP, ext, f"gate {vector:#x}'s offset {gate.offset:#x} is past the limit "
                                          f"{target.limit:#x} of its code segment {gate.selector:#x}")
@@ -259,20 +269,34 @@ class Delivery:
             esp, ss = old_esp, old_ss
         if error_code is not None:
             frame.insert(0, error_code)
-        stack_base = self._descriptor(ss, TS, gdtr).base
-        esp = (esp - 4 * len(frame)) & 0xFFFFFFFF
-        self._write(stack_base + esp, struct.pack(f"<{len(frame)}I", *frame), SS_FAULT, ss & ~3)
+        stack = self._descriptor(ss, TS, gdtr, ext)
+        # The TSS's stack, checked as the CPU loads SS. (A real CPU switches to the new CPL's
+        # SS:ESP, SS1:ESP1 for CPL 1; the platform always to SS0:ESP0: its CR0.PE load cannot
+        # reach CPL 1 with a DPL 1 SS, measured: Unicorn 2.1.4 refuses the batch.)
+        if new_cpl < old_cpl:
+            if ss & 3 or stack.dpl or not stack.s or stack.type & 8 or not stack.type & 2:
+                raise DeliveryFault(TS, (ss & ~3) + ext, f"the TSS's stack segment {ss:#x} is not a "
+                                                         f"writable data segment of DPL 0")
+            if not stack.present:
+                raise DeliveryFault(SS_FAULT, (ss & ~3) + ext, f"the TSS's stack segment {ss:#x} is not present")
+        top, n = esp, len(frame)                     # each word's bytes inside SS's limit (#SS)
+        if not all(inside(stack, (top - 4 * i) & 0xFFFFFFFF, 4) for i in range(1, n + 1)):
+            raise DeliveryFault(SS_FAULT, ((ss & ~3) if new_cpl < old_cpl else 0) + ext,
+                                f"the frame's {4 * n} bytes below ESP {top:#x} are past the limit "
+                                f"{stack.limit:#x} of the stack segment {ss:#x}")
+        esp = (esp - 4 * n) & 0xFFFFFFFF
+        self._write(stack.base + esp, struct.pack(f"<{n}I", *frame), SS_FAULT, ss & ~3)
         flags = old_eflags & ~(EFLAGS_TF | EFLAGS_NT | EFLAGS_RF | EFLAGS_VM)
         if gate.type == GATE_INT32:
             flags &= ~EFLAGS_IF
         if v86:                                      # out of virtual-8086 mode before any load:
             self.write(eflags=flags)                 # with VM set a selector is a paragraph
-            self._load_privileged(gate.selector, ss, cr0, esp, flags, gate.offset)
+            self._load_privileged(new_cs, ss, cr0, esp, flags, gate.offset)
             self.write(ds=0, es=0, fs=0, gs=0)
         elif new_cpl < old_cpl:
-            self._load_privileged(gate.selector, ss, cr0, esp, flags, gate.offset)
-        elif gate.selector != old_cs:
-            self.write(cs=gate.selector, esp=esp, eflags=flags, eip=gate.offset)
+            self._load_privileged(new_cs, ss, cr0, esp, flags, gate.offset)
+        elif new_cs != old_cs:
+            self.write(cs=new_cs, esp=esp, eflags=flags, eip=gate.offset)
         else:
             self.write(esp=esp, eflags=flags, eip=gate.offset)
         self._delivered(vector, kind, idt_base, gate.offset, f"{old_cpl}->{new_cpl}")
@@ -299,14 +323,14 @@ class Delivery:
         if err:
             raise UcError(err)
 
-    def _descriptor(self, sel, fault, gdtr=None):
+    def _descriptor(self, sel, fault, gdtr=None, ext=0):
         _, table, limit, _ = self["gdtr"] if gdtr is None else gdtr
         if sel & 4:
             _, table, limit, _ = self["ldtr"]
         index = sel & ~7
         if (sel & ~3) == 0 or index + 7 > limit:
-            raise DeliveryFault(fault, sel & ~3, f"selector {sel:#x} outside its descriptor table")
-        return decode_segment(self._read(table + index, 8, fault, sel & ~3))
+            raise DeliveryFault(fault, (sel & ~3) + ext, f"selector {sel:#x} outside its descriptor table")
+        return decode_segment(self._read(table + index, 8, fault, (sel & ~3) + ext))
 
     def _read(self, addr, n, fault, error):
         try:

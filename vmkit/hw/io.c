@@ -2,9 +2,10 @@
  *
  * Unicorn checks neither IOPL nor the TSS's I/O permission bitmap (measured, 2.1.4), so
  * the platform does (CPU._io_denied says the same in Python, for a machine without a C
- * compiler): at CPL 0, or a CPL no higher than EFLAGS.IOPL, the access goes through;
- * above it, every byte of the access must have its bit clear in the bitmap, which
- * starts at the TSS offset in the TSS's word at +102 and must lie inside TR's limit.
+ * compiler): at CPL 0, or a CPL no higher than EFLAGS.IOPL, the access goes through
+ * (never in virtual-8086 mode); else every byte of the access must have its bit clear in
+ * the bitmap, which starts at the TSS offset in the TSS's word at +102, and the two bytes
+ * the CPU reads from the access's first byte of it must lie inside TR's limit.
  * A refused in/out is noted here (its EIP, the instructions counted before it) and the
  * run stops: a register written inside an I/O hook is not honoured until the
  * translation block ends, so the #GP is delivered by the CPU's run loop (cpu.py).
@@ -19,6 +20,7 @@ typedef void (*device_out_fn)(void *uc, uint32_t port, int size, uint32_t value,
 
 
 #define IOPL_SHIFT 12
+#define EFLAGS_VM 0x20000u
 #define TSS_IOMAP 102            /* the bitmap's offset, a word in the 104-byte TSS */
 
 struct vmkit_io {
@@ -45,19 +47,23 @@ static int refused(void *uc, const struct vmkit_io *io, uint32_t port, int size)
     uint64_t cs = 0, eflags = 0;
     struct vmkit_mmr tr = {0, 0, 0, 0};
     io->reg_read(uc, (int)io->cs_id, &cs);
-    unsigned cpl = cs & 3;
-    if (cpl == 0)
-        return 0;
     io->reg_read(uc, (int)io->eflags_id, &eflags);
-    if (cpl <= ((eflags >> IOPL_SHIFT) & 3))
-        return 0;
+    /* virtual-8086 mode is CPL 3 whatever CS holds (a paragraph there), and its in/out
+     * are checked against the bitmap alone, IOPL or not (Intel's IN/OUT: VM = 1) */
+    if (!(eflags & EFLAGS_VM)) {
+        unsigned cpl = cs & 3;
+        if (cpl == 0 || cpl <= ((eflags >> IOPL_SHIFT) & 3))
+            return 0;
+    }
     io->reg_read(uc, (int)io->tr_id, &tr);
     uint64_t tss = tr.base, limit = tr.limit;
     if (limit < TSS_IOMAP + 1)
         return 1;
     uint64_t bitmap = tss + (byte_at(io, tss + TSS_IOMAP) | byte_at(io, tss + TSS_IOMAP + 1) << 8);
     uint64_t first = bitmap + port / 8;
-    if (bitmap + (port + size - 1) / 8 > tss + limit)
+    /* the CPU reads two bytes from `first` for any access (Bochs, QEMU: the map's last byte
+     * must be followed by one more inside the limit), and the access's last bit lies in them */
+    if (first + 1 > tss + limit)
         return 1;
     /* up to four ports' bits lie in the two bytes from `first` (the second masked off
      * when the access does not reach it) */

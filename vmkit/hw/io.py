@@ -14,7 +14,7 @@ from unicorn.unicorn_py3 import unicorn as _uc
 from unicorn.unicorn_py3.arch.intel import UcRegMMR, HOOK_INSN_IN_CFUNC, HOOK_INSN_OUT_CFUNC
 from unicorn.unicorn_py3.unicorn import uc_hook_h
 
-from .x86 import EFLAGS_IOPL_SHIFT, GP
+from .x86 import EFLAGS_IOPL_SHIFT, EFLAGS_VM, GP
 
 _IO_REGS = (X.UC_X86_REG_CS, X.UC_X86_REG_EFLAGS, X.UC_X86_REG_EIP, X.UC_X86_REG_TR)
 
@@ -77,15 +77,15 @@ class PortAccess:
         tr.selector = tr.base = tr.limit = tr.flags = 0     # Unicorn fills only some fields
         _uc.uclib.uc_reg_read_batch(self._uch, ids, ptrs, 4)
         cs, eflags, eip = vals
-        cpl = cs & 3
-        if cpl == 0 or cpl <= (eflags >> EFLAGS_IOPL_SHIFT) & 3:
+        cpl = cs & 3                        # (virtual-8086 mode: CPL 3, the bitmap alone decides)
+        if not eflags & EFLAGS_VM and (cpl == 0 or cpl <= (eflags >> EFLAGS_IOPL_SHIFT) & 3):
             return None
         tss, limit = tr.base, tr.limit
         if limit < 103:
             return eip
         bitmap = tss + self._two_bytes(tss + 102)
         first = bitmap + port // 8
-        if bitmap + (port + size - 1) // 8 > tss + limit:
+        if first + 1 > tss + limit:                         # the CPU reads two bytes from `first`
             return eip
         # the bits for up to 4 ports lie in the two bytes from `first` (the second masked
         # off when the access does not reach it)

@@ -178,6 +178,9 @@ def _decode(table, limit, least):
             ranges.append((max(d.base, d.base + d.limit + 1 - STRADDLE), FLAT))
             if d.base:                      # an offset past the limit may wrap below the base
                 ranges.append((0, d.base - 1))
+    if (limit + 1) // 8 > len(table) // 8:  # loadable entries past the SELECTORS held: their
+        ranges.append((0, FLAT))            # limits unknown here, every access is filtered (one
+                                            # through such a selector goes to Python: limits.c)
     return bases, limits, code, _merge(ranges), fetch_from
 
 

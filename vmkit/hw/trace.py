@@ -11,7 +11,7 @@ from typing import NamedTuple
 class Event(NamedTuple):
     """One event: immutable, compared by its four fields. (A named tuple: the kernel
     emits ~7 per world switch, and a frozen dataclass's construction cost 3x a tuple's.)
-    `event[key]` is its data's `key`, not a field by position."""
+    `event[key]` is its data's `key`, not a field by position; `key in event` asks its data."""
     time: int
     cpu: int | None
     kind: str
@@ -19,6 +19,9 @@ class Event(NamedTuple):
 
     def __getitem__(self, key):
         return self.data[key]
+
+    def __contains__(self, key):            # as indexing: the data's (a tuple's own `in` would
+        return key in self.data             # look among the four fields)
 
     def __str__(self):
         where = f"cpu{self.cpu}" if self.cpu is not None else "board"
