@@ -142,7 +142,9 @@ def test_memory_the_machine_lacks_is_gp(board):
     assert (u32(board, 0x5000), u32(board, 0x5004)) == (1, 9)
 
 
-def test_tss_io_bitmap_lets_cpl3_use_exactly_the_allowed_ports(board):
+def ports_0x3f8_allowed(board):
+    """Booted, a TSS whose I/O bitmap allows ports 0x3F8-0x3FF only (IOPL 0), and a #GP
+    handler at 0x6000 that counts at 0x5000 and skips the 1-byte in/out."""
     from vmkit.hw.x86 import encode_tss, encode_segment, TSS_AVAILABLE
     from conftest import TSS, GDT
     board.boot(0x1000)
@@ -153,6 +155,10 @@ def test_tss_io_bitmap_lets_cpl3_use_exactly_the_allowed_ports(board):
     board.cpu["tr"] = (0x28, TSS, len(tss) - 1, 0x8B)
     board.cpu["idtr"] = write_idt(board, IDT_A, {13: 0x6000})
     board.load(0x6000, "inc dword ptr [0x5000]\nadd esp, 4\nadd dword ptr [esp], 1\niretd")
+
+
+def test_tss_io_bitmap_lets_cpl3_use_exactly_the_allowed_ports(board):
+    ports_0x3f8_allowed(board)
     board.load(0x7000, """
         mov al, 0x41
         mov dx, 0x3f8
@@ -322,16 +328,7 @@ def test_the_io_check_in_c_and_in_python_agree_port_by_port(board):
     """io.c refuses in/out in Unicorn's hook; CPU._io_denied is the same check in Python
     (a machine without a C compiler): at CPL 3, IOPL 0, under a TSS whose bitmap allows
     0x3F8-0x3FF, each port and size gets the same answer from both, and from the CPU."""
-    from vmkit.hw.x86 import encode_tss, encode_segment, TSS_AVAILABLE
-    from conftest import TSS, GDT
-    board.boot(0x1000)
-    install_tss(board)
-    tss = encode_tss(RING0_STACK, 0x10, allowed_ports=range(0x3F8, 0x400))
-    board.memory.write(TSS, tss)
-    board.memory.write(GDT + 0x28, encode_segment(TSS, len(tss) - 1, TSS_AVAILABLE, 0, s=0, db=0, g=0))
-    board.cpu["tr"] = (0x28, TSS, len(tss) - 1, 0x8B)
-    board.cpu["idtr"] = write_idt(board, IDT_A, {13: 0x6000})
-    board.load(0x6000, "inc dword ptr [0x5000]\nadd esp, 4\nadd dword ptr [esp], 1\niretd")
+    ports_0x3f8_allowed(board)
     board.load(0x7000, "mov dx, [0x7100]\nin al, dx\nj: jmp j")
     board.load(0x1000, "push 0x23\npush 0x70000\npush 0x202\npush 0x1b\npush 0x7000\niretd")
     board.run(200)

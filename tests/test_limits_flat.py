@@ -7,9 +7,9 @@ catch: the hooks are back, whatever ended the stretch."""
 import pytest
 
 from vmkit.hw import limits_flat
-from vmkit.hw.x86 import encode_gate, encode_segment, CODE_RX, DATA_RW
+from vmkit.hw.x86 import encode_gate
 from conftest import u32, IDT_A
-from test_limits_cpl0 import cpl0_board, record, SHORT, SHORT_DATA, SHORT_CODE, RECORD
+from test_limits_cpl0 import cpl0_board, record, SHORT, SHORT_DATA, SHORT_CODE
 
 LOOP = 2000                         # stores past SHORT: well over limits_flat.STRETCH_AFTER
 WORK = 0x95000                      # the loop's counter: past SHORT, in the hooked range

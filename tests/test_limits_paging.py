@@ -8,8 +8,6 @@ at CPL 3 on segments of base 0 whose limit is its memory's size - 1, as a monito
 would truncate them (or, to compare, a flat 4 GiB limit)."""
 import struct
 
-import pytest
-
 from vmkit.hw.x86 import encode_gate, encode_segment, encode_tss, CODE_RX, DATA_RW, TSS_AVAILABLE
 
 GUEST, GUEST_AT = 0x10000, 0x200000         # its size; where its pages lie in physical memory

@@ -22,7 +22,7 @@ from vmkit.cos.cos import COS
 from vmkit.hw.board import FIRMWARE_GDT, Board
 from vmkit.hw.disk import DiskImage
 from vmkit.hw.x86 import decode_gate
-from vmkit.kernel import layout, unload
+from vmkit.kernel import unload
 from vmkit.lessons.devices import ring_source
 from vmkit.lessons.unload import differences, fingerprint
 from vmkit.loader import Loader

@@ -10,9 +10,8 @@
 Reading and writing it is how the kernel changes what the interrupted code
 sees when the stub's popad/iretd return to it.
 """
-import struct
 
-from .words import Words
+from .words import Words, u32s
 
 FLAT = 0xFFFFFFFF
 
@@ -91,9 +90,9 @@ class Frame(Words):
         words.reverse()
         view = getattr(memory, "_view", None)
         if view is None or low + n > len(view):          # (memory's own checks: a bus error)
-            memory.write(low, _words(len(values)).pack(*words), code=False)
+            memory.write(low, u32s(len(values)).pack(*words), code=False)
         else:
-            _words(len(values)).pack_into(view, low, *words)
+            u32s(len(values)).pack_into(view, low, *words)
         self.esp = low
 
     def pop(self):
@@ -107,12 +106,3 @@ class Frame(Words):
 
 
 _SIZE = Frame.SIZE
-_WORDS = {}
-
-
-def _words(n):
-    """The struct of n u32s, made once."""
-    run = _WORDS.get(n)
-    if run is None:
-        run = _WORDS[n] = struct.Struct(f"<{n}I")
-    return run

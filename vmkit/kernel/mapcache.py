@@ -50,6 +50,7 @@ from vmkit.hw.mmu import LinearFault
 from vmkit.hw.lapic import ICR_HIGH, ICR_LOW
 from . import layout
 from .frame import EXIT, Frame
+from .words import u32s
 
 WINDOW = 0xFF800000             # the window's virtual address (directory slot 0x3FE)
 SLOTS = 4                       # per CPU: two VMs' worth (a VM's IDT page and stack page)
@@ -100,15 +101,6 @@ def _routine(kernel):
 
 
 _PTES = {n: struct.Struct(f"<{n}I") for n in range(1, WINDOW_PAGES + 1)}   # a window's page-table entries
-_RUNS = {}
-
-
-def _words(n):
-    """The struct of n u32s (a run of words the CPU loads or stores in one access), made once."""
-    run = _RUNS.get(n)
-    if run is None:
-        run = _RUNS[n] = struct.Struct(f"<{n}I")
-    return run
 
 
 class MappingCacheError(RuntimeError):
@@ -342,7 +334,7 @@ class MappingCache:
             n, step = self._run(addresses, i)
             window = self._lookup(address)
             low = window if step > 0 else window + (n - 1) * step
-            got = _words(n).unpack(self._cpu_access(self.cpu.read_linear, low, 4 * n))
+            got = u32s(n).unpack(self._cpu_access(self.cpu.read_linear, low, 4 * n))
             words.extend(got if step > 0 else reversed(got))
             self._hits_again(window, n - 1)
             i += n
@@ -370,7 +362,7 @@ class MappingCache:
             if step < 0:
                 values.reverse()
             low = window if step > 0 else window + (n - 1) * step
-            self._cpu_access(self.cpu.write_linear, low, _words(n).pack(*values))
+            self._cpu_access(self.cpu.write_linear, low, u32s(n).pack(*values))
             self._hits_again(window, n - 1)
             i += n
 
@@ -389,7 +381,7 @@ class MappingCache:
         window = self._lookup(top + 4 * (n - 1))
         words = [v & 0xFFFFFFFF for v in values]
         words.reverse()
-        self._cpu_access(self.cpu.write_linear, window - 4 * (n - 1), _words(n).pack(*words))
+        self._cpu_access(self.cpu.write_linear, window - 4 * (n - 1), u32s(n).pack(*words))
         self._hits_again(window, n - 1)
 
     def pop(self, top, n, reach_checked=False):
@@ -405,7 +397,7 @@ class MappingCache:
         if not reach_checked:
             self._reachable()
         window = self._lookup(top)
-        words = _words(n).unpack(self._cpu_access(self.cpu.read_linear, window, 4 * n))
+        words = u32s(n).unpack(self._cpu_access(self.cpu.read_linear, window, 4 * n))
         self._hits_again(window, n - 1)
         return list(words)
 

@@ -369,7 +369,7 @@ def give_back(kernel, cpu):
     the load. Both are then as before the load, which for a bump
     allocator is what freeing means. A block the COS allocated past stays
     cleared but not reusable, and the event says so."""
-    memory, trace = kernel.memory, kernel.trace
+    trace = kernel.trace
     gdtr, idtr, tr = cpu["gdtr"], cpu["idtr"], cpu["tr"]
     trace.emit("unload.resumed", cpu.index, cpl=cpu.cpl, cs=f"{cpu['cs']:#x}", eip=cpu["eip"],
                gdtr=f"{gdtr[1]:#x}/{gdtr[2]:#x}", idtr=f"{idtr[1]:#x}/{idtr[2]:#x}",

@@ -65,3 +65,15 @@ def _word(offset):
         else:
             _pack(view, self.address + offset, value)
     return _Word(read, write)
+
+
+_RUNS = {}
+
+
+def u32s(n):
+    """The struct of n little-endian u32s, made once: a run of words read or written in
+    one access (the kernel's pushes onto a stack, the mapping cache's word runs)."""
+    run = _RUNS.get(n)
+    if run is None:
+        run = _RUNS[n] = struct.Struct(f"<{n}I")
+    return run

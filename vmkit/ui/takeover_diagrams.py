@@ -1,7 +1,6 @@
 """Who the interrupts belong to: IDTR -> table -> handlers -> whose memory."""
 import graphviz
 
-from vmkit.cos import layout as cos_layout
 from vmkit.hw.x86 import decode_gate
 from .render import show
 
