@@ -61,6 +61,7 @@ PAGING = 0x80000000             # CR0.PG
 _U32 = struct.Struct("<I")
 COUNTERS = ("hits", "misses", "evictions", "local_flushes", "ipis_sent", "shootdowns_taken")
 _COUNTER = {name: 4 * i for i, name in enumerate(COUNTERS)}
+_HITS = _COUNTER["hits"]        # (the counter every hit bumps)
 SHOOTDOWN_VECTOR = 0xF1         # "flush your TLB": the IPI a shared window needs (smp.py)
 
 # ---- the mapping cache's x86, included in the kernel image (kernel/image.py) ------------
@@ -177,7 +178,7 @@ class MappingCache:
             view, want = self.memory._view, page | PRESENT      # first slot mapping the page)
             for slot, pte in enumerate(_PTES[len(s.last_used)].unpack_from(view, self.table)):
                 if pte & _FRAME_PRESENT == want:
-                    at = self.counters + _COUNTER["hits"]
+                    at = self.counters + _HITS
                     _U32.pack_into(view, at, (_U32.unpack_from(view, at)[0] + 1) & 0xFFFFFFFF)
                     s.last_used[slot] = s.clock
                     return WINDOW + slot * layout.PAGE + (address & 0xFFF)
@@ -379,10 +380,16 @@ class MappingCache:
         if not reach_checked:
             self._reachable()
         window = self._lookup(top + 4 * (n - 1))
-        words = [v & 0xFFFFFFFF for v in values]
-        words.reverse()
-        self._cpu_access(self.cpu.write_linear, window - 4 * (n - 1), u32s(n).pack(*words))
-        self._hits_again(window, n - 1)
+        words = [v & 0xFFFFFFFF for v in reversed(values)]
+        try:                                    # (_cpu_access's, inline: one call fewer per push)
+            self.cpu.write_linear(window - 4 * (n - 1), u32s(n).pack(*words))
+        except LinearFault as e:
+            raise MappingCacheError(f"the mapping window is out of reach: {e}") from None
+        if n > 1:                               # (_hits_again's, inline)
+            s, view, at = self.state, self.memory._view, self.counters + _HITS
+            s.clock += n - 1
+            _U32.pack_into(view, at, (_U32.unpack_from(view, at)[0] + n - 1) & 0xFFFFFFFF)
+            s.last_used[(window - WINDOW) >> 12] = s.clock
 
     def pop(self, top, n, reach_checked=False):
         """The CPU's n pops from ESP = `top`: the words at top, top + 4, ... top + 4·(n-1), in
@@ -397,8 +404,15 @@ class MappingCache:
         if not reach_checked:
             self._reachable()
         window = self._lookup(top)
-        words = u32s(n).unpack(self._cpu_access(self.cpu.read_linear, window, 4 * n))
-        self._hits_again(window, n - 1)
+        try:                                    # (_cpu_access's, inline: one call fewer per pop)
+            words = u32s(n).unpack(self.cpu.read_linear(window, 4 * n))
+        except LinearFault as e:
+            raise MappingCacheError(f"the mapping window is out of reach: {e}") from None
+        if n > 1:                               # (_hits_again's, inline)
+            s, view, at = self.state, self.memory._view, self.counters + _HITS
+            s.clock += n - 1
+            _U32.pack_into(view, at, (_U32.unpack_from(view, at)[0] + n - 1) & 0xFFFFFFFF)
+            s.last_used[(window - WINDOW) >> 12] = s.clock
         return list(words)
 
     def write_u32(self, address, value):
