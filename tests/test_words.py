@@ -68,3 +68,26 @@ def test_pushing_words_at_once_stores_what_as_many_pushes_store_and_refuses_the_
     with pytest.raises(StackPastLimit):
         many.push_words(1, 2, 3)
     assert many.esp == 8 and memory.read(0, 16) == before   # nothing changed
+
+
+def test_a_record_inside_memory_and_one_past_its_end_have_the_same_words_and_methods():
+    """Inside the buffer a record's words are C-level fields over memory itself (words.py),
+    past its end each is checked: the same names, offsets, methods and wrap mod 2**32."""
+    from vmkit.kernel.cos_vcpu import CosVcpu
+    memory = PhysicalMemory(0x2000)
+    inside, edge = Frame(memory, 0x1000, stack_limit=0x1FFF), Frame(memory, 0x2000 - 8, stack_limit=0x1FFF)
+    assert type(inside).__name__ == type(edge).__name__ == "Frame" and inside.stack_limit == 0x1FFF
+    assert type(inside).OFFSET == Frame.OFFSET and Frame(memory, 0x1000).stack_limit == 0xFFFFFFFF
+    for frame in (inside, edge):
+        frame.edi, frame.esi = -1, 1 << 32 | 7
+        assert (frame.edi, frame.esi) == (0xFFFFFFFF, 7)
+        assert memory.read_u32(frame.address) == 0xFFFFFFFF and memory.read_u32(frame.address + 4) == 7
+    inside.esp = 0x1800
+    inside.push_words(1, 2)
+    assert (inside.esp, inside.pop(), inside.pop(), inside.esp) == (0x17F8, 2, 1, 0x1800)
+    vcpu = CosVcpu(memory, 0x100)
+    vcpu.delivered(3)
+    assert vcpu.in_service == 8 == memory.read_u32(0x100 + CosVcpu.OFFSET["in_service"])
+    assert vcpu.as_dict()["in_service"] == 8 and vcpu.eoi() == 3 and vcpu.in_service == 0
+    with pytest.raises(AttributeError, match="no attribute 'pendng'"):
+        vcpu.pendng = 1

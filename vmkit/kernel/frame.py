@@ -48,10 +48,12 @@ class Frame(Words):
         """stack_limit: the last offset of the interrupted (COS) stack's segment
         (base 0). The kernel's pushes and pops there are Python writes, which no
         segment-limit check sees: they check it here, as the CPU's own would.
-        (Words.__init__'s work done here: the kernel makes a frame per entry.)"""
+        (A frame inside the memory buffer is made by Words.__new__, which calls _setup.)"""
         self.memory, self.address, self.stack_limit = memory, address, stack_limit
-        view = getattr(memory, "_view", None)
-        self._view = view if view is not None and 0 <= address and address + _SIZE <= len(view) else None
+
+    def _setup(self, memory, address, stack_limit=FLAT):
+        """(Words.__new__'s, for a frame in the memory buffer: its words are fields there.)"""
+        self.memory, self.address, self.stack_limit = memory, address, stack_limit
 
     @property
     def from_cos(self):
@@ -103,6 +105,3 @@ class Frame(Words):
         value = self.memory.read_u32(esp)
         self.esp = esp + 4
         return value
-
-
-_SIZE = Frame.SIZE
