@@ -380,9 +380,13 @@ class MappingCache:
         if not reach_checked:
             self._reachable()
         window = self._lookup(top + 4 * (n - 1))
-        words = [v & 0xFFFFFFFF for v in reversed(values)]
+        run = u32s(n)
+        try:
+            data = run.pack(*values[::-1])
+        except struct.error:                    # a value past 32 bits: stored mod 2**32, as pushed
+            data = run.pack(*[v & 0xFFFFFFFF for v in values[::-1]])
         try:                                    # (_cpu_access's, inline: one call fewer per push)
-            self.cpu.write_linear(window - 4 * (n - 1), u32s(n).pack(*words))
+            self.cpu.write_linear(window - 4 * (n - 1), data)
         except LinearFault as e:
             raise MappingCacheError(f"the mapping window is out of reach: {e}") from None
         if n > 1:                               # (_hits_again's, inline)
