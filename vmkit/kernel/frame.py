@@ -48,12 +48,17 @@ class Frame(Words):
         """stack_limit: the last offset of the interrupted (COS) stack's segment
         (base 0). The kernel's pushes and pops there are Python writes, which no
         segment-limit check sees: they check it here, as the CPU's own would.
-        (A frame inside the memory buffer is made by Words.__new__, which calls _setup.)"""
+        (A frame inside the memory buffer is made by __new__, as its words' fields.)"""
         self.memory, self.address, self.stack_limit = memory, address, stack_limit
 
-    def _setup(self, memory, address, stack_limit=FLAT):
-        """(Words.__new__'s, for a frame in the memory buffer: its words are fields there.)"""
-        self.memory, self.address, self.stack_limit = memory, address, stack_limit
+    def __new__(cls, memory, address, stack_limit=FLAT):
+        """Words.__new__'s, written out (the kernel makes a frame per entry)."""
+        view = getattr(memory, "_view", None)
+        if view is not None and 0 <= address and address + cls.SIZE <= len(view):
+            frame = cls._in_memory.from_address(memory.address + address)
+            frame.memory, frame.address, frame.stack_limit = memory, address, stack_limit
+            return frame
+        return object.__new__(cls)
 
     @property
     def from_cos(self):
