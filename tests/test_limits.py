@@ -6,6 +6,8 @@ import pytest
 from vmkit.hw.x86 import encode_segment, encode_tss, CODE_RX, DATA_RW, TSS_AVAILABLE
 from conftest import write_idt, u32, IDT_A, GDT, TSS, RING0_STACK
 
+pytestmark = pytest.mark.needs_c("segment limits: the limit filter is C")
+
 LIMIT = 0x8FFFF                 # the CPL 3 segments end here
 RECORD = 0x5000                 # the #GP/#SS handler writes vector, error, EIP here
 
