@@ -1,5 +1,5 @@
 """The machine without its C library (no C compiler: counter.library() is None): the same machine,
-the counter a Python code hook; and the learner told once why it is slower and what it lacks."""
+the counter a Python code hook, the limit checks Python's; and the learner told once why it is slower."""
 import pytest
 
 from vmkit.hw import counter
@@ -34,9 +34,19 @@ def test_without_a_compiler_the_learner_is_told_once(monkeypatch):
     monkeypatch.setattr(counter, "_LIB", None)
     monkeypatch.setattr(counter, "_build", lambda: None)
     monkeypatch.setattr(counter.shutil, "which", lambda name: None)
-    with pytest.warns(RuntimeWarning, match=r"no C compiler: none of cc, gcc, clang on PATH.*segment limits are NOT checked"):
+    with pytest.warns(RuntimeWarning, match=r"no C compiler: none of cc, gcc, clang on PATH.*the same machine.*apt-get install gcc"):
         assert counter.library() is None
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert counter.library() is None              # once: not again
+
+
+def test_without_the_library_every_escape_of_the_cos_is_still_refused(monkeypatch):
+    """Notebook 09's escapes (a store into the kernel's IDT past the COS's limit, a jump into
+    the kernel's code past CS's limit, ...): the machine refuses each with its fault, the
+    limit checks made in Python (limits_python.py) where the C filter is missing."""
+    from vmkit.lessons import cos_escapes
+    monkeypatch.setattr(counter, "_LIB", False)
+    attempts = cos_escapes.escapes()
+    assert len(attempts) == 5 and all(a.refused for a in attempts), "\n".join(map(str, attempts))
