@@ -58,7 +58,6 @@ def test_a_vmm_probe_reaches_the_kernel_with_its_own_segments_and_stops_at_their
     assert prober.vmm(probes.PROBE_MEMORY).outcome == "#PF"           # inside the limit, no page
 
 
-@pytest.mark.needs_c("segment limits: the limit filter is C")
 def test_a_cos_probe_into_the_kernel_is_a_limit_fault_the_kernel_skips(prober):
     idt = prober.kernel.base + layout.IDT
     before = prober.board.memory.read(idt, 8)
@@ -82,7 +81,6 @@ def test_the_vmm_reaches_the_kernel_with_cs_and_ds_unchanged(prober):
     assert "unchanged across the VMM's jmp into the kernel: yes" in lesson.segments_text([entry, kernel], prober.kernel)
 
 
-@pytest.mark.needs_c("segment limits: the limit filter is C")
 def test_every_escape_is_refused_by_the_machine():
     attempts = cos_escapes.escapes()
     assert len(attempts) == 5 and all(a.refused for a in attempts), "\n".join(map(str, attempts))

@@ -7,8 +7,6 @@ from vmkit.cos import layout as cos_layout
 from vmkit.kernel import layout, switch
 from test_takeover import booted, insmod
 
-pytestmark = pytest.mark.needs_c("the COS held by its segment limits: the limit filter is C")
-
 
 @pytest.fixture
 def displaced():

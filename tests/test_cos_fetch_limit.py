@@ -1,12 +1,8 @@
 """The displaced COS cannot run the kernel's code: a jump past its code segment's limit
 is a #GP(0) at the jump's target, before the instruction there runs (the platform checks
 each fetch against CS's limit, hw/limits.py), delivered into the kernel."""
-import pytest
-
 from vmkit.kernel import layout
 from test_cos_contained import displaced, run_module   # noqa: F401 (a fixture)
-
-pytestmark = pytest.mark.needs_c("a fetch past CS's limit: the C counter checks it")
 
 
 def test_a_cos_jump_into_the_kernels_code_faults_at_its_target(displaced):

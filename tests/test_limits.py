@@ -6,8 +6,6 @@ import pytest
 from vmkit.hw.x86 import encode_segment, encode_tss, CODE_RX, DATA_RW, TSS_AVAILABLE
 from conftest import write_idt, u32, IDT_A, GDT, TSS, RING0_STACK
 
-pytestmark = pytest.mark.needs_c("segment limits: the limit filter is C")
-
 LIMIT = 0x8FFFF                 # the CPL 3 segments end here
 RECORD = 0x5000                 # the #GP/#SS handler writes vector, error, EIP here
 
@@ -148,6 +146,7 @@ def test_an_instruction_straddling_the_code_limit_is_gp0(board):
     assert u32(board, 0x8F000) == 0
 
 
+@pytest.mark.needs_c("the C filter's own shortcut for the CPU's descriptor reads")
 def test_a_world_switchs_ltr_reads_its_descriptor_without_the_decoder():
     """ltr/lldt m16 read their descriptor in the GDT (the CPU's own 4-byte reads; the operand
     is 2 bytes): the C filter lets them through, so a switch into a VM, whose GDT lies past

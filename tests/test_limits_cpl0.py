@@ -5,12 +5,8 @@ flat segments stay free of Python (the C filter, limits.c), even while the segme
 registers it does not use (FS, GS) still hold a shorter segment of the code it interrupted."""
 import struct
 
-import pytest
-
 from vmkit.hw.x86 import encode_gate, encode_segment, CODE_RX, DATA_RW
 from conftest import write_idt, install_tss, u32, IDT_A, GDT
-
-pytestmark = pytest.mark.needs_c("segment limits: the limit filter is C")
 
 SHORT = 0x7FFFF                     # the limit of the DPL 0 segments that are not flat
 SHORT_DATA, SHORT_CODE = 0x30, 0x38

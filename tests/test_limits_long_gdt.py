@@ -8,8 +8,6 @@ from vmkit.hw.limits_prepared import SELECTORS
 from vmkit.hw.x86 import encode_segment, encode_tss, CODE_RX, DATA_RW, TSS_AVAILABLE
 from conftest import write_idt, u32, IDT_A, GDT, TSS, RING0_STACK
 
-pytestmark = pytest.mark.needs_c("segment limits: the limit filter is C")
-
 RECORD = 0x5000
 FLAT = 0xFFFFFFFF
 

@@ -48,7 +48,6 @@ WRONG = {
 }
 
 
-@pytest.mark.needs_c("segment limits: the limit filter is C")
 @pytest.mark.parametrize("name", list(WRONG))
 def test_a_wrong_load_fails_with_its_hint(name):
     source, hint = WRONG[name]
@@ -65,7 +64,6 @@ def test_bad_assembly_is_a_clear_problem():
     assert problem.startswith("your load sequence does not assemble: line 2")
 
 
-@pytest.mark.needs_c("segment limits: the limit filter is C")
 def test_a_refused_world_left_running_keeps_whole_runs():
     """Left to run after the refusal, the machine keeps whole runs: the CPU stops where IF
     is set, not after every instruction while the timer's request waits (it once ran one
@@ -82,7 +80,6 @@ def test_a_refused_world_left_running_keeps_whole_runs():
     assert len(runs) < 5_000, len(runs)      # the kernel's own stubs, ~19 per retry of ~220
 
 
-@pytest.mark.needs_c("segment limits: the limit filter is C")
 def test_a_load_through_the_next_worlds_ds_is_refused_entering_a_vm_from_the_cos():
     """The first switch is the COS -> vm1: a read of the save area through DS after
     `mov ds` goes through vm1's DS (its memory only), and the CPU refuses it there, as it
@@ -101,7 +98,6 @@ def test_a_load_through_the_next_worlds_ds_is_refused_entering_a_vm_from_the_cos
     assert "read the save area through SS, the kernel's" in problem, problem
 
 
-@pytest.mark.needs_c("segment limits: the limit filter is C")
 def test_a_load_through_the_next_worlds_ds_is_refused_entering_the_cos_from_a_vm():
     """The other way: a read through DS after `mov ds` only when the next world is the COS
     (CR3 0) faults in the first switch into the COS, judged by the COS's DS (it ends below

@@ -88,7 +88,6 @@ WRONG = [
 ]
 
 
-@pytest.mark.needs_c("segment limits: the limit filter is C")
 @pytest.mark.parametrize("answer, hint", WRONG, ids=[f"{a.__name__}-{i}" for i, (a, _) in enumerate(WRONG)])
 def test_a_known_wrong_guest_segment_fails_with_its_hint(answer, hint):
     problem = grader.check_guest(types.SimpleNamespace(guest_segment=answer))
@@ -137,7 +136,6 @@ WRONG_VMM = [
 ]
 
 
-@pytest.mark.needs_c("segment limits: the limit filter is C")
 @pytest.mark.parametrize("answer, hint", WRONG_VMM,
                          ids=[f"{a.__name__}-{i}" for i, (a, _) in enumerate(WRONG_VMM)])
 def test_a_known_wrong_vmm_segment_fails_with_its_hint(answer, hint):

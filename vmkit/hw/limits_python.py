@@ -12,7 +12,7 @@ and the CPL as they were does nothing, any other hooks its ranges anew.
 from unicorn import UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE
 
 from . import unicorn_quirks
-from .limits_decode import FLAT, inside
+from .limits_decode import FLAT, holds, inside
 from .limits_prepared import SELECTORS, _decode, _merge
 from .x86 import CR0_PG
 
@@ -87,6 +87,8 @@ class PythonChecks:
             if sel not in held:
                 held[sel] = self._descriptor(sel)
         cs = held[selectors[0]]
+        if not holds(cs, selectors[0] & 3):
+            return                          # CS was not loaded from this GDT: no limit judged
         try:
             head = cpu.read_linear(((cs.base if cs else 0) + eip) & FLAT, 4)
         except ValueError:
@@ -103,9 +105,7 @@ class PythonChecks:
         if cs & 4 or cs >> 3 == 0:
             return False
         d = self._descriptor(cs)
-        if d is None or not d.s or not d.type & 8:
-            return False
-        if not (d.dpl <= cs & 3 if d.type & 4 else d.dpl == cs & 3):
+        if not holds(d, cs & 3):
             return False
         if size == 0 or size > 15:
             size = 1
