@@ -15,6 +15,8 @@ from vmkit.hw.board import Board
 from vmkit.hw.registers import GENERAL, SEGMENTS
 from vmkit.hw.x86 import encode_gate, encode_segment, encode_tss, decode_gate, CODE_RX, DATA_RW, TSS_AVAILABLE
 
+pytestmark = pytest.mark.needs_c("the C delivery's own tests")
+
 IDT, GDT, TSS = 0x2000, 0x3000, 0x3100
 STACK0, STACK1, STACK3 = 0x8F000, 0x7F000, 0x6F000
 HANDLER, HANDLER_LOW = 0x6000, 0x5800

@@ -146,6 +146,7 @@ def test_an_instruction_straddling_the_code_limit_is_gp0(board):
     assert u32(board, 0x8F000) == 0
 
 
+@pytest.mark.needs_c("the C filter's own shortcut for the CPU's descriptor reads")
 def test_a_world_switchs_ltr_reads_its_descriptor_without_the_decoder():
     """ltr/lldt m16 read their descriptor in the GDT (the CPU's own 4-byte reads; the operand
     is 2 bytes): the C filter lets them through, so a switch into a VM, whose GDT lies past

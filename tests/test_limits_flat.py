@@ -11,6 +11,8 @@ from vmkit.hw.x86 import encode_gate
 from conftest import u32, IDT_A
 from test_limits_cpl0 import cpl0_board, record, SHORT, SHORT_DATA, SHORT_CODE
 
+pytestmark = pytest.mark.needs_c("the limit filter's flat stretch")
+
 LOOP = 2000                         # stores past SHORT: well over limits_flat.STRETCH_AFTER
 WORK = 0x95000                      # the loop's counter: past SHORT, in the hooked range
 FLAT_LOOP = f"""

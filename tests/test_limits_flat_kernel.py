@@ -1,9 +1,13 @@
 """The kernel's work loop (kernel/image.py `work:`) in the COS's world is a flat stretch
 (limits.py): its stores, past the COS's limit, no longer go through the limit hooks; and the
 COS, resumed right after it, still cannot store past its limit."""
+import pytest
+
 from vmkit.kernel import layout
 from vmkit.lessons import takeover
 from test_cos_contained import displaced, run_module  # noqa: F401 (a fixture)
+
+pytestmark = pytest.mark.needs_c("the limit filter's flat stretch")
 
 
 def test_the_kernels_work_loop_runs_with_the_limit_hooks_off():

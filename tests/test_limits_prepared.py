@@ -6,11 +6,15 @@ GDT in memory says is refused, one inside it lands, whatever configuration came 
 import ctypes
 import struct
 
+import pytest
+
 from vmkit.hw import limits_prepared, unicorn_quirks
 from vmkit.hw.x86 import encode_gate, encode_segment, DATA_RW
 from conftest import u32, GDT, TSS, IDT_A
 from test_limits import user_board, run_user, RECORD, LIMIT
 import test_limits_paging as paged
+
+pytestmark = pytest.mark.needs_c("the limit filter's prepared configurations")
 
 USER_DATA = 0x20                    # the ring-3 data segment's entry in user_board's GDT
 OTHER_GDT = 0x3800                  # a copy of that GDT, its ring-3 data segment shorter

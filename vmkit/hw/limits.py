@@ -38,8 +38,8 @@ are looked at. What is checked, and how:
 SegmentLimits is one CPU's checks, in parts as the CPU is (cpu.py): Configurations
 (limits_prepared.py), FlatStretch (limits_flat.py), SlowPath (limits_decode.py) and
 PagingChecks (limits_paging.py). The C filter's state (struct vmkit_limits, vmkit.h) is
-declared here. Without a C compiler (no C counter, counter.py) only the checks made in
-Python remain: the #PF path and the gate's offset.
+declared here. Without a C compiler (counter.library() is None) PythonChecks
+(limits_python.py) hooks the same ranges in Python, and the Python counter checks the fetch.
 """
 import ctypes
 
@@ -50,6 +50,7 @@ from unicorn.unicorn_py3 import unicorn as _uc
 from .limits_decode import FLAT, SEGMENT_REGS, SlowPath, Violation
 from .limits_flat import STRETCH_AFTER, FlatStretch
 from .limits_paging import PagingChecks
+from .limits_python import PythonChecks
 from .limits_prepared import PREPARED, RANGES, SELECTORS, Configurations, _Prepared
 from .x86 import GP
 
@@ -78,7 +79,7 @@ class _State(ctypes.Structure):
                 ("pending", _Prepared), ("prepared", _Prepared * PREPARED)]
 
 
-class SegmentLimits(Configurations, FlatStretch, SlowPath, PagingChecks):
+class SegmentLimits(Configurations, FlatStretch, SlowPath, PagingChecks, PythonChecks):
     """One CPU's limit checks (see the module's docstring)."""
 
     def __init__(self, cpu, library):
@@ -89,6 +90,7 @@ class SegmentLimits(Configurations, FlatStretch, SlowPath, PagingChecks):
         self.stretches = 0                  # flat stretches begun (tests, figures)
         self.state = None                   # the C filter's (limits.c); `quiet` > 0 while the
         if library is None:                 # platform delivers: its register writes load CS and SS
+            self._python_start()            # (limits_python.py)
             return
         self._slow = _SLOW(self._on_slow)   # kept alive: C holds a pointer to it
         self.state = _State(ctypes.cast(self._slow, ctypes.c_void_p).value,
@@ -123,7 +125,7 @@ class SegmentLimits(Configurations, FlatStretch, SlowPath, PagingChecks):
         """The violation the last run stopped for (its store undone; or an instruction
         fetched past CS's limit, which the counter stopped before), or None."""
         v, self.violation = self.violation, None
-        c = self.cpu.counter.state if self.lib is not None else None
+        c = self.cpu.counter.state
         if v is None and c is not None and c.fetch_fault:
             address, c.fetch_fault = c.fetch_fault - 1, 0
             cs = self._descriptor(self.cpu["cs"])

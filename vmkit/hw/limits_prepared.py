@@ -76,7 +76,7 @@ class Configurations:
         match it byte for byte (a world switch goes between a few); only a new one is
         decoded here."""
         if self.lib is None:
-            return
+            return self._python_refresh(cpl, paging, loading)     # (limits_python.py)
         paging = -1 if paging is None else 1 if paging else 0
         if loading:
             base, limit = loading
@@ -104,7 +104,7 @@ class Configurations:
         """The linear ranges hooked (wanted hooked: during a flat stretch they are off), (first, last)."""
         s = self.state
         if s is None:
-            return ()
+            return self._py_ranges          # (limits_python.py)
         return tuple(zip(s.first[:s.nranges], s.last[:s.nranges]))
 
     @property
