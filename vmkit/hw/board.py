@@ -51,9 +51,8 @@ SCSI_PORT, SCSI_IRQ = 0xC100, 11
 # CPU with IF clear (a kernel trap handler, a cli section) the C counter reads
 # EFLAGS before each instruction and stops the run at the first boundary with
 # IF set (CPU.run's `wake`): the interrupt is taken there, as on the INTR pin,
-# and a long cli section costs one run, not one per instruction. Without the
-# C counter, and in sti's one-instruction shadow, the board steps the CPU
-# INTR_POLL instructions at a time. (Measured: a 16-instruction poll resonated
+# and a long cli section costs one run, not one per instruction. In sti's
+# one-instruction shadow the board steps the CPU INTR_POLL instructions at a time. (Measured: a 16-instruction poll resonated
 # with a 16-instruction trap loop, landing in the kernel every time, and an
 # IRQ waited forever; stepping by 1 made a kernel looping with IF clear cost
 # one emu_start per instruction, ~30 times slower.)
@@ -202,7 +201,7 @@ class Board:
         if cpu is None:
             return self.clock
         state = cpu._count_state             # (CPU.progress, inlined: every trace event asks)
-        return self.clock + cpu.lead + cpu.done + (state.count if state is not None else 0)
+        return self.clock + cpu.lead + cpu.done + state.count
 
     def schedule(self, delay, fn):
         """Call fn() `delay` retired instructions from now.
@@ -262,9 +261,9 @@ class Board:
             # (the controllers first: asking them is Python, EFLAGS a call into Unicorn)
             waiting = [c for c in cpus if not c.halted and c.shutdown is None
                        and self.interrupt_pending(c) and (self._shadow or not c.interrupts_enabled)]
-            # INTR is up but IF is clear: the C counter stops the CPU where IF becomes set, and
-            # the slice runs on to its end; without it (or in sti's shadow) look again soon
-            self._polling = self._shadow or (bool(waiting) and any(not c.counter.exact for c in waiting))
+            # INTR is up but IF is clear: the counter stops the CPU where IF becomes set, and
+            # the slice runs on to its end; in sti's shadow look again after one instruction
+            self._polling = self._shadow
             self._shadow = False
             if self._polling and waiting:
                 step = min(step, INTR_POLL)

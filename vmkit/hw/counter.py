@@ -127,7 +127,6 @@ class Counter:
     def __init__(self, uc):
         self.uc = uc
         lib = library()
-        self.exact = True                    # counted either way: in C, or in Python
         self.compiled = lib is not None
         self._handle = ctypes.c_size_t()
         if self.compiled:

@@ -22,7 +22,8 @@ unicorn_quirks.py):
     delivered from the run loop, with EIP pointing at the `in`/`out`.
 Virtual time: Unicorn's `count=` does not report how many instructions ran
 before an early stop (hlt, an I/O fault, a fault on missing memory), so
-the CPU counts retired instructions itself with a C code hook (counter.c):
+the CPU counts retired instructions itself with a code hook (counter.c; counter.py's
+twin in Python without a C compiler):
 virtual time is exact, and a slice can be cut short when a device
 schedules an event inside it.
 
@@ -81,21 +82,19 @@ class CPU(Registers, Delivery, PortAccess, MMU, Stubs):
         self.delivered = 0                   # vectors delivered, for counters and benchmarks
         self._io_fault = None
         self._stop_requested = False
-        self._hook_stopped_at = self._hook_ran_at = None   # see on_execute
-        self._stubs, self._stub_hooks = {}, {}   # address -> handler (on_execute)
+        self._stubs = {}                          # address -> handlers (on_execute)
         self._resume_at = None                    # a stub whose handler ran; resume past the check
-        self._handler_at, self._executed = None, False     # see execute
         self.done = 0
         uc = self.uc
         self.counter = Counter(uc)
-        self._count_state = self.counter.state if self.counter.exact else None   # (progress)
+        self._count_state = self.counter.state     # (progress)
         self._uch, self._scratch, self._mmr = uc._uch, ctypes.c_uint64(), UcRegMMR()
         self._scratch_ref = ctypes.byref(self._scratch)
         self._eip = ctypes.c_uint64()             # run()'s own: only EIP is ever read into it
         self._eip_ref = ctypes.byref(self._eip)
         self._batches, self._buffers = {}, {}      # (registers.py's, mmu.py's)
         self._readers = self._make_readers()
-        lib = library() if self.counter.exact else None
+        lib = library()
         self.limits = SegmentLimits(self, lib)
         self._hooks = [self._hook(UC_HOOK_INTR, HOOK_INTR_CFUNC, self._on_interrupt),
                        self._hook(UC_HOOK_INSN_INVALID, HOOK_INSN_INVALID_CFUNC, self._on_invalid)]
@@ -152,8 +151,6 @@ class CPU(Registers, Delivery, PortAccess, MMU, Stubs):
         self.done = 0
         self._stop_requested = False
         counter = self.counter
-        if not counter.exact:
-            return self._run_counted(budget)
         limits, refusals, state, stubs = self.limits, self._io, counter.state, self._stubs
         uch, eip_ref, eip_value = self._uch, self._eip_ref, self._eip
         known = None                         # EIP as read after a handler ran: not read twice
@@ -227,44 +224,10 @@ class CPU(Registers, Delivery, PortAccess, MMU, Stubs):
         self.halted = True
         self.trace.emit("cpu.halt", self.index, eip=self["eip"] - 1, interrupts=self.interrupts_enabled)
 
-    def _run_counted(self, budget):
-        """run() without the C counter (no C compiler): Unicorn's count= runs the slice, a
-        Python code hook enters the stubs (on_execute), and a slice that stops early is
-        charged whole (Unicorn does not say how far it got)."""
-        counter = self.counter
-        if self.shutdown or self.halted:
-            return budget
-        self._io_fault = None
-        eip = self["eip"]
-        stopped_at, self._hook_stopped_at = self._hook_stopped_at, None
-        self._hook_ran_at = stopped_at if stopped_at is not None and stopped_at == eip else None
-        self._resume_at = None
-        executed, error = counter.run(eip, budget, NO_ADDRESS, None, False)
-        violation = self.limits.take()
-        self.done += executed
-        if violation is not None:
-            self.raise_fault(violation.vector, 0, violation.eip, violation.why)
-        elif error is not None:
-            self._on_stop_error(error)
-        elif self._io_fault:
-            vector, code, at, _ = self._io_fault
-            self.raise_fault(vector, code, at, "I/O port access above IOPL")
-        elif not self._stop_requested and self._ended_on_hlt():
-            self._halt()
-        return budget
-
-    def _ended_on_hlt(self):
-        """The run ended without error, fault or stop request: was it a hlt? Without the C
-        counter (which says whether the budget ran out) nobody knows: guess from the byte
-        before EIP (wrong when an iretd returns just past a hlt)."""
-        eip = self["eip"]
-        return self.cpl == 0 and 0 < eip <= self.memory.size and self.memory.read(eip - 1, 1) == b"\xf4"
-
     def progress(self):
-        """Instructions retired so far in the current `run` (exact counter only).
-        (Every trace event asks, through Board.now: the C counter's field read directly.)"""
-        state = self._count_state
-        return self.done if state is None else self.done + state.count
+        """Instructions retired so far in the current `run`.
+        (Every trace event asks, through Board.now: the counter's field read directly.)"""
+        return self.done + self._count_state.count
 
     def request_stop(self):
         """End the current slice after this instruction (the board must re-plan).
