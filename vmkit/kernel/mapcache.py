@@ -222,7 +222,7 @@ class MappingCache:
         if n:
             slot, s = (window - WINDOW) // layout.PAGE, self.state
             s.clock += n
-            view, at = self.memory._view, self.counters + _COUNTER["hits"]
+            view, at = self.memory._view, self.counters + _HITS
             _U32.pack_into(view, at, (_U32.unpack_from(view, at)[0] + n) & 0xFFFFFFFF)
             s.last_used[slot] = s.clock
 
@@ -389,11 +389,7 @@ class MappingCache:
             self.cpu.write_linear(window - 4 * (n - 1), data)
         except LinearFault as e:
             raise MappingCacheError(f"the mapping window is out of reach: {e}") from None
-        if n > 1:                               # (_hits_again's, inline)
-            s, view, at = self.state, self.memory._view, self.counters + _HITS
-            s.clock += n - 1
-            _U32.pack_into(view, at, (_U32.unpack_from(view, at)[0] + n - 1) & 0xFFFFFFFF)
-            s.last_used[(window - WINDOW) >> 12] = s.clock
+        self._hits_again(window, n - 1)
 
     def pop(self, top, n, reach_checked=False):
         """The CPU's n pops from ESP = `top`: the words at top, top + 4, ... top + 4·(n-1), in
@@ -412,11 +408,7 @@ class MappingCache:
             words = u32s(n).unpack(self.cpu.read_linear(window, 4 * n))
         except LinearFault as e:
             raise MappingCacheError(f"the mapping window is out of reach: {e}") from None
-        if n > 1:                               # (_hits_again's, inline)
-            s, view, at = self.state, self.memory._view, self.counters + _HITS
-            s.clock += n - 1
-            _U32.pack_into(view, at, (_U32.unpack_from(view, at)[0] + n - 1) & 0xFFFFFFFF)
-            s.last_used[(window - WINDOW) >> 12] = s.clock
+        self._hits_again(window, n - 1)
         return list(words)
 
     def write_u32(self, address, value):
