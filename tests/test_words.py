@@ -91,3 +91,17 @@ def test_a_record_inside_memory_and_one_past_its_end_have_the_same_words_and_met
     assert vcpu.as_dict()["in_service"] == 8 and vcpu.eoi() == 3 and vcpu.in_service == 0
     with pytest.raises(AttributeError, match="no attribute 'pendng'"):
         vcpu.pendng = 1
+
+
+def test_a_record_in_memory_is_an_instance_of_its_class_as_one_elsewhere_is():
+    """The twin a record inside the buffer is made as (words.py) answers isinstance as its
+    class does: a learner's or a widget's `isinstance(frame, Frame)` holds either way."""
+    from vmkit.kernel.cos_vcpu import CosVcpu
+    from vmkit.kernel.words import Words
+    memory = PhysicalMemory(0x2000)
+    inside, edge = Frame(memory, 0x1000), Frame(memory, 0x2000 - 8)
+    assert type(inside) is not Frame and type(edge) is Frame        # (the two kinds of record)
+    for frame in (inside, edge):
+        assert isinstance(frame, Frame) and isinstance(frame, Words) and not isinstance(frame, CosVcpu)
+    assert isinstance(CosVcpu(memory, 0x100), CosVcpu) and not isinstance(CosVcpu(memory, 0x100), Frame)
+    assert not isinstance(memory, Words)

@@ -9,7 +9,15 @@ import ctypes
 import struct
 
 
-class Words:
+class _Record(type):
+    """Words' metaclass: a record made in memory (its class's `_in_memory` twin, a ctypes
+    structure) is an instance of its class and of Words too, as a record made elsewhere is."""
+    def __instancecheck__(cls, obj):
+        kind = getattr(type(obj), "_record_class", None)
+        return type.__instancecheck__(cls, obj) or (kind is not None and issubclass(kind, cls))
+
+
+class Words(metaclass=_Record):
     """A subclass names its FIELDS and declares `__slots__` (its own attributes besides
     memory and address; usually none): a record has no __dict__, so a name that is not
     one of its words cannot be set by mistake (AttributeError). A record made inside
@@ -74,7 +82,7 @@ def _in_memory(cls, named):
                 namespace[name] = value
     namespace.setdefault("_setup", Words._setup)
     namespace.update(__slots__=tuple(slots), __module__=cls.__module__, __qualname__=cls.__qualname__,
-                     as_dict=Words.as_dict)
+                     as_dict=Words.as_dict, _record_class=cls)
     twin = type(cls.__name__, (ctypes.LittleEndianStructure,), namespace)
     twin._fields_ = [(name if name in named else f"_word_{i}", ctypes.c_uint32)
                      for i, name in enumerate(cls.FIELDS)]
