@@ -79,6 +79,13 @@ def _last_offset(base, limit, g):
     return decode_segment(descriptor(base, limit, g, DATA_RW, 3)).limit
 
 
+def _yours(base, limit, g):
+    """The learner's segment as the CPU reads it, for the start of every hint: (its last
+    offset, the sentence)."""
+    last = _last_offset(base, limit, g)
+    return last, f"your segment: base {base:#x}, limit {limit:#x}, G={g}: its last offset is {last:#x}"
+
+
 def reads(end):
     """{EIP of each read the guest makes: (the guest address it reads, its size, what)}: the
     guest's own addresses, from its code (the platform's report of a limit fault names the
@@ -161,8 +168,7 @@ def check_guest(module):
         return str(e)
     base, limit, g = r.fields
     end, fault, crash, console = r.space.guest_end, r.fault, r.crash, r.console
-    last = _last_offset(base, limit, g)
-    yours = f"your segment: base {base:#x}, limit {limit:#x}, G={g}: its last offset is {last:#x}"
+    last, yours = _yours(base, limit, g)
     read = reads(end).get(fault["eip"]) if fault is not None else None
     if base:
         what = f"the CPU took {_said(fault)}: {crash}" if fault else f"the guest printed {console!r}"
@@ -262,9 +268,8 @@ def check_vmm(module):
     except Refused as e:
         return str(e)
     base, limit, g = r.fields
-    last = _last_offset(base, limit, g)
+    last, yours = _yours(base, limit, g)
     s = r.space
-    yours = f"your segment: base {base:#x}, limit {limit:#x}, G={g}: its last offset is {last:#x}"
     if len(r.seen) < 2:
         firsts = "; ".join(f"{_said(f)} at EIP {f['eip']:#x} ({f['why']})" for f in r.faults[:2])
         where = ("the VMM's entry was never reached" if not r.seen else
