@@ -98,10 +98,7 @@ timer:  push eax
         iretd
 setup:  {gate(0x20, "timer")}
         {gate(0x21, "disk")}
-        mov word ptr [{guests.VARS + 8:#x}], 0x10f
-        mov dword ptr [{guests.VARS + 10:#x}], {guests.IDT:#x}
-        lidt [{guests.VARS + 8:#x}]
-        sti
+        {guests.load_idt(0, 0x10f)}
 idle:   hlt
         jmp idle
 """
@@ -178,10 +175,7 @@ def test_a_tick_through_a_gate_that_is_not_present_stops_that_vm_only():
     """Its IDT (loaded by lidt) has no gate 0x20: a CPU would fault delivering
     the tick; the VMM stops the VM rather than jump to the empty gate's offset 0."""
     source = f"""
-        mov word ptr [{guests.VARS + 8:#x}], 0x10f
-        mov dword ptr [{guests.VARS + 10:#x}], {guests.IDT:#x}
-        lidt [{guests.VARS + 8:#x}]
-        sti
+        {guests.load_idt(0, 0x10f)}
 idle:   hlt
         jmp idle
 """

@@ -31,7 +31,8 @@ from . import guests
 from .guests import _print, timer_handler
 from .vdisk_device import VDISK_LINE, VDISK_PORT
 
-VARS, RB, IDT, BUFFER = 0x3000, 0x3100, 0x3800, 0x4000
+VARS, IDT = guests.VARS, guests.IDT      # (guests.load_idt's table pointer and IDT)
+RB, BUFFER = 0x3100, 0x4000
 DONE = VARS + 0x10
 MEMORY = BUFFER + MAX_TRANSFER + 0x2000           # the buffer, then room for the stack
 GATES = 0x20 + VDISK_LINE + 1
@@ -60,7 +61,7 @@ def _say(text):
 
 
 def _driver(base):
-    v, rb, port = base + VARS, base + RB, VDISK_PORT
+    rb, port = base + RB, VDISK_PORT
     return f"""
 {timer_handler(base)}
 dirq:   push eax                        ; its disk: clear DONE, note it, EOI
@@ -104,9 +105,7 @@ dgot:   movzx eax, byte ptr [{rb + 2:#x}]
         ret
 setup:  {_gate(base + IDT, 0x20, "timer")}
         {_gate(base + IDT, 0x20 + VDISK_LINE, "dirq")}
-        mov word ptr [{v + 8:#x}], {GATES * 8 - 1:#x}
-        mov dword ptr [{v + 10:#x}], {base + IDT:#x}
-        lidt [{v + 8:#x}]
+        {guests.load_idt(base, GATES * 8 - 1, sti=False)}
         mov edx, {port + CONTROL:#x}
         mov eax, 1
         out dx, eax                     ; the adapter interrupts at DONE

@@ -31,8 +31,17 @@ def timer_handler(base, eoi=True):
         iretd"""
 
 
+def load_idt(base, limit=0x107, sti=True):
+    """x86: the guest loads its IDT (at IDT, `limit` its last byte) with lidt, through the
+    table pointer in its variables (VARS + 8), and with `sti` enables interrupts."""
+    v = base + VARS
+    return f"""mov word ptr [{v + 8:#x}], {limit:#x}
+        mov dword ptr [{v + 10:#x}], {base + IDT:#x}
+        lidt [{v + 8:#x}]""" + ("\n        sti" if sti else "")
+
+
 def _prologue(base, eoi=True):
-    v, idt = base + VARS, base + IDT
+    idt = base + IDT
     return f"""
 start:  jmp setup
 {timer_handler(base, eoi)}
@@ -42,10 +51,7 @@ setup:  lea eax, [timer]                 ; gate 0x20 -> timer (interrupt gate)
         mov word ptr [{idt + 0x104:#x}], 0x8e00
         shr eax, 16
         mov word ptr [{idt + 0x106:#x}], ax
-        mov word ptr [{v + 8:#x}], 0x107
-        mov dword ptr [{v + 10:#x}], {idt:#x}
-        lidt [{v + 8:#x}]
-        sti
+        {load_idt(base)}
         mov edx, 0x3f8
 """
 

@@ -38,7 +38,8 @@ from . import guests
 from .disk_guest import _gate, _say
 from .net_device import CONTROL, NET_PORT, REGION as REGION_REG, REQUEST
 
-VARS, IDT, INBOX, REGION = 0x3000, 0x3800, 0x4000, 0x8000
+VARS, IDT = guests.VARS, guests.IDT      # (guests.load_idt's table pointer and IDT)
+INBOX, REGION = 0x4000, 0x8000
 V_REGION, V_RECEIVED, V_HANDLED, V_LENGTHS = VARS + 0x10, VARS + 0x14, VARS + 0x18, VARS + 0x40
 MEMORY = REGION + net_ring.SIZE + 0x1000           # the region, then a page of stack
 GATES = 0x20 + NET_LINE + 1
@@ -53,7 +54,6 @@ def frame(dst, payload, src=b"\0" * 6):
 
 
 def _driver(base):
-    v = base + VARS
     return f"""
 {guests.timer_handler(base)}
 nirq:   pushad                          ; its network interrupt: take every filled RX slot
@@ -144,9 +144,7 @@ echo:   push esi                        ; the frame at esi (ecx bytes) back to i
         ret
 setup:  {_gate(base + IDT, 0x20, "timer")}
         {_gate(base + IDT, 0x20 + NET_LINE, "nirq")}
-        mov word ptr [{v + 8:#x}], {GATES * 8 - 1:#x}
-        mov dword ptr [{v + 10:#x}], {base + IDT:#x}
-        lidt [{v + 8:#x}]
+        {guests.load_idt(base, GATES * 8 - 1, sti=False)}
         mov edx, {NET_PORT + REGION_REG:#x}
         in eax, dx                      ; find the device: the shared region's address
         mov [{base + V_REGION:#x}], eax

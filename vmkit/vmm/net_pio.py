@@ -86,6 +86,7 @@ def program(name, dst, times, size=60):
     if not 60 <= size <= 1512 or size % 4:
         raise ValueError(f"a frame here is 60..1512 bytes, a multiple of 4, not {size!r}")
     from .disk_guest import _gate, _say
+    from . import guests
     from .guests import timer_handler
     from .net_guest import GATES, IDT, VARS, frame
     data = frame(dst, b"frame".ljust(size - 14, b"\0"))
@@ -93,7 +94,7 @@ def program(name, dst, times, size=60):
     streamed = _say(f"{name} streamed\n") + "\n" + _say(f"{name} done\n")
 
     def source(base):
-        v, buf = base + VARS, base + VARS + 0x100
+        buf = base + VARS + 0x100
         words = "\n".join(f"        mov dword ptr [{buf + 4 * k:#x}], "
                           f"{int.from_bytes(data[4 * k:4 * k + 4], 'little'):#x}"
                           for k in range(len(data) // 4))
@@ -101,9 +102,7 @@ def program(name, dst, times, size=60):
 start:  jmp setup
 {timer_handler(base)}
 setup:  {_gate(base + IDT, 0x20, "timer")}
-        mov word ptr [{v + 8:#x}], {GATES * 8 - 1:#x}
-        mov dword ptr [{v + 10:#x}], {base + IDT:#x}
-        lidt [{v + 8:#x}]
+        {guests.load_idt(base, GATES * 8 - 1, sti=False)}
 {words}
         mov edx, {PIO_PORT + MAC_LO:#x}
         in eax, dx                      ; the card's address into the frame's source
