@@ -47,6 +47,7 @@ import struct
 from typing import NamedTuple
 
 from vmkit.hw.asm import disassemble_one
+from vmkit.hw.switch_seal import Sealing
 from vmkit.hw.x86 import CR0_PG, EFLAGS_IF, EXCEPTION_NAMES, TSS_BUSY, decode_segment
 from . import layout
 from .frame import Frame
@@ -78,9 +79,45 @@ class Switch(NamedTuple):
 
 
 def begin(kernel, frame, cpu, current, nxt):
-    """Step 1: enter the x86 with the two save areas."""
+    """Step 1: enter the x86 with the two save areas; `saved`'s step armed in C for them."""
     kernel.trace.emit("switch.begin", cpu.index, frm=current.name, to=nxt.name)
     enter(frame, cpu, current.area, nxt.area)
+    if SEAL_IN_C:
+        _sealing(kernel).arm(cpu, current.area, nxt.area)
+
+
+# `saved`'s step is done in C where the save's x86 reaches the dispatcher (hw/switch_seal.c),
+# when it is the ordinary one: the run does not stop there (False: always the Python's)
+SEAL_IN_C = True
+
+
+def _sealing(kernel):
+    """The board's C sealing step, given the kernel's layout once."""
+    sealing = kernel.__dict__.get("_sealing")
+    if sealing is None:
+        base, end = kernel.block
+        layout_ = dict(at=kernel.base + kernel.image.dispatch, size=STATE_SIZE, slot=_F["vector"],
+                       frame=_F["vector"] + 4, saved=SAVED, go=layout.GO_SWITCH, gdtr_at=_GDTR_AT,
+                       eip_at=_EIP, low=base, high=end)
+        sealing = kernel._sealing = Sealing(kernel.board, layout_, functools.partial(_sealed, kernel))
+    return sealing
+
+
+def disarm(kernel, cpu):
+    """The switch is back in the Python (or refused): nothing armed for it."""
+    sealing = kernel.__dict__.get("_sealing")
+    if sealing is not None:
+        sealing.disarm(cpu)
+
+
+def _sealed(kernel, record):
+    """`saved`'s events for a step done in C: the same, from what C recorded."""
+    s = kernel.worlds.cpus[record.cpu].switching
+    if s is None or (s.frm.area, s.to.area) != (record.save, record.load):
+        raise RuntimeError(f"a sealed save area at {record.save:#x} on CPU {record.cpu} is no switch's")
+    return (("switch.save", {"world": s.frm.name, "area": record.save, "eip": record.eip}),
+            ("switch.cli", {"IF": record.IF}),
+            ("switch.check", {"world": s.to.name, "ok": True}))
 
 
 def enter(frame, cpu, save, load=None):
@@ -97,6 +134,7 @@ def enter(frame, cpu, save, load=None):
 def saved(kernel, frame, cpu, current, nxt):
     """Back from the x86's save: seal, trace, check the next world's area;
     enter the load. Raises SwitchError (nothing loaded) if the check fails.
+    (hw/switch_seal.c does the same in C when it can: `begin` arms it.)
     Returns (base, limit) of the GDT the load's lgdt will load (from the bytes checked)."""
     emit, memory, index, at = kernel.trace.emit, kernel.memory, cpu.index, current.area
     seal(memory, at)
