@@ -138,3 +138,12 @@ def test_nothing_is_armed_without_a_second_handler_at_the_dispatcher():
     board.run(200_000)
     assert counts(kernel, board)[0][0] == 0 and len(board.trace.of("switch.check")) > 3
     assert len(seen) >= 3 * len(board.trace.of("switch.check"))    # every stop, SAVED's too
+
+
+def test_step_by_step_stops_at_every_step():
+    board, kernel, vms = machine()
+    with switch.step_by_step(kernel):
+        board.run(200_000)
+    assert counts(kernel, board)[0][0] == 0 and len(board.trace.of("switch.check")) > 3
+    board.run(200_000)
+    assert counts(kernel, board)[0][0] > 0

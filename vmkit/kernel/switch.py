@@ -42,6 +42,7 @@ came from the switch, refuses that world, and loads the world it left again.
 
 The save area's layout, its CRC and counters: save_area.py; the x86: switch_x86.py.
 """
+import contextlib
 import functools
 import struct
 from typing import NamedTuple
@@ -82,7 +83,7 @@ def begin(kernel, frame, cpu, current, nxt):
     """Step 1: enter the x86 with the two save areas; `saved`'s step armed in C for them."""
     kernel.trace.emit("switch.begin", cpu.index, frm=current.name, to=nxt.name)
     enter(frame, cpu, current.area, nxt.area)
-    if SEAL_IN_C:
+    if SEAL_IN_C and not kernel.__dict__.get("step_by_step"):
         _sealing(kernel).arm(cpu, current.area, nxt.area)
 
 
@@ -101,6 +102,17 @@ def _sealing(kernel):
                        eip_at=_EIP, low=base, high=end)
         sealing = kernel._sealing = Sealing(kernel.board, layout_, functools.partial(_sealed, kernel))
     return sealing
+
+
+@contextlib.contextmanager
+def step_by_step(kernel):
+    """Inside: every step of a switch is the Python's, the CPU stopped at each (a tool that
+    reads the machine at each step's event, lessons/worlds.record_switch, needs the stop)."""
+    kernel.step_by_step = True
+    try:
+        yield
+    finally:
+        kernel.step_by_step = False
 
 
 def disarm(kernel, cpu):
