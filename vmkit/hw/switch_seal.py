@@ -14,19 +14,23 @@ The step's trace events are recorded in C with the count the handler would have 
 (the breakpoint's: the instruction counted), and appended to the trace before any other
 event (Trace.emit drains first) and at the end of the run they happened in (Counter.run,
 before the CPU adds the run's count to its total): the same events, in the same order, at
-the same virtual time as the Python step's. The kernel turns a record into its events
-(`to_events`). Without the C library (counter.py: no compiler) nothing is armed and the
+the same virtual time as the Python step's. Without the C library (counter.py: no compiler) nothing is armed and the
 Python step runs, as it does whenever C declines.
 """
 import ctypes
+import struct
 
 from unicorn import x86_const as X
+
+from .trace import Event
 from unicorn.unicorn_py3 import unicorn as _uc
 
 RECORDS = 4                            # as SEAL_EVENTS in switch_seal.c
 _IDS = ("ESP", "ESI", "EDI", "EFLAGS", "CR0", "CR3")      # as S_* in switch_seal.c
 _REG_READ_BATCH = ctypes.cast(_uc.uclib.uc_reg_read_batch, ctypes.c_void_p).value
 _REG_WRITE = ctypes.cast(_uc.uclib.uc_reg_write, ctypes.c_void_p).value
+_event = tuple.__new__
+_RECORD = struct.Struct("<6Q")        # a record: count, cpu, save, eip, IF, load
 
 
 class _Events(ctypes.Structure):
@@ -44,24 +48,14 @@ class _Seal(ctypes.Structure):
         ("events", ctypes.c_void_p), ("done", ctypes.c_uint64), ("declined", ctypes.c_uint64)]
 
 
-class Record(tuple):
-    """One step done in C: (cpu, save area, its saved EIP, IF, area to load)."""
-    __slots__ = ()
-    cpu = property(lambda r: r[0])
-    save = property(lambda r: r[1])
-    eip = property(lambda r: r[2])
-    IF = property(lambda r: r[3])
-    load = property(lambda r: r[4])
-
-
 class Sealing:
     """A board's sealing steps: one arming per CPU whose counter is the C one, one record
     buffer shared by them (the trace is the board's). `layout`: the kernel's numbers (at,
-    size, slot, frame, saved, go, gdtr_at, eip_at, low, high). `to_events(record)`: the
-    trace events of one step, [(kind, data), ...]."""
+    size, slot, frame, saved, go, gdtr_at, eip_at, low, high)."""
 
-    def __init__(self, board, layout, to_events):
-        self.board, self.to_events = board, to_events
+    def __init__(self, board, layout):
+        self.board = board
+        self._events = {}                  # per CPU: the armed step's (save, load, events)
         self.events = _Events()
         self._view = memoryview(self.events).cast("B").cast("Q")      # [0]: the count
         self.seals = {}
@@ -78,13 +72,15 @@ class Sealing:
             cpu.counter.seal(s, self._view, self.drain)
         board.trace.hold(self._view, self.drain)
 
-    def arm(self, cpu, save, load):
+    def arm(self, cpu, save, load, events):
         """The next hit of the dispatcher's breakpoint on `cpu` may do the step for these
-        areas (ESI, EDI: as the switch's x86 has them there). False: this CPU cannot."""
+        areas (ESI, EDI: as the switch's x86 has them there). `events(eip, IF)`: its trace
+        events, ((kind, data), ...), from the EIP it saved and IF. False: this CPU cannot."""
         s = self.seals.get(cpu.index)
         if s is None or len(cpu._stubs.get(s.at, ())) != 1:     # (it stands for one handler)
             return False
         s.save, s.load, s.armed = save, load, 1
+        self._events[cpu.index] = save, load, events
         return True
 
     def disarm(self, cpu):
@@ -100,17 +96,22 @@ class Sealing:
     def drain(self):
         """The records into the trace, each event at the virtual time the handler would have
         read: the clock with the counter at the record's count (the run it happened in is
-        the one running or just ended: drained before the CPU adds its count)."""
-        ev = self.events
-        n, ev.count = ev.count, 0
+        the one running or just ended: drained before the CPU adds its count). (Read through
+        the buffer's memoryview, the events made as Trace.emit makes them: a drain per switch.)"""
+        view = self._view
+        n, view[0] = view[0], 0
         trace, cpus = self.board.trace, self.board.cpus
+        clock, append = trace._clock, trace.events.append
         for i in range(n):
-            count, index, *rest = ev.rec[i]
+            count, index, save, eip, IF, load = _RECORD.unpack_from(view, 8 + _RECORD.size * i)
+            armed_save, armed_load, events = self._events[index]
+            if (save, load) != (armed_save, armed_load):
+                raise RuntimeError(f"CPU {index} sealed {save:#x}, armed for {armed_save:#x}")
             state = cpus[index].counter.state
             live, state.count = state.count, count
             try:
-                time = trace._clock()
+                time = clock()
             finally:
                 state.count = live
-            for kind, data in self.to_events(Record((index, *rest))):
-                trace.append(time, index, kind, data)
+            for kind, data in events(eip, IF):
+                append(_event(Event, (time, index, kind, data)))

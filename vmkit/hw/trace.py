@@ -60,10 +60,6 @@ class Trace:
         self.events.append(ev)
         return ev
 
-    def append(self, time, cpu, kind, data):
-        """An event recorded elsewhere, with the time it happened at (a drain's)."""
-        self.events.append(_event(Event, (time, cpu, kind, data)))
-
     def mark(self):
         """A position to read `since` from: lets a widget show only what a step did."""
         return len(self.events)

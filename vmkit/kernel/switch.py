@@ -84,7 +84,23 @@ def begin(kernel, frame, cpu, current, nxt):
     kernel.trace.emit("switch.begin", cpu.index, frm=current.name, to=nxt.name)
     enter(frame, cpu, current.area, nxt.area)
     if SEAL_IN_C and not kernel.__dict__.get("step_by_step"):
-        _sealing(kernel).arm(cpu, current.area, nxt.area)
+        frm, to, at = current.name, nxt.name, current.area
+
+        def events(eip, IF):                # `saved`'s, from what C read
+            return (("switch.save", {"world": frm, "area": at, "eip": eip}), ("switch.cli", {"IF": IF}),
+                    ("switch.check", {"world": to, "ok": True}))
+        _sealing(kernel).arm(cpu, at, nxt.area, events)
+
+
+def enter(frame, cpu, save, load=None):
+    """The stub goes to `world_switch` next: save into `save` (0: none;
+    RELOAD: none, and load with the kernel's own LOAD), load `load` (None: the
+    area EDI already names; the save's x86 leaves EDI as `begin` set it)."""
+    frame.vector = layout.GO_SWITCH
+    if load is None:
+        cpu["esi"] = save                   # (one register: half a batch write's cost)
+    else:
+        cpu.write(esi=save, edi=load)
 
 
 # `saved`'s step is done in C where the save's x86 reaches the dispatcher (hw/switch_seal.c),
@@ -100,7 +116,7 @@ def _sealing(kernel):
         layout_ = dict(at=kernel.base + kernel.image.dispatch, size=STATE_SIZE, slot=_F["vector"],
                        frame=_F["vector"] + 4, saved=SAVED, go=layout.GO_SWITCH, gdtr_at=_GDTR_AT,
                        eip_at=_EIP, low=base, high=end)
-        sealing = kernel._sealing = Sealing(kernel.board, layout_, functools.partial(_sealed, kernel))
+        sealing = kernel._sealing = Sealing(kernel.board, layout_)
     return sealing
 
 
@@ -120,27 +136,6 @@ def disarm(kernel, cpu):
     sealing = kernel.__dict__.get("_sealing")
     if sealing is not None:
         sealing.disarm(cpu)
-
-
-def _sealed(kernel, record):
-    """`saved`'s events for a step done in C: the same, from what C recorded."""
-    s = kernel.worlds.cpus[record.cpu].switching
-    if s is None or (s.frm.area, s.to.area) != (record.save, record.load):
-        raise RuntimeError(f"a sealed save area at {record.save:#x} on CPU {record.cpu} is no switch's")
-    return (("switch.save", {"world": s.frm.name, "area": record.save, "eip": record.eip}),
-            ("switch.cli", {"IF": record.IF}),
-            ("switch.check", {"world": s.to.name, "ok": True}))
-
-
-def enter(frame, cpu, save, load=None):
-    """The stub goes to `world_switch` next: save into `save` (0: none;
-    RELOAD: none, and load with the kernel's own LOAD), load `load` (None: the
-    area EDI already names; the save's x86 leaves EDI as `begin` set it)."""
-    frame.vector = layout.GO_SWITCH
-    if load is None:
-        cpu["esi"] = save                   # (one register: half a batch write's cost)
-    else:
-        cpu.write(esi=save, edi=load)
 
 
 def saved(kernel, frame, cpu, current, nxt):
