@@ -32,10 +32,13 @@ def counts(kernel, board):
 
 
 def observed(board, kernel):
-    """What the machine holds: the trace, every world's block, every CPU's registers."""
+    """What the machine holds: the trace, every world's block, every CPU's registers; and the
+    accesses the limit filter saw (a hook the step in C adds inside a run fires as one added
+    between runs: the load's accesses through the next world's segments are filtered)."""
     blocks = board.memory.read(kernel.base + layout.WORLDS, layout.MAX_WORLDS * layout.WORLD_SIZE)
-    return ([str(e) for e in board.trace.events], bytes(blocks),
-            [cpu.read(*REGISTERS) for cpu in board.cpus])
+    return [[str(e) for e in board.trace.events], bytes(blocks),
+            [cpu.read(*REGISTERS) for cpu in board.cpus],
+            [(cpu.limits.state.calls, cpu.limits.state.looked) for cpu in board.cpus]]
 
 
 def runs(monkeypatch):
@@ -57,19 +60,21 @@ def test_the_step_in_c_leaves_the_machine_as_the_python_step(monkeypatch, cpus):
     for in_c in (True, False):
         monkeypatch.setattr(switch, "SEAL_IN_C", in_c)
         board, kernel, _ = machine(cpus)
-        start = made[0]
+        start, before = made[0], observed(board, kernel)[3]
         board.run(400_000)
         results[in_c], stops[in_c] = observed(board, kernel), made[0] - start
+        results[in_c][3] = [(c - c0, l - l0) for (c, l), (c0, l0) in zip(results[in_c][3], before)]
         done = [d for d, _ in counts(kernel, board)]
         assert (sum(done) > 10) if in_c else (sum(done) == 0)
         if in_c:
             steps = sum(done)
             switches = len(board.trace.of("switch.begin"))
             assert all(d > 0 for d in done) and steps <= switches
-    trace, blocks, registers = results[True]
+    trace, blocks, registers, filtered = results[True]
     assert trace == results[False][0]
     assert blocks == results[False][1]
     assert registers == results[False][2]
+    assert filtered == results[False][3] and filtered[0][0] > 0
     assert stops[False] - stops[True] == steps          # one run fewer per step done in C
 
 
