@@ -49,7 +49,8 @@ void vmkit_count(void *uc, uint64_t address, uint32_t size, struct vmkit_counter
                         /* a world switch's sealing step done here (switch_seal.c): the
                          * instruction then runs as in the run resumed past the handler,
                          * whose first it would be; not at the budget (the resumed run
-                         * would be the next slice's) */
+                         * would be the next slice's). (The instruction before it, the
+                         * save's `jmp dispatch`, cannot have asked the run to stop.) */
                         if (c->seal && c->count < c->budget && seal_step(uc, c, address, c->count + 1)) {
                             first = 1;
                             break;
