@@ -152,3 +152,18 @@ def test_step_by_step_stops_at_every_step():
     assert counts(kernel, board)[0][0] == 0 and len(board.trace.of("switch.check")) > 3
     board.run(200_000)
     assert counts(kernel, board)[0][0] > 0
+
+
+def test_without_the_library_nothing_is_armed_and_the_trace_is_the_same(monkeypatch):
+    """No C compiler (counter.library() None): the Python counter, the step always the
+    Python's, the same switches at the same times."""
+    board, kernel, _ = machine()
+    board.run(150_000)
+    with_c = [str(e) for e in board.trace.events]
+    assert counts(kernel, board)[0][0] > 0
+    monkeypatch.setattr(counter_module, "_LIB", False)
+    board, kernel, _ = machine()
+    assert not board.cpu.counter.compiled
+    board.run(150_000)
+    assert counts(kernel, board) == [(0, 0)] and len(board.trace.of("switch.check")) > 3
+    assert [str(e) for e in board.trace.events] == with_c
