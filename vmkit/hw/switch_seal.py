@@ -1,29 +1,29 @@
 """A world switch's sealing step done in C at the counter's breakpoint (switch_seal.c),
 so the run does not stop for it.
 
-A world switch stopped the CPU three times: the scheduler's decision, the save's return
-to the dispatcher (SAVED: seal the area, check the next, tell the limit filter, leave
-GO_SWITCH), the load's return (LOADED: verify). Each stop is an emu_start round trip and
-the handler's Python around it, most of a switch's time; the SAVED step is small and
-ordinary, so C can do it inside the counter's hook and let the run go on. The kernel arms a
-CPU for one switch (`arm`: the two save areas); the layout the C needs (the area's size,
-where its CRC, GDTR and EIP are, the frame's vector slot, the values SAVED and GO_SWITCH,
-the kernel's block the stack lies in) is the kernel's, given once (`Sealing`).
+A world switch returns to the dispatcher at three points: the scheduler's decision, the
+save's end (SAVED: seal the area, check the next, tell the limit filter, leave GO_SWITCH),
+the load's end (LOADED: verify). Each is a stop at the dispatcher's breakpoint, an emu_start
+round trip and the handler's Python around it; the SAVED step is small and ordinary, so C
+can do it inside the counter's hook and let the run go on. The kernel arms a CPU for one
+switch (`arm`: the two save areas, and the step's events); the layout the C needs (the
+area's size, where its CRC, GDTR and EIP are, the frame's vector slot, the values SAVED and
+GO_SWITCH, the kernel's block the stack lies in) is the kernel's, given once (`Sealing`).
 
 The step's trace events are recorded in C with the count the handler would have seen
 (the breakpoint's: the instruction counted), and appended to the trace before any other
 event (Trace.emit drains first) and at the end of the run they happened in (Counter.run,
 before the CPU adds the run's count to its total): the same events, in the same order, at
-the same virtual time as the Python step's. Without the C library (counter.py: no compiler) nothing is armed and the
-Python step runs, as it does whenever C declines.
+the same virtual time as the Python step's. Without the C library (counter.py: no
+compiler) nothing is armed and the Python step runs, as it does whenever C declines.
 """
 import ctypes
 import struct
 
 from unicorn import x86_const as X
+from unicorn.unicorn_py3 import unicorn as _uc
 
 from .trace import Event
-from unicorn.unicorn_py3 import unicorn as _uc
 
 RECORDS = 4                            # as SEAL_EVENTS in switch_seal.c
 _IDS = ("ESP", "ESI", "EDI", "EFLAGS", "CR0", "CR3")      # as S_* in switch_seal.c
