@@ -14,7 +14,8 @@
  * addresses are checked here instead, in the hook that runs anyway. A hit
  * counts the instruction (the handler runs "at" it, as a code hook would) and
  * stops the run before it executes; the CPU calls the Python handler between
- * runs, takes the count back, and resumes there, skipping the check once.
+ * runs, takes the count back, and resumes there, skipping the check once. One
+ * handler's step can be done here instead, without the stop (switch_seal.c).
  *
  * It runs before each instruction: at the budget, stop before executing it. The same
  * hook checks an instruction fetched past CS's limit (limits.c: fetch_past_limit), for one compare per
@@ -45,6 +46,15 @@ void vmkit_count(void *uc, uint64_t address, uint32_t size, struct vmkit_counter
             if (!resumed) {
                 for (uint64_t i = 0; i < c->nbreaks; i++) {
                     if (c->breaks[i] == address) {
+                        /* a world switch's sealing step done here (switch_seal.c): the
+                         * instruction then runs as in the run resumed past the handler,
+                         * whose first it would be; not at the budget (the resumed run
+                         * would be the next slice's). (The instruction before it, the
+                         * save's `jmp dispatch`, cannot have asked the run to stop.) */
+                        if (c->seal && c->count < c->budget && seal_step(uc, c, address, c->count + 1)) {
+                            first = 1;
+                            break;
+                        }
                         c->hit = address;
                         c->count++;
                         c->stop(uc);

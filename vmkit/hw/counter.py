@@ -29,13 +29,14 @@ from .x86 import EFLAGS_IF
 # stretch), the delivery, the I/O check; and the header they share, hashed with them (an edit
 # to it builds the library again) but not compiled on its own
 SOURCES = tuple(pathlib.Path(__file__).with_name(name) for name in (
-    "counter.c", "limits.c", "limits_prepared.c", "limits_flat.c", "delivery.c", "io.c"))
+    "counter.c", "limits.c", "limits_prepared.c", "limits_flat.c", "delivery.c", "io.c", "switch_seal.c"))
 HEADERS = (pathlib.Path(__file__).with_name("vmkit.h"),)
 _emu_start = _uc.uclib.uc_emu_start
 
 
 MAX_BREAKS = 8                  # as in counter.c
 NO_HIT = 0xFFFFFFFFFFFFFFFF
+_NONE_HELD = memoryview(bytes(8)).cast("Q")
 
 
 class _State(ctypes.Structure):
@@ -49,7 +50,8 @@ class _State(ctypes.Structure):
                 ("low", ctypes.c_uint64),          # min(breaks, fetch_from): below it, only a count
                 ("wait_if", ctypes.c_uint64), ("woke", ctypes.c_uint64),          # run(wake=True)
                 ("reg_read", ctypes.c_void_p), ("eflags_id", ctypes.c_int64),
-                ("stretch_after", ctypes.c_uint64), ("flat", ctypes.c_uint64)]   # limits.py's flat stretch
+                ("stretch_after", ctypes.c_uint64), ("flat", ctypes.c_uint64),   # limits.py's flat stretch
+                ("seal", ctypes.c_void_p)]        # switch_seal.py's: a switch's step done at a breakpoint
 
 
 def _build():
@@ -129,6 +131,7 @@ class Counter:
         lib = library()
         self.compiled = lib is not None
         self._handle = ctypes.c_size_t()
+        self._held, self._drain = _NONE_HELD, None       # (drain)
         if self.compiled:
             self.state = _State(0, 0, ctypes.cast(_uc.uclib.uc_emu_stop, ctypes.c_void_p), 0, 0, NO_HIT)
             self.state.fetch_from = self.state.low = NO_HIT   # no fetch checked until limits.py says
@@ -177,6 +180,16 @@ class Counter:
                 return
             s.count += 1
         return count
+
+    def seal(self, arming, count, drain):
+        """A world switch's step done at a breakpoint (switch_seal.py): `arming`, the C's
+        struct for this CPU (kept alive here: the hook holds its address). The events it
+        records wait in a buffer whose count is `count[0]`: `drain()` is called at the end of
+        every run that left some, while this counter still holds the run's count (the CPU
+        adds it to its total after)."""
+        self._arming = arming
+        self.state.seal = ctypes.addressof(arming)
+        self._held, self._drain = count, drain
 
     @property
     def budget_spent(self):
@@ -236,6 +249,8 @@ class Counter:
         s.skip = NO_HIT if skip is None else skip
         uc._hook_exception = None
         status = _emu_start(uc._uch, begin, until, 0, 0)
+        if self._held[0]:
+            self._drain()
         failed = uc._hook_exception
         if status:
             error = UcError(status)

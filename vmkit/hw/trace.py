@@ -38,12 +38,24 @@ def _fmt(v):
     return f"{v:#x}" if v > 9 else str(v)
 
 
+_NONE_HELD = memoryview(bytes(8)).cast("Q")
+
+
 class Trace:
     def __init__(self, clock):
         self._clock = clock          # callable: current virtual time
         self.events = []
+        self._held, self._drain = _NONE_HELD, None
+
+    def hold(self, count, drain):
+        """Events recorded outside Python (switch_seal.py: in C, inside a run) wait in a
+        buffer whose count is `count[0]`; `drain()` appends them. Every emit drains first,
+        so they keep their place before any event Python emits after them."""
+        self._held, self._drain = count, drain
 
     def emit(self, kind, /, cpu=None, **data):
+        if self._held[0]:
+            self._drain()
         ev = _event(Event, (self._clock(), cpu, kind, data))
         self.events.append(ev)
         return ev

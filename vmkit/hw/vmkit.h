@@ -19,6 +19,7 @@ typedef int (*hook_add_fn)(void *uc, size_t *hh, int type, void *callback, void 
 typedef int (*hook_del_fn)(void *uc, size_t hh);
 
 struct vmkit_limits;
+struct vmkit_seal;
 
 #define MAX_BREAKS 8
 
@@ -63,6 +64,9 @@ struct vmkit_counter {
      * instruction a stretch may not run). */
     uint64_t stretch_after;
     uint64_t flat;
+    /* A world switch's sealing step done at the breakpoint, not stopped for (switch_seal.c):
+     * NULL, or this CPU's arming. */
+    struct vmkit_seal *seal;
 };
 #define FLAT_WANT 1
 #define FLAT_ON 2
@@ -151,6 +155,9 @@ int64_t vmkit_limits_refresh(void *uc, struct vmkit_limits *l, int64_t cpl, int6
 int64_t vmkit_limits_install(void *uc, struct vmkit_limits *l);
 int64_t vmkit_limits_resume(void *uc, struct vmkit_limits *l);
 void vmkit_limits_suspend(void *uc, struct vmkit_limits *l);
+
+/* switch_seal.c */
+INTERNAL int seal_step(void *uc, struct vmkit_counter *c, uint64_t address, uint64_t count);
 
 /* limits_flat.c */
 INTERNAL int flat_stop(void *uc, struct vmkit_counter *c, uint64_t address, int first);

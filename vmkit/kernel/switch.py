@@ -42,11 +42,13 @@ came from the switch, refuses that world, and loads the world it left again.
 
 The save area's layout, its CRC and counters: save_area.py; the x86: switch_x86.py.
 """
+import contextlib
 import functools
 import struct
 from typing import NamedTuple
 
 from vmkit.hw.asm import disassemble_one
+from vmkit.hw.switch_seal import Sealing
 from vmkit.hw.x86 import CR0_PG, EFLAGS_IF, EXCEPTION_NAMES, TSS_BUSY, decode_segment
 from . import layout
 from .frame import Frame
@@ -78,9 +80,16 @@ class Switch(NamedTuple):
 
 
 def begin(kernel, frame, cpu, current, nxt):
-    """Step 1: enter the x86 with the two save areas."""
+    """Step 1: enter the x86 with the two save areas; `saved`'s step armed in C for them."""
     kernel.trace.emit("switch.begin", cpu.index, frm=current.name, to=nxt.name)
     enter(frame, cpu, current.area, nxt.area)
+    if SEAL_IN_C and not kernel.__dict__.get("step_by_step"):
+        frm, to, at = current.name, nxt.name, current.area
+
+        def events(eip, IF):                # `saved`'s, from what C read
+            return (("switch.save", {"world": frm, "area": at, "eip": eip}), ("switch.cli", {"IF": IF}),
+                    ("switch.check", {"world": to, "ok": True}))
+        _sealing(kernel).arm(cpu, at, nxt.area, events)
 
 
 def enter(frame, cpu, save, load=None):
@@ -94,9 +103,45 @@ def enter(frame, cpu, save, load=None):
         cpu.write(esi=save, edi=load)
 
 
+# `saved`'s step is done in C where the save's x86 reaches the dispatcher (hw/switch_seal.c),
+# when it is the ordinary one: the run does not stop there (False: always the Python's)
+SEAL_IN_C = True
+
+
+def _sealing(kernel):
+    """The board's C sealing step, given the kernel's layout once."""
+    sealing = kernel.__dict__.get("_sealing")
+    if sealing is None:
+        base, end = kernel.block
+        layout_ = dict(at=kernel.base + kernel.image.dispatch, size=STATE_SIZE, slot=_F["vector"],
+                       frame=_F["vector"] + 4, saved=SAVED, go=layout.GO_SWITCH, gdtr_at=_GDTR_AT,
+                       eip_at=_EIP, low=base, high=end)
+        sealing = kernel._sealing = Sealing(kernel.board, layout_)
+    return sealing
+
+
+@contextlib.contextmanager
+def step_by_step(kernel):
+    """Inside: every step of a switch is the Python's, the CPU stopped at each (a tool that
+    reads the machine at each step's event, lessons/worlds.record_switch, needs the stop)."""
+    kernel.step_by_step = True
+    try:
+        yield
+    finally:
+        kernel.step_by_step = False
+
+
+def disarm(kernel, cpu):
+    """The switch is back in the Python (or refused): nothing armed for it."""
+    sealing = kernel.__dict__.get("_sealing")
+    if sealing is not None:
+        sealing.disarm(cpu)
+
+
 def saved(kernel, frame, cpu, current, nxt):
     """Back from the x86's save: seal, trace, check the next world's area;
     enter the load. Raises SwitchError (nothing loaded) if the check fails.
+    (hw/switch_seal.c does the same in C when it can: `begin` arms it.)
     Returns (base, limit) of the GDT the load's lgdt will load (from the bytes checked)."""
     emit, memory, index, at = kernel.trace.emit, kernel.memory, cpu.index, current.area
     seal(memory, at)

@@ -198,6 +198,7 @@ class Worlds(Installing):
         LOADED (verify), or a fault the CPU took inside the load."""
         p = self.cpus[cpu.index]
         s, k = p.switching, self.kernel
+        switch.disarm(k, cpu)                          # (SAVED here: C declined it)
         target = s.frm if s.mode == "restore" else s.to
         if vector == layout.GO_SWITCH:                 # a CPU's start: its first frame (smp.py)
             switch.enter(frame, cpu, switch.RELOAD, target.area)

@@ -127,9 +127,10 @@ def record_switch(board, kernel, frm="cos", to="vm1", limit=2_000_000):
     trace.emit = snapshot
     try:
         ran = 0
-        while len(steps) < len(STEPS) and ran < limit:
-            board.run(20_000)
-            ran += 20_000
+        with switch.step_by_step(kernel):      # each step a stop: the snapshot is taken there
+            while len(steps) < len(STEPS) and ran < limit:
+                board.run(20_000)
+                ran += 20_000
     finally:
         del trace.emit               # back to the class's method
     return steps[:len(STEPS)]
