@@ -38,7 +38,11 @@ class Decoded:
 
 def decode(memory, eip):
     """The instruction at physical `eip` as capstone decodes it (with operands), or None."""
-    code = memory.read(eip, min(LONGEST + 1, memory.size - eip))
+    view = getattr(memory, "_view", None)
+    if view is not None and 0 <= eip < len(view):     # (a slice of the buffer: memory.read's
+        code = view[eip:eip + LONGEST + 1].tobytes()  # bytes, without its ctypes call, ~5x)
+    else:
+        code = memory.read(eip, min(LONGEST + 1, memory.size - eip))
     key = (eip, code)
     insn = _decoded.get(key)
     if insn is None:

@@ -46,7 +46,6 @@ SERIAL, SERIAL_LSR = 0x3F8, 0x3FD
 PAGE_FAULT = 14                 # a guest access outside its memory (its page directory, paging.py)
 VM_TIMER_VECTOR = 0x20          # the guest's IDT entry for its virtual timer (IRQ 0)
 INT3, IRETD = 0xCC, "iretd"
-_INT3 = bytes([INT3])
 PATCH_CAPACITY = patches.capacity(layout.VMM_ENTRIES - layout.VMM_PATCHES)   # its region's table: 223
 GUEST_FLAGS = 0x0CD5            # CF PF AF ZF SF DF OF: what a guest's iretd may set for real
 _gate = functools.lru_cache(maxsize=256)(decode_gate)    # a guest's few timer/disk gates, each decoded once
@@ -158,7 +157,7 @@ class VMM:
             raise GuestFault(f"vector {vector:#x} at {eip:#x}")
         at = self.host(eip)                      # its bytes in host memory (the decoder reads physical)
         # its patched iretd, known without decoding (the byte read first: the table is a search)
-        if self.memory.read(at, 1) == _INT3 and self.patches.get(eip) == IRETD:
+        if self.memory._view[at] == INT3 and self.patches.get(eip) == IRETD:   # (at: in its memory)
             return self._iretd(frame, reached)
         insn = decoder.decode(self.memory, at)
         if insn is not None and not self.owns(eip, insn.size):   # decoded from host bytes past it
