@@ -176,7 +176,10 @@ class Kernel:
         self.vcpu.traps += 1
         self._patch_module()
         if vector == 13:
-            if contain.fetched_past_limit(self, frame):
+            if contain.plainly_privileged(self, frame):   # (cli, sti, hlt, in, out: most)
+                if not traps.privileged(self, frame):
+                    self.reflect(frame, vector)
+            elif contain.fetched_past_limit(self, frame):
                 self.reflect(frame, vector)          # no instruction of its own to skip
             elif not (contain.past_limit(self, frame) or traps.privileged(self, frame)):
                 self.reflect(frame, vector)

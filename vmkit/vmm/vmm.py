@@ -63,6 +63,7 @@ class VMM:
         """region: the host address of its VMM region (region.build wrote it, zeroed)."""
         self.kernel, self.name, self.base, self.size = kernel, name, base, size
         self.cpu = kernel.board.cpus[cpu]                   # the CPU its world is placed on
+        self._processor = kernel.worlds.cpus[cpu]           # (the scheduler's: its mapping cache)
         self.memory, self.trace = kernel.memory, kernel.trace
         self.region = region
         self.vcpu = CosVcpu(self.memory, region + layout.VMM_VCPU)    # same layout as the COS's
@@ -86,7 +87,7 @@ class VMM:
         """Its CPU's mapping cache (kernel/mapcache.py): every guest-memory access
         of the VMM (the guest's IDT, its lidt pointer, its stack) is a load or store
         its CPU makes at the window address, translated by that CPU's MMU."""
-        return self.kernel.worlds.cpus[self.cpu.index].cache
+        return self._processor.cache             # (an exercise may give a CPU another cache)
 
     def owns(self, address, length=1):
         """Guest addresses address .. address + length - 1 all lie in its memory (0 .. size)."""
@@ -153,9 +154,9 @@ class VMM:
             raise GuestFault(f"vector {vector:#x} at {eip:#x}: page fault, "
                              f"{'write' if frame.error & 2 else 'read'} of {cr2:#x} "
                              f"({'supervisor' if frame.error & 1 else 'not present'} page)")
-        if vector != 13 or not self.owns(eip):
+        if vector != 13 or not 0 <= eip < self.size:        # (owns(eip))
             raise GuestFault(f"vector {vector:#x} at {eip:#x}")
-        at = self.host(eip)                      # its bytes in host memory (the decoder reads physical)
+        at = self.base + eip                     # its bytes in host memory (the decoder reads physical)
         # its patched iretd, known without decoding (the byte read first: the table is a search)
         if self.memory._view[at] == INT3 and self.patches.get(eip) == IRETD:   # (at: in its memory)
             return self._iretd(frame, reached)
@@ -233,9 +234,9 @@ class VMM:
         """The guest's patched iretd: pop EIP, CS, EFLAGS; its IF goes to the virtual IF.
         reached: as `inject`'s."""
         esp = frame.esp
-        if not self.owns(esp, 12):
+        if not 0 <= esp <= self.size - 12:                       # (owns(esp, 12))
             raise GuestFault(f"iretd with the stack outside the VM's memory ({esp:#x})")
-        cache, at = self.cache, self.host(esp, 12, "a pop")       # one check for the three pops,
+        cache, at = self.cache, self.base + esp      # (host's: owned) one check for the three pops,
         eip, _, eflags = cache.pop(at, 3, reach_checked=reached)  # each word through the window
         frame.esp = esp + 12
         frame.eip, frame.cs = eip, layout.USER_CODE_SEL | layout.USER_RPL   # never a ring below 3
