@@ -282,9 +282,10 @@ class Kernel:
             self.worlds.tick(frame)                # the scheduler: may start a switch
             if frame.vector == layout.GO_SWITCH:
                 return                             # the rest is the switch's (worlds.switch_step)
-        if frame.cs & 3 == 3:
+        ring = frame.cs & 3
+        if ring == 3:
             self.worlds.guard(frame, lambda: self.worlds.current.vmm.deliver_pending(frame))
-        elif frame.from_cos:
+        elif ring == 1:                            # (Frame.from_cos)
             if self.work_due:
                 self.work_due = False
                 self.go_away(frame, "work")        # the COS waits: its interrupts queue

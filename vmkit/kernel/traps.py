@@ -138,8 +138,8 @@ def _iretd(kernel, frame):
     """Pop EIP, CS, EFLAGS; CS must be the COS's code segment, run at CPL 1.
     False (and #GP(CS) reflected, nothing popped) for any other selector."""
     at, esp = frame.eip - 1, frame.esp
-    frame.check_stack(above=12)                          # all three, before any is popped
-    eip, cs, eflags = frame.pop(), frame.pop() & 0xFFFF, frame.pop()
+    eip, cs, eflags = frame.pop_words(3)                 # all three checked before any is popped
+    cs &= 0xFFFF
     if cs not in COS_CS:
         frame.eip, frame.esp = at, esp                   # a fault: at the iretd, stack untouched
         kernel.trace.emit("kernel.refused", insn=f"iretd to cs {cs:#x}", eip=at)
