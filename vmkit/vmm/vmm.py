@@ -34,8 +34,6 @@ own IDT exactly as Kernel.inject does for the COS.
 """
 import functools
 
-from capstone.x86 import X86_OP_IMM
-
 from vmkit.hw.x86 import EFLAGS_IF, GATE_INT32, GATE_TRAP32, decode_gate
 from vmkit.kernel.cos_vcpu import CosVcpu
 from vmkit.kernel import decoder, layout, patches
@@ -198,9 +196,9 @@ class VMM:
         return (value(mem.base) + value(mem.index) * mem.scale + mem.disp) & 0xFFFFFFFF
 
     def _port_io(self, frame, insn):
-        ops = insn.operands
-        port_op = ops[1] if insn.mnemonic == "in" else ops[0]
-        port = port_op.imm if port_op.type == X86_OP_IMM else frame.edx & 0xFFFF
+        port = insn.io[0]                                  # (decoded once: decoder.Decoded)
+        if port is None:
+            port = frame.edx & 0xFFFF
         if self.disk is not None and self.disk.claims(port):
             return self._disk_port(frame, insn.mnemonic, port)
         if self.net is not None and self.net.claims(port):
