@@ -18,3 +18,15 @@ def test_an_instruction_at_the_end_of_memory_decodes():
     memory = PhysicalMemory(0x1000)
     memory.write(0xFFF, bytes([0xF4]))                   # hlt, the last byte there is
     assert decoder.decode(memory, 0xFFF).mnemonic == "hlt"
+
+
+def test_an_in_or_out_gives_its_port_and_size_from_the_bytes_there_now():
+    memory = PhysicalMemory(0x2000)
+    memory.write(0x1000, bytes([0xE6, 0x20]))            # out 0x20, al
+    assert decoder.decode(memory, 0x1000).io == (0x20, 1)
+    memory.write(0x1000, bytes([0xED]))                  # in eax, dx: the port is DX's
+    assert decoder.decode(memory, 0x1000).io == (None, 4)
+    memory.write(0x1000, bytes([0x66, 0xE5, 0x71]))      # in ax, 0x71
+    assert decoder.decode(memory, 0x1000).io == (0x71, 2)
+    memory.write(0x1000, bytes([0xFA]))                  # cli: no port at all
+    assert decoder.decode(memory, 0x1000).io is None

@@ -34,3 +34,15 @@ def test_bytes_across_two_entries_are_not_an_address():
 def test_the_first_entry_for_an_address_answers():
     t = table((0x4000, 0x9C, "pushfd"), (0x4000, 0xCF, "iretd"))
     assert t.get(0x4000) == "pushfd"
+
+
+def test_a_count_that_runs_past_memory_is_a_bus_error_and_an_entry_added_is_found():
+    import pytest
+    from vmkit.hw.memory import BusError
+    t = table((0x6000, 0xCF, "iretd"))
+    assert t.get(0x7000) is None
+    t.add(0x7000, 0x9D, "popfd")                                    # the table's bytes, read again
+    assert t.get(0x7000) == "popfd"
+    t.memory.write_u32(AT, 0x10000, code=False)                     # entries past the end of memory
+    with pytest.raises(BusError):
+        t.get(0x6000)

@@ -70,6 +70,28 @@ def test_pushing_words_at_once_stores_what_as_many_pushes_store_and_refuses_the_
     assert many.esp == 8 and memory.read(0, 16) == before   # nothing changed
 
 
+def test_popping_words_at_once_gives_what_as_many_pops_give_and_refuses_the_same():
+    from vmkit.kernel.frame import StackPastLimit
+    memory = PhysicalMemory(0x3000)
+    frame = Frame(memory, 0x2000, stack_limit=0x0FFF)
+    for at, value in ((0x0800, 0x1234), (0x0804, 0x9), (0x0808, 0x202)):   # EIP, CS, EFLAGS
+        memory.write_u32(at, value, code=False)
+    frame.esp = 0x0800
+    assert tuple(frame.pop_words(3)) == (0x1234, 0x9, 0x202) and frame.esp == 0x080C
+    frame.esp = 0x0FF8                                  # the third word would be past the limit
+    with pytest.raises(StackPastLimit) as popped:
+        frame.pop_words(3)
+    with pytest.raises(StackPastLimit) as checked:
+        frame.check_stack(above=12)
+    assert (popped.value.address, popped.value.size) == (checked.value.address, checked.value.size)
+    assert frame.esp == 0x0FF8                          # nothing popped
+    past_end = Frame(PhysicalMemory(0x1000), 0x100, stack_limit=0xFFFFFFFF)
+    past_end.esp = 0x1000 - 8                           # the third word past memory: a bus error
+    with pytest.raises(BusError):
+        past_end.pop_words(3)
+    assert past_end.esp == 0x1000 - 8
+
+
 def test_a_record_inside_memory_and_one_past_its_end_have_the_same_words_and_methods():
     """Inside the buffer a record's words are C-level fields over memory itself (words.py),
     past its end each is checked: the same names, offsets, methods and wrap mod 2**32."""

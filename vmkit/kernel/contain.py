@@ -23,11 +23,14 @@ the request (a `kernel.cos_dma` event, an error status to the COS). A bus
 master checks no segment limit: without this, one SCSI read would put a
 disk block over the kernel's IDT.
 """
+import struct
+
 from capstone.x86 import X86_OP_MEM
 
 from vmkit.hw.x86 import segment_limit
 from . import layout, traps
 
+_DESCRIPTOR = struct.Struct("<II")              # a GDT descriptor's two words
 PLACES = ((layout.IDT, layout.IDT + 256 * 8, "the kernel's IDT"),
           (layout.GDT, layout.GDT + 8 * 16, "the kernel's GDT"),
           (layout.TSS, layout.VM_TSS, "the kernel's TSS"),
@@ -41,9 +44,9 @@ def cos_limit(kernel):
 
 def _limit(kernel, selector):
     """The limit of the kernel GDT's descriptor `selector`, read where it lies (every
-    COS trap asks: two words, not a decoded descriptor)."""
-    at, memory = kernel.base + layout.GDT + selector, kernel.memory
-    return segment_limit(memory.read_u32(at), memory.read_u32(at + 4))
+    COS trap asks: its two words in one read of the buffer, the kernel's block, not a
+    decoded descriptor)."""
+    return segment_limit(*_DESCRIPTOR.unpack_from(kernel.memory._view, kernel.base + layout.GDT + selector))
 
 
 def what_is_at(kernel, address):
@@ -73,6 +76,21 @@ _PRIVILEGED = {0xFA, 0xFB, 0xF4, 0xE4, 0xE5, 0xE6, 0xE7, 0xEC, 0xED, 0xEE, 0xEF}
 def cos_code_limit(kernel):
     """The last offset the COS's code segment reaches, read from the kernel's GDT."""
     return _limit(kernel, layout.COS_CODE_SEL)
+
+
+def plainly_privileged(kernel, frame):
+    """A #GP from the COS that neither fetched_past_limit nor past_limit takes, known from
+    what they would read first: an error code (neither takes one), or EIP well inside the
+    COS's code segment at one of the privileged instructions the COS traps with all the
+    time (no memory operand). Every such #GP is traps.privileged's; any other goes through
+    both checks (`Kernel._cos_trap`)."""
+    if frame.error != 0:
+        return True
+    eip = frame.eip
+    if eip > cos_code_limit(kernel) - 15:
+        return False
+    two = kernel.memory.read_u16(eip)
+    return two & 0xFF in _PRIVILEGED or (two & 0xFF == 0x66 and two >> 8 in _PRIVILEGED)
 
 
 def fetched_past_limit(kernel, frame):

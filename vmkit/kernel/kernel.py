@@ -37,6 +37,11 @@ PATCHED = ("pushfd", "popfd", "iretd")
 INT3 = b"\xcc"
 HEADER = cos_layout.MODULE_HEADER
 _disassembler = Cs(CS_ARCH_X86, CS_MODE_32)
+GO_BACK = layout.GO_BACK
+SWITCH_STEPS = frozenset((layout.GO_SWITCH, switch.SAVED, switch.LOADED))
+SPECIAL = frozenset((INIT_VECTOR, unload.PARK_VECTOR)) | smp.LOCAL_VECTORS   # the kernel's own vectors
+assert not any(IRQ_BASE <= v < IRQ_BASE + 16 for v in SPECIAL)   # (dispatch tests the IRQs first)
+FRAMES_KEPT = 64                # trap frames kept, by address (Kernel._frame); then made afresh
 
 
 class Kernel:
@@ -70,6 +75,7 @@ class Kernel:
         self.worlds = Worlds(self)    # the COS is world 0; VMs join with install_vm (worlds.py)
         self.entered = False          # the takeover's x86 reached the entry (INIT_VECTOR)
         self.on_entered = None        # the loader's: what the takeover loaded, read from the CPU
+        self._frames = {}             # esp -> the trap frame there (_frame)
         self.hooks = [cpu.on_execute(base + image.dispatch, self.dispatch) for cpu in board.cpus]
         self.vmm_hooks = []           # the VMMs' entry, once there is a VM (enter_vmms)
 
@@ -116,11 +122,12 @@ class Kernel:
     # ---- the one way in ----------------------------------------------------
     def dispatch(self, cpu):
         esp = cpu["esp"]
-        frame = Frame(self.memory, esp, self.cos_limit)   # pushes on the COS's stack: checked
-        vector = frame.vector
-        frame.vector = layout.GO_BACK                # the stub's iretd, unless go_away says otherwise
-        switching = self.worlds.cpus[cpu.index].switching
-        if switching and (vector in (layout.GO_SWITCH, switch.SAVED, switch.LOADED) or not frame.cs & 3):
+        frame = self._frames.get(esp)
+        if frame is None or frame.stack_limit != self.cos_limit:
+            frame = self._frame(esp)
+        vector, cs = frame.vector, frame.cs
+        frame.vector = GO_BACK                       # the stub's iretd, unless go_away says otherwise
+        if self.worlds.cpus[cpu.index].switching and (vector in SWITCH_STEPS or not cs & 3):
             if IRQ_BASE <= vector < IRQ_BASE + 16:     # IF set inside the load: still serve the device
                 self.irqs.irq(vector - IRQ_BASE)
             self.worlds.switch_step(frame, cpu, vector)   # the switch's x86 is back, or faulted
@@ -128,17 +135,13 @@ class Kernel:
         if self.away_frame == esp and cpu.index == 0:   # back from idling or working: the COS's turn?
             self.resume(frame)
             return
-        if not self.entered and frame.cs == layout.COS_CODE_SEL:   # in the COS's CS at CPL 0:
-            self._takeover_failed(frame, cpu, vector)               # the takeover's own x86
-        elif vector == INIT_VECTOR:
-            self._initialise(frame, cpu)
-        elif vector == unload.PARK_VECTOR:          # the unload parks this CPU
-            unload.park(self, frame, cpu)
-        elif vector in smp.LOCAL_VECTORS and smp.local_interrupt(self, frame, cpu, vector):
-            pass                                     # a CPU's own timer, a shootdown
-        elif IRQ_BASE <= vector < IRQ_BASE + 16:
+        if not self.entered and cs == layout.COS_CODE_SEL:   # in the COS's CS at CPL 0:
+            self._takeover_failed(frame, cpu, vector)         # the takeover's own x86
+        elif IRQ_BASE <= vector < IRQ_BASE + 16:     # (none of the vectors below: SPECIAL)
             self._irq(frame, vector - IRQ_BASE)
-        elif (ring := frame.cs & 3) == 3:            # a VM's guest's fault: its VMM handled it
+        elif vector in SPECIAL and self._special(frame, cpu, vector):
+            pass
+        elif (ring := cs & 3) == 3:                  # a VM's guest's fault: its VMM handled it
             cpu.stop(f"vmkernel panic: vector {vector:#x} from a guest at {frame.eip:#x} "
                      f"reached the dispatcher: its VMM did not take it")
         elif ring != 1:                              # (the COS runs at CPL 1: Frame.from_cos)
@@ -146,12 +149,37 @@ class Kernel:
         else:
             self._cos_trap(frame, cpu, vector)
 
+    def _frame(self, esp):
+        """The trap frame at `esp`, pushes on the COS's stack checked against its limit. A
+        frame is a view of the kernel stack at its address, nothing more (its words are read
+        where they lie), so the one made for an address serves every entry that leaves its
+        frame there again (a few: each CPU's stack top, for each ring it is entered from),
+        as long as the COS's limit it checks against is the same."""
+        if len(self._frames) >= FRAMES_KEPT:
+            self._frames.clear()
+        frame = self._frames[esp] = Frame(self.memory, esp, self.cos_limit)
+        return frame
+
+    def _special(self, frame, cpu, vector):
+        """The kernel's own vectors: initialise, park (the unload), a CPU's local interrupts.
+        False: not one of them after all (the COS's or a guest's vector: `dispatch` goes on)."""
+        if vector == INIT_VECTOR:
+            self._initialise(frame, cpu)
+        elif vector == unload.PARK_VECTOR:          # the unload parks this CPU
+            unload.park(self, frame, cpu)
+        else:
+            return smp.local_interrupt(self, frame, cpu, vector)   # a CPU's own timer, a shootdown
+        return True
+
     def _cos_trap(self, frame, cpu, vector):
         """A fault or `int n` of the COS's (at CPL 1): contained, emulated, served or reflected."""
         self.vcpu.traps += 1
         self._patch_module()
         if vector == 13:
-            if contain.fetched_past_limit(self, frame):
+            if contain.plainly_privileged(self, frame):   # (cli, sti, hlt, in, out: most)
+                if not traps.privileged(self, frame):
+                    self.reflect(frame, vector)
+            elif contain.fetched_past_limit(self, frame):
                 self.reflect(frame, vector)          # no instruction of its own to skip
             elif not (contain.past_limit(self, frame) or traps.privileged(self, frame)):
                 self.reflect(frame, vector)
@@ -254,9 +282,10 @@ class Kernel:
             self.worlds.tick(frame)                # the scheduler: may start a switch
             if frame.vector == layout.GO_SWITCH:
                 return                             # the rest is the switch's (worlds.switch_step)
-        if frame.cs & 3 == 3:
+        ring = frame.cs & 3
+        if ring == 3:
             self.worlds.guard(frame, lambda: self.worlds.current.vmm.deliver_pending(frame))
-        elif frame.from_cos:
+        elif ring == 1:                            # (Frame.from_cos)
             if self.work_due:
                 self.work_due = False
                 self.go_away(frame, "work")        # the COS waits: its interrupts queue

@@ -24,6 +24,7 @@ from . import layout
 MNEMONICS = ("pushfd", "popfd", "iretd")
 ENTRY = struct.Struct("<IBBxx")
 ADDRESS, MNEMONIC = struct.Struct("<I"), 5          # an entry's address; its mnemonic's offset
+_COUNT = ADDRESS                                    # the count word
 HEADER = 4
 
 
@@ -66,13 +67,24 @@ class PatchTable:
         table's bytes, not in decoded entries: the kernel asks on every int3 it gets."""
         if not 0 <= address <= 0xFFFFFFFF:
             return default
-        raw, key = self.memory.read(self.address + HEADER, len(self) * ENTRY.size), ADDRESS.pack(address)
+        raw, key = self._raw(), ADDRESS.pack(address)
         at = raw.find(key)
         while at >= 0:
             if at % ENTRY.size == 0:                 # an entry's address, not bytes across two
                 return MNEMONICS[raw[at + MNEMONIC]]
             at = raw.find(key, at + 1)
         return default
+
+    def _raw(self):
+        """The entries' bytes, copied out of the buffer in one slice when the table lies in
+        it (get's hot path), else through memory.read (its bus-error check)."""
+        memory, at = self.memory, self.address
+        view = getattr(memory, "_view", None)
+        if view is not None and 0 <= at and at + HEADER <= len(view):
+            end = at + HEADER + _COUNT.unpack_from(view, at)[0] * ENTRY.size
+            if end <= len(view):
+                return view[at + HEADER:end].tobytes()
+        return memory.read(at + HEADER, len(self) * ENTRY.size)
 
     def __getitem__(self, address):
         found = self.get(address)

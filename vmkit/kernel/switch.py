@@ -60,7 +60,6 @@ from .switch_x86 import LOAD, LOADED, RELOAD, SAVED, _CPL0_FRAME, _F, symbols_so
 
 _FRAME = struct.Struct(f"<{len(Frame.FIELDS)}I")
 _GDTR = struct.Struct("<HI")                     # lgdt's operand: limit, then base
-_IRET = struct.Struct("<3I")                     # the frame's eip, cs, eflags: what iretd pops
 _F_EIP, _EIP, _GDTR_AT = _F["eip"], OFFSET["eip"], OFFSET["gdtr.limit"]   # (looked up once)
 
 
@@ -177,7 +176,7 @@ def started(kernel, frame, cpu, nxt, cr0=None):
     cr0 = cpu["cr0"] if cr0 is None else cr0
     emit("switch.load", index, world=name, ok=True, area=nxt.area, paging="on" if cr0 & CR0_PG else "off")
     bump(memory, nxt.area + SWITCHES, 1)
-    eip, cs, eflags = _IRET.unpack_from(span(memory, frame.address + _F_EIP, _IRET.size))
+    eip, cs, eflags = frame.eip, frame.cs, frame.eflags
     emit("switch.start", index, world=name, cs=cs, eip=eip)
     emit("switch.sti", index, world=name, eflags=eflags)
 

@@ -16,8 +16,6 @@ bring VM (the stub's iretd would enter virtual-8086 mode), NT (its next
 iretd would be a task return through the kernel's TSS), VIF/VIP or RF;
 IOPL stays 0 (its cli/sti/in/out would stop trapping).
 """
-from capstone.x86 import X86_OP_IMM
-
 from vmkit.hw.x86 import (EFLAGS_IF, EFLAGS_IOPL, EFLAGS_NT, EFLAGS_RF, EFLAGS_VIF, EFLAGS_VIP,
                           EFLAGS_VM, GP)
 from . import decoder, layout, vpic
@@ -85,9 +83,9 @@ def privileged(kernel, frame):
 def _port_io(kernel, frame, insn):
     """True if the COS unmasked a line at its virtual PIC (something may be waiting)."""
     out = insn.mnemonic == "out"
-    ops = insn.operands
-    port_op, data_op = (ops[0], ops[1]) if out else (ops[1], ops[0])
-    port = port_op.imm if port_op.type == X86_OP_IMM else frame.edx & 0xFFFF
+    port, size = insn.io                            # (decoded once: decoder.Decoded)
+    if port is None:
+        port = frame.edx & 0xFFFF
     if port in vpic.PORTS:
         # the PIC is the kernel's now; the COS's EOIs and masks go to its virtual PIC
         changed = False
@@ -100,7 +98,7 @@ def _port_io(kernel, frame, insn):
         kernel.trace.emit("kernel.emulate", insn=f"{insn.mnemonic} {port:#x}",
                           what="virtual PIC", value=value)
         return changed
-    mask = (1 << (8 * data_op.size)) - 1
+    mask = (1 << (8 * size)) - 1
     front, offset = kernel.shared_at(port)
     if front is not None:                           # a shared device: the kernel serves the COS
         if out:
@@ -138,8 +136,8 @@ def _iretd(kernel, frame):
     """Pop EIP, CS, EFLAGS; CS must be the COS's code segment, run at CPL 1.
     False (and #GP(CS) reflected, nothing popped) for any other selector."""
     at, esp = frame.eip - 1, frame.esp
-    frame.check_stack(above=12)                          # all three, before any is popped
-    eip, cs, eflags = frame.pop(), frame.pop() & 0xFFFF, frame.pop()
+    eip, cs, eflags = frame.pop_words(3)                 # all three checked before any is popped
+    cs &= 0xFFFF
     if cs not in COS_CS:
         frame.eip, frame.esp = at, esp                   # a fault: at the iretd, stack untouched
         kernel.trace.emit("kernel.refused", insn=f"iretd to cs {cs:#x}", eip=at)

@@ -34,8 +34,6 @@ own IDT exactly as Kernel.inject does for the COS.
 """
 import functools
 
-from capstone.x86 import X86_OP_IMM
-
 from vmkit.hw.x86 import EFLAGS_IF, GATE_INT32, GATE_TRAP32, decode_gate
 from vmkit.kernel.cos_vcpu import CosVcpu
 from vmkit.kernel import decoder, layout, patches
@@ -46,7 +44,6 @@ SERIAL, SERIAL_LSR = 0x3F8, 0x3FD
 PAGE_FAULT = 14                 # a guest access outside its memory (its page directory, paging.py)
 VM_TIMER_VECTOR = 0x20          # the guest's IDT entry for its virtual timer (IRQ 0)
 INT3, IRETD = 0xCC, "iretd"
-_INT3 = bytes([INT3])
 PATCH_CAPACITY = patches.capacity(layout.VMM_ENTRIES - layout.VMM_PATCHES)   # its region's table: 223
 GUEST_FLAGS = 0x0CD5            # CF PF AF ZF SF DF OF: what a guest's iretd may set for real
 _gate = functools.lru_cache(maxsize=256)(decode_gate)    # a guest's few timer/disk gates, each decoded once
@@ -64,6 +61,7 @@ class VMM:
         """region: the host address of its VMM region (region.build wrote it, zeroed)."""
         self.kernel, self.name, self.base, self.size = kernel, name, base, size
         self.cpu = kernel.board.cpus[cpu]                   # the CPU its world is placed on
+        self._processor = kernel.worlds.cpus[cpu]           # (the scheduler's: its mapping cache)
         self.memory, self.trace = kernel.memory, kernel.trace
         self.region = region
         self.vcpu = CosVcpu(self.memory, region + layout.VMM_VCPU)    # same layout as the COS's
@@ -87,7 +85,7 @@ class VMM:
         """Its CPU's mapping cache (kernel/mapcache.py): every guest-memory access
         of the VMM (the guest's IDT, its lidt pointer, its stack) is a load or store
         its CPU makes at the window address, translated by that CPU's MMU."""
-        return self.kernel.worlds.cpus[self.cpu.index].cache
+        return self._processor.cache             # (an exercise may give a CPU another cache)
 
     def owns(self, address, length=1):
         """Guest addresses address .. address + length - 1 all lie in its memory (0 .. size)."""
@@ -154,11 +152,11 @@ class VMM:
             raise GuestFault(f"vector {vector:#x} at {eip:#x}: page fault, "
                              f"{'write' if frame.error & 2 else 'read'} of {cr2:#x} "
                              f"({'supervisor' if frame.error & 1 else 'not present'} page)")
-        if vector != 13 or not self.owns(eip):
+        if vector != 13 or not 0 <= eip < self.size:        # (owns(eip))
             raise GuestFault(f"vector {vector:#x} at {eip:#x}")
-        at = self.host(eip)                      # its bytes in host memory (the decoder reads physical)
+        at = self.base + eip                     # its bytes in host memory (the decoder reads physical)
         # its patched iretd, known without decoding (the byte read first: the table is a search)
-        if self.memory.read(at, 1) == _INT3 and self.patches.get(eip) == IRETD:
+        if self.memory._view[at] == INT3 and self.patches.get(eip) == IRETD:   # (at: in its memory)
             return self._iretd(frame, reached)
         insn = decoder.decode(self.memory, at)
         if insn is not None and not self.owns(eip, insn.size):   # decoded from host bytes past it
@@ -198,9 +196,9 @@ class VMM:
         return (value(mem.base) + value(mem.index) * mem.scale + mem.disp) & 0xFFFFFFFF
 
     def _port_io(self, frame, insn):
-        ops = insn.operands
-        port_op = ops[1] if insn.mnemonic == "in" else ops[0]
-        port = port_op.imm if port_op.type == X86_OP_IMM else frame.edx & 0xFFFF
+        port = insn.io[0]                                  # (decoded once: decoder.Decoded)
+        if port is None:
+            port = frame.edx & 0xFFFF
         if self.disk is not None and self.disk.claims(port):
             return self._disk_port(frame, insn.mnemonic, port)
         if self.net is not None and self.net.claims(port):
@@ -234,9 +232,9 @@ class VMM:
         """The guest's patched iretd: pop EIP, CS, EFLAGS; its IF goes to the virtual IF.
         reached: as `inject`'s."""
         esp = frame.esp
-        if not self.owns(esp, 12):
+        if not 0 <= esp <= self.size - 12:                       # (owns(esp, 12))
             raise GuestFault(f"iretd with the stack outside the VM's memory ({esp:#x})")
-        cache, at = self.cache, self.host(esp, 12, "a pop")       # one check for the three pops,
+        cache, at = self.cache, self.base + esp      # (host's: owned) one check for the three pops,
         eip, _, eflags = cache.pop(at, 3, reach_checked=reached)  # each word through the window
         frame.esp = esp + 12
         frame.eip, frame.cs = eip, layout.USER_CODE_SEL | layout.USER_RPL   # never a ring below 3
