@@ -60,7 +60,7 @@ from .switch_x86 import LOAD, LOADED, RELOAD, SAVED, _CPL0_FRAME, _F, symbols_so
 
 _FRAME = struct.Struct(f"<{len(Frame.FIELDS)}I")
 _GDTR = struct.Struct("<HI")                     # lgdt's operand: limit, then base
-_F_EIP, _EIP, _GDTR_AT = _F["eip"], OFFSET["eip"], OFFSET["gdtr.limit"]   # (looked up once)
+_EIP, _GDTR_AT = OFFSET["eip"], OFFSET["gdtr.limit"]   # (looked up once)
 
 
 class SwitchError(RuntimeError):
