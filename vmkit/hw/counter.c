@@ -14,7 +14,8 @@
  * addresses are checked here instead, in the hook that runs anyway. A hit
  * counts the instruction (the handler runs "at" it, as a code hook would) and
  * stops the run before it executes; the CPU calls the Python handler between
- * runs, takes the count back, and resumes there, skipping the check once.
+ * runs, takes the count back, and resumes there, skipping the check once. One breakpoint
+ * may be passed by when its handler would only return (pass_by.c).
  *
  * It runs before each instruction: at the budget, stop before executing it. The same
  * hook checks an instruction fetched past CS's limit (limits.c: fetch_past_limit), for one compare per
@@ -45,6 +46,10 @@ void vmkit_count(void *uc, uint64_t address, uint32_t size, struct vmkit_counter
             if (!resumed) {
                 for (uint64_t i = 0; i < c->nbreaks; i++) {
                     if (c->breaks[i] == address) {
+                        if (address == c->pass_at && pass_by(uc, c)) {
+                            first = 1;    /* its handler would only return: on, as if resumed */
+                            break;
+                        }
                         c->hit = address;
                         c->count++;
                         c->stop(uc);

@@ -22,5 +22,28 @@ class Processor:
     cache (claim 17), and the switch its x86 is in the middle of. Made by smp.py."""
     def __init__(self, index, system, cache):
         self.index, self.system, self.cache = index, system, cache
+        self.on_change = None           # called after `current` or `switching` changes
         self.current, self.used, self.since = system, 0, 0
         self.switching = None
+
+    # (Properties so that whoever follows them (vmm/region.py: the counter's pass of the
+    # VMM's entry, which depends on both) hears of every change, wherever it is made.)
+    @property
+    def current(self):
+        return self._current
+
+    @current.setter
+    def current(self, world):
+        self._current = world
+        if self.on_change is not None:
+            self.on_change(self)
+
+    @property
+    def switching(self):
+        return self._switching
+
+    @switching.setter
+    def switching(self, switch):
+        self._switching = switch
+        if self.on_change is not None:
+            self.on_change(self)
