@@ -1,8 +1,8 @@
 /* A stub breakpoint the counter passes by, in C, when the Python it would stop for would only
  * return (pass_by.py). One per CPU: the VMM's entry (vmm/region.py: `entered`), which every
  * interrupt taken while a VM runs reaches; for an interrupt the VMM does nothing there (the
- * kernel's dispatcher, reached next, is the one that acts), so a stop and a resume, ~1 in 15
- * of a busy VM's runs, bought nothing.
+ * kernel's dispatcher, reached next, is the one that acts), so a stop and a resume there, ~1
+ * run in 11 of the teaching-tick run (two busy VMs and the COS), bought nothing.
  *
  * The counter passes only when all of these hold, read now from the CPU and from memory:
  *   - its owner armed it (pass_on: set from Python when the state the handler reads that

@@ -1,7 +1,7 @@
 """A stub breakpoint the counter passes by, in C, while its handler would only return
 (pass_by.c says when, read from the CPU and from memory at the breakpoint).
 
-A stop at a breakpoint costs a return from Unicorn, the Python handler and a new run (~5-15 µs);
+A stop at a breakpoint costs a return from Unicorn, the Python handler and a new run (~10 µs);
 a handler that decides from a few registers and words that it has nothing to do can leave that
 decision to the counter. What the handler's decision also depends on that only Python knows
 (which world the CPU runs, whether a switch is in flight) its owner says with `arm`, each time

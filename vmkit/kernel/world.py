@@ -22,7 +22,7 @@ class Processor:
     cache (claim 17), and the switch its x86 is in the middle of. Made by smp.py."""
     def __init__(self, index, system, cache):
         self.index, self.system, self.cache = index, system, cache
-        self.on_change = None           # called after `current` or `switching` changes
+        self.on_change = None           # on_change(self) after `current` or `switching` changes
         self.current, self.used, self.since = system, 0, 0
         self.switching = None
 
