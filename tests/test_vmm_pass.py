@@ -61,8 +61,8 @@ def run_watched(monkeypatch, passing, **options):
     calls = []
     original = region.pass_interrupts
 
-    def pass_then_watch(kernel, at, handler):       # the pass set up, then the calls watched
-        original(kernel, at, handler)
+    def pass_then_watch(kernel, hooks):             # the pass set up, then the calls watched
+        original(kernel, hooks)
         calls.append(watching(monkeypatch))
     monkeypatch.setattr(VMM, "pass_interrupts", staticmethod(pass_then_watch))
     board, kernel, vms = busy(**options)

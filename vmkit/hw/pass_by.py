@@ -18,13 +18,15 @@ from unicorn.x86_const import UC_X86_REG_CS, UC_X86_REG_ESP
 
 
 class PassBy:
-    """The breakpoint at `address`, whose handler `handler` returns at once when CS holds `cs`,
+    """The breakpoint at `address`, whose handler `handler` (as given to on_execute) returns
+    at once when CS holds `cs`,
     the u32 at physical ESP + `vector_at` is `below` or more, and the u32 the owner arms with
     is not 1 (pass_by.c)."""
     enabled = True          # False: every hit stops (tests compare the two)
 
     def __init__(self, cpu, address, handler, cs, vector_at, below):
-        self.cpu, self.address, self.handler = cpu, address, handler
+        self.cpu, self.address, self.handler = cpu, address, handler   # (the very object on_execute got)
+        self._stubs = cpu._stubs
         counter = cpu.counter
         self.state = state = counter.state
         self.compiled = counter.compiled
@@ -40,11 +42,13 @@ class PassBy:
     def arm(self, word):
         """The handler's Python state changed: pass while the u32 at physical `word` is not 1;
         None: stop at every hit."""
-        on = (word is not None and self.compiled and self.enabled
-              and self.cpu._stubs.get(self.address) == [self.handler])
-        if on:
+        handlers = self._stubs.get(self.address)
+        if (word is not None and self.compiled and self.enabled and handlers is not None
+                and len(handlers) == 1 and handlers[0] is self.handler):
             self.state.pass_word = word
-        self.state.pass_on = int(on)
+            self.state.pass_on = 1
+        else:
+            self.state.pass_on = 0
 
     @property
     def passed(self):

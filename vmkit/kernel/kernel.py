@@ -89,7 +89,7 @@ class Kernel:
             self.vmm_hooks = [cpu.on_execute(at, self._vmm_entered) for cpu in self.board.cpus]
             passes = getattr(self.monitor, "pass_interrupts", None)   # (without a stop, where it
             if passes is not None:                                    # would only return)
-                passes(self, at, self._vmm_entered)
+                passes(self, self.vmm_hooks)
 
     def _vmm_entered(self, cpu):
         self.monitor.entered(self, cpu)

@@ -199,9 +199,9 @@ def entered(kernel, cpu):
     frame.vector |= layout.VMM_DECIDED
 
 
-def pass_interrupts(kernel, at, handler):
-    """Each CPU's counter passes vmm_entry (at linear `at`, where `handler` calls `entered`)
-    by, without a stop, whenever `entered` would only return for an interrupt
+def pass_interrupts(kernel, hooks):
+    """Each CPU's counter passes vmm_entry (`hooks`: each CPU's handle from on_execute, its
+    address and the handler there that calls `entered`) by, without a stop, whenever `entered` would only return for an interrupt
     (hw/pass_by.py): CS the VMM's, the frame's vector EXCEPTIONS or more, the VMM_ENTRIES
     word not 1 (a first entry is recorded), and, told from here as it changes, the CPU
     running a VM with no switch in flight. A monitor whose `entered` is not this one's
@@ -209,6 +209,7 @@ def pass_interrupts(kernel, at, handler):
     if kernel.monitor.entered is not entered:
         return
     for p in kernel.worlds.cpus:
+        at, handler = hooks[p.index]
         passer = PassBy(kernel.board.cpus[p.index], at, handler, layout.VMM_CODE_SEL,
                         Frame.OFFSET["vector"], EXCEPTIONS)
         p.on_change = functools.partial(_arm, passer)
