@@ -15,7 +15,8 @@
  * counts the instruction (the handler runs "at" it, as a code hook would) and
  * stops the run before it executes; the CPU calls the Python handler between
  * runs, takes the count back, and resumes there, skipping the check once. One
- * handler's step can be done here instead, without the stop (switch_seal.c).
+ * handler's step can be done here instead, without the stop (switch_seal.c), and one
+ * breakpoint may be passed by when its handler would only return (pass_by.c).
  *
  * It runs before each instruction: at the budget, stop before executing it. The same
  * hook checks an instruction fetched past CS's limit (limits.c: fetch_past_limit), for one compare per
@@ -53,6 +54,10 @@ void vmkit_count(void *uc, uint64_t address, uint32_t size, struct vmkit_counter
                          * save's `jmp dispatch`, cannot have asked the run to stop.) */
                         if (c->seal && c->count < c->budget && seal_step(uc, c, address, c->count + 1)) {
                             first = 1;
+                            break;
+                        }
+                        if (address == c->pass_at && pass_by(uc, c)) {
+                            first = 1;    /* its handler would only return: on, as if resumed */
                             break;
                         }
                         c->hit = address;

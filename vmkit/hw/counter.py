@@ -29,7 +29,8 @@ from .x86 import EFLAGS_IF
 # stretch), the delivery, the I/O check; and the header they share, hashed with them (an edit
 # to it builds the library again) but not compiled on its own
 SOURCES = tuple(pathlib.Path(__file__).with_name(name) for name in (
-    "counter.c", "limits.c", "limits_prepared.c", "limits_flat.c", "delivery.c", "io.c", "switch_seal.c"))
+    "counter.c", "limits.c", "limits_prepared.c", "limits_flat.c", "delivery.c", "io.c", "switch_seal.c",
+    "pass_by.c"))
 HEADERS = (pathlib.Path(__file__).with_name("vmkit.h"),)
 _emu_start = _uc.uclib.uc_emu_start
 
@@ -51,7 +52,11 @@ class _State(ctypes.Structure):
                 ("wait_if", ctypes.c_uint64), ("woke", ctypes.c_uint64),          # run(wake=True)
                 ("reg_read", ctypes.c_void_p), ("eflags_id", ctypes.c_int64),
                 ("stretch_after", ctypes.c_uint64), ("flat", ctypes.c_uint64),   # limits.py's flat stretch
-                ("seal", ctypes.c_void_p)]        # switch_seal.py's: a switch's step done at a breakpoint
+                ("seal", ctypes.c_void_p),        # switch_seal.py's: a switch's step done at a breakpoint
+                ("pass_at", ctypes.c_uint64), ("pass_on", ctypes.c_uint64), ("pass_cs", ctypes.c_uint64),
+                ("pass_word", ctypes.c_uint64), ("pass_vector", ctypes.c_uint64),   # pass_by.py's
+                ("pass_below", ctypes.c_uint64), ("passed", ctypes.c_uint64), ("ram", ctypes.c_void_p),
+                ("ram_size", ctypes.c_uint64), ("cs_id", ctypes.c_int64), ("esp_id", ctypes.c_int64)]
 
 
 def _build():
@@ -214,6 +219,7 @@ class Counter:
         for i, a in enumerate(addresses):
             self.state.breaks[i] = a
         self.state.nbreaks = len(addresses)
+        self.state.pass_on = 0          # a handler added or removed: pass_by.py arms it again
         self._lower()
 
     def set_fetch_from(self, address):

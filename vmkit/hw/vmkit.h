@@ -67,6 +67,13 @@ struct vmkit_counter {
     /* A world switch's sealing step done at the breakpoint, not stopped for (switch_seal.c):
      * NULL, or this CPU's arming. */
     struct vmkit_seal *seal;
+    /* A breakpoint passed by when its handler would only return (pass_by.c): at pass_at,
+     * while pass_on, with CS pass_cs, the u32 at pass_word not 1 and the one at ESP +
+     * pass_vector pass_below or more; `passed` counts the passes. Physical memory is `ram`. */
+    uint64_t pass_at, pass_on, pass_cs, pass_word, pass_vector, pass_below, passed;
+    const unsigned char *ram;
+    uint64_t ram_size;
+    int64_t cs_id, esp_id;
 };
 #define FLAT_WANT 1
 #define FLAT_ON 2
@@ -143,6 +150,9 @@ struct vmkit_mmr { uint16_t selector; uint64_t base; uint32_t limit; uint32_t fl
 
 /* counter.c */
 void vmkit_count(void *uc, uint64_t address, uint32_t size, struct vmkit_counter *c);
+
+/* pass_by.c */
+INTERNAL int pass_by(void *uc, struct vmkit_counter *c);
 
 /* limits.c */
 void vmkit_limit(void *uc, int type, uint64_t address, int size, int64_t value, struct vmkit_limits *l);

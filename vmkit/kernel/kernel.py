@@ -93,6 +93,9 @@ class Kernel:
         if not self.vmm_hooks:
             at = layout.vmm_base(self.base) + self.monitor.ENTRY
             self.vmm_hooks = [cpu.on_execute(at, self._vmm_entered) for cpu in self.board.cpus]
+            passes = getattr(self.monitor, "pass_interrupts", None)   # (without a stop, where it
+            if passes is not None:                                    # would only return)
+                passes(self, self.vmm_hooks)
 
     def _vmm_entered(self, cpu):
         self.monitor.entered(self, cpu)

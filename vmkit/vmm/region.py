@@ -39,9 +39,11 @@ world switch passes through (it loads the tables with paging off, and the COS's
 has none: linear = physical), and the platform's delivery (hw/delivery.py) reads
 the tables and pushes frames at physical addresses, without a page walk.
 """
+import functools
 import struct
 
 from vmkit.hw.asm import assemble
+from vmkit.hw.pass_by import PassBy
 from vmkit.hw.x86 import (CR0_PG, ERROR_CODE_VECTORS, EFLAGS_VM, TSS_AVAILABLE, TSS_BUSY, CODE_RX, DATA_RW,
                           decode_gate, decode_segment, encode_gate, encode_segment)
 from vmkit.kernel import layout, smp
@@ -173,7 +175,9 @@ def entered(kernel, cpu):
     away), and the frame's vector slot becomes VMM_DECIDED | where the kernel's x86
     goes next. Anything else (an interrupt: a device's IRQ, an IPI, a local timer)
     is left as it is, for the kernel's dispatcher. At the same linear address with
-    another CS (the COS's code, paging off, at that physical address) it is not a VMM."""
+    another CS (the COS's code, paging off, at that physical address) it is not a VMM.
+    (For an interrupt the counter does not stop here at all when it can tell in C that
+    this would only return: `pass_interrupts` below mirrors these tests; change both.)"""
     if cpu["cs"] != layout.VMM_CODE_SEL:
         return
     frame = Frame(kernel.memory, cpu["esp"])
@@ -193,6 +197,29 @@ def entered(kernel, cpu):
     else:                                        # (CS is the VMM's: CPL 0; CR0 read for its window)
         kernel.worlds.vm_trap(frame, vector, p, reached=bool(cpu["cr0"] & CR0_PG))
     frame.vector |= layout.VMM_DECIDED
+
+
+def pass_interrupts(kernel, hooks):
+    """Each CPU's counter passes vmm_entry (`hooks`: each CPU's handle from on_execute, its
+    address and the handler there that calls `entered`) by, without a stop, whenever `entered` would only return for an interrupt
+    (hw/pass_by.py): CS the VMM's, the frame's vector EXCEPTIONS or more, the VMM_ENTRIES
+    word not 1 (a first entry is recorded), and, told from here as it changes, the CPU
+    running a VM with no switch in flight. A monitor whose `entered` is not this one's
+    keeps every stop."""
+    if kernel.monitor.entered is not entered:
+        return
+    for p in kernel.worlds.cpus:
+        at, handler = hooks[p.index]
+        passer = PassBy(kernel.board.cpus[p.index], at, handler, layout.VMM_CODE_SEL,
+                        Frame.OFFSET["vector"], EXCEPTIONS)
+        p.on_change = functools.partial(_arm, passer)
+        _arm(passer, p)
+
+
+def _arm(passer, p):
+    """Processor `p`'s world or switch changed: what `entered` reads from Python, told to C."""
+    world = p.current
+    passer.arm(world.vmm_region + layout.VMM_ENTRIES if not p.switching and world.kind == "vm" else None)
 
 
 def _virtual_8086(frame):

@@ -54,6 +54,7 @@ class VMM:
     build_region = staticmethod(region.build)     # its GDT, IDT and x86 (region.py)
     tables = staticmethod(region.tables)          # a VM world's GDTR and IDTR
     entered = staticmethod(region.entered)        # the Python VMM at vmm_entry
+    pass_interrupts = staticmethod(region.pass_interrupts)   # ... passed by in C when it would only return
     disk = None                 # its virtual disk adapter (vdisk_device.py), once one is attached
     net = None                  # its network port (net_device.py), once one is attached
 
