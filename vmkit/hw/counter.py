@@ -29,7 +29,7 @@ from .x86 import EFLAGS_IF
 # stretch), the delivery, the I/O check; and the header they share, hashed with them (an edit
 # to it builds the library again) but not compiled on its own
 SOURCES = tuple(pathlib.Path(__file__).with_name(name) for name in (
-    "counter.c", "limits.c", "limits_prepared.c", "limits_flat.c", "delivery.c", "io.c"))
+    "counter.c", "limits.c", "limits_prepared.c", "limits_flat.c", "delivery.c", "io.c", "intr.c"))
 HEADERS = (pathlib.Path(__file__).with_name("vmkit.h"),)
 _emu_start = _uc.uclib.uc_emu_start
 

@@ -48,6 +48,13 @@ class Trace:
         self.events.append(ev)
         return ev
 
+    def emit_at(self, time, kind, /, cpu=None, **data):
+        """An event that happened at virtual time `time`, recorded now: what the C interrupt
+        hook delivered during a run, told before anything later is (intr.py)."""
+        ev = _event(Event, (time, cpu, kind, data))
+        self.events.append(ev)
+        return ev
+
     def mark(self):
         """A position to read `since` from: lets a widget show only what a step did."""
         return len(self.events)
