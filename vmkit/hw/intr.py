@@ -116,28 +116,33 @@ class Interrupts:
 
     def drain_interrupts(self):
         """What intr.c delivered since the last drain, as the Python path would have recorded it:
-        its trace events (at the virtual time of the hook) and the CPU's counters."""
+        its trace events (at the virtual time of the hook: Board.now's, with the count the
+        counter had then) and the CPU's counters. (Called once per such run, mostly for one
+        record: the events' dicts made here as literals, the records unpacked in place.)"""
         state = self._intr
-        n = state.n
-        state.n = 0
-        board, index, emit_at = self.board, self.index, self.trace.emit_at
-        now = board.now()
-        base = now - self._count_state.count if board.running_cpu is self else None
-        for (count, vector, is_int, eip, has_error, error, result, idt, handler, old_cpl, new_cpl,
-             refused_cpl, gate_dpl, int_length) in _RECORD.iter_unpack(ctypes.string_at(self._records_at,
-                                                                                          n * _RECORD.size)):
-            at = now if base is None else base + count
+        n, state.n = state.n, 0
+        board, index, emit_at, records = self.board, self.index, self.trace.emit_at, state.records
+        base = board.clock + self.lead + self.done if board.running_cpu is self else None
+        for i in range(n):
+            (count, vector, is_int, eip, has_error, error, result, idt, handler, old_cpl, new_cpl,
+             refused_cpl, gate_dpl, int_length) = _RECORD.unpack_from(records, i * _RECORD.size)
+            at = base + count if base is not None else board.now()
             cpl = _CPL_CHANGE[old_cpl << 2 | new_cpl]
             if result == REFUSED_THEN_DELIVERED:          # (Delivery._deliver_or_fail's f.then)
                 f = _int_below_dpl(vector, refused_cpl, gate_dpl)
-                emit_at(at, "cpu.fault", index, vector=GP, eip=eip - int_length, error=f.error_code, why=f.why)
-                emit_at(at, "cpu.deliver", index, vector=GP, kind="nested", idt=idt, handler=handler, cpl=cpl)
+                emit_at(at, "cpu.fault", index, {"vector": GP, "eip": eip - int_length,
+                                                 "error": f.error_code, "why": f.why})
+                emit_at(at, "cpu.deliver", index, {"vector": GP, "kind": "nested", "idt": idt,
+                                                   "handler": handler, "cpl": cpl})
             elif is_int:
-                emit_at(at, "cpu.deliver", index, vector=vector, kind="int", idt=idt, handler=handler, cpl=cpl)
+                emit_at(at, "cpu.deliver", index, {"vector": vector, "kind": "int", "idt": idt,
+                                                   "handler": handler, "cpl": cpl})
             else:                                         # (Delivery.raise_fault's)
-                emit_at(at, "cpu.fault", index, vector=vector, eip=eip, error=error if has_error else "-",
-                        why=EXCEPTION_NAMES.get(vector, "exception"))
-                emit_at(at, "cpu.deliver", index, vector=vector, kind="fault", idt=idt, handler=handler, cpl=cpl)
+                emit_at(at, "cpu.fault", index, {"vector": vector, "eip": eip,
+                                                 "error": error if has_error else "-",
+                                                 "why": EXCEPTION_NAMES.get(vector, "exception")})
+                emit_at(at, "cpu.deliver", index, {"vector": vector, "kind": "fault", "idt": idt,
+                                                   "handler": handler, "cpl": cpl})
             self.halted = False
             self.delivered += 1
 

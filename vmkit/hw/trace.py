@@ -48,7 +48,7 @@ class Trace:
         self.events.append(ev)
         return ev
 
-    def emit_at(self, time, kind, /, cpu=None, **data):
+    def emit_at(self, time, kind, cpu, data):
         """An event that happened at virtual time `time`, recorded now: what the C interrupt
         hook delivered during a run, told before anything later is (intr.py)."""
         ev = _event(Event, (time, cpu, kind, data))
