@@ -28,10 +28,11 @@ virtual time is exact, and a slice can be cut short when a device
 schedules an event inside it.
 
 The CPU is in parts, each a mixin in a file of its own: registers.py (its registers by
-name, through Unicorn's C API), delivery.py (interrupts and exceptions), io.py (in/out and
+name, through Unicorn's C API), intr.py (Unicorn's interrupt and invalid-opcode hooks: the
+common case in C, intr.c), delivery.py (interrupts and exceptions), io.py (in/out and
 their check), mmu.py (memory as this CPU sees it: linear addresses, its TLB, its translated
 code), stubs.py (Python entered at a stub's address, and the CPU made to execute from
-inside a handler). Here: the CPU made, the run loop, and Unicorn's hooks.
+inside a handler). Here: the CPU made, the run loop, and Unicorn's other hooks.
 """
 import ctypes
 
