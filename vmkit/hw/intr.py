@@ -105,7 +105,6 @@ class Interrupts:
         state.eip_id = X.UC_X86_REG_EIP
         state.error_vectors = sum(1 << v for v in ERROR_CODE_VECTORS)
         state.off = self._gate_decoder is not decode_gate
-        self._records_at = _field(state, "records")
         handle = uc_hook_h()
         err = _uc.uclib.uc_hook_add(self._uch, ctypes.byref(handle), UC_HOOK_INTR,
                                     ctypes.cast(lib.vmkit_intr, ctypes.c_void_p), ctypes.byref(state),
