@@ -223,18 +223,22 @@ class Board:
         return cpu.lapic.has_request() or (cpu is self.cpus[0] and self.pic.has_request())
 
     def _deliver_interrupts(self):
+        """(interrupt_pending, inlined: each controller asked once, the local APIC first)"""
+        pic, first = self.pic, self.cpus[0]
         for cpu in self.cpus:
-            if cpu.shutdown is None and self.interrupt_pending(cpu) and cpu.interrupts_enabled:
-                if not cpu.halted and self._after_sti(cpu):
-                    # sti's shadow: no interrupt before the instruction after sti, or an
-                    # idle loop's `sti; hlt` would take it and then halt with it handled
-                    # but its work undone (a lost wake-up, seen when a slice ended on sti)
-                    self._shadow = True
-                    continue
-                if cpu.lapic.has_request():
-                    cpu.deliver(cpu.lapic.acknowledge(), "irq")
-                else:
-                    cpu.deliver(self.pic.acknowledge(), "irq")
+            if cpu.shutdown is not None:
+                continue
+            lapic = cpu.lapic
+            local = lapic.has_request()
+            if not (local or cpu is first and pic.has_request()) or not cpu.interrupts_enabled:
+                continue
+            if not cpu.halted and self._after_sti(cpu):
+                # sti's shadow: no interrupt before the instruction after sti, or an
+                # idle loop's `sti; hlt` would take it and then halt with it handled
+                # but its work undone (a lost wake-up, seen when a slice ended on sti)
+                self._shadow = True
+                continue
+            cpu.deliver(lapic.acknowledge() if local else pic.acknowledge(), "irq")
 
     def _after_sti(self, cpu):
         return unicorn_quirks.irq_inhibited(cpu.uc)

@@ -28,45 +28,41 @@ virtual time is exact, and a slice can be cut short when a device
 schedules an event inside it.
 
 The CPU is in parts, each a mixin in a file of its own: registers.py (its registers by
-name, through Unicorn's C API), delivery.py (interrupts and exceptions), io.py (in/out and
+name, through Unicorn's C API), intr.py (Unicorn's interrupt and invalid-opcode hooks: the
+common case in C, intr.c), delivery.py (interrupts and exceptions), io.py (in/out and
 their check), mmu.py (memory as this CPU sees it: linear addresses, its TLB, its translated
 code), stubs.py (Python entered at a stub's address, and the CPU made to execute from
-inside a handler). Here: the CPU made, the run loop, and Unicorn's hooks.
+inside a handler). Here: the CPU made, the run loop, and Unicorn's other hooks.
 """
 import ctypes
 
 import unicorn
 from unicorn.unicorn_py3 import unicorn as _uc
 from unicorn.unicorn_py3.arch.intel import UcRegMMR
-from unicorn.unicorn_py3.unicorn import uc_hook_h, HOOK_INTR_CFUNC, HOOK_INSN_INVALID_CFUNC
-from unicorn import (Uc, UcError, UC_ARCH_X86, UC_MODE_32, UC_PROT_ALL, UC_HOOK_INTR,
+from unicorn.unicorn_py3.unicorn import uc_hook_h, HOOK_INSN_INVALID_CFUNC
+from unicorn import (Uc, UcError, UC_ARCH_X86, UC_MODE_32, UC_PROT_ALL,
                      UC_HOOK_INSN_INVALID, UC_HOOK_MEM_UNMAPPED)
 from unicorn import x86_const as X
 
-from . import unicorn_quirks
 from .counter import Counter, library, NO_HIT
 from .delivery import Delivery
+from .intr import Interrupts
 from .io import PortAccess
 from .limits import SegmentLimits
 from .mmu import MMU
 from .registers import Registers
 from .stubs import Stubs
-from .x86 import decode_gate, ERROR_CODE_VECTORS, GP, PF, UD, EXCEPTION_NAMES
+from .x86 import decode_gate, GP
 
 MEMORY_ERRORS = {getattr(unicorn, "UC_ERR_" + n) for n in (
     "READ_UNMAPPED", "WRITE_UNMAPPED", "FETCH_UNMAPPED", "READ_PROT", "WRITE_PROT", "FETCH_PROT")}
 NO_ADDRESS = 0xFFFFFFFF          # `until` for emu_start: never reached
-SOFTWARE_INT_6 = bytes([0xCD, UD])  # `int 6`, which Unicorn reports as an invalid opcode
-# #BP and #OF come only from an instruction (int3, into, int n), which Unicorn reports as such
-# (measured: its exception record says "int" for all four): no need to read the record (a
-# context save, ~2 µs) on a patched iretd's or pushfd's every int3
-ONLY_SOFTWARE = frozenset((3, 4))
 _lib = _uc.uclib
 _reg_read = _lib.uc_reg_read      # run()'s EIP, one C call (looked up once)
 EIP = X.UC_X86_REG_EIP
 
 
-class CPU(Registers, Delivery, PortAccess, MMU, Stubs):
+class CPU(Registers, Interrupts, Delivery, PortAccess, MMU, Stubs):
     def __init__(self, index, board):
         self.lead = 0                        # instructions ahead of the board's clock (board.run)
         self.index = index
@@ -96,8 +92,8 @@ class CPU(Registers, Delivery, PortAccess, MMU, Stubs):
         self._readers = self._make_readers()
         lib = library()
         self.limits = SegmentLimits(self, lib)
-        self._hooks = [self._hook(UC_HOOK_INTR, HOOK_INTR_CFUNC, self._on_interrupt),
-                       self._hook(UC_HOOK_INSN_INVALID, HOOK_INSN_INVALID_CFUNC, self._on_invalid)]
+        self._hooks = self._hook_interrupts(lib) + [         # (intr.py)
+            self._hook(UC_HOOK_INSN_INVALID, HOOK_INSN_INVALID_CFUNC, self._on_invalid)]
         self._unmapped = None               # the address of the last access to memory the machine lacks
         uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped)   # becomes #GP in run()
         self._io = self._hook_ports(lib)      # in/out: io.py (with the C library, io.c's check)
@@ -119,6 +115,9 @@ class CPU(Registers, Delivery, PortAccess, MMU, Stubs):
 
         def entry(_uch, *args):
             try:
+                intr = self._intr
+                if intr is not None and intr.n:     # what intr.c delivered comes first (intr.py)
+                    self.drain_interrupts()
                 return method(uc, *args)
             except BaseException as e:
                 if uc._hook_exception is None:
@@ -152,7 +151,7 @@ class CPU(Registers, Delivery, PortAccess, MMU, Stubs):
         self._stop_requested = False
         counter = self.counter
         limits, refusals, state, stubs = self.limits, self._io, counter.state, self._stubs
-        uch, eip_ref, eip_value = self._uch, self._eip_ref, self._eip
+        uch, eip_ref, eip_value, intr = self._uch, self._eip_ref, self._eip, self._intr
         known = None                         # EIP as read after a handler ran: not read twice
         while self.done < budget:
             if self.shutdown or self.halted:
@@ -170,17 +169,21 @@ class CPU(Registers, Delivery, PortAccess, MMU, Stubs):
                 executed, error = counter.run(eip, budget - self.done, NO_ADDRESS,
                                               skip if skip == eip else None, wake)
             except BaseException:              # a hook's own exception: the limit hooks
+                if intr is not None and intr.n:
+                    self.drain_interrupts()
                 limits.after_run(True)         # come back all the same (limits_flat.py)
                 raise
+            if intr is not None and intr.n:    # what intr.c delivered in the run (intr.py)
+                self.drain_interrupts()
             if refusals is not None and refusals.refused:     # io.c stopped the run
                 self._io_fault = (GP, 0, refusals.eip, refusals.at_count)
             io_fault = self._io_fault
             if state.flat and limits.after_run(
-                    limits.violation is not None or error is not None or io_fault
+                    limits._violation is not None or error is not None or io_fault
                     or self._stop_requested):
                 self.done += executed - 1      # a flat stretch began or ended before an instruction
                 continue                       # counted there: it runs (and counts) now (limits_flat.py)
-            violation = limits.take() if limits.violation is not None or state.fetch_fault else None
+            violation = limits.take() if limits._violation is not None or state.fetch_fault else None
             if violation is not None:
                 executed = violation.count     # the access counts; it did not happen (limits_decode.py)
             elif io_fault:
@@ -258,34 +261,3 @@ class CPU(Registers, Delivery, PortAccess, MMU, Stubs):
         self.shutdown = why
         self.uc.emu_stop()                  # may be inside a hook, mid-slice
         self.trace.emit("cpu.shutdown", self.index, why=why)
-
-    # ---- hooks (called by Unicorn in the middle of a slice) --------------
-    def _on_interrupt(self, uc, vector, _):
-        if vector >= 32 or vector in ONLY_SOFTWARE:   # the CPU raises only 0..31 itself, and
-            self.deliver(vector, "int", eip=self["eip"])   # #BP, #OF only for int3, into, int n
-            return
-        is_int, error = unicorn_quirks.take_exception(uc)   # (a fault's record cleared)
-        if not is_int and self.limits.violation is not None:
-            uc.emu_stop()                    # the same access was past its segment's limit, which
-            return                           # a CPU checks first: run() delivers that
-        if is_int:                           # int n / int3 / into: EIP is already past it
-            self.deliver(vector, "int", eip=self["eip"])
-        else:
-            past = self.limits.page_fault() if vector == PF else None   # the limit comes first
-            if past is not None:
-                self.raise_fault(past.vector, 0, past.eip, past.why)
-                return
-            self.raise_fault(vector, error if vector in ERROR_CODE_VECTORS else None,
-                             self["eip"], EXCEPTION_NAMES.get(vector, "exception"))
-
-    def _on_invalid(self, uc, _):
-        """Unicorn 2.1.4 sends `int 6` (CD 06) here too, not to the interrupt
-        hook, with EIP at the instruction (measured: it takes any exception 6
-        for an invalid opcode). `int 6` is a valid instruction, so those two
-        bytes at EIP mean a software interrupt, not #UD."""
-        eip = self["eip"]
-        if self._reads(eip, 2) == SOFTWARE_INT_6:
-            self.deliver(UD, "int", eip=eip + 2)
-        else:
-            self.raise_fault(UD, None, eip, "invalid opcode")
-        return True

@@ -112,12 +112,12 @@ class Delivery:
         state = self._c_state
         return (state.delivered, state.refused, state.declined) if state else (0, 0, 0)
 
-    def raise_fault(self, vector, error_code, eip, why=""):
+    def raise_fault(self, vector, error_code, eip, why="", done=None):
         self.trace.emit("cpu.fault", self.index, vector=vector, eip=eip,
                         error=error_code if error_code is not None else "-", why=why)
-        self.deliver(vector, "fault", error_code, eip)
+        self.deliver(vector, "fault", error_code, eip, done)
 
-    def deliver(self, vector, kind, error_code=None, eip=None):
+    def deliver(self, vector, kind, error_code=None, eip=None, done=None):
         """Vector `vector` through the IDT that IDTR names.
 
         kind: "int" (software; EIP is past the instruction), "fault"
@@ -127,18 +127,18 @@ class Delivery:
         a double fault; a failing double fault shuts the CPU down
         (a triple fault), as on a real PC. Only the *exception* #DF is a
         double fault: `int 8` is a software interrupt like any other (no
-        error code; through a gate it may not use, a #GP)."""
+        error code; through a gate it may not use, a #GP). done: delivery.c's answer for this
+        delivery, when it was already asked (intr.c hands over after a failed register load)."""
         eip = self["eip"] if eip is None else eip
         state = self.limits.state            # the CPU's own descriptor reads: no limit (limits.py)
         if state is not None:
             state.quiet += 1
         try:
-            c = self._c_state
-            done = None
+            c = self._c_state if done is None else None
             # the common case, straight to delivery.c (one delivery per IRQ and per trap: the
             # Python frames of the general path cost about as much as the C call); anything
             # it does not deliver at once goes on below with its answer, as _deliver would
-            if (c and self.gate_decoder is decode_gate and type(vector) is int and type(eip) is int
+            if (c and self._gate_decoder is decode_gate and type(vector) is int and type(eip) is int
                     and 0 <= vector <= 0xFF and 0 <= eip <= 0xFFFFFFFF
                     and (error_code is None or type(error_code) is int and 0 <= error_code <= 0xFFFFFFFF)):
                 done = self._c_fn(self._uch, self._c_ref, vector, kind == "int",

@@ -85,6 +85,7 @@ class SegmentLimits(Configurations, FlatStretch, SlowPath, PagingChecks, PythonC
     def __init__(self, cpu, library):
         self.cpu = cpu
         self.lib = library
+        self.pending = ctypes.c_uint64()    # 1 while a violation is held: intr.c reads it
         self.violation = None
         self.decoded = 0                    # accesses the C filter handed to Python (the slow path)
         self.stretches = 0                  # flat stretches begun (tests, figures)
@@ -119,6 +120,16 @@ class SegmentLimits(Configurations, FlatStretch, SlowPath, PagingChecks, PythonC
         c.limits = ctypes.addressof(s)      # the fetch check reads CS's limit here
         s.counter = ctypes.addressof(c)     # the filter asks the counter for a flat stretch
         c.stretch_after = STRETCH_AFTER
+
+    @property
+    def violation(self):
+        """The access past a limit the last run stopped for (limits_decode.py), or None."""
+        return self._violation
+
+    @violation.setter
+    def violation(self, v):
+        self._violation = v
+        self.pending.value = v is not None
 
     # ---- after the run stopped -----------------------------------------------------
     def take(self):

@@ -177,6 +177,11 @@ class PICPair:
         return m, s
 
     def has_request(self):
+        """(Asked before every round and by every raised line: nothing unmasked requested on
+        either chip, the common answer, settled without _request's two calls.)"""
+        master, slave = self.master, self.slave
+        if not (master.irr & ~master.imr or slave.irr & ~slave.imr):
+            return False
         return self._request()[0] is not None
 
     def acknowledge(self):

@@ -65,6 +65,8 @@ class Stubs:
             self.write(**registers)
             self.uc.emu_start(begin, end)
         finally:
+            if self._intr is not None and self._intr.n:    # (intr.py)
+                self.drain_interrupts()
             (state.count, state.budget, state.spent, state.nbreaks, state.hit, state.wait_if,
              state.stretch_after) = kept
             self.write(**saved)

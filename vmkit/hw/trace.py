@@ -60,6 +60,19 @@ class Trace:
         self.events.append(ev)
         return ev
 
+    def emit_at(self, time, kind, cpu, data):
+        """An event that happened at virtual time `time`, recorded now: what the C interrupt
+        hook delivered during a run, told before anything later is (intr.py). The held
+        events go first, as for `emit`: in one run a switch's sealing step (switch_seal.py)
+        can come before a delivery intr.c notes (a fault in the load that follows it), never
+        after one (a delivery enters the dispatcher with its own vector, where the step
+        declines and the run stops)."""
+        if self._held[0]:
+            self._drain()
+        ev = _event(Event, (time, cpu, kind, data))
+        self.events.append(ev)
+        return ev
+
     def mark(self):
         """A position to read `since` from: lets a widget show only what a step did."""
         return len(self.events)

@@ -158,8 +158,16 @@ def inhibit_offset():
 
 
 def irq_inhibited(uc):
-    """True right after `sti` (or `mov ss`): the CPU may not take an interrupt yet."""
-    return bool(_u32(_saved(uc)[1] + inhibit_offset()) & INHIBIT_IRQ)
+    """True right after `sti` (or `mov ss`): the CPU may not take an interrupt yet. (Asked
+    before each interrupt the board delivers: a view of the flag's word made once into the
+    context kept for this Unicorn instance, saved into again.)"""
+    view = uc.__dict__.get("_vmkit_inhibit")
+    if view is None:
+        _, at = _saved(uc)
+        view = uc._vmkit_inhibit = ctypes.c_uint32.from_address(at + inhibit_offset())
+    else:
+        _context_save(uc._uch, uc._vmkit_context.context)
+    return bool(view.value & INHIBIT_IRQ)
 
 
 # ---- the hidden part of the segment registers ---------------------------------------
