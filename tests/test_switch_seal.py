@@ -167,3 +167,31 @@ def test_without_the_library_nothing_is_armed_and_the_trace_is_the_same(monkeypa
     board.run(150_000)
     assert counts(kernel, board) == [(0, 0)] and len(board.trace.of("switch.check")) > 3
     assert [str(e) for e in board.trace.events] == with_c
+
+
+def test_a_load_the_cpu_refuses_after_the_step_in_c_is_told_in_order(monkeypatch):
+    """The step in C seals and checks (the area's CRC is right), then the load's ltr faults:
+    C's interrupt hook (intr.c) delivers that #GP inside the same run. The trace holds the
+    step's three events, then the fault, then the refusal: as with the step in Python."""
+    texts = {}
+    for in_c in (True, False):
+        monkeypatch.setattr(switch, "SEAL_IN_C", in_c)
+        board, kernel, vms = machine()
+        victim, other = _switched_out(board, kernel, vms)
+        state = switch.read_area(board.memory, victim.area)
+        state["tr.sel"] = layout.KERNEL_DATA_SEL          # a data segment: ltr refuses it (#GP)
+        switch.write_area(board.memory, victim.area, state)     # (sealed again: the CRC holds)
+        (done, _), = counts(kernel, board)
+        mark = board.trace.mark()
+        board.run(100_000)
+        assert victim.state == "crashed" and "the CPU refused it" in victim.fault
+        if in_c:
+            assert counts(kernel, board)[0][0] > done
+        events = board.trace.since(mark)
+        checked = next(i for i, e in enumerate(events)
+                       if e.kind == "switch.check" and e["world"] == victim.name)
+        assert events[checked]["ok"] and [e.kind for e in events[checked + 1:checked + 3]] == [
+            "cpu.fault", "cpu.deliver"] and events[checked + 1]["vector"] == 13
+        assert events[checked].time <= events[checked + 1].time
+        texts[in_c] = [str(e) for e in events]
+    assert texts[True] == texts[False]
