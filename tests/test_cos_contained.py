@@ -4,7 +4,7 @@ import pytest
 
 from vmkit.cos.cos import COS
 from vmkit.cos import layout as cos_layout
-from vmkit.kernel import layout, switch
+from vmkit.kernel import layout, save_area
 from test_takeover import booted, insmod
 
 
@@ -95,7 +95,7 @@ init:   mov ax, {user_data:#x}
     assert not board.trace.since(mark, "kernel.cos_limit")         # (the store after it never ran)
     cos_world = kernel.worlds.all[0]                                # the VM runs once the COS idles:
     limit = (board.cpu["gdtr"][2] if kernel.worlds.current is cos_world  # then its sgdt, saved
-             else switch.read_area(board.memory, cos_world.area)["gdtr.limit"])   # at the switch
+             else save_area.read_area(board.memory, cos_world.area)["gdtr.limit"])   # at the switch
     assert limit < layout.USER_CODE_SEL                             # while the COS runs
 
 

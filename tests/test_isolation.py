@@ -4,7 +4,7 @@ neither the kernel, nor the COS, nor another VM: the write is a #PF into the
 kernel and only the writing VM is crashed."""
 import pytest
 
-from vmkit.kernel import layout, switch
+from vmkit.kernel import layout, save_area
 from vmkit.kernel import paging
 from vmkit.vmm import guests
 
@@ -40,7 +40,7 @@ def test_a_guest_writing_outside_its_memory_crashes_only_itself(where):
     assert not bad.vmm.owns(target)
     board.run(200_000)                      # the writer's greeting; the victim and COS running
     if where == "cos":                      # the COS really runs there (it was switched away from)
-        assert COS_CODE <= switch.read_area(board.memory, kernel.worlds.all[0].area)["eip"] < COS_CODE + 0x10000
+        assert COS_CODE <= save_area.read_area(board.memory, kernel.worlds.all[0].area)["eip"] < COS_CODE + 0x10000
     before = board.memory.read(target, 4)
     assert before != POISON.to_bytes(4, "little")
     assert bad.state == "crashed", bad
@@ -61,7 +61,7 @@ def test_a_guest_writing_outside_its_memory_crashes_only_itself(where):
 def test_each_vm_world_has_its_own_directory_and_the_switch_turns_paging_on_for_it_only():
     board, cos, kernel = displaced()
     vm1, vm2 = console_vm(kernel, "vm1"), console_vm(kernel, "vm2")
-    cr3 = {w.name: switch.read_area(board.memory, w.area)["cr3"] for w in kernel.worlds.all}
+    cr3 = {w.name: save_area.read_area(board.memory, w.area)["cr3"] for w in kernel.worlds.all}
     assert cr3["cos"] == 0 and len({cr3["vm1"], cr3["vm2"], 0}) == 3
     m = board.memory
     for w, other in ((vm1, vm2), (vm2, vm1)):

@@ -4,7 +4,7 @@ the interrupted code's DS..GS into the frame and loads KERNEL_DATA_SEL; the exit
 them back (frame.py)."""
 from test_takeover import booted, insmod
 from vmkit.hw.x86 import decode_segment
-from vmkit.kernel import layout, switch
+from vmkit.kernel import layout, save_area
 from vmkit.kernel.frame import Frame
 
 SEGMENTS = ("ds", "es", "fs", "gs")
@@ -32,7 +32,7 @@ def test_the_kernel_runs_on_its_own_data_segment_and_gives_the_world_its_own_bac
         board.run(100)
         if board.cpu.cpl == 1:
             resumed.add(tuple(board.cpu[s] for s in SEGMENTS))
-    cos_sel, vm_sel = layout.COS_DATA_SEL, switch.read_area(board.memory, vm.area)["ds"]
+    cos_sel, vm_sel = layout.COS_DATA_SEL, save_area.read_area(board.memory, vm.area)["ds"]
     kernel_data = layout.KERNEL_DATA_SEL
     # the COS's data segment would refuse the kernel's accesses: it ends below the kernel
     assert _descriptor(board, cos_sel).limit < kernel.base

@@ -3,7 +3,7 @@ accounting, one switch recorded step by step, claim 15's before/after table,
 and the scheduler hook exercise 05 plugs into."""
 import re
 
-from vmkit.kernel import switch
+from vmkit.kernel import save_area
 from vmkit.kernel.worlds import round_robin
 from vmkit.lessons import worlds as lesson
 from vmkit.ui.world_diagrams import worlds_diagram
@@ -30,7 +30,7 @@ def test_accounting_is_read_from_the_world_blocks():
     board.run(300_000)
     rows = {a["world"]: a for a in lesson.accounting(kernel)}
     for w in kernel.worlds.all:
-        assert rows[w.name]["switches in"] == board.memory.read_u32(w.area + switch.SWITCHES) > 5
+        assert rows[w.name]["switches in"] == board.memory.read_u32(w.area + save_area.SWITCHES) > 5
     assert rows["cos"]["instructions"] > rows["vm1"]["instructions"] > 0
 
 
@@ -56,7 +56,7 @@ def test_one_switch_is_recorded_step_by_step():
     assert steps[0].event["frm"] == "cos" and steps[0].event["to"] == "vm1"
     cos_area = kernel.worlds.all[0].area
     # the save step changed the COS's save area to what the COS resumes with
-    assert switch.decode_area(steps[1].areas["cos"])["eip"] == steps[0].world_state["eip"]
+    assert save_area.decode_area(steps[1].areas["cos"])["eip"] == steps[0].world_state["eip"]
     assert steps[0].areas["cos"] != steps[1].areas["cos"] and cos_area
     # the load step put vm1's state in: CPL 3 from then on
     assert steps[3].world_state["cs"] & 3 == 1 and steps[4].world_state["cs"] & 3 == 3
@@ -69,7 +69,7 @@ def test_the_before_after_table_lists_every_claim_15_item():
     board.run(100_000)
     rows = lesson.before_after(lesson.record_switch(board, kernel))
     names = [r[1] for r in rows]
-    assert set(names) == {n for n in switch.ITEMS if not n.endswith(".flags")}
+    assert set(names) == {n for n in save_area.ITEMS if not n.endswith(".flags")}
     for needed in ("eflags", "cs", "ds", "ss", "eip", "gdtr.base", "idtr.base", "ldtr.sel", "tr.sel",
                    "cr3", "eax", "esp", "edi"):
         assert needed in names

@@ -6,7 +6,7 @@ from vmkit.hw.board import Board
 from vmkit.hw.mmu import LinearFault
 from vmkit.hw.lapic import EOI, ICR_LOW, LVT_TIMER, TIMER_CURRENT, TIMER_INITIAL, PERIODIC
 from vmkit.hw.x86 import TSS_ESP0, encode_gate
-from vmkit.kernel import mapcache, smp, switch
+from vmkit.kernel import mapcache, save_area, smp, switch
 from vmkit.kernel.mapcache import MappingCacheError
 from vmkit.kernel.worlds import VMError
 from vmkit.lessons import smp as lesson
@@ -128,7 +128,7 @@ def test_each_cpu_has_its_own_system_world_tss_stack_and_timer(running):
     for r in rows:                                   # each TSS's ESP0 is in its CPU's stack, in kernel memory
         assert kernel.contains(r["ESP0"] - 4) and r["ESP0"] == smp.stack_top(kernel, r["cpu"])
     p1 = kernel.worlds.cpus[1]
-    area = switch.read_area(board.memory, p1.system.area)
+    area = save_area.read_area(board.memory, p1.system.area)
     loop = kernel.base + kernel.image.system_world          # sti; hlt; jmp: 4 bytes
     assert area["cs"] & 3 == 0 and loop <= area["eip"] < loop + 4
     assert area["cr3"] == p1.system.cr3 != 0 and switch.tss_base(board.memory, area) == smp.cpu_tss(kernel, 1)[1]
@@ -149,7 +149,7 @@ def test_the_cos_stays_on_cpu0_and_vms_are_placed_on_both(running):
         got = lines(v)
         assert len(got) > 10 and got == expected(v.name, len(got) - 1) and v.state != "crashed"
     # a VM on CPU 1 runs with CPU 1's VM TSS (ESP0 = CPU 1's stack), and CPU 1's window
-    area = switch.read_area(board.memory, vms[0].area)
+    area = save_area.read_area(board.memory, vms[0].area)
     assert switch.tss_base(board.memory, area) == smp.vm_tss(kernel, 1)[1]
     assert board.memory.read_u32(switch.tss_base(board.memory, area) + TSS_ESP0) == smp.stack_top(kernel, 1)
 

@@ -8,7 +8,7 @@ import pytest
 
 from vmkit.hw import counter as counter_module
 from vmkit.hw.counter import library
-from vmkit.kernel import layout, switch
+from vmkit.kernel import layout, save_area, switch
 from vmkit.lessons import takeover
 from vmkit.vmm import guests
 
@@ -83,8 +83,8 @@ def test_a_sealed_area_holds_zlibs_crc():
     board.run(200_000)
     assert counts(kernel, board)[0][0] > 0
     for world in kernel.worlds.all:
-        raw = board.memory.read(world.area, switch.STATE_SIZE + 4)
-        assert zlib.crc32(raw[:switch.STATE_SIZE]) == int.from_bytes(raw[-4:], "little")
+        raw = board.memory.read(world.area, save_area.STATE_SIZE + 4)
+        assert zlib.crc32(raw[:save_area.STATE_SIZE]) == int.from_bytes(raw[-4:], "little")
 
 
 def _switched_out(board, kernel, vms):
@@ -102,7 +102,7 @@ def test_a_corrupted_next_area_is_refused_as_before(monkeypatch):
         monkeypatch.setattr(switch, "SEAL_IN_C", in_c)
         board, kernel, vms = machine()
         victim, other = _switched_out(board, kernel, vms)
-        at = victim.area + switch.OFFSET["eip"]
+        at = victim.area + save_area.OFFSET["eip"]
         board.memory.write_u32(at, board.memory.read_u32(at) ^ 4)
         (done, declined), = counts(kernel, board)
         mark = board.trace.mark()
@@ -178,9 +178,9 @@ def test_a_load_the_cpu_refuses_after_the_step_in_c_is_told_in_order(monkeypatch
         monkeypatch.setattr(switch, "SEAL_IN_C", in_c)
         board, kernel, vms = machine()
         victim, other = _switched_out(board, kernel, vms)
-        state = switch.read_area(board.memory, victim.area)
+        state = save_area.read_area(board.memory, victim.area)
         state["tr.sel"] = layout.KERNEL_DATA_SEL          # a data segment: ltr refuses it (#GP)
-        switch.write_area(board.memory, victim.area, state)     # (sealed again: the CRC holds)
+        save_area.write_area(board.memory, victim.area, state)     # (sealed again: the CRC holds)
         (done, _), = counts(kernel, board)
         mark = board.trace.mark()
         board.run(100_000)

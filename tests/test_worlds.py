@@ -2,8 +2,8 @@
 import pytest
 
 from vmkit.cos import layout as cos_layout
-from vmkit.hw.x86 import EFLAGS_IF, TSS_AVAILABLE, TSS_BUSY, decode_segment, encode_segment
-from vmkit.kernel import image, layout, smp, switch
+from vmkit.hw.x86 import CR0_PG, EFLAGS_IF, TSS_AVAILABLE, TSS_BUSY, decode_segment, encode_segment
+from vmkit.kernel import image, layout, save_area, smp, switch_x86
 from vmkit.lessons import worlds as worlds_lesson
 from vmkit.kernel.worlds import VMError
 from vmkit.lessons.takeover import takeover
@@ -73,19 +73,19 @@ def test_the_switch_is_the_claimed_sequence_of_steps():
     assert all(cr3[k] == 0 for k in worlds_lesson.STEPS if k not in loaded)      # the COS: no paging
     assert all(cr3[k] == vm.cr3 for k in loaded)                                  # vm1's, from the load
     begin, save = steps["switch.begin"], steps["switch.save"]
-    stored = switch.decode_area(save.areas["cos"])
+    stored = save_area.decode_area(save.areas["cos"])
     kept = [n for _, names in worlds_lesson.CLAIM15 for n in names]
-    assert switch.decode_area(begin.areas["cos"]) != stored                      # written by the save
+    assert save_area.decode_area(begin.areas["cos"]) != stored                      # written by the save
     assert {n: stored[n] for n in kept} == {n: begin.world_state[n] for n in kept}
     assert not steps["switch.cli"].registers["eflags"] & EFLAGS_IF                # the CPU's IF, clear
-    area = switch.decode_area(steps["switch.check"].areas["vm1"])
+    area = save_area.decode_area(steps["switch.check"].areas["vm1"])
     assert steps["switch.check"].registers["tr"][0] != layout.VM_TSS_SEL          # nothing of vm1 yet
     assert steps["switch.load"].registers["tr"][0] == area["tr.sel"] == layout.VM_TSS_SEL
     assert steps["switch.load"].registers["idtr"][1:3] == (area["idtr.base"], area["idtr.limit"])
     start = steps["switch.start"].world_state                                     # the frame the iretd loads
     assert (start["eip"], start["cs"]) == (area["eip"], area["cs"]) and start["cs"] & 3 == 3
     assert steps["switch.sti"].world_state["eflags"] & EFLAGS_IF
-    assert switch.area_intact(board.memory, vm.area)
+    assert save_area.area_intact(board.memory, vm.area)
 
 
 def test_the_cpu_loads_the_world_with_if_clear_and_the_iretd_sets_it():
@@ -94,14 +94,14 @@ def test_the_cpu_loads_the_world_with_if_clear_and_the_iretd_sets_it():
     first = []                                        # the CPU as the VM's first instruction finds it
     board.cpu.on_execute(0, lambda cpu: first or first.append(cpu.state()))
     steps = {s.kind: s.registers for s in worlds_lesson.record_switch(board, kernel, "cos", "vm1")}
-    area = switch.read_area(board.memory, vm.area)
+    area = save_area.read_area(board.memory, vm.area)
     for kind in ("switch.cli", "switch.check", "switch.load"):     # exceptions disabled in the CPU
         assert not steps[kind]["eflags"] & EFLAGS_IF, kind
     at_load = steps["switch.load"]                    # what the x86 loaded, read from the CPU
     assert at_load["gdtr"][1:3] == (area["gdtr.base"], area["gdtr.limit"])
     assert at_load["idtr"][1:3] == (area["idtr.base"], area["idtr.limit"])
     assert at_load["tr"][0] == area["tr.sel"] == layout.VM_TSS_SEL and at_load["ldtr"][0] == 0
-    assert at_load["cr3"] == vm.cr3 and at_load["cr0"] & switch.CR0_PG
+    assert at_load["cr3"] == vm.cr3 and at_load["cr0"] & CR0_PG
     assert at_load["ds"] == layout.KERNEL_DATA_SEL    # the kernel's own again; the VM's is in the frame
     assert at_load["cpl"] == 0 and steps["switch.begin"]["cr3"] == 0      # the COS ran without paging
     (regs,) = first                                   # after the stub's iretd: the VM, IF set
@@ -162,7 +162,7 @@ def test_tr_follows_the_gdt_descriptor_not_the_save_area():
     board.cpu.on_execute(0x86, lambda cpu: seen.append(cpu["tr"]))   # after its hlt
     board.run(200_000)
     assert seen and {t[1] for t in seen} == {copy}       # the save area holds only the selector
-    assert switch.read_area(board.memory, vm.area)["tr.sel"] == layout.VM_TSS_SEL and len(lines(vm)) > 3
+    assert save_area.read_area(board.memory, vm.area)["tr.sel"] == layout.VM_TSS_SEL and len(lines(vm)) > 3
 
 
 def test_the_switch_is_x86_in_the_kernel():
@@ -184,7 +184,7 @@ def _second_vm_switched_out(board, kernel):
 def test_a_corrupted_save_area_is_refused(item, flip):
     board, cos, kernel = displaced()
     vm1, vm2, victim, other = _second_vm_switched_out(board, kernel)
-    at = victim.area + switch.OFFSET[item]
+    at = victim.area + save_area.OFFSET[item]
     board.memory.write_u32(at, board.memory.read_u32(at) ^ flip)
     before, ticks = len(lines(other)), cos.ticks()
     board.run(300_000)
@@ -200,9 +200,9 @@ def test_a_corrupted_save_area_is_refused(item, flip):
 def test_a_wrong_selector_in_a_save_area_is_refused_by_the_cpu(item, value, insn):
     board, cos, kernel = displaced()
     vm1, vm2, victim, other = _second_vm_switched_out(board, kernel)
-    state = switch.read_area(board.memory, victim.area)
+    state = save_area.read_area(board.memory, victim.area)
     state[item] = value                               # stored with a good CRC: only the CPU can object
-    switch.write_area(board.memory, victim.area, state)
+    save_area.write_area(board.memory, victim.area, state)
     before, ticks = len(lines(other)), cos.ticks()
     board.run(300_000)
     assert victim.state == "crashed" and f"#GP general protection({value & ~7:#x}) at `{insn}" in victim.fault
@@ -215,7 +215,7 @@ def test_a_wrong_selector_in_a_save_area_is_refused_by_the_cpu(item, value, insn
 
 @pytest.mark.parametrize("skip", ["ltr", "mov ds", "mov cr3"])
 def test_a_switch_that_skips_one_load_is_caught(skip):
-    load = "\n".join(line for line in switch.LOAD.splitlines()
+    load = "\n".join(line for line in switch_x86.LOAD.splitlines()
                      if not line.strip().startswith(skip))
     board, cos, kernel = displaced(image=image.build(load))
     vm1, vm2 = console_vm(kernel, "vm1"), console_vm(kernel, "vm2")

@@ -12,7 +12,7 @@ import re
 
 from vmkit.hw.asm import AsmError, assemble, disassemble
 from vmkit.hw.x86 import DATA_RW, LDT, TSS_AVAILABLE, TSS_BUSY, decode_segment, encode_segment
-from vmkit.kernel import image, layout, switch
+from vmkit.kernel import image, layout, save_area, switch_x86
 from vmkit.lessons import worlds as lesson
 from vmkit.vmm import guests
 
@@ -102,11 +102,11 @@ def _distinct_tables(kernel, vm):
     memory.write(base + LDT_AT, bytes(8) + encode_segment(0, vm.region[1] - 1, DATA_RW, 3),   # its memory: linear 0..
                  code=False)
     memory.write(base + IDT_COPY, memory.read(vm.vmm_region + layout.VMM_IDT, 256 * 8), code=False)
-    state = switch.read_area(memory, vm.area)
+    state = save_area.read_area(memory, vm.area)
     state.update({"gdtr.base": base + GDT_COPY, "gdtr.limit": len(gdt) - 1, "ldtr.sel": LDT_SEL,
                   "idtr.base": base + IDT_COPY, "idtr.limit": 256 * 8 - 1,
                   "fs": LDT_DATA_SEL})          # FS unlike DS: a load from the wrong field shows
-    switch.write_area(memory, vm.area, state)
+    save_area.write_area(memory, vm.area, state)
 
 
 def _machine(load_sequence, **options):
@@ -114,7 +114,7 @@ def _machine(load_sequence, **options):
     source = load_sequence()
     if not isinstance(source, str):
         return f"load_sequence() returned {type(source).__name__}, expected x86 source text"
-    prefix = switch.symbols_source() + "\n"
+    prefix = switch_x86.symbols_source() + "\n"
     try:
         assemble(prefix + source)               # alone first: errors name the learner's own lines
         kernel_image = image.build(source)

@@ -17,7 +17,7 @@ where it lies and its flags (a VM's, paging.py and vmm/region.py):
 from typing import NamedTuple
 
 from vmkit.hw.x86 import decode_segment
-from . import layout, paging, switch
+from . import layout, paging, save_area
 from .mapcache import WINDOW
 
 
@@ -85,7 +85,7 @@ def spans(kernel, world):
 
 def segments(kernel, world):
     """[Segment] of the GDT `world` loads (its saved GDTR), those of SEGMENTS it has."""
-    area = switch.read_area(kernel.memory, world.area)
+    area = save_area.read_area(kernel.memory, world.area)
     gdt, limit = area["gdtr.base"], area["gdtr.limit"]
     out = []
     for name, sel in SEGMENTS:

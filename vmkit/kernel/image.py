@@ -21,7 +21,7 @@ import zlib
 
 from vmkit.hw.asm import assemble
 from vmkit.hw.x86 import ERROR_CODE_VECTORS
-from . import layout, mapcache, smp, switch, unload
+from . import layout, mapcache, smp, switch_x86, unload
 from .frame import EXIT, Frame
 
 MAGIC = b"VMKERNEL"
@@ -35,7 +35,7 @@ class KernelImageError(ValueError):
     pass
 
 
-def kernel_source(load=switch.LOAD):
+def kernel_source(load=switch_x86.LOAD):
     """Entry code, one 16-byte stub per vector, the common path into the
     dispatcher, and the world switch (switch.py; `load`: its loading part)."""
     stubs = []
@@ -109,7 +109,7 @@ more:   inc dword ptr [{layout.WORK_DONE:#x} + base]
         loop more
         cli
         jmp dispatch
-{switch.x86_source(load)}
+{switch_x86.x86_source(load)}
 {mapcache.KERNEL_SOURCE}
 {unload.X86}
 {smp.KERNEL_SOURCE}
@@ -121,7 +121,7 @@ def _assemble_at(origin, load):
     return assemble(src, origin)
 
 
-def _label_offsets(load=switch.LOAD):
+def _label_offsets(load=switch_x86.LOAD):
     """Where entry, the stubs and the dispatcher landed: a marked label table appended."""
     names = ["takeover", "entry", "dispatch", "system_world", "dispatched"] + [f"stub_{v}" for v in range(256)]
     probe = kernel_source(load) + "\n.long 0x4c42414c\n.long " + ", ".join(names) + "\n"
@@ -135,9 +135,9 @@ def _label_offsets(load=switch.LOAD):
     return entry, stubs[0], dispatch, system_world, dispatched
 
 
-def build(load=switch.LOAD):
+def build(load=switch_x86.LOAD):
     """The image bytes, as a vendor would ship them (`load`: the world switch's
-    loading part, switch.LOAD unless exercise 06 gives its own)."""
+    loading part, switch_x86.LOAD unless exercise 06 gives its own)."""
     shift = 0x10000000
     low, high = _assemble_at(0, load), _assemble_at(shift, load)
     relocs = [i for i in range(0, len(low) - 3)

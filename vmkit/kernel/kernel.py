@@ -20,7 +20,7 @@ from capstone import Cs, CS_ARCH_X86, CS_MODE_32
 
 from vmkit.hw.x86 import EFLAGS_IF, ERROR_CODE_VECTORS, EXCEPTION_NAMES
 from vmkit.cos import layout as cos_layout
-from . import contain, cos_idt, devices, layout, smp, switch, syscalls, traps, unload, vpic
+from . import contain, cos_idt, devices, layout, smp, switch_x86, syscalls, traps, unload, vpic
 from .cos_vcpu import CosVcpu, emulate_if
 from .frame import Frame, StackPastLimit
 from .irq import IrqRouter
@@ -38,7 +38,7 @@ INT3 = b"\xcc"
 HEADER = cos_layout.MODULE_HEADER
 _disassembler = Cs(CS_ARCH_X86, CS_MODE_32)
 GO_BACK = layout.GO_BACK
-SWITCH_STEPS = frozenset((layout.GO_SWITCH, switch.SAVED, switch.LOADED))
+SWITCH_STEPS = frozenset((layout.GO_SWITCH, switch_x86.SAVED, switch_x86.LOADED))
 SPECIAL = frozenset((INIT_VECTOR, unload.PARK_VECTOR)) | smp.LOCAL_VECTORS   # the kernel's own vectors
 assert not any(IRQ_BASE <= v < IRQ_BASE + 16 for v in SPECIAL)   # (dispatch tests the IRQs first)
 FRAMES_KEPT = 64                # trap frames kept, by address (Kernel._frame); then made afresh

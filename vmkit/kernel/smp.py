@@ -31,7 +31,7 @@ from vmkit.hw import lapic
 from vmkit.hw.asm import assemble
 from vmkit.hw.lapic import EOI, LVT_TIMER, PERIODIC, TIMER_INITIAL
 from vmkit.hw.x86 import encode_segment, encode_tss, CODE_RX, DATA_RW, TSS_AVAILABLE, EFLAGS_IF
-from . import layout, paging, switch
+from . import layout, paging, save_area, switch
 from .frame import Frame
 from .mapcache import MappingCache, SHOOTDOWN_VECTOR, WINDOW
 from .world import Processor, World
@@ -129,14 +129,14 @@ def processor(kernel, cpu):
     system.cr3 = paging.build(kernel.memory, block + layout.SYSTEM_PAGEDIR,
                               kernel.block, [],
                               window=window(kernel, index))
-    state = dict.fromkeys(switch.ITEMS, 0)
+    state = dict.fromkeys(save_area.ITEMS, 0)
     state.update(kernel_tables(kernel))
     data = layout.KERNEL_DATA_SEL                 # the kernel's own (image.py's `common` loads it)
     state.update(eip=kernel.base + kernel.image.system_world, esp=stack_top(kernel, index) - 8,
                  eflags=EFLAGS_IF | 2, cs=layout.KERNEL_CODE_SEL, ss=layout.KERNEL_DATA_SEL,
                  ds=data, es=data, fs=data, gs=data, cr3=system.cr3,
                  **{"tr.sel": cpu_tss(kernel, index)[0]})
-    switch.write_area(kernel.memory, system.area, state)
+    save_area.write_area(kernel.memory, system.area, state)
     cache = MappingCache(kernel, cpu, block + layout.WINDOW_TABLE, block + layout.CACHE_COUNTERS)
     return Processor(index, system, cache)
 
@@ -154,7 +154,7 @@ def start_processors(kernel):
     kernel.worlds._prepare_vm_support()
     period = kernel.worlds.vm_tick or board.pit.period or DEFAULT_TIMER   # it runs only VMs and its system world
     for p in kernel.worlds.cpus[1:]:
-        state = switch.read_area(kernel.memory, p.system.area)
+        state = save_area.read_area(kernel.memory, p.system.area)
         frame = Frame(kernel.memory, stack_top(kernel, p.index) - Frame.SIZE)
         kernel.memory.write(frame.address, bytes(Frame.SIZE), code=False)
         frame.vector, frame.edx, frame.ecx = layout.GO_SWITCH, TIMER_VECTOR | PERIODIC, period

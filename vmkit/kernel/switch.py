@@ -52,11 +52,8 @@ from vmkit.hw.switch_seal import Sealing
 from vmkit.hw.x86 import CR0_PG, EFLAGS_IF, EXCEPTION_NAMES, TSS_BUSY, decode_segment
 from . import layout
 from .frame import Frame
-# (the save area's and the x86's names, as switch.* too: the switch's one vocabulary)
-from .save_area import (CRC, FIELDS, FRAME_ITEMS, GENERAL, ITEMS, LAYOUT, OFFSET, SEGMENTS,  # noqa: F401
-                        SIZE, STATE_SIZE, SWITCHES, SYMBOLS, TICKS, WIDTH, _AREA, area_intact, bump,
-                        decode_area, intact, read_area, seal, span, write_area)
-from .switch_x86 import LOAD, LOADED, RELOAD, SAVED, _CPL0_FRAME, _F, symbols_source, x86_source  # noqa: F401
+from .save_area import ITEMS, OFFSET, STATE_SIZE, SWITCHES, _AREA, bump, intact, seal, span
+from .switch_x86 import SAVED, _CPL0_FRAME, _F
 
 _FRAME = struct.Struct(f"<{len(Frame.FIELDS)}I")
 _GDTR = struct.Struct("<HI")                     # lgdt's operand: limit, then base

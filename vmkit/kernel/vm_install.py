@@ -10,7 +10,7 @@ The world table and its scheduler, whose methods these are (Worlds inherits them
 """
 from vmkit.hw.asm import assemble
 from vmkit.hw.x86 import EFLAGS_IF
-from . import layout, paging, smp, switch
+from . import layout, paging, save_area, smp
 from .errors import GuestFault
 from .world import World
 
@@ -110,14 +110,14 @@ class Installing:
         world = World(name, "vm", area, (base, size), vmm, cpu)
         world.vmm_region = region                               # host address (vmm/region.py)
         user_data = layout.USER_DATA_SEL | layout.USER_RPL
-        state = dict.fromkeys(switch.ITEMS, 0)
+        state = dict.fromkeys(save_area.ITEMS, 0)
         state.update(eip=entry, esp=size, eflags=EFLAGS_IF | 2,
                      cs=layout.USER_CODE_SEL | layout.USER_RPL, ss=user_data,
                      ds=user_data, es=user_data, fs=user_data, gs=user_data)
         state.update(self.kernel.monitor.tables(region))     # its VMM's GDT and IDT (identity addresses)
         state.update({"tr.sel": smp.vm_tss(self.kernel, cpu)[0],  # ESP0: its CPU's kernel stack
                       "cr3": cr3})                              # its own address space
-        switch.write_area(self.memory, area, state)
+        save_area.write_area(self.memory, area, state)
         self.all.append(world)
         self.trace.emit("vm.installed", vm=name, base=base, size=size, code=len(code), area=area, cpu=cpu,
                         entry=entry, vmm=region)

@@ -29,7 +29,7 @@ import functools
 from vmkit.hw import clock
 from vmkit.hw.lapic import TIMER_INITIAL
 from vmkit.hw.x86 import CR0_PG
-from . import layout, smp, switch
+from . import layout, save_area, smp, switch, switch_x86
 from .errors import GuestFault
 from .switch import SwitchError
 from .vm_install import Installing, VMError  # noqa: F401 (VMError: worlds.VMError too)
@@ -82,13 +82,13 @@ class Worlds(Installing):
         return address
 
     def ticks_of(self, world):
-        return self.memory.read_u32(world.area + switch.TICKS)
+        return self.memory.read_u32(world.area + save_area.TICKS)
 
     def instructions_of(self, world):
         return self.memory.read_u32(world.area + INSTRUCTIONS)
 
     def switches_of(self, world):
-        return self.memory.read_u32(world.area + switch.SWITCHES)
+        return self.memory.read_u32(world.area + save_area.SWITCHES)
 
     # ---- scheduling --------------------------------------------------------------
     def runnable(self, world):
@@ -152,7 +152,7 @@ class Worlds(Installing):
         placed there, and switch if the interrupted world's quantum is used (or
         a system world runs and a VM of this CPU can run)."""
         p = p or self.cpus[0]
-        switch.bump(self.memory, p.current.area + switch.TICKS, 1)
+        save_area.bump(self.memory, p.current.area + save_area.TICKS, 1)
         if len(self.all) == 1:
             return
         for w in self.all[1:]:
@@ -201,9 +201,9 @@ class Worlds(Installing):
         switch.disarm(k, cpu)                          # (SAVED here: C declined it)
         target = s.frm if s.mode == "restore" else s.to
         if vector == layout.GO_SWITCH:                 # a CPU's start: its first frame (smp.py)
-            switch.enter(frame, cpu, switch.RELOAD, target.area)
+            switch.enter(frame, cpu, switch_x86.RELOAD, target.area)
             return
-        if vector == switch.SAVED:
+        if vector == switch_x86.SAVED:
             try:
                 gdtr = switch.saved(k, frame, cpu, s.frm, s.to)   # (base, limit) the load's lgdt loads
             except SwitchError as e:            # nothing loaded: the running world goes on
@@ -215,7 +215,7 @@ class Worlds(Installing):
             return      # the load runs at CPL 0 with paging off: its accesses through a world's
                         # short DS are checked, after its lgdt by the next world's descriptors
         try:
-            if vector != switch.LOADED:
+            if vector != switch_x86.LOADED:
                 raise SwitchError(f"{target.name}: {switch.refused_by_cpu(k, frame, vector)}")
             cr0, cs = switch.loaded(k, frame, cpu, target)
         except SwitchError as e:
@@ -225,7 +225,7 @@ class Worlds(Installing):
                 return
             self.crash(s.to, f"world switch refused: {e}")
             p.switching = switch.Switch(s.frm, s.frm, "restore", s.away)     # load the world it left again
-            switch.enter(frame, cpu, switch.RELOAD, s.frm.area)
+            switch.enter(frame, cpu, switch_x86.RELOAD, s.frm.area)
             return
         p.switching = None
         cpu.descriptors_changed(frame.cs & 3, paging=bool(cr0 & CR0_PG))   # the platform's limit checks
@@ -270,7 +270,7 @@ class Worlds(Installing):
         if p.index == 0 and self.vm_tick:
             self._cpu0_timer(nxt)
         now = k.board.now()
-        switch.bump(self.memory, p.current.area + INSTRUCTIONS, now - p.since)
+        save_area.bump(self.memory, p.current.area + INSTRUCTIONS, now - p.since)
         p.current, p.used, p.since = nxt, 0, now
         kind = nxt.kind
         if kind == "vm":

@@ -13,7 +13,7 @@ cos_escapes.py.
 from typing import NamedTuple
 
 from vmkit.hw.x86 import decode_segment
-from vmkit.kernel import address_space as machine_space, layout, mapcache, paging, switch
+from vmkit.kernel import address_space as machine_space, layout, mapcache, paging, save_area
 
 RUN_LIMIT = 3_000_000           # instructions the VMM's call into the kernel may take
 
@@ -58,7 +58,7 @@ def access(span):
 def address_space(kernel, world):
     """`world`'s address space as its CR3 and GDTR name them (its saved GDTR: the
     save area is written at each switch, and the VM's GDT does not move)."""
-    area = switch.read_area(kernel.memory, world.area)
+    area = save_area.read_area(kernel.memory, world.area)
     gdt, limit = area["gdtr.base"], area["gdtr.limit"]
     runs = machine_space.spans(kernel, world) if world.cr3 else []
     segments = []

@@ -8,7 +8,7 @@ registers and the trap frame on the kernel stack.
 from typing import NamedTuple
 
 from vmkit.hw.asm import disassemble
-from vmkit.kernel import layout, switch
+from vmkit.kernel import layout, save_area, switch
 from vmkit.kernel.frame import Frame
 from vmkit.lessons import takeover
 from vmkit.vmm import guests
@@ -59,7 +59,7 @@ def world_rows(kernel):
     """Each world as the kernel keeps it: memory region, address space, control thread."""
     rows = []
     for x in kernel.worlds.all:
-        area = switch.read_area(kernel.memory, x.area)
+        area = save_area.read_area(kernel.memory, x.area)
         base, size = x.region
         rows.append({"world": x.name, "kind": x.kind, "region": (base, size),
                      "cr3": area["cr3"], "cs": area["cs"], "eip": area["eip"], "esp": area["esp"],
@@ -121,7 +121,7 @@ def record_switch(board, kernel, frm="cos", to="vm1", limit=2_000_000):
         if recording and recording[0] and kind in STEPS:
             frame = Frame(memory, the_cpu["esp"])
             steps.append(Step(kind, event, the_cpu.state(), switch.observe(memory, frame, the_cpu),
-                              {n: bytes(memory.read(worlds[n].area, switch.SIZE)) for n in (frm, to)}))
+                              {n: bytes(memory.read(worlds[n].area, save_area.SIZE)) for n in (frm, to)}))
         return event
 
     trace.emit = snapshot
@@ -142,7 +142,7 @@ def before_after(steps):
     switch.begin, `after` the state at switch.sti."""
     first, last = steps[0], steps[-1]
     to = last.event["world"]
-    stored = switch.decode_area(last.areas[to])
+    stored = save_area.decode_area(last.areas[to])
     rows = []
     for label, names in CLAIM15:
         for n in names:
@@ -187,9 +187,9 @@ def wrong_selector(item="tr.sel", value=layout.USER_DATA_SEL, run=300_000):
     board, cos, kernel, vms = two_vms()
     board.run(200_000)
     victim = vms[1] if kernel.worlds.current is not vms[1] else vms[0]
-    state = switch.read_area(kernel.memory, victim.area)
+    state = save_area.read_area(kernel.memory, victim.area)
     state[item] = value
-    switch.write_area(kernel.memory, victim.area, state)
+    save_area.write_area(kernel.memory, victim.area, state)
     mark = board.trace.mark()
     board.run(run)
     faults = [e for e in board.trace.since(mark, "cpu.fault") if kernel.contains(e["eip"])]

@@ -8,7 +8,7 @@ import ipywidgets as widgets
 
 from vmkit.lessons import worlds as lesson
 from vmkit.hw.x86 import EFLAGS_IF
-from vmkit.kernel import switch
+from vmkit.kernel import save_area
 from .render import bytes_html, labelled_bytes_text
 
 RUN = 200_000
@@ -144,7 +144,7 @@ def step_text(steps, i, frm, to):
     for n in (frm, to):
         changed = i > 0 and steps[i - 1].areas[n] != s.areas[n]
         lines.append(f"save area of {n}:" + ("  (changed)" if changed else ""))
-        lines.append(labelled_bytes_text(s.areas[n], switch.FIELDS, per_line=8))
+        lines.append(labelled_bytes_text(s.areas[n], save_area.FIELDS, per_line=8))
     return "\n".join(lines)
 
 
@@ -176,7 +176,7 @@ class SwitchStepper(widgets.VBox):
         regs = "".join(f"<tr><td><code>{n}</code></td><td><code>{s.world_state[n]:#010x}</code></td></tr>"
                        for n in SHOWN)
         dumps = "".join(f"<div><b>save area of {n}</b> at {self.areas[n]:#x}"
-                        f"{bytes_html(s.areas[n], self.areas[n], before.areas[n] if before else None, switch.FIELDS)}</div>"
+                        f"{bytes_html(s.areas[n], self.areas[n], before.areas[n] if before else None, save_area.FIELDS)}</div>"
                         for n in (self.frm, self.to))
         head = self.text().splitlines()[:3 if s.kind in AFTER_IRETD else 2]
         self.view.value = (f"<pre>{html.escape(chr(10).join(head))}</pre>"
