@@ -134,6 +134,10 @@ def test_c_declines_what_is_not_plainly_in_ram():
                         verifying.verify(cpu, frame.address, size - 8)))   # an area past RAM
         if cpu["cr0"] & 0x80000000:                 # paging: a frame on a page not mapped to itself
             results.append((verifying.verify(cpu, 0x1000, nxt.area),))
+        gdtr = cpu["gdtr"]                          # a GDT past RAM: TR's descriptor is not in it
+        cpu["gdtr"] = (0, size - 8, gdtr[2], 0)
+        results.append((verifying.verify(cpu, frame.address, nxt.area),))
+        cpu["gdtr"] = gdtr
         return real(kernel, frame, cpu, nxt)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(switch, "loaded", loaded)
@@ -192,3 +196,21 @@ def test_without_the_library_the_python_verifies(monkeypatch):
     board, kernel = teaching_machine(1)
     board.run(150_000)
     assert switch._verifying(kernel).counts() == (0, 0) and len(board.trace.of("switch.load")) > 3
+
+
+def test_a_declined_verify_is_the_pythons(monkeypatch):
+    """Where C declines, `loaded` is the Python's: the same refusal, in the same words."""
+    faults = {}
+    for decline in (False, True):
+        board, cos, kernel, vms = ex06_machine(without("mov gs, eax"))
+        if decline:                                 # C sees a machine with no RAM: it declines all
+            monkeypatch.setattr(switch._verifying(kernel).state, "ram_size", 0)
+        board.run(120_000)
+        done, declined = switch._verifying(kernel).counts()
+        assert (done, declined > 0) == (0, True) if decline else (done > 0, declined) == (True, 0)
+        faults[decline] = [(w.name, w.fault) for w in kernel.worlds.all]
+    assert faults[True] == faults[False] and "differs from its save area in gs" in faults[True][1][1]
+
+
+def without(start):
+    return "\n".join(line for line in LOAD if not line.strip().startswith(start))
