@@ -195,16 +195,14 @@ def _verifying(kernel):
 
 def started(kernel, frame, cpu, nxt, cr0=None):
     """Steps 5-7 traced: loaded and checked, the stub's iretd goes next. cr0: as `loaded`
-    read it (nothing has changed it since), else read now. (The three events at one
-    virtual time: the clock read once, nothing runs between them.)"""
-    trace, index, name = kernel.trace, cpu.index, nxt.name
+    read it (nothing has changed it since), else read now. (Each event through `emit`: a
+    tool that reads the machine at each step's event replaces it, lessons/worlds.record_switch.)"""
+    emit, index, name = kernel.trace.emit, cpu.index, nxt.name
     cr0 = cpu["cr0"] if cr0 is None else cr0
-    time = trace.emit("switch.load", index, world=name, ok=True, area=nxt.area,
-                      paging="on" if cr0 & CR0_PG else "off").time
+    emit("switch.load", index, world=name, ok=True, area=nxt.area, paging="on" if cr0 & CR0_PG else "off")
     bump(kernel.memory, nxt.area + SWITCHES, 1)
-    emit_at = trace.emit_at
-    emit_at(time, "switch.start", index, {"world": name, "cs": frame.cs, "eip": frame.eip})
-    emit_at(time, "switch.sti", index, {"world": name, "eflags": frame.eflags})
+    emit("switch.start", index, world=name, cs=frame.cs, eip=frame.eip)
+    emit("switch.sti", index, world=name, eflags=frame.eflags)
 
 
 def refused_by_cpu(kernel, frame, vector):
