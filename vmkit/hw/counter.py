@@ -30,7 +30,7 @@ from .x86 import EFLAGS_IF
 # to it builds the library again) but not compiled on its own
 SOURCES = tuple(pathlib.Path(__file__).with_name(name) for name in (
     "counter.c", "limits.c", "limits_prepared.c", "limits_flat.c", "delivery.c", "io.c", "switch_seal.c",
-    "pass_by.c", "intr.c"))
+    "pass_by.c", "intr.c", "switch_verify.c"))
 HEADERS = (pathlib.Path(__file__).with_name("vmkit.h"),)
 _emu_start = _uc.uclib.uc_emu_start
 

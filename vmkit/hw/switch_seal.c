@@ -93,18 +93,18 @@ static int in_ram(const struct vmkit_seal *s, uint64_t address, uint64_t length)
 
 /* Does the linear page of `address` map to itself through the directory at `cr3`? (4 KiB
  * pages, as the kernel builds them: a large page or a table outside RAM, no.) */
-static int identity(const struct vmkit_seal *s, uint64_t cr3, uint64_t address)
+int identity_mapped(const unsigned char *ram, uint64_t ram_size, uint64_t cr3, uint64_t address)
 {
     uint64_t pde_at = (cr3 & PAGE_MASK) + 4 * ((address >> 22) & 0x3FF);
-    if (!in_ram(s, pde_at, 4))
+    if (pde_at + 4 > ram_size)
         return 0;
-    uint32_t pde = u32_at(s->ram + pde_at);
+    uint32_t pde = u32_at(ram + pde_at);
     if (!(pde & PDE_PRESENT) || (pde & PDE_LARGE))
         return 0;
     uint64_t pte_at = (pde & PAGE_MASK) + 4 * ((address >> 12) & 0x3FF);
-    if (!in_ram(s, pte_at, 4))
+    if (pte_at + 4 > ram_size)
         return 0;
-    uint32_t pte = u32_at(s->ram + pte_at);
+    uint32_t pte = u32_at(ram + pte_at);
     return (pte & PDE_PRESENT) && (pte & PAGE_MASK) == (address & PAGE_MASK);
 }
 
@@ -130,7 +130,8 @@ int seal_step(void *uc, struct vmkit_counter *c, uint64_t address, uint64_t coun
     if (v[S_ESI] != s->save || v[S_EDI] != s->load || esp < s->low || esp + s->frame > s->high
         || !in_ram(s, esp, s->frame) || !in_ram(s, s->save, s->size + 4) || !in_ram(s, s->load, s->size + 4))
         return 0;
-    if ((v[S_CR0] & CR0_PG) && !(identity(s, v[S_CR3], esp) && identity(s, v[S_CR3], esp + s->frame - 1)))
+    if ((v[S_CR0] & CR0_PG) && !(identity_mapped(s->ram, s->ram_size, v[S_CR3], esp)
+                                 && identity_mapped(s->ram, s->ram_size, v[S_CR3], esp + s->frame - 1)))
         return 0;
     unsigned char *ram = (unsigned char *)s->ram;
     if (u32_at(ram + esp + s->slot) != s->saved || s->events->count >= SEAL_EVENTS)

@@ -168,6 +168,7 @@ void vmkit_limits_suspend(void *uc, struct vmkit_limits *l);
 
 /* switch_seal.c */
 INTERNAL int seal_step(void *uc, struct vmkit_counter *c, uint64_t address, uint64_t count);
+INTERNAL int identity_mapped(const unsigned char *ram, uint64_t ram_size, uint64_t cr3, uint64_t address);
 
 /* limits_flat.c */
 INTERNAL int flat_stop(void *uc, struct vmkit_counter *c, uint64_t address, int first);

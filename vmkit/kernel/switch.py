@@ -49,6 +49,7 @@ from typing import NamedTuple
 
 from vmkit.hw.asm import disassemble_one
 from vmkit.hw.switch_seal import Sealing
+from vmkit.hw.switch_verify import Verifying, names
 from vmkit.hw.x86 import CR0_PG, EFLAGS_IF, EXCEPTION_NAMES, TSS_BUSY, decode_segment
 from . import layout
 from .frame import Frame
@@ -157,25 +158,48 @@ def saved(kernel, frame, cpu, current, nxt):
 def loaded(kernel, frame, cpu, nxt):
     """Back from the x86's load: what the CPU loaded, compared with the save area.
     Raises SwitchError naming the items that differ; returns (CR0, CS) as the verify
-    read them (the CPU's own: the kernel's CS, which the load's retf loaded)."""
-    memory = kernel.memory
-    wrong, cr0, cs = _verify(memory, frame, cpu, _AREA.unpack(span(memory, nxt.area, STATE_SIZE)))
+    read them (the CPU's own: the kernel's CS, which the load's retf loaded).
+    (hw/switch_verify.c reads and compares in C when it can; `_verify` is the reference.)"""
+    verifying = _verifying(kernel) if VERIFY_IN_C else None
+    mask = None if verifying is None else verifying.verify(cpu, frame.address, nxt.area)
+    if mask is None:
+        memory = kernel.memory
+        wrong, cr0, cs = _verify(memory, frame, cpu, _AREA.unpack(span(memory, nxt.area, STATE_SIZE)))
+    else:
+        state = verifying.state
+        wrong, cr0, cs = names(mask, ITEMS) if mask else None, state.cr0, state.cs
     if wrong:
         kernel.trace.emit("switch.load", cpu.index, world=nxt.name, ok=False, wrong=" ".join(wrong))
         raise SwitchError(f"{nxt.name}: loaded state differs from its save area in {', '.join(wrong)}")
     return cr0, cs
 
 
+# `loaded`'s reads and comparisons are done in C (hw/switch_verify.c) where the frame,
+# the area and the descriptors lie plainly in RAM (False: always the Python's `_verify`)
+VERIFY_IN_C = True
+
+
+def _verifying(kernel):
+    """The board's C verify, given the save area's and the frame's layout once."""
+    verifying = kernel.__dict__.get("_verifying")
+    if verifying is None:
+        frame_word = {n: _F[n] for n in FRAME_ITEMS + SEGMENTS}
+        items = tuple((n, frame_word.get(n, n), OFFSET[n], WIDTH[n]) for n in ITEMS)
+        verifying = kernel._verifying = Verifying(kernel.board, items, dict(
+            size=_FRAME.size, cs=_F["cs"], eip=_F["eip"], eflags=_F["eflags"], cpl0_end=_CPL0_FRAME))
+    return verifying
+
+
 def started(kernel, frame, cpu, nxt, cr0=None):
     """Steps 5-7 traced: loaded and checked, the stub's iretd goes next. cr0: as `loaded`
-    read it (nothing has changed it since), else read now."""
-    emit, memory, index, name = kernel.trace.emit, kernel.memory, cpu.index, nxt.name
+    read it (nothing has changed it since), else read now. (Each event through `emit`: a
+    tool that reads the machine at each step's event replaces it, lessons/worlds.record_switch.)"""
+    emit, index, name = kernel.trace.emit, cpu.index, nxt.name
     cr0 = cpu["cr0"] if cr0 is None else cr0
     emit("switch.load", index, world=name, ok=True, area=nxt.area, paging="on" if cr0 & CR0_PG else "off")
-    bump(memory, nxt.area + SWITCHES, 1)
-    eip, cs, eflags = frame.eip, frame.cs, frame.eflags
-    emit("switch.start", index, world=name, cs=cs, eip=eip)
-    emit("switch.sti", index, world=name, eflags=eflags)
+    bump(kernel.memory, nxt.area + SWITCHES, 1)
+    emit("switch.start", index, world=name, cs=frame.cs, eip=frame.eip)
+    emit("switch.sti", index, world=name, eflags=frame.eflags)
 
 
 def refused_by_cpu(kernel, frame, vector):
