@@ -11,6 +11,7 @@ from vmkit.hw.switch_verify import CHECKS, names
 from vmkit.hw.x86 import EFLAGS_IF
 from vmkit.kernel import switch
 from vmkit.kernel.save_area import _AREA, ITEMS, OFFSET, STATE_SIZE, WIDTH, span
+from vmkit.kernel import switch_x86
 from vmkit.kernel.switch_x86 import _F
 from vmkit.lessons import takeover
 from vmkit.vmm import guests
@@ -18,10 +19,10 @@ from vmkit.vmm import guests
 pytestmark = pytest.mark.skipif(library() is None, reason="the verify in C needs the C library")
 
 REGISTERS = ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp", "esp", "eip", "eflags", "cr0", "cr3")
-LOAD = [line for line in switch.LOAD.splitlines() if line.strip() and not line.strip().startswith(";")]
+LOAD = [line for line in switch_x86.LOAD.splitlines() if line.strip() and not line.strip().startswith(";")]
 
 
-def ex06_machine(load=switch.LOAD):
+def ex06_machine(load=switch_x86.LOAD):
     """Exercise 06's machine: vm2 with its own GDT, LDT and IDT, so every item differs
     between the worlds (grading/ex06_world_switch.py)."""
     return grader._machine(lambda: load, quantum=1)

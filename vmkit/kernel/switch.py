@@ -53,7 +53,8 @@ from vmkit.hw.switch_verify import Verifying, names
 from vmkit.hw.x86 import CR0_PG, EFLAGS_IF, EXCEPTION_NAMES, TSS_BUSY, decode_segment
 from . import layout
 from .frame import Frame
-from .save_area import ITEMS, OFFSET, STATE_SIZE, SWITCHES, _AREA, bump, intact, seal, span
+from .save_area import (FRAME_ITEMS, ITEMS, OFFSET, SEGMENTS, STATE_SIZE, SWITCHES, WIDTH, _AREA, bump, intact,
+                        seal, span)
 from .switch_x86 import SAVED, _CPL0_FRAME, _F
 
 _FRAME = struct.Struct(f"<{len(Frame.FIELDS)}I")
