@@ -28,6 +28,9 @@ WRONG = {
     "no mov ds": (without("mov ds"), "DS is not the save area's"),
     "no mov gs": (without("mov gs"), "GS is not the save area's"),
     "no mov cr3": (without("mov cr3"), "CR3 is not the save area's"),
+    # CR3 loaded from a stale EAX: paging comes on with page tables that map none of the kernel's
+    # tables, so the fetch's #PF cannot be delivered (#DF, triple fault): a hint, not a traceback
+    "CR3 not read from the area": (without("mov eax, [edi + AREA_CR3]"), "CR3 is not the save area's"),
     "lldt before lgdt": (swapped("lgdt", "lldt"), "at `lldt word ptr [edi + 0x50]`"),
     "ltr before lgdt": ("\n".join([RIGHT[2]] + RIGHT[:2] + RIGHT[3:]), "is GDTR loaded first?"),
     "IDTR from the GDTR's field": (without("lidt") + "\nlidt ss:[edi + AREA_GDTR]",   # (through DS, the

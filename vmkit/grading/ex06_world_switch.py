@@ -11,7 +11,7 @@ the learner's code (switch.verify), or the fault the CPU took inside it."""
 import re
 
 from vmkit.hw.asm import AsmError, assemble, disassemble
-from vmkit.hw.x86 import DATA_RW, LDT, TSS_AVAILABLE, TSS_BUSY, decode_segment, encode_segment
+from vmkit.hw.x86 import DATA_RW, LDT, PF, TSS_AVAILABLE, TSS_BUSY, decode_segment, encode_segment
 from vmkit.kernel import image, layout, save_area, switch_x86
 from vmkit.lessons import worlds as lesson
 from vmkit.vmm import guests
@@ -128,8 +128,15 @@ def _machine(load_sequence, **options):
 
 
 def _run(board, kernel, n):
+    mark = board.trace.mark()
     board.run(n)
     why = board.cpu.shutdown
+    unmapped = [e for e in board.trace.since(mark, "cpu.fault")
+                if e["vector"] == PF and "page not present (CR3" in e["why"]]
+    if why and unmapped:                         # paging came on with a CR3 that maps nothing of ours
+        return (f"the CPU stopped: {why} — {unmapped[0]['why']}: paging came on with page tables that "
+                f"do not map the kernel's tables, so not even the page fault could be delivered. "
+                f"{HINTS['cr3']}")
     if why and "vmkernel panic" in why:
         return (f"the CPU stopped: {why} — after refusing a world your load left the CPU so that the "
                 f"kernel could not put back the world it left (a TSS marked busy in another GDT: ltr "

@@ -12,7 +12,8 @@
  * that fails (the Python then raises the DeliveryFault with its message, and the cascade to
  * #DF and the triple fault stays there), virtual-8086 mode, an LDT selector, a conforming
  * target segment (the CPL stays: the Python's), a table, TSS
- * or stack outside RAM, a value Python's struct.pack would refuse, a vector past a byte (the
+ * or stack outside RAM or (paging on) on a page that does not map to itself, a value Python's
+ * struct.pack would refuse, a vector past a byte (the
  * Python's `int` length check takes only a byte). So a declined delivery
  * is the Python's, byte for byte.
  *
@@ -26,7 +27,8 @@
 typedef int (*vmem_read_fn)(void *uc, uint64_t address, int prot, void *bytes, size_t size);
 
 /* Unicorn's ids, in this order (delivery.py fills them). */
-enum { I_CS, I_EFLAGS, I_SS, I_ESP, I_CR0, I_IDTR, I_GDTR, I_TR, I_EIP, I_COUNT };
+enum { I_CS, I_EFLAGS, I_SS, I_ESP, I_CR0, I_CR3, I_IDTR, I_GDTR, I_TR, I_EIP, I_COUNT };
+#define PLAIN 6                           /* CS .. CR3: the plain registers of the read */
 
 #define EFLAGS_TF 0x100u
 #define EFLAGS_IF 0x200u
@@ -66,16 +68,26 @@ static int in_ram(const struct vmkit_delivery *d, uint64_t addr, uint64_t n)
     return addr <= d->ram_size && n <= d->ram_size - addr;
 }
 
+/* With paging on (cr0), do [addr, addr + n) lie on pages that map to themselves? The
+ * platform reads the tables and writes the frame at their linear addresses as physical ones;
+ * where a page is not present the Python raises the #PF (Delivery._reach), and where it maps
+ * elsewhere the Python reads what it reads: both are declined here. */
+static int reach(const struct vmkit_delivery *d, uint64_t cr0, uint64_t cr3, uint64_t addr, uint64_t n)
+{
+    return !(cr0 & CR0_PG) || (identity_mapped(d->ram, d->ram_size, cr3, addr)
+                               && identity_mapped(d->ram, d->ram_size, cr3, addr + n - 1));
+}
+
 /* Delivery._descriptor for a GDT selector: 0 where the Python would raise (null, past the
- * limit, outside RAM) or read another table (an LDT selector). */
+ * limit, outside RAM, a page not present) or read another table (an LDT selector). */
 static int descriptor(const struct vmkit_delivery *d, const struct vmkit_mmr *gdtr, uint64_t sel,
-                      uint32_t *lo, uint32_t *hi)
+                      uint64_t cr0, uint64_t cr3, uint32_t *lo, uint32_t *hi)
 {
     uint64_t index = sel & ~7ull;
     if ((sel & 4) || (sel & ~3ull) == 0 || index + 7 > gdtr->limit)
         return 0;
     uint64_t at = gdtr->base + index;
-    if (!in_ram(d, at, 8))
+    if (!in_ram(d, at, 8) || !reach(d, cr0, cr3, at, 8))
         return 0;
     *lo = u32(d->ram + at);
     *hi = u32(d->ram + at + 4);
@@ -97,29 +109,30 @@ static uint64_t seg_limit(uint32_t lo, uint32_t hi)
 static int64_t deliver(void *uc, struct vmkit_delivery *d, int64_t vector, int64_t is_int,
                        int64_t has_error, int64_t error_code, int64_t eip)
 {
-    uint64_t plain[5] = {0};              /* CS EFLAGS SS ESP CR0, zeroed as Python's read */
+    uint64_t plain[PLAIN] = {0};          /* CS EFLAGS SS ESP CR0 CR3, zeroed as Python's read */
     struct vmkit_mmr tables[3];           /* IDTR GDTR TR */
     memset(tables, 0, sizeof tables);
     int ids[I_COUNT];
-    void *values[8];
+    void *values[PLAIN + 3];
     for (int i = 0; i < I_COUNT; i++)
         ids[i] = (int)d->ids[i];
-    for (int i = 0; i < 5; i++)
+    for (int i = 0; i < PLAIN; i++)
         values[i] = &plain[i];
     for (int i = 0; i < 3; i++)
-        values[5 + i] = &tables[i];
+        values[PLAIN + i] = &tables[i];
     if (vector < 0 || vector > 0xFF || eip < 0 || eip > 0xFFFFFFFFll
         || (has_error && (error_code < 0 || error_code > 0xFFFFFFFFll)))
         goto decline;
-    d->reg_read_batch(uc, ids, values, 8);
+    d->reg_read_batch(uc, ids, values, PLAIN + 3);
     uint64_t old_cs = plain[0], old_eflags = plain[1], old_ss = plain[2], old_esp = plain[3], cr0 = plain[4];
+    uint64_t cr3 = plain[5];
     const struct vmkit_mmr *idtr = &tables[0], *gdtr = &tables[1], *tr = &tables[2];
     if (old_eflags & EFLAGS_VM)
         goto decline;                     /* virtual-8086 mode: the Python's */
     if ((uint64_t)vector * 8 + 7 > idtr->limit)
         goto decline;
     uint64_t at = idtr->base + (uint64_t)vector * 8;
-    if (!in_ram(d, at, 8))
+    if (!in_ram(d, at, 8) || !reach(d, cr0, cr3, at, 8))
         goto decline;
     const unsigned char *g = d->ram + at;  /* x86.decode_gate */
     uint64_t offset = (g[0] | g[1] << 8) | (uint64_t)(g[6] | g[7] << 8) << 16;
@@ -141,7 +154,7 @@ static int64_t deliver(void *uc, struct vmkit_delivery *d, int64_t vector, int64
     if (!present)
         goto decline;
     uint32_t lo, hi;
-    if (!descriptor(d, gdtr, gsel, &lo, &hi))
+    if (!descriptor(d, gdtr, gsel, cr0, cr3, &lo, &hi))
         goto decline;
     if (!((hi >> 12) & 1 && (hi >> 8) & 8 && hi & 0x8000))
         goto decline;                     /* not a present code segment */
@@ -160,7 +173,8 @@ static int64_t deliver(void *uc, struct vmkit_delivery *d, int64_t vector, int64
     frame[n++] = (uint32_t)old_eflags;
     uint64_t esp, ss;
     if (new_cpl < old_cpl) {              /* stack switch through the TSS */
-        if (tr->limit < TSS_SS0 + 3 || !in_ram(d, tr->base + TSS_ESP0, 4) || !in_ram(d, tr->base + TSS_SS0, 2))
+        if (tr->limit < TSS_SS0 + 3 || !in_ram(d, tr->base + TSS_ESP0, 4) || !in_ram(d, tr->base + TSS_SS0, 2)
+            || !reach(d, cr0, cr3, tr->base + TSS_ESP0, TSS_SS0 + 2 - TSS_ESP0))
             goto decline;
         esp = u32(d->ram + tr->base + TSS_ESP0);
         ss = d->ram[tr->base + TSS_SS0] | d->ram[tr->base + TSS_SS0 + 1] << 8;
@@ -171,7 +185,7 @@ static int64_t deliver(void *uc, struct vmkit_delivery *d, int64_t vector, int64
     } else {
         esp = old_esp, ss = old_ss;
     }
-    if (!descriptor(d, gdtr, ss, &lo, &hi))
+    if (!descriptor(d, gdtr, ss, cr0, cr3, &lo, &hi))
         goto decline;
     unsigned stype = (hi >> 8) & 0xF;
     if (!((hi >> 12) & 1) || (stype & 8) || !(stype & 2) || (stype & 4) || !(hi & 0x8000))
@@ -183,7 +197,7 @@ static int64_t deliver(void *uc, struct vmkit_delivery *d, int64_t vector, int64
             goto decline;
     esp = (esp - 4 * (uint64_t)n) & 0xFFFFFFFFu;
     uint64_t push = seg_base(lo, hi) + esp;
-    if (!in_ram(d, push, 4 * (uint64_t)n))
+    if (!in_ram(d, push, 4 * (uint64_t)n) || !reach(d, cr0, cr3, push, 4 * (uint64_t)n))
         goto decline;
     /* Everything checked: from here on the machine changes. */
     for (int i = 0; i < n; i++) {         /* little-endian, as struct.pack("<I") */

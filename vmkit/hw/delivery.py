@@ -48,7 +48,7 @@ from unicorn import x86_const as X
 from .counter import library
 from .limits_decode import inside
 from .x86 import (decode_gate, decode_segment, GATE_INT32, GATE_TRAP32, EFLAGS_IF, EFLAGS_IOPL, EFLAGS_TF,
-                  EFLAGS_NT, EFLAGS_RF, EFLAGS_VM, TSS_ESP0, TSS_SS0, DF, GP, NP, TS, SS_FAULT)
+                  EFLAGS_NT, EFLAGS_RF, EFLAGS_VM, TSS_ESP0, TSS_SS0, CR0_PG, DF, GP, NP, PF, TS, SS_FAULT)
 
 
 class DeliveryFault(Exception):
@@ -66,10 +66,15 @@ def _int_below_dpl(vector, cpl, dpl, int_length=None, then=None):
                          int_length, then)
 
 
+C_IDS = tuple(getattr(X, "UC_X86_REG_" + name) for name in
+              ("CS", "EFLAGS", "SS", "ESP", "CR0", "CR3", "IDTR", "GDTR", "TR", "EIP"))   # delivery.c's order
+
+
 class _CDelivery(ctypes.Structure):
     """struct vmkit_delivery in delivery.c, field for field."""
     _fields_ = [("reg_read_batch", ctypes.c_void_p), ("reg_write_batch", ctypes.c_void_p),
-                ("vmem_read", ctypes.c_void_p), ("ram", ctypes.c_void_p), ("ram_size", ctypes.c_uint64), ("ids", ctypes.c_int64 * 9),
+                ("vmem_read", ctypes.c_void_p), ("ram", ctypes.c_void_p), ("ram_size", ctypes.c_uint64),
+                ("ids", ctypes.c_int64 * len(C_IDS)),
                 ("idt_base", ctypes.c_uint64), ("handler", ctypes.c_uint64),
                 ("old_cpl", ctypes.c_uint64), ("new_cpl", ctypes.c_uint64), ("refused_cpl", ctypes.c_uint64), ("gate_dpl", ctypes.c_uint64),
                 ("int_length", ctypes.c_uint64),
@@ -77,8 +82,6 @@ class _CDelivery(ctypes.Structure):
                 ("delivered", ctypes.c_uint64), ("refused", ctypes.c_uint64), ("declined", ctypes.c_uint64)]
 
 
-C_IDS = tuple(getattr(X, "UC_X86_REG_" + name) for name in
-              ("CS", "EFLAGS", "SS", "ESP", "CR0", "IDTR", "GDTR", "TR", "EIP"))   # delivery.c's order
 KIND_INT = {"int": 1}
 _CPL_CHANGE = [f"{old}->{new}" for old in range(4) for new in range(4)]   # cpu.deliver's `cpl`
 REFUSED, REFUSED_THEN_DELIVERED, REFUSED_THEN_FAILED = 2, 3, -2   # delivery.c's: an `int` through a
@@ -97,7 +100,7 @@ def _c_delivery(memory):
     state = _CDelivery(ctypes.cast(_uc.uclib.uc_reg_read_batch, ctypes.c_void_p),
                        ctypes.cast(_uc.uclib.uc_reg_write_batch, ctypes.c_void_p),
                        ctypes.cast(_uc.uclib.uc_vmem_read, ctypes.c_void_p),
-                       memory.address, memory.size, (ctypes.c_int64 * 9)(*C_IDS))
+                       memory.address, memory.size, (ctypes.c_int64 * len(C_IDS))(*C_IDS))
     return state, fn
 
 
@@ -222,14 +225,16 @@ class Delivery:
         # EXT: the fault arose delivering an event external to the program (an IRQ, or an
         # exception: "fault", "nested"); clear only for a software interrupt (Intel SDM 6.13)
         ext = 0 if kind == "int" else 1
-        (old_cs, old_eflags, old_ss, old_esp, cr0), (idtr, gdtr, tr) = self.read_with_tables(
-            ("cs", "eflags", "ss", "esp", "cr0"), ("idtr", "gdtr", "tr"))   # GDTR once: both descriptors
+        (old_cs, old_eflags, old_ss, old_esp, cr0, cr3), (idtr, gdtr, tr) = self.read_with_tables(
+            ("cs", "eflags", "ss", "esp", "cr0", "cr3"), ("idtr", "gdtr", "tr"))   # GDTR once: both descriptors
+        paged = cr3 if cr0 & CR0_PG else None       # (the tables' pages must be present: _reach)
         v86 = bool(old_eflags & EFLAGS_VM)
         if v86 and kind == "int" and old_eflags & EFLAGS_IOPL != EFLAGS_IOPL:
             raise DeliveryFault(GP, 0, f"int {vector:#x} in virtual-8086 mode below IOPL 3")
         _, idt_base, idt_limit, _ = idtr
         if vector * 8 + 7 > idt_limit:
             raise DeliveryFault(GP, vector * 8 + 2 + ext, f"vector {vector:#x} beyond IDT limit {idt_limit:#x}")
+        self._reach(paged, idt_base + vector * 8, 8, f"IDT entry {vector:#x}")
         gate = self.gate_decoder(self._read(idt_base + vector * 8, 8, GP, vector * 8 + 2 + ext))
         if gate.type not in (GATE_INT32, GATE_TRAP32):
             raise DeliveryFault(GP, vector * 8 + 2 + ext, f"IDT entry {vector:#x} has type {gate.type:#x}, not a 32-bit interrupt or trap gate")
@@ -238,7 +243,7 @@ class Delivery:
         if not gate.present:
             raise DeliveryFault(NP, vector * 8 + 2 + ext, f"IDT entry {vector:#x} not present")
         # (Intel's INT: the target's faults name its selector, with EXT for an external event)
-        target = self._descriptor(gate.selector, GP, gdtr, ext)
+        target = self._descriptor(gate.selector, GP, gdtr, ext, paged)
         if not (target.s and target.type & 8):
             raise DeliveryFault(GP, (gate.selector & ~3) + ext, f"gate selector {gate.selector:#x} is not a code segment")
         if not target.present:
@@ -260,6 +265,7 @@ class Delivery:
             tr_sel, tss, tss_limit, _ = tr
             if tss_limit < TSS_SS0 + 3:
                 raise DeliveryFault(TS, tr_sel & ~3, "no TSS loaded to switch stacks from CPL 3")
+            self._reach(paged, tss + TSS_ESP0, TSS_SS0 + 2 - TSS_ESP0, "the TSS's ESP0 and SS0")
             esp = self.memory.read_u32(tss + TSS_ESP0)
             ss = self.memory.read_u16(tss + TSS_SS0)
             frame += [old_esp, old_ss]
@@ -269,7 +275,7 @@ class Delivery:
             esp, ss = old_esp, old_ss
         if error_code is not None:
             frame.insert(0, error_code)
-        stack = self._descriptor(ss, TS, gdtr, ext)
+        stack = self._descriptor(ss, TS, gdtr, ext, paged)
         # The TSS's stack, checked as the CPU loads SS. (A real CPU switches to the new CPL's
         # SS:ESP, SS1:ESP1 for CPL 1; the platform always to SS0:ESP0: its CR0.PE load cannot
         # reach CPL 1 with a DPL 1 SS, measured: Unicorn 2.1.4 refuses the batch.)
@@ -285,6 +291,7 @@ class Delivery:
                                 f"the frame's {4 * n} bytes below ESP {top:#x} are past the limit "
                                 f"{stack.limit:#x} of the stack segment {ss:#x}")
         esp = (esp - 4 * n) & 0xFFFFFFFF
+        self._reach(paged, stack.base + esp, 4 * n, "the frame", write=True)
         self._write(stack.base + esp, struct.pack(f"<{n}I", *frame), SS_FAULT, ss & ~3)
         flags = old_eflags & ~(EFLAGS_TF | EFLAGS_NT | EFLAGS_RF | EFLAGS_VM)
         if gate.type == GATE_INT32:
@@ -323,14 +330,28 @@ class Delivery:
         if err:
             raise UcError(err)
 
-    def _descriptor(self, sel, fault, gdtr=None, ext=0):
+    def _descriptor(self, sel, fault, gdtr=None, ext=0, paged=None):
         _, table, limit, _ = self["gdtr"] if gdtr is None else gdtr
         if sel & 4:
             _, table, limit, _ = self["ldtr"]
         index = sel & ~7
         if (sel & ~3) == 0 or index + 7 > limit:
             raise DeliveryFault(fault, (sel & ~3) + ext, f"selector {sel:#x} outside its descriptor table")
+        self._reach(paged, table + index, 8, f"the descriptor of selector {sel:#x}")
         return decode_segment(self._read(table + index, 8, fault, (sel & ~3) + ext))
+
+    def _reach(self, paged, address, length, what, write=False):
+        """With paging on (`paged`: CR3), a page the delivery reads or writes must be present,
+        or the CPU takes a #PF there (CR2: the address; the error code: not present, a
+        supervisor read or write), which becomes a #DF as any fault of a delivery does. The
+        platform reads the tables and writes the frame at their linear addresses as physical
+        ones (the kernel maps them so), but Unicorn reads the GDT through the page tables when
+        a segment register is loaded, and from inside a hook it would leave by a longjmp
+        (mmu.supervisor_present): so this is checked before anything is written."""
+        if paged is not None and not self.supervisor_present(address & 0xFFFFFFFF, length, paged):
+            self.write(cr2=address & 0xFFFFFFFF)
+            raise DeliveryFault(PF, 2 if write else 0, f"{what} at linear {address & 0xFFFFFFFF:#x} is on a "
+                                                        f"page not present (CR3 {paged:#x})")
 
     def _read(self, addr, n, fault, error):
         try:

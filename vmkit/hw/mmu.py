@@ -18,7 +18,7 @@ import unicorn
 from unicorn import UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE
 from unicorn.unicorn_py3 import unicorn as _uc
 
-from .x86 import CR0_PG
+from .x86 import CR0_PG, CR4_PSE
 
 # uc_vmem_read/uc_vmem_write/uc_vmem_translate are exported by libunicorn 2.1.4 but not wrapped
 # by its Python binding: declared here once (see read_linear).
@@ -73,6 +73,34 @@ class MMU:
         if _lib.uc_vmem_translate(self._uch, address, unicorn.UC_PROT_READ, ctypes.byref(out)):
             raise LinearFault(self._linear_why("translate", address, 1))
         return out.value
+
+    def supervisor_present(self, address, length, cr3):
+        """Are the pages of [address, address + length) present in the page directory at
+        `cr3` (physical), as the CPU's own accesses while it delivers an interrupt see them:
+        supervisor accesses, which the U/S bit does not refuse? Walked here in the board's
+        memory, not through Unicorn: a lookup Unicorn makes itself (uc_vmem_translate does
+        not say supervisor; a register load reading the GDT does) raises a #PF by leaving
+        its caller with a longjmp, and from inside a hook that leaves the Python frames
+        above it unfinished (measured: the interpreter's recursion depth grew by 5 with each
+        such #PF until a RecursionError). 4 MiB pages (PS) count only with CR4.PSE."""
+        memory, end = self.memory, address + max(length, 1) - 1
+        pse = None
+        for page in range(address >> 12, (end >> 12) + 1):
+            pde_at = (cr3 & ~0xFFF) + 4 * ((page >> 10) & 0x3FF)
+            if pde_at + 4 > memory.size:
+                return False
+            pde = memory.read_u32(pde_at)
+            if not pde & 1:
+                return False
+            if pde & 0x80:
+                if pse is None:
+                    pse = bool(self["cr4"] & CR4_PSE)
+                if pse:
+                    continue
+            pte_at = (pde & ~0xFFF) + 4 * (page & 0x3FF)
+            if pte_at + 4 > memory.size or not memory.read_u32(pte_at) & 1:
+                return False
+        return True
 
     def _linear_why(self, what, address, length):
         paging = "on" if self["cr0"] & CR0_PG else "off"

@@ -25,6 +25,7 @@ EFLAGS_CF, EFLAGS_PF, EFLAGS_AF, EFLAGS_ZF, EFLAGS_SF = 1, 4, 16, 64, 128
 EFLAGS_TF, EFLAGS_IF, EFLAGS_DF, EFLAGS_OF = 1 << 8, 1 << 9, 1 << 10, 1 << 11
 EFLAGS_IOPL_SHIFT = 12
 CR0_PE, CR0_PG = 1, 1 << 31          # protection enable; paging
+CR4_PSE = 1 << 4                    # 4 MiB pages: a page directory entry with PS maps one
 EFLAGS_IOPL = 3 << EFLAGS_IOPL_SHIFT
 EFLAGS_NT, EFLAGS_RF, EFLAGS_VM = 1 << 14, 1 << 16, 1 << 17
 EFLAGS_VIF, EFLAGS_VIP = 1 << 19, 1 << 20
