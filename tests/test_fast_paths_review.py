@@ -1,0 +1,41 @@
+"""Where this round's fast paths in C (the switch's sealing step, switch_seal.c; the VMM
+entry passed by, pass_by.c; the interrupt hook, intr.c) could part from their Python
+references, each case run both ways on a real machine and compared: what a handler
+added later sees, the trace's order, the registers and memory."""
+import pytest
+
+from vmkit.hw.counter import library
+from vmkit.kernel import switch
+from vmkit.kernel.frame import Frame
+
+from test_switch_seal import machine, counts
+
+pytestmark = pytest.mark.skipif(library() is None, reason="the fast paths need the C library")
+
+
+def _armed_machine(in_c, steps=None):
+    """The teaching machine stopped (between two board.run calls) inside a switch's save:
+    the step in C armed for it. `steps`: run that many 50-instruction slices (the other
+    path's count), else until armed. Returns (board, kernel, steps)."""
+    board, kernel, _ = machine()
+    board.run(100_000)
+    n = 0
+    while (n < steps) if steps is not None else not kernel._sealing.seals[0].armed:
+        board.run(50)
+        n += 1
+    return board, kernel, n
+
+
+def test_a_probe_added_while_a_switch_is_armed_sees_its_saved_step(monkeypatch):
+    """A lesson's probe at the dispatcher, added between two runs while a switch's save is
+    under way (the step in C armed for it at `begin`), is called at the SAVED stop as with
+    the step in Python: adding a handler disarms the step, as it disarms the pass."""
+    seen, steps = {}, None
+    for in_c in (True, False):
+        monkeypatch.setattr(switch, "SEAL_IN_C", in_c)
+        board, kernel, steps = _armed_machine(in_c, steps)
+        calls = seen[in_c] = []
+        board.cpu.on_execute(kernel.base + kernel.image.dispatch,
+                             lambda cpu: calls.append((board.now(), Frame(board.memory, cpu["esp"]).vector)))
+        board.run(30_000)
+    assert seen[True] == seen[False] and len(seen[False]) > 3
