@@ -39,3 +39,18 @@ def test_a_probe_added_while_a_switch_is_armed_sees_its_saved_step(monkeypatch):
                              lambda cpu: calls.append((board.now(), Frame(board.memory, cpu["esp"]).vector)))
         board.run(30_000)
     assert seen[True] == seen[False] and len(seen[False]) > 3
+
+
+def test_a_local_apic_store_after_an_interrupt_c_delivered_is_told_after_it():
+    """x86 at CPL 0 takes `int 0x80` (intr.c delivers it, its handler an iretd), then programs
+    its local APIC's timer with a store (Unicorn's MMIO callback, which traces lapic.timer):
+    the trace holds the delivery first, at its time, then the store, as with the Python hook."""
+    from test_intr_c import run, INT_80, IRETD
+    store = b"\xc7\x05\x80\x03\xe0\xfe\x00\x10\x00\x00"      # mov dword ptr [0xfee00380], 0x1000
+    code = INT_80 + store + b"\xeb\xfe"
+    fast, took = run(True, {"cpl": 0}, code, handler=IRETD)
+    slow, _ = run(False, {"cpl": 0}, code, handler=IRETD)
+    assert took == (1, 0)
+    kinds = [line.split()[2] for line in fast[0]["trace"]]
+    assert kinds[-2:] == ["cpu.deliver", "lapic.timer"]
+    assert fast == slow
