@@ -54,3 +54,14 @@ def test_a_local_apic_store_after_an_interrupt_c_delivered_is_told_after_it():
     kinds = [line.split()[2] for line in fast[0]["trace"]]
     assert kinds[-2:] == ["cpu.deliver", "lapic.timer"]
     assert fast == slow
+
+
+def test_step_by_step_begun_while_a_switch_is_armed_stops_at_its_saved_step():
+    """switch.step_by_step entered between two runs while a switch's save is under way (its
+    step in C armed at `begin`, before): inside, that switch's SAVED step too is a stop, the
+    Python's (a tool reading the machine at each step needs the stop)."""
+    board, kernel, _ = _armed_machine(True)
+    (done, declined), = counts(kernel, board)
+    with switch.step_by_step(kernel):
+        board.run(30_000)
+    assert counts(kernel, board) == [(done, declined)] and len(board.trace.of("switch.check")) > 1
