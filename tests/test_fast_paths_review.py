@@ -65,3 +65,38 @@ def test_step_by_step_begun_while_a_switch_is_armed_stops_at_its_saved_step():
     with switch.step_by_step(kernel):
         board.run(30_000)
     assert counts(kernel, board) == [(done, declined)] and len(board.trace.of("switch.check")) > 1
+
+
+def _state(board):
+    import hashlib
+    from test_switch_seal import REGISTERS
+    return ([str(e) for e in board.trace.events], [c.read(*REGISTERS) for c in board.cpus],
+            hashlib.sha1(bytes(board.memory.buffer)).hexdigest())
+
+
+def test_a_step_in_c_inside_a_run_that_waits_for_if_is_the_pythons(monkeypatch):
+    """CPU 0's local APIC timer asks for an interrupt while its switch's save runs with IF
+    clear: the board runs it until IF is set (counter.c's wait_if), the step in C done in that
+    run. The interrupt is taken where it was with the step in Python, the machine the same."""
+    from vmkit.hw import counter as counter_module
+    from vmkit.kernel import smp
+    waking, real = [], counter_module.Counter.run
+
+    def run(self, begin, budget, until, skip=None, wake=False):
+        done = self._arming.done if wake and getattr(self, "_arming", None) else None
+        got = real(self, begin, budget, until, skip, wake)
+        if done is not None:
+            waking.append(self._arming.done - done)
+        return got
+    monkeypatch.setattr(counter_module.Counter, "run", run)
+    seen, steps = {}, None
+    for in_c in (True, False):
+        monkeypatch.setattr(switch, "SEAL_IN_C", in_c)
+        board, kernel, steps = _armed_machine(in_c, steps)
+        board.cpus[0].lapic.accept(smp.TIMER_VECTOR)
+        board.run(30_000)
+        seen[in_c] = _state(board)
+        if in_c:
+            assert sum(waking) == 1                    # the step was C's, in a run waiting for IF
+    assert seen[True] == seen[False]
+    assert any("vector=0xf0 kind=irq" in line for line in seen[True][0])
