@@ -100,3 +100,32 @@ def test_a_step_in_c_inside_a_run_that_waits_for_if_is_the_pythons(monkeypatch):
             assert sum(waking) == 1                    # the step was C's, in a run waiting for IF
     assert seen[True] == seen[False]
     assert any("vector=0xf0 kind=irq" in line for line in seen[True][0])
+
+
+def test_every_fast_path_on_or_off_with_slices_ending_anywhere(monkeypatch):
+    """Two CPUs, two busy VMs each, the board run in slices of 1 to 1000 instructions (a slice
+    can end at, just before or just after the dispatcher's and the VMM's breakpoints): the
+    step in C, the pass and the C interrupt hook all on, or all off, leave the same machine."""
+    import itertools
+    from vmkit.hw.pass_by import PassBy
+    seen, used = {}, {}
+    for fast in (True, False):
+        monkeypatch.setattr(switch, "SEAL_IN_C", fast)
+        monkeypatch.setattr(PassBy, "enabled", fast)
+        board, kernel, _ = machine(2)
+        for cpu in board.cpus:
+            cpu._intr.off = not fast
+        board.run(300_000)
+        before = [(cpu._intr.in_c, cpu.counter.state.passed) for cpu in board.cpus]
+        ran, slices = 0, itertools.cycle([1, 2, 3, 5, 7, 11, 13, 97, 1000])
+        while ran < 100_000:
+            step = next(slices)
+            board.run(step)
+            ran += step
+        seen[fast] = _state(board)
+        used[fast] = (sum(d for d, _ in counts(kernel, board)),
+                      [(cpu._intr.in_c - c, cpu.counter.state.passed - p)
+                       for cpu, (c, p) in zip(board.cpus, before)])
+    assert used[True][0] > 10 and all(c > 5 and p > 5 for c, p in used[True][1])
+    assert used[False] == (0, [(0, 0), (0, 0)])
+    assert seen[True] == seen[False]
