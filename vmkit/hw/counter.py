@@ -220,6 +220,8 @@ class Counter:
             self.state.breaks[i] = a
         self.state.nbreaks = len(addresses)
         self.state.pass_on = 0          # a handler added or removed: pass_by.py arms it again
+        if self.state.seal:             # and a switch's step armed in C is the Python's (a probe
+            self._arming.armed = 0      # added at the dispatcher mid-switch sees SAVED)
         self._lower()
 
     def set_fetch_from(self, address):

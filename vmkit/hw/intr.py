@@ -14,7 +14,8 @@ quieted, delivery.c called as Delivery.deliver calls it), and when that delivere
 was delivered; everything else it hands to `_on_interrupt`, the reference, before writing
 anything (intr.c lists the cases). What C notes becomes the same trace events, stamped with
 the virtual time of the hook, and the same counters (`drain_interrupts`): before any other
-Python of this CPU can emit an event (at the start of each of its Python hooks, CPU._callback)
+Python of this CPU can emit an event (at the start of each of its Python hooks, CPU._callback,
+and of a store to its local APIC, lapic.py: Unicorn's MMIO callback, not a hook)
 and when the run ends (CPU.run, Stubs.execute), so the trace holds the same events in the same
 order. Without the C library, or while a learner's gate decoder is plugged in (intr.c's
 `off`), every call is the Python's.

@@ -64,6 +64,9 @@ class LocalAPIC:
             return 0
 
     def _store(self, uc, offset, size, value, _):
+        cpu = self.board.cpus[self.index]       # (the store is this CPU's: its own map)
+        if cpu._intr is not None and cpu._intr.n:   # what intr.c delivered earlier in the run is
+            cpu.drain_interrupts()                  # told first (intr.py), as CPU._callback does
         eip = uc.reg_read(X86_REG_EIP)
         try:
             self.write(offset, value)

@@ -123,6 +123,8 @@ def step_by_step(kernel):
     """Inside: every step of a switch is the Python's, the CPU stopped at each (a tool that
     reads the machine at each step's event, lessons/worlds.record_switch, needs the stop)."""
     kernel.step_by_step = True
+    for cpu in kernel.board.cpus:           # a switch already under way: its SAVED stops too
+        disarm(kernel, cpu)
     try:
         yield
     finally:
