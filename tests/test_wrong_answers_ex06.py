@@ -44,6 +44,10 @@ WRONG = {
                            "DS is not the save area's"),    # loaded last: the kernel's own
                                                                 # DS comes back, verify names it
     "sti in the load": ("\n".join(RIGHT + ["sti"]), "your code must not (no sti)"),
+    # int3's vector is 3, the dispatcher's GO_SWITCH: once taken for a CPU's start, the kernel's own
+    # load then loaded the world and the grader passed an `int3` for a load
+    "only an int3": ("int3", "your load executed `int3`"),
+    "an int 0x30 in the load": ("\n".join(RIGHT[:3] + ["int 0x30"] + RIGHT[3:]), "your load executed `int 0x30`"),
     # the IDT's operand read through DS after DS became the world's: past its limit (the platform
     # checks the load's accesses: it runs with paging off)
     "lidt through the world's DS": ("\n".join(RIGHT).replace("lidt ss:[edi + AREA_IDTR]", "lidt [edi + AREA_IDTR]"),

@@ -55,6 +55,11 @@ def _hint(why):
         return "; ".join(hints)
     if "IF was set" in why:
         return HINTS["IF"]
+    m = re.search(r"it executed `(int[^`]*)` inside the load", why)
+    if m:
+        return (f"your load executed `{m.group(1)}`: a software interrupt inside the load enters the "
+                f"kernel, which refuses the world; the load only loads the CPU from the save area "
+                f"(lgdt, lldt, ltr, CR3, the data segments, lidt)")
     m = re.search(r"the CPU refused it: (.*) at `(.*)`", why)
     if m:
         error = re.search(r"\((0x[0-9a-f]+)\)", m.group(1))

@@ -200,9 +200,9 @@ class Worlds(Installing):
         s, k = p.switching, self.kernel
         switch.disarm(k, cpu)                          # (SAVED here: C declined it)
         target = s.frm if s.mode == "restore" else s.to
-        if vector == layout.GO_SWITCH:                 # a CPU's start: its first frame (smp.py)
-            switch.enter(frame, cpu, switch_x86.RELOAD, target.area)
-            return
+        if s.mode == "start" and vector == layout.GO_SWITCH:   # a CPU's start: its first frame
+            switch.enter(frame, cpu, switch_x86.RELOAD, target.area)   # (smp.py). (Not by the vector
+            return      # alone: GO_SWITCH is 3, the vector of an int3 executed inside a load)
         if vector == switch_x86.SAVED:
             try:
                 gdtr = switch.saved(k, frame, cpu, s.frm, s.to)   # (base, limit) the load's lgdt loads
