@@ -47,6 +47,9 @@ WRONG = {
     # int3's vector is 3, the dispatcher's GO_SWITCH: once taken for a CPU's start, the kernel's own
     # load then loaded the world and the grader passed an `int3` for a load
     "only an int3": ("int3", "your load executed `int3`"),
+    # DS loaded with the value EAX held (GS's): the worlds' DS and GS differ in one world (ex06's vm2)
+    "DS's value not read": (without("mov eax, [edi + AREA_DS]"), "DS is not the save area's"),
+    "GS loaded with DS's value": (swapped("mov gs", "mov eax, [edi + AREA_DS]"), "GS is not the save area's"),
     "an int 0x30 in the load": ("\n".join(RIGHT[:3] + ["int 0x30"] + RIGHT[3:]), "your load executed `int 0x30`"),
     # the IDT's operand read through DS after DS became the world's: past its limit (the platform
     # checks the load's accesses: it runs with paging off)

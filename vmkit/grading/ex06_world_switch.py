@@ -110,7 +110,9 @@ def _distinct_tables(kernel, vm):
     state = save_area.read_area(memory, vm.area)
     state.update({"gdtr.base": base + GDT_COPY, "gdtr.limit": len(gdt) - 1, "ldtr.sel": LDT_SEL,
                   "idtr.base": base + IDT_COPY, "idtr.limit": 256 * 8 - 1,
-                  "fs": LDT_DATA_SEL})          # FS unlike DS: a load from the wrong field shows
+                  "fs": LDT_DATA_SEL,           # FS unlike DS: a load from the wrong field shows;
+                  "gs": 0})                     # GS too (null: the guests never use it), or a DS
+                                                # loaded with GS's value (its own `mov eax` left out) passes
     save_area.write_area(memory, vm.area, state)
 
 
