@@ -151,6 +151,11 @@ def copies_one_byte_short(port, consumer, producer):
             port.refuse(i, "refused_length", "bad")
 
 
+def reads_a_slot_one_byte_short(port, consumer, producer):
+    for i in _slots(consumer, producer):
+        Slot.unpack(port.read(port.region + tx_slot(i), Slot.SIZE - 1))
+
+
 WRONG = [
     (ring_not_wrapped, grader.check_ping_echo, "The ring wraps: this request's slots were 5..7 and 0..0"),
     (range_consumer_to_producer, grader.check_ping_echo, "frame 6 (TX slot 5, request 3) never went"),
@@ -186,3 +191,10 @@ def test_a_known_wrong_answer_fails_with_its_hint(answer, check, hint):
 def test_the_reference_passes_both_checks():
     from vmkit.kernel.vm_net import transmit
     assert grader.check_ping_echo(transmit) is None and grader.check_refusals(transmit) is None
+
+
+def test_a_slot_read_short_is_named_in_the_records_words_not_structs():
+    # the runner shows a learner's exception as its type, text and line: struct's own
+    # ("unpack_from requires a buffer of at least 8 bytes") named neither Slot nor SIZE
+    with pytest.raises(ValueError, match=r"Slot.unpack needs 8 bytes \(Slot.SIZE\) at offset 0; it was given 7"):
+        grader.check_ping_echo(reads_a_slot_one_byte_short)
