@@ -217,7 +217,7 @@ def _probe_fd():
     return FileDescriptor(blocks=1, length=BS, addresses=(A.fb(0),) + (0,) * 255)
 
 
-CHECKS = [("a direct VDISK (256 blocks, the most) reads right", 2, check_direct),
+CHECKS = [("a direct VDISK (256 blocks: the most) reads", 2, check_direct),
           ("through pointer blocks (300 and 1100 blocks)", 3, check_indirect),
           ("a guest's writes land in the file's blocks", 2, check_writes)]
 FUNCTION = "resolve"
