@@ -31,6 +31,13 @@ def test_a_wrong_order_fails_with_its_hint(order, check, hint):
     assert problem and hint in problem, problem
 
 
+def test_cpu1_left_in_a_block_not_freed_is_not_said_to_be_in_a_freed_one():
+    problem = grader.check_devices(lambda: ["unpatch", "tables", "devices"])
+    assert "CPU 1 was not parked: it is at EIP" in problem and "(in the kernel's block)" in problem, problem
+    problem = grader.check_devices(lambda: ["unpatch", "tables", "devices", "free"])
+    assert "(in the kernel's block, freed: zeros now)" in problem, problem
+
+
 def test_the_right_order_passes_every_check_and_is_the_kernels():
     assert tuple(RIGHT) == unload.ORDER
     assert [fn(lambda: RIGHT) for _, _, fn in grader.CHECKS] == [None, None, None]

@@ -169,7 +169,8 @@ def check_devices(answer):
         return "the COS is not back at CPL 0 in its own tables (see the first check): its devices are not its own"
     order = answer()
     if not seen["cpu1_halted"] or seen["cpu1_if"] or seen["cpu1_gdtr"] != FIRMWARE_GDT:
-        where = "in the kernel's freed block" if _inside(seen, seen["cpu1_eip"]) else "outside the kernel"
+        where = ("outside the kernel" if not _inside(seen, seen["cpu1_eip"]) else "in the kernel's block"
+                 + (", freed: zeros now" if seen["block_bytes"] == 0 else ""))
         return (f"CPU 1 was not parked: it is at EIP {seen['cpu1_eip']:#x} ({where}), "
                 f"{'halted' if seen['cpu1_halted'] else 'running'}, IF {int(seen['cpu1_if'])}, GDTR "
                 f"{seen['cpu1_gdtr']:#x} (parked: halted, IF clear, the firmware's GDT {FIRMWARE_GDT:#x}); "
