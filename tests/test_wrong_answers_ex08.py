@@ -198,3 +198,24 @@ def test_a_slot_read_short_is_named_in_the_records_words_not_structs():
     # ("unpack_from requires a buffer of at least 8 bytes") named neither Slot nor SIZE
     with pytest.raises(ValueError, match=r"Slot.unpack needs 8 bytes \(Slot.SIZE\) at offset 0; it was given 7"):
         grader.check_ping_echo(reads_a_slot_one_byte_short)
+
+
+def loops_forever(port, consumer, producer):
+    i = consumer
+    while i != producer:                                  # i never moves
+        _slot(port, i)
+
+
+def exits(port, consumer, producer):
+    raise SystemExit(0)
+
+
+@pytest.mark.parametrize("answer, hint", [
+    (loops_forever, "your transmit, called for a's request with TX slots consumer 0 .. producer 3, had not "
+                    "returned after 0.3 s: a loop that never ends? The loop takes i from consumer round the ring"),
+    (exits, "your transmit, called for a's request with TX slots consumer 0 .. producer 3, raised SystemExit")])
+def test_a_transmit_that_never_returns_is_stopped_and_named(answer, hint, monkeypatch):
+    from vmkit.grading import limit
+    monkeypatch.setattr(limit, "CALL_LIMIT", 0.3)
+    problem = grader.check_ping_echo(answer)
+    assert problem and hint in problem, problem

@@ -88,3 +88,22 @@ def test_a_wrong_answer_fails_with_its_hint(answer, check, hint):
 
 def test_the_right_answer_passes_every_check():
     assert [fn(right) for _, _, fn in grader.CHECKS] == [None, None, None]
+
+
+def loops_forever(fd, block, pointer_block):
+    while True:
+        pass
+
+
+def exits(fd, block, pointer_block):
+    raise SystemExit(0)
+
+
+@pytest.mark.parametrize("answer, hint", [
+    (loops_forever, "had not returned after 0.3 s: a loop that never ends?"),
+    (exits, "raised SystemExit: the grader calls your function")])
+def test_a_resolve_that_never_returns_is_stopped_and_named(answer, hint, monkeypatch):
+    from vmkit.grading import limit
+    monkeypatch.setattr(limit, "CALL_LIMIT", 0.3)
+    problem = grader.check_indirect(answer)
+    assert problem and hint in problem and "your resolve, called for VDISK block 0" in problem, problem

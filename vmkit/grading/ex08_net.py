@@ -12,6 +12,7 @@ region is a guest address (the guest sees its memory from 0): the port's read,
 write and hand_to_nic translate them, checked, to host memory."""
 import struct
 
+from vmkit.grading import limit
 from vmkit.hw.nic import DESC_SIZE, MAX_FRAME, MIN_FRAME, Wire
 from vmkit.kernel import net_ring
 from vmkit.kernel.net_ring import BUFFER, NetHeader, Slot
@@ -64,12 +65,21 @@ def _descriptors(board, kernel, nic):
     return [struct.unpack("<IH", board.memory.read(area + k * DESC_SIZE, 6)) for k in range(TX_SLOTS)]
 
 
+def _request(port, consumer, producer):
+    return (f"your transmit, called for {port.vmm.name}'s request with TX slots consumer {consumer} .. "
+            f"producer {producer}{' (the ring wraps)' if producer < consumer else ''},")
+
+
 def _closing(check):
-    """The board is closed however the check ends (a wrong answer may raise in the kernel)."""
+    """The board is closed however the check ends (a wrong answer may raise in the kernel);
+    a call of the learner's that does not return is stopped and named (limit.py)."""
     def run(transmit):
-        machine = _machine(transmit)
+        machine = _machine(limit.bounded(transmit, _request))
         try:
             return check(*machine)
+        except limit.Stopped as e:
+            return (f"{e} The loop takes i from consumer round the ring, i = (i + 1) % SLOTS, and "
+                    f"stops when i == producer" if e.hung else str(e))
         finally:
             machine[0].close()
     run.__name__ = check.__name__

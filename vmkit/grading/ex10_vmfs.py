@@ -11,6 +11,7 @@ read the disk back. A failure names the first block whose address came back
 wrong, and why it likely did."""
 import tempfile
 
+from vmkit.grading import limit
 from vmkit.hw.disk import DiskImage
 from vmkit.kernel import vmfs_address as A
 from vmkit.kernel.vdisk import Vdisks
@@ -45,6 +46,10 @@ def _disk(folder):
             for b in chosen:
                 vol.write(name, b * BS, pattern(seed(name, b), b * 8, 8))
     return path
+
+
+def _call(fd, block, pointer_block):
+    return f"your resolve, called for VDISK block {block} of a file of {fd.blocks} block(s),"
 
 
 def _machine(resolve, folder):
@@ -97,6 +102,8 @@ def _why(resolve, name, metadata, blocks):
     for b in blocks:
         try:
             got[b] = resolve(fd, b, pb)
+        except limit.Stopped as e:
+            return str(e)
         except Exception as e:
             got[b] = e
     wrong = [b for b in blocks if type(got[b]) is not int or got[b] != want[b]]
@@ -168,24 +175,38 @@ def _attempted(resolve):
     """An untouched stub raises NotImplementedError here, outside the machine: "not attempted"."""
     try:
         resolve(_probe_fd(), 0, lambda p: (0,) * 1024)
-    except NotImplementedError:
+    except (NotImplementedError, limit.Stopped):
         raise
     except Exception:
         pass                                     # a real bug: the machine will show it
 
 
+def _bounded(check):
+    """The learner's resolve, stopped and named if a call does not return (limit.py); an untouched
+    stub is "not attempted"."""
+    def run(resolve):
+        resolve = limit.bounded(resolve, _call)
+        try:
+            _attempted(resolve)
+            return check(resolve)
+        except limit.Stopped as e:
+            return str(e)
+    run.__name__ = check.__name__
+    return run
+
+
+@_bounded
 def check_direct(resolve):
-    _attempted(resolve)
     return _reads(resolve, SMALL[0], SMALL_BLOCKS)
 
 
+@_bounded
 def check_indirect(resolve):
-    _attempted(resolve)
     return _reads(resolve, MID[0], MID_BLOCKS) or _reads(resolve, BIG[0], BIG_BLOCKS)
 
 
+@_bounded
 def check_writes(resolve):
-    _attempted(resolve)
     return _writes(resolve, BIG[0], WRITTEN) or _writes(resolve, SMALL[0], WRITTEN_SMALL)
 
 
