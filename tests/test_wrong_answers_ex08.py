@@ -156,7 +156,17 @@ def reads_a_slot_one_byte_short(port, consumer, producer):
         Slot.unpack(port.read(port.region + tx_slot(i), Slot.SIZE - 1))
 
 
+def reads_before_checking(port, consumer, producer):   # a pointer past the VM's memory: its fault
+    for i in _slots(consumer, producer):
+        slot = _slot(port, i)
+        port.read(slot.buffer, slot.length)
+        _send(port, i, slot) if _ok(port, slot) else port.refuse(
+            i, "refused_length" if not MIN_FRAME <= slot.length <= MAX_FRAME else "refused_pointer", "bad")
+
+
 WRONG = [
+    (reads_before_checking, grader.check_refusals, "VM f was stopped (a network buffer at guest address "
+                                                   "0xfffff000 (+60) is outside the VM's memory"),
     (ring_not_wrapped, grader.check_ping_echo, "The ring wraps: this request's slots were 5..7 and 0..0"),
     (range_consumer_to_producer, grader.check_ping_echo, "frame 6 (TX slot 5, request 3) never went"),
     (range_consumer_to_producer, grader.check_refusals, "consumer 7, producer 0: the ring wraps"),

@@ -7,7 +7,8 @@ slots' flags, the NIC's descriptors, the kernel's counters in kernel memory, the
 guests' consoles. Then VM m queues, in one request, slots it should not (a
 pointer to bytes of its memory outside its region, lengths one past each bound,
 frames one byte past either end of its frames) and frames exactly at each bound,
-which must go; then one good frame in the ring's last slot. Every address in the
+which must go; then one good frame in the ring's last slot. VM f points a slot
+past all its memory, where a read is its fault: refused, f must go on. Every address in the
 region is a guest address (the guest sees its memory from 0): the port's read,
 write and hand_to_nic translate them, checked, to host memory."""
 import struct
@@ -183,6 +184,7 @@ M_SLOTS = [
      net_ring.FRAMES, MIN_FRAME, None),
 ]
 NOBODY = bytes.fromhex("02000000ff99")              # the good slots' destination: no VM's MAC
+FAR = 0xFFFFF000                                    # VM f's slot: a pointer past all its memory
 
 
 def _marker(i):
@@ -215,7 +217,7 @@ def _refusal_frames(board, m):
 
 @_closing
 def check_refusals(board, kernel, wire):
-    b = _vm(kernel, "b", [("echo", 1)], "nic1")
+    b = _vm(kernel, "b", [("echo", 2)], "nic1")
     b_mac = b.vmm.net.port.mac
     code = ""
     for i, (_, offset, length, _) in enumerate(M_SLOTS):
@@ -227,8 +229,15 @@ def check_refusals(board, kernel, wire):
         out dx, eax"""
     # then one good frame in the last slot: the ring wraps (consumer 7, producer 0)
     m = _vm(kernel, "m", [("asm", code), ("send", b_mac, [b"good"]), ("recv", 1)], "nic0")
+    # VM f: a request whose one slot points past all of f's memory (a read there is f's fault,
+    # GuestFault: the kernel stops f), then a good frame
+    far = _slot(0, f"{FAR:#x}", 60) + f"""
+        mov dword ptr [ebx + {NetHeader.OFFSET['tx_producer']:#x}], 1
+        mov edx, {NET_PORT + REQUEST:#x}
+        out dx, eax"""
+    fv = _vm(kernel, "f", [("asm", far), ("send", b_mac, [b"again"]), ("recv", 1)], "nic0")
     frames = _refusal_frames(board, m)
-    _run(board, m, b)
+    _run(board, m, b, fv)
     pm = m.vmm.net.port
     tap = [f for _, who, f in wire.tap if who == "nic0"]
     for i, (what, offset, length, counter) in enumerate(M_SLOTS):
@@ -241,6 +250,11 @@ def check_refusals(board, kernel, wire):
                     f"went on the wire: check that the whole frame, buffer .. buffer + length, lies in "
                     f"m's region's frames (frames <= buffer and buffer + length <= frames + SLOTS * "
                     f"BUFFER) before reading a byte")
+    if fv.state == "crashed":
+        return (f"VM f was stopped ({fv.fault}). Its TX slot 0 pointed at {FAR:#x}, past all of f's "
+                f"memory: reading there (port.read) is f's fault and the kernel stops f. A bad "
+                f"pointer is refused (port.refuse(i, 'refused_pointer', why)) before a byte is read, "
+                f"and the VM goes on")
     c = pm.counters()
     for i, (what, _, length, counter) in enumerate(M_SLOTS):
         flags = Slot.unpack(pm.read(pm.region + net_ring.tx_slot(i), Slot.SIZE)).flags
@@ -273,6 +287,17 @@ def check_refusals(board, kernel, wire):
                 f"last of the ring (consumer {net_ring.SLOTS - 1}, producer 0: the ring wraps, "
                 f"i = (i + 1) % SLOTS); it should go and come back: the wire from nic0 carried it "
                 f"{len(good)} time(s), m printed {bytes(m.vmm.console)[-60:]!r}")
+    flags = Slot.unpack(fv.vmm.net.port.read(fv.vmm.net.port.region + net_ring.tx_slot(0), Slot.SIZE)).flags
+    refused = fv.vmm.net.port.counters().refused_pointer
+    again = [frame for frame in tap if b"again" in frame[14:20]]
+    if flags != net_ring.DONE | net_ring.ERROR or refused != 1:
+        return (f"VM f's TX slot 0 pointed at {FAR:#x}, past all its memory: its flags are {flags:#x} and "
+                f"f's refused_pointer counter {refused}, not DONE | ERROR and 1: port.refuse(i, "
+                f"'refused_pointer', why) it")
+    if len(again) != 1 or b"f got again" not in bytes(fv.vmm.console):
+        return (f"after its request with a pointer past its memory (TX slot 0), f queued a good frame in "
+                f"slot 1: the wire from nic0 carried it {len(again)} time(s), f printed "
+                f"{bytes(fv.vmm.console)[-60:]!r}")
     return None
 
 
