@@ -18,6 +18,7 @@ import pathlib
 import tempfile
 
 from vmkit.cos import layout as L
+from vmkit.grading import limit
 from vmkit.cos.cos import COS
 from vmkit.hw.board import FIRMWARE_GDT, Board
 from vmkit.hw.disk import DiskImage
@@ -122,6 +123,17 @@ def _run(answer):
     return _seen(order), None
 
 
+def _bounded(check):
+    """The learner's function, stopped and named if it does not return or ends the process (limit.py)."""
+    def run(answer):
+        try:
+            return check(limit.bounded(answer, lambda: "your reinstatement_order()"))
+        except limit.Stopped as e:
+            return str(e)
+    run.__name__ = check.__name__
+    return run
+
+
 def _inside(seen, address):
     return seen["block"][0] <= address < seen["block"][1]
 
@@ -140,6 +152,7 @@ def _fault_hint(seen):
     return None
 
 
+@_bounded
 def check_cpl0(answer):
     seen, problem = _run(answer)
     if problem:
@@ -161,6 +174,7 @@ def check_cpl0(answer):
                                  if seen["int3"] else None)
 
 
+@_bounded
 def check_devices(answer):
     seen, problem = _run(answer)
     if problem:
@@ -196,6 +210,7 @@ def check_devices(answer):
     return None
 
 
+@_bounded
 def check_removed(answer):
     seen, problem = _run(answer)
     if problem:
