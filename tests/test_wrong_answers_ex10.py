@@ -37,7 +37,39 @@ def always_through_pointer_blocks(fd, block, pointer_block):
     return pointer_block(number(fd.addresses[block // 1024]))[block % 1024]
 
 
+def direct_below_256_blocks(fd, block, pointer_block):          # a file of 256 blocks is direct too
+    if fd.blocks < 256:
+        return fd.addresses[block]
+    return pointer_block(number(fd.addresses[block // 1024]))[block % 1024]
+
+
+def direct_up_to_1024_blocks(fd, block, pointer_block):         # 1024: a pointer block's, not a descriptor's
+    if fd.blocks <= 1024:
+        return fd.addresses[block]
+    return pointer_block(number(fd.addresses[block // 1024]))[block % 1024]
+
+
+def the_index_as_the_pointer_block_number(fd, block, pointer_block):
+    if not fd.pointer_blocks:
+        return fd.addresses[block]
+    return pointer_block(block // 1024)[block % 1024]
+
+
+def tbz_cleared(fd, block, pointer_block):                      # "flag bits" masked off
+    return right(fd, block, pointer_block) & ~0x20
+
+
+def as_a_float(fd, block, pointer_block):
+    return float(right(fd, block, pointer_block))
+
+
 WRONG = [
+    (direct_below_256_blocks, "check_direct", "has no pointer blocks"),
+    (direct_up_to_1024_blocks, "check_indirect", "used as direct block addresses, but this file has 300"),
+    (the_index_as_the_pointer_block_number, "check_indirect", "pointer_block(p) takes the pointer block's "
+                                                             "number, number(fd.addresses[block // 1024])"),
+    (tbz_cleared, "check_writes", "bit 5 (TBZ, to be zeroed) cleared"),
+    (as_a_float, "check_direct", "(a float, not an int)"),
     (no_pointer_block_level, "check_indirect", "one level of indirection is missing"),
     (off_by_one_in_the_pointer_block, "check_indirect", "off-by-one in the index (block % 1024"),
     (direct_addresses_past_256, "check_indirect", "used as direct block addresses"),
@@ -56,3 +88,22 @@ def test_a_wrong_answer_fails_with_its_hint(answer, check, hint):
 
 def test_the_right_answer_passes_every_check():
     assert [fn(right) for _, _, fn in grader.CHECKS] == [None, None, None]
+
+
+def loops_forever(fd, block, pointer_block):
+    while True:
+        pass
+
+
+def exits(fd, block, pointer_block):
+    raise SystemExit(0)
+
+
+@pytest.mark.parametrize("answer, hint", [
+    (loops_forever, "had not returned after 0.3 s: a loop that never ends?"),
+    (exits, "raised SystemExit: the grader calls your function")])
+def test_a_resolve_that_never_returns_is_stopped_and_named(answer, hint, monkeypatch):
+    from vmkit.grading import limit
+    monkeypatch.setattr(limit, "CALL_LIMIT", 0.3)
+    problem = grader.check_indirect(answer)
+    assert problem and hint in problem and "your resolve, called for VDISK block 0" in problem, problem

@@ -31,6 +31,13 @@ def test_a_wrong_order_fails_with_its_hint(order, check, hint):
     assert problem and hint in problem, problem
 
 
+def test_cpu1_left_in_a_block_not_freed_is_not_said_to_be_in_a_freed_one():
+    problem = grader.check_devices(lambda: ["unpatch", "tables", "devices"])
+    assert "CPU 1 was not parked: it is at EIP" in problem and "(in the kernel's block)" in problem, problem
+    problem = grader.check_devices(lambda: ["unpatch", "tables", "devices", "free"])
+    assert "(in the kernel's block, freed: zeros now)" in problem, problem
+
+
 def test_the_right_order_passes_every_check_and_is_the_kernels():
     assert tuple(RIGHT) == unload.ORDER
     assert [fn(lambda: RIGHT) for _, _, fn in grader.CHECKS] == [None, None, None]
@@ -65,3 +72,17 @@ def test_a_bad_order_in_the_kernel_is_a_refusal_the_cos_prints_and_nothing_chang
     assert loader.kernel.contains(board.cpu["idtr"][1])        # still displaced: the kernel's IDT
     loader.kernel.unload_order = unload.ORDER
     assert "COS at CPL 0" in cos.run_command("rmmod", grader.LIMIT) and board.cpu.cpl == 0
+
+
+def test_an_order_that_never_comes_or_ends_the_process_is_stopped_and_named(monkeypatch):
+    from vmkit.grading import limit
+    monkeypatch.setattr(limit, "CALL_LIMIT", 0.3)
+
+    def forever():
+        while True:
+            pass
+
+    def exits():
+        raise SystemExit(1)
+    assert "your reinstatement_order() had not returned after 0.3 s" in grader.check_cpl0(forever)
+    assert "your reinstatement_order() raised SystemExit" in grader.check_devices(exits)

@@ -18,6 +18,7 @@ import pathlib
 import tempfile
 
 from vmkit.cos import layout as L
+from vmkit.grading import limit
 from vmkit.cos.cos import COS
 from vmkit.hw.board import FIRMWARE_GDT, Board
 from vmkit.hw.disk import DiskImage
@@ -122,6 +123,17 @@ def _run(answer):
     return _seen(order), None
 
 
+def _bounded(check):
+    """The learner's function, stopped and named if it does not return or ends the process (limit.py)."""
+    def run(answer):
+        try:
+            return check(limit.bounded(answer, lambda: "your reinstatement_order()"))
+        except limit.Stopped as e:
+            return str(e)
+    run.__name__ = check.__name__
+    return run
+
+
 def _inside(seen, address):
     return seen["block"][0] <= address < seen["block"][1]
 
@@ -140,6 +152,7 @@ def _fault_hint(seen):
     return None
 
 
+@_bounded
 def check_cpl0(answer):
     seen, problem = _run(answer)
     if problem:
@@ -161,6 +174,7 @@ def check_cpl0(answer):
                                  if seen["int3"] else None)
 
 
+@_bounded
 def check_devices(answer):
     seen, problem = _run(answer)
     if problem:
@@ -169,7 +183,8 @@ def check_devices(answer):
         return "the COS is not back at CPL 0 in its own tables (see the first check): its devices are not its own"
     order = answer()
     if not seen["cpu1_halted"] or seen["cpu1_if"] or seen["cpu1_gdtr"] != FIRMWARE_GDT:
-        where = "in the kernel's freed block" if _inside(seen, seen["cpu1_eip"]) else "outside the kernel"
+        where = ("outside the kernel" if not _inside(seen, seen["cpu1_eip"]) else "in the kernel's block"
+                 + (", freed: zeros now" if seen["block_bytes"] == 0 else ""))
         return (f"CPU 1 was not parked: it is at EIP {seen['cpu1_eip']:#x} ({where}), "
                 f"{'halted' if seen['cpu1_halted'] else 'running'}, IF {int(seen['cpu1_if'])}, GDTR "
                 f"{seen['cpu1_gdtr']:#x} (parked: halted, IF clear, the firmware's GDT {FIRMWARE_GDT:#x}); "
@@ -195,6 +210,7 @@ def check_devices(answer):
     return None
 
 
+@_bounded
 def check_removed(answer):
     seen, problem = _run(answer)
     if problem:

@@ -63,6 +63,9 @@ class Record(metaclass=RecordMeta):
     @classmethod
     def unpack(cls, raw, offset=0):
         """An instance from SIZE bytes of `raw` at `offset`."""
+        if len(raw) - offset < cls.SIZE:            # said in the record's words, not struct's
+            raise ValueError(f"{cls.__name__}.unpack needs {cls.SIZE} bytes ({cls.__name__}.SIZE) at "
+                             f"offset {offset}; it was given {max(len(raw) - offset, 0)}")
         flat = cls._struct.unpack_from(raw, offset)
         values, i = {}, 0
         for name in cls.NAMES:
