@@ -74,7 +74,12 @@ def test_the_step_in_c_leaves_the_machine_as_the_python_step(monkeypatch, cpus):
     assert trace == results[False][0]
     assert blocks == results[False][1]
     assert registers == results[False][2]
-    assert filtered == results[False][3] and filtered[0][0] > 0
+    # The filter saw the load's accesses both ways; not how many in all: code Unicorn translated
+    # while no memory hook was installed reaches a hook only on a TLB miss, and QEMU sizes the TLB
+    # by wall-clock windows (docs/machine.md), so the count varies from run to run, either way.
+    # (That a hook the step adds inside a run fires in that run: exercise 06's load that reads
+    # through the world's DS past its limit is refused, tests/test_wrong_answers_ex06.py.)
+    assert filtered[0][0] > 0 and results[False][3][0][0] > 0
     assert stops[False] - stops[True] == steps          # one run fewer per step done in C
 
 
