@@ -2,19 +2,28 @@
 
 First the decoder meets gates of every shape (offsets in both halves, all
 DPLs, trap and interrupt gates, absent gates); then it is plugged into the
-CPU's interrupt delivery, and a program that takes a software interrupt, a
-divide fault, a timer IRQ and a not-present gate must see each reach its
-own handler.
+CPU's interrupt delivery, and a program that takes a software interrupt
+(through a trap gate, to a handler above 64 KiB), a divide fault, a timer
+IRQ and a not-present gate must see each reach its own handler, with IF as
+its gate's type says. Whatever the decoder returns or raises is said as a
+hint (learner.py), never as a traceback through the CPU.
 """
 import random
 
 from vmkit.hw.board import Board, KERNEL_CS
-from vmkit.hw.x86 import Gate, decode_gate, encode_gate
+from vmkit.hw.x86 import EFLAGS_IF, GATE_TRAP32, Gate, decode_gate, encode_gate
+
+from .learner import Wrong, checked, guard
 
 IDT = 0x2000
 COUNTERS = 0x5000
-# vector -> handler address; each handler counts into COUNTERS + 4 * index
-HANDLERS = {0x30: 0x6000, 0x00: 0x6100, 0x20: 0x6200, 0x0B: 0x6300, 0x31: 0x6400}
+FLAGS = 0x5100                  # each handler's EFLAGS.IF as it found it, at FLAGS + 4 * index
+# vector -> handler address; each handler counts into COUNTERS + 4 * index. int 0x30's handler
+# lies above 64 KiB, so that its gate's offset has a high half; and its gate is a trap gate
+# (IF stays as it was: set), the others interrupt gates (IF cleared): a decoder that drops the
+# high half, or reads every gate as one type, sends the CPU elsewhere or with the wrong IF
+HANDLERS = {0x30: 0x16000, 0x00: 0x6100, 0x20: 0x6200, 0x0B: 0x6300, 0x31: 0x6400}
+TRAP_GATES = {0x30}
 
 
 def sample_gates():
@@ -27,12 +36,37 @@ def sample_gates():
     return [encode_gate(o, s, t, d, p) for o, s, t, d, p in shapes]
 
 
+FIELDS = (("offset", 1 << 32), ("selector", 1 << 16), ("type", 16), ("dpl", 4), ("present", 2))
+
+
+def _gate(decode):
+    """The learner's decoder, each answer checked for a Gate's shape before anyone uses it:
+    five whole numbers in their fields' ranges (present a bool, or 0 or 1)."""
+    decode = guard(decode, "decode_gate", lambda raw: f"decoding the gate bytes {raw.hex(' ')}")
+
+    def decoded(raw):
+        got = decode(raw)
+        if not isinstance(got, tuple) or len(got) != 5:
+            raise Wrong(f"decode_gate returned {got!r} for the bytes {raw.hex(' ')}; "
+                        f"return a Gate(offset, selector, type, dpl, present)")
+        for (field, end), value in zip(FIELDS, got):
+            if not isinstance(value, int) or not 0 <= value < end:
+                raise Wrong(f"decode_gate returned {field}={value!r} for the bytes {raw.hex(' ')}: "
+                            + ("present is True or False" if field == "present" else
+                               f"{field} is a whole number below {end:#x}"))
+        return Gate(*got)
+    return decoded
+
+
+@checked
 def check_decoding(decode):
+    decode = _gate(decode)
     for raw in sample_gates():
         want = decode_gate(raw)
         got = decode(raw)
         if tuple(got) != tuple(want):
-            return f"bytes {raw.hex(' ')}: expected {want}, got {tuple(got)}"
+            wrong = ", ".join(f for f, a, b in zip(Gate._fields, got, want) if a != b)
+            return f"bytes {raw.hex(' ')}: expected {want}, got {tuple(got)} ({wrong} wrong)"
     return None
 
 
@@ -48,13 +82,13 @@ PROGRAM = f"""
     mov al, 0xFE            ; unmask the timer only
     out 0x21, al
     lidt [idt_desc]
-    int 0x30
+    sti
+    int 0x30                ; through a trap gate: IF stays set
     xor edx, edx
     mov eax, 1
     xor ebx, ebx
     div ebx                 ; #DE
     int 0x31                ; gate not present: #NP(0x31*8+2)
-    sti
 wait: cmp dword ptr [{COUNTERS + 8}], 0
     je wait
     cli
@@ -67,22 +101,26 @@ idt_desc: .word {256 * 8 - 1}
 def handler(index, skip=0, pop_error=False):
     fix = ("add esp, 4\n" if pop_error else "") + (f"add dword ptr [esp], {skip}\n" if skip else "")
     eoi = "mov al, 0x20\nout 0x20, al\n" if index == 2 else ""
-    return f"inc dword ptr [{COUNTERS + 4 * index}]\n{eoi}{fix}iretd"
+    return (f"push eax\npushfd\npop eax\nand eax, {EFLAGS_IF:#x}\nmov [{FLAGS + 4 * index}], eax\npop eax\n"
+            f"inc dword ptr [{COUNTERS + 4 * index}]\n{eoi}{fix}iretd")
 
 
+@checked
 def check_delivery(decode):
     board = Board()
     for vector, address in HANDLERS.items():
         if vector != 0x31:
-            board.memory.write(IDT + vector * 8, encode_gate(address, KERNEL_CS))
+            board.memory.write(IDT + vector * 8, encode_gate(address, KERNEL_CS, type=0xF if vector in TRAP_GATES
+                                                             else 0xE))
     board.memory.write(IDT + 0x31 * 8, encode_gate(HANDLERS[0x31], KERNEL_CS, present=False))
-    board.load(0x6000, handler(0))
+    board.load(HANDLERS[0x30], handler(0))
     board.load(0x6100, handler(1, skip=2))                    # skip `div ebx`
     board.load(0x6200, handler(2))
     board.load(0x6300, handler(3, skip=2, pop_error=True))    # skip `int 0x31`
     board.load(0x6400, handler(4))
     board.load(0x1000, PROGRAM)
-    board.cpu.gate_decoder = lambda raw: Gate(*decode(bytes(raw)))
+    decoded = _gate(decode)
+    board.cpu.gate_decoder = lambda raw: decoded(bytes(raw))
     board.pit.program(5000)
     board.boot(0x1000)
     try:
@@ -96,6 +134,12 @@ def check_delivery(decode):
         if got != expect:
             seen = "; ".join(str(e) for e in board.trace.of("cpu.deliver", "cpu.fault", "cpu.shutdown")[:6])
             return f"{name}: handler ran {got} times, expected {expect}. The CPU saw: {seen}"
+    for index, (name, vector) in enumerate(zip(names[:4], HANDLERS)):
+        trap, interrupts_on = vector in TRAP_GATES, bool(board.memory.read_u32(FLAGS + 4 * index))
+        if interrupts_on != trap:
+            return (f"{name}: its handler ran with IF {'clear' if trap else 'set'}, yet its gate is "
+                    f"{'a trap' if trap else 'an interrupt'} gate (type {0xF if trap else 0xE:#x}), which "
+                    f"{'leaves IF as it was (set)' if trap else 'clears IF'}: is the type bits 3..0 of byte 5?")
     return None
 
 
