@@ -36,7 +36,10 @@ def sample_gates():
     return [encode_gate(o, s, t, d, p) for o, s, t, d, p in shapes]
 
 
-FIELDS = (("offset", 1 << 32), ("selector", 1 << 16), ("type", 16), ("dpl", 4), ("present", 2))
+# each field, the end of its range, and where it lies in the 8 bytes
+FIELDS = (("offset", 1 << 32, "32 bits, from bytes 0-1 and 6-7"), ("selector", 1 << 16, "16 bits, bytes 2-3"),
+          ("type", 16, "bits 3..0 of byte 5, below 0x10"), ("dpl", 4, "bits 6..5 of byte 5, 0 to 3"),
+          ("present", 2, "bit 7 of byte 5: True or False"))
 
 
 def _gate(decode):
@@ -49,11 +52,9 @@ def _gate(decode):
         if not isinstance(got, tuple) or len(got) != 5:
             raise Wrong(f"decode_gate returned {got!r} for the bytes {raw.hex(' ')}; "
                         f"return a Gate(offset, selector, type, dpl, present)")
-        for (field, end), value in zip(FIELDS, got):
+        for (field, end, where), value in zip(FIELDS, got):
             if not isinstance(value, int) or not 0 <= value < end:
-                raise Wrong(f"decode_gate returned {field}={value!r} for the bytes {raw.hex(' ')}: "
-                            + ("present is True or False" if field == "present" else
-                               f"{field} is a whole number below {end:#x}"))
+                raise Wrong(f"decode_gate returned {field}={value!r} for the bytes {raw.hex(' ')}: {field} is {where}")
         return Gate(*got)
     return decoded
 
