@@ -29,15 +29,18 @@ def _name(e):
     return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
 
 
-def guard(function, name, called=lambda *args: ""):
+def guard(function, name, called=lambda *args: "", expected=()):
     """`function`, whose exceptions become Wrong: "your NAME raised X: ... at line N (CALLED)".
     `called(*args)` says which call it was. NotImplementedError (the untouched stub) passes
-    through: the runner reads it as "not attempted"."""
+    through: the runner reads it as "not attempted"; so do the `expected` exceptions, those
+    the exercise asks for (a refusal)."""
+    passed = (NotImplementedError, Wrong, *expected)
+
     @functools.wraps(function)
     def call(*args):
         try:
             return function(*args)
-        except (NotImplementedError, Wrong):
+        except passed:
             raise
         except RecursionError as e:
             raise Wrong(f"your {name} recursed without end{_their_line(e)} ({called(*args)})") from None
