@@ -13,9 +13,9 @@ from vmkit.hw.x86 import Gate
 def decode_gate(raw):
     offset_low, selector, _zero, attributes, offset_high = struct.unpack("<HHBBH", raw)
     return Gate(offset=OFFSET, selector=selector, type=TYPE,
-                dpl=(attributes >> 5) & 3, present=bool(attributes & 0x80))
+                dpl=DPL, present=bool(attributes & 0x80))
 '''
-RIGHT = {"OFFSET": "offset_low | (offset_high << 16)", "TYPE": "attributes & 0xF"}
+RIGHT = {"OFFSET": "offset_low | (offset_high << 16)", "TYPE": "attributes & 0xF", "DPL": "(attributes >> 5) & 3"}
 
 
 def decoder(tmp_path, body=None, **edits):
@@ -54,6 +54,9 @@ WRONG = {
                                      "int 0x30: its handler ran with IF clear, yet its gate is a trap gate"),
     "every gate a trap gate": ({"TYPE": "0xF"}, "delivery",
                                "divide fault (#DE): its handler ran with IF set, yet its gate is an interrupt gate"),
+    # the program ran at CPL 0 only, where every gate's DPL lets `int` through: DPL was never used
+    "every DPL 0": ({"DPL": "0"}, "delivery", "int 0x32 from CPL 3 (its gate's DPL 3): handler ran 0 times"),
+    "every DPL 3": ({"DPL": "3"}, "delivery", "int 0x33's own handler, from CPL 3 (its gate's DPL 0): handler ran 1"),
 }
 
 

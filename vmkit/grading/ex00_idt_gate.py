@@ -5,25 +5,35 @@ DPLs, trap and interrupt gates, absent gates); then it is plugged into the
 CPU's interrupt delivery, and a program that takes a software interrupt
 (through a trap gate, to a handler above 64 KiB), a divide fault, a timer
 IRQ and a not-present gate must see each reach its own handler, with IF as
-its gate's type says. Whatever the decoder returns or raises is said as a
+its gate's type says; then, at CPL 3, an `int` through a DPL 3 gate must
+reach its handler and one through a DPL 0 gate be a #GP. Whatever the decoder returns or raises is said as a
 hint (learner.py), never as a traceback through the CPU.
 """
 import random
 
-from vmkit.hw.board import Board, KERNEL_CS
-from vmkit.hw.x86 import EFLAGS_IF, GATE_TRAP32, Gate, decode_gate, encode_gate
+from vmkit.hw.board import FIRMWARE_GDT, KERNEL_CS, KERNEL_DS, USER_CS, USER_DS, Board
+from vmkit.hw.x86 import (EFLAGS_IF, TSS_AVAILABLE, Gate, decode_gate, encode_gate, encode_segment,
+                          encode_tss)
 
 from .learner import Wrong, checked, guard
 
 IDT = 0x2000
+GDT, TSS, TSS_SEL = 0x3000, 0x3100, 0x28     # the firmware's five descriptors, then a TSS
+KERNEL_STACK, USER_STACK = 0x9F000, 0x8F000
 COUNTERS = 0x5000
 FLAGS = 0x5100                  # each handler's EFLAGS.IF as it found it, at FLAGS + 4 * index
+GP_ERROR = 0x5200               # the #GP handler's error code
 # vector -> handler address; each handler counts into COUNTERS + 4 * index. int 0x30's handler
 # lies above 64 KiB, so that its gate's offset has a high half; and its gate is a trap gate
 # (IF stays as it was: set), the others interrupt gates (IF cleared): a decoder that drops the
-# high half, or reads every gate as one type, sends the CPU elsewhere or with the wrong IF
-HANDLERS = {0x30: 0x16000, 0x00: 0x6100, 0x20: 0x6200, 0x0B: 0x6300, 0x31: 0x6400}
+# high half, or reads every gate as one type, sends the CPU elsewhere or with the wrong IF.
+# From CPL 3, `int 0x32` goes through a DPL 3 gate and `int 0x33` through a DPL 0 one (a #GP):
+# a decoder that reads every DPL as one value lets both through, or neither
+HANDLERS = {0x30: 0x16000, 0x00: 0x6100, 0x20: 0x6200, 0x0B: 0x6300, 0x31: 0x6400,
+            0x32: 0x6500, 0x0D: 0x6600, 0x33: 0x6700}
 TRAP_GATES = {0x30}
+USER_GATES = {0x32}                                  # DPL 3: `int` from CPL 3 may use them
+ABSENT = 0x31
 
 
 def sample_gates():
@@ -93,13 +103,30 @@ PROGRAM = f"""
 wait: cmp dword ptr [{COUNTERS + 8}], 0
     je wait
     cli
-    hlt
+    lgdt [gdt_desc]
+    mov ax, {TSS_SEL}
+    ltr ax                  ; the stack an interrupt from CPL 3 switches to
+    push {USER_DS}
+    push {USER_STACK}
+    push 0x2
+    push {USER_CS}
+    mov eax, user           ; (keystone encodes `push label` as a 16-bit push)
+    push eax
+    iretd                   ; to CPL 3
+user:
+    int 0x32                ; DPL 3 gate: its handler, and back
+    int 0x33                ; DPL 0 gate: #GP(0x33*8+2); its handler stops the machine
+spin: jmp spin
 idt_desc: .word {256 * 8 - 1}
           .long {IDT}
+gdt_desc: .word {6 * 8 - 1}
+          .long {GDT}
 """
 
 
 def handler(index, skip=0, pop_error=False):
+    if index == 6:                           # the #GP from CPL 3: keep its error code, stop
+        return f"inc dword ptr [{COUNTERS + 4 * index}]\nmov eax, [esp]\nmov [{GP_ERROR}], eax\ncli\nhlt"
     fix = ("add esp, 4\n" if pop_error else "") + (f"add dword ptr [esp], {skip}\n" if skip else "")
     eoi = "mov al, 0x20\nout 0x20, al\n" if index == 2 else ""
     return (f"push eax\npushfd\npop eax\nand eax, {EFLAGS_IF:#x}\nmov [{FLAGS + 4 * index}], eax\npop eax\n"
@@ -110,15 +137,18 @@ def handler(index, skip=0, pop_error=False):
 def check_delivery(decode):
     board = Board()
     for vector, address in HANDLERS.items():
-        if vector != 0x31:
-            board.memory.write(IDT + vector * 8, encode_gate(address, KERNEL_CS, type=0xF if vector in TRAP_GATES
-                                                             else 0xE))
-    board.memory.write(IDT + 0x31 * 8, encode_gate(HANDLERS[0x31], KERNEL_CS, present=False))
+        board.memory.write(IDT + vector * 8, encode_gate(address, KERNEL_CS, type=0xF if vector in TRAP_GATES
+                                                         else 0xE, dpl=3 if vector in USER_GATES else 0,
+                                                         present=vector != ABSENT))
+    board.memory.write(GDT, board.memory.read(FIRMWARE_GDT, 5 * 8)
+                       + encode_segment(TSS, 103, TSS_AVAILABLE, 0, s=0, db=0, g=0))
+    board.memory.write(TSS, encode_tss(KERNEL_STACK, KERNEL_DS))
     board.load(HANDLERS[0x30], handler(0))
     board.load(0x6100, handler(1, skip=2))                    # skip `div ebx`
     board.load(0x6200, handler(2))
     board.load(0x6300, handler(3, skip=2, pop_error=True))    # skip `int 0x31`
-    board.load(0x6400, handler(4))
+    for index, vector in enumerate((ABSENT, 0x32, 0x0D, 0x33), start=4):
+        board.load(HANDLERS[vector], handler(index))
     board.load(0x1000, PROGRAM)
     decoded = _gate(decode)
     board.cpu.gate_decoder = lambda raw: decoded(bytes(raw))
@@ -128,13 +158,21 @@ def check_delivery(decode):
         board.run_until(lambda: board.cpu.halted or board.cpu.shutdown, 200_000, "the test program's end")
     except TimeoutError:
         pass
-    counts = [board.memory.read_u32(COUNTERS + 4 * i) for i in range(5)]
-    names = ["int 0x30", "divide fault (#DE)", "timer IRQ 0", "#NP from a not-present gate", "the absent gate's handler"]
-    want = [1, 1, 1, 1, 0]
-    for name, got, expect in zip(names, counts, want):
-        if got != expect:
-            seen = "; ".join(str(e) for e in board.trace.of("cpu.deliver", "cpu.fault", "cpu.shutdown")[:6])
-            return f"{name}: handler ran {got} times, expected {expect}. The CPU saw: {seen}"
+    counts = [board.memory.read_u32(COUNTERS + 4 * i) for i in range(8)]
+    names = ["int 0x30", "divide fault (#DE)", "timer IRQ 0", "#NP from a not-present gate", "the absent gate's handler",
+             "int 0x32 from CPL 3 (its gate's DPL 3)", "#GP from CPL 3's int 0x33 (its gate's DPL 0)",
+             "int 0x33's own handler, from CPL 3 (its gate's DPL 0)"]
+    want = [1, 1, 1, 1, 0, 1, 1, 0]
+    for index in (0, 1, 2, 3, 4, 5, 7, 6):          # int 0x33's own handler before the #GP it missed
+        if counts[index] != want[index]:
+            events = board.trace.of("cpu.deliver", "cpu.fault", "cpu.shutdown")
+            seen = "; ".join(str(e) for e in (events[:6] if index < 5 else events[-4:]))
+            return (f"{names[index]}: handler ran {counts[index]} times, expected {want[index]}"
+                    + (" (does dpl come from bits 6..5 of byte 5?)" if index >= 5 else "")
+                    + f". The CPU saw: {seen}")
+    if (error := board.memory.read_u32(GP_ERROR)) != 0x33 * 8 + 2:
+        return (f"{names[6]}: the #GP's error code was {error:#x}, expected {0x33 * 8 + 2:#x} (the IDT entry "
+                f"0x33, as the CPU names a gate that `int` may not use)")
     for index, (name, vector) in enumerate(zip(names[:4], HANDLERS)):
         trap, interrupts_on = vector in TRAP_GATES, bool(board.memory.read_u32(FLAGS + 4 * index))
         if interrupts_on != trap:
