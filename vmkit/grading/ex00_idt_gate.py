@@ -18,6 +18,7 @@ from vmkit.hw.x86 import (EFLAGS_IF, TSS_AVAILABLE, Gate, decode_gate, encode_ga
 from .learner import Wrong, checked, guard
 
 IDT = 0x2000
+USER_IDT = 0x2800               # the CPL 3 part's own IDT: its #GP gate is not there before
 GDT, TSS, TSS_SEL = 0x3000, 0x3100, 0x28     # the firmware's five descriptors, then a TSS
 KERNEL_STACK, USER_STACK = 0x9F000, 0x8F000
 COUNTERS = 0x5000
@@ -33,6 +34,7 @@ HANDLERS = {0x30: 0x16000, 0x00: 0x6100, 0x20: 0x6200, 0x0B: 0x6300, 0x31: 0x640
             0x32: 0x6500, 0x0D: 0x6600, 0x33: 0x6700}
 TRAP_GATES = {0x30}
 USER_GATES = {0x32}                                  # DPL 3: `int` from CPL 3 may use them
+USER_PART = {0x32, 0x0D, 0x33}                       # the vectors of USER_IDT, only there
 ABSENT = 0x31
 
 
@@ -103,6 +105,7 @@ PROGRAM = f"""
 wait: cmp dword ptr [{COUNTERS + 8}], 0
     je wait
     cli
+    lidt [user_idt_desc]
     lgdt [gdt_desc]
     mov ax, {TSS_SEL}
     ltr ax                  ; the stack an interrupt from CPL 3 switches to
@@ -119,6 +122,8 @@ user:
 spin: jmp spin
 idt_desc: .word {256 * 8 - 1}
           .long {IDT}
+user_idt_desc: .word {256 * 8 - 1}
+          .long {USER_IDT}
 gdt_desc: .word {6 * 8 - 1}
           .long {GDT}
 """
@@ -137,7 +142,7 @@ def handler(index, skip=0, pop_error=False):
 def check_delivery(decode):
     board = Board()
     for vector, address in HANDLERS.items():
-        board.memory.write(IDT + vector * 8, encode_gate(address, KERNEL_CS, type=0xF if vector in TRAP_GATES
+        board.memory.write((USER_IDT if vector in USER_PART else IDT) + vector * 8, encode_gate(address, KERNEL_CS, type=0xF if vector in TRAP_GATES
                                                          else 0xE, dpl=3 if vector in USER_GATES else 0,
                                                          present=vector != ABSENT))
     board.memory.write(GDT, board.memory.read(FIRMWARE_GDT, 5 * 8)
