@@ -19,7 +19,7 @@ WRONG = {
     "ex00_idt_gate": [
         ("offset halves swapped", "offset_low | (offset_high << 16)", "offset_high | (offset_low << 16)",
          "expected Gate(offset="),
-        ("type keeps P and DPL", "type=attributes & 0xF", "type=attributes", "expected Gate("),
+        ("type keeps P and DPL", "type=attributes & 0xF", "type=attributes", "type is bits 3..0 of byte 5"),
         ("DPL from the wrong bits", "(attributes >> 5) & 3", "(attributes >> 4) & 3", "expected Gate("),
         ("every gate present", "present=bool(attributes & 0x80)", "present=True", "present=False), got"),
         ("selector from the zero byte", "selector=selector", "selector=_zero", "expected Gate("),

@@ -5,12 +5,24 @@ from vmkit.hw.x86 import decode_gate
 from vmkit.kernel import layout
 from vmkit.lessons import takeover
 
+from .learner import Wrong, guard
+
 CRITICAL = "init:\npushfd\ncli\nmov ecx, 30000\nl: loop l\npopfd\nud2\nret"
 
 
 def _takeover(build):
-    """(board, cos, loader, what went wrong during the insmod or None)."""
-    board, cos, loader = takeover.booted_cos(build_idt=build)
+    """(board, cos, loader, what went wrong during the insmod or None). The learner's
+    exception refuses the load (the loader says its type); the hint names their line too."""
+    raised = []
+
+    def building(*args):
+        try:
+            return guarded(*args)
+        except Wrong as e:
+            raised.append(str(e))
+            raise RuntimeError(e) from None
+    guarded = guard(build, "build_kernel_idt", lambda *args: "as the loading module built the kernel's IDT")
+    board, cos, loader = takeover.booted_cos(build_idt=building)
     cos.put_module(loader.module)
     try:
         cos.run_command("insmod", takeover.COMMAND_LIMIT)
@@ -19,13 +31,27 @@ def _takeover(build):
     except Exception as e:          # the machine failed mid-insmod: grade what the CPU was given
         seen = "; ".join(str(e) for e in board.trace.of("cpu.fault", "cpu.shutdown", "kernel.reflect")[-3:])
         return board, cos, loader, f"{e}. The machine saw: {seen or 'no fault'}"
+    if loader.kernel is None:
+        why = "; ".join(e["why"] for e in board.trace.of("load.refused"))
+        return board, cos, loader, (raised[0] if raised else
+                                    f"the loading module refused the load: {why or 'it did not say why'}")
     return board, cos, loader, None
+
+
+def _dpl_says(vector, dpl, want):
+    """Why a gate's DPL matters: who may raise it with `int n`."""
+    if dpl == want:
+        return ""
+    if dpl < want:
+        return f" (the COS, at CPL 1, raises it on purpose: through a DPL {dpl} gate its `int` is a #GP)"
+    return (f" (code at CPL {dpl}" + (", a VM's," if dpl == 3 else "")
+            + f" could then raise vector {vector:#x} with `int {vector:#x}` and enter the kernel by it)")
 
 
 def check_gates(build):
     board, cos, loader, problem = _takeover(build)
     if loader.kernel is None:
-        return problem or f"the load was refused: {board.trace.of('load.refused')}"
+        return problem
     _, base, limit, _ = board.cpu["idtr"]
     if limit != 0x7FF:
         return f"IDTR limit is {limit:#x}: the IDT must hold 256 gates (limit 0x7ff)"
@@ -40,14 +66,14 @@ def check_gates(build):
         if gate.dpl != want_dpl or gate.type != 0xE:
             return (f"gate {v:#x}: type {gate.type:#x} DPL {gate.dpl}; expected an interrupt gate (0xe) with DPL {want_dpl}"
                     + (" (a trap gate leaves IF set: the kernel is interrupted inside its own entry code)"
-                       if gate.type == 0xF else ""))
+                       if gate.type == 0xF else _dpl_says(v, gate.dpl, want_dpl)))
     return problem
 
 
 def check_kernel_gets_everything(build):
     board, cos, loader, problem = _takeover(build)
-    if loader.kernel is None or problem:
-        return f"the takeover did not complete: {problem}" if problem else "the load was refused"
+    if problem:
+        return problem if loader.kernel is None else f"the takeover did not complete: {problem}"
     try:
         mark = takeover.run_module(board, cos, CRITICAL)
     except RuntimeError:

@@ -11,6 +11,8 @@ from vmkit.hw.x86 import (EFLAGS_AF, EFLAGS_CF, EFLAGS_IF, EFLAGS_IOPL_SHIFT, EF
                           EFLAGS_PF, EFLAGS_SF, EFLAGS_ZF)
 from vmkit.lessons import takeover
 
+from .learner import checked, guard
+
 RESULTS = 0x5000                 # COS memory the drivers write what they saw to
 TICKS = cos_layout.TICKS
 SPIN = 40_000                    # loop iterations: several timer periods
@@ -97,6 +99,8 @@ init:   cli
 probe_if_clear:
         nop
         sti
+probe_sti:
+        nop
         pushfd
         or dword ptr [esp], {3 << EFLAGS_IOPL_SHIFT:#x}    ; the COS asks for IOPL 3
         popfd
@@ -107,6 +111,7 @@ probe_iopl:
 
 
 def _machine(emulate):
+    emulate = guard(emulate, "emulate_if", lambda mnemonic, vcpu, frame: f"emulating the COS's {mnemonic}")
     board, cos, loader = takeover.takeover(emulate=emulate)
     return board, cos, loader.kernel, None if loader.kernel else "the load was refused"
 
@@ -127,21 +132,43 @@ def _run(board, cos, source):
                       "popfd pops one)?")
 
 
+@checked
 def check_ticks_go_on(emulate):
+    """The COS's own main loop: `cli`, a look at what its handlers left, `sti; hlt`. Its
+    virtual IF is read from kernel memory after each of its `cli`s: were it never cleared,
+    the ticks would go on whatever the answer did (the COS runs with vif 1 at the takeover)."""
     board, cos, kernel, problem = _machine(emulate)
     if problem:
         return problem
-    before = cos.ticks()
+    after_cli, vcpu = [], kernel.vcpu
+    board.cpu.on_execute(cos.symbols["main_loop"] + 1,                   # past its cli
+                         lambda cpu: after_cli.append((vcpu.vif, cpu["eflags"] >> EFLAGS_IOPL_SHIFT & 3, cpu.cpl)))
+    before, mark = cos.ticks(), board.trace.mark()
     board.run(1_000_000)
     gained = cos.ticks() - before
     if board.cpu.shutdown:
         return f"the CPU stopped: {board.cpu.shutdown}"
     if gained < 50:
-        return (f"the COS took {gained} timer ticks in 1,000,000 instructions after the takeover; "
-                f"expected about 100: does sti set vcpu.vif to 1 and cli to 0?")
+        said = (f"the COS took {gained} timer ticks in 1,000,000 instructions after the takeover; "
+                f"expected about 100")
+        if reflected := board.trace.since(mark, "kernel.reflect"):
+            first = reflected[0]
+            return (f"{said}: the kernel handed {len(reflected)} faults back to the COS (the first vector "
+                    f"{first['vector']:#x} at {first['eip']:#x})"
+                    + (": #DB after each instruction, as TF (bit 8) is set in the COS's EFLAGS. Do pushfd "
+                       "and popfd give the COS only the flags it pushed and popped?" if first["vector"] == 1 else ""))
+        return f"{said}: does sti set vcpu.vif to 1 and cli to 0?"
+    if (iopl := next(((iopl, cpl) for _, iopl, cpl in after_cli if iopl >= cpl), None)):
+        return (f"the COS's main loop ran `cli` at CPL {iopl[1]} with IOPL {iopl[0]}: its cli, sti, in and out no "
+                f"longer trap to the kernel (the displacement undone). popfd must clear IOPL (bits 12-13) in frame.eflags")
+    if (vif := next((vif for vif, _, _ in after_cli if vif), None)) is not None:
+        return (f"the COS's main loop ran `cli` {len(after_cli)} times; after it its virtual IF in kernel "
+                f"memory was {vif}, so its timer ticks reached it where it holds them off: cli must clear "
+                f"vcpu.vif (set it to 0)")
     return None
 
 
+@checked
 def check_critical_section(emulate):
     board, cos, kernel, problem = _machine(emulate)
     if problem or (problem := _run(board, cos, CRITICAL)):
@@ -161,6 +188,7 @@ def check_critical_section(emulate):
     return None
 
 
+@checked
 def check_flags(emulate):
     board, cos, kernel, problem = _machine(emulate)
     if problem or (problem := _run(board, cos, FLAGS)):
@@ -182,6 +210,7 @@ def check_flags(emulate):
     return None
 
 
+@checked
 def check_virtual_if(emulate):
     board, cos, kernel, problem = _machine(emulate)
     if problem or (problem := _run(board, cos, VIRTUAL_IF)):
@@ -206,17 +235,18 @@ def _label(source, name):
     return int.from_bytes(code[-4:], "little")
 
 
+@checked
 def check_displaced(emulate):
     board, cos, kernel, problem = _machine(emulate)
     if problem:
         return problem
     seen, vcpu = {}, kernel.vcpu           # the virtual CPU, read from kernel memory
-    for name in ("probe_if_clear", "probe_iopl"):
+    for name in ("probe_if_clear", "probe_sti", "probe_iopl"):
         board.cpu.on_execute(_label(DISPLACED, name),
                              lambda cpu, name=name: seen.setdefault(name, (cpu["eflags"], cpu.cpl, vcpu.vif)))
     if problem := _run(board, cos, DISPLACED):
         return problem
-    if len(seen) < 2:
+    if len(seen) < 3:
         return f"the COS's driver did not reach every probe point (reached {sorted(seen)})"
     for name in ("probe_if_clear", "probe_iopl"):  # IOPL first: at IOPL >= CPL, sti never reaches the kernel
         eflags, cpl, _ = seen[name]
@@ -224,10 +254,11 @@ def check_displaced(emulate):
             return (f"after the COS popped flags with IOPL {0 if name == 'probe_if_clear' else 3}, the CPU ran "
                     f"it at CPL {cpl} with IOPL {iopl}: its cli, sti, in and out no longer trap to the kernel "
                     f"(the displacement undone). popfd must clear IOPL (bits 12-13) in frame.eflags")
-    for name, want in (("probe_if_clear", 0), ("probe_iopl", 1)):
+    for name, want, after in (("probe_if_clear", 0, "popped flags with IF clear"), ("probe_sti", 1, "ran sti"),
+                              ("probe_iopl", 1, "popped flags with IF set")):
         if seen[name][2] != want:
-            return (f"after the COS popped flags with IF {'clear' if want == 0 else 'set'}, its virtual CPU "
-                    f"in kernel memory holds vif = {seen[name][2]}; expected {want} (vif is 0 or 1)")
+            return (f"after the COS {after}, its virtual CPU in kernel memory holds vif = {seen[name][2]}; "
+                    f"expected {want} (vif is 0 or 1)")
     eflags, cpl, _ = seen["probe_if_clear"]
     if not eflags & EFLAGS_IF:
         return ("after the COS popped flags with IF clear, the CPU ran it with the real IF clear: the kernel "

@@ -4,6 +4,8 @@ naming the device with nothing applied, and the result enforced."""
 from vmkit.kernel import devices
 from vmkit.lessons import interrupts
 
+from .learner import checked, guard
+
 GOOD = [devices.DEFAULT_POLICY,
         {"host-managed": ["serial0", "kbd0", "sensor0", "scsi0"], "reserved": ["pic0", "pit0"], "shared": []},
         {"host-managed": [], "reserved": ["pic0", "pit0", "serial0", "kbd0", "sensor0"], "shared": ["scsi0"]}]
@@ -17,9 +19,15 @@ BAD = [("serial0 in two classes", "serial0", lambda p: p["reserved"].append("ser
         lambda p: (p["host-managed"].remove("serial0"), p.setdefault("Reserved", []).append("serial0")))]
 
 
+def _guarded(classify):
+    """The learner's classify: its ClassificationError is its answer, any other exception a hint."""
+    return guard(classify, "classify", lambda devices_, policy: f"classifying by the policy {policy}",
+                 expected=(devices.ClassificationError,))
+
+
 def _machine(classify):
     board, cos, kernel = interrupts.displaced(disk=None)
-    kernel.classify = classify
+    kernel.classify = _guarded(classify)
     return board, cos, kernel
 
 
@@ -27,7 +35,9 @@ def _policy(base, names):
     return {cls: [n for n in members if n in names] for cls, members in base.items()}
 
 
+@checked
 def check_good_policies(classify):
+    classify = _guarded(classify)
     from tempfile import mkdtemp
     from vmkit.hw.disk import DiskImage
     board, cos, kernel = interrupts.displaced(disk=DiskImage.create(mkdtemp() + "/d.img", 16))
@@ -46,7 +56,9 @@ def check_good_policies(classify):
     return None
 
 
+@checked
 def check_bad_policies(classify):
+    classify = _guarded(classify)
     from tempfile import mkdtemp
     from vmkit.hw.disk import DiskImage
     board, cos, kernel = interrupts.displaced(disk=DiskImage.create(mkdtemp() + "/d.img", 16))
@@ -72,6 +84,9 @@ def check_bad_policies(classify):
             kernel_refused = False
         except devices.ClassificationError:
             kernel_refused = True
+        if said and not isinstance(said[-1], (dict, devices.ClassificationError)):
+            return (f"your classify returned {said[-1]!r} for {policy}: {what} makes it invalid, "
+                    f"so it must raise ClassificationError naming it")
         if not said or not isinstance(said[-1], devices.ClassificationError):
             return (f"{policy} was accepted by your classify"
                     + (" (the kernel's own check refused it)" if kernel_refused else "")
@@ -86,13 +101,23 @@ def check_bad_policies(classify):
     return None
 
 
+@checked
 def check_enforced(classify):
     board, cos, kernel = _machine(classify)
     names = {d.name for d in kernel.devices}
     policy = _policy(devices.DEFAULT_POLICY, names)
     policy["host-managed"].remove("serial0")
     policy["reserved"].append("serial0")
-    kernel.apply_policy(policy)
+    said = []                                  # what the learner's classify answered
+    learners = kernel.classify
+    kernel.classify = lambda devices_, policy_: said.append(learners(devices_, policy_)) or said[-1]
+    try:
+        kernel.apply_policy(policy)
+    except devices.ClassificationError as e:
+        if not said:
+            return f"policy {policy} is valid (serial0 reserved), yet your classify refused it: {e}"
+        return (f"policy {policy}: the kernel refused what your classify returned ({said[-1]!r}): {e}. "
+                f"Nothing was applied, so serial0 stayed the COS's")
     before = len(cos.console())
     board.run(1_200_000)
     if len(cos.console()) != before:
