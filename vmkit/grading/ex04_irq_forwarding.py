@@ -103,6 +103,7 @@ def check_storm(module):
         at_handler = []
         _at_cos_handler(board, kernel, board.sensor.irq, at_handler)
         work = kernel.work_done()
+        mark = board.trace.mark()
         board.sensor.sample()
         board.sensor.jam()
         board.run(100_000)
@@ -114,6 +115,11 @@ def check_storm(module):
                     f"enters the kernel")
         if masking and kernel.work_done() - work < 3000:      # at least one piece of kernel work
             return "with masking on, the kernel's own work did not progress during the jam"
+        if not masking and not at_handler:
+            entered = sum(e.data.get("vector") == IRQ_BASE + line for e in board.trace.since(mark, "cpu.deliver"))
+            return (f"with masking switched off, the COS's handler for IRQ {line} never ran: the jammed "
+                    f"sensor's IRQ entered the kernel {entered} times and was never queued for the COS. "
+                    f"Forward it whether or not you mask: cos.queue(line)")
         if not masking and not storms:
             imr, isr = read_pic(board)
             if isr & bit:

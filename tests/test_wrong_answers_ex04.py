@@ -1,0 +1,36 @@
+"""Known-wrong answers to exercise 04 (kernel_sees_irq, cos_acknowledged) that the grader must
+fail, each with the hint it must give, and answers that differ from the reference only where
+the machine cannot tell (the kernel's handler runs with IF clear) that it must pass. Each is
+the reference solution with one edit, graded in-process."""
+import pathlib
+
+import pytest
+
+from vmkit.grading.runner import grade_one
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+NAME = "ex04_irq_forwarding"
+SEES = "    if masking:\n        pic.mask(line)\n    pic.eoi(line)\n    cos.queue(line)\n"
+
+
+def _graded(tmp_path, old, new):
+    solution = (ROOT / "solutions" / f"{NAME}.py").read_text()
+    assert solution.count(old) == 1, f"{old!r} is not once in the solution: update this case"
+    (tmp_path / f"{NAME}.py").write_text(solution.replace(old, new, 1))
+    return grade_one(tmp_path, NAME)
+
+
+WRONG = [
+    # with masking off the storm came anyway, so the forwarding itself went unchecked
+    ("forwards only when masking", SEES,
+     "    if masking:\n        pic.mask(line)\n        cos.queue(line)\n    pic.eoi(line)\n",
+     "the COS's handler for IRQ 5 never ran"),
+]
+
+
+@pytest.mark.parametrize("what, old, new, hint", WRONG, ids=[w[0] for w in WRONG])
+def test_a_known_wrong_answer_fails_with_its_hint(tmp_path, what, old, new, hint):
+    rows = _graded(tmp_path, old, new)
+    failed = [r for r in rows if r[2] != "ok"]
+    assert failed, f"{what}: graded {[r[2] for r in rows]}, a wrong answer must fail"
+    assert any(hint in r[3] for r in failed), f"{what}: {[r[3] for r in failed]}; the hint should say {hint!r}"
