@@ -34,3 +34,18 @@ def test_a_known_wrong_answer_fails_with_its_hint(tmp_path, what, old, new, hint
     failed = [r for r in rows if r[2] != "ok"]
     assert failed, f"{what}: graded {[r[2] for r in rows]}, a wrong answer must fail"
     assert any(hint in r[3] for r in failed), f"{what}: {[r[3] for r in failed]}; the hint should say {hint!r}"
+
+
+EQUIVALENT = [
+    # the kernel's handler runs with IF clear and the COS only after it: the order is not seen
+    ("queue, then mask and EOI", SEES, "    cos.queue(line)\n    if masking:\n        pic.mask(line)\n    pic.eoi(line)\n"),
+    ("EOI before the mask", SEES, "    pic.eoi(line)\n    if masking:\n        pic.mask(line)\n    cos.queue(line)\n"),
+    ("queued twice (one pending bit)", SEES, SEES + "    cos.queue(line)\n"),
+    ("unmask without asking", "    if pic.is_masked(line):\n        pic.unmask(line)\n", "    pic.unmask(line)\n"),
+]
+
+
+@pytest.mark.parametrize("what, old, new", EQUIVALENT, ids=[w[0] for w in EQUIVALENT])
+def test_an_answer_the_machine_cannot_tell_from_the_reference_passes(tmp_path, what, old, new):
+    rows = _graded(tmp_path, old, new)
+    assert all(r[2] == "ok" for r in rows), f"{what}: {rows}"

@@ -1,5 +1,6 @@
 """Grades exercise 04: the kernel forwards host-managed IRQs with the
-learner's two functions; the delivery order must be the claims', and a
+learner's two functions; the order of the claims is read from the PIC when
+the COS's handler starts (masked, acknowledged) and after (unmasked), and a
 jammed level-triggered device must not storm the kernel while masking is on
 (and must, caught by the kernel's detector, when the teaching switch is off).
 
@@ -7,12 +8,15 @@ A wrong answer is diagnosed from the real 8259A, read through its ports as a
 driver reads it (IMR at 0x21; ISR at 0x20 after OCW3 0x0B): at the moment
 the COS's own handler starts, and after the run. pic.eoi(line) is a specific
 EOI (OCW2 0x60 | line), so an EOI for the wrong line leaves the right one in
-service; the PIC's own record of the EOIs it took (`pic.eoi`) names which."""
+service; the PIC's own record of the EOIs it took (`pic.eoi`) names which.
+
+Inside kernel_sees_irq the order of mask, EOI and queue is free: the kernel's
+handler runs with IF clear and the COS runs only after it, so no order of
+the three can be told from another by the machine, and none is refused."""
 from vmkit.hw.x86 import decode_gate
 from vmkit.kernel.kernel import IRQ_BASE
 from vmkit.lessons import interrupts
 
-ORDER = ["irq.raise", "cpu.deliver", "irq.masked", "irq.queued", "kernel.inject", "irq.cos_eoi", "irq.unmasked"]
 SERIAL = interrupts.SERIAL
 OCW3_READ_ISR, OCW3_READ_IRR = 0x0B, 0x0A
 
@@ -68,10 +72,8 @@ def check_order(module):
     cos.type("x")
     board.run(300_000)
     bit = 1 << SERIAL
-    events = [e for e in board.trace.since(mark, *ORDER)
-              if e.data.get("line") == SERIAL or e.data.get("vector") == IRQ_BASE + SERIAL]
     if not seen:
-        if not any(e.kind == "irq.queued" for e in events):
+        if not any(e["line"] == SERIAL for e in board.trace.since(mark, "irq.queued")):
             return ("a key typed on the serial console entered the kernel (IRQ 4), but the COS's handler never "
                     "ran: nothing was queued for the COS (cos.queue(line))")
         return "a key typed on the serial console was queued for the COS, but its handler never ran"
@@ -90,9 +92,6 @@ def check_order(module):
         return (f"the COS's handler acknowledged IRQ 4 (EOI to its virtual PIC), yet the line is still "
                 f"masked at the real PIC (IMR {imr:#04x}): unmask it in cos_acknowledged, or the serial "
                 f"port never interrupts again")
-    kinds = [e.kind for e in events]
-    if kinds[:len(ORDER)] != ORDER:
-        return f"for a key typed on the serial console the trace shows {kinds[:9]}, expected {ORDER}"
     return None
 
 
