@@ -25,6 +25,17 @@ WRONG = [
     ("forwards only when masking", SEES,
      "    if masking:\n        pic.mask(line)\n        cos.queue(line)\n    pic.eoi(line)\n",
      "the COS's handler for IRQ 5 never ran"),
+    # arguments that name no IRQ line: said with the learner's own line, not a TypeError deep in the kit,
+    # nor a bit set silently where no line is (1 << 1000) or on the other 8259A (line 16 masked IRQ 8)
+    ("masks a str", "        pic.mask(line)\n", "        pic.mask(str(line))\n",
+     "ValueError: IRQ line '4' is not one of the two 8259As' 0..15 (ex04_irq_forwarding.py:30)"),
+    ("masks line 16 and up", "        pic.mask(line)\n", "        pic.mask(line + 16)\n",
+     "IRQ line 20 is not one of the two 8259As' 0..15 (ex04_irq_forwarding.py:30)"),
+    ("queues the vector", "    cos.queue(line)\n", "    cos.queue(line + 0x68)\n",
+     "IRQ line 108 is not one of the two 8259As' 0..15 (ex04_irq_forwarding.py:32)"),
+    ("queues None", "    cos.queue(line)\n", "    cos.queue(None)\n", "IRQ line None is not one of"),
+    ("asks about a str", "    if pic.is_masked(line):\n", "    if pic.is_masked(str(line)):\n",
+     "IRQ line '4' is not one of the two 8259As' 0..15 (ex04_irq_forwarding.py:39)"),
 ]
 
 

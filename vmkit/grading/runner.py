@@ -42,7 +42,9 @@ def grade_one(directory, name, first_failure=False):
         except NotImplementedError:
             results.append((check, points, "not attempted", ""))
         except Exception as e:
-            where = traceback.extract_tb(e.__traceback__)[-1]
+            frames = traceback.extract_tb(e.__traceback__)
+            mine = [f for f in frames if pathlib.Path(f.filename) == path]    # the learner's line that called
+            where = (mine or frames)[-1]
             results.append((check, points, "fail", f"{type(e).__name__}: {e} ({pathlib.Path(where.filename).name}:{where.lineno})"))
         if first_failure and results[-1][2] != "ok":
             break
