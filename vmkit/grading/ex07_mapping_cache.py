@@ -42,7 +42,7 @@ def _problem(choose, on_cpu1):
         if "out of reach" in str(e):
             return (f"the VMM's read through the window faulted ({e}): you answered hit=True "
                     "for a slot whose page-table entry maps nothing; a hit is a slot that holds the page")
-        return f"{e} (return an index into `slots`)"
+        return f"{e} (return an index into `slots`)" if "chose slot" in str(e) else str(e)
     for vm in kernel.worlds.all[1:]:
         if vm.state == "crashed":
             return f"{vm.name} crashed: {vm.fault} (did a slot you called a hit map another page?)"
