@@ -39,6 +39,19 @@ def hit_false_for_the_evicted_slot_only(slots, last_used, page):   # hit=True fo
     return slot, slots[slot] is not None
 
 
+class FirstInFirstOut:
+    """Evicts the slot mapped longest ago, whatever was used since (its own note of the order)."""
+    def __init__(self):
+        self.order = []
+
+    def __call__(self, slots, last_used, page):
+        if page in slots:
+            return slots.index(page), True
+        slot = slots.index(None) if None in slots else self.order.pop(0)
+        self.order.append(slot)
+        return slot, False
+
+
 def returns_nothing_when_full(slots, last_used, page):  # the eviction line left out
     if page in slots:
         return slots.index(page), True
@@ -67,6 +80,9 @@ WRONG = [
     (out_of_range, grader.check_room, "the policy chose slot 4: the window has slots 0..3"),
     (never_a_hit, grader.check_room, "no lookup was a hit"),
     (hit_false_for_the_evicted_slot_only, grader.check_eviction, "did a slot you called a hit map another page"),
+    # turns that each use their own VM's pages evict in the order the pages came in: FIFO had
+    # least-recently-used's counters until a VM's stack moved between two pages
+    (FirstInFirstOut(), grader.check_eviction, "a page used again while others came in"),
     # answers that are no (slot, hit): said so, not "cannot unpack non-iterable NoneType object (mapcache.py)"
     (returns_nothing_when_full, grader.check_eviction,
      "the policy returned None: it answers (slot, hit), a slot index and True or False"),
@@ -77,7 +93,7 @@ WRONG = [
 
 
 @pytest.mark.parametrize("answer, check, hint", WRONG,
-                         ids=[f"{a.__name__}-{c.__name__}" for a, c, _ in WRONG])
+                         ids=[f"{getattr(a, '__name__', type(a).__name__)}-{c.__name__}" for a, c, _ in WRONG])
 def test_a_known_wrong_answer_fails_with_its_hint(answer, check, hint):
     problem = check(answer)
     assert problem and hint in problem, problem
