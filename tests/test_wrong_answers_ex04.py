@@ -25,6 +25,11 @@ WRONG = [
     ("forwards only when masking", SEES,
      "    if masking:\n        pic.mask(line)\n        cos.queue(line)\n    pic.eoi(line)\n",
      "the COS's handler for IRQ 5 never ran"),
+    # the COS's EOI for one line unmasked every line, the jammed sensor's too before the COS had handled
+    # it: no line was ever in flight beside another, so nothing showed it
+    ("unmasks every line", "    if pic.is_masked(line):\n        pic.unmask(line)\n",
+     "    for other in range(8):\n        pic.unmask(other)\n",
+     "IRQ 5 entered the kernel again before the COS's handler had run for it"),
     # arguments that name no IRQ line: said with the learner's own line, not a TypeError deep in the kit,
     # nor a bit set silently where no line is (1 << 1000) or on the other 8259A (line 16 masked IRQ 8)
     ("masks a str", "        pic.mask(line)\n", "        pic.mask(str(line))\n",

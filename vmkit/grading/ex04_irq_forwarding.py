@@ -57,11 +57,19 @@ def _no_eoi(board, line, isr, then):
     return None
 
 
-def _at_cos_handler(board, kernel, line, seen):
-    """Record (IMR, ISR) each time the COS's own handler for `line` starts."""
+def _at_cos_handler(board, kernel, line, seen, what=None):
+    """Record (IMR, ISR), or what(), each time the COS's own handler for `line` starts."""
     v = kernel.vcpu
     gate = decode_gate(board.memory.read(v.idt_base + 8 * (IRQ_BASE + line), 8))
-    board.cpu.on_execute(gate.offset, lambda cpu: seen.append(read_pic(board)))
+    what = what or (lambda: read_pic(board))
+    board.cpu.on_execute(gate.offset, lambda cpu: seen.append(what()))
+
+
+def _again_before_handled(board, mark, vector, started):
+    """How many times `vector` entered the kernel (through its IDT: the CPU's delivery) with
+    no start of the COS's handler for it since the entry before (`started`: their times)."""
+    entries = [e.time for e in board.trace.since(mark, "cpu.deliver") if e.data.get("vector") == vector]
+    return sum(1 for a, b in zip(entries, entries[1:]) if not any(a <= t < b for t in started))
 
 
 def check_order(module):
@@ -99,12 +107,15 @@ def check_storm(module):
     for masking in (True, False):
         board, cos, kernel = _machine(module)
         kernel.irqs.masking = masking
-        at_handler = []
+        at_handler, started = [], []
         _at_cos_handler(board, kernel, board.sensor.irq, at_handler)
+        _at_cos_handler(board, kernel, board.sensor.irq, started, lambda: board.now())
         work = kernel.work_done()
         mark = board.trace.mark()
         board.sensor.sample()
         board.sensor.jam()
+        if masking:
+            cos.type("keys")                # the serial line's EOIs come while the sensor's line is masked
         board.run(100_000)
         storms = board.trace.of("irq.storm")
         line, bit = board.sensor.irq, 1 << board.sensor.irq
@@ -114,6 +125,12 @@ def check_storm(module):
                     f"enters the kernel")
         if masking and kernel.work_done() - work < 3000:      # at least one piece of kernel work
             return "with masking on, the kernel's own work did not progress during the jam"
+        again = masking and _again_before_handled(board, mark, IRQ_BASE + line, started)
+        if again:
+            return (f"with masking on, the jammed sensor's IRQ {line} entered the kernel again before the "
+                    f"COS's handler had run for it, {again} times, while keys typed on the serial console "
+                    f"(IRQ 4) were acknowledged: its line was unmasked before the COS handled it (claim 11). "
+                    f"cos_acknowledged is told the line the COS acknowledged: unmask that line only")
         if not masking and not at_handler:
             entered = sum(e.data.get("vector") == IRQ_BASE + line for e in board.trace.since(mark, "cpu.deliver"))
             return (f"with masking switched off, the COS's handler for IRQ {line} never ran: the jammed "
