@@ -39,6 +39,39 @@ def hit_false_for_the_evicted_slot_only(slots, last_used, page):   # hit=True fo
     return slot, slots[slot] is not None
 
 
+class FirstInFirstOut:
+    """Evicts the slot mapped longest ago, whatever was used since (its own note of the order)."""
+    def __init__(self):
+        self.order = []
+
+    def __call__(self, slots, last_used, page):
+        if page in slots:
+            return slots.index(page), True
+        slot = slots.index(None) if None in slots else self.order.pop(0)
+        self.order.append(slot)
+        return slot, False
+
+
+def returns_nothing_when_full(slots, last_used, page):  # the eviction line left out
+    if page in slots:
+        return slots.index(page), True
+    if None in slots:
+        return slots.index(None), False
+
+
+def hit_as_a_word(slots, last_used, page):
+    slot, hit = _lru(slots, last_used) if page not in slots else (slots.index(page), True)
+    return slot, "yes" if hit else "no"
+
+
+def slot_only(slots, last_used, page):
+    return _lru(slots, last_used)[0] if page not in slots else slots.index(page)
+
+
+def slot_as_a_bool(slots, last_used, page):             # False is 0 to Python, not a slot index
+    return (slots.index(page), True) if page in slots else (bool(_lru(slots, last_used)[0]), False)
+
+
 WRONG = [
     (always_slot_0, grader.check_room, "pages already mapped were mapped again"),
     (always_slot_0, grader.check_eviction, "evict the least recently used slot"),
@@ -47,11 +80,20 @@ WRONG = [
     (out_of_range, grader.check_room, "the policy chose slot 4: the window has slots 0..3"),
     (never_a_hit, grader.check_room, "no lookup was a hit"),
     (hit_false_for_the_evicted_slot_only, grader.check_eviction, "did a slot you called a hit map another page"),
+    # turns that each use their own VM's pages evict in the order the pages came in: FIFO had
+    # least-recently-used's counters until a VM's stack moved between two pages
+    (FirstInFirstOut(), grader.check_eviction, "a page used again while others came in"),
+    # answers that are no (slot, hit): said so, not "cannot unpack non-iterable NoneType object (mapcache.py)"
+    (returns_nothing_when_full, grader.check_eviction,
+     "the policy returned None: it answers (slot, hit), a slot index and True or False"),
+    (slot_only, grader.check_room, "the policy returned 0: it answers (slot, hit)"),
+    (hit_as_a_word, grader.check_room, "the policy answered hit='no' for slot 0: hit is True or False"),
+    (slot_as_a_bool, grader.check_room, "the policy chose slot False: the window has slots 0..3"),
 ]
 
 
 @pytest.mark.parametrize("answer, check, hint", WRONG,
-                         ids=[f"{a.__name__}-{c.__name__}" for a, c, _ in WRONG])
+                         ids=[f"{getattr(a, '__name__', type(a).__name__)}-{c.__name__}" for a, c, _ in WRONG])
 def test_a_known_wrong_answer_fails_with_its_hint(answer, check, hint):
     problem = check(answer)
     assert problem and hint in problem, problem

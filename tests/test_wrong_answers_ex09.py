@@ -122,6 +122,10 @@ def vmm_the_guests_answer(space):          # swapped: the guest's segment
     return 0, (space.guest_end - 1) >> 12, 1
 
 
+def vmm_based_one_byte_on(space):         # CPL 0 then runs the VMM's code a byte off: it may never stop
+    return 1, (space.kernel_end - 1) >> 12, 1
+
+
 WRONG_VMM = [
     (vmm_a_page_short, "the kernel's bytes 0x43f000..0x43ffff lie past them"),
     (vmm_the_guests_answer, "gate 0xd's offset 0x3fe0d0 is past the limit 0x1fffff of its code segment 0x60"),
@@ -133,6 +137,9 @@ WRONG_VMM = [
     (vmm_byte_granular, "gate 0xd's offset 0x3fe0d0 is past the limit 0xfffff of its code segment 0x60"),
     (vmm_byte_granular, "must lie inside the VMM's code segment"),
     (vmm_bytes_with_g1, "with G=1 the limit counts 4 KiB pages"),
+    # misaligned code ran to the 3,000,000-instruction bound, 15 s: near the grader's time limit
+    (vmm_based_one_byte_on, "did not happen within 200000 instructions"),
+    (vmm_based_one_byte_on, "with base 0x1 the CPU looked for the VMM's code 0x1 bytes away"),
 ]
 
 

@@ -2,7 +2,8 @@
 (Worlds.chooser). Two busy VMs with quanta 3 and 1 must get CPU time about
 3:1 with the COS keeping its turns; with two console VMs and one that
 crashes every runnable world must run and the crashed one never again (and
-with each of those worlds in turn the only one that can run, the pick finds it); and
+with each of those worlds in turn the only one that can run, the pick finds it, and
+with no other world able to run it gives None); and
 three busy VMs must take their turns in the order they were installed, as
 the CPU shows it (its CR3, sampled as it runs: each VM has its own)."""
 from vmkit.lessons import worlds as lesson
@@ -77,7 +78,24 @@ def check_every_world_runs(pick):
     crashed_at = board.trace.of("vm.crashed")[0].time
     if any(e["to"] == "bad" and e.time > crashed_at for e in board.trace.of("switch.begin")):
         return "the crashed VM was picked again after it crashed"
-    return _only_one_can_run(pick, kernel.worlds.all)
+    return _only_one_can_run(pick, kernel.worlds.all) or _none_can_run(pick)
+
+
+def _none_can_run(pick):
+    """The COS and one VM that halts with its interrupts off: from then on no world but the
+    COS can run, and every pick at the end of the COS's turn must be None (the runs above
+    always had a VM woken by the tick, so they never asked for nothing)."""
+    board, cos, kernel, checked = _machine(pick, 1)
+    asleep = kernel.install_vm(lambda base: "cli\nh: hlt\njmp h", lesson.VM_MEMORY, "asleep")
+    ticks = cos.ticks()
+    board.run(200_000)
+    if checked.problem:
+        return (f"with the COS running and the only VM ({asleep.name}) halted with its interrupts off, no "
+                f"other world could run, and {checked.problem}: return None when no other world can run "
+                f"(then the current world goes on)")
+    if cos.ticks() < ticks + 20:
+        return f"with the only VM halted, the COS took {cos.ticks() - ticks} timer ticks; it must go on"
+    return None
 
 
 def _only_one_can_run(pick, worlds):

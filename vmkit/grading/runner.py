@@ -41,12 +41,24 @@ def grade_one(directory, name, first_failure=False):
             results.append((check, points, "fail" if problem else "ok", problem or ""))
         except NotImplementedError:
             results.append((check, points, "not attempted", ""))
+        except SystemExit as e:                # exit() in the learner's code: it would end the grader
+            where = _learner_line(e, path)
+            results.append((check, points, "fail", f"your code called exit() or raised SystemExit({e.code!r}){where}: "
+                                                   "that ends the program; return a value instead"))
         except Exception as e:
-            where = traceback.extract_tb(e.__traceback__)[-1]
+            frames = traceback.extract_tb(e.__traceback__)
+            mine = [f for f in frames if pathlib.Path(f.filename) == path]    # the learner's line that called
+            where = (mine or frames)[-1]
             results.append((check, points, "fail", f"{type(e).__name__}: {e} ({pathlib.Path(where.filename).name}:{where.lineno})"))
         if first_failure and results[-1][2] != "ok":
             break
     return results
+
+
+def _learner_line(e, path):
+    """' (line N)' of the learner's file where `e` was raised, or ''."""
+    mine = [f for f in traceback.extract_tb(e.__traceback__) if pathlib.Path(f.filename) == path]
+    return f" (line {mine[-1].lineno})" if mine else ""
 
 
 def _load_problem(e, path, function):

@@ -22,16 +22,26 @@ and reported with counts, and the line is masked to end it.
 STORM_LIMIT = 200
 
 
+def _line(line):
+    """`line` if it names an IRQ line of the two 8259As; a clear error, before any port is
+    touched, if not (exercise 04 hands these calls a learner's arguments)."""
+    if isinstance(line, bool) or not isinstance(line, int) or not 0 <= line < 16:
+        raise ValueError(f"IRQ line {line!r} is not one of the two 8259As' 0..15")
+    return line
+
+
 class PicControl:
     """What the kernel may do to the real PIC, as its code would with `out`."""
     def __init__(self, router):
         self.router = router
 
     def mask(self, line):
+        _line(line)
         self.router.kernel.trace.emit("irq.masked", line=line)
         self.router._pic_mask(line, True)
 
     def unmask(self, line):
+        _line(line)
         self.router.kernel.trace.emit("irq.unmasked", line=line)
         self.router._pic_mask(line, False)
 
@@ -41,6 +51,7 @@ class PicControl:
 
     def is_masked(self, line):
         """Read back from the 8259A's mask register (OCW1), not from a note of our own."""
+        _line(line)
         port = 0x21 if line < 8 else 0xA1
         return bool(self.router.kernel.board.ports.read(port, 1) >> (line % 8) & 1)
 
@@ -51,6 +62,7 @@ class CosQueue:
         self.router = router
 
     def queue(self, line):
+        _line(line)
         vcpu = self.router.kernel.vcpu
         vcpu.pending |= 1 << line
         self.router.kernel.trace.emit("irq.queued", line=line, cos_vif=vcpu.vif)
@@ -97,8 +109,7 @@ class IrqRouter:
         real 8259A (a non-specific 0x20 would clear whichever is highest, hiding the mistake).
         A slave line also ends the master's cascade line 2."""
         ports = self.kernel.board.ports
-        if not isinstance(line, int) or not 0 <= line < 16:
-            raise ValueError(f"IRQ line {line!r} is not one of the two 8259As' 0..15")
+        _line(line)
         if line >= 8:
             ports.write(0xA0, 1, 0x60 | (line - 8))
             line = 2

@@ -183,9 +183,16 @@ class MappingCache:
                     s.last_used[slot] = s.clock
                     return WINDOW + slot * layout.PAGE + (address & 0xFFF)
         slots = self.slots
-        slot, hit = self.choose(slots, list(s.last_used), page)
-        if not isinstance(slot, int) or not 0 <= slot < len(slots):
+        answer = self.choose(slots, list(s.last_used), page)
+        try:
+            slot, hit = answer
+        except (TypeError, ValueError):
+            raise MappingCacheError(f"the policy returned {answer!r:.60}: it answers (slot, hit), "
+                                    "a slot index and True or False") from None
+        if not isinstance(slot, int) or isinstance(slot, bool) or not 0 <= slot < len(slots):
             raise MappingCacheError(f"the policy chose slot {slot!r}: the window has slots 0..{len(slots) - 1}")
+        if hit is not True and hit is not False and hit not in (0, 1):
+            raise MappingCacheError(f"the policy answered hit={hit!r} for slot {slot}: hit is True or False")
         if hit:
             self._bump("hits")
         else:

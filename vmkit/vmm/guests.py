@@ -60,11 +60,21 @@ def _print(text):
     return "\n".join(f"        mov al, {ord(c)}\n        out dx, al" for c in text)
 
 
-def console(base, name, lines=1000):
-    """Greets, then prints "<name> a", "<name> b", ... one line per timer tick."""
+def console(base, name, lines=1000, two_stacks=False):
+    """Greets, then prints "<name> a", "<name> b", ... one line per timer tick.
+    two_stacks: after each line its stack moves to the other of its two top pages,
+    so the VMM pushes its ticks' frames on one page, then the other, by turns (the
+    mapping cache's grader: a page used again while others came in)."""
     v = base + VARS
+    top, again = ("\n        mov ebp, esp                    ; the top of its memory, where its VMM put ESP",
+                  """jae done
+        mov esp, ebp                    ; the stack is empty here: move it by turns
+        test bl, 1
+        jz wait
+        sub esp, 0x1000
+        jmp wait""") if two_stacks else ("", "jb wait")
     return _prologue(base) + _print(f"hello from {name}\n") + f"""
-        xor ebx, ebx
+        xor ebx, ebx{top}
 wait:   hlt                             ; until the next virtual tick
         mov eax, [{v:#x}]
         cmp eax, [{v + 4:#x}]
@@ -81,7 +91,7 @@ wait:   hlt                             ; until the next virtual tick
         jb nowrap
         xor ebx, ebx
 nowrap: cmp dword ptr [{v + 4:#x}], {lines}
-        jb wait
+        {again}
 done:   hlt
         jmp done
 """

@@ -1,0 +1,34 @@
+"""Known-wrong answers to exercise 05 (pick_next) that the grader must fail, each with the hint
+it must give. Each is the reference with one edit, graded in-process, up to the first failing
+check (the shared cases are in test_wrong_answers.py)."""
+import pathlib
+
+import pytest
+
+from vmkit.grading.runner import grade_one
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+NAME = "ex05_scheduler"
+
+WRONG = [
+    # the grader's machines always had a VM woken by the tick: "nobody else" was never asked
+    ("the running world when no other can run", "    return None\n", "    return current\n",
+     "no other world could run, and it returned the running world cos"),
+    ("tries the current world last", "range(1, n)", "range(1, n + 1)",
+     "no other world could run, and it returned the running world cos"),
+    ("0 for nothing", "    return None\n", "    return 0\n",
+     "no other world could run, and it returned 0, not one of the worlds"),
+    # exit() inside the pick ended the grader's process: the table said only "grader crashed"
+    ("sys.exit() for nothing", "    return None\n", "    import sys\n    sys.exit()\n",
+     "your code called exit() or raised SystemExit(None) (line 34): that ends the program"),
+]
+
+
+@pytest.mark.parametrize("what, old, new, hint", WRONG, ids=[w[0] for w in WRONG])
+def test_a_known_wrong_answer_fails_with_its_hint(tmp_path, what, old, new, hint):
+    solution = (ROOT / "solutions" / f"{NAME}.py").read_text()
+    assert solution.count(old) == 1, f"{what}: {old!r} is not once in the solution: update this case"
+    (tmp_path / f"{NAME}.py").write_text(solution.replace(old, new, 1))
+    rows = grade_one(tmp_path, NAME, first_failure=True)
+    assert rows[-1][2] == "fail", f"{what}: graded {[r[2] for r in rows]}, a wrong answer must fail"
+    assert hint in rows[-1][3], f"{what}: {rows[-1][3]!r}; the hint should say {hint!r}"
