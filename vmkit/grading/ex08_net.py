@@ -157,13 +157,6 @@ def check_ping_echo(board, kernel, wire):
     return None
 
 
-def _slot(index, buffer, length):
-    at = net_ring.tx_slot(index)
-    return f"""
-        mov dword ptr [ebx + {at + Slot.OFFSET['buffer']:#x}], {buffer}
-        mov word ptr [ebx + {at + Slot.OFFSET['length']:#x}], {length:#x}"""
-
-
 # VM m's one request, slot by slot: (what the slot has, its pointer as an offset from the
 # region, its length, the counter that refuses it or None for a frame that must go). Each bound
 # is tried on both sides: a check off by one, or one that forgets the frame's length, shows.
