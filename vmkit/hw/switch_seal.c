@@ -79,18 +79,6 @@ static uint32_t crc32(const unsigned char *p, uint64_t n)
     return c ^ 0xFFFFFFFFu;
 }
 
-static uint32_t u32_at(const unsigned char *p)
-{
-    uint32_t v;
-    memcpy(&v, p, 4);
-    return v;
-}
-
-static int in_ram(const struct vmkit_seal *s, uint64_t address, uint64_t length)
-{
-    return address + length <= s->ram_size && address + length >= address;
-}
-
 /* Does the linear page of `address` map to itself through the directory at `cr3`? (4 KiB
  * pages, as the kernel builds them: a large page or a table outside RAM, no.) */
 int identity_mapped(const unsigned char *ram, uint64_t ram_size, uint64_t cr3, uint64_t address)
@@ -128,7 +116,8 @@ int seal_step(void *uc, struct vmkit_counter *c, uint64_t address, uint64_t coun
         return 0;
     uint64_t esp = v[S_ESP] & 0xFFFFFFFFu;
     if (v[S_ESI] != s->save || v[S_EDI] != s->load || esp < s->low || esp + s->frame > s->high
-        || !in_ram(s, esp, s->frame) || !in_ram(s, s->save, s->size + 4) || !in_ram(s, s->load, s->size + 4))
+        || !ram_holds(s->ram_size, esp, s->frame) || !ram_holds(s->ram_size, s->save, s->size + 4)
+        || !ram_holds(s->ram_size, s->load, s->size + 4))
         return 0;
     if ((v[S_CR0] & CR0_PG) && !(identity_mapped(s->ram, s->ram_size, v[S_CR3], esp)
                                  && identity_mapped(s->ram, s->ram_size, v[S_CR3], esp + s->frame - 1)))

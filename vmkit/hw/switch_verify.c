@@ -52,23 +52,11 @@ struct vmkit_verify {
     uint64_t done, declined;              /* counts (tests, figures) */
 };
 
-static uint32_t u32_at(const unsigned char *p)
-{
-    uint32_t v;
-    memcpy(&v, p, 4);
-    return v;
-}
-
-static int in_ram(const struct vmkit_verify *v, uint64_t address, uint64_t length)
-{
-    return address + length <= v->ram_size && address + length >= address;
-}
-
 /* Bytes the Python reads at physical = linear: in RAM, and with paging on, their first and
  * last byte's pages mapped to themselves. */
 static int plain(const struct vmkit_verify *v, uint64_t cr0, uint64_t cr3, uint64_t address, uint64_t length)
 {
-    if (!in_ram(v, address, length))
+    if (!ram_holds(v->ram_size, address, length))
         return 0;
     return !(cr0 & CR0_PG) || (identity_mapped(v->ram, v->ram_size, cr3, address)
                                && identity_mapped(v->ram, v->ram_size, cr3, address + length - 1));
@@ -110,7 +98,7 @@ int64_t vmkit_verify(void *uc, struct vmkit_verify *v, uint64_t frame, uint64_t 
         return -1;
     const struct vmkit_mmr *gdtr = &t[RD_GDTR - RD_PLAIN], *idtr = &t[RD_IDTR - RD_PLAIN];
     const struct vmkit_mmr *ldtr = &t[RD_LDTR - RD_PLAIN], *tr = &t[RD_TR - RD_PLAIN];
-    if (!plain(v, r[RD_CR0], r[RD_CR3], frame, v->frame_size) || !in_ram(v, area, v->area_size))
+    if (!plain(v, r[RD_CR0], r[RD_CR3], frame, v->frame_size) || !ram_holds(v->ram_size, area, v->area_size))
         return -1;
     uint64_t tss_base = 0, tss_limit = 0, ldt_base = 0, ldt_limit = 0;
     unsigned tss_type = 0, tss_s = 0, ldt_type, ldt_s;

@@ -144,6 +144,21 @@ struct vmkit_limits {
 /* GDTR, IDTR, LDTR and TR as Unicorn's reg_read gives them (uc_x86_mmr). */
 struct vmkit_mmr { uint16_t selector; uint64_t base; uint32_t limit; uint32_t flags; };
 
+/* A little-endian u32 in RAM (memcpy: any alignment), and whether [address, address + length)
+ * lies in a RAM of ram_size bytes (no wrap): what the C files that read the machine's RAM
+ * buffer share. */
+static inline uint32_t u32_at(const unsigned char *p)
+{
+    uint32_t v;
+    __builtin_memcpy(&v, p, 4);
+    return v;
+}
+
+static inline int ram_holds(uint64_t ram_size, uint64_t address, uint64_t length)
+{
+    return address + length <= ram_size && address + length >= address;
+}
+
 /* The functions below without the vmkit_ prefix are called only from another of these files:
  * not exported from the library (ctypes looks up only vmkit_*). */
 #define INTERNAL __attribute__((visibility("hidden")))
