@@ -92,5 +92,5 @@ def check_eviction(choose):
 
 
 CHECKS = [("hits and misses with room for every page", 2, check_room),
-          ("least-recently-used eviction (6 pages, 4 slots)", 3, check_eviction)]
+          ("least-recently-used eviction past 4 slots", 3, check_eviction)]
 FUNCTION = "choose_slot"
