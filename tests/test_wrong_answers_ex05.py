@@ -18,6 +18,10 @@ WRONG = [
      "no other world could run, and it returned the running world cos"),
     ("0 for nothing", "    return None\n", "    return 0\n",
      "no other world could run, and it returned 0, not one of the worlds"),
+    # every machine's VMs had names in their installation order: sorting by name passed
+    ("the worlds sorted by name", "    n = len(worlds)\n",
+     "    worlds = sorted(worlds, key=lambda w: w.name)\n    n = len(worlds)\n",
+     "The turns follow the worlds' names in alphabetical order"),
     # exit() inside the pick ended the grader's process: the table said only "grader crashed"
     ("sys.exit() for nothing", "    return None\n", "    import sys\n    sys.exit()\n",
      "your code called exit() or raised SystemExit(None) (line 34): that ends the program"),

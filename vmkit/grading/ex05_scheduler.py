@@ -128,8 +128,10 @@ def _ran(board, kernel, instructions, every=10):
 
 def check_turn_order(pick):
     board, cos, kernel, checked = _machine(pick, 1)
+    # (named so that their names' order is neither the installation order nor its reverse: a
+    # pick that sorts the worlds by name, not by `worlds`' order, shows)
     vms = [kernel.install_vm(lambda base: guests.checksum(base, 10**9), lesson.VM_MEMORY, n)
-           for n in ("vm1", "vm2", "vm3")]
+           for n in ("red", "amber", "green", "blue")]
     ran = [w for w in _ran(board, kernel, 150_000) if w in vms]
     ran = [w for i, w in enumerate(ran) if i == 0 or ran[i - 1] is not w]
     if checked.problem:
@@ -137,12 +139,18 @@ def check_turn_order(pick):
     if len(ran) < 6:
         return f"in 150,000 instructions the VMs took {len(ran)} turns between them; expected over a dozen"
     order = " -> ".join(w.name for w in ran[:8])
-    for a, b in zip(ran, ran[1:]):
+    pairs = list(zip(ran, ran[1:]))
+    for a, b in pairs:
         want = vms[(vms.index(a) + 1) % len(vms)]
         if b is not want:
-            backwards = b is vms[vms.index(a) - 1]
-            return (f"the CPU ran {order} ...: after {a.name} came {b.name}, not {want.name}. "
-                    + ("The turns go round in reverse: " if backwards else "")
+            named = sorted(vms, key=lambda w: w.name)
+            if all(y is vms[vms.index(x) - 1] for x, y in pairs):
+                why = "The turns go round in reverse: "
+            elif all(y is named[(named.index(x) + 1) % len(named)] for x, y in pairs):
+                why = "The turns follow the worlds' names in alphabetical order, not `worlds`' own order: "
+            else:
+                why = ""
+            return (f"the CPU ran {order} ...: after {a.name} came {b.name}, not {want.name}. " + why
                     + f"pick the first runnable world AFTER the current one in `worlds` "
                     f"({', '.join(w.name for w in kernel.worlds.all)}), wrapping around")
     return None
