@@ -36,3 +36,15 @@ def test_a_known_wrong_answer_fails_with_its_hint(tmp_path, what, old, new, hint
     rows = grade_one(tmp_path, NAME, first_failure=True)
     assert rows[-1][2] == "fail", f"{what}: graded {[r[2] for r in rows]}, a wrong answer must fail"
     assert hint in rows[-1][3], f"{what}: {rows[-1][3]!r}; the hint should say {hint!r}"
+
+
+def test_os_exit_in_the_pick_is_told_not_a_bare_crash(tmp_path):
+    """os._exit ends the grading child at once, with nothing on stderr: the table said only
+    'grader crashed: '. It now says how the child ended and what likely did it."""
+    from vmkit.grading.runner import grade
+    solution = (ROOT / "solutions" / f"{NAME}.py").read_text()
+    old = "    return None\n"
+    assert solution.count(old) == 1
+    (tmp_path / f"{NAME}.py").write_text(solution.replace(old, "    import os\n    os._exit(3)\n", 1))
+    (row,) = grade(tmp_path, only=NAME)[NAME]
+    assert row[2] == "fail" and "ended with status 3" in row[3] and "os._exit()" in row[3], row

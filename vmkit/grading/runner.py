@@ -76,6 +76,18 @@ def _load_problem(e, path, function):
     return f"{where}{type(e).__name__}: {e} (while Python ran the file, before any grading)"
 
 
+def _crashed(out):
+    """A child that ended without its table: its error, or, if it said nothing (os._exit in the
+    learner's code, a signal), its exit status in words."""
+    said = out.stderr.strip()[-300:]
+    if said:
+        return f"grader crashed: {said}"
+    how = (f"was killed by signal {-out.returncode}" if out.returncode < 0 else
+           f"ended with status {out.returncode}, saying nothing")
+    return (f"the grader's process {how} before it could give a result: does your code call "
+            f"os._exit(), or crash Python itself?")
+
+
 def grade(directory, time_limit=TIME_LIMIT, only=None):
     """{exercise: [(check, points, status, message)]}, each graded in a child process (a missing
     file runs no learner code, so it is reported here, as the child would)."""
@@ -90,7 +102,7 @@ def grade(directory, time_limit=TIME_LIMIT, only=None):
                                  capture_output=True, text=True, timeout=time_limit)
             lines = out.stdout.strip().splitlines()
             table[name] = (json.loads(lines[-1]) if out.returncode == 0 and lines else
-                           [("(whole exercise)", 0, "fail", f"grader crashed: {out.stderr.strip()[-300:]}")])
+                           [("(whole exercise)", 0, "fail", _crashed(out))])
         except subprocess.TimeoutExpired:
             grader = importlib.import_module(f"vmkit.grading.{name}")
             table[name] = [(c, p, "fail", f"timed out after {time_limit}s (an infinite loop?)")
