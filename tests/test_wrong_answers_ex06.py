@@ -47,6 +47,9 @@ WRONG = {
     # int3's vector is 3, the dispatcher's GO_SWITCH: once taken for a CPU's start, the kernel's own
     # load then loaded the world and the grader passed an `int3` for a load
     "only an int3": ("int3", "your load executed `int3`"),
+    # a fetch outside memory faulted there: its bytes were read for the message (a BusError)
+    "a jump out of memory": ("jmp 0xdeadbeef", "your load left the kernel's code for 0x"),
+    "a ret to nowhere": ("push 0xdead0000\nret", "your load left the kernel's code for 0xdead0000"),
     # DS loaded with the value EAX held (GS's): the worlds' DS and GS differ in one world (ex06's vm2)
     "DS's value not read": (without("mov eax, [edi + AREA_DS]"), "DS is not the save area's"),
     "GS loaded with DS's value": (swapped("mov gs", "mov eax, [edi + AREA_DS]"), "GS is not the save area's"),

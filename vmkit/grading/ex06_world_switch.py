@@ -60,6 +60,10 @@ def _hint(why):
         return (f"your load executed `{m.group(1)}`: a software interrupt inside the load enters the "
                 f"kernel, which refuses the world; the load only loads the CPU from the save area "
                 f"(lgdt, lldt, ltr, CR3, the data segments, lidt)")
+    m = re.search(r"at `(0x[0-9a-f]+), outside the machine's memory`", why)
+    if m:
+        return (f"your load left the kernel's code for {m.group(1)}, outside the machine's memory: the "
+                f"load runs straight through to its end (no jmp, call or ret of its own)")
     m = re.search(r"the CPU refused it: (.*) at `(.*)`", why)
     if m:
         error = re.search(r"\((0x[0-9a-f]+)\)", m.group(1))

@@ -208,13 +208,17 @@ def started(kernel, frame, cpu, nxt, cr0=None):
 def refused_by_cpu(kernel, frame, vector):
     """A fault taken inside the load: what the CPU refused, in words. (The load runs at CPL 0
     with paging off: its EIP is a physical address.)"""
-    before = kernel.memory.read(frame.eip - 2, 2) if frame.eip >= 2 else b""
-    software = ("int3" if vector == 3 and before[1:] == b"\xcc" else
-                f"int {vector:#x}" if before == bytes([0xCD, vector]) else None)
-    if software:                        # an `int n` is a trap: EIP is already past it
-        return (f"it executed `{software}` inside the load: a software interrupt enters the kernel "
-                f"(vector {vector:#x}) before the world is loaded")
-    insn = disassemble_one(kernel.memory.read(frame.eip, 16), frame.eip)
+    memory, eip = kernel.memory, frame.eip
+    if not 2 <= eip <= memory.size - 16:    # (a jump out of memory: its fetch faulted there)
+        insn = f"{eip:#x}, outside the machine's memory"
+    else:
+        before = memory.read(eip - 2, 2)
+        software = ("int3" if vector == 3 and before[1:] == b"\xcc" else
+                    f"int {vector:#x}" if before == bytes([0xCD, vector]) else None)
+        if software:                    # an `int n` is a trap: EIP is already past it
+            return (f"it executed `{software}` inside the load: a software interrupt enters the kernel "
+                    f"(vector {vector:#x}) before the world is loaded")
+        insn = disassemble_one(memory.read(eip, 16), eip)
     if vector not in EXCEPTION_NAMES:
         return f"an interrupt (vector {vector:#x}) arrived inside the load, before `{insn}`: IF was set"
     return f"the CPU refused it: {EXCEPTION_NAMES[vector]}({frame.error:#x}) at `{insn}`"
